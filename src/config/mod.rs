@@ -1,0 +1,524 @@
+//! Configuration: a TOML file (or the embedded default) plus secrets from environment
+//! variables or files → a validated [`Config`]. Every error names the file and the key.
+//! Secrets are wrapped in [`Secret`], whose `Debug` never shows the value.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::voucher::{match_key, valid_id, Campaign, CampaignSpec, CodeMatch};
+
+pub const DEFAULT_TOML: &str = include_str!("default.toml");
+pub const DEFAULT_ORIGIN: &str = "<embedded default config>";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub key: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.file, self.message)
+        } else {
+            write!(f, "{}: key `{}`: {}", self.file, self.key, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A secret value. `Debug` and `Display` print `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub origin: String,
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    pub admin: AdminConfig,
+    pub tenants: Vec<TenantConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: String,
+    pub max_body_bytes: usize,
+    pub max_header_bytes: usize,
+    pub header_read_timeout: Duration,
+    pub body_read_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    pub path: PathBuf,
+    pub cache_capacity_mb: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// `None`: the admin API answers 404.
+    pub token: Option<Secret>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TenantConfig {
+    pub id: String,
+    pub auth: Auth,
+    pub hold_ttl_ms: i64,
+    pub code_match: CodeMatch,
+    pub campaigns: Vec<Campaign>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Auth {
+    None,
+    /// A custom header carrying a shared secret.
+    Header {
+        name: String,
+        value: Secret,
+    },
+    /// HTTP Basic.
+    Basic {
+        username: String,
+        password: Secret,
+    },
+}
+
+// ---- the file as written -------------------------------------------------------------
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    storage: RawStorage,
+    #[serde(default)]
+    admin: RawAdmin,
+    #[serde(default)]
+    tenants: Vec<RawTenant>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<String>,
+    max_body_bytes: Option<usize>,
+    max_header_bytes: Option<usize>,
+    header_read_timeout: Option<String>,
+    body_read_timeout: Option<String>,
+    shutdown_grace: Option<String>,
+    max_connections: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawStorage {
+    path: Option<String>,
+    cache_capacity_mb: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    token_env: Option<String>,
+    token_file: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTenant {
+    id: String,
+    auth: Option<RawAuth>,
+    hold_ttl: Option<String>,
+    code_match: Option<CodeMatch>,
+    #[serde(default)]
+    campaigns: Vec<CampaignSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    mode: String,
+    header: Option<String>,
+    value_env: Option<String>,
+    value_file: Option<String>,
+    username: Option<String>,
+    password_env: Option<String>,
+    password_file: Option<String>,
+}
+
+/// `"800ms"`, `"30s"`, `"5m"`, `"2h"`, `"7d"`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{s:?} has no unit; write e.g. 800ms, 30s, 5m, 2h, 7d"))?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?} does not start with a whole number"))?;
+    let ms = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?} in {s:?}; use ms, s, m, h or d"
+            ))
+        }
+    };
+    n.checked_mul(ms)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("{s:?} is too long"))
+}
+
+/// Where secrets come from; tests pass their own.
+pub trait Env {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl<F: Fn(&str) -> Option<String>> Env for F {
+    fn var(&self, name: &str) -> Option<String> {
+        self(name)
+    }
+}
+
+impl Config {
+    /// The embedded default, or the file at `path`, with secrets from the process env.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        match path {
+            None => Config::from_toml(DEFAULT_TOML, DEFAULT_ORIGIN, &ProcessEnv),
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| ConfigError {
+                    file: p.display().to_string(),
+                    key: String::new(),
+                    message: format!("cannot read: {e}"),
+                })?;
+                Config::from_toml(&text, &p.display().to_string(), &ProcessEnv)
+            }
+        }
+    }
+
+    pub fn from_toml(text: &str, origin: &str, env: &dyn Env) -> Result<Config, ConfigError> {
+        let err = |key: &str, message: String| ConfigError {
+            file: origin.to_owned(),
+            key: key.to_owned(),
+            message,
+        };
+        let de = toml::Deserializer::new(text);
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            let inner = inner.trim().replace('\n', " ");
+            err(if path == "." { "" } else { &path }, inner)
+        })?;
+
+        let secret = |key: &str,
+                      env_name: &Option<String>,
+                      file: &Option<String>|
+         -> Result<Option<Secret>, ConfigError> {
+            match (env_name, file) {
+                (Some(_), Some(_)) => Err(err(key, "give either *_env or *_file, not both".into())),
+                (Some(name), None) => match env.var(name) {
+                    Some(v) if !v.is_empty() => Ok(Some(Secret(v))),
+                    _ => Ok(None),
+                },
+                (None, Some(path)) => std::fs::read_to_string(path)
+                    .map(|v| Some(Secret(v.trim_end_matches(['\n', '\r']).to_owned())))
+                    .map_err(|e| err(key, format!("cannot read secret file {path}: {e}"))),
+                (None, None) => Ok(None),
+            }
+        };
+
+        let dur =
+            |key: &str, v: &Option<String>, default: Duration| -> Result<Duration, ConfigError> {
+                match v {
+                    None => Ok(default),
+                    Some(s) => parse_duration(s).map_err(|m| err(key, m)),
+                }
+            };
+
+        let s = &raw.server;
+        let server = ServerConfig {
+            listen: s.listen.clone().unwrap_or_else(|| "127.0.0.1:8080".into()),
+            max_body_bytes: s.max_body_bytes.unwrap_or(65_536),
+            max_header_bytes: s.max_header_bytes.unwrap_or(16_384),
+            header_read_timeout: dur(
+                "server.header_read_timeout",
+                &s.header_read_timeout,
+                Duration::from_secs(10),
+            )?,
+            body_read_timeout: dur(
+                "server.body_read_timeout",
+                &s.body_read_timeout,
+                Duration::from_secs(10),
+            )?,
+            shutdown_grace: dur(
+                "server.shutdown_grace",
+                &s.shutdown_grace,
+                Duration::from_secs(25),
+            )?,
+            max_connections: s.max_connections.unwrap_or(4096),
+        };
+        if server.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(err(
+                "server.listen",
+                format!("{:?} is not an address like 127.0.0.1:8080", server.listen),
+            ));
+        }
+        if !(64..=16 * 1024 * 1024).contains(&server.max_body_bytes) {
+            return Err(err(
+                "server.max_body_bytes",
+                "must be between 64 and 16777216".into(),
+            ));
+        }
+        if !(8192..=1024 * 1024).contains(&server.max_header_bytes) {
+            return Err(err(
+                "server.max_header_bytes",
+                "must be between 8192 and 1048576".into(),
+            ));
+        }
+        let storage = StorageConfig {
+            path: PathBuf::from(raw.storage.path.clone().unwrap_or_else(|| "./data".into())),
+            cache_capacity_mb: raw.storage.cache_capacity_mb.unwrap_or(64),
+        };
+        if storage.cache_capacity_mb == 0 {
+            return Err(err(
+                "storage.cache_capacity_mb",
+                "must be at least 1".into(),
+            ));
+        }
+        let admin = AdminConfig {
+            token: secret(
+                "admin.token_env",
+                &raw.admin.token_env,
+                &raw.admin.token_file,
+            )?,
+        };
+
+        let mut tenants = Vec::new();
+        let mut seen_tenants = HashSet::new();
+        for (ti, t) in raw.tenants.into_iter().enumerate() {
+            let tk = format!("tenants[{ti}]");
+            if !valid_id(&t.id) {
+                return Err(err(
+                    &format!("{tk}.id"),
+                    "must be 1-64 characters of A-Z a-z 0-9 - _ .".into(),
+                ));
+            }
+            if !seen_tenants.insert(t.id.clone()) {
+                return Err(err(
+                    &format!("{tk}.id"),
+                    format!("tenant {:?} is defined twice", t.id),
+                ));
+            }
+            let auth = match &t.auth {
+                None => {
+                    return Err(err(
+                        &format!("{tk}.auth"),
+                        "is required: { mode = \"none\" | \"basic\" | \"header\", … }".into(),
+                    ))
+                }
+                Some(a) => {
+                    let ak = format!("{tk}.auth");
+                    match a.mode.as_str() {
+                        "none" => Auth::None,
+                        "header" => {
+                            let name = a.header.clone().ok_or_else(|| {
+                                err(
+                                    &format!("{ak}.header"),
+                                    "is required for mode \"header\"".into(),
+                                )
+                            })?;
+                            if hyper::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                                return Err(err(
+                                    &format!("{ak}.header"),
+                                    format!("{name:?} is not a valid header name"),
+                                ));
+                            }
+                            let value = secret(&format!("{ak}.value_env"), &a.value_env, &a.value_file)?
+                                .ok_or_else(|| err(&format!("{ak}.value_env"), "names no secret that is set (give value_env = \"VAR\" with VAR set, or value_file)".into()))?;
+                            Auth::Header {
+                                name: name.to_ascii_lowercase(),
+                                value,
+                            }
+                        }
+                        "basic" => {
+                            let username = a.username.clone().ok_or_else(|| {
+                                err(
+                                    &format!("{ak}.username"),
+                                    "is required for mode \"basic\"".into(),
+                                )
+                            })?;
+                            if username.contains(':') {
+                                return Err(err(
+                                    &format!("{ak}.username"),
+                                    "must not contain ':'".into(),
+                                ));
+                            }
+                            let password = secret(&format!("{ak}.password_env"), &a.password_env, &a.password_file)?
+                                .ok_or_else(|| err(&format!("{ak}.password_env"), "names no secret that is set (give password_env = \"VAR\" with VAR set, or password_file)".into()))?;
+                            Auth::Basic { username, password }
+                        }
+                        other => {
+                            return Err(err(
+                                &format!("{ak}.mode"),
+                                format!("unknown mode {other:?}; use none, basic or header"),
+                            ))
+                        }
+                    }
+                }
+            };
+            let hold_ttl = dur(
+                &format!("{tk}.hold_ttl"),
+                &t.hold_ttl,
+                Duration::from_secs(7200),
+            )?;
+            if hold_ttl.is_zero() {
+                return Err(err(
+                    &format!("{tk}.hold_ttl"),
+                    "must be longer than zero".into(),
+                ));
+            }
+            let code_match = t.code_match.unwrap_or_default();
+            let mut campaigns = Vec::new();
+            let mut ids = HashSet::new();
+            let mut codes = std::collections::HashMap::new();
+            for (ci, spec) in t.campaigns.into_iter().enumerate() {
+                let ck = format!("{tk}.campaigns[{ci}]");
+                let c = Campaign::from_spec(spec)
+                    .map_err(|e| err(&format!("{ck}.{}", e.key), e.message))?;
+                if !ids.insert(c.id.clone()) {
+                    return Err(err(
+                        &format!("{ck}.id"),
+                        format!("campaign {:?} is defined twice", c.id),
+                    ));
+                }
+                for (i, code) in c.spec.codes.iter().enumerate() {
+                    if let Some(other) = codes.insert(match_key(code_match, code), c.id.clone()) {
+                        return Err(err(&format!("{ck}.codes[{i}]"), format!("code {code:?} also belongs to campaign {other:?} (under code_match = {code_match:?})")));
+                    }
+                }
+                campaigns.push(c);
+            }
+            tenants.push(TenantConfig {
+                id: t.id,
+                auth,
+                hold_ttl_ms: hold_ttl.as_millis() as i64,
+                code_match,
+                campaigns,
+            });
+        }
+        Ok(Config {
+            origin: origin.to_owned(),
+            server,
+            storage,
+            admin,
+            tenants,
+        })
+    }
+
+    pub fn tenant(&self, id: &str) -> Option<&TenantConfig> {
+        self.tenants.iter().find(|t| t.id == id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = Config::from_toml(DEFAULT_TOML, DEFAULT_ORIGIN, &no_env).unwrap();
+        assert_eq!(c.tenants[0].id, "demo");
+        assert_eq!(c.server.listen, "127.0.0.1:8080");
+        assert!(c.admin.token.is_none());
+    }
+
+    #[test]
+    fn errors_name_file_and_key() {
+        let e = Config::from_toml("[server]\nlisten = 5\n", "x.toml", &no_env).unwrap_err();
+        assert_eq!(
+            (e.file.as_str(), e.key.as_str()),
+            ("x.toml", "server.listen")
+        );
+        let e = Config::from_toml("[[tenants]]\nid='a'\nauth={mode='none'}\n[[tenants.campaigns]]\nid='c'\ndiscount={percent=0}\n", "x.toml", &no_env).unwrap_err();
+        assert_eq!(e.key, "tenants[0].campaigns[0].discount.percent");
+        let e = Config::from_toml(
+            "[[tenants]]\nid='a'\nauth={mode='header', header='X-K', value_env='NOPE'}\n",
+            "x.toml",
+            &no_env,
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "tenants[0].auth.value_env");
+        let e = Config::from_toml(
+            "[server]\nlisten='127.0.0.1:1'\nbogus=1\n",
+            "x.toml",
+            &no_env,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let env = |n: &str| (n == "K").then(|| "hunter2".to_string());
+        let c = Config::from_toml(
+            "[[tenants]]\nid='a'\nauth={mode='header', header='X-K', value_env='K'}\n",
+            "x",
+            &env,
+        )
+        .unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("800ms").unwrap(), Duration::from_millis(800));
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        assert_eq!(
+            parse_duration("7d").unwrap(),
+            Duration::from_secs(7 * 86400)
+        );
+        assert!(parse_duration("2 weeks").is_err());
+        assert!(parse_duration("h").is_err());
+    }
+}

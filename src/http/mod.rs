@@ -1,0 +1,231 @@
+//! The hyper server, kept thin: accept connections (with a cap), apply limits (header
+//! size and read time, body size and read time), route, authenticate, parse, hand the
+//! decision to a store job, and turn its [`Reply`] into bytes. Drains in-flight requests
+//! and closes the store on shutdown.
+
+mod auth;
+mod routes;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, Semaphore};
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::service::{Reply, State};
+use crate::store::{Store, StoreError, StoreOptions};
+
+pub use auth::TenantAuth;
+
+/// Everything a request handler needs.
+pub struct App {
+    pub config: Config,
+    pub store: Store<State>,
+    pub clock: Clock,
+    pub metrics: Metrics,
+    pub tenants: HashMap<String, TenantAuth>,
+    pub admin_digest: Option<[u8; 32]>,
+    pub shutting_down: AtomicBool,
+}
+
+/// A running server: its address, and a handle to stop it.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub app: Arc<App>,
+    stop_tx: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+#[derive(Debug)]
+pub enum StartError {
+    Store(StoreError),
+    Bind(String),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Store(e) => write!(f, "{e}"),
+            StartError::Bind(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+impl Server {
+    /// Open the store, bind the listen address, and start serving.
+    pub async fn start(config: Config, clock: Clock) -> Result<Server, StartError> {
+        let metrics = Metrics::default();
+        let gauge = metrics.holds_in_flight.clone();
+        let opts = StoreOptions {
+            path: config.storage.path.clone(),
+            cache_capacity_bytes: config.storage.cache_capacity_mb * 1024 * 1024,
+        };
+        let cfg2 = config.clone();
+        let store = tokio::task::spawn_blocking(move || {
+            Store::open(&opts, move |txn| State::load(&cfg2, txn, gauge))
+        })
+        .await
+        .map_err(|e| StartError::Store(StoreError::Io(e.to_string())))?
+        .map_err(StartError::Store)?;
+        let listener = TcpListener::bind(&config.server.listen)
+            .await
+            .map_err(|e| {
+                StartError::Bind(format!("cannot listen on {}: {e}", config.server.listen))
+            })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| StartError::Bind(e.to_string()))?;
+        let tenants = config
+            .tenants
+            .iter()
+            .map(|t| (t.id.clone(), TenantAuth::from_config(&t.auth)))
+            .collect();
+        let admin_digest = config
+            .admin
+            .token
+            .as_ref()
+            .map(|t| auth::admin_digest(t.expose()));
+        let app = Arc::new(App {
+            config,
+            store,
+            clock,
+            metrics,
+            tenants,
+            admin_digest,
+            shutting_down: AtomicBool::new(false),
+        });
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let task = tokio::spawn(serve(app.clone(), listener, stop_rx));
+        Ok(Server {
+            addr,
+            app,
+            stop_tx: Some(stop_tx),
+            task: Some(task),
+        })
+    }
+
+    /// Stop accepting, let in-flight requests finish (up to `shutdown_grace`), flush and
+    /// close the store.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop_tx.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+async fn serve(app: Arc<App>, listener: TcpListener, mut stop: oneshot::Receiver<()>) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let permits = Arc::new(Semaphore::new(app.config.server.max_connections));
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(app.config.server.header_read_timeout)
+        .max_buf_size(app.config.server.max_header_bytes.max(8192))
+        .keep_alive(true);
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = &mut stop => break,
+        };
+        let (stream, _peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            _ = &mut stop => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app2 = app.clone();
+        let conn = builder.serve_connection(
+            TokioIo::new(stream),
+            service_fn(move |req| handle(app2.clone(), req)),
+        );
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(permit);
+        });
+    }
+    app.shutting_down.store(true, Ordering::SeqCst);
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(app.config.server.shutdown_grace) => {
+            tracing::warn!("shutdown grace period over; closing the remaining connections");
+        }
+    }
+    app.store.close().await;
+    tracing::info!("store flushed and closed");
+}
+
+async fn handle(
+    app: Arc<App>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let start = Instant::now();
+    let (endpoint, resp) = routes::route(&app, req).await;
+    app.metrics
+        .observe(endpoint, &resp.reply.outcome, start.elapsed());
+    Ok(resp.into_response())
+}
+
+/// A reply plus the headers some statuses need.
+pub(crate) struct Out {
+    pub reply: Reply,
+    pub content_type: &'static str,
+    pub allow: Option<&'static str>,
+    pub www_authenticate: bool,
+}
+
+impl Out {
+    fn from(reply: Reply) -> Out {
+        Out {
+            reply,
+            content_type: "application/json",
+            allow: None,
+            www_authenticate: false,
+        }
+    }
+
+    fn into_response(self) -> Response<Full<Bytes>> {
+        let mut b = Response::builder()
+            .status(self.reply.status)
+            .header(hyper::header::CONTENT_TYPE, self.content_type);
+        if let Some(a) = self.allow {
+            b = b.header(hyper::header::ALLOW, a);
+        }
+        if self.www_authenticate {
+            b = b.header(
+                hyper::header::WWW_AUTHENTICATE,
+                "Basic realm=\"karma-provider\"",
+            );
+        }
+        if self.reply.status == 503 || self.reply.status == 429 {
+            b = b.header(hyper::header::RETRY_AFTER, "1");
+        }
+        b.body(Full::new(Bytes::from(self.reply.body)))
+            .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+    }
+}

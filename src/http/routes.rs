@@ -1,0 +1,296 @@
+//! Routing: path → endpoint, then the same steps for every provider call: tenant, method,
+//! auth, content type, body limits, parse, validate, run the decision on the store.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request};
+use percent_encoding::percent_decode_str;
+
+use super::auth::check_bearer;
+use super::{App, Out};
+use crate::contract::voucher::{CheckRequest, CommitRequest};
+use crate::contract::{parse, ApiError};
+use crate::service::{self, admin, Reply};
+use crate::store::StoreError;
+use crate::voucher::CampaignSpec;
+
+fn err(e: ApiError) -> Out {
+    Out::from(Reply::error(&e))
+}
+
+fn not_found() -> Out {
+    err(ApiError::new(404, "NOT_FOUND", "no such endpoint"))
+}
+
+fn method_not_allowed(allow: &'static str) -> Out {
+    let mut o = err(ApiError::new(
+        405,
+        "METHOD_NOT_ALLOWED",
+        format!("use {allow}"),
+    ));
+    o.allow = Some(allow);
+    o
+}
+
+fn store_error(e: StoreError) -> Out {
+    match e {
+        StoreError::JobPanicked => err(ApiError::new(500, "INTERNAL", e.to_string())),
+        _ => err(ApiError::new(503, "UNAVAILABLE", e.to_string())),
+    }
+}
+
+pub(super) async fn route(app: &Arc<App>, req: Request<Incoming>) -> (&'static str, Out) {
+    let path = req.uri().path().to_owned();
+    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match segs.as_slice() {
+        ["healthz"] => (
+            "health",
+            get_only(&req, || Out::from(Reply::ok(br#"{"ok":true}"#.to_vec()))),
+        ),
+        ["readyz"] => (
+            "health",
+            get_only(&req, || {
+                if app.store.is_healthy() && !app.shutting_down.load(Ordering::Relaxed) {
+                    Out::from(Reply::ok(br#"{"ok":true}"#.to_vec()))
+                } else {
+                    err(ApiError::new(
+                        503,
+                        "NOT_READY",
+                        "the store is unavailable or the server is shutting down",
+                    ))
+                }
+            }),
+        ),
+        ["metrics"] => (
+            "metrics",
+            get_only(&req, || {
+                let mut o = Out::from(Reply::ok(
+                    app.metrics.render(app.store.stats()).into_bytes(),
+                ));
+                o.content_type = "text/plain; version=0.0.4";
+                o
+            }),
+        ),
+        ["v1", tenant, "voucher", op] => {
+            let endpoint = match *op {
+                "check" => "voucher.check",
+                "commit" => "voucher.commit",
+                "reactivate" => "voucher.reactivate",
+                _ => return ("other", not_found()),
+            };
+            let tenant = tenant.to_string();
+            (endpoint, provider_call(app, req, &tenant, endpoint).await)
+        }
+        ["admin", "v1", rest @ ..] => {
+            let rest: Vec<String> = rest
+                .iter()
+                .map(|s| percent_decode_str(s).decode_utf8_lossy().into_owned())
+                .collect();
+            ("admin", admin_call(app, req, rest).await)
+        }
+        _ => ("other", not_found()),
+    }
+}
+
+fn get_only(req: &Request<Incoming>, f: impl FnOnce() -> Out) -> Out {
+    if req.method() == Method::GET || req.method() == Method::HEAD {
+        f()
+    } else {
+        method_not_allowed("GET")
+    }
+}
+
+/// Read the body within the size and time limits, after checking its content type.
+async fn read_json_body(app: &App, req: Request<Incoming>) -> Result<Vec<u8>, ApiError> {
+    if let Some(ct) = req.headers().get(hyper::header::CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
+        let essence = ct.split(';').next().unwrap_or("").trim();
+        if essence != "application/json" && !essence.ends_with("+json") {
+            return Err(ApiError::new(
+                415,
+                "UNSUPPORTED_MEDIA_TYPE",
+                format!("Content-Type must be application/json, not {essence:?}"),
+            ));
+        }
+    }
+    let max = app.config.server.max_body_bytes;
+    let too_large = || {
+        ApiError::new(
+            413,
+            "BODY_TOO_LARGE",
+            format!("the body exceeds the limit of {max} bytes"),
+        )
+    };
+    if let Some(len) = req.headers().get(hyper::header::CONTENT_LENGTH) {
+        if len
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .is_some_and(|n| n > max as u64)
+        {
+            return Err(too_large());
+        }
+    }
+    let body = Limited::new(req.into_body(), max);
+    match tokio::time::timeout(app.config.server.body_read_timeout, body.collect()).await {
+        Err(_) => Err(ApiError::new(
+            408,
+            "REQUEST_TIMEOUT",
+            "the body did not arrive in time",
+        )),
+        Ok(Err(e))
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(too_large())
+        }
+        Ok(Err(e)) => Err(ApiError::new(
+            400,
+            "BAD_BODY",
+            format!("could not read the body: {e}"),
+        )),
+        Ok(Ok(c)) => Ok(c.to_bytes().to_vec()),
+    }
+}
+
+async fn provider_call(
+    app: &Arc<App>,
+    req: Request<Incoming>,
+    tenant: &str,
+    endpoint: &'static str,
+) -> Out {
+    let Some(auth) = app.tenants.get(tenant) else {
+        return err(ApiError::new(
+            404,
+            "UNKNOWN_TENANT",
+            format!("no tenant {tenant:?}"),
+        ));
+    };
+    if req.method() != Method::POST {
+        return method_not_allowed("POST");
+    }
+    if let Err(why) = auth.check(req.headers()) {
+        let mut o = err(ApiError::new(401, "UNAUTHORIZED", why));
+        o.www_authenticate = auth.is_basic();
+        return o;
+    }
+    let body = match read_json_body(app, req).await {
+        Ok(b) => b,
+        Err(e) => return err(e),
+    };
+    let now = app.clock.now_ms();
+    let t = tenant.to_owned();
+    let result = match endpoint {
+        "voucher.check" => {
+            let r: CheckRequest =
+                match parse(&body).and_then(|r: CheckRequest| r.validate().map(|()| r)) {
+                    Ok(r) => r,
+                    Err(e) => return err(e),
+                };
+            app.store
+                .run(move |txn, st| service::voucher::check(txn, st, &t, &r, now))
+                .await
+        }
+        _ => {
+            let r: CommitRequest =
+                match parse(&body).and_then(|r: CommitRequest| r.validate().map(|()| r)) {
+                    Ok(r) => r,
+                    Err(e) => return err(e),
+                };
+            if endpoint == "voucher.commit" {
+                app.store
+                    .run(move |txn, st| service::voucher::commit(txn, st, &t, &r, now))
+                    .await
+            } else {
+                app.store
+                    .run(move |txn, st| service::voucher::reactivate(txn, st, &t, &r, now))
+                    .await
+            }
+        }
+    };
+    match result {
+        Ok(Ok(reply)) => Out::from(reply),
+        Ok(Err(e)) | Err(e) => store_error(e),
+    }
+}
+
+async fn admin_call(app: &Arc<App>, req: Request<Incoming>, rest: Vec<String>) -> Out {
+    let Some(digest) = &app.admin_digest else {
+        return err(ApiError::new(
+            404,
+            "ADMIN_DISABLED",
+            "the admin API is off: set the token named by [admin] token_env",
+        ));
+    };
+    if !check_bearer(req.headers(), digest) {
+        return err(ApiError::new(
+            401,
+            "UNAUTHORIZED",
+            "missing or wrong Authorization: Bearer token",
+        ));
+    }
+    let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
+    let ["tenants", tenant, tail @ ..] = rest.as_slice() else {
+        return not_found();
+    };
+    let tenant = tenant.to_string();
+    if !app.tenants.contains_key(&tenant) {
+        return err(ApiError::new(
+            404,
+            "UNKNOWN_TENANT",
+            format!("no tenant {tenant:?}"),
+        ));
+    }
+    let now = app.clock.now_ms();
+    let method = req.method().clone();
+    let result = match (tail, &method) {
+        (["campaigns"], &Method::GET) => {
+            app.store
+                .run(move |txn, st| admin::list_campaigns(txn, st, &tenant, now))
+                .await
+        }
+        (["campaigns"], &Method::POST) | (["campaigns", _], &Method::PUT) => {
+            let id = tail.get(1).map(|s| s.to_string());
+            let body = match read_json_body(app, req).await {
+                Ok(b) => b,
+                Err(e) => return err(e),
+            };
+            let spec: CampaignSpec = match parse(&body) {
+                Ok(s) => s,
+                Err(e) => return err(e),
+            };
+            app.store
+                .run(move |txn, st| admin::put_campaign(txn, st, &tenant, id.as_deref(), spec))
+                .await
+        }
+        (["campaigns"], _) => return method_not_allowed("GET, POST"),
+        (["campaigns", _], _) => return method_not_allowed("PUT"),
+        (["codes", code], &Method::GET) => {
+            let code = code.to_string();
+            app.store
+                .run(move |txn, st| admin::code_state(txn, st, &tenant, &code, now))
+                .await
+        }
+        (["holds"], &Method::GET) => {
+            app.store
+                .run(move |txn, st| admin::list_holds(txn, st, &tenant, now))
+                .await
+        }
+        (["holds", r, "release"], &Method::POST) => {
+            let r = r.to_string();
+            app.store
+                .run(move |txn, st| admin::release(txn, st, &tenant, &r, now))
+                .await
+        }
+        (["codes", _], _) | (["holds"], _) => return method_not_allowed("GET"),
+        (["holds", _, "release"], _) => return method_not_allowed("POST"),
+        _ => return not_found(),
+    };
+    match result {
+        Ok(Ok(reply)) => Out::from(reply),
+        Ok(Err(e)) | Err(e) => store_error(e),
+    }
+}

@@ -1,0 +1,15 @@
+//! karma-provider: the provider side of Karma's custom voucher (and, next, loyalty)
+//! integrations. See ARCHITECTURE.md for the map; each module says what it owns.
+
+pub mod clock;
+pub mod config;
+pub mod contract;
+pub mod http;
+pub mod metrics;
+pub mod service;
+pub mod store;
+pub mod voucher;
+
+pub use clock::Clock;
+pub use config::Config;
+pub use http::Server;

@@ -1,0 +1,157 @@
+//! The `karma-provider` command line: parses arguments and hands over to the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use karma_provider::{Clock, Config, Server};
+
+#[derive(Parser)]
+#[command(
+    name = "karma-provider",
+    version,
+    about = "Karma custom voucher and loyalty provider"
+)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP service (the embedded demo config when no --config is given).
+    Serve {
+        /// A TOML config file; see deploy/config.example.toml.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Check a config file and exit (non-zero with the key at fault when invalid).
+    CheckConfig {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KP_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => b.json().init(),
+        LogFormat::Pretty => b.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs(cli.log_format);
+    match cli.command {
+        Command::CheckConfig { config } => match Config::load(config.as_deref()) {
+            Ok(c) => {
+                println!("{}: ok ({} tenant(s))", c.origin, c.tenants.len());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("config error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Serve { config } => {
+            let config = match Config::load(config.as_deref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("config error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            rt.block_on(serve(config))
+        }
+    }
+}
+
+async fn serve(config: Config) -> ExitCode {
+    let origin = config.origin.clone();
+    let data = config.storage.path.display().to_string();
+    let first = config.tenants.first().map(|t| {
+        (
+            t.id.clone(),
+            t.campaigns
+                .first()
+                .and_then(|c| c.spec.codes.first().cloned()),
+        )
+    });
+    let admin_on = config.admin.token.is_some();
+    let server = match Server::start(config, Clock::System).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let addr = server.addr;
+    println!("karma-provider listening on http://{addr}");
+    println!("  config: {origin}");
+    println!("  data:   {data}");
+    println!(
+        "  admin API: {}",
+        if admin_on {
+            "on"
+        } else {
+            "off (set the token named by [admin] token_env)"
+        }
+    );
+    if let Some((tenant, Some(code))) = first {
+        println!("Try a voucher check:");
+        println!(
+            "  curl -s http://{addr}/v1/{tenant}/voucher/check -H 'Content-Type: application/json' \\\n    -d '{{\"code\":\"{code}\",\"cart\":{{\"items\":[{{\"inventoryItemId\":\"1001\",\"quantity\":2,\"priceCents\":2500}}],\"totalCents\":5000}}}}'"
+        );
+    }
+    tracing::info!(%addr, "serving");
+    wait_for_signal().await;
+    tracing::info!("shutting down: draining in-flight requests");
+    server.stop().await;
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,246 @@
+//! Operator use cases behind the admin API: campaigns (list, create, update), one code's
+//! state and history, holds in flight, and releasing a hold by hand.
+
+use serde_json::json;
+
+use crate::clock::{rfc3339, Millis};
+use crate::contract::ApiError;
+use crate::store::{StoreError, Txn};
+use crate::voucher::{match_key, Campaign, CampaignSpec};
+
+use super::voucher::{release_hold, usage, HistoryEvent};
+use super::{keys, Reply, Source, State};
+
+fn reply(status: u16, v: serde_json::Value) -> Reply {
+    Reply {
+        status,
+        body: serde_json::to_vec(&v).unwrap_or_default(),
+        outcome: if status < 300 {
+            "ok".into()
+        } else {
+            status.to_string()
+        },
+    }
+}
+
+fn not_found(what: &str) -> Reply {
+    Reply::error(&ApiError::new(404, "NOT_FOUND", what))
+}
+
+fn campaign_json(
+    txn: &Txn<'_>,
+    st: &State,
+    tenant: &str,
+    id: &str,
+) -> Result<serde_json::Value, StoreError> {
+    let Some(e) = st.tenants.get(tenant).and_then(|t| t.campaigns.get(id)) else {
+        return Ok(serde_json::Value::Null);
+    };
+    let (held, _, _) = st.holds.counts(tenant, id, "", None);
+    Ok(json!({
+        "source": e.source,
+        "spec": e.campaign.spec,
+        "usesConsumed": txn.get_u64(&keys::used(tenant, id))?,
+        "holdsLive": held,
+    }))
+}
+
+pub fn list_campaigns(
+    txn: &mut Txn<'_>,
+    st: &mut State,
+    tenant: &str,
+    now: Millis,
+) -> Result<Reply, StoreError> {
+    st.prune(txn, now);
+    let Some(t) = st.tenants.get(tenant) else {
+        return Ok(not_found("unknown tenant"));
+    };
+    let ids: Vec<String> = t.campaigns.keys().cloned().collect();
+    let mut items = Vec::new();
+    for id in ids {
+        items.push(campaign_json(txn, st, tenant, &id)?);
+    }
+    Ok(reply(200, json!({"ok": true, "campaigns": items})))
+}
+
+/// Create (`id_in_path = None`) or replace an API-made campaign.
+pub fn put_campaign(
+    txn: &mut Txn<'_>,
+    st: &mut State,
+    tenant: &str,
+    id_in_path: Option<&str>,
+    spec: CampaignSpec,
+) -> Result<Reply, StoreError> {
+    let Some(t) = st.tenants.get_mut(tenant) else {
+        return Ok(not_found("unknown tenant"));
+    };
+    if let Some(id) = id_in_path {
+        if id != spec.id {
+            return Ok(Reply::error(&ApiError::invalid(
+                "id",
+                format!("must equal the id in the path ({id})"),
+            )));
+        }
+    }
+    let existing = t.campaigns.get(&spec.id).map(|e| e.source);
+    match (id_in_path, existing) {
+        (_, Some(Source::Config)) => {
+            return Ok(Reply::error(&ApiError::new(
+                409,
+                "CAMPAIGN_FROM_CONFIG",
+                format!(
+                    "campaign {:?} comes from the config file; change it there",
+                    spec.id
+                ),
+            )));
+        }
+        (None, Some(Source::Api)) => {
+            return Ok(Reply::error(&ApiError::new(
+                409,
+                "CAMPAIGN_EXISTS",
+                format!(
+                    "campaign {:?} exists; PUT /campaigns/{} to replace it",
+                    spec.id, spec.id
+                ),
+            )));
+        }
+        (Some(_), None) => {
+            return Ok(not_found(
+                "unknown campaign; POST to /campaigns to create it",
+            ))
+        }
+        _ => {}
+    }
+    if let Some((code, other)) = t.code_conflict(&spec) {
+        return Ok(Reply::error(&ApiError::new(
+            409,
+            "CODE_CONFLICT",
+            format!("code {code:?} already belongs to campaign {other:?}"),
+        )));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, code) in spec.codes.iter().enumerate() {
+        if !seen.insert(match_key(t.code_match, code)) {
+            return Ok(Reply::error(&ApiError::invalid(
+                format!("codes[{i}]"),
+                "repeats an earlier code",
+            )));
+        }
+    }
+    let c = match Campaign::from_spec(spec) {
+        Ok(c) => c,
+        Err(e) => return Ok(Reply::error(&ApiError::invalid(e.key, e.message))),
+    };
+    txn.put_json(keys::campaign(tenant, &c.id), &c.spec);
+    let id = c.id.clone();
+    t.install(c, Source::Api);
+    let body = campaign_json(txn, st, tenant, &id)?;
+    Ok(reply(
+        if existing.is_some() { 200 } else { 201 },
+        json!({"ok": true, "campaign": body}),
+    ))
+}
+
+pub fn code_state(
+    txn: &mut Txn<'_>,
+    st: &mut State,
+    tenant: &str,
+    typed: &str,
+    now: Millis,
+) -> Result<Reply, StoreError> {
+    st.prune(txn, now);
+    let Some(t) = st.tenants.get(tenant) else {
+        return Ok(not_found("unknown tenant"));
+    };
+    let Some((cid, code)) = t.index.get(&match_key(t.code_match, typed)).cloned() else {
+        return Ok(not_found("no campaign has this code"));
+    };
+    let limit = t
+        .campaigns
+        .get(&cid)
+        .and_then(|e| e.campaign.max_uses_per_code);
+    let u = usage(txn, st, tenant, &cid, &code, None)?;
+    let mut history: Vec<HistoryEvent> = Vec::new();
+    for (_, v) in txn.scan_prefix(&keys::history_prefix(tenant, &cid, &code))? {
+        if let Ok(e) = serde_json::from_slice(&v) {
+            history.push(e);
+        }
+    }
+    let total_events = history.len();
+    let last_event = history.last().map(|e| e.event.clone());
+    if history.len() > 100 {
+        history.drain(..history.len() - 100);
+    }
+    let state = match limit {
+        Some(l) if u.code_used >= l => "used",
+        Some(l) if u.code_used + u.code_held >= l => "held",
+        _ if u.code_held > 0 => "held",
+        _ if last_event.as_deref() == Some("reactivated") => "reactivated",
+        _ => "available",
+    };
+    Ok(reply(
+        200,
+        json!({
+            "ok": true,
+            "code": code,
+            "campaign": cid,
+            "state": state,
+            "usesConsumed": u.code_used,
+            "holdsLive": u.code_held,
+            "maxUsesPerCode": limit,
+            "historyEvents": total_events,
+            "history": history,
+        }),
+    ))
+}
+
+pub fn list_holds(
+    txn: &mut Txn<'_>,
+    st: &mut State,
+    tenant: &str,
+    now: Millis,
+) -> Result<Reply, StoreError> {
+    st.prune(txn, now);
+    let mut items: Vec<_> = st
+        .holds
+        .iter()
+        .filter(|(_, h)| h.tenant == tenant)
+        .map(|(r, h)| (h.expires_at, r.clone(), h.clone()))
+        .collect();
+    items.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    let mut out = Vec::with_capacity(items.len());
+    for (exp, r, h) in items {
+        let amount = txn
+            .get_json::<super::HoldRecord>(&keys::hold(tenant, &r))?
+            .map(|x| x.amount_cents);
+        out.push(json!({
+            "providerRef": r,
+            "campaign": h.campaign,
+            "code": h.code,
+            "guest": h.guest,
+            "amountCents": amount,
+            "expiresAt": rfc3339(exp),
+        }));
+    }
+    Ok(reply(
+        200,
+        json!({"ok": true, "count": out.len(), "holds": out}),
+    ))
+}
+
+pub fn release(
+    txn: &mut Txn<'_>,
+    st: &mut State,
+    tenant: &str,
+    provider_ref: &str,
+    now: Millis,
+) -> Result<Reply, StoreError> {
+    if release_hold(txn, st, tenant, provider_ref, now)? {
+        Ok(reply(
+            200,
+            json!({"ok": true, "providerRef": provider_ref, "status": "released"}),
+        ))
+    } else {
+        Ok(not_found("no live hold with this providerRef"))
+    }
+}

@@ -1,0 +1,298 @@
+//! Use cases: the glue between the pure domain (`voucher/`) and the store. Each public
+//! function here runs as one job on the store's writer thread, so it sees a consistent
+//! state, decides with the domain's plain functions, and writes its effect together with
+//! its idempotency record; the store makes that durable before anyone sees the [`Reply`].
+//!
+//! [`State`] is the writer's in-memory state: each tenant's campaign catalog and code
+//! index, and the live holds that count against limits. It is rebuilt from disk at start.
+
+pub mod admin;
+pub mod voucher;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use crate::clock::Millis;
+use crate::config::Config;
+use crate::contract::ApiError;
+use crate::store::{key, last, prefix, StoreError, Txn};
+use crate::voucher::{
+    match_key, Campaign, CampaignSpec, CodeMatch, HoldState, LiveHold, LiveHolds,
+};
+
+/// What a job answers: an HTTP status, the exact body bytes, and an outcome label for
+/// metrics (`ok` or the error code).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Vec<u8>,
+    pub outcome: String,
+}
+
+impl Reply {
+    pub fn ok(body: Vec<u8>) -> Reply {
+        Reply {
+            status: 200,
+            body,
+            outcome: "ok".into(),
+        }
+    }
+
+    pub fn rejected(code: &str, message: &str) -> Reply {
+        Reply {
+            status: 200,
+            body: crate::contract::rejection_body(code, message),
+            outcome: code.to_owned(),
+        }
+    }
+
+    pub fn error(e: &ApiError) -> Reply {
+        Reply {
+            status: e.status,
+            body: e.body(),
+            outcome: e.code.to_owned(),
+        }
+    }
+}
+
+/// Whether a campaign came from the config file (read-only through the API) or the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    Config,
+    Api,
+}
+
+#[derive(Debug, Clone)]
+pub struct CampaignEntry {
+    pub campaign: Arc<Campaign>,
+    pub source: Source,
+}
+
+#[derive(Debug)]
+pub struct TenantState {
+    pub hold_ttl_ms: i64,
+    pub code_match: CodeMatch,
+    pub campaigns: BTreeMap<String, CampaignEntry>,
+    /// match key → (campaign id, the code as configured)
+    pub index: HashMap<String, (String, String)>,
+}
+
+impl TenantState {
+    /// Codes of `spec` that another campaign already owns.
+    pub fn code_conflict(&self, spec: &CampaignSpec) -> Option<(String, String)> {
+        spec.codes.iter().find_map(|code| {
+            self.index
+                .get(&match_key(self.code_match, code))
+                .filter(|(cid, _)| *cid != spec.id)
+                .map(|(cid, _)| (code.clone(), cid.clone()))
+        })
+    }
+
+    pub fn install(&mut self, c: Campaign, source: Source) {
+        if let Some(old) = self.campaigns.get(&c.id) {
+            for code in &old.campaign.spec.codes {
+                self.index.remove(&match_key(self.code_match, code));
+            }
+        }
+        for code in &c.spec.codes {
+            self.index.insert(
+                match_key(self.code_match, code),
+                (c.id.clone(), code.clone()),
+            );
+        }
+        self.campaigns.insert(
+            c.id.clone(),
+            CampaignEntry {
+                campaign: Arc::new(c),
+                source,
+            },
+        );
+    }
+}
+
+/// A hold as stored: everything needed to commit, reactivate or explain it later.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct HoldRecord {
+    pub provider_ref: String,
+    pub campaign: String,
+    pub code: String,
+    pub guest: Option<String>,
+    pub location: Option<String>,
+    pub amount_cents: i64,
+    pub created_at: Millis,
+    pub expires_at: Millis,
+    pub state: HoldState,
+    pub transaction_id: Option<String>,
+    pub updated_at: Millis,
+}
+
+pub struct State {
+    pub tenants: HashMap<String, TenantState>,
+    pub holds: LiveHolds,
+    /// Live holds, published for `/metrics`.
+    pub holds_gauge: Arc<AtomicU64>,
+}
+
+pub mod keys {
+    //! Record keys, one place.
+    use super::*;
+    pub fn campaign(t: &str, id: &str) -> Vec<u8> {
+        key(&["camp", t, id])
+    }
+    pub fn hold(t: &str, r: &str) -> Vec<u8> {
+        key(&["hold", t, r])
+    }
+    pub fn live(t: &str, r: &str) -> Vec<u8> {
+        key(&["live", t, r])
+    }
+    pub fn used(t: &str, c: &str) -> Vec<u8> {
+        key(&["used", t, c])
+    }
+    pub fn used_code(t: &str, c: &str, code: &str) -> Vec<u8> {
+        key(&["usedc", t, c, code])
+    }
+    pub fn used_guest(t: &str, c: &str, g: &str) -> Vec<u8> {
+        key(&["usedg", t, c, g])
+    }
+    pub fn idem(t: &str, op: &str, id: &str) -> Vec<u8> {
+        key(&["idem", t, op, id])
+    }
+    pub fn history_prefix(t: &str, c: &str, code: &str) -> Vec<u8> {
+        prefix(&["hist", t, c, code])
+    }
+}
+
+impl State {
+    /// Build the writer state from the config and what is on disk.
+    pub fn load(
+        cfg: &Config,
+        txn: &mut Txn<'_>,
+        holds_gauge: Arc<AtomicU64>,
+    ) -> Result<State, StoreError> {
+        let mut tenants = HashMap::new();
+        for t in &cfg.tenants {
+            let mut ts = TenantState {
+                hold_ttl_ms: t.hold_ttl_ms,
+                code_match: t.code_match,
+                campaigns: BTreeMap::new(),
+                index: HashMap::new(),
+            };
+            for c in &t.campaigns {
+                ts.install(c.clone(), Source::Config);
+            }
+            for (_, v) in txn.scan_prefix(&prefix(&["camp", &t.id]))? {
+                let Ok(spec) = serde_json::from_slice::<CampaignSpec>(&v) else {
+                    tracing::warn!(tenant = %t.id, "skipping an unreadable stored campaign");
+                    continue;
+                };
+                if ts
+                    .campaigns
+                    .get(&spec.id)
+                    .is_some_and(|e| e.source == Source::Config)
+                {
+                    tracing::warn!(tenant = %t.id, campaign = %spec.id, "a campaign made through the admin API has the id of a config-file campaign; the config file wins");
+                    continue;
+                }
+                if let Some((code, other)) = ts.code_conflict(&spec) {
+                    tracing::warn!(tenant = %t.id, campaign = %spec.id, code = %code, other = %other, "stored campaign skipped: one of its codes now belongs to another campaign");
+                    continue;
+                }
+                match Campaign::from_spec(spec) {
+                    Ok(c) => ts.install(c, Source::Api),
+                    Err(e) => {
+                        tracing::warn!(tenant = %t.id, key = %e.key, "stored campaign no longer valid: {}", e.message)
+                    }
+                }
+            }
+            tenants.insert(t.id.clone(), ts);
+        }
+        let mut holds = LiveHolds::default();
+        for (k, _) in txn.scan_prefix(b"live\x1f")? {
+            let r = last(&k).to_owned();
+            let tenant = std::str::from_utf8(&k[5..k.len() - r.len() - 1])
+                .unwrap_or("")
+                .to_owned();
+            if let Some(h) = txn.get_json::<HoldRecord>(&keys::hold(&tenant, &r))? {
+                if h.state == HoldState::Held {
+                    holds.insert(
+                        r,
+                        LiveHold {
+                            tenant,
+                            campaign: h.campaign,
+                            code: h.code,
+                            guest: h.guest,
+                            expires_at: h.expires_at,
+                        },
+                    );
+                    continue;
+                }
+            }
+            txn.delete(k);
+        }
+        holds_gauge.store(holds.len() as u64, Ordering::Relaxed);
+        Ok(State {
+            tenants,
+            holds,
+            holds_gauge,
+        })
+    }
+
+    /// Let expired holds go: they stop counting, and their `live` markers are removed.
+    pub fn prune(&mut self, txn: &mut Txn<'_>, now: Millis) {
+        let before = self.holds.len();
+        for r in self.holds.prune(now) {
+            txn.delete(keys::live(&r.0, &r.1));
+        }
+        if before != self.holds.len() {
+            self.publish();
+        }
+    }
+
+    pub fn publish(&self) {
+        self.holds_gauge
+            .store(self.holds.len() as u64, Ordering::Relaxed);
+    }
+}
+
+/// SHA-256 of the canonical form of a request, to tell a retry from a different request
+/// under the same transaction id.
+pub fn fingerprint<T: serde::Serialize>(req: &T) -> [u8; 32] {
+    let bytes = serde_json::to_vec(req).unwrap_or_default();
+    Sha256::digest(&bytes).into()
+}
+
+/// Exactly-once wrapper: answer a seen id from its record (or 409 when the body differs);
+/// otherwise run `f`, and store its reply under the id in the same atomic write.
+pub fn idempotent(
+    txn: &mut Txn<'_>,
+    idem_key: Vec<u8>,
+    fp: [u8; 32],
+    f: impl FnOnce(&mut Txn<'_>) -> Result<Reply, StoreError>,
+) -> Result<Reply, StoreError> {
+    if let Some(rec) = txn.get(&idem_key)? {
+        if rec.len() >= 34 && rec[..32] == fp {
+            let status = u16::from_be_bytes([rec[32], rec[33]]);
+            return Ok(Reply {
+                status,
+                body: rec[34..].to_vec(),
+                outcome: "replay".into(),
+            });
+        }
+        return Ok(Reply::error(&ApiError::new(
+            409,
+            "IDEMPOTENCY_CONFLICT",
+            "this transactionId was already used with a different request body",
+        )));
+    }
+    let reply = f(txn)?;
+    let mut rec = Vec::with_capacity(34 + reply.body.len());
+    rec.extend_from_slice(&fp);
+    rec.extend_from_slice(&reply.status.to_be_bytes());
+    rec.extend_from_slice(&reply.body);
+    txn.put(idem_key, rec);
+    Ok(reply)
+}

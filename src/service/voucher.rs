@@ -1,0 +1,319 @@
+//! check, commit and reactivate, as writer jobs.
+
+use crate::clock::{rfc3339, Millis};
+use crate::contract::voucher::{
+    CheckRequest, CheckSuccess, CommitRequest, CommitSuccess, ReactivateSuccess,
+};
+use crate::store::{StoreError, Txn};
+use crate::voucher::{
+    capacity, match_key, price, CheckInput, HoldState, LiveHold, Rejection, Usage,
+};
+
+use super::{fingerprint, idempotent, keys, HoldRecord, Reply, State};
+
+fn reject(r: Rejection) -> Reply {
+    Reply::rejected(r.code(), &r.message())
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+/// One event in a code's history, for the admin API.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryEvent {
+    pub at: String,
+    pub event: String,
+    pub provider_ref: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transaction_id: Option<String>,
+    pub amount_cents: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guest: Option<String>,
+}
+
+pub(super) fn record_history(
+    txn: &mut Txn<'_>,
+    tenant: &str,
+    h: &HoldRecord,
+    event: &str,
+    now: Millis,
+) -> Result<(), StoreError> {
+    let seq = txn.next_id()?;
+    let mut k = keys::history_prefix(tenant, &h.campaign, &h.code);
+    k.extend_from_slice(format!("{seq:016x}").as_bytes());
+    txn.put_json(
+        k,
+        &HistoryEvent {
+            at: rfc3339(now),
+            event: event.to_owned(),
+            provider_ref: h.provider_ref.clone(),
+            transaction_id: h.transaction_id.clone(),
+            amount_cents: h.amount_cents,
+            guest: h.guest.clone(),
+        },
+    );
+    Ok(())
+}
+
+/// Consumed uses and live holds for a campaign, code and (optional) guest.
+pub(super) fn usage(
+    txn: &Txn<'_>,
+    st: &State,
+    tenant: &str,
+    campaign: &str,
+    code: &str,
+    guest: Option<&str>,
+) -> Result<Usage, StoreError> {
+    let (campaign_held, code_held, guest_held) = st.holds.counts(tenant, campaign, code, guest);
+    Ok(Usage {
+        campaign_used: txn.get_u64(&keys::used(tenant, campaign))?,
+        campaign_held,
+        code_used: txn.get_u64(&keys::used_code(tenant, campaign, code))?,
+        code_held,
+        guest_used: match guest {
+            Some(g) => txn.get_u64(&keys::used_guest(tenant, campaign, g))?,
+            None => 0,
+        },
+        guest_held,
+    })
+}
+
+/// Add `delta` (+1 or -1) to the consumed counters of a hold's campaign, code and guest.
+fn count_use(txn: &mut Txn<'_>, tenant: &str, h: &HoldRecord, up: bool) -> Result<(), StoreError> {
+    let mut keys = vec![
+        keys::used(tenant, &h.campaign),
+        keys::used_code(tenant, &h.campaign, &h.code),
+    ];
+    if let Some(g) = &h.guest {
+        keys.push(keys::used_guest(tenant, &h.campaign, g));
+    }
+    for k in keys {
+        let v = txn.get_u64(&k)?;
+        let nv = if up { v + 1 } else { v.saturating_sub(1) };
+        txn.put_u64(k, nv);
+    }
+    Ok(())
+}
+
+pub fn check(
+    txn: &mut Txn<'_>,
+    st: &mut State,
+    tenant: &str,
+    req: &CheckRequest,
+    now: Millis,
+) -> Result<Reply, StoreError> {
+    st.prune(txn, now);
+    let Some(t) = st.tenants.get(tenant) else {
+        return Ok(reject(Rejection::UnknownCode));
+    };
+    let Some((cid, code)) = t.index.get(&match_key(t.code_match, &req.code)) else {
+        return Ok(reject(Rejection::UnknownCode));
+    };
+    let (cid, code) = (cid.clone(), code.clone());
+    let Some(entry) = t.campaigns.get(&cid) else {
+        return Ok(reject(Rejection::UnknownCode));
+    };
+    let c = entry.campaign.clone();
+    let guest = req.user_id.as_deref();
+    let input = CheckInput {
+        cart: &req.cart,
+        location: req.location_id.as_deref(),
+        guest,
+        now,
+    };
+    let discount = match price(&c, &input) {
+        Ok(d) => d,
+        Err(r) => return Ok(reject(r)),
+    };
+    let u = usage(txn, st, tenant, &cid, &code, guest)?;
+    if let Err(r) = capacity(&c, &u, guest.is_some()) {
+        return Ok(reject(r));
+    }
+    let expires_at = now + t.hold_ttl_ms;
+    let provider_ref = format!("kph_{:016x}", txn.next_id()?);
+    let hold = HoldRecord {
+        provider_ref: provider_ref.clone(),
+        campaign: cid.clone(),
+        code: code.clone(),
+        guest: req.user_id.clone(),
+        location: req.location_id.clone(),
+        amount_cents: discount,
+        created_at: now,
+        expires_at,
+        state: HoldState::Held,
+        transaction_id: None,
+        updated_at: now,
+    };
+    txn.put_json(keys::hold(tenant, &provider_ref), &hold);
+    txn.put(keys::live(tenant, &provider_ref), Vec::new());
+    record_history(txn, tenant, &hold, "held", now)?;
+    st.holds.insert(
+        provider_ref.clone(),
+        LiveHold {
+            tenant: tenant.to_owned(),
+            campaign: cid,
+            code: code.clone(),
+            guest: req.user_id.clone(),
+            expires_at,
+        },
+    );
+    st.publish();
+    Ok(Reply::ok(json(&CheckSuccess {
+        ok: true,
+        voucher_nr: code,
+        discount_amount_cents: discount,
+        expires_at: rfc3339(expires_at),
+        provider_ref,
+    })))
+}
+
+fn load_hold(
+    txn: &Txn<'_>,
+    tenant: &str,
+    req: &CommitRequest,
+) -> Result<Option<HoldRecord>, StoreError> {
+    match &req.provider_ref {
+        None => Ok(None),
+        Some(r) => txn.get_json(&keys::hold(tenant, r)),
+    }
+}
+
+pub fn commit(
+    txn: &mut Txn<'_>,
+    st: &mut State,
+    tenant: &str,
+    req: &CommitRequest,
+    now: Millis,
+) -> Result<Reply, StoreError> {
+    st.prune(txn, now);
+    let ik = keys::idem(tenant, "commit", &req.transaction_id);
+    idempotent(txn, ik, fingerprint(req), |txn| {
+        let Some(mut h) = load_hold(txn, tenant, req)? else {
+            return Ok(reject(Rejection::ReservationNotFound));
+        };
+        match h.state {
+            HoldState::Committed => return Ok(reject(Rejection::ReservationAlreadyCommitted)),
+            HoldState::Released | HoldState::Reactivated => {
+                return Ok(reject(Rejection::ReservationReleased))
+            }
+            HoldState::Held => {}
+        }
+        if req.amount_cents != h.amount_cents {
+            return Ok(reject(Rejection::AmountMismatch {
+                expected: h.amount_cents,
+                got: req.amount_cents,
+            }));
+        }
+        let live = st.holds.remove(&h.provider_ref).is_some();
+        if !live {
+            // Expired: honour it only if the capacity it held is still free.
+            let campaign = st
+                .tenants
+                .get(tenant)
+                .and_then(|t| t.campaigns.get(&h.campaign))
+                .map(|e| e.campaign.clone());
+            if let Some(c) = campaign {
+                let u = usage(txn, st, tenant, &h.campaign, &h.code, h.guest.as_deref())?;
+                if capacity(&c, &u, h.guest.is_some()).is_err() {
+                    return Ok(reject(Rejection::ReservationExpired));
+                }
+            }
+        }
+        st.publish();
+        txn.delete(keys::live(tenant, &h.provider_ref));
+        h.state = HoldState::Committed;
+        h.transaction_id = Some(req.transaction_id.clone());
+        h.updated_at = now;
+        count_use(txn, tenant, &h, true)?;
+        txn.put_json(keys::hold(tenant, &h.provider_ref), &h);
+        record_history(txn, tenant, &h, "committed", now)?;
+        Ok(Reply::ok(json(&CommitSuccess {
+            ok: true,
+            voucher_nr: h.code.clone(),
+            amount_cents: h.amount_cents,
+            transaction_id: req.transaction_id.clone(),
+        })))
+    })
+}
+
+pub fn reactivate(
+    txn: &mut Txn<'_>,
+    st: &mut State,
+    tenant: &str,
+    req: &CommitRequest,
+    now: Millis,
+) -> Result<Reply, StoreError> {
+    st.prune(txn, now);
+    let ik = keys::idem(tenant, "reactivate", &req.transaction_id);
+    idempotent(txn, ik, fingerprint(req), |txn| {
+        let done = |status: &'static str| {
+            Reply::ok(json(&ReactivateSuccess {
+                ok: true,
+                status,
+                transaction_id: req.transaction_id.clone(),
+            }))
+        };
+        let Some(mut h) = load_hold(txn, tenant, req)? else {
+            return Ok(done("unknown"));
+        };
+        let status = match h.state {
+            HoldState::Released | HoldState::Reactivated => return Ok(done("already_released")),
+            HoldState::Held => {
+                st.holds.remove(&h.provider_ref);
+                st.publish();
+                txn.delete(keys::live(tenant, &h.provider_ref));
+                h.state = HoldState::Released;
+                h.transaction_id = Some(req.transaction_id.clone());
+                "released"
+            }
+            HoldState::Committed => {
+                if h.transaction_id.as_deref() != Some(req.transaction_id.as_str()) {
+                    return Ok(reject(Rejection::TransactionMismatch));
+                }
+                count_use(txn, tenant, &h, false)?;
+                h.state = HoldState::Reactivated;
+                "returned"
+            }
+        };
+        h.updated_at = now;
+        txn.put_json(keys::hold(tenant, &h.provider_ref), &h);
+        record_history(
+            txn,
+            tenant,
+            &h,
+            if status == "released" {
+                "released"
+            } else {
+                "reactivated"
+            },
+            now,
+        )?;
+        Ok(done(status))
+    })
+}
+
+/// Operator release of a live hold (admin API). Returns false when no such live hold.
+pub fn release_hold(
+    txn: &mut Txn<'_>,
+    st: &mut State,
+    tenant: &str,
+    provider_ref: &str,
+    now: Millis,
+) -> Result<bool, StoreError> {
+    st.prune(txn, now);
+    let Some(mut h) = txn.get_json::<HoldRecord>(&keys::hold(tenant, provider_ref))? else {
+        return Ok(false);
+    };
+    if h.state != HoldState::Held || st.holds.remove(provider_ref).is_none() {
+        return Ok(false);
+    }
+    st.publish();
+    txn.delete(keys::live(tenant, provider_ref));
+    h.state = HoldState::Released;
+    h.updated_at = now;
+    txn.put_json(keys::hold(tenant, provider_ref), &h);
+    record_history(txn, tenant, &h, "released_by_operator", now)?;
+    Ok(true)
+}

@@ -1,0 +1,378 @@
+//! The only module that touches sled. Everything that changes state goes through one
+//! writer thread: it runs each job against an overlay of the store (so a job sees the
+//! writes of the jobs before it in the same group), applies the whole group as one sled
+//! `Batch`, flushes, fsyncs the data file, and only then releases the answers. That gives
+//! atomic effects (a job's effect and its idempotency record land together or not at
+//! all), a total order (no two decisions race), and group commit (one flush for every job
+//! that arrived while the previous flush ran).
+//!
+//! The writer also owns an in-memory state `S` (indexes the domain rebuilds at start,
+//! such as live holds). If a flush ever fails the store stops taking writes (fail-stop):
+//! memory may then be ahead of disk, and only a restart from disk is safe.
+
+mod keys;
+
+pub use keys::{key, last, prefix};
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, oneshot};
+
+/// Largest number of jobs applied under one flush.
+const MAX_GROUP: usize = 512;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// A flush failed earlier; the store refuses writes until restarted.
+    Failed,
+    /// The store is shutting down.
+    Closed,
+    /// The job panicked; nothing it wrote was kept.
+    JobPanicked,
+    Io(String),
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Failed => write!(
+                f,
+                "the store failed an earlier flush and is read-only until restart"
+            ),
+            StoreError::Closed => write!(f, "the store is closed"),
+            StoreError::JobPanicked => {
+                write!(f, "internal error while deciding; nothing was written")
+            }
+            StoreError::Io(e) => write!(f, "storage error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+type Done = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+type Job<S> = Box<dyn FnOnce(&mut Txn<'_>, &mut S) -> Done + Send>;
+
+enum Msg<S> {
+    Job(Job<S>),
+    Close(oneshot::Sender<()>),
+}
+
+/// Open options for the store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub path: PathBuf,
+    pub cache_capacity_bytes: u64,
+}
+
+/// Counters the writer publishes, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    pub groups: AtomicU64,
+    pub jobs: AtomicU64,
+    pub flushes: AtomicU64,
+}
+
+pub struct Store<S> {
+    tx: mpsc::Sender<Msg<S>>,
+    failed: Arc<AtomicBool>,
+    stats: Arc<StoreStats>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// Read and write access inside a writer job. Reads see this group's earlier writes.
+pub struct Txn<'a> {
+    db: &'a sled::Db,
+    overlay: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Previous overlay entries of keys the current job touched, to undo a panicked job.
+    undo: Vec<(Vec<u8>, Option<Option<Vec<u8>>>)>,
+}
+
+impl Txn<'_> {
+    pub fn get(&self, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(v) = self.overlay.get(k) {
+            return Ok(v.clone());
+        }
+        self.db
+            .get(k)
+            .map(|o| o.map(|v| v.to_vec()))
+            .map_err(|e| StoreError::Io(e.to_string()))
+    }
+
+    pub fn put(&mut self, k: Vec<u8>, v: Vec<u8>) {
+        let prev = self.overlay.insert(k.clone(), Some(v));
+        self.undo.push((k, prev));
+    }
+
+    pub fn delete(&mut self, k: Vec<u8>) {
+        let prev = self.overlay.insert(k.clone(), None);
+        self.undo.push((k, prev));
+    }
+
+    pub fn get_u64(&self, k: &[u8]) -> Result<u64, StoreError> {
+        Ok(self
+            .get(k)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0))
+    }
+
+    pub fn put_u64(&mut self, k: Vec<u8>, v: u64) {
+        self.put(k, v.to_be_bytes().to_vec());
+    }
+
+    pub fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        k: &[u8],
+    ) -> Result<Option<T>, StoreError> {
+        match self.get(k)? {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|e| StoreError::Io(format!("corrupt record: {e}"))),
+        }
+    }
+
+    pub fn put_json<T: serde::Serialize>(&mut self, k: Vec<u8>, v: &T) {
+        // Serialising our own record types cannot fail (no maps with non-string keys).
+        let bytes = serde_json::to_vec(v).unwrap_or_default();
+        self.put(k, bytes);
+    }
+
+    /// Every (key, value) under `prefix`, in key order, including this group's writes.
+    pub fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let mut out: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        for kv in self.db.scan_prefix(prefix) {
+            let (k, v) = kv.map_err(|e| StoreError::Io(e.to_string()))?;
+            out.insert(k.to_vec(), v.to_vec());
+        }
+        for (k, v) in &self.overlay {
+            if k.starts_with(prefix) {
+                match v {
+                    Some(v) => out.insert(k.clone(), v.clone()),
+                    None => out.remove(k),
+                };
+            }
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    /// A durable, unique, increasing number.
+    pub fn next_id(&self) -> Result<u64, StoreError> {
+        self.db
+            .generate_id()
+            .map_err(|e| StoreError::Io(e.to_string()))
+    }
+
+    fn rollback_job(&mut self) {
+        while let Some((k, prev)) = self.undo.pop() {
+            match prev {
+                Some(p) => self.overlay.insert(k, p),
+                None => self.overlay.remove(&k),
+            };
+        }
+    }
+}
+
+impl<S: Send + 'static> Store<S> {
+    /// Open (or create) the store and start its writer. `init` builds the writer's
+    /// in-memory state from what is on disk.
+    pub fn open(
+        opts: &StoreOptions,
+        init: impl FnOnce(&mut Txn<'_>) -> Result<S, StoreError> + Send + 'static,
+    ) -> Result<Store<S>, StoreError> {
+        std::fs::create_dir_all(&opts.path)
+            .map_err(|e| StoreError::Io(format!("creating {}: {e}", opts.path.display())))?;
+        let db = sled::Config::new()
+            .path(&opts.path)
+            .cache_capacity(opts.cache_capacity_bytes)
+            .open()
+            .map_err(|e| StoreError::Io(format!("opening {}: {e}", opts.path.display())))?;
+        let data_files = data_files(&opts.path);
+        let failed = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(StoreStats::default());
+        let (tx, rx) = mpsc::channel::<Msg<S>>(4096);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let f2 = failed.clone();
+        let s2 = stats.clone();
+        let thread = std::thread::Builder::new()
+            .name("kp-store-writer".into())
+            .spawn(move || {
+                let mut txn = Txn {
+                    db: &db,
+                    overlay: HashMap::new(),
+                    undo: Vec::new(),
+                };
+                let state = match init(&mut txn) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let first = commit(&db, &data_files, &mut txn);
+                let _ = ready_tx.send(first);
+                writer_loop(&db, &data_files, txn, state, rx, &f2, &s2);
+            })
+            .map_err(|e| StoreError::Io(e.to_string()))?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                return Err(e);
+            }
+            Err(_) => return Err(StoreError::JobPanicked),
+        }
+        Ok(Store {
+            tx,
+            failed,
+            stats,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Run `f` on the writer; its result comes back once everything it wrote is durable.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Txn<'_>, &mut S) -> T + Send + 'static,
+    ) -> Result<T, StoreError> {
+        if self.failed.load(Ordering::Relaxed) {
+            return Err(StoreError::Failed);
+        }
+        let (otx, orx) = oneshot::channel();
+        let job: Job<S> = Box::new(move |txn, s| {
+            let out = f(txn, s);
+            Box::new(move |res: Result<(), StoreError>| {
+                let _ = otx.send(res.map(|()| out));
+            })
+        });
+        self.tx
+            .send(Msg::Job(job))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        orx.await.unwrap_or(Err(StoreError::JobPanicked))
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        !self.failed.load(Ordering::Relaxed) && !self.tx.is_closed()
+    }
+
+    pub fn stats(&self) -> &StoreStats {
+        &self.stats
+    }
+
+    /// Finish queued jobs, flush, and stop the writer (the sled files are closed when
+    /// this returns).
+    pub async fn close(&self) {
+        let (ctx, crx) = oneshot::channel();
+        if self.tx.send(Msg::Close(ctx)).await.is_ok() {
+            let _ = crx.await;
+        }
+        let handle = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(h) = handle {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+    }
+}
+
+fn writer_loop<S>(
+    db: &sled::Db,
+    files: &[PathBuf],
+    mut txn: Txn<'_>,
+    mut state: S,
+    mut rx: mpsc::Receiver<Msg<S>>,
+    failed: &AtomicBool,
+    stats: &StoreStats,
+) {
+    let mut msgs = Vec::with_capacity(MAX_GROUP);
+    let mut dones: Vec<Done> = Vec::with_capacity(MAX_GROUP);
+    loop {
+        let Some(first) = rx.blocking_recv() else {
+            let _ = commit(db, files, &mut txn);
+            return;
+        };
+        msgs.push(first);
+        while msgs.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(m) => msgs.push(m),
+                Err(_) => break,
+            }
+        }
+        let mut close = None;
+        for m in msgs.drain(..) {
+            match m {
+                Msg::Close(c) => close = Some(c),
+                Msg::Job(job) => {
+                    if failed.load(Ordering::Relaxed) {
+                        // Dropping the job drops its answer channel: the caller sees an error.
+                        continue;
+                    }
+                    txn.undo.clear();
+                    match catch_unwind(AssertUnwindSafe(|| job(&mut txn, &mut state))) {
+                        Ok(done) => dones.push(done),
+                        Err(_) => {
+                            txn.rollback_job();
+                            tracing::error!("a store job panicked; its writes were discarded");
+                        }
+                    }
+                }
+            }
+        }
+        txn.undo.clear();
+        stats.groups.fetch_add(1, Ordering::Relaxed);
+        stats.jobs.fetch_add(dones.len() as u64, Ordering::Relaxed);
+        let dirty = !txn.overlay.is_empty();
+        let res = commit(db, files, &mut txn);
+        if dirty {
+            stats.flushes.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Err(e) = &res {
+            tracing::error!(error = %e, "flush failed; the store now refuses writes");
+            failed.store(true, Ordering::Relaxed);
+        }
+        for d in dones.drain(..) {
+            d(res.clone());
+        }
+        if let Some(c) = close {
+            let _ = db.flush();
+            let _ = c.send(());
+            return;
+        }
+    }
+}
+
+/// Apply the overlay as one atomic batch, flush it, and fsync the data files.
+fn commit(db: &sled::Db, files: &[PathBuf], txn: &mut Txn<'_>) -> Result<(), StoreError> {
+    if txn.overlay.is_empty() {
+        return Ok(());
+    }
+    let mut batch = sled::Batch::default();
+    for (k, v) in txn.overlay.drain() {
+        match v {
+            Some(v) => batch.insert(k, v),
+            None => batch.remove(k),
+        }
+    }
+    db.apply_batch(batch)
+        .map_err(|e| StoreError::Io(e.to_string()))?;
+    db.flush().map_err(|e| StoreError::Io(e.to_string()))?;
+    // sled's flush uses sync_file_range, which does not flush the drive's write cache
+    // (sled issues #1351, #1452); fsync the files so an answer survives power loss.
+    for f in files {
+        if let Ok(file) = File::open(f) {
+            file.sync_data()
+                .map_err(|e| StoreError::Io(format!("fsync {}: {e}", f.display())))?;
+        }
+    }
+    Ok(())
+}
+
+/// The files sled writes its log and pages to (sled 0.34: `db` and `conf`).
+fn data_files(dir: &Path) -> Vec<PathBuf> {
+    vec![dir.join("db")]
+}

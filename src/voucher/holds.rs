@@ -1,0 +1,161 @@
+//! Holds: the reservation a check creates. [`HoldState`] is its life cycle;
+//! [`LiveHolds`] counts the holds that still take capacity, per campaign, code and guest,
+//! and lets expired ones go without any call (pruned by time on the next decision).
+
+use std::collections::{BTreeSet, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::Millis;
+
+/// `held` → `committed` → `reactivated` (use returned), or `held` → `released`.
+/// A `held` hold past its expiry no longer takes capacity; it is shown as `expired`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HoldState {
+    Held,
+    Committed,
+    Released,
+    Reactivated,
+}
+
+/// What the capacity index needs to know of a live hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveHold {
+    pub tenant: String,
+    pub campaign: String,
+    pub code: String,
+    pub guest: Option<String>,
+    pub expires_at: Millis,
+}
+
+type CampaignKey = (String, String);
+
+#[derive(Debug, Default)]
+pub struct LiveHolds {
+    by_ref: HashMap<String, LiveHold>,
+    queue: BTreeSet<(Millis, String)>,
+    campaign: HashMap<CampaignKey, u64>,
+    code: HashMap<(CampaignKey, String), u64>,
+    guest: HashMap<(CampaignKey, String), u64>,
+}
+
+fn bump<K: std::hash::Hash + Eq>(m: &mut HashMap<K, u64>, k: K, up: bool) {
+    if up {
+        *m.entry(k).or_insert(0) += 1;
+    } else if let Some(v) = m.get_mut(&k) {
+        *v = v.saturating_sub(1);
+        if *v == 0 {
+            m.remove(&k);
+        }
+    }
+}
+
+impl LiveHolds {
+    pub fn len(&self) -> usize {
+        self.by_ref.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_ref.is_empty()
+    }
+
+    pub fn get(&self, provider_ref: &str) -> Option<&LiveHold> {
+        self.by_ref.get(provider_ref)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &LiveHold)> {
+        self.by_ref.iter()
+    }
+
+    pub fn insert(&mut self, provider_ref: String, h: LiveHold) {
+        if self.by_ref.contains_key(&provider_ref) {
+            return;
+        }
+        let ck = (h.tenant.clone(), h.campaign.clone());
+        bump(&mut self.campaign, ck.clone(), true);
+        bump(&mut self.code, (ck.clone(), h.code.clone()), true);
+        if let Some(g) = &h.guest {
+            bump(&mut self.guest, (ck, g.clone()), true);
+        }
+        self.queue.insert((h.expires_at, provider_ref.clone()));
+        self.by_ref.insert(provider_ref, h);
+    }
+
+    pub fn remove(&mut self, provider_ref: &str) -> Option<LiveHold> {
+        let h = self.by_ref.remove(provider_ref)?;
+        self.queue.remove(&(h.expires_at, provider_ref.to_owned()));
+        let ck = (h.tenant.clone(), h.campaign.clone());
+        bump(&mut self.campaign, ck.clone(), false);
+        bump(&mut self.code, (ck.clone(), h.code.clone()), false);
+        if let Some(g) = &h.guest {
+            bump(&mut self.guest, (ck, g.clone()), false);
+        }
+        Some(h)
+    }
+
+    /// Drop every hold whose expiry is at or before `now`; returns their (tenant, ref).
+    pub fn prune(&mut self, now: Millis) -> Vec<(String, String)> {
+        let mut gone = Vec::new();
+        while let Some((at, r)) = self.queue.first().cloned() {
+            if at > now {
+                break;
+            }
+            if let Some(h) = self.remove(&r) {
+                gone.push((h.tenant, r));
+            }
+        }
+        gone
+    }
+
+    /// (campaign, code, guest) live-hold counts.
+    pub fn counts(
+        &self,
+        tenant: &str,
+        campaign: &str,
+        code: &str,
+        guest: Option<&str>,
+    ) -> (u64, u64, u64) {
+        let ck = (tenant.to_owned(), campaign.to_owned());
+        let c = self.campaign.get(&ck).copied().unwrap_or(0);
+        let k = self
+            .code
+            .get(&(ck.clone(), code.to_owned()))
+            .copied()
+            .unwrap_or(0);
+        let g = guest
+            .and_then(|g| self.guest.get(&(ck, g.to_owned())).copied())
+            .unwrap_or(0);
+        (c, k, g)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hold(code: &str, guest: Option<&str>, exp: Millis) -> LiveHold {
+        LiveHold {
+            tenant: "t".into(),
+            campaign: "c".into(),
+            code: code.into(),
+            guest: guest.map(str::to_owned),
+            expires_at: exp,
+        }
+    }
+
+    #[test]
+    fn counts_and_expiry() {
+        let mut l = LiveHolds::default();
+        l.insert("a".into(), hold("X", Some("g"), 100));
+        l.insert("b".into(), hold("X", None, 200));
+        l.insert("c".into(), hold("Y", Some("g"), 300));
+        assert_eq!(l.counts("t", "c", "X", Some("g")), (3, 2, 2));
+        assert_eq!(l.prune(100), vec![("t".to_string(), "a".to_string())]);
+        assert_eq!(l.counts("t", "c", "X", Some("g")), (2, 1, 1));
+        l.remove("c");
+        assert_eq!(l.counts("t", "c", "Y", Some("g")), (1, 0, 0));
+        assert_eq!(l.prune(1000).len(), 1);
+        assert!(l.is_empty());
+    }
+}
