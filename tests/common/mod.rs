@@ -1,0 +1,204 @@
+//! Test harness: a real server on an ephemeral port with a temp data dir and a manual
+//! clock, and a small HTTP client.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use karma_provider::{Clock, Config, Server};
+use serde_json::Value;
+
+pub const ADMIN_TOKEN: &str = "admin-secret-token";
+pub const KEY: &str = "acme-secret-key";
+/// 2026-06-01 is a Monday.
+pub const T0: &str = "2026-06-01T10:00:00Z";
+
+pub struct Harness {
+    pub server: Option<Server>,
+    pub dir: tempfile::TempDir,
+    pub clock: Clock,
+    pub toml: String,
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+}
+
+pub struct Resp {
+    pub status: u16,
+    pub headers: hyper::HeaderMap,
+    pub bytes: Vec<u8>,
+}
+
+impl Resp {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.bytes)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.bytes)))
+    }
+}
+
+fn env() -> impl Fn(&str) -> Option<String> {
+    let mut m = HashMap::new();
+    m.insert("ADMIN_TOKEN".to_string(), ADMIN_TOKEN.to_string());
+    m.insert("ACME_KEY".to_string(), KEY.to_string());
+    m.insert("BASIC_PASS".to_string(), "s3cret".to_string());
+    move |k: &str| m.get(k).cloned()
+}
+
+/// The server section and one tenant `acme` (header auth); `campaigns` is appended TOML.
+pub fn config_with(campaigns: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+max_body_bytes = 4096
+header_read_timeout = "1s"
+body_read_timeout = "1s"
+[storage]
+path = "@DATA@"
+cache_capacity_mb = 16
+[admin]
+token_env = "ADMIN_TOKEN"
+[[tenants]]
+id = "acme"
+auth = {{ mode = "header", header = "X-Provider-Key", value_env = "ACME_KEY" }}
+hold_ttl = "2h"
+code_match = "normalized"
+{campaigns}
+[[tenants]]
+id = "basic"
+auth = {{ mode = "basic", username = "karma", password_env = "BASIC_PASS" }}
+[[tenants.campaigns]]
+id = "b"
+codes = ["BASIC5"]
+discount = {{ amount_cents = 500 }}
+"#
+    )
+}
+
+impl Harness {
+    pub async fn start(toml: &str) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Clock::manual_at(T0);
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        let mut h = Harness {
+            server: None,
+            dir,
+            clock,
+            toml: toml.to_string(),
+            client,
+        };
+        h.boot().await;
+        h
+    }
+
+    pub fn data_path(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    async fn boot(&mut self) {
+        let text = self
+            .toml
+            .replace("@DATA@", &self.data_path().display().to_string());
+        let cfg = Config::from_toml(&text, "test.toml", &env()).expect("valid test config");
+        self.server = Some(
+            Server::start(cfg, self.clock.clone())
+                .await
+                .expect("server starts"),
+        );
+    }
+
+    /// Stop gracefully and start again on the same data dir (and clock).
+    pub async fn restart(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.stop().await;
+        }
+        self.boot().await;
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://{}", self.server.as_ref().unwrap().addr)
+    }
+
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Resp {
+        let mut b =
+            hyper::Request::builder()
+                .method(method)
+                .uri(format!("{}{}", self.base(), path));
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let resp = self
+            .client
+            .request(b.body(Full::new(Bytes::from(body))).unwrap())
+            .await
+            .expect("request sent");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec();
+        Resp {
+            status,
+            headers,
+            bytes,
+        }
+    }
+
+    /// POST JSON to `/v1/acme/{path}` with the tenant key.
+    pub async fn call(&self, path: &str, body: &Value) -> Resp {
+        self.request(
+            "POST",
+            &format!("/v1/acme/{path}"),
+            &[
+                ("content-type", "application/json"),
+                ("x-provider-key", KEY),
+            ],
+            serde_json::to_vec(body).unwrap(),
+        )
+        .await
+    }
+
+    pub async fn admin(&self, method: &str, path: &str, body: Option<&Value>) -> Resp {
+        let auth = format!("Bearer {ADMIN_TOKEN}");
+        self.request(
+            method,
+            &format!("/admin/v1/tenants/acme/{path}"),
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/json"),
+            ],
+            body.map(|b| serde_json::to_vec(b).unwrap())
+                .unwrap_or_default(),
+        )
+        .await
+    }
+}
+
+pub fn cart(total: i64) -> Value {
+    serde_json::json!({"items": [{"inventoryItemId": "9999", "quantity": 1, "priceCents": total}], "totalCents": total})
+}
+
+pub fn check_body(code: &str, total: i64) -> Value {
+    serde_json::json!({"code": code, "cart": cart(total)})
+}
+
+/// `res_` + 32 hex digits built from n.
+pub fn res_id(n: u64) -> String {
+    format!("res_{n:032x}")
+}
+
+pub fn commit_body(amount: i64, tx: &str, pref: &str) -> Value {
+    serde_json::json!({"amountCents": amount, "transactionId": tx, "providerRef": pref})
+}
