@@ -41,6 +41,17 @@ enum Command {
     },
 }
 
+/// Print a banner line; a closed stdout (a supervisor, a test that stopped reading) must
+/// never take the service down, so write errors are ignored.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, $($arg)*);
+        let _ = out.flush();
+    }};
+}
+
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KP_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -110,10 +121,10 @@ async fn serve(config: Config) -> ExitCode {
         }
     };
     let addr = server.addr;
-    println!("karma-provider listening on http://{addr}");
-    println!("  config: {origin}");
-    println!("  data:   {data}");
-    println!(
+    say!("karma-provider listening on http://{addr}");
+    say!("  config: {origin}");
+    say!("  data:   {data}");
+    say!(
         "  admin API: {}",
         if admin_on {
             "on"
@@ -122,8 +133,8 @@ async fn serve(config: Config) -> ExitCode {
         }
     );
     if let Some((tenant, Some(code))) = first {
-        println!("Try a voucher check:");
-        println!(
+        say!("Try a voucher check:");
+        say!(
             "  curl -s http://{addr}/v1/{tenant}/voucher/check -H 'Content-Type: application/json' \\\n    -d '{{\"code\":\"{code}\",\"cart\":{{\"items\":[{{\"inventoryItemId\":\"1001\",\"quantity\":2,\"priceCents\":2500}}],\"totalCents\":5000}}}}'"
         );
     }

@@ -726,8 +726,17 @@ async fn admin_campaigns_codes_and_holds() {
     assert_eq!(holds["count"], json!(1));
     assert_eq!(holds["holds"][0]["providerRef"], json!(r1));
     assert_eq!(holds["holds"][0]["amountCents"], json!(250));
+    let one = h.admin("GET", &format!("holds/{r1}"), None).await.json();
+    assert_eq!(
+        (one["state"].clone(), one["code"].clone()),
+        (json!("held"), json!("API-1"))
+    );
     let rel = h.admin("POST", &format!("holds/{r1}/release"), None).await;
     assert_eq!(rel.status, 200);
+    assert_eq!(
+        h.admin("GET", &format!("holds/{r1}"), None).await.json()["state"],
+        json!("released")
+    );
     assert_eq!(
         h.admin("POST", &format!("holds/{r1}/release"), None)
             .await

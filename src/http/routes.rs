@@ -279,13 +279,19 @@ async fn admin_call(app: &Arc<App>, req: Request<Incoming>, rest: Vec<String>) -
                 .run(move |txn, st| admin::list_holds(txn, st, &tenant, now))
                 .await
         }
+        (["holds", r], &Method::GET) => {
+            let r = r.to_string();
+            app.store
+                .run(move |txn, st| admin::get_hold(txn, st, &tenant, &r, now))
+                .await
+        }
         (["holds", r, "release"], &Method::POST) => {
             let r = r.to_string();
             app.store
                 .run(move |txn, st| admin::release(txn, st, &tenant, &r, now))
                 .await
         }
-        (["codes", _], _) | (["holds"], _) => return method_not_allowed("GET"),
+        (["codes", _], _) | (["holds"], _) | (["holds", _], _) => return method_not_allowed("GET"),
         (["holds", _, "release"], _) => return method_not_allowed("POST"),
         _ => return not_found(),
     };

@@ -228,6 +228,45 @@ pub fn list_holds(
     ))
 }
 
+/// One hold as stored, whatever its state.
+pub fn get_hold(
+    txn: &mut Txn<'_>,
+    st: &mut State,
+    tenant: &str,
+    provider_ref: &str,
+    now: Millis,
+) -> Result<Reply, StoreError> {
+    st.prune(txn, now);
+    let Some(h) = txn.get_json::<super::HoldRecord>(&keys::hold(tenant, provider_ref))? else {
+        return Ok(not_found("no hold with this providerRef"));
+    };
+    let live = st.holds.get(provider_ref).is_some();
+    let state = match h.state {
+        crate::voucher::HoldState::Held if !live => "expired",
+        crate::voucher::HoldState::Held => "held",
+        crate::voucher::HoldState::Committed => "committed",
+        crate::voucher::HoldState::Released => "released",
+        crate::voucher::HoldState::Reactivated => "reactivated",
+    };
+    Ok(reply(
+        200,
+        json!({
+            "ok": true,
+            "providerRef": h.provider_ref,
+            "campaign": h.campaign,
+            "code": h.code,
+            "guest": h.guest,
+            "locationId": h.location,
+            "amountCents": h.amount_cents,
+            "state": state,
+            "transactionId": h.transaction_id,
+            "createdAt": rfc3339(h.created_at),
+            "expiresAt": rfc3339(h.expires_at),
+            "updatedAt": rfc3339(h.updated_at),
+        }),
+    ))
+}
+
 pub fn release(
     txn: &mut Txn<'_>,
     st: &mut State,

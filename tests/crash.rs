@@ -1,0 +1,266 @@
+//! kill -9 under load: start the real binary as a child, drive check → commit from many
+//! connections, SIGKILL it at an arbitrary moment, restart on the same data dir, and prove
+//! from our own record of acknowledged answers that every acknowledged commit is there
+//! exactly once — several rounds in a row.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Value};
+
+const TOKEN: &str = "crash-admin-token";
+
+fn start(config: &std::path::Path) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_karma-provider"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("KP_CRASH_TOKEN", TOKEN)
+        .env("KP_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("binary starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("karma-provider listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    (child, base)
+}
+
+type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+async fn send(
+    c: &HttpClient,
+    method: &str,
+    url: &str,
+    body: Option<&Value>,
+) -> Result<(u16, Vec<u8>), String> {
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(url)
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(Full::new(Bytes::from(
+            body.map(|b| serde_json::to_vec(b).unwrap())
+                .unwrap_or_default(),
+        )))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), c.request(req))
+        .await
+        .map_err(|_| "timeout".to_string())?
+        .map_err(|e| format!("{e:?}"))?;
+    let status = resp.status().as_u16();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes()
+        .to_vec();
+    Ok((status, bytes))
+}
+
+#[derive(Clone)]
+struct Attempt {
+    provider_ref: String,
+    tx: String,
+    amount: i64,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_load_loses_nothing_acknowledged_and_doubles_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("kp.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+[storage]
+path = "{}"
+[admin]
+token_env = "KP_CRASH_TOKEN"
+[[tenants]]
+id = "acme"
+auth = {{ mode = "none" }}
+[[tenants.campaigns]]
+id = "big"
+codes = ["BIG"]
+discount = {{ amount_cents = 100 }}
+max_uses = 1000000
+"#,
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+
+    let acked: Arc<Mutex<Vec<Attempt>>> = Arc::default();
+    let attempted: Arc<Mutex<Vec<Attempt>>> = Arc::default();
+    let mut tx_seq = Arc::new(std::sync::atomic::AtomicU64::new(1));
+
+    for round in 0..4u64 {
+        let (mut child, base) = start(&cfg);
+        let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+        let deadline =
+            Instant::now() + Duration::from_millis(300 + (round * 137 + nanos() % 400) % 700);
+        let mut workers = Vec::new();
+        for _ in 0..16 {
+            let (c, base, acked, attempted, seq) = (
+                client.clone(),
+                base.clone(),
+                acked.clone(),
+                attempted.clone(),
+                tx_seq.clone(),
+            );
+            workers.push(tokio::spawn(async move {
+                loop {
+                    let check = json!({"code": "BIG", "cart": {"items": [], "totalCents": 1000}});
+                    let Ok((200, b)) = send(&c, "POST", &format!("{base}/v1/acme/voucher/check"), Some(&check)).await else { return };
+                    let v: Value = serde_json::from_slice(&b).unwrap();
+                    let a = Attempt {
+                        provider_ref: v["providerRef"].as_str().unwrap().to_string(),
+                        tx: format!("res_{:032x}", seq.fetch_add(1, std::sync::atomic::Ordering::SeqCst)),
+                        amount: v["discountAmountCents"].as_i64().unwrap(),
+                    };
+                    attempted.lock().unwrap().push(a.clone());
+                    let body = json!({"amountCents": a.amount, "transactionId": a.tx, "providerRef": a.provider_ref});
+                    match send(&c, "POST", &format!("{base}/v1/acme/voucher/commit"), Some(&body)).await {
+                        Ok((200, b)) => {
+                            let v: Value = serde_json::from_slice(&b).unwrap();
+                            assert_eq!(v["ok"], json!(true), "{v}");
+                            acked.lock().unwrap().push(a);
+                        }
+                        _ => return,
+                    }
+                }
+            }));
+        }
+        tokio::time::sleep_until(deadline.into()).await;
+        child.kill().expect("SIGKILL");
+        child.wait().unwrap();
+        for w in workers {
+            w.await.unwrap();
+        }
+        tx_seq = tx_seq.clone();
+    }
+
+    let (mut child, base) = start(&cfg);
+    // A fresh client: the old pool may hold connections to a port the OS has reused.
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let acked = acked.lock().unwrap().clone();
+    let attempted = attempted.lock().unwrap().clone();
+    assert!(
+        acked.len() > 50,
+        "too little load to prove anything: {} acked",
+        acked.len()
+    );
+
+    // Every acknowledged commit is on disk, committed by its own transaction.
+    let mut committed = 0u64;
+    for a in &attempted {
+        let (s, b) = send(
+            &client,
+            "GET",
+            &format!("{base}/admin/v1/tenants/acme/holds/{}", a.provider_ref),
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(s, 200, "{}", String::from_utf8_lossy(&b));
+        let h: Value = serde_json::from_slice(&b).unwrap();
+        if h["state"] == json!("committed") {
+            assert_eq!(h["transactionId"], json!(a.tx));
+            committed += 1;
+        }
+    }
+    for a in &acked {
+        let (_, b) = send(
+            &client,
+            "GET",
+            &format!("{base}/admin/v1/tenants/acme/holds/{}", a.provider_ref),
+            None,
+        )
+        .await
+        .unwrap();
+        let h: Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(
+            h["state"],
+            json!("committed"),
+            "acknowledged commit {} lost",
+            a.tx
+        );
+    }
+    // ...and counted exactly once.
+    let (_, b) = send(
+        &client,
+        "GET",
+        &format!("{base}/admin/v1/tenants/acme/campaigns"),
+        None,
+    )
+    .await
+    .unwrap();
+    let c: Value = serde_json::from_slice(&b).unwrap();
+    assert_eq!(c["campaigns"][0]["usesConsumed"], json!(committed));
+    assert!(committed as usize >= acked.len() && committed as usize <= attempted.len());
+
+    // Retrying every attempted commit now: each answers ok, and the count becomes exactly
+    // the number of distinct reservations, never more.
+    for a in &attempted {
+        let body =
+            json!({"amountCents": a.amount, "transactionId": a.tx, "providerRef": a.provider_ref});
+        let (s, b) = send(
+            &client,
+            "POST",
+            &format!("{base}/v1/acme/voucher/commit"),
+            Some(&body),
+        )
+        .await
+        .unwrap();
+        assert_eq!(s, 200);
+        assert_eq!(
+            serde_json::from_slice::<Value>(&b).unwrap()["ok"],
+            json!(true),
+            "{}",
+            String::from_utf8_lossy(&b)
+        );
+    }
+    let (_, b) = send(
+        &client,
+        "GET",
+        &format!("{base}/admin/v1/tenants/acme/campaigns"),
+        None,
+    )
+    .await
+    .unwrap();
+    let c: Value = serde_json::from_slice(&b).unwrap();
+    assert_eq!(c["campaigns"][0]["usesConsumed"], json!(attempted.len()));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    eprintln!(
+        "crash test: {} acked, {} attempted, {} on disk before retries",
+        acked.len(),
+        attempted.len(),
+        committed
+    );
+}
+
+fn nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64
+}
