@@ -1,0 +1,39 @@
+//! The documented example config and the embedded default both load; errors name the
+//! file and key, and the binary exits non-zero on them.
+
+use karma_provider::Config;
+
+#[test]
+fn example_config_documents_valid_keys() {
+    let text = std::fs::read_to_string("deploy/config.example.toml").unwrap();
+    let env = |k: &str| match k {
+        "ACME_KEY" => Some("k".to_string()),
+        _ => None,
+    };
+    let c = Config::from_toml(&text, "deploy/config.example.toml", &env).unwrap();
+    assert_eq!(c.tenants[0].id, "acme");
+    assert_eq!(c.tenants[0].campaigns.len(), 1);
+    assert_eq!(c.tenants[0].hold_ttl_ms, 7_200_000);
+    assert_eq!(c.server.max_body_bytes, 65_536);
+}
+
+#[test]
+fn binary_reports_config_errors_with_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bad.toml");
+    std::fs::write(&p, "[[tenants]]\nid = \"a\"\nauth = { mode = \"basic\", username = \"k\" }\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_karma-provider"))
+        .args(["check-config", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml") && err.contains("tenants[0].auth.password_env"), "{err}");
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_karma-provider"))
+        .args(["check-config"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+}
