@@ -21,7 +21,11 @@ fn example_config_documents_valid_keys() {
 fn binary_reports_config_errors_with_file_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("bad.toml");
-    std::fs::write(&p, "[[tenants]]\nid = \"a\"\nauth = { mode = \"basic\", username = \"k\" }\n").unwrap();
+    std::fs::write(
+        &p,
+        "[[tenants]]\nid = \"a\"\nauth = { mode = \"basic\", username = \"k\" }\n",
+    )
+    .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_karma-provider"))
         .args(["check-config", "--config"])
         .arg(&p)
@@ -29,7 +33,10 @@ fn binary_reports_config_errors_with_file_and_key() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bad.toml") && err.contains("tenants[0].auth.password_env"), "{err}");
+    assert!(
+        err.contains("bad.toml") && err.contains("tenants[0].auth.password_env"),
+        "{err}"
+    );
 
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_karma-provider"))
         .args(["check-config"])

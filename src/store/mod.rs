@@ -55,6 +55,11 @@ impl std::fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {}
 
+/// A key and the overlay entry it had before (absent when it had none).
+type Undo = (Vec<u8>, Option<Option<Vec<u8>>>);
+/// Key-value pairs, in key order.
+pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 type Done = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 type Job<S> = Box<dyn FnOnce(&mut Txn<'_>, &mut S) -> Done + Send>;
 
@@ -90,7 +95,7 @@ pub struct Txn<'a> {
     db: &'a sled::Db,
     overlay: HashMap<Vec<u8>, Option<Vec<u8>>>,
     /// Previous overlay entries of keys the current job touched, to undo a panicked job.
-    undo: Vec<(Vec<u8>, Option<Option<Vec<u8>>>)>,
+    undo: Vec<Undo>,
 }
 
 impl Txn<'_> {
@@ -145,7 +150,7 @@ impl Txn<'_> {
     }
 
     /// Every (key, value) under `prefix`, in key order, including this group's writes.
-    pub fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn scan_prefix(&self, prefix: &[u8]) -> Result<Pairs, StoreError> {
         let mut out: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
         for kv in self.db.scan_prefix(prefix) {
             let (k, v) = kv.map_err(|e| StoreError::Io(e.to_string()))?;

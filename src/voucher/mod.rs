@@ -188,7 +188,7 @@ pub fn price(c: &Campaign, input: &CheckInput<'_>) -> Result<i64, Rejection> {
             let mut sum: i128 = 0;
             let mut any = false;
             for line in &input.cart.items {
-                if items.iter().any(|i| *i == line.inventory_item_id) {
+                if items.contains(&line.inventory_item_id) {
                     any = true;
                     sum += line.line_cents();
                 }
