@@ -264,3 +264,74 @@ fn nanos() -> u64 {
         .unwrap()
         .subsec_nanos() as u64
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_flushes_and_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("kp.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = \"{}\"\n[admin]\ntoken_env = \"KP_CRASH_TOKEN\"\n[[tenants]]\nid = \"acme\"\nauth = {{ mode = \"none\" }}\n[[tenants.campaigns]]\nid = \"one\"\ncodes = [\"ONE\"]\ndiscount = {{ amount_cents = 100 }}\nmax_uses_per_code = 1\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let (mut child, base) = start(&cfg);
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let check = json!({"code": "ONE", "cart": {"items": [], "totalCents": 1000}});
+    let (_, b) = send(
+        &client,
+        "POST",
+        &format!("{base}/v1/acme/voucher/check"),
+        Some(&check),
+    )
+    .await
+    .unwrap();
+    let v: Value = serde_json::from_slice(&b).unwrap();
+    let body = json!({"amountCents": 100, "transactionId": format!("res_{:032x}", 1), "providerRef": v["providerRef"]});
+    let (_, first) = send(
+        &client,
+        "POST",
+        &format!("{base}/v1/acme/voucher/commit"),
+        Some(&body),
+    )
+    .await
+    .unwrap();
+
+    let st = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+
+    let (mut child, base) = start(&cfg);
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let (_, again) = send(
+        &client,
+        "POST",
+        &format!("{base}/v1/acme/voucher/commit"),
+        Some(&body),
+    )
+    .await
+    .unwrap();
+    assert_eq!(again, first);
+    let (_, b) = send(
+        &client,
+        "POST",
+        &format!("{base}/v1/acme/voucher/check"),
+        Some(&check),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        serde_json::from_slice::<Value>(&b).unwrap()["error"],
+        json!("USAGE_LIMIT_REACHED")
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
