@@ -5,6 +5,7 @@ pub mod clock;
 pub mod config;
 pub mod contract;
 pub mod http;
+pub mod loyalty;
 pub mod metrics;
 pub mod service;
 pub mod store;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::loyalty::{Program, ProgramSpec};
 use crate::voucher::{match_key, valid_id, Campaign, CampaignSpec, CodeMatch};
 
 pub const DEFAULT_TOML: &str = include_str!("default.toml");
@@ -90,6 +91,8 @@ pub struct TenantConfig {
     pub hold_ttl_ms: i64,
     pub code_match: CodeMatch,
     pub campaigns: Vec<Campaign>,
+    /// Loyalty programs, by Karma loyaltyProgramId.
+    pub programs: Vec<Program>,
 }
 
 #[derive(Debug, Clone)]
@@ -157,6 +160,8 @@ struct RawTenant {
     code_match: Option<CodeMatch>,
     #[serde(default)]
     campaigns: Vec<CampaignSpec>,
+    #[serde(default)]
+    loyalty: Vec<ProgramSpec>,
 }
 
 #[derive(Deserialize)]
@@ -435,12 +440,34 @@ impl Config {
                 }
                 campaigns.push(c);
             }
+            let mut programs: Vec<Program> = Vec::new();
+            for (pi, spec) in t.loyalty.into_iter().enumerate() {
+                let pk = format!("{tk}.loyalty[{pi}]");
+                if let (Some(e), p) = (spec.expire_days, spec.pending_days) {
+                    if p >= e {
+                        return Err(err(
+                            &format!("{pk}.pending_days"),
+                            "must be less than expire_days".into(),
+                        ));
+                    }
+                }
+                let p = Program::from_spec(spec)
+                    .map_err(|e| err(&format!("{pk}.{}", e.key), e.message))?;
+                if programs.iter().any(|q| q.id == p.id) {
+                    return Err(err(
+                        &format!("{pk}.program_id"),
+                        format!("program {} is defined twice", p.id),
+                    ));
+                }
+                programs.push(p);
+            }
             tenants.push(TenantConfig {
                 id: t.id,
                 auth,
                 hold_ttl_ms: hold_ttl.as_millis() as i64,
                 code_match,
                 campaigns,
+                programs,
             });
         }
         Ok(Config {

@@ -3,6 +3,7 @@
 //! every endpoint (`{"ok":false,"error":CODE,"message":…,"field"?:…}`).
 //! The decisions behind these shapes are written up in `contract/README.md`.
 
+pub mod loyalty;
 pub mod voucher;
 
 use serde::de::DeserializeOwned;

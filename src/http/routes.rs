@@ -13,8 +13,8 @@ use super::auth::check_bearer;
 use super::{App, Out};
 use crate::contract::voucher::{CheckRequest, CommitRequest};
 use crate::contract::{parse, ApiError};
-use crate::service::{self, admin, Reply};
-use crate::store::StoreError;
+use crate::service::{admin, Reply, State};
+use crate::store::{StoreError, Txn};
 use crate::voucher::CampaignSpec;
 
 fn err(e: ApiError) -> Out {
@@ -79,6 +79,19 @@ pub(super) async fn route(app: &Arc<App>, req: Request<Incoming>) -> (&'static s
                 "check" => "voucher.check",
                 "commit" => "voucher.commit",
                 "reactivate" => "voucher.reactivate",
+                _ => return ("other", not_found()),
+            };
+            let tenant = tenant.to_string();
+            (endpoint, provider_call(app, req, &tenant, endpoint).await)
+        }
+        ["v1", tenant, "loyalty", op] => {
+            let endpoint = match *op {
+                "lookup" => "loyalty.lookup",
+                "enroll" => "loyalty.enroll",
+                "award" => "loyalty.award",
+                "account" => "loyalty.account",
+                "rewards" => "loyalty.rewards",
+                "redeem" => "loyalty.redeem",
                 _ => return ("other", not_found()),
             };
             let tenant = tenant.to_string();
@@ -183,35 +196,84 @@ async fn provider_call(
     };
     let now = app.clock.now_ms();
     let t = tenant.to_owned();
-    let result = match endpoint {
+    use crate::contract::loyalty::*;
+    use crate::service::loyalty as loy;
+    use crate::service::voucher as v;
+    match endpoint {
         "voucher.check" => {
-            let r: CheckRequest =
-                match parse(&body).and_then(|r: CheckRequest| r.validate().map(|()| r)) {
-                    Ok(r) => r,
-                    Err(e) => return err(e),
-                };
-            app.store
-                .run(move |txn, st| service::voucher::check(txn, st, &t, &r, now))
-                .await
+            decide(app, &body, CheckRequest::validate, move |x, s, r| {
+                v::check(x, s, &t, &r, now)
+            })
+            .await
         }
-        _ => {
-            let r: CommitRequest =
-                match parse(&body).and_then(|r: CommitRequest| r.validate().map(|()| r)) {
-                    Ok(r) => r,
-                    Err(e) => return err(e),
-                };
-            if endpoint == "voucher.commit" {
-                app.store
-                    .run(move |txn, st| service::voucher::commit(txn, st, &t, &r, now))
-                    .await
-            } else {
-                app.store
-                    .run(move |txn, st| service::voucher::reactivate(txn, st, &t, &r, now))
-                    .await
-            }
+        "voucher.commit" => {
+            decide(app, &body, CommitRequest::validate, move |x, s, r| {
+                v::commit(x, s, &t, &r, now)
+            })
+            .await
         }
+        "voucher.reactivate" => {
+            decide(app, &body, CommitRequest::validate, move |x, s, r| {
+                v::reactivate(x, s, &t, &r, now)
+            })
+            .await
+        }
+        "loyalty.lookup" => {
+            decide(app, &body, no_check::<LookupRequest>, move |x, s, r| {
+                loy::lookup(x, s, &t, &r)
+            })
+            .await
+        }
+        "loyalty.enroll" => {
+            decide(app, &body, EnrollRequest::validate, move |x, s, r| {
+                loy::enroll(x, s, &t, &r, now)
+            })
+            .await
+        }
+        "loyalty.award" => {
+            decide(app, &body, AwardRequest::validate, move |x, s, r| {
+                loy::award(x, s, &t, &r, now)
+            })
+            .await
+        }
+        "loyalty.account" => {
+            decide(app, &body, no_check::<AccountRequest>, move |x, s, r| {
+                loy::account(x, s, &t, &r, now)
+            })
+            .await
+        }
+        "loyalty.rewards" => {
+            decide(app, &body, no_check::<RewardsRequest>, move |x, s, r| {
+                loy::rewards(x, s, &t, &r)
+            })
+            .await
+        }
+        "loyalty.redeem" => {
+            decide(app, &body, RedeemRequest::validate, move |x, s, r| {
+                loy::redeem(x, s, &t, &r, now)
+            })
+            .await
+        }
+        _ => not_found(),
+    }
+}
+
+fn no_check<T>(_: &T) -> Result<(), ApiError> {
+    Ok(())
+}
+
+/// Parse and validate `body` as `Req`, then run the decision `f` on the store's writer.
+async fn decide<Req, V, F>(app: &Arc<App>, body: &[u8], validate: V, f: F) -> Out
+where
+    Req: serde::de::DeserializeOwned + Send + 'static,
+    V: FnOnce(&Req) -> Result<(), ApiError>,
+    F: FnOnce(&mut Txn<'_>, &mut State, Req) -> Result<Reply, StoreError> + Send + 'static,
+{
+    let req: Req = match parse(body).and_then(|r: Req| validate(&r).map(|()| r)) {
+        Ok(r) => r,
+        Err(e) => return err(e),
     };
-    match result {
+    match app.store.run(move |txn, st| f(txn, st, req)).await {
         Ok(Ok(reply)) => Out::from(reply),
         Ok(Err(e)) | Err(e) => store_error(e),
     }

@@ -7,6 +7,7 @@
 //! index, and the live holds that count against limits. It is rebuilt from disk at start.
 
 pub mod admin;
+pub mod loyalty;
 pub mod voucher;
 
 use std::collections::{BTreeMap, HashMap};
@@ -79,6 +80,8 @@ pub struct TenantState {
     pub campaigns: BTreeMap<String, CampaignEntry>,
     /// match key → (campaign id, the code as configured)
     pub index: HashMap<String, (String, String)>,
+    /// Loyalty programs by Karma loyaltyProgramId (as text).
+    pub programs: HashMap<String, Arc<crate::loyalty::Program>>,
 }
 
 impl TenantState {
@@ -164,6 +167,37 @@ pub mod keys {
     pub fn history_prefix(t: &str, c: &str, code: &str) -> Vec<u8> {
         prefix(&["hist", t, c, code])
     }
+    pub fn member(t: &str, p: &str, m: &str) -> Vec<u8> {
+        key(&["lmem", t, p, m])
+    }
+    /// identifier type key (`user`, `phone`, …) + normalised value → memberId
+    pub fn ident(t: &str, p: &str, kind: &str, v: &str) -> Vec<u8> {
+        key(&["lid", t, p, kind, v])
+    }
+    pub fn ledger_prefix(t: &str, p: &str, m: &str) -> Vec<u8> {
+        prefix(&["lled", t, p, m])
+    }
+    pub fn ledger(t: &str, p: &str, m: &str, seq: u64) -> Vec<u8> {
+        key(&["lled", t, p, m, &format!("{seq:016x}")])
+    }
+    pub fn award(t: &str, p: &str, tx: &str) -> Vec<u8> {
+        key(&["lawd", t, p, tx])
+    }
+    pub fn purchase(t: &str, p: &str, id: &str) -> Vec<u8> {
+        key(&["lpur", t, p, id])
+    }
+    pub fn redemption(t: &str, p: &str, id: &str) -> Vec<u8> {
+        key(&["lred", t, p, id])
+    }
+    pub fn stock(t: &str, p: &str, reward: &str) -> Vec<u8> {
+        key(&["lstock", t, p, reward])
+    }
+    pub fn reward_code(t: &str, p: &str, code: &str) -> Vec<u8> {
+        key(&["lcode", t, p, code])
+    }
+    pub fn enrollment(t: &str, p: &str, user: &str) -> Vec<u8> {
+        key(&["lenr", t, p, user])
+    }
 }
 
 impl State {
@@ -180,6 +214,11 @@ impl State {
                 code_match: t.code_match,
                 campaigns: BTreeMap::new(),
                 index: HashMap::new(),
+                programs: t
+                    .programs
+                    .iter()
+                    .map(|p| (p.id.clone(), Arc::new(p.clone())))
+                    .collect(),
             };
             for c in &t.campaigns {
                 ts.install(c.clone(), Source::Config);

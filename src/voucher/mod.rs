@@ -8,7 +8,7 @@ mod holds;
 
 pub use campaign::{
     match_key, valid_id, Campaign, CampaignSpec, CodeMatch, Discount, DiscountSpec, FieldError,
-    Schedule, ScheduleSpec,
+    Schedule, ScheduleSpec, StrOrInt,
 };
 pub use cart::{Cart, CartItem, Quantity};
 pub use holds::{HoldState, LiveHold, LiveHolds};

@@ -1,0 +1,149 @@
+//! Member identifiers (lookup types and their normalisation) and reward codes generated
+//! from a pattern.
+
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentifierType {
+    Phone,
+    Email,
+    Card,
+    MemberId,
+    UserId,
+}
+
+pub const IDENTIFIER_TYPES: &str = "phone, email, card, memberId, userId";
+
+impl IdentifierType {
+    /// Case-insensitive (CONTRACT-NOTES decision 5).
+    pub fn parse(s: &str) -> Option<IdentifierType> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "phone" => Some(IdentifierType::Phone),
+            "email" => Some(IdentifierType::Email),
+            "card" => Some(IdentifierType::Card),
+            "memberid" => Some(IdentifierType::MemberId),
+            "userid" => Some(IdentifierType::UserId),
+            _ => None,
+        }
+    }
+
+    pub fn key(self) -> &'static str {
+        match self {
+            IdentifierType::Phone => "phone",
+            IdentifierType::Email => "email",
+            IdentifierType::Card => "card",
+            IdentifierType::MemberId => "member",
+            IdentifierType::UserId => "user",
+        }
+    }
+}
+
+/// Phones → E.164 digits (`+46 70-123 45 67` and `0046701234567` → `46701234567`);
+/// emails → trimmed, lowercased; cards → without spaces and dashes, uppercased.
+pub fn normalize_identifier(t: IdentifierType, raw: &str) -> Result<String, &'static str> {
+    let s = raw.trim();
+    let out = match t {
+        IdentifierType::Phone => {
+            if s.chars()
+                .any(|c| !(c.is_ascii_digit() || " +-().".contains(c)))
+            {
+                return Err("a phone number has only digits, spaces, + - ( ) .");
+            }
+            let digits: String = s.chars().filter(char::is_ascii_digit).collect();
+            let digits = if !s.starts_with('+') && digits.starts_with("00") {
+                digits[2..].to_owned()
+            } else {
+                digits
+            };
+            if !(6..=15).contains(&digits.len()) {
+                return Err("a phone number has 6 to 15 digits");
+            }
+            digits
+        }
+        IdentifierType::Email => {
+            let e = s.to_lowercase();
+            if !e.contains('@') || e.len() > 254 {
+                return Err("not an email address");
+            }
+            e
+        }
+        IdentifierType::Card => s
+            .chars()
+            .filter(|c| !c.is_whitespace() && *c != '-')
+            .flat_map(char::to_uppercase)
+            .collect(),
+        IdentifierType::MemberId | IdentifierType::UserId => s.to_owned(),
+    };
+    if out.is_empty() || out.len() > 128 || out.chars().any(char::is_control) {
+        return Err("must be 1-128 printable characters");
+    }
+    Ok(out)
+}
+
+/// Letters without look-alikes (no I, L, O).
+const LETTERS: &[u8] = b"ABCDEFGHJKMNPQRSTUVWXYZ";
+
+/// Fill a pattern (`#` digit, `?` letter, anything else literal) from `seed`; the caller
+/// retries with another seed on collision.
+pub fn generate_code(pattern: &str, seed: &[u8]) -> String {
+    let mut block = Sha256::digest(seed);
+    let mut i = 0usize;
+    let mut round = 0u32;
+    let mut next = |modulo: usize| {
+        if i == block.len() {
+            round += 1;
+            let mut h = Sha256::new();
+            h.update(seed);
+            h.update(round.to_be_bytes());
+            block = h.finalize();
+            i = 0;
+        }
+        let b = block[i] as usize;
+        i += 1;
+        b % modulo
+    };
+    pattern
+        .chars()
+        .map(|c| match c {
+            '#' => (b'0' + next(10) as u8) as char,
+            '?' => LETTERS[next(LETTERS.len())] as char,
+            other => other,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalises() {
+        let p = |s| normalize_identifier(IdentifierType::Phone, s);
+        assert_eq!(p("+46 70-123 45 67").unwrap(), "46701234567");
+        assert_eq!(p("0046701234567").unwrap(), "46701234567");
+        assert!(p("call me").is_err());
+        assert_eq!(
+            normalize_identifier(IdentifierType::Email, "  Ann@Example.COM ").unwrap(),
+            "ann@example.com"
+        );
+        assert_eq!(
+            normalize_identifier(IdentifierType::Card, "1234 5678-ab").unwrap(),
+            "12345678AB"
+        );
+        assert_eq!(
+            IdentifierType::parse("MemberID"),
+            Some(IdentifierType::MemberId)
+        );
+        assert_eq!(IdentifierType::parse("ssn"), None);
+    }
+
+    #[test]
+    fn codes_follow_the_pattern() {
+        let c = generate_code("CF-######-??", b"seed");
+        assert_eq!(c.len(), 12);
+        assert!(c.starts_with("CF-"));
+        assert!(c[3..9].chars().all(|c| c.is_ascii_digit()));
+        assert!(c[10..].bytes().all(|b| LETTERS.contains(&b)));
+        assert_ne!(c, generate_code("CF-######-??", b"seed2"));
+    }
+}

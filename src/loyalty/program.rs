@@ -1,0 +1,270 @@
+//! A loyalty program as written in the config (`[[tenants.loyalty]]`) and as used: the
+//! earn rule, item bonuses, tiers and rewards.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::voucher::{FieldError, StrOrInt};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ProgramSpec {
+    pub program_id: StrOrInt,
+    pub earn: EarnSpec,
+    #[serde(default)]
+    pub signup_bonus: i64,
+    #[serde(default)]
+    pub item_bonus: BTreeMap<String, i64>,
+    #[serde(default)]
+    pub auto_enroll: bool,
+    #[serde(default)]
+    pub pending_days: i64,
+    #[serde(default)]
+    pub expire_days: Option<i64>,
+    #[serde(default)]
+    pub tiers: Vec<TierSpec>,
+    #[serde(default)]
+    pub rewards: Vec<RewardSpec>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct EarnSpec {
+    pub points: i64,
+    pub per_cents: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TierSpec {
+    pub id: String,
+    pub name: String,
+    pub min_lifetime: i64,
+    #[serde(default)]
+    pub multiplier_percent: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RewardSpec {
+    pub id: String,
+    pub title: String,
+    #[serde(default)]
+    pub description: String,
+    pub points_cost: i64,
+    #[serde(default)]
+    pub category: Option<String>,
+    #[serde(default)]
+    pub image_url: Option<String>,
+    #[serde(default)]
+    pub stock: Option<i64>,
+    #[serde(default)]
+    pub code_pattern: Option<String>,
+    #[serde(default = "yes")]
+    pub active: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tier {
+    pub id: String,
+    pub name: String,
+    pub min_lifetime: i64,
+    pub multiplier_percent: i64,
+}
+
+pub const DAY_MS: i64 = 86_400_000;
+
+#[derive(Debug, Clone)]
+pub struct Program {
+    /// Karma's loyaltyProgramId, as text.
+    pub id: String,
+    pub spec: ProgramSpec,
+    /// Sorted by `min_lifetime`.
+    pub tiers: Vec<Tier>,
+}
+
+impl Program {
+    pub fn from_spec(spec: ProgramSpec) -> Result<Program, FieldError> {
+        let id = spec.program_id.clone().into_text();
+        if !crate::voucher::valid_id(&id) {
+            return Err(FieldError::new(
+                "program_id",
+                "must be an integer or 1-64 of A-Z a-z 0-9 - _ .",
+            ));
+        }
+        if spec.earn.points < 0 || spec.earn.per_cents <= 0 {
+            return Err(FieldError::new(
+                "earn",
+                "points must be >= 0 and per_cents > 0",
+            ));
+        }
+        if spec.signup_bonus < 0 {
+            return Err(FieldError::new("signup_bonus", "must be >= 0"));
+        }
+        for (item, b) in &spec.item_bonus {
+            if *b < 0 {
+                return Err(FieldError::new(
+                    format!("item_bonus.{item}"),
+                    "must be >= 0",
+                ));
+            }
+        }
+        if !(0..=3650).contains(&spec.pending_days) {
+            return Err(FieldError::new("pending_days", "must be 0..=3650"));
+        }
+        if matches!(spec.expire_days, Some(d) if !(1..=36500).contains(&d)) {
+            return Err(FieldError::new(
+                "expire_days",
+                "must be 1..=36500 (omit for points that never expire)",
+            ));
+        }
+        let mut tiers = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for (i, t) in spec.tiers.iter().enumerate() {
+            if !crate::voucher::valid_id(&t.id) || !seen.insert(t.id.clone()) {
+                return Err(FieldError::new(
+                    format!("tiers[{i}].id"),
+                    "must be a unique id of A-Z a-z 0-9 - _ .",
+                ));
+            }
+            if t.min_lifetime < 0 {
+                return Err(FieldError::new(
+                    format!("tiers[{i}].min_lifetime"),
+                    "must be >= 0",
+                ));
+            }
+            let m = t.multiplier_percent.unwrap_or(100);
+            if !(0..=1000).contains(&m) {
+                return Err(FieldError::new(
+                    format!("tiers[{i}].multiplier_percent"),
+                    "must be 0..=1000",
+                ));
+            }
+            tiers.push(Tier {
+                id: t.id.clone(),
+                name: t.name.clone(),
+                min_lifetime: t.min_lifetime,
+                multiplier_percent: m,
+            });
+        }
+        tiers.sort_by_key(|t| t.min_lifetime);
+        if tiers
+            .windows(2)
+            .any(|w| w[0].min_lifetime == w[1].min_lifetime)
+        {
+            return Err(FieldError::new(
+                "tiers",
+                "two tiers have the same min_lifetime",
+            ));
+        }
+        let mut rids = std::collections::HashSet::new();
+        for (i, r) in spec.rewards.iter().enumerate() {
+            let k = |f: &str| format!("rewards[{i}].{f}");
+            if !crate::voucher::valid_id(&r.id) || !rids.insert(r.id.clone()) {
+                return Err(FieldError::new(
+                    k("id"),
+                    "must be a unique id of A-Z a-z 0-9 - _ .",
+                ));
+            }
+            if r.points_cost <= 0 {
+                return Err(FieldError::new(k("points_cost"), "must be > 0"));
+            }
+            if matches!(r.stock, Some(s) if s < 0) {
+                return Err(FieldError::new(
+                    k("stock"),
+                    "must be >= 0 (omit for unlimited)",
+                ));
+            }
+            if let Some(p) = &r.code_pattern {
+                if !p.contains(['#', '?']) || p.len() > 64 {
+                    return Err(FieldError::new(
+                        k("code_pattern"),
+                        "needs at least one # (digit) or ? (letter), at most 64 characters",
+                    ));
+                }
+            }
+            if let Some(u) = &r.image_url {
+                if !u.starts_with("https://") {
+                    return Err(FieldError::new(
+                        k("image_url"),
+                        "must be an absolute https:// URL",
+                    ));
+                }
+            }
+        }
+        Ok(Program { id, spec, tiers })
+    }
+
+    /// Points for a purchase: floor(amount / per_cents) × points, plus the bonus of each
+    /// configured item present in `item_ids` (once per item), times the tier multiplier
+    /// (floor). Integers only.
+    pub fn award_points(&self, purchase_cents: i64, item_ids: &[String], lifetime: i64) -> i64 {
+        let base = (purchase_cents.max(0) / self.spec.earn.per_cents) * self.spec.earn.points;
+        let mut bonus = 0;
+        for (item, b) in &self.spec.item_bonus {
+            if item_ids.iter().any(|i| i == item) {
+                bonus += b;
+            }
+        }
+        let mult = self
+            .tier_for(lifetime)
+            .map(|t| t.multiplier_percent)
+            .unwrap_or(100);
+        (base + bonus) * mult / 100
+    }
+
+    /// The highest tier whose threshold `lifetime` reaches; `None` without tiers or below
+    /// the first threshold.
+    pub fn tier_for(&self, lifetime: i64) -> Option<&Tier> {
+        self.tiers.iter().rev().find(|t| lifetime >= t.min_lifetime)
+    }
+
+    pub fn reward(&self, id: &str) -> Option<&RewardSpec> {
+        self.spec.rewards.iter().find(|r| r.id == id && r.active)
+    }
+
+    pub fn pending_ms(&self) -> i64 {
+        self.spec.pending_days * DAY_MS
+    }
+
+    pub fn expire_ms(&self) -> Option<i64> {
+        self.spec.expire_days.map(|d| d * DAY_MS)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn program() -> Program {
+        Program::from_spec(
+            toml::from_str(
+                r#"
+program_id = 7
+earn = { points = 1, per_cents = 100 }
+item_bonus = { "1001" = 20 }
+tiers = [ { id = "bronze", name = "Bronze", min_lifetime = 0 },
+          { id = "silver", name = "Silver", min_lifetime = 500, multiplier_percent = 150 } ]
+"#,
+            )
+            .unwrap(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn earn_rule_bonus_and_multiplier_floor() {
+        let p = program();
+        assert_eq!(p.award_points(1299, &[], 0), 12);
+        assert_eq!(p.award_points(1299, &["1001".into(), "1001".into()], 0), 32);
+        assert_eq!(p.award_points(1299, &[], 500), 18);
+        assert_eq!(p.award_points(1099, &[], 500), 15); // floor(10 * 1.5)
+        assert_eq!(p.tier_for(499).unwrap().id, "bronze");
+        assert_eq!(p.tier_for(500).unwrap().id, "silver");
+    }
+}

@@ -1,0 +1,518 @@
+//! The six loyalty calls and the operator's ledger tools (reverse an award or a
+//! redemption, adjust, show a member, import members), as writer jobs. Ledger rules live
+//! in `crate::loyalty` (pure); this file loads and stores members, awards, redemptions,
+//! stock and identifiers around them.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::clock::Millis;
+use crate::contract::loyalty::*;
+use crate::contract::ApiError;
+use crate::loyalty::{
+    generate_code, normalize_identifier, Account, Entry, EntryKind, IdentifierType, Program,
+    Refusal, Spent, Why, IDENTIFIER_TYPES,
+};
+use crate::store::{StoreError, Txn};
+
+use super::{fingerprint, idempotent, keys, Reply, State};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberRecord {
+    pub member_id: String,
+    pub user_id: Option<String>,
+    pub phone: Option<String>,
+    pub email: Option<String>,
+    pub card: Option<String>,
+    pub created_at: Millis,
+    pub account: Account,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AwardRecord {
+    pub member_id: String,
+    pub purchase_id: String,
+    pub transaction_id: String,
+    pub purchase_amount_cents: i64,
+    pub points: i64,
+    pub reversed_points: i64,
+    /// The ledger entry (and lot) the award created.
+    pub lot: u64,
+    /// The answer given, replayed for a re-sent purchase under a new transaction id.
+    pub reply: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RedemptionRecord {
+    pub redemption_id: String,
+    pub member_id: String,
+    pub reward_id: String,
+    pub points: i64,
+    pub spent: Spent,
+    pub transaction_id: String,
+    pub code: Option<String>,
+    pub reversed: bool,
+    pub at: Millis,
+}
+
+type R = Result<Reply, StoreError>;
+
+fn refuse(r: Refusal) -> Reply {
+    Reply::rejected(r.code(), &r.message())
+}
+
+fn json<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+fn program(st: &State, tenant: &str, id: &str) -> Option<Arc<Program>> {
+    st.tenants
+        .get(tenant)
+        .and_then(|t| t.programs.get(id))
+        .cloned()
+}
+
+fn member_by(
+    txn: &Txn<'_>,
+    t: &str,
+    p: &str,
+    kind: &str,
+    value: &str,
+) -> Result<Option<MemberRecord>, StoreError> {
+    let Some(id) = txn.get(&keys::ident(t, p, kind, value))? else {
+        return Ok(None);
+    };
+    txn.get_json(&keys::member(t, p, &String::from_utf8_lossy(&id)))
+}
+
+fn member_by_id(
+    txn: &Txn<'_>,
+    t: &str,
+    p: &str,
+    id: &str,
+) -> Result<Option<MemberRecord>, StoreError> {
+    txn.get_json(&keys::member(t, p, id))
+}
+
+/// Write the member and its new ledger entries together.
+fn save(txn: &mut Txn<'_>, t: &str, p: &str, m: &MemberRecord, entries: &[Entry]) {
+    for e in entries {
+        txn.put_json(keys::ledger(t, p, &m.member_id, e.seq), e);
+    }
+    txn.put_json(keys::member(t, p, &m.member_id), m);
+}
+
+fn new_member_id(txn: &Txn<'_>, t: &str, p: &str, now: Millis) -> Result<String, StoreError> {
+    let mut h = Sha256::new();
+    h.update(t.as_bytes());
+    h.update([0]);
+    h.update(p.as_bytes());
+    h.update(txn.next_id()?.to_be_bytes());
+    h.update(now.to_be_bytes());
+    Ok(format!("mbr_{}", &hex::encode(h.finalize())[..20]))
+}
+
+/// Identifiers to link: (type key, normalised value).
+fn identifiers(
+    phone: Option<&str>,
+    email: Option<&str>,
+    card: Option<&str>,
+) -> Result<Vec<(IdentifierType, String)>, ApiError> {
+    let mut out = Vec::new();
+    for (t, v, field) in [
+        (IdentifierType::Phone, phone, "phone"),
+        (IdentifierType::Email, email, "email"),
+        (IdentifierType::Card, card, "cardNumber"),
+    ] {
+        if let Some(v) = v {
+            out.push((
+                t,
+                normalize_identifier(t, v).map_err(|m| ApiError::invalid(field, m))?,
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Create a member (with its signup bonus); the caller has checked the user is new.
+fn create_member(
+    txn: &mut Txn<'_>,
+    t: &str,
+    prog: &Program,
+    user_id: Option<&str>,
+    ids: &[(IdentifierType, String)],
+    now: Millis,
+) -> Result<(MemberRecord, Vec<Entry>, i64), StoreError> {
+    let p = &prog.id;
+    let member_id = new_member_id(txn, t, p, now)?;
+    let mut m = MemberRecord {
+        member_id: member_id.clone(),
+        user_id: user_id.map(str::to_owned),
+        phone: None,
+        email: None,
+        card: None,
+        created_at: now,
+        account: Account::default(),
+    };
+    for (kind, v) in ids {
+        match kind {
+            IdentifierType::Phone => m.phone = Some(v.clone()),
+            IdentifierType::Email => m.email = Some(v.clone()),
+            IdentifierType::Card => m.card = Some(v.clone()),
+            _ => {}
+        }
+        txn.put(
+            keys::ident(t, p, kind.key(), v),
+            member_id.as_bytes().to_vec(),
+        );
+    }
+    if let Some(u) = user_id {
+        txn.put(keys::ident(t, p, "user", u), member_id.as_bytes().to_vec());
+    }
+    let mut entries = Vec::new();
+    let bonus = prog.spec.signup_bonus;
+    if bonus > 0 {
+        let why = Why {
+            reason: "signup bonus".into(),
+            ..Why::default()
+        };
+        entries.push(m.account.credit(
+            now,
+            EntryKind::SignupBonus,
+            bonus,
+            0,
+            prog.expire_ms(),
+            true,
+            why,
+        ));
+    }
+    Ok((m, entries, bonus))
+}
+
+/// The member for a Karma user, enrolling them when the program says `auto_enroll`.
+fn member_for_user(
+    txn: &mut Txn<'_>,
+    t: &str,
+    prog: &Program,
+    user: &str,
+    now: Millis,
+) -> Result<Option<(MemberRecord, Vec<Entry>)>, StoreError> {
+    if let Some(m) = member_by(txn, t, &prog.id, "user", user)? {
+        return Ok(Some((m, Vec::new())));
+    }
+    if !prog.spec.auto_enroll {
+        return Ok(None);
+    }
+    let (m, entries, bonus) = create_member(txn, t, prog, Some(user), &[], now)?;
+    let reply = json(&EnrollSuccess {
+        ok: true,
+        member_id: m.member_id.clone(),
+        points_awarded: bonus,
+    });
+    txn.put(keys::enrollment(t, &prog.id, user), reply);
+    Ok(Some((m, entries)))
+}
+
+pub fn lookup(txn: &mut Txn<'_>, st: &mut State, t: &str, req: &LookupRequest) -> R {
+    let Some(prog) = program(st, t, &req.loyalty_program_id) else {
+        return Ok(refuse(Refusal::ProgramNotFound));
+    };
+    let Some(kind) = IdentifierType::parse(&req.identifier_type) else {
+        return Ok(Reply::error(&ApiError::invalid(
+            "identifierType",
+            format!("{:?} is not one of {IDENTIFIER_TYPES}", req.identifier_type),
+        )));
+    };
+    let value = match normalize_identifier(kind, &req.identifier) {
+        Ok(v) => v,
+        Err(m) => return Ok(Reply::error(&ApiError::invalid("identifier", m))),
+    };
+    let m = match kind {
+        IdentifierType::MemberId => member_by_id(txn, t, &prog.id, &value)?,
+        k => member_by(txn, t, &prog.id, k.key(), &value)?,
+    };
+    Ok(match m {
+        None => refuse(Refusal::MemberNotFound),
+        Some(m) => Reply::ok(json(&LookupSuccess {
+            ok: true,
+            member_id: m.member_id,
+            user_id: m.user_id,
+        })),
+    })
+}
+
+pub fn enroll(txn: &mut Txn<'_>, st: &mut State, t: &str, req: &EnrollRequest, now: Millis) -> R {
+    let Some(prog) = program(st, t, &req.loyalty_program_id) else {
+        return Ok(refuse(Refusal::ProgramNotFound));
+    };
+    let ek = keys::enrollment(t, &prog.id, &req.user_id);
+    if let Some(reply) = txn.get(&ek)? {
+        return Ok(Reply {
+            status: 200,
+            body: reply,
+            outcome: "replay".into(),
+        });
+    }
+    let ids = match identifiers(
+        req.phone.as_deref(),
+        req.email.as_deref(),
+        req.card_number.as_deref(),
+    ) {
+        Ok(ids) => ids,
+        Err(e) => return Ok(Reply::error(&e)),
+    };
+    for (kind, v) in &ids {
+        if txn.get(&keys::ident(t, &prog.id, kind.key(), v))?.is_some() {
+            return Ok(Reply::rejected(
+                "IDENTIFIER_IN_USE",
+                &format!("This {} already belongs to another member.", kind.key()),
+            ));
+        }
+    }
+    let (m, entries, bonus) = create_member(txn, t, &prog, Some(&req.user_id), &ids, now)?;
+    save(txn, t, &prog.id, &m, &entries);
+    let reply = json(&EnrollSuccess {
+        ok: true,
+        member_id: m.member_id.clone(),
+        points_awarded: bonus,
+    });
+    txn.put(ek, reply.clone());
+    Ok(Reply::ok(reply))
+}
+
+pub fn award(txn: &mut Txn<'_>, st: &mut State, t: &str, req: &AwardRequest, now: Millis) -> R {
+    let prog = program(st, t, &req.loyalty_program_id);
+    idempotent(
+        txn,
+        keys::idem(t, "award", &req.transaction_id),
+        fingerprint(req),
+        |txn| {
+            let Some(prog) = prog else {
+                return Ok(refuse(Refusal::ProgramNotFound));
+            };
+            let p = prog.id.as_str();
+            let Some((mut m, mut entries)) = member_for_user(txn, t, &prog, &req.user_id, now)?
+            else {
+                return Ok(refuse(Refusal::MemberNotFound));
+            };
+            // A purchase already awarded under another transaction id credits nothing.
+            if let Some(orig_tx) = txn.get(&keys::purchase(t, p, &req.purchase_id))? {
+                if let Some(a) = txn.get_json::<AwardRecord>(&keys::award(
+                    t,
+                    p,
+                    &String::from_utf8_lossy(&orig_tx),
+                ))? {
+                    return Ok(Reply {
+                        status: 200,
+                        body: a.reply,
+                        outcome: "duplicate_purchase".into(),
+                    });
+                }
+            }
+            entries.extend(m.account.settle(now));
+            let before = prog.tier_for(m.account.lifetime(now)).map(|t| t.id.clone());
+            let points = prog.award_points(
+                req.purchase_amount_cents,
+                &req.item_ids,
+                m.account.lifetime(now),
+            );
+            let why = Why {
+                reason: format!("purchase {}", req.purchase_id),
+                transaction_id: Some(req.transaction_id.clone()),
+                purchase_id: Some(req.purchase_id.clone()),
+                ..Why::default()
+            };
+            let e = m.account.credit(
+                now,
+                EntryKind::Earn,
+                points,
+                prog.pending_ms(),
+                prog.expire_ms(),
+                true,
+                why,
+            );
+            let lot = e.seq;
+            entries.push(e);
+            let after = prog.tier_for(m.account.lifetime(now)).map(|t| t.id.clone());
+            let reply = json(&AwardSuccess {
+                ok: true,
+                points_awarded: points,
+                new_balance: m.account.spendable(now),
+                tier_changed: before != after,
+            });
+            save(txn, t, p, &m, &entries);
+            txn.put_json(
+                keys::award(t, p, &req.transaction_id),
+                &AwardRecord {
+                    member_id: m.member_id.clone(),
+                    purchase_id: req.purchase_id.clone(),
+                    transaction_id: req.transaction_id.clone(),
+                    purchase_amount_cents: req.purchase_amount_cents,
+                    points,
+                    reversed_points: 0,
+                    lot,
+                    reply: reply.clone(),
+                },
+            );
+            txn.put(
+                keys::purchase(t, p, &req.purchase_id),
+                req.transaction_id.as_bytes().to_vec(),
+            );
+            Ok(Reply::ok(reply))
+        },
+    )
+}
+
+pub fn account(txn: &mut Txn<'_>, st: &mut State, t: &str, req: &AccountRequest, now: Millis) -> R {
+    let Some(prog) = program(st, t, &req.loyalty_program_id) else {
+        return Ok(refuse(Refusal::ProgramNotFound));
+    };
+    let Some(m) = member_by(txn, t, &prog.id, "user", &req.user_id)? else {
+        return Ok(refuse(Refusal::MemberNotFound));
+    };
+    let lifetime = m.account.lifetime(now);
+    let tier = prog.tier_for(lifetime);
+    Ok(Reply::ok(json(&AccountSuccess {
+        ok: true,
+        current_balance: m.account.spendable(now),
+        lifetime_earned: lifetime,
+        tier_name: tier.map(|t| t.name.clone()),
+        tier_id: tier.map(|t| t.id.clone()),
+    })))
+}
+
+fn stock_remaining(
+    txn: &Txn<'_>,
+    t: &str,
+    p: &str,
+    r: &crate::loyalty::RewardSpec,
+) -> Result<Option<i64>, StoreError> {
+    Ok(match r.stock {
+        None => None,
+        Some(s) => Some((s - txn.get_u64(&keys::stock(t, p, &r.id))? as i64).max(0)),
+    })
+}
+
+pub fn rewards(txn: &mut Txn<'_>, st: &mut State, t: &str, req: &RewardsRequest) -> R {
+    let Some(prog) = program(st, t, &req.loyalty_program_id) else {
+        return Ok(refuse(Refusal::ProgramNotFound));
+    };
+    let mut out = Vec::new();
+    for r in prog.spec.rewards.iter().filter(|r| r.active) {
+        out.push(Reward {
+            reward_id: r.id.clone(),
+            title: r.title.clone(),
+            description: r.description.clone(),
+            points_cost: r.points_cost,
+            category: r.category.clone(),
+            image_url: r.image_url.clone(),
+            stock_remaining: stock_remaining(txn, t, &prog.id, r)?,
+        });
+    }
+    Ok(Reply::ok(json(&RewardsSuccess {
+        ok: true,
+        rewards: out,
+    })))
+}
+
+pub fn redeem(txn: &mut Txn<'_>, st: &mut State, t: &str, req: &RedeemRequest, now: Millis) -> R {
+    let prog = program(st, t, &req.loyalty_program_id);
+    idempotent(
+        txn,
+        keys::idem(t, "redeem", &req.transaction_id),
+        fingerprint(req),
+        |txn| {
+            let Some(prog) = prog else {
+                return Ok(refuse(Refusal::ProgramNotFound));
+            };
+            let p = prog.id.as_str();
+            let Some((mut m, mut entries)) = member_for_user(txn, t, &prog, &req.user_id, now)?
+            else {
+                return Ok(refuse(Refusal::MemberNotFound));
+            };
+            let Some(reward) = prog.reward(&req.reward_id) else {
+                return Ok(refuse(Refusal::RewardNotFound));
+            };
+            if stock_remaining(txn, t, p, reward)? == Some(0) {
+                return Ok(refuse(Refusal::OutOfStock));
+            }
+            entries.extend(m.account.settle(now));
+            let redemption_id = format!("rdm_{:016x}", txn.next_id()?);
+            let why = Why {
+                reason: format!("reward {}", reward.id),
+                transaction_id: Some(req.transaction_id.clone()),
+                redemption_id: Some(redemption_id.clone()),
+                ..Why::default()
+            };
+            let (spent, e) = match m
+                .account
+                .spend(now, reward.points_cost, EntryKind::Redeem, why)
+            {
+                Ok(x) => x,
+                Err(balance) => {
+                    return Ok(refuse(Refusal::InsufficientPoints {
+                        balance,
+                        needed: reward.points_cost,
+                    }))
+                }
+            };
+            entries.push(e);
+            let code = match &reward.code_pattern {
+                None => None,
+                Some(pat) => {
+                    let mut found = None;
+                    for attempt in 0u32..64 {
+                        let c = generate_code(
+                            pat,
+                            format!("{t}\x1f{p}\x1f{redemption_id}\x1f{attempt}").as_bytes(),
+                        );
+                        if txn.get(&keys::reward_code(t, p, &c))?.is_none() {
+                            found = Some(c);
+                            break;
+                        }
+                    }
+                    let Some(c) = found else {
+                        return Ok(Reply::rejected(
+                            "CODE_SPACE_EXHAUSTED",
+                            "No unused reward code is left for this pattern; widen code_pattern.",
+                        ));
+                    };
+                    txn.put(
+                        keys::reward_code(t, p, &c),
+                        redemption_id.as_bytes().to_vec(),
+                    );
+                    Some(c)
+                }
+            };
+            if reward.stock.is_some() {
+                let k = keys::stock(t, p, &reward.id);
+                let used = txn.get_u64(&k)?;
+                txn.put_u64(k, used + 1);
+            }
+            txn.put_json(
+                keys::redemption(t, p, &redemption_id),
+                &RedemptionRecord {
+                    redemption_id: redemption_id.clone(),
+                    member_id: m.member_id.clone(),
+                    reward_id: reward.id.clone(),
+                    points: reward.points_cost,
+                    spent,
+                    transaction_id: req.transaction_id.clone(),
+                    code: code.clone(),
+                    reversed: false,
+                    at: now,
+                },
+            );
+            let new_balance = m.account.spendable(now);
+            save(txn, t, p, &m, &entries);
+            Ok(Reply::ok(json(&RedeemSuccess {
+                ok: true,
+                redemption_id,
+                generated_code: code,
+                new_balance,
+            })))
+        },
+    )
+}

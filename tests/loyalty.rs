@@ -1,0 +1,444 @@
+//! Loyalty over real HTTP: the six calls, every rule and refusal, idempotency, purchase
+//! dedupe, tiers, pending and expiry, concurrency.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+
+pub const PROGRAMS: &str = r#"
+[[tenants.loyalty]]
+program_id = 7
+earn = { points = 1, per_cents = 100 }
+signup_bonus = 50
+item_bonus = { "1001" = 20 }
+expire_days = 365
+tiers = [ { id = "bronze", name = "Bronze", min_lifetime = 0 },
+          { id = "silver", name = "Silver", min_lifetime = 500, multiplier_percent = 150 } ]
+[[tenants.loyalty.rewards]]
+id = "coffee"
+title = "Free coffee"
+description = "Any hot drink"
+points_cost = 100
+category = "drink"
+image_url = "https://example.com/coffee.png"
+stock = 5
+code_pattern = "CF-######"
+[[tenants.loyalty.rewards]]
+id = "cake"
+title = "Cake"
+points_cost = 10
+[[tenants.loyalty.rewards]]
+id = "retired"
+title = "Old reward"
+points_cost = 1
+active = false
+
+[[tenants.loyalty]]
+program_id = 8
+earn = { points = 2, per_cents = 100 }
+auto_enroll = true
+pending_days = 2
+expire_days = 10
+"#;
+
+async fn harness() -> Harness {
+    Harness::start(&config_with(PROGRAMS)).await
+}
+
+fn tx(n: u64) -> String {
+    format!("loy_{n:032x}")
+}
+
+async fn call(h: &Harness, op: &str, body: Value) -> Value {
+    let r = h.call(&format!("loyalty/{op}"), &body).await;
+    assert_eq!(r.status, 200, "{op}: {}", String::from_utf8_lossy(&r.bytes));
+    r.json()
+}
+
+async fn enroll(h: &Harness, user: &str) -> String {
+    let v = call(
+        h,
+        "enroll",
+        json!({"userId": user, "loyaltyProgramId": 7, "locationId": 42}),
+    )
+    .await;
+    v["memberId"].as_str().unwrap().to_string()
+}
+
+fn award_body(user: &str, purchase: &str, cents: i64, items: Value, n: u64) -> Value {
+    json!({"userId": user, "loyaltyProgramId": 7, "purchaseId": purchase, "purchaseAmountCents": cents, "itemIds": items, "transactionId": tx(n)})
+}
+
+fn redeem_body(user: &str, reward: &str, n: u64) -> Value {
+    json!({"userId": user, "loyaltyProgramId": 7, "rewardId": reward, "transactionId": tx(n)})
+}
+
+async fn account(h: &Harness, user: &str, program: i64) -> Value {
+    call(
+        h,
+        "account",
+        json!({"userId": user, "loyaltyProgramId": program}),
+    )
+    .await
+}
+
+fn refused(v: &Value, code: &str) {
+    assert_eq!(
+        (v["ok"].clone(), v["error"].clone()),
+        (json!(false), json!(code)),
+        "{v}"
+    );
+    assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()));
+}
+
+#[tokio::test]
+async fn enroll_is_idempotent_and_lookup_finds_members() {
+    let h = harness().await;
+    let body = json!({"userId": "u1", "loyaltyProgramId": 7, "locationId": 42, "phone": "+46 70-123 45 67", "email": " Ann@Example.com"});
+    let first = h.call("loyalty/enroll", &body).await;
+    let v = first.json();
+    assert_eq!(v["pointsAwarded"], json!(50));
+    let member = v["memberId"].as_str().unwrap().to_string();
+    assert!(member.starts_with("mbr_") && !member.contains("u1"));
+    let again = h.call("loyalty/enroll", &body).await;
+    assert_eq!(again.bytes, first.bytes);
+    assert_eq!(account(&h, "u1", 7).await["currentBalance"], json!(50));
+
+    let lookup = |t: &str, i: &str| json!({"locationId": 42, "loyaltyProgramId": 7, "identifier": i, "identifierType": t});
+    let expect = json!({"ok": true, "memberId": member, "userId": "u1"});
+    assert_eq!(
+        call(&h, "lookup", lookup("phone", "0046701234567")).await,
+        expect
+    );
+    assert_eq!(
+        call(&h, "lookup", lookup("EMAIL", "ann@example.COM ")).await,
+        expect
+    );
+    assert_eq!(call(&h, "lookup", lookup("userId", "u1")).await, expect);
+    assert_eq!(
+        call(&h, "lookup", lookup("memberId", &member)).await,
+        expect
+    );
+    refused(
+        &call(&h, "lookup", lookup("card", "999")).await,
+        "MEMBER_NOT_FOUND",
+    );
+    let r = h.call("loyalty/lookup", &lookup("ssn", "1")).await;
+    assert_eq!(
+        (r.status, r.json()["field"].clone()),
+        (400, json!("identifierType"))
+    );
+    assert!(r.json()["message"]
+        .as_str()
+        .unwrap()
+        .contains("phone, email, card, memberId, userId"));
+    let r = h.call("loyalty/lookup", &lookup("phone", "call me")).await;
+    assert_eq!(
+        (r.status, r.json()["field"].clone()),
+        (400, json!("identifier"))
+    );
+    refused(
+        &call(
+            &h,
+            "lookup",
+            json!({"loyaltyProgramId": 99, "identifier": "u1", "identifierType": "userId"}),
+        )
+        .await,
+        "PROGRAM_NOT_FOUND",
+    );
+    // the phone belongs to u1 already
+    let taken = call(
+        &h,
+        "enroll",
+        json!({"userId": "u2", "loyaltyProgramId": 7, "phone": "+46701234567"}),
+    )
+    .await;
+    refused(&taken, "IDENTIFIER_IN_USE");
+    refused(&account(&h, "u2", 7).await, "MEMBER_NOT_FOUND");
+}
+
+#[tokio::test]
+async fn award_earn_rule_items_tiers_and_dedupe() {
+    let h = harness().await;
+    enroll(&h, "u1").await;
+    let first = h
+        .call(
+            "loyalty/award",
+            &award_body("u1", "p1", 1299, json!(["1001", 55]), 1),
+        )
+        .await;
+    assert_eq!(
+        first.json(),
+        json!({"ok": true, "pointsAwarded": 32, "newBalance": 82, "tierChanged": false})
+    );
+    assert_eq!(
+        h.call(
+            "loyalty/award",
+            &award_body("u1", "p1", 1299, json!(["1001", 55]), 1)
+        )
+        .await
+        .bytes,
+        first.bytes
+    );
+    let conflict = h
+        .call("loyalty/award", &award_body("u1", "p1", 1300, json!([]), 1))
+        .await;
+    assert_eq!(
+        (conflict.status, conflict.json()["error"].clone()),
+        (409, json!("IDEMPOTENCY_CONFLICT"))
+    );
+    // the same purchase re-sent under a new transaction id credits nothing
+    let resent = h
+        .call(
+            "loyalty/award",
+            &award_body("u1", "p1", 1299, json!(["1001"]), 2),
+        )
+        .await;
+    assert_eq!(resent.bytes, first.bytes);
+    assert_eq!(account(&h, "u1", 7).await["currentBalance"], json!(82));
+    // crossing into silver
+    let v = call(&h, "award", award_body("u1", "p2", 45_000, json!([]), 3)).await;
+    assert_eq!(
+        v,
+        json!({"ok": true, "pointsAwarded": 450, "newBalance": 532, "tierChanged": true})
+    );
+    assert_eq!(
+        account(&h, "u1", 7).await,
+        json!({"ok": true, "currentBalance": 532, "lifetimeEarned": 532, "tierName": "Silver", "tierId": "silver"})
+    );
+    // the multiplier applies to the award that follows: floor(10 * 1.5)
+    let v = call(&h, "award", award_body("u1", "p3", 1099, json!([]), 4)).await;
+    assert_eq!(v["pointsAwarded"], json!(15));
+    refused(
+        &call(&h, "award", award_body("nobody", "p9", 1000, json!([]), 5)).await,
+        "MEMBER_NOT_FOUND",
+    );
+    let r = h.call("loyalty/award", &json!({"userId": "u1", "loyaltyProgramId": 7, "purchaseId": "p", "purchaseAmountCents": 1, "transactionId": "res_0123456789abcdef0123456789abcdef"})).await;
+    assert_eq!(
+        (r.status, r.json()["field"].clone()),
+        (400, json!("transactionId"))
+    );
+    let r = h.call("loyalty/award", &json!({"userId": "u1", "loyaltyProgramId": 7, "purchaseId": "p", "transactionId": tx(9)})).await;
+    assert_eq!(
+        (r.status, r.json()["field"].clone()),
+        (400, json!("purchaseAmountCents"))
+    );
+}
+
+#[tokio::test]
+async fn rewards_and_redeem() {
+    let h = harness().await;
+    enroll(&h, "u1").await;
+    let rewards = call(&h, "rewards", json!({"loyaltyProgramId": 7})).await;
+    assert_eq!(
+        rewards,
+        json!({"ok": true, "rewards": [
+            {"rewardId": "coffee", "title": "Free coffee", "description": "Any hot drink", "pointsCost": 100, "category": "drink", "imageUrl": "https://example.com/coffee.png", "stockRemaining": 5},
+            {"rewardId": "cake", "title": "Cake", "description": "", "pointsCost": 10, "category": null, "imageUrl": null, "stockRemaining": null}
+        ]})
+    );
+    refused(
+        &call(&h, "redeem", redeem_body("u1", "coffee", 1)).await,
+        "INSUFFICIENT_POINTS",
+    );
+    call(&h, "award", award_body("u1", "p1", 20_000, json!([]), 2)).await; // 250
+    let first = h
+        .call("loyalty/redeem", &redeem_body("u1", "coffee", 3))
+        .await;
+    let v = first.json();
+    assert_eq!(v["newBalance"], json!(150));
+    assert!(v["redemptionId"].as_str().unwrap().starts_with("rdm_"));
+    let code = v["generatedCode"].as_str().unwrap();
+    assert!(
+        code.len() == 9 && code.starts_with("CF-") && code[3..].chars().all(|c| c.is_ascii_digit()),
+        "{code}"
+    );
+    assert_eq!(
+        h.call("loyalty/redeem", &redeem_body("u1", "coffee", 3))
+            .await
+            .bytes,
+        first.bytes
+    );
+    let cake = call(&h, "redeem", redeem_body("u1", "cake", 4)).await;
+    assert_eq!(
+        (cake["generatedCode"].clone(), cake["newBalance"].clone()),
+        (json!(null), json!(140))
+    );
+    refused(
+        &call(&h, "redeem", redeem_body("u1", "nope", 5)).await,
+        "REWARD_NOT_FOUND",
+    );
+    refused(
+        &call(&h, "redeem", redeem_body("u1", "retired", 6)).await,
+        "REWARD_NOT_FOUND",
+    );
+    refused(
+        &call(&h, "redeem", redeem_body("ghost", "cake", 7)).await,
+        "MEMBER_NOT_FOUND",
+    );
+    let rewards = call(&h, "rewards", json!({"loyaltyProgramId": 7})).await;
+    assert_eq!(rewards["rewards"][0]["stockRemaining"], json!(4));
+    assert_eq!(account(&h, "u1", 7).await["currentBalance"], json!(140));
+}
+
+#[tokio::test]
+async fn pending_points_expiry_and_auto_enroll() {
+    let h = harness().await;
+    let award = |n: u64, cents: i64| json!({"userId": "walkin", "loyaltyProgramId": "8", "purchaseId": format!("p{n}"), "purchaseAmountCents": cents, "transactionId": tx(n)});
+    let v = call(&h, "award", award(1, 1000)).await;
+    assert_eq!(
+        v,
+        json!({"ok": true, "pointsAwarded": 20, "newBalance": 0, "tierChanged": false})
+    );
+    assert_eq!(
+        account(&h, "walkin", 8).await,
+        json!({"ok": true, "currentBalance": 0, "lifetimeEarned": 0, "tierName": null, "tierId": null})
+    );
+    h.clock.advance_ms(2 * 86_400_000 - 1);
+    assert_eq!(account(&h, "walkin", 8).await["currentBalance"], json!(0));
+    h.clock.advance_ms(1);
+    assert_eq!(account(&h, "walkin", 8).await["currentBalance"], json!(20));
+    assert_eq!(account(&h, "walkin", 8).await["lifetimeEarned"], json!(20));
+    h.clock.advance_ms(3 * 86_400_000);
+    call(&h, "award", award(2, 500)).await; // +10 at day 5, spendable day 7, expires day 15
+    h.clock.advance_ms(5 * 86_400_000); // day 10: the first credit expires
+    let a = account(&h, "walkin", 8).await;
+    assert_eq!(
+        (a["currentBalance"].clone(), a["lifetimeEarned"].clone()),
+        (json!(10), json!(30))
+    );
+    h.clock.advance_ms(5 * 86_400_000);
+    assert_eq!(account(&h, "walkin", 8).await["currentBalance"], json!(0));
+}
+
+#[tokio::test]
+async fn fifty_concurrent_redeems_on_a_balance_for_ten() {
+    let h = std::sync::Arc::new(harness().await);
+    enroll(&h, "u1").await; // 50
+    call(&h, "award", award_body("u1", "p1", 5_000, json!([]), 1)).await; // +50 = 100
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let h = h.clone();
+        tasks.push(tokio::spawn(async move {
+            h.call("loyalty/redeem", &redeem_body("u1", "cake", 100 + i))
+                .await
+                .json()
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        let v = t.await.unwrap();
+        if v["ok"] == json!(true) {
+            ok += 1;
+        } else {
+            refused(&v, "INSUFFICIENT_POINTS");
+        }
+    }
+    assert_eq!(ok, 10);
+    assert_eq!(account(&h, "u1", 7).await["currentBalance"], json!(0));
+}
+
+#[tokio::test]
+async fn fifty_concurrent_identical_awards_credit_once() {
+    let h = std::sync::Arc::new(harness().await);
+    enroll(&h, "u1").await;
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let h = h.clone();
+        tasks.push(tokio::spawn(async move {
+            h.call(
+                "loyalty/award",
+                &award_body("u1", "p1", 10_000, json!([]), 1),
+            )
+            .await
+            .bytes
+        }));
+    }
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.push(t.await.unwrap());
+    }
+    assert!(answers.iter().all(|a| *a == answers[0]));
+    assert_eq!(account(&h, "u1", 7).await["currentBalance"], json!(150));
+}
+
+#[tokio::test]
+async fn stock_five_and_twenty_concurrent_redeems() {
+    let h = std::sync::Arc::new(harness().await);
+    for u in 0..20 {
+        enroll(&h, &format!("u{u}")).await;
+        call(
+            &h,
+            "award",
+            award_body(
+                &format!("u{u}"),
+                &format!("p{u}"),
+                10_000,
+                json!([]),
+                1000 + u,
+            ),
+        )
+        .await;
+    }
+    let mut tasks = Vec::new();
+    for u in 0..20u64 {
+        let h = h.clone();
+        tasks.push(tokio::spawn(async move {
+            h.call(
+                "loyalty/redeem",
+                &redeem_body(&format!("u{u}"), "coffee", 2000 + u),
+            )
+            .await
+            .json()
+        }));
+    }
+    let mut ok = 0;
+    let mut codes = std::collections::HashSet::new();
+    for t in tasks {
+        let v = t.await.unwrap();
+        if v["ok"] == json!(true) {
+            ok += 1;
+            assert!(codes.insert(v["generatedCode"].as_str().unwrap().to_string()));
+        } else {
+            refused(&v, "OUT_OF_STOCK");
+        }
+    }
+    assert_eq!(ok, 5);
+    assert_eq!(
+        call(&h, "rewards", json!({"loyaltyProgramId": 7})).await["rewards"][0]["stockRemaining"],
+        json!(0)
+    );
+}
+
+#[tokio::test]
+async fn restart_keeps_members_balances_and_records() {
+    let mut h = harness().await;
+    enroll(&h, "u1").await;
+    let first = h
+        .call(
+            "loyalty/award",
+            &award_body("u1", "p1", 10_000, json!([]), 1),
+        )
+        .await;
+    let redeem = h
+        .call("loyalty/redeem", &redeem_body("u1", "coffee", 2))
+        .await;
+    h.restart().await;
+    assert_eq!(
+        h.call(
+            "loyalty/award",
+            &award_body("u1", "p1", 10_000, json!([]), 1)
+        )
+        .await
+        .bytes,
+        first.bytes
+    );
+    assert_eq!(
+        h.call("loyalty/redeem", &redeem_body("u1", "coffee", 2))
+            .await
+            .bytes,
+        redeem.bytes
+    );
+    assert_eq!(account(&h, "u1", 7).await["currentBalance"], json!(50));
+}
