@@ -442,3 +442,280 @@ async fn restart_keeps_members_balances_and_records() {
     );
     assert_eq!(account(&h, "u1", 7).await["currentBalance"], json!(50));
 }
+
+async fn admin_ok(h: &Harness, method: &str, path: &str, body: Value) -> Value {
+    let r = h.admin(method, path, Some(&body)).await;
+    assert_eq!(
+        r.status,
+        200,
+        "{path}: {}",
+        String::from_utf8_lossy(&r.bytes)
+    );
+    r.json()
+}
+
+#[tokio::test]
+async fn reversals_full_partial_and_against_spent_points() {
+    let h = harness().await;
+    enroll(&h, "u1").await; // 50
+    call(&h, "award", award_body("u1", "p1", 10_000, json!([]), 1)).await; // +100
+    let body = json!({"id": "refund-1", "purchaseId": "p1", "amountCents": 2_500, "reason": "partial refund"});
+    let first = h.admin("POST", "loyalty/7/reversals", Some(&body)).await;
+    assert_eq!(
+        first.json(),
+        json!({"ok": true, "reversalId": "refund-1", "pointsReversed": 25, "pointsUnrecovered": 0, "newBalance": 125, "tierChanged": false})
+    );
+    assert_eq!(
+        h.admin("POST", "loyalty/7/reversals", Some(&body))
+            .await
+            .bytes,
+        first.bytes
+    );
+    let other = json!({"id": "refund-1", "purchaseId": "p1", "amountCents": 100});
+    assert_eq!(
+        h.admin("POST", "loyalty/7/reversals", Some(&other))
+            .await
+            .status,
+        409
+    );
+    let rest = admin_ok(
+        &h,
+        "POST",
+        "loyalty/7/reversals",
+        json!({"id": "refund-2", "transactionId": tx(1)}),
+    )
+    .await;
+    assert_eq!(
+        (rest["pointsReversed"].clone(), rest["newBalance"].clone()),
+        (json!(75), json!(50))
+    );
+    refused(
+        &admin_ok(
+            &h,
+            "POST",
+            "loyalty/7/reversals",
+            json!({"id": "refund-3", "purchaseId": "p1"}),
+        )
+        .await,
+        "ALREADY_REVERSED",
+    );
+    refused(
+        &admin_ok(
+            &h,
+            "POST",
+            "loyalty/7/reversals",
+            json!({"id": "refund-4", "purchaseId": "nope"}),
+        )
+        .await,
+        "AWARD_NOT_FOUND",
+    );
+
+    // points already spent: the signup lot goes first, then 50 of the award; reversing the
+    // award recovers the 50 left and reports 50 unrecovered; the balance stays at zero.
+    call(&h, "award", award_body("u1", "p2", 10_000, json!([]), 2)).await; // 150
+    call(&h, "redeem", redeem_body("u1", "coffee", 3)).await; // 50 left, all from p2
+    let r = admin_ok(
+        &h,
+        "POST",
+        "loyalty/7/reversals",
+        json!({"id": "refund-5", "purchaseId": "p2"}),
+    )
+    .await;
+    assert_eq!(
+        (
+            r["pointsReversed"].clone(),
+            r["pointsUnrecovered"].clone(),
+            r["newBalance"].clone()
+        ),
+        (json!(100), json!(50), json!(0))
+    );
+    let a = account(&h, "u1", 7).await;
+    assert_eq!(
+        (a["currentBalance"].clone(), a["lifetimeEarned"].clone()),
+        (json!(0), json!(50))
+    );
+    let m = h.admin("GET", "loyalty/7/users/u1", None).await.json();
+    assert_eq!(m["ledgerSum"], json!(0));
+    let kinds: Vec<&str> = m["ledger"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "signup_bonus",
+            "earn",
+            "reversal",
+            "reversal",
+            "earn",
+            "redeem",
+            "reversal"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn reversal_moves_tier_down() {
+    let h = harness().await;
+    enroll(&h, "u1").await;
+    assert_eq!(
+        call(&h, "award", award_body("u1", "p1", 45_000, json!([]), 1)).await["tierChanged"],
+        json!(true)
+    );
+    let r = admin_ok(
+        &h,
+        "POST",
+        "loyalty/7/reversals",
+        json!({"id": "r1", "purchaseId": "p1"}),
+    )
+    .await;
+    assert_eq!(r["tierChanged"], json!(true));
+    assert_eq!(account(&h, "u1", 7).await["tierId"], json!("bronze"));
+}
+
+#[tokio::test]
+async fn redemption_reversal_adjustments_and_member_view() {
+    let h = harness().await;
+    let member = enroll(&h, "u1").await;
+    call(&h, "award", award_body("u1", "p1", 10_000, json!([]), 1)).await; // 150
+    let red = call(&h, "redeem", redeem_body("u1", "coffee", 2)).await;
+    let rid = red["redemptionId"].as_str().unwrap();
+    let back = admin_ok(
+        &h,
+        "POST",
+        &format!("loyalty/7/redemptions/{rid}/reverse"),
+        json!({"id": "rr1", "reason": "guest changed mind"}),
+    )
+    .await;
+    assert_eq!(
+        back,
+        json!({"ok": true, "redemptionId": rid, "pointsReturned": 100, "newBalance": 150})
+    );
+    refused(
+        &admin_ok(
+            &h,
+            "POST",
+            &format!("loyalty/7/redemptions/{rid}/reverse"),
+            json!({"id": "rr2"}),
+        )
+        .await,
+        "ALREADY_REVERSED",
+    );
+    assert_eq!(
+        call(&h, "rewards", json!({"loyaltyProgramId": 7})).await["rewards"][0]["stockRemaining"],
+        json!(5)
+    );
+
+    let adj = admin_ok(
+        &h,
+        "POST",
+        &format!("loyalty/7/members/{member}/adjustments"),
+        json!({"id": "a1", "points": -40, "reason": "goodwill correction"}),
+    )
+    .await;
+    assert_eq!(adj["newBalance"], json!(110));
+    let adj = admin_ok(
+        &h,
+        "POST",
+        &format!("loyalty/7/members/{member}/adjustments"),
+        json!({"id": "a2", "points": 500, "reason": "missed visit", "countsTowardLifetime": true}),
+    )
+    .await;
+    assert_eq!(adj["newBalance"], json!(610));
+    assert_eq!(account(&h, "u1", 7).await["tierId"], json!("silver"));
+    refused(
+        &admin_ok(
+            &h,
+            "POST",
+            &format!("loyalty/7/members/{member}/adjustments"),
+            json!({"id": "a3", "points": -1000, "reason": "x"}),
+        )
+        .await,
+        "INSUFFICIENT_POINTS",
+    );
+    let r = h
+        .admin(
+            "POST",
+            &format!("loyalty/7/members/{member}/adjustments"),
+            Some(&json!({"id": "a4", "points": 5, "reason": " "})),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json()["field"].clone()),
+        (400, json!("reason"))
+    );
+
+    let m = h
+        .admin("GET", &format!("loyalty/7/members/{member}"), None)
+        .await
+        .json();
+    assert_eq!(
+        (
+            m["currentBalance"].clone(),
+            m["ledgerSum"].clone(),
+            m["userId"].clone()
+        ),
+        (json!(610), json!(610), json!("u1"))
+    );
+    assert_eq!(
+        h.admin("GET", "loyalty/7/members/mbr_nobody", None)
+            .await
+            .status,
+        404
+    );
+}
+
+#[tokio::test]
+async fn import_members_all_or_nothing() {
+    let h = harness().await;
+    enroll(&h, "existing").await;
+    let import = |csv: &'static str| {
+        let auth = format!("Bearer {ADMIN_TOKEN}");
+        let h = &h;
+        async move {
+            h.request(
+                "POST",
+                "/admin/v1/tenants/acme/loyalty/7/members/import",
+                &[("authorization", &auth), ("content-type", "text/csv")],
+                csv.as_bytes().to_vec(),
+            )
+            .await
+        }
+    };
+    let bad = import("user_id,phone,balance,lifetime_earned\nm1,+46700000001,100,900\nm2,not a phone,5,\nm3,,-4,\n").await;
+    assert_eq!(bad.status, 400);
+    let v = bad.json();
+    assert_eq!(v["error"], json!("INVALID_ROWS"));
+    let lines: Vec<i64> = v["invalid"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["line"].as_i64().unwrap())
+        .collect();
+    assert_eq!(lines, [3, 4]);
+    refused(&account(&h, "m1", 7).await, "MEMBER_NOT_FOUND");
+
+    let ok = import("user_id,phone,email,balance,lifetime_earned\nm1,+46700000001,,100,900\nexisting,,,5,\nm1,,,1,\n,,solo@example.com,30,\n").await;
+    assert_eq!(
+        ok.json(),
+        json!({"ok": true, "imported": 2, "duplicates": 2, "invalid": []})
+    );
+    assert_eq!(
+        account(&h, "m1", 7).await,
+        json!({"ok": true, "currentBalance": 100, "lifetimeEarned": 900, "tierName": "Silver", "tierId": "silver"})
+    );
+    let found = call(
+        &h,
+        "lookup",
+        json!({"loyaltyProgramId": 7, "identifier": "solo@EXAMPLE.com", "identifierType": "email"}),
+    )
+    .await;
+    assert_eq!(found["ok"], json!(true));
+    assert!(found.get("userId").is_none());
+    // an imported user enrolling later keeps their member and gets no bonus
+    let e = call(&h, "enroll", json!({"userId": "m1", "loyaltyProgramId": 7})).await;
+    assert_eq!(e["pointsAwarded"], json!(0));
+    assert_eq!(account(&h, "m1", 7).await["currentBalance"], json!(100));
+}

@@ -118,18 +118,35 @@ fn get_only(req: &Request<Incoming>, f: impl FnOnce() -> Out) -> Out {
 
 /// Read the body within the size and time limits, after checking its content type.
 async fn read_json_body(app: &App, req: Request<Incoming>) -> Result<Vec<u8>, ApiError> {
+    read_body(app, req, app.config.server.max_body_bytes, false).await
+}
+
+/// Largest CSV accepted by the member import.
+const MAX_IMPORT_BYTES: usize = 64 * 1024 * 1024;
+
+async fn read_body(
+    app: &App,
+    req: Request<Incoming>,
+    max: usize,
+    csv: bool,
+) -> Result<Vec<u8>, ApiError> {
     if let Some(ct) = req.headers().get(hyper::header::CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
         let essence = ct.split(';').next().unwrap_or("").trim();
-        if essence != "application/json" && !essence.ends_with("+json") {
+        let ok = if csv {
+            essence == "text/csv" || essence == "text/plain"
+        } else {
+            essence == "application/json" || essence.ends_with("+json")
+        };
+        if !ok {
+            let want = if csv { "text/csv" } else { "application/json" };
             return Err(ApiError::new(
                 415,
                 "UNSUPPORTED_MEDIA_TYPE",
-                format!("Content-Type must be application/json, not {essence:?}"),
+                format!("Content-Type must be {want}, not {essence:?}"),
             ));
         }
     }
-    let max = app.config.server.max_body_bytes;
     let too_large = || {
         ApiError::new(
             413,
@@ -279,6 +296,14 @@ where
     }
 }
 
+async fn read_json<T: serde::de::DeserializeOwned>(
+    app: &App,
+    req: Request<Incoming>,
+) -> Result<T, ApiError> {
+    let body = read_json_body(app, req).await?;
+    parse(&body)
+}
+
 async fn admin_call(app: &Arc<App>, req: Request<Incoming>, rest: Vec<String>) -> Out {
     let Some(digest) = &app.admin_digest else {
         return err(ApiError::new(
@@ -308,6 +333,7 @@ async fn admin_call(app: &Arc<App>, req: Request<Incoming>, rest: Vec<String>) -
     }
     let now = app.clock.now_ms();
     let method = req.method().clone();
+    use crate::service::loyalty as loy;
     let result = match (tail, &method) {
         (["campaigns"], &Method::GET) => {
             app.store
@@ -353,6 +379,56 @@ async fn admin_call(app: &Arc<App>, req: Request<Incoming>, rest: Vec<String>) -
                 .run(move |txn, st| admin::release(txn, st, &tenant, &r, now))
                 .await
         }
+        (["loyalty", p, "members", "import"], &Method::POST) => {
+            let p = p.to_string();
+            let body = match read_body(app, req, MAX_IMPORT_BYTES, true).await {
+                Ok(b) => b,
+                Err(e) => return err(e),
+            };
+            app.store
+                .run(move |txn, st| loy::import_members(txn, st, &tenant, &p, &body, now))
+                .await
+        }
+        (["loyalty", p, kind @ ("members" | "users"), id], &Method::GET) => {
+            let (p, id, by_user) = (p.to_string(), id.to_string(), *kind == "users");
+            app.store
+                .run(move |txn, st| loy::show_member(txn, st, &tenant, &p, by_user, &id, now))
+                .await
+        }
+        (["loyalty", p, "members", m, "adjustments"], &Method::POST) => {
+            let (p, m) = (p.to_string(), m.to_string());
+            let req: loy::AdjustRequest = match read_json(app, req).await {
+                Ok(r) => r,
+                Err(e) => return err(e),
+            };
+            app.store
+                .run(move |txn, st| loy::adjust(txn, st, &tenant, &p, &m, req, now))
+                .await
+        }
+        (["loyalty", p, "reversals"], &Method::POST) => {
+            let p = p.to_string();
+            let req: loy::ReversalRequest = match read_json(app, req).await {
+                Ok(r) => r,
+                Err(e) => return err(e),
+            };
+            app.store
+                .run(move |txn, st| loy::reverse_award(txn, st, &tenant, &p, req, now))
+                .await
+        }
+        (["loyalty", p, "redemptions", r, "reverse"], &Method::POST) => {
+            let (p, r) = (p.to_string(), r.to_string());
+            let req: loy::RedemptionReversalRequest = match read_json(app, req).await {
+                Ok(r) => r,
+                Err(e) => return err(e),
+            };
+            app.store
+                .run(move |txn, st| loy::reverse_redemption(txn, st, &tenant, &p, &r, req, now))
+                .await
+        }
+        (["loyalty", _, "members" | "users", _], _) => return method_not_allowed("GET"),
+        (["loyalty", _, "members", _, "adjustments"], _)
+        | (["loyalty", _, "reversals"], _)
+        | (["loyalty", _, "redemptions", _, "reverse"], _) => return method_not_allowed("POST"),
         (["codes", _], _) | (["holds"], _) | (["holds", _], _) => return method_not_allowed("GET"),
         (["holds", _, "release"], _) => return method_not_allowed("POST"),
         _ => return not_found(),

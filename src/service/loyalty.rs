@@ -516,3 +516,537 @@ pub fn redeem(txn: &mut Txn<'_>, st: &mut State, t: &str, req: &RedeemRequest, n
         },
     )
 }
+
+// ---- operator tools (admin API) -------------------------------------------------------
+
+fn reply(status: u16, v: serde_json::Value) -> Reply {
+    Reply {
+        status,
+        body: serde_json::to_vec(&v).unwrap_or_default(),
+        outcome: if status < 300 {
+            "ok".into()
+        } else {
+            status.to_string()
+        },
+    }
+}
+
+fn not_found(what: &str) -> Reply {
+    Reply::error(&ApiError::new(404, "NOT_FOUND", what))
+}
+
+fn operation_id(id: &str) -> Result<(), ApiError> {
+    if !crate::voucher::valid_id(id) {
+        return Err(ApiError::invalid("id", "a caller-chosen id for this operation (1-64 of A-Z a-z 0-9 - _ .), used to make retries safe"));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReversalRequest {
+    /// Caller-chosen id: the reversal happens once per id.
+    pub id: String,
+    #[serde(default)]
+    pub purchase_id: Option<String>,
+    #[serde(default)]
+    pub transaction_id: Option<String>,
+    /// Refunded amount for a partial reversal; omit to reverse what is left of the award.
+    #[serde(default)]
+    pub amount_cents: Option<i64>,
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// Reverse an award (a refund), fully or pro rata: floor(points × amount / purchase), never
+/// more than is left of the award. Points already spent are not clawed back below zero;
+/// the answer says how many could not be recovered.
+pub fn reverse_award(
+    txn: &mut Txn<'_>,
+    st: &mut State,
+    t: &str,
+    p: &str,
+    req: ReversalRequest,
+    now: Millis,
+) -> R {
+    if let Err(e) = operation_id(&req.id) {
+        return Ok(Reply::error(&e));
+    }
+    let Some(prog) = program(st, t, p) else {
+        return Ok(not_found("unknown loyalty program"));
+    };
+    let fp = fingerprint(&req);
+    idempotent(
+        txn,
+        keys::idem(t, "reversal", &format!("{p}:{}", req.id)),
+        fp,
+        |txn| {
+            let tx = match (&req.transaction_id, &req.purchase_id) {
+                (Some(tx), _) => Some(tx.clone()),
+                (None, Some(pid)) => txn
+                    .get(&keys::purchase(t, p, pid))?
+                    .map(|v| String::from_utf8_lossy(&v).into_owned()),
+                (None, None) => {
+                    return Ok(Reply::error(&ApiError::invalid(
+                        "purchaseId",
+                        "give purchaseId or transactionId",
+                    )))
+                }
+            };
+            let Some(mut award) = tx
+                .as_deref()
+                .map(|tx| txn.get_json::<AwardRecord>(&keys::award(t, p, tx)))
+                .transpose()?
+                .flatten()
+            else {
+                return Ok(refuse(Refusal::AwardNotFound));
+            };
+            let left = award.points - award.reversed_points;
+            let points = match req.amount_cents {
+                None => left,
+                Some(a) if a <= 0 || a > award.purchase_amount_cents => {
+                    return Ok(Reply::error(&ApiError::invalid(
+                        "amountCents",
+                        format!(
+                            "must be 1..={} (the purchase amount)",
+                            award.purchase_amount_cents
+                        ),
+                    )));
+                }
+                Some(a) => (award.points * a / award.purchase_amount_cents).min(left),
+            };
+            if left == 0 {
+                return Ok(refuse(Refusal::AlreadyReversed));
+            }
+            let Some(mut m) = member_by_id(txn, t, p, &award.member_id)? else {
+                return Ok(refuse(Refusal::MemberNotFound));
+            };
+            let mut entries = m.account.settle(now);
+            let before = prog.tier_for(m.account.lifetime(now)).map(|t| t.id.clone());
+            let why = Why {
+                reason: if req.reason.is_empty() {
+                    format!("refund of purchase {}", award.purchase_id)
+                } else {
+                    req.reason.clone()
+                },
+                transaction_id: Some(award.transaction_id.clone()),
+                purchase_id: Some(award.purchase_id.clone()),
+                reference: Some(req.id.clone()),
+                ..Why::default()
+            };
+            let (e, unrecovered) = m.account.reverse(now, award.lot, points, why);
+            entries.push(e);
+            let after = prog.tier_for(m.account.lifetime(now)).map(|t| t.id.clone());
+            award.reversed_points += points;
+            txn.put_json(keys::award(t, p, &award.transaction_id), &award);
+            save(txn, t, p, &m, &entries);
+            Ok(reply(
+                200,
+                serde_json::json!({
+                    "ok": true,
+                    "reversalId": req.id,
+                    "pointsReversed": points,
+                    "pointsUnrecovered": unrecovered,
+                    "newBalance": m.account.spendable(now),
+                    "tierChanged": before != after,
+                }),
+            ))
+        },
+    )
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RedemptionReversalRequest {
+    pub id: String,
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// Give a redemption's points back to the lots they came from, and its stock back.
+pub fn reverse_redemption(
+    txn: &mut Txn<'_>,
+    st: &mut State,
+    t: &str,
+    p: &str,
+    redemption_id: &str,
+    req: RedemptionReversalRequest,
+    now: Millis,
+) -> R {
+    if let Err(e) = operation_id(&req.id) {
+        return Ok(Reply::error(&e));
+    }
+    let Some(prog) = program(st, t, p) else {
+        return Ok(not_found("unknown loyalty program"));
+    };
+    let fp = fingerprint(&(&req, redemption_id));
+    idempotent(
+        txn,
+        keys::idem(t, "redemption-reversal", &format!("{p}:{}", req.id)),
+        fp,
+        |txn| {
+            let Some(mut rec) =
+                txn.get_json::<RedemptionRecord>(&keys::redemption(t, p, redemption_id))?
+            else {
+                return Ok(refuse(Refusal::RedemptionNotFound));
+            };
+            if rec.reversed {
+                return Ok(refuse(Refusal::AlreadyReversed));
+            }
+            let Some(mut m) = member_by_id(txn, t, p, &rec.member_id)? else {
+                return Ok(refuse(Refusal::MemberNotFound));
+            };
+            let mut entries = m.account.settle(now);
+            let why = Why {
+                reason: if req.reason.is_empty() {
+                    format!("reversal of redemption {redemption_id}")
+                } else {
+                    req.reason.clone()
+                },
+                transaction_id: Some(rec.transaction_id.clone()),
+                redemption_id: Some(redemption_id.to_owned()),
+                reference: Some(req.id.clone()),
+                ..Why::default()
+            };
+            entries.push(m.account.restore(now, &rec.spent, why));
+            entries.extend(m.account.settle(now));
+            if prog
+                .spec
+                .rewards
+                .iter()
+                .any(|r| r.id == rec.reward_id && r.stock.is_some())
+            {
+                let k = keys::stock(t, p, &rec.reward_id);
+                let used = txn.get_u64(&k)?;
+                txn.put_u64(k, used.saturating_sub(1));
+            }
+            rec.reversed = true;
+            txn.put_json(keys::redemption(t, p, redemption_id), &rec);
+            save(txn, t, p, &m, &entries);
+            Ok(reply(
+                200,
+                serde_json::json!({
+                    "ok": true,
+                    "redemptionId": redemption_id,
+                    "pointsReturned": rec.spent.total(),
+                    "newBalance": m.account.spendable(now),
+                }),
+            ))
+        },
+    )
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AdjustRequest {
+    pub id: String,
+    /// Signed: credit (> 0, spendable now, expires per the program) or debit (< 0).
+    pub points: i64,
+    pub reason: String,
+    #[serde(default)]
+    pub counts_toward_lifetime: bool,
+}
+
+pub fn adjust(
+    txn: &mut Txn<'_>,
+    st: &mut State,
+    t: &str,
+    p: &str,
+    member_id: &str,
+    req: AdjustRequest,
+    now: Millis,
+) -> R {
+    if let Err(e) = operation_id(&req.id) {
+        return Ok(Reply::error(&e));
+    }
+    if req.points == 0 || req.points.abs() > 1_000_000_000 {
+        return Ok(Reply::error(&ApiError::invalid(
+            "points",
+            "must be non-zero, at most 1000000000 either way",
+        )));
+    }
+    if req.reason.trim().is_empty() {
+        return Ok(Reply::error(&ApiError::invalid(
+            "reason",
+            "say why; it is kept in the ledger",
+        )));
+    }
+    let Some(prog) = program(st, t, p) else {
+        return Ok(not_found("unknown loyalty program"));
+    };
+    let fp = fingerprint(&(&req, member_id));
+    idempotent(
+        txn,
+        keys::idem(t, "adjust", &format!("{p}:{}", req.id)),
+        fp,
+        |txn| {
+            let Some(mut m) = member_by_id(txn, t, p, member_id)? else {
+                return Ok(refuse(Refusal::MemberNotFound));
+            };
+            let mut entries = m.account.settle(now);
+            let why = Why {
+                reason: req.reason.clone(),
+                reference: Some(req.id.clone()),
+                ..Why::default()
+            };
+            if req.points > 0 {
+                entries.push(m.account.credit(
+                    now,
+                    EntryKind::Adjustment,
+                    req.points,
+                    0,
+                    prog.expire_ms(),
+                    req.counts_toward_lifetime,
+                    why,
+                ));
+            } else {
+                match m
+                    .account
+                    .spend(now, -req.points, EntryKind::Adjustment, why)
+                {
+                    Ok((_, e)) => entries.push(e),
+                    Err(balance) => {
+                        return Ok(refuse(Refusal::InsufficientPoints {
+                            balance,
+                            needed: -req.points,
+                        }))
+                    }
+                }
+            }
+            save(txn, t, p, &m, &entries);
+            Ok(reply(
+                200,
+                serde_json::json!({"ok": true, "memberId": member_id, "points": req.points, "newBalance": m.account.spendable(now)}),
+            ))
+        },
+    )
+}
+
+/// A member with identifiers, balances, tier, credit lots and ledger.
+pub fn show_member(
+    txn: &mut Txn<'_>,
+    st: &mut State,
+    t: &str,
+    p: &str,
+    by_user: bool,
+    id: &str,
+    now: Millis,
+) -> R {
+    let Some(prog) = program(st, t, p) else {
+        return Ok(not_found("unknown loyalty program"));
+    };
+    let m = if by_user {
+        member_by(txn, t, p, "user", id)?
+    } else {
+        member_by_id(txn, t, p, id)?
+    };
+    let Some(m) = m else {
+        return Ok(not_found("no such member"));
+    };
+    let mut ledger = Vec::new();
+    for (_, v) in txn.scan_prefix(&keys::ledger_prefix(t, p, &m.member_id))? {
+        if let Ok(e) = serde_json::from_slice::<Entry>(&v) {
+            ledger.push(e);
+        }
+    }
+    let ledger_sum: i64 = ledger.iter().map(|e| e.points).sum();
+    // What the next write will record as expired, shown now.
+    let mut view = m.account.clone();
+    let expiring = view.settle(now);
+    let tier = prog.tier_for(view.lifetime(now));
+    Ok(reply(
+        200,
+        serde_json::json!({
+            "ok": true,
+            "memberId": m.member_id,
+            "userId": m.user_id,
+            "phone": m.phone,
+            "email": m.email,
+            "card": m.card,
+            "createdAt": crate::clock::rfc3339(m.created_at),
+            "currentBalance": view.spendable(now),
+            "pendingPoints": view.pending(now),
+            "lifetimeEarned": view.lifetime(now),
+            "tierId": tier.map(|t| t.id.clone()),
+            "tierName": tier.map(|t| t.name.clone()),
+            "ledgerSum": ledger_sum,
+            "expiredNotYetRecorded": -expiring.iter().map(|e| e.points).sum::<i64>(),
+            "lots": m.account.lots,
+            "ledger": ledger,
+        }),
+    ))
+}
+
+/// Import a member base from CSV (`user_id,card,phone,email,balance,lifetime_earned`;
+/// header required, columns in any order, all but one identifier optional). All or
+/// nothing: any invalid row refuses the whole file, listing rows by line number. Rows
+/// whose user or identifier is already a member (or repeats an earlier row) are skipped
+/// and counted as duplicates. Imported members get no signup bonus.
+pub fn import_members(
+    txn: &mut Txn<'_>,
+    st: &mut State,
+    t: &str,
+    p: &str,
+    csv_text: &[u8],
+    now: Millis,
+) -> R {
+    let Some(prog) = program(st, t, p) else {
+        return Ok(not_found("unknown loyalty program"));
+    };
+    let mut rdr = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .flexible(false)
+        .from_reader(csv_text);
+    let headers = match rdr.headers() {
+        Ok(h) => h.clone(),
+        Err(e) => {
+            return Ok(Reply::error(&ApiError::new(
+                400,
+                "INVALID_CSV",
+                format!("cannot read the header row: {e}"),
+            )))
+        }
+    };
+    let known = [
+        "user_id",
+        "card",
+        "phone",
+        "email",
+        "balance",
+        "lifetime_earned",
+    ];
+    if let Some(h) = headers.iter().find(|h| !known.contains(h)) {
+        return Ok(Reply::error(&ApiError::new(
+            400,
+            "INVALID_CSV",
+            format!("unknown column {h:?}; use {}", known.join(",")),
+        )));
+    }
+    let col = |name: &str| headers.iter().position(|h| h == name);
+    let (cu, cc, cp, ce, cb, cl) = (
+        col("user_id"),
+        col("card"),
+        col("phone"),
+        col("email"),
+        col("balance"),
+        col("lifetime_earned"),
+    );
+    struct Row {
+        user: Option<String>,
+        ids: Vec<(IdentifierType, String)>,
+        balance: i64,
+        lifetime: i64,
+    }
+    let mut rows = Vec::new();
+    let mut invalid = Vec::new();
+    for (i, rec) in rdr.records().enumerate() {
+        let line = i + 2;
+        let rec = match rec {
+            Ok(r) => r,
+            Err(e) => {
+                invalid.push(serde_json::json!({"line": line, "message": e.to_string()}));
+                continue;
+            }
+        };
+        let get = |c: Option<usize>| {
+            c.and_then(|c| rec.get(c))
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+        };
+        let num = |c: Option<usize>, name: &str| -> Result<Option<i64>, String> {
+            match get(c) {
+                None => Ok(None),
+                Some(v) => v
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|n| (0..=1_000_000_000).contains(n))
+                    .map(Some)
+                    .ok_or(format!(
+                        "{name} must be a whole number 0..=1000000000, not {v:?}"
+                    )),
+            }
+        };
+        let row = (|| -> Result<Row, String> {
+            let user = get(cu);
+            if let Some(u) = &user {
+                if u.len() > 128 || u.chars().any(char::is_control) {
+                    return Err("user_id: at most 128 printable characters".into());
+                }
+            }
+            let ids = identifiers(get(cp).as_deref(), get(ce).as_deref(), get(cc).as_deref())
+                .map_err(|e| e.message)?;
+            if user.is_none() && ids.is_empty() {
+                return Err("a row needs user_id or one of card, phone, email".into());
+            }
+            let balance = num(cb, "balance")?.unwrap_or(0);
+            let lifetime = num(cl, "lifetime_earned")?.unwrap_or(balance);
+            Ok(Row {
+                user,
+                ids,
+                balance,
+                lifetime,
+            })
+        })();
+        match row {
+            Ok(r) => rows.push(r),
+            Err(message) => invalid.push(serde_json::json!({"line": line, "message": message})),
+        }
+    }
+    if !invalid.is_empty() {
+        return Ok(reply(
+            400,
+            serde_json::json!({
+                "ok": false,
+                "error": "INVALID_ROWS",
+                "message": format!("{} invalid row(s); nothing was imported", invalid.len()),
+                "invalid": invalid,
+            }),
+        ));
+    }
+    let (mut imported, mut duplicates) = (0u64, 0u64);
+    for r in rows {
+        let mut taken = match &r.user {
+            Some(u) => txn.get(&keys::ident(t, p, "user", u))?.is_some(),
+            None => false,
+        };
+        for (kind, v) in &r.ids {
+            taken |= txn.get(&keys::ident(t, p, kind.key(), v))?.is_some();
+        }
+        if taken {
+            duplicates += 1;
+            continue;
+        }
+        let mut no_bonus = (*prog).clone();
+        no_bonus.spec.signup_bonus = 0;
+        let (mut m, mut entries, _) =
+            create_member(txn, t, &no_bonus, r.user.as_deref(), &r.ids, now)?;
+        let why = Why {
+            reason: "imported balance".into(),
+            ..Why::default()
+        };
+        entries.push(m.account.credit(
+            now,
+            EntryKind::Import,
+            r.balance,
+            0,
+            prog.expire_ms(),
+            false,
+            why,
+        ));
+        m.account.lifetime_total += r.lifetime;
+        save(txn, t, p, &m, &entries);
+        if let Some(u) = &r.user {
+            let enrolled = json(&EnrollSuccess {
+                ok: true,
+                member_id: m.member_id.clone(),
+                points_awarded: 0,
+            });
+            txn.put(keys::enrollment(t, p, u), enrolled);
+        }
+        imported += 1;
+    }
+    Ok(reply(
+        200,
+        serde_json::json!({"ok": true, "imported": imported, "duplicates": duplicates, "invalid": []}),
+    ))
+}
