@@ -335,3 +335,111 @@ async fn sigterm_drains_flushes_and_exits_cleanly() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_loyalty_load_keeps_every_acknowledged_award_and_redeem_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("kp.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+[storage]
+path = "{}"
+[admin]
+token_env = "KP_CRASH_TOKEN"
+[[tenants]]
+id = "acme"
+auth = {{ mode = "none" }}
+[[tenants.loyalty]]
+program_id = 5
+earn = {{ points = 1, per_cents = 100 }}
+auto_enroll = true
+[[tenants.loyalty.rewards]]
+id = "one"
+title = "One point"
+points_cost = 1
+"#,
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let acked: Arc<Mutex<Vec<(usize, String, &'static str)>>> = Arc::default();
+    let seq = Arc::new(std::sync::atomic::AtomicU64::new(1));
+    const USERS: usize = 12;
+    for round in 0..3u64 {
+        let (mut child, base) = start(&cfg);
+        let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+        let deadline =
+            Instant::now() + Duration::from_millis(300 + (round * 211 + nanos() % 300) % 600);
+        let mut workers = Vec::new();
+        for u in 0..USERS {
+            let (c, base, acked, seq) = (client.clone(), base.clone(), acked.clone(), seq.clone());
+            workers.push(tokio::spawn(async move {
+                loop {
+                    let n = seq.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let tx = format!("loy_{n:032x}");
+                    let award = json!({"userId": format!("u{u}"), "loyaltyProgramId": 5, "purchaseId": format!("p{n}"), "purchaseAmountCents": 1000, "itemIds": [], "transactionId": tx});
+                    match send(&c, "POST", &format!("{base}/v1/acme/loyalty/award"), Some(&award)).await {
+                        Ok((200, b)) => {
+                            assert_eq!(serde_json::from_slice::<Value>(&b).unwrap()["pointsAwarded"], json!(10));
+                            acked.lock().unwrap().push((u, tx, "earn"));
+                        }
+                        _ => return,
+                    }
+                    let n = seq.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let tx = format!("loy_{n:032x}");
+                    let redeem = json!({"userId": format!("u{u}"), "loyaltyProgramId": 5, "rewardId": "one", "transactionId": tx});
+                    match send(&c, "POST", &format!("{base}/v1/acme/loyalty/redeem"), Some(&redeem)).await {
+                        Ok((200, b)) => {
+                            assert_eq!(serde_json::from_slice::<Value>(&b).unwrap()["ok"], json!(true));
+                            acked.lock().unwrap().push((u, tx, "redeem"));
+                        }
+                        _ => return,
+                    }
+                }
+            }));
+        }
+        tokio::time::sleep_until(deadline.into()).await;
+        child.kill().expect("SIGKILL");
+        child.wait().unwrap();
+        for w in workers {
+            w.await.unwrap();
+        }
+    }
+    let (mut child, base) = start(&cfg);
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() > 50, "too little load: {}", acked.len());
+    for u in 0..USERS {
+        let (s, b) = send(
+            &client,
+            "GET",
+            &format!("{base}/admin/v1/tenants/acme/loyalty/5/users/u{u}"),
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(s, 200);
+        let m: Value = serde_json::from_slice(&b).unwrap();
+        let ledger = m["ledger"].as_array().unwrap();
+        for (_, tx, kind) in acked.iter().filter(|(w, _, _)| *w == u) {
+            let n = ledger
+                .iter()
+                .filter(|e| e["transactionId"] == json!(tx) && e["kind"] == json!(kind))
+                .count();
+            assert_eq!(n, 1, "acknowledged {kind} {tx} appears {n} times");
+        }
+        let earned = ledger.iter().filter(|e| e["kind"] == json!("earn")).count() as i64;
+        let redeemed = ledger
+            .iter()
+            .filter(|e| e["kind"] == json!("redeem"))
+            .count() as i64;
+        assert_eq!(m["ledgerSum"], json!(earned * 10 - redeemed));
+        assert_eq!(m["currentBalance"], m["ledgerSum"]);
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
