@@ -34,6 +34,26 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Call the admin API of a running server (operator tools: campaigns, holds, members,
+    /// reversals, adjustments, imports). PATH is relative to /admin/v1/, e.g.
+    /// `admin POST tenants/demo/loyalty/1/reversals --data '{"id":"r1","purchaseId":"p1"}'`.
+    Admin {
+        /// GET, POST or PUT.
+        method: String,
+        path: String,
+        /// Base URL of the server.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// Environment variable holding the admin token.
+        #[arg(long, default_value = "KP_ADMIN_TOKEN")]
+        token_env: String,
+        /// JSON body.
+        #[arg(long, conflicts_with = "csv")]
+        data: Option<String>,
+        /// A CSV file to send as the body (member import).
+        #[arg(long)]
+        csv: Option<PathBuf>,
+    },
     /// Check a config file and exit (non-zero with the key at fault when invalid).
     CheckConfig {
         #[arg(long, short)]
@@ -78,6 +98,56 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Admin {
+            method,
+            path,
+            url,
+            token_env,
+            data,
+            csv,
+        } => {
+            let Ok(token) = std::env::var(&token_env) else {
+                eprintln!("set {token_env} to the admin token");
+                return ExitCode::from(2);
+            };
+            let body = match (data, csv) {
+                (Some(d), _) => Some((d.into_bytes(), "application/json")),
+                (None, Some(p)) => match std::fs::read(&p) {
+                    Ok(b) => Some((b, "text/csv")),
+                    Err(e) => {
+                        eprintln!("cannot read {}: {e}", p.display());
+                        return ExitCode::from(2);
+                    }
+                },
+                (None, None) => None,
+            };
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(karma_provider::client::admin_request(
+                &url, &token, &method, &path, body,
+            )) {
+                Ok((status, bytes)) => {
+                    say!("{}", String::from_utf8_lossy(&bytes));
+                    if (200..300).contains(&status) {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    }
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Serve { config } => {
             let config = match Config::load(config.as_deref()) {
                 Ok(c) => c,

@@ -13,6 +13,8 @@ fn example_config_documents_valid_keys() {
     let c = Config::from_toml(&text, "deploy/config.example.toml", &env).unwrap();
     assert_eq!(c.tenants[0].id, "acme");
     assert_eq!(c.tenants[0].campaigns.len(), 1);
+    assert_eq!(c.tenants[0].programs[0].id, "7");
+    assert_eq!(c.tenants[0].programs[0].spec.rewards[0].stock, Some(50));
     assert_eq!(c.tenants[0].hold_ttl_ms, 7_200_000);
     assert_eq!(c.server.max_body_bytes, 65_536);
 }

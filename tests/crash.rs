@@ -1,4 +1,4 @@
-//! kill -9 under load: start the real binary as a child, drive check → commit from many
+//! Tests against the real binary. kill -9 under load: start it as a child, drive check → commit from many
 //! connections, SIGKILL it at an arbitrary moment, restart on the same data dir, and prove
 //! from our own record of acknowledged answers that every acknowledged commit is there
 //! exactly once — several rounds in a row.
@@ -440,6 +440,79 @@ points_cost = 1
         assert_eq!(m["ledgerSum"], json!(earned * 10 - redeemed));
         assert_eq!(m["currentBalance"], m["ledgerSum"]);
     }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// The operator CLI (`karma-provider admin …`) against a running binary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_cli_reverses_and_imports_through_the_admin_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("kp.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = \"{}\"\n[admin]\ntoken_env = \"KP_CRASH_TOKEN\"\n[[tenants]]\nid = \"acme\"\nauth = {{ mode = \"none\" }}\n[[tenants.loyalty]]\nprogram_id = 5\nearn = {{ points = 1, per_cents = 100 }}\nauto_enroll = true\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let (mut child, base) = start(&cfg);
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let award = json!({"userId": "u1", "loyaltyProgramId": 5, "purchaseId": "p1", "purchaseAmountCents": 5000, "transactionId": format!("loy_{:032x}", 1)});
+    send(
+        &client,
+        "POST",
+        &format!("{base}/v1/acme/loyalty/award"),
+        Some(&award),
+    )
+    .await
+    .unwrap();
+    let cli = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_karma-provider"))
+            .arg("admin")
+            .args(args)
+            .args(["--url", &base])
+            .env("KP_ADMIN_TOKEN", TOKEN)
+            .output()
+            .unwrap()
+    };
+    let out = cli(&[
+        "POST",
+        "tenants/acme/loyalty/5/reversals",
+        "--data",
+        r#"{"id":"r1","purchaseId":"p1","amountCents":1000}"#,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (v["pointsReversed"].clone(), v["newBalance"].clone()),
+        (json!(10), json!(40))
+    );
+    let csv = dir.path().join("members.csv");
+    std::fs::write(&csv, "user_id,balance\nu2,70\nu1,5\n").unwrap();
+    let out = cli(&[
+        "POST",
+        "tenants/acme/loyalty/5/members/import",
+        "--csv",
+        csv.to_str().unwrap(),
+    ]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (v["imported"].clone(), v["duplicates"].clone()),
+        (json!(1), json!(1))
+    );
+    let out = cli(&["GET", "tenants/acme/loyalty/5/users/u2"]);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()["currentBalance"],
+        json!(70)
+    );
+    let out = cli(&["GET", "tenants/acme/loyalty/5/users/nobody"]);
+    assert_eq!(out.status.code(), Some(1));
     child.kill().unwrap();
     child.wait().unwrap();
 }

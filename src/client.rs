@@ -1,0 +1,51 @@
+//! A small client for the admin API, behind the operator commands of the CLI
+//! (`karma-provider admin …`). The store belongs to the running server, so operator tools
+//! go through its admin API rather than opening the data directory.
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+/// Send one admin request; returns (status, body). `path` is relative to `/admin/v1/`.
+pub async fn admin_request(
+    base: &str,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<(Vec<u8>, &str)>,
+) -> Result<(u16, Vec<u8>), String> {
+    let url = format!(
+        "{}/admin/v1/{}",
+        base.trim_end_matches('/'),
+        path.trim_start_matches('/')
+    );
+    let mut b = hyper::Request::builder()
+        .method(method.to_ascii_uppercase().as_str())
+        .uri(&url)
+        .header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+    let payload = match body {
+        Some((bytes, content_type)) => {
+            b = b.header(hyper::header::CONTENT_TYPE, content_type);
+            bytes
+        }
+        None => Vec::new(),
+    };
+    let req = b
+        .body(Full::new(Bytes::from(payload)))
+        .map_err(|e| format!("bad request {url}: {e}"))?;
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let resp = client
+        .request(req)
+        .await
+        .map_err(|e| format!("cannot reach {url}: {e}"))?;
+    let status = resp.status().as_u16();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes()
+        .to_vec();
+    Ok((status, bytes))
+}
