@@ -366,7 +366,9 @@ points_cost = 1
         ),
     )
     .unwrap();
-    let acked: Arc<Mutex<Vec<(usize, String, &'static str)>>> = Arc::default();
+    // (user, transactionId, ledger kind) of every acknowledged answer
+    type Acked = Vec<(usize, String, &'static str)>;
+    let acked: Arc<Mutex<Acked>> = Arc::default();
     let seq = Arc::new(std::sync::atomic::AtomicU64::new(1));
     const USERS: usize = 12;
     for round in 0..3u64 {

@@ -74,6 +74,18 @@ impl Spent {
     }
 }
 
+/// A credit to add: its kind, size, when it becomes spendable (after `pending_ms`), when
+/// it expires (after `expire_ms`; never when `None`), and whether it moves the member
+/// toward tiers.
+#[derive(Debug, Clone, Copy)]
+pub struct Credit {
+    pub kind: EntryKind,
+    pub points: i64,
+    pub pending_ms: i64,
+    pub expire_ms: Option<i64>,
+    pub counts_lifetime: bool,
+}
+
 /// Source ids and reason carried by an entry.
 #[derive(Debug, Clone, Default)]
 pub struct Why {
@@ -168,17 +180,15 @@ impl Account {
         out
     }
 
-    /// Add a credit lot. `counts_lifetime`: whether it moves the member toward tiers.
-    pub fn credit(
-        &mut self,
-        now: Millis,
-        kind: EntryKind,
-        points: i64,
-        pending_ms: i64,
-        expire_ms: Option<i64>,
-        counts_lifetime: bool,
-        why: Why,
-    ) -> Entry {
+    /// Add a credit lot.
+    pub fn credit(&mut self, now: Millis, c: Credit, why: Why) -> Entry {
+        let Credit {
+            kind,
+            points,
+            pending_ms,
+            expire_ms,
+            counts_lifetime,
+        } = c;
         let seq = self.next_seq;
         if points > 0 {
             self.lots.push(Lot {
@@ -296,11 +306,13 @@ mod tests {
         let mut a = Account::default();
         a.credit(
             0,
-            EntryKind::Earn,
-            100,
-            DAY,
-            Some(10 * DAY),
-            true,
+            Credit {
+                kind: EntryKind::Earn,
+                points: 100,
+                pending_ms: DAY,
+                expire_ms: Some(10 * DAY),
+                counts_lifetime: true,
+            },
             Why::default(),
         );
         assert_eq!((a.spendable(0), a.pending(0), a.lifetime(0)), (0, 100, 0));
@@ -318,20 +330,24 @@ mod tests {
         let mut a = Account::default();
         a.credit(
             0,
-            EntryKind::Earn,
-            50,
-            0,
-            Some(5 * DAY),
-            true,
+            Credit {
+                kind: EntryKind::Earn,
+                points: 50,
+                pending_ms: 0,
+                expire_ms: Some(5 * DAY),
+                counts_lifetime: true,
+            },
             Why::default(),
         );
         a.credit(
             DAY,
-            EntryKind::Earn,
-            50,
-            0,
-            Some(5 * DAY),
-            true,
+            Credit {
+                kind: EntryKind::Earn,
+                points: 50,
+                pending_ms: 0,
+                expire_ms: Some(5 * DAY),
+                counts_lifetime: true,
+            },
             Why::default(),
         );
         let (spent, e) = a.spend(DAY, 70, EntryKind::Redeem, Why::default()).unwrap();
@@ -359,7 +375,17 @@ mod tests {
     #[test]
     fn reversal_never_goes_below_zero() {
         let mut a = Account::default();
-        a.credit(0, EntryKind::Earn, 100, 0, None, true, Why::default());
+        a.credit(
+            0,
+            Credit {
+                kind: EntryKind::Earn,
+                points: 100,
+                pending_ms: 0,
+                expire_ms: None,
+                counts_lifetime: true,
+            },
+            Why::default(),
+        );
         a.spend(0, 80, EntryKind::Redeem, Why::default()).unwrap();
         let (e, short) = a.reverse(0, 0, 100, Why::default());
         assert_eq!((e.points, short), (-20, 80));

@@ -7,7 +7,7 @@ mod account;
 mod ids;
 mod program;
 
-pub use account::{Account, Entry, EntryKind, Lot, Spent, SpentPart, Why};
+pub use account::{Account, Credit, Entry, EntryKind, Lot, Spent, SpentPart, Why};
 pub use ids::{generate_code, normalize_identifier, IdentifierType, IDENTIFIER_TYPES};
 pub use program::{Program, ProgramSpec, RewardSpec, Tier, TierSpec};
 

@@ -12,8 +12,8 @@ use crate::clock::Millis;
 use crate::contract::loyalty::*;
 use crate::contract::ApiError;
 use crate::loyalty::{
-    generate_code, normalize_identifier, Account, Entry, EntryKind, IdentifierType, Program,
-    Refusal, Spent, Why, IDENTIFIER_TYPES,
+    generate_code, normalize_identifier, Account, Credit, Entry, EntryKind, IdentifierType,
+    Program, Refusal, Spent, Why, IDENTIFIER_TYPES,
 };
 use crate::store::{StoreError, Txn};
 
@@ -180,11 +180,13 @@ fn create_member(
         };
         entries.push(m.account.credit(
             now,
-            EntryKind::SignupBonus,
-            bonus,
-            0,
-            prog.expire_ms(),
-            true,
+            Credit {
+                kind: EntryKind::SignupBonus,
+                points: bonus,
+                pending_ms: 0,
+                expire_ms: prog.expire_ms(),
+                counts_lifetime: true,
+            },
             why,
         ));
     }
@@ -326,11 +328,13 @@ pub fn award(txn: &mut Txn<'_>, st: &mut State, t: &str, req: &AwardRequest, now
             };
             let e = m.account.credit(
                 now,
-                EntryKind::Earn,
-                points,
-                prog.pending_ms(),
-                prog.expire_ms(),
-                true,
+                Credit {
+                    kind: EntryKind::Earn,
+                    points,
+                    pending_ms: prog.pending_ms(),
+                    expire_ms: prog.expire_ms(),
+                    counts_lifetime: true,
+                },
                 why,
             );
             let lot = e.seq;
@@ -792,11 +796,13 @@ pub fn adjust(
             if req.points > 0 {
                 entries.push(m.account.credit(
                     now,
-                    EntryKind::Adjustment,
-                    req.points,
-                    0,
-                    prog.expire_ms(),
-                    req.counts_toward_lifetime,
+                    Credit {
+                        kind: EntryKind::Adjustment,
+                        points: req.points,
+                        pending_ms: 0,
+                        expire_ms: prog.expire_ms(),
+                        counts_lifetime: req.counts_toward_lifetime,
+                    },
                     why,
                 ));
             } else {
@@ -1026,11 +1032,13 @@ pub fn import_members(
         };
         entries.push(m.account.credit(
             now,
-            EntryKind::Import,
-            r.balance,
-            0,
-            prog.expire_ms(),
-            false,
+            Credit {
+                kind: EntryKind::Import,
+                points: r.balance,
+                pending_ms: 0,
+                expire_ms: prog.expire_ms(),
+                counts_lifetime: false,
+            },
             why,
         ));
         m.account.lifetime_total += r.lifetime;
