@@ -260,7 +260,12 @@ impl<S: Send + 'static> Store<S> {
             .send(Msg::Job(job))
             .await
             .map_err(|_| StoreError::Closed)?;
-        orx.await.unwrap_or(Err(StoreError::JobPanicked))
+        match orx.await {
+            Ok(r) => r,
+            // The writer dropped the job: it panicked, or the store failed meanwhile.
+            Err(_) if self.failed.load(Ordering::Relaxed) => Err(StoreError::Failed),
+            Err(_) => Err(StoreError::JobPanicked),
+        }
     }
 
     pub fn is_healthy(&self) -> bool {
