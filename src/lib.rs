@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod service;
 pub mod store;
 pub mod voucher;
+pub mod webhook;
 
 pub use clock::Clock;
 pub use config::Config;

@@ -93,6 +93,28 @@ pub struct TenantConfig {
     pub campaigns: Vec<Campaign>,
     /// Loyalty programs, by Karma loyaltyProgramId.
     pub programs: Vec<Program>,
+    /// The webhook receiver; `None`: `/v1/{tenant}/webhooks` answers 404.
+    pub webhooks: Option<WebhookConfig>,
+}
+
+#[derive(Clone)]
+pub struct WebhookConfig {
+    pub scheme: crate::webhook::Scheme,
+    /// Active secrets (key bytes), newest first; several during rotation.
+    pub secrets: Vec<Vec<u8>>,
+    pub tolerance_ms: i64,
+    pub retention_ms: i64,
+}
+
+impl std::fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("scheme", &self.scheme)
+            .field("secrets", &format_args!("[{} ***]", self.secrets.len()))
+            .field("tolerance_ms", &self.tolerance_ms)
+            .field("retention_ms", &self.retention_ms)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -162,6 +184,28 @@ struct RawTenant {
     campaigns: Vec<CampaignSpec>,
     #[serde(default)]
     loyalty: Vec<ProgramSpec>,
+    webhooks: Option<RawWebhooks>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhooks {
+    verify: RawVerify,
+    tolerance: Option<String>,
+    retention: Option<String>,
+    /// Accepted only to give a clear error: onward delivery is not built yet.
+    routes: Option<toml::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVerify {
+    scheme: String,
+    header: Option<String>,
+    #[serde(default)]
+    secrets_env: Vec<String>,
+    #[serde(default)]
+    secrets_file: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -461,7 +505,78 @@ impl Config {
                 }
                 programs.push(p);
             }
+            let webhooks = match t.webhooks {
+                None => None,
+                Some(w) => {
+                    let wk = format!("{tk}.webhooks");
+                    if w.routes.is_some() {
+                        return Err(err(&format!("{wk}.routes"), "onward delivery (routes) is not implemented yet; events are kept in the inbox".into()));
+                    }
+                    use crate::webhook::Scheme;
+                    let header = |default: &str| {
+                        w.verify
+                            .header
+                            .clone()
+                            .unwrap_or_else(|| default.into())
+                            .to_ascii_lowercase()
+                    };
+                    let scheme = match w.verify.scheme.as_str() {
+                        "hmac-sha256-hex" => Scheme::HmacSha256Hex { header: header("x-karma-signature") },
+                        "stripe" => Scheme::Stripe { header: header("stripe-signature") },
+                        "standard-webhooks" => Scheme::StandardWebhooks,
+                        "none" => Scheme::None,
+                        other => return Err(err(&format!("{wk}.verify.scheme"), format!("unknown scheme {other:?}; use hmac-sha256-hex, stripe, standard-webhooks or none"))),
+                    };
+                    let mut secrets = Vec::new();
+                    for (i, name) in w.verify.secrets_env.iter().enumerate() {
+                        if let Some(v) = env.var(name).filter(|v| !v.is_empty()) {
+                            secrets.push(
+                                crate::webhook::secret_bytes(&scheme, &v).map_err(|m| {
+                                    err(&format!("{wk}.verify.secrets_env[{i}]"), m)
+                                })?,
+                            );
+                        }
+                    }
+                    for (i, path) in w.verify.secrets_file.iter().enumerate() {
+                        let v = std::fs::read_to_string(path).map_err(|e| {
+                            err(
+                                &format!("{wk}.verify.secrets_file[{i}]"),
+                                format!("cannot read {path}: {e}"),
+                            )
+                        })?;
+                        secrets.push(
+                            crate::webhook::secret_bytes(&scheme, v.trim_end_matches(['\n', '\r']))
+                                .map_err(|m| err(&format!("{wk}.verify.secrets_file[{i}]"), m))?,
+                        );
+                    }
+                    if scheme == Scheme::None {
+                        tracing::warn!(tenant = %t.id, "webhook signatures are NOT verified (scheme = \"none\")");
+                    } else if secrets.is_empty() {
+                        return Err(err(
+                            &format!("{wk}.verify.secrets_env"),
+                            "names no secret that is set".into(),
+                        ));
+                    }
+                    Some(WebhookConfig {
+                        scheme,
+                        secrets,
+                        tolerance_ms: dur(
+                            &format!("{wk}.tolerance"),
+                            &w.tolerance,
+                            Duration::from_secs(300),
+                        )?
+                        .as_millis() as i64,
+                        retention_ms: dur(
+                            &format!("{wk}.retention"),
+                            &w.retention,
+                            Duration::from_secs(7 * 86_400),
+                        )?
+                        .as_millis() as i64,
+                    })
+                }
+            };
             tenants.push(TenantConfig {
+                webhooks,
                 id: t.id,
                 auth,
                 hold_ttl_ms: hold_ttl.as_millis() as i64,

@@ -97,6 +97,10 @@ pub(super) async fn route(app: &Arc<App>, req: Request<Incoming>) -> (&'static s
             let tenant = tenant.to_string();
             (endpoint, provider_call(app, req, &tenant, endpoint).await)
         }
+        ["v1", tenant, "webhooks"] => {
+            let tenant = tenant.to_string();
+            ("webhook", webhook_call(app, req, &tenant).await)
+        }
         ["admin", "v1", rest @ ..] => {
             let rest: Vec<String> = rest
                 .iter()
@@ -275,6 +279,107 @@ async fn provider_call(
     }
 }
 
+/// Headers kept with an inbox event: the signature headers and the content type.
+const KEPT_HEADERS: [&str; 6] = [
+    "content-type",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+    "stripe-signature",
+    "user-agent",
+];
+
+async fn webhook_call(app: &Arc<App>, req: Request<Incoming>, tenant: &str) -> Out {
+    let Some(cfg) = app.config.tenant(tenant).and_then(|t| t.webhooks.clone()) else {
+        return err(ApiError::new(
+            404,
+            "NOT_FOUND",
+            format!("tenant {tenant:?} has no webhook receiver"),
+        ));
+    };
+    if req.method() != Method::POST {
+        return method_not_allowed("POST");
+    }
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let body = match read_json_body(app, req).await {
+        Ok(b) => b,
+        Err(e) => return err(e),
+    };
+    let now = app.clock.now_ms();
+    let lookup = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    if let Err(e) = crate::webhook::verify(
+        &cfg.scheme,
+        &cfg.secrets,
+        &lookup,
+        &body,
+        now,
+        cfg.tolerance_ms,
+    ) {
+        return err(ApiError::new(401, "BAD_SIGNATURE", e.message()));
+    }
+    let value: serde_json::Value = match parse(&body) {
+        Ok(v) => v,
+        Err(e) => return err(e),
+    };
+    let env = match crate::webhook::parse_envelope(&value) {
+        Ok(e) => e,
+        Err(("", msg)) => return err(ApiError::new(400, "INVALID_BODY", msg)),
+        Err((field, msg)) => return err(ApiError::invalid(field, msg)),
+    };
+    let kept: Vec<(String, String)> = headers
+        .into_iter()
+        .filter(|(k, _)| {
+            KEPT_HEADERS.contains(&k.as_str()) || Some(k.as_str()) == signature_header(&cfg.scheme)
+        })
+        .collect();
+    let t = tenant.to_owned();
+    let retention = cfg.retention_ms;
+    match app
+        .store
+        .run(move |txn, st| {
+            crate::service::webhook::receive(
+                txn,
+                st,
+                &t,
+                crate::service::webhook::Delivery {
+                    id: env.id,
+                    event: env.event,
+                    body,
+                    headers: kept,
+                },
+                now,
+                retention,
+            )
+        })
+        .await
+    {
+        Ok(Ok(reply)) => Out::from(reply),
+        Ok(Err(e)) | Err(e) => store_error(e),
+    }
+}
+
+fn signature_header(s: &crate::webhook::Scheme) -> Option<&str> {
+    match s {
+        crate::webhook::Scheme::HmacSha256Hex { header }
+        | crate::webhook::Scheme::Stripe { header } => Some(header),
+        _ => None,
+    }
+}
+
 fn no_check<T>(_: &T) -> Result<(), ApiError> {
     Ok(())
 }
@@ -429,6 +534,12 @@ async fn admin_call(app: &Arc<App>, req: Request<Incoming>, rest: Vec<String>) -
         (["loyalty", _, "members", _, "adjustments"], _)
         | (["loyalty", _, "reversals"], _)
         | (["loyalty", _, "redemptions", _, "reverse"], _) => return method_not_allowed("POST"),
+        (["webhooks", "inbox"], &Method::GET) => {
+            app.store
+                .run(move |txn, st| crate::service::webhook::inbox(txn, st, &tenant, 1000))
+                .await
+        }
+        (["webhooks", "inbox"], _) => return method_not_allowed("GET"),
         (["codes", _], _) | (["holds"], _) | (["holds", _], _) => return method_not_allowed("GET"),
         (["holds", _, "release"], _) => return method_not_allowed("POST"),
         _ => return not_found(),

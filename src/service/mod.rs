@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod loyalty;
 pub mod voucher;
+pub mod webhook;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -127,6 +127,14 @@ impl Txn<'_> {
             .unwrap_or(0))
     }
 
+    /// Like [`Txn::get_u64`], telling a missing key from zero.
+    pub fn get_u64_opt(&self, k: &[u8]) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .get(k)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map(u64::from_be_bytes))
+    }
+
     pub fn put_u64(&mut self, k: Vec<u8>, v: u64) {
         self.put(k, v.to_be_bytes().to_vec());
     }

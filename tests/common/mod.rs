@@ -43,6 +43,10 @@ fn env() -> impl Fn(&str) -> Option<String> {
     m.insert("ADMIN_TOKEN".to_string(), ADMIN_TOKEN.to_string());
     m.insert("ACME_KEY".to_string(), KEY.to_string());
     m.insert("BASIC_PASS".to_string(), "s3cret".to_string());
+    m.insert("WH_SECRET".to_string(), "new-secret".to_string());
+    m.insert("WH_OLD".to_string(), "old-secret".to_string());
+    // "whsec_" + base64("std-key")
+    m.insert("WH_STD".to_string(), "whsec_c3RkLWtleQ==".to_string());
     move |k: &str| m.get(k).cloned()
 }
 

@@ -1,0 +1,247 @@
+//! Webhook decisions with no I/O: signature schemes (hex HMAC-SHA256 in a header,
+//! Stripe-style `t=…,v1=…`, Standard Webhooks), several active secrets for rotation, a
+//! timestamp tolerance where a timestamp is signed, constant-time comparison through
+//! `Mac::verify_slice`, and envelope validation that names the bad field.
+
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::clock::Millis;
+
+type HmacSha256 = Hmac<Sha256>;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scheme {
+    /// Hex digest of HMAC-SHA256 over the raw body, bare or prefixed `sha256=`.
+    HmacSha256Hex { header: String },
+    /// `Stripe-Signature: t=…,v1=…`; HMAC over `"{t}.{body}"`.
+    Stripe { header: String },
+    /// `webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<base64> …`;
+    /// HMAC over `"{id}.{timestamp}.{body}"`; keys are `whsec_<base64>`.
+    StandardWebhooks,
+    /// No verification; only when written explicitly.
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VerifyError {
+    MissingHeader(String),
+    Malformed(String),
+    OutsideTolerance,
+    NoMatch,
+}
+
+impl VerifyError {
+    pub fn message(&self) -> String {
+        match self {
+            VerifyError::MissingHeader(h) => format!("missing signature header {h}"),
+            VerifyError::Malformed(why) => format!("malformed signature: {why}"),
+            VerifyError::OutsideTolerance => "the signed timestamp is outside the tolerance".into(),
+            VerifyError::NoMatch => "no signature matches any active secret".into(),
+        }
+    }
+}
+
+fn mac_ok(secret: &[u8], parts: &[&[u8]], sig: &[u8]) -> bool {
+    let Ok(mut m) = HmacSha256::new_from_slice(secret) else {
+        return false;
+    };
+    for p in parts {
+        m.update(p);
+    }
+    // verify_slice compares in constant time and rejects a wrong length (an empty
+    // signature never passes).
+    m.verify_slice(sig).is_ok()
+}
+
+fn within(now: Millis, ts_secs: i64, tolerance_ms: i64) -> bool {
+    (now - ts_secs.saturating_mul(1000)).abs() <= tolerance_ms
+}
+
+/// Check a delivery. `header` looks a header up by lowercase name.
+pub fn verify(
+    scheme: &Scheme,
+    secrets: &[Vec<u8>],
+    header: &dyn Fn(&str) -> Option<String>,
+    body: &[u8],
+    now: Millis,
+    tolerance_ms: i64,
+) -> Result<(), VerifyError> {
+    match scheme {
+        Scheme::None => Ok(()),
+        Scheme::HmacSha256Hex { header: h } => {
+            let v = header(h).ok_or_else(|| VerifyError::MissingHeader(h.clone()))?;
+            let v = v.trim();
+            let hexpart = v.strip_prefix("sha256=").unwrap_or(v);
+            let sig = hex::decode(hexpart).map_err(|_| VerifyError::Malformed("not hex".into()))?;
+            if sig.len() != 32 {
+                return Err(VerifyError::Malformed(
+                    "a SHA-256 digest is 64 hex characters".into(),
+                ));
+            }
+            secrets
+                .iter()
+                .any(|s| mac_ok(s, &[body], &sig))
+                .then_some(())
+                .ok_or(VerifyError::NoMatch)
+        }
+        Scheme::Stripe { header: h } => {
+            let v = header(h).ok_or_else(|| VerifyError::MissingHeader(h.clone()))?;
+            let mut t = None;
+            let mut sigs = Vec::new();
+            for part in v.split(',') {
+                match part.trim().split_once('=') {
+                    Some(("t", x)) => t = x.parse::<i64>().ok(),
+                    Some(("v1", x)) => sigs.extend(hex::decode(x).ok()),
+                    _ => {} // other schemes (v0 …) are ignored, never trusted
+                }
+            }
+            let t = t.ok_or_else(|| VerifyError::Malformed("no t=".into()))?;
+            if sigs.is_empty() {
+                return Err(VerifyError::Malformed("no v1= signature".into()));
+            }
+            if !within(now, t, tolerance_ms) {
+                return Err(VerifyError::OutsideTolerance);
+            }
+            let ts = t.to_string();
+            let ok = secrets.iter().any(|s| {
+                sigs.iter()
+                    .any(|sig| mac_ok(s, &[ts.as_bytes(), b".", body], sig))
+            });
+            ok.then_some(()).ok_or(VerifyError::NoMatch)
+        }
+        Scheme::StandardWebhooks => {
+            let id = header("webhook-id")
+                .ok_or_else(|| VerifyError::MissingHeader("webhook-id".into()))?;
+            let ts = header("webhook-timestamp")
+                .ok_or_else(|| VerifyError::MissingHeader("webhook-timestamp".into()))?;
+            let sig = header("webhook-signature")
+                .ok_or_else(|| VerifyError::MissingHeader("webhook-signature".into()))?;
+            let t: i64 = ts.trim().parse().map_err(|_| {
+                VerifyError::Malformed("webhook-timestamp is not integer seconds".into())
+            })?;
+            if !within(now, t, tolerance_ms) {
+                return Err(VerifyError::OutsideTolerance);
+            }
+            let sigs: Vec<Vec<u8>> = sig
+                .split_whitespace()
+                .filter_map(|p| p.strip_prefix("v1,"))
+                .filter_map(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+                .collect();
+            if sigs.is_empty() {
+                return Err(VerifyError::Malformed("no v1 signature".into()));
+            }
+            let parts: [&[u8]; 5] = [id.trim().as_bytes(), b".", ts.trim().as_bytes(), b".", body];
+            let ok = secrets
+                .iter()
+                .any(|s| sigs.iter().any(|sig| mac_ok(s, &parts, sig)));
+            ok.then_some(()).ok_or(VerifyError::NoMatch)
+        }
+    }
+}
+
+/// The key bytes of a secret as configured: Standard Webhooks' `whsec_<base64>`, else the
+/// text itself.
+pub fn secret_bytes(scheme: &Scheme, s: &str) -> Result<Vec<u8>, String> {
+    match (scheme, s.strip_prefix("whsec_")) {
+        (Scheme::StandardWebhooks, Some(b)) => base64::engine::general_purpose::STANDARD
+            .decode(b)
+            .map_err(|_| "a whsec_ secret must be base64 after the prefix".to_string()),
+        (Scheme::StandardWebhooks, None) => {
+            Err("Standard Webhooks secrets start with whsec_".into())
+        }
+        _ => Ok(s.as_bytes().to_vec()),
+    }
+}
+
+/// The fields of an envelope we rely on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    pub id: String,
+    pub event: String,
+}
+
+/// Validate an envelope: a JSON object with a non-empty string `id` and `event`, and a
+/// `timestamp` that, when present, is ISO 8601. `Err((field, message))`.
+pub fn parse_envelope(v: &serde_json::Value) -> Result<Envelope, (&'static str, String)> {
+    let obj = v
+        .as_object()
+        .ok_or(("", "the envelope must be a JSON object".to_string()))?;
+    let text = |f: &'static str| -> Result<String, (&'static str, String)> {
+        match obj.get(f) {
+            Some(serde_json::Value::String(s)) if !s.is_empty() && s.len() <= 256 => Ok(s.clone()),
+            Some(_) => Err((
+                f,
+                "must be a non-empty string of at most 256 characters".into(),
+            )),
+            None => Err((f, "is required".into())),
+        }
+    };
+    let id = text("id")?;
+    let event = text("event")?;
+    if let Some(ts) = obj.get("timestamp") {
+        let ok = ts
+            .as_str()
+            .is_some_and(|s| s.parse::<jiff::Timestamp>().is_ok());
+        if !ok {
+            return Err((
+                "timestamp",
+                "must be an ISO 8601 instant like 2026-11-23T10:00:00Z".into(),
+            ));
+        }
+    }
+    Ok(Envelope { id, event })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sign(secret: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+        let mut m = HmacSha256::new_from_slice(secret).unwrap();
+        for p in parts {
+            m.update(p);
+        }
+        m.finalize().into_bytes().to_vec()
+    }
+
+    #[test]
+    fn hex_scheme_accepts_prefix_rotation_and_refuses_empty() {
+        let s = Scheme::HmacSha256Hex {
+            header: "x-sig".into(),
+        };
+        let body = b"{}";
+        let good = hex::encode(sign(b"old", &[body]));
+        let secrets = vec![b"new".to_vec(), b"old".to_vec()];
+        let h = |v: String| move |n: &str| (n == "x-sig").then(|| v.clone());
+        assert_eq!(verify(&s, &secrets, &h(good.clone()), body, 0, 0), Ok(()));
+        assert_eq!(
+            verify(&s, &secrets, &h(format!("sha256={good}")), body, 0, 0),
+            Ok(())
+        );
+        assert!(verify(&s, &secrets, &h(String::new()), body, 0, 0).is_err());
+        assert!(verify(&s, &secrets, &h(hex::encode([0u8; 32])), body, 0, 0).is_err());
+        assert!(verify(&s, &secrets, &|_| None, body, 0, 0).is_err());
+    }
+
+    #[test]
+    fn envelope_fields() {
+        assert!(parse_envelope(
+            &serde_json::json!({"id": "a", "event": "x.y", "timestamp": "2026-01-01T00:00:00Z"})
+        )
+        .is_ok());
+        assert_eq!(
+            parse_envelope(&serde_json::json!({"event": "x"}))
+                .unwrap_err()
+                .0,
+            "id"
+        );
+        assert_eq!(
+            parse_envelope(&serde_json::json!({"id": "a", "event": "x", "timestamp": "yesterday"}))
+                .unwrap_err()
+                .0,
+            "timestamp"
+        );
+    }
+}
