@@ -11,22 +11,6 @@ use crate::voucher::{match_key, Campaign, CampaignSpec};
 use super::voucher::{release_hold, usage, HistoryEvent};
 use super::{keys, Reply, Source, State};
 
-fn reply(status: u16, v: serde_json::Value) -> Reply {
-    Reply {
-        status,
-        body: serde_json::to_vec(&v).unwrap_or_default(),
-        outcome: if status < 300 {
-            "ok".into()
-        } else {
-            status.to_string()
-        },
-    }
-}
-
-fn not_found(what: &str) -> Reply {
-    Reply::error(&ApiError::new(404, "NOT_FOUND", what))
-}
-
 fn campaign_json(
     txn: &Txn<'_>,
     st: &State,
@@ -53,14 +37,14 @@ pub fn list_campaigns(
 ) -> Result<Reply, StoreError> {
     st.prune(txn, now);
     let Some(t) = st.tenants.get(tenant) else {
-        return Ok(not_found("unknown tenant"));
+        return Ok(Reply::not_found("unknown tenant"));
     };
     let ids: Vec<String> = t.campaigns.keys().cloned().collect();
     let mut items = Vec::new();
     for id in ids {
         items.push(campaign_json(txn, st, tenant, &id)?);
     }
-    Ok(reply(200, json!({"ok": true, "campaigns": items})))
+    Ok(Reply::json(200, json!({"ok": true, "campaigns": items})))
 }
 
 /// Create (`id_in_path = None`) or replace an API-made campaign.
@@ -72,7 +56,7 @@ pub fn put_campaign(
     spec: CampaignSpec,
 ) -> Result<Reply, StoreError> {
     let Some(t) = st.tenants.get_mut(tenant) else {
-        return Ok(not_found("unknown tenant"));
+        return Ok(Reply::not_found("unknown tenant"));
     };
     if let Some(id) = id_in_path {
         if id != spec.id {
@@ -105,7 +89,7 @@ pub fn put_campaign(
             )));
         }
         (Some(_), None) => {
-            return Ok(not_found(
+            return Ok(Reply::not_found(
                 "unknown campaign; POST to /campaigns to create it",
             ))
         }
@@ -135,7 +119,7 @@ pub fn put_campaign(
     let id = c.id.clone();
     t.install(c, Source::Api);
     let body = campaign_json(txn, st, tenant, &id)?;
-    Ok(reply(
+    Ok(Reply::json(
         if existing.is_some() { 200 } else { 201 },
         json!({"ok": true, "campaign": body}),
     ))
@@ -150,10 +134,10 @@ pub fn code_state(
 ) -> Result<Reply, StoreError> {
     st.prune(txn, now);
     let Some(t) = st.tenants.get(tenant) else {
-        return Ok(not_found("unknown tenant"));
+        return Ok(Reply::not_found("unknown tenant"));
     };
     let Some((cid, code)) = t.index.get(&match_key(t.code_match, typed)).cloned() else {
-        return Ok(not_found("no campaign has this code"));
+        return Ok(Reply::not_found("no campaign has this code"));
     };
     let limit = t
         .campaigns
@@ -178,7 +162,7 @@ pub fn code_state(
         _ if last_event.as_deref() == Some("reactivated") => "reactivated",
         _ => "available",
     };
-    Ok(reply(
+    Ok(Reply::json(
         200,
         json!({
             "ok": true,
@@ -222,7 +206,7 @@ pub fn list_holds(
             "expiresAt": rfc3339(exp),
         }));
     }
-    Ok(reply(
+    Ok(Reply::json(
         200,
         json!({"ok": true, "count": out.len(), "holds": out}),
     ))
@@ -238,7 +222,7 @@ pub fn get_hold(
 ) -> Result<Reply, StoreError> {
     st.prune(txn, now);
     let Some(h) = txn.get_json::<super::HoldRecord>(&keys::hold(tenant, provider_ref))? else {
-        return Ok(not_found("no hold with this providerRef"));
+        return Ok(Reply::not_found("no hold with this providerRef"));
     };
     let live = st.holds.get(provider_ref).is_some();
     let state = match h.state {
@@ -248,7 +232,7 @@ pub fn get_hold(
         crate::voucher::HoldState::Released => "released",
         crate::voucher::HoldState::Reactivated => "reactivated",
     };
-    Ok(reply(
+    Ok(Reply::json(
         200,
         json!({
             "ok": true,
@@ -275,11 +259,11 @@ pub fn release(
     now: Millis,
 ) -> Result<Reply, StoreError> {
     if release_hold(txn, st, tenant, provider_ref, now)? {
-        Ok(reply(
+        Ok(Reply::json(
             200,
             json!({"ok": true, "providerRef": provider_ref, "status": "released"}),
         ))
     } else {
-        Ok(not_found("no live hold with this providerRef"))
+        Ok(Reply::not_found("no live hold with this providerRef"))
     }
 }

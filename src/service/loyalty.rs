@@ -523,22 +523,6 @@ pub fn redeem(txn: &mut Txn<'_>, st: &mut State, t: &str, req: &RedeemRequest, n
 
 // ---- operator tools (admin API) -------------------------------------------------------
 
-fn reply(status: u16, v: serde_json::Value) -> Reply {
-    Reply {
-        status,
-        body: serde_json::to_vec(&v).unwrap_or_default(),
-        outcome: if status < 300 {
-            "ok".into()
-        } else {
-            status.to_string()
-        },
-    }
-}
-
-fn not_found(what: &str) -> Reply {
-    Reply::error(&ApiError::new(404, "NOT_FOUND", what))
-}
-
 fn operation_id(id: &str) -> Result<(), ApiError> {
     if !crate::voucher::valid_id(id) {
         return Err(ApiError::invalid("id", "a caller-chosen id for this operation (1-64 of A-Z a-z 0-9 - _ .), used to make retries safe"));
@@ -577,7 +561,7 @@ pub fn reverse_award(
         return Ok(Reply::error(&e));
     }
     let Some(prog) = program(st, t, p) else {
-        return Ok(not_found("unknown loyalty program"));
+        return Ok(Reply::not_found("unknown loyalty program"));
     };
     let fp = fingerprint(&req);
     idempotent(
@@ -644,7 +628,7 @@ pub fn reverse_award(
             award.reversed_points += points;
             txn.put_json(keys::award(t, p, &award.transaction_id), &award);
             save(txn, t, p, &m, &entries);
-            Ok(reply(
+            Ok(Reply::json(
                 200,
                 serde_json::json!({
                     "ok": true,
@@ -681,7 +665,7 @@ pub fn reverse_redemption(
         return Ok(Reply::error(&e));
     }
     let Some(prog) = program(st, t, p) else {
-        return Ok(not_found("unknown loyalty program"));
+        return Ok(Reply::not_found("unknown loyalty program"));
     };
     let fp = fingerprint(&(&req, redemption_id));
     idempotent(
@@ -727,7 +711,7 @@ pub fn reverse_redemption(
             rec.reversed = true;
             txn.put_json(keys::redemption(t, p, redemption_id), &rec);
             save(txn, t, p, &m, &entries);
-            Ok(reply(
+            Ok(Reply::json(
                 200,
                 serde_json::json!({
                     "ok": true,
@@ -776,7 +760,7 @@ pub fn adjust(
         )));
     }
     let Some(prog) = program(st, t, p) else {
-        return Ok(not_found("unknown loyalty program"));
+        return Ok(Reply::not_found("unknown loyalty program"));
     };
     let fp = fingerprint(&(&req, member_id));
     idempotent(
@@ -820,7 +804,7 @@ pub fn adjust(
                 }
             }
             save(txn, t, p, &m, &entries);
-            Ok(reply(
+            Ok(Reply::json(
                 200,
                 serde_json::json!({"ok": true, "memberId": member_id, "points": req.points, "newBalance": m.account.spendable(now)}),
             ))
@@ -839,7 +823,7 @@ pub fn show_member(
     now: Millis,
 ) -> R {
     let Some(prog) = program(st, t, p) else {
-        return Ok(not_found("unknown loyalty program"));
+        return Ok(Reply::not_found("unknown loyalty program"));
     };
     let m = if by_user {
         member_by(txn, t, p, "user", id)?
@@ -847,7 +831,7 @@ pub fn show_member(
         member_by_id(txn, t, p, id)?
     };
     let Some(m) = m else {
-        return Ok(not_found("no such member"));
+        return Ok(Reply::not_found("no such member"));
     };
     let mut ledger = Vec::new();
     for (_, v) in txn.scan_prefix(&keys::ledger_prefix(t, p, &m.member_id))? {
@@ -860,7 +844,7 @@ pub fn show_member(
     let mut view = m.account.clone();
     let expiring = view.settle(now);
     let tier = prog.tier_for(view.lifetime(now));
-    Ok(reply(
+    Ok(Reply::json(
         200,
         serde_json::json!({
             "ok": true,
@@ -897,7 +881,7 @@ pub fn import_members(
     now: Millis,
 ) -> R {
     let Some(prog) = program(st, t, p) else {
-        return Ok(not_found("unknown loyalty program"));
+        return Ok(Reply::not_found("unknown loyalty program"));
     };
     let mut rdr = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
@@ -999,7 +983,7 @@ pub fn import_members(
         }
     }
     if !invalid.is_empty() {
-        return Ok(reply(
+        return Ok(Reply::json(
             400,
             serde_json::json!({
                 "ok": false,
@@ -1053,7 +1037,7 @@ pub fn import_members(
         }
         imported += 1;
     }
-    Ok(reply(
+    Ok(Reply::json(
         200,
         serde_json::json!({"ok": true, "imported": imported, "duplicates": duplicates, "invalid": []}),
     ))

@@ -51,6 +51,23 @@ impl Reply {
         }
     }
 
+    /// A JSON value with a status (admin answers).
+    pub fn json(status: u16, v: serde_json::Value) -> Reply {
+        Reply {
+            status,
+            body: serde_json::to_vec(&v).unwrap_or_default(),
+            outcome: if status < 300 {
+                "ok".into()
+            } else {
+                status.to_string()
+            },
+        }
+    }
+
+    pub fn not_found(what: &str) -> Reply {
+        Reply::error(&ApiError::new(404, "NOT_FOUND", what))
+    }
+
     pub fn error(e: &ApiError) -> Reply {
         Reply {
             status: e.status,
