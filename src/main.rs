@@ -121,15 +121,8 @@ fn main() -> ExitCode {
                 },
                 (None, None) => None,
             };
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+            let Some(rt) = runtime(false) else {
+                return ExitCode::FAILURE;
             };
             match rt.block_on(karma_provider::client::admin_request(
                 &url, &token, &method, &path, body,
@@ -156,19 +149,25 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+            let Some(rt) = runtime(true) else {
+                return ExitCode::FAILURE;
             };
             rt.block_on(serve(config))
         }
     }
+}
+
+/// A tokio runtime: multi-threaded to serve, single-threaded for one client call.
+fn runtime(multi_thread: bool) -> Option<tokio::runtime::Runtime> {
+    let mut b = if multi_thread {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    b.enable_all()
+        .build()
+        .map_err(|e| eprintln!("cannot start the runtime: {e}"))
+        .ok()
 }
 
 async fn serve(config: Config) -> ExitCode {

@@ -217,6 +217,26 @@ fn member_for_user(
     Ok(Some((m, entries)))
 }
 
+/// The program and the (possibly just auto-enrolled) member a call is about, or the
+/// refusal to answer with.
+type Subject = Result<(Arc<Program>, MemberRecord, Vec<Entry>), Reply>;
+
+fn subject(
+    txn: &mut Txn<'_>,
+    t: &str,
+    prog: Option<Arc<Program>>,
+    user: &str,
+    now: Millis,
+) -> Result<Subject, StoreError> {
+    let Some(prog) = prog else {
+        return Ok(Err(refuse(Refusal::ProgramNotFound)));
+    };
+    Ok(match member_for_user(txn, t, &prog, user, now)? {
+        Some((m, entries)) => Ok((prog, m, entries)),
+        None => Err(refuse(Refusal::MemberNotFound)),
+    })
+}
+
 pub fn lookup(txn: &mut Txn<'_>, st: &mut State, t: &str, req: &LookupRequest) -> R {
     let Some(prog) = program(st, t, &req.loyalty_program_id) else {
         return Ok(refuse(Refusal::ProgramNotFound));
@@ -291,14 +311,11 @@ pub fn award(txn: &mut Txn<'_>, st: &mut State, t: &str, req: &AwardRequest, now
         keys::idem(t, "award", &req.transaction_id),
         fingerprint(req),
         |txn| {
-            let Some(prog) = prog else {
-                return Ok(refuse(Refusal::ProgramNotFound));
+            let (prog, mut m, mut entries) = match subject(txn, t, prog, &req.user_id, now)? {
+                Ok(s) => s,
+                Err(refusal) => return Ok(refusal),
             };
             let p = prog.id.as_str();
-            let Some((mut m, mut entries)) = member_for_user(txn, t, &prog, &req.user_id, now)?
-            else {
-                return Ok(refuse(Refusal::MemberNotFound));
-            };
             // A purchase already awarded under another transaction id credits nothing.
             if let Some(orig_tx) = txn.get(&keys::purchase(t, p, &req.purchase_id))? {
                 if let Some(a) = txn.get_json::<AwardRecord>(&keys::award(
@@ -428,14 +445,11 @@ pub fn redeem(txn: &mut Txn<'_>, st: &mut State, t: &str, req: &RedeemRequest, n
         keys::idem(t, "redeem", &req.transaction_id),
         fingerprint(req),
         |txn| {
-            let Some(prog) = prog else {
-                return Ok(refuse(Refusal::ProgramNotFound));
+            let (prog, mut m, mut entries) = match subject(txn, t, prog, &req.user_id, now)? {
+                Ok(s) => s,
+                Err(refusal) => return Ok(refusal),
             };
             let p = prog.id.as_str();
-            let Some((mut m, mut entries)) = member_for_user(txn, t, &prog, &req.user_id, now)?
-            else {
-                return Ok(refuse(Refusal::MemberNotFound));
-            };
             let Some(reward) = prog.reward(&req.reward_id) else {
                 return Ok(refuse(Refusal::RewardNotFound));
             };
