@@ -5,6 +5,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod contract;
+pub mod dispatch;
 pub mod http;
 pub mod loyalty;
 pub mod metrics;

@@ -21,11 +21,21 @@ struct Hist {
     sum_micros: u64,
 }
 
+/// Gauges the store's writer keeps current.
+#[derive(Default, Debug)]
+pub struct Gauges {
+    pub holds_in_flight: AtomicU64,
+    /// Webhook events waiting for onward delivery (one per event and route).
+    pub webhook_queued: AtomicU64,
+    pub webhook_dead_letters: AtomicU64,
+}
+
 #[derive(Default)]
 pub struct Metrics {
     requests: Mutex<BTreeMap<(&'static str, String), u64>>,
     latency: Mutex<BTreeMap<&'static str, Hist>>,
-    pub holds_in_flight: Arc<AtomicU64>,
+    onward: Mutex<BTreeMap<(String, String, &'static str), u64>>,
+    pub gauges: Arc<Gauges>,
 }
 
 impl Metrics {
@@ -43,6 +53,14 @@ impl Metrics {
             }
             h.count += 1;
             h.sum_micros += took.as_micros() as u64;
+        }
+    }
+
+    /// One onward delivery attempt of a webhook route: `delivered`, `failed` or `dead`.
+    pub fn onward(&self, tenant: &str, route: &str, outcome: &'static str) {
+        if let Ok(mut m) = self.onward.lock() {
+            *m.entry((tenant.to_owned(), route.to_owned(), outcome))
+                .or_insert(0) += 1;
         }
     }
 
@@ -84,7 +102,16 @@ impl Metrics {
                 );
             }
         }
-        let _ = writeln!(out, "# HELP kp_holds_in_flight Voucher holds that still take capacity.\n# TYPE kp_holds_in_flight gauge\nkp_holds_in_flight {}", self.holds_in_flight.load(Ordering::Relaxed));
+        let g = &self.gauges;
+        let _ = writeln!(out, "# HELP kp_holds_in_flight Voucher holds that still take capacity.\n# TYPE kp_holds_in_flight gauge\nkp_holds_in_flight {}", g.holds_in_flight.load(Ordering::Relaxed));
+        let _ = writeln!(out, "# HELP kp_webhook_queued Webhook events waiting for onward delivery (per route).\n# TYPE kp_webhook_queued gauge\nkp_webhook_queued {}", g.webhook_queued.load(Ordering::Relaxed));
+        let _ = writeln!(out, "# HELP kp_webhook_dead_letters Webhook events in the dead-letter queue (per route).\n# TYPE kp_webhook_dead_letters gauge\nkp_webhook_dead_letters {}", g.webhook_dead_letters.load(Ordering::Relaxed));
+        out.push_str("# HELP kp_webhook_onward_attempts_total Onward delivery attempts by tenant, route and outcome.\n# TYPE kp_webhook_onward_attempts_total counter\n");
+        if let Ok(m) = self.onward.lock() {
+            for ((t, r, o), n) in m.iter() {
+                let _ = writeln!(out, "kp_webhook_onward_attempts_total{{tenant=\"{t}\",route=\"{r}\",outcome=\"{o}\"}} {n}");
+            }
+        }
         let _ = writeln!(out, "# HELP kp_store_groups_total Write groups applied by the store writer.\n# TYPE kp_store_groups_total counter\nkp_store_groups_total {}", store.groups.load(Ordering::Relaxed));
         let _ = writeln!(out, "# HELP kp_store_jobs_total Jobs run by the store writer.\n# TYPE kp_store_jobs_total counter\nkp_store_jobs_total {}", store.jobs.load(Ordering::Relaxed));
         let _ = writeln!(out, "# HELP kp_store_flushes_total Durable flushes (flush + fsync); jobs per flush shows group commit at work.\n# TYPE kp_store_flushes_total counter\nkp_store_flushes_total {}", store.flushes.load(Ordering::Relaxed));

@@ -23,6 +23,8 @@ fn start(config: &std::path::Path) -> (Child, String) {
         .args(["serve", "--config"])
         .arg(config)
         .env("KP_CRASH_TOKEN", TOKEN)
+        .env("KP_WH_SECRET", "crash-wh-secret")
+        .env("KP_FWD_SECRET", "whsec_ZndkLWtleQ==")
         .env("KP_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -515,6 +517,82 @@ async fn operator_cli_reverses_and_imports_through_the_admin_api() {
     );
     let out = cli(&["GET", "tenants/acme/loyalty/5/users/nobody"]);
     assert_eq!(out.status.code(), Some(1));
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_between_acknowledgement_and_onward_delivery_still_delivers() {
+    use common::TestSink;
+    use hmac::{Hmac, Mac};
+    let sink = TestSink::start().await;
+    sink.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("kp.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+[storage]
+path = "{}"
+[[tenants]]
+id = "acme"
+auth = {{ mode = "none" }}
+[tenants.webhooks]
+verify = {{ scheme = "hmac-sha256-hex", secrets_env = ["KP_WH_SECRET"] }}
+[[tenants.webhooks.routes]]
+events = "*"
+sink = {{ http = "{}", secret_env = "KP_FWD_SECRET" }}
+max_attempts = 100
+backoff = "20ms"
+backoff_max = "20ms"
+"#,
+            dir.path().join("data").display(),
+            sink.url()
+        ),
+    )
+    .unwrap();
+    let (mut child, base) = start(&cfg);
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let id = format!("evt_{i}");
+        let body = serde_json::to_vec(&json!({"id": id, "event": "inventory.updated"})).unwrap();
+        let mut m = Hmac::<sha2::Sha256>::new_from_slice(b"crash-wh-secret").unwrap();
+        m.update(&body);
+        let sig = hex::encode(m.finalize().into_bytes());
+        let req = hyper::Request::builder()
+            .method("POST")
+            .uri(format!("{base}/v1/acme/webhooks"))
+            .header("content-type", "application/json")
+            .header("x-karma-signature", sig)
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let resp = client.request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        ids.push(id);
+    }
+    // acknowledged, but the sink refuses everything: kill the process mid-retry
+    sink.wait_until("some failed attempts", |s| s.got.lock().unwrap().len() >= 3)
+        .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    sink.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    let (mut child, _base) = start(&cfg);
+    sink.wait_until("all five delivered", |s| s.successes() >= 5)
+        .await;
+    let delivered: Vec<String> = sink
+        .got
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|g| g.2 == 200)
+        .map(|g| g.0["webhook-id"].to_str().unwrap().to_string())
+        .collect();
+    // in order, each at least once (and here exactly once)
+    assert_eq!(delivered, ids);
     child.kill().unwrap();
     child.wait().unwrap();
 }

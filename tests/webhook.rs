@@ -110,10 +110,17 @@ async fn hex_hmac_verify_dedupe_and_persist() {
     let inbox = h.admin("GET", "webhooks/inbox", None).await.json();
     assert_eq!(inbox["count"], json!(2));
     assert_eq!(inbox["events"][0]["id"], json!("evt_1"));
-    assert_eq!(
-        inbox["events"][0]["body"],
-        json!(String::from_utf8(body.clone()).unwrap())
-    );
+    let seq = inbox["events"][0]["seq"].as_u64().unwrap();
+    let one = h
+        .admin("GET", &format!("webhooks/inbox/{seq}"), None)
+        .await
+        .json();
+    assert_eq!(one["body"], json!(String::from_utf8(body.clone()).unwrap()));
+    assert!(one["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|h| h[0] == json!("x-karma-signature")));
     // durable: after a restart the delivery is still known
     h.restart().await;
     assert_eq!(
@@ -204,4 +211,215 @@ async fn standard_webhooks_scheme() {
 async fn tenants_without_a_receiver_answer_404() {
     let h = Harness::start(&config_with("")).await;
     assert_eq!(deliver(&h, &[], envelope("e")).await.status, 404);
+}
+
+fn routed(sink: &TestSink, file: &str, max_attempts: u32) -> String {
+    config_with(&format!(
+        r#"
+[tenants.webhooks]
+verify = {{ scheme = "hmac-sha256-hex", secrets_env = ["WH_SECRET"] }}
+[[tenants.webhooks.routes]]
+name = "inv"
+events = "inventory.*"
+sink = {{ http = "{}", secret_env = "FWD_SECRET", timeout = "2s" }}
+max_attempts = {max_attempts}
+backoff = "10ms"
+backoff_max = "40ms"
+[[tenants.webhooks.routes]]
+name = "all"
+events = "*"
+sink = {{ file = "{file}" }}
+"#,
+        sink.url()
+    ))
+}
+
+async fn signed(h: &Harness, body: Vec<u8>) -> Resp {
+    let sig = hex::encode(hmac(b"new-secret", &[&body]));
+    deliver(h, &[("x-karma-signature", &sig)], body).await
+}
+
+#[tokio::test]
+async fn onward_delivery_retries_then_succeeds_signed_with_the_original_id() {
+    let sink = TestSink::start().await;
+    sink.fail_first
+        .store(2, std::sync::atomic::Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("events.jsonl");
+    let h = Harness::start(&routed(&sink, &file.display().to_string(), 5)).await;
+    let body = envelope("evt_fwd");
+    assert_eq!(signed(&h, body.clone()).await.json(), json!({"ok": true}));
+    let other =
+        serde_json::to_vec(&json!({"id": "evt_loc", "event": "locations.updated"})).unwrap();
+    assert_eq!(signed(&h, other).await.status, 200);
+    sink.wait_until("one successful delivery", |s| s.successes() == 1)
+        .await;
+    let got = sink.got.lock().unwrap().clone();
+    // only the inventory event goes to the http route: 2 failures, then success
+    assert_eq!(got.iter().map(|g| g.2).collect::<Vec<_>>(), [503, 503, 200]);
+    for (headers, b, _) in &got {
+        assert_eq!(b, &body);
+        assert_eq!(headers["webhook-id"], "evt_fwd");
+        let get = |n: &str| headers.get(n).map(|v| v.to_str().unwrap().to_string());
+        let s = karma_provider::webhook::Scheme::StandardWebhooks;
+        let key = karma_provider::webhook::secret_bytes(&s, "whsec_ZndkLWtleQ==").unwrap();
+        assert_eq!(
+            karma_provider::webhook::verify(&s, &[key], &get, b, h.clock.now_ms(), 300_000),
+            Ok(())
+        );
+    }
+    // the file route takes every event, one JSON line each
+    let wait_file = || {
+        std::fs::read_to_string(&file)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    for _ in 0..500 {
+        if wait_file() == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        lines.iter().map(|l| l["id"].clone()).collect::<Vec<_>>(),
+        [json!("evt_fwd"), json!("evt_loc")]
+    );
+
+    let inbox = h
+        .admin("GET", "webhooks/inbox?event=inventory.*", None)
+        .await
+        .json();
+    assert_eq!(inbox["count"], json!(1));
+    let seq = inbox["events"][0]["seq"].as_u64().unwrap();
+    // the inbox entry reaches "delivered" once both routes are done
+    for _ in 0..500 {
+        if h.admin("GET", &format!("webhooks/inbox/{seq}"), None)
+            .await
+            .json()["status"]
+            == json!("delivered")
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let one = h
+        .admin("GET", &format!("webhooks/inbox/{seq}"), None)
+        .await
+        .json();
+    assert_eq!(one["status"], json!("delivered"));
+    let inv = one["delivery"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["route"] == json!("inv"))
+        .unwrap()
+        .clone();
+    let outcomes: Vec<&str> = inv["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["failed", "failed", "delivered"]);
+    let m = String::from_utf8(h.request("GET", "/metrics", &[], vec![]).await.bytes).unwrap();
+    assert!(
+        m.contains(
+            "kp_webhook_onward_attempts_total{tenant=\"acme\",route=\"inv\",outcome=\"failed\"} 2"
+        ),
+        "{m}"
+    );
+    assert!(m.contains("kp_webhook_queued 0"), "{m}");
+}
+
+#[tokio::test]
+async fn exhausted_attempts_go_to_dead_letters_and_replay_delivers() {
+    let sink = TestSink::start().await;
+    sink.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::start(&routed(
+        &sink,
+        &dir.path().join("f.jsonl").display().to_string(),
+        3,
+    ))
+    .await;
+    assert_eq!(signed(&h, envelope("evt_dead")).await.status, 200);
+    for _ in 0..500 {
+        if h.admin("GET", "webhooks/dead-letters", None).await.json()["count"] == json!(1) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let dl = h.admin("GET", "webhooks/dead-letters", None).await.json();
+    assert_eq!(dl["count"], json!(1));
+    assert_eq!(
+        (
+            dl["deadLetters"][0]["route"].clone(),
+            dl["deadLetters"][0]["attempts"].clone(),
+            dl["deadLetters"][0]["lastError"].clone()
+        ),
+        (json!("inv"), json!(3), json!("HTTP 503"))
+    );
+    assert_eq!(sink.got.lock().unwrap().len(), 3);
+    assert_eq!(
+        h.admin("GET", "webhooks/inbox?status=dead", None)
+            .await
+            .json()["count"],
+        json!(1)
+    );
+    let m = String::from_utf8(h.request("GET", "/metrics", &[], vec![]).await.bytes).unwrap();
+    assert!(m.contains("kp_webhook_dead_letters 1"), "{m}");
+
+    sink.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    let r = h.admin("POST", "webhooks/dead-letters/replay", None).await;
+    assert_eq!(r.json(), json!({"ok": true, "replayed": 1}));
+    sink.wait_until("delivery after replay", |s| s.successes() == 1)
+        .await;
+    assert_eq!(
+        h.admin("GET", "webhooks/dead-letters", None).await.json()["count"],
+        json!(0)
+    );
+    let r = h
+        .admin("POST", "webhooks/dead-letters/inv/999/purge", None)
+        .await
+        .json();
+    assert_eq!(r["purged"], json!(0));
+    let r = h.admin("GET", "webhooks/inbox?status=bogus", None).await;
+    assert_eq!(
+        (r.status, r.json()["field"].clone()),
+        (400, json!("status"))
+    );
+}
+
+#[tokio::test]
+async fn concurrent_duplicate_deliveries_make_one_inbox_entry() {
+    let h = std::sync::Arc::new(Harness::start(&config_with(HEX)).await);
+    let body = envelope("evt_race");
+    let sig = hex::encode(hmac(b"new-secret", &[&body]));
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let (h, body, sig) = (h.clone(), body.clone(), sig.clone());
+        tasks.push(tokio::spawn(async move {
+            deliver(&h, &[("x-karma-signature", &sig)], body)
+                .await
+                .json()
+        }));
+    }
+    let mut fresh = 0;
+    for t in tasks {
+        let v = t.await.unwrap();
+        assert_eq!(v["ok"], json!(true));
+        if v.get("duplicate").is_none() {
+            fresh += 1;
+        }
+    }
+    assert_eq!(fresh, 1);
+    assert_eq!(
+        h.admin("GET", "webhooks/inbox", None).await.json()["count"],
+        json!(1)
+    );
 }

@@ -104,6 +104,45 @@ pub struct WebhookConfig {
     pub secrets: Vec<Vec<u8>>,
     pub tolerance_ms: i64,
     pub retention_ms: i64,
+    /// Onward delivery, in the order written.
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Clone, Debug)]
+pub struct RouteConfig {
+    /// `name`, or `route{index}`; keys the route's queue and dead letters.
+    pub name: String,
+    /// Glob on the envelope's `event` (`*` any run of characters).
+    pub events: String,
+    pub sink: Sink,
+    pub max_attempts: u32,
+    /// First retry delay; doubles per attempt (with jitter) up to `backoff_max`.
+    pub backoff: Duration,
+    pub backoff_max: Duration,
+}
+
+#[derive(Clone)]
+pub enum Sink {
+    Http {
+        url: String,
+        secret: Secret,
+        timeout: Duration,
+    },
+    File {
+        path: PathBuf,
+    },
+}
+
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Sink::Http { url, timeout, .. } => write!(
+                f,
+                "Http {{ url: {url:?}, secret: ***, timeout: {timeout:?} }}"
+            ),
+            Sink::File { path } => write!(f, "File {{ path: {path:?} }}"),
+        }
+    }
 }
 
 impl std::fmt::Debug for WebhookConfig {
@@ -113,6 +152,7 @@ impl std::fmt::Debug for WebhookConfig {
             .field("secrets", &format_args!("[{} ***]", self.secrets.len()))
             .field("tolerance_ms", &self.tolerance_ms)
             .field("retention_ms", &self.retention_ms)
+            .field("routes", &self.routes)
             .finish()
     }
 }
@@ -193,8 +233,29 @@ struct RawWebhooks {
     verify: RawVerify,
     tolerance: Option<String>,
     retention: Option<String>,
-    /// Accepted only to give a clear error: onward delivery is not built yet.
-    routes: Option<toml::Value>,
+    #[serde(default)]
+    routes: Vec<RawRoute>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    name: Option<String>,
+    events: String,
+    sink: RawSink,
+    max_attempts: Option<u32>,
+    backoff: Option<String>,
+    backoff_max: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSink {
+    http: Option<String>,
+    secret_env: Option<String>,
+    secret_file: Option<String>,
+    timeout: Option<String>,
+    file: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -509,8 +570,60 @@ impl Config {
                 None => None,
                 Some(w) => {
                     let wk = format!("{tk}.webhooks");
-                    if w.routes.is_some() {
-                        return Err(err(&format!("{wk}.routes"), "onward delivery (routes) is not implemented yet; events are kept in the inbox".into()));
+                    let mut routes = Vec::new();
+                    for (ri, r) in w.routes.iter().enumerate() {
+                        let rk = format!("{wk}.routes[{ri}]");
+                        let name = r.name.clone().unwrap_or_else(|| format!("route{ri}"));
+                        if !valid_id(&name) || routes.iter().any(|x: &RouteConfig| x.name == name) {
+                            return Err(err(
+                                &format!("{rk}.name"),
+                                "must be a unique id of A-Z a-z 0-9 - _ .".into(),
+                            ));
+                        }
+                        if r.events.is_empty() || r.events.len() > 200 {
+                            return Err(err(
+                                &format!("{rk}.events"),
+                                "a glob such as \"inventory.*\" or \"*\"".into(),
+                            ));
+                        }
+                        let sink = match (&r.sink.http, &r.sink.file) {
+                            (Some(url), None) => {
+                                if !url.starts_with("http://") {
+                                    return Err(err(&format!("{rk}.sink.http"), "must be an http:// URL (TLS to sinks is not supported yet: forward through a local proxy)".into()));
+                                }
+                                if url.parse::<hyper::Uri>().is_err() {
+                                    return Err(err(&format!("{rk}.sink.http"), format!("{url:?} is not a URL")));
+                                }
+                                let secret = secret(&format!("{rk}.sink.secret_env"), &r.sink.secret_env, &r.sink.secret_file)?
+                                    .ok_or_else(|| err(&format!("{rk}.sink.secret_env"), "names no secret that is set; HTTP sinks are always signed".into()))?;
+                                Sink::Http { url: url.clone(), secret, timeout: dur(&format!("{rk}.sink.timeout"), &r.sink.timeout, Duration::from_secs(10))? }
+                            }
+                            (None, Some(path)) => Sink::File { path: PathBuf::from(path) },
+                            _ => return Err(err(&format!("{rk}.sink"), "give exactly one of { http = \"…\", secret_env = \"…\" } or { file = \"…\" }".into())),
+                        };
+                        let max_attempts = r.max_attempts.unwrap_or(10);
+                        if !(1..=100).contains(&max_attempts) {
+                            return Err(err(
+                                &format!("{rk}.max_attempts"),
+                                "must be 1..=100".into(),
+                            ));
+                        }
+                        routes.push(RouteConfig {
+                            name,
+                            events: r.events.clone(),
+                            sink,
+                            max_attempts,
+                            backoff: dur(
+                                &format!("{rk}.backoff"),
+                                &r.backoff,
+                                Duration::from_secs(1),
+                            )?,
+                            backoff_max: dur(
+                                &format!("{rk}.backoff_max"),
+                                &r.backoff_max,
+                                Duration::from_secs(3600),
+                            )?,
+                        });
                     }
                     use crate::webhook::Scheme;
                     let header = |default: &str| {
@@ -560,6 +673,7 @@ impl Config {
                     Some(WebhookConfig {
                         scheme,
                         secrets,
+                        routes,
                         tolerance_ms: dur(
                             &format!("{wk}.tolerance"),
                             &w.tolerance,

@@ -39,6 +39,19 @@ pub struct App {
     pub tenants: HashMap<String, TenantAuth>,
     pub admin_digest: Option<[u8; 32]>,
     pub shutting_down: AtomicBool,
+    /// Wake-up per (tenant, route) for the onward-delivery tasks.
+    pub route_wake: HashMap<(String, String), Arc<tokio::sync::Notify>>,
+    /// Stops the onward-delivery tasks.
+    pub cancel: tokio_util::sync::CancellationToken,
+}
+
+impl App {
+    /// Tell a route's dispatcher that its queue has work.
+    pub fn wake_route(&self, tenant: &str, route: &str) {
+        if let Some(n) = self.route_wake.get(&(tenant.to_owned(), route.to_owned())) {
+            n.notify_one();
+        }
+    }
 }
 
 /// A running server: its address, and a handle to stop it.
@@ -70,7 +83,7 @@ impl Server {
     /// Open the store, bind the listen address, and start serving.
     pub async fn start(config: Config, clock: Clock) -> Result<Server, StartError> {
         let metrics = Metrics::default();
-        let gauge = metrics.holds_in_flight.clone();
+        let gauge = metrics.gauges.clone();
         let opts = StoreOptions {
             path: config.storage.path.clone(),
             cache_capacity_bytes: config.storage.cache_capacity_mb * 1024 * 1024,
@@ -100,6 +113,15 @@ impl Server {
             .token
             .as_ref()
             .map(|t| auth::admin_digest(t.expose()));
+        let mut route_wake = HashMap::new();
+        let mut webhook_routes = Vec::new();
+        for t in &config.tenants {
+            for r in t.webhooks.iter().flat_map(|w| w.routes.iter()) {
+                let n = Arc::new(tokio::sync::Notify::new());
+                route_wake.insert((t.id.clone(), r.name.clone()), n.clone());
+                webhook_routes.push((t.id.clone(), r.clone(), n));
+            }
+        }
         let app = Arc::new(App {
             config,
             store,
@@ -108,9 +130,23 @@ impl Server {
             tenants,
             admin_digest,
             shutting_down: AtomicBool::new(false),
+            route_wake,
+            cancel: tokio_util::sync::CancellationToken::new(),
         });
+        let dispatchers: Vec<_> = webhook_routes
+            .into_iter()
+            .map(|(t, r, n)| {
+                tokio::spawn(crate::dispatch::run_route(
+                    app.clone(),
+                    t,
+                    r,
+                    n,
+                    app.cancel.clone(),
+                ))
+            })
+            .collect();
         let (stop_tx, stop_rx) = oneshot::channel();
-        let task = tokio::spawn(serve(app.clone(), listener, stop_rx));
+        let task = tokio::spawn(serve(app.clone(), listener, stop_rx, dispatchers));
         Ok(Server {
             addr,
             app,
@@ -131,7 +167,12 @@ impl Server {
     }
 }
 
-async fn serve(app: Arc<App>, listener: TcpListener, mut stop: oneshot::Receiver<()>) {
+async fn serve(
+    app: Arc<App>,
+    listener: TcpListener,
+    mut stop: oneshot::Receiver<()>,
+    dispatchers: Vec<tokio::task::JoinHandle<()>>,
+) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(app.config.server.max_connections));
     let mut builder = http1::Builder::new();
@@ -175,6 +216,10 @@ async fn serve(app: Arc<App>, listener: TcpListener, mut stop: oneshot::Receiver
         _ = tokio::time::sleep(app.config.server.shutdown_grace) => {
             tracing::warn!("shutdown grace period over; closing the remaining connections");
         }
+    }
+    app.cancel.cancel();
+    for d in dispatchers {
+        let _ = d.await;
     }
     app.store.close().await;
     tracing::info!("store flushed and closed");

@@ -346,30 +346,95 @@ async fn webhook_call(app: &Arc<App>, req: Request<Incoming>, tenant: &str) -> O
             KEPT_HEADERS.contains(&k.as_str()) || Some(k.as_str()) == signature_header(&cfg.scheme)
         })
         .collect();
+    let matching: Vec<String> = cfg
+        .routes
+        .iter()
+        .filter(|r| crate::webhook::glob_match(&r.events, &env.event))
+        .map(|r| r.name.clone())
+        .collect();
+    let delivery = crate::service::webhook::Delivery {
+        id: env.id,
+        event: env.event,
+        body,
+        headers: kept,
+        routes: matching.clone(),
+    };
     let t = tenant.to_owned();
     let retention = cfg.retention_ms;
     match app
         .store
-        .run(move |txn, st| {
-            crate::service::webhook::receive(
-                txn,
-                st,
-                &t,
-                crate::service::webhook::Delivery {
-                    id: env.id,
-                    event: env.event,
-                    body,
-                    headers: kept,
-                },
-                now,
-                retention,
-            )
-        })
+        .run(move |txn, st| crate::service::webhook::receive(txn, st, &t, delivery, now, retention))
         .await
     {
-        Ok(Ok(reply)) => Out::from(reply),
+        Ok(Ok(reply)) => {
+            if reply.outcome == "ok" {
+                for r in &matching {
+                    app.wake_route(tenant, r);
+                }
+            }
+            Out::from(reply)
+        }
         Ok(Err(e)) | Err(e) => store_error(e),
     }
+}
+
+/// `?a=1&b=x` → pairs, percent-decoded.
+fn query_pairs(q: Option<&str>) -> Vec<(String, String)> {
+    q.unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            let dec = |x: &str| {
+                percent_decode_str(&x.replace('+', " "))
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
+            (dec(k), dec(v))
+        })
+        .collect()
+}
+
+fn inbox_filter(q: &[(String, String)]) -> Result<crate::service::webhook::InboxFilter, ApiError> {
+    let mut f = crate::service::webhook::InboxFilter {
+        limit: 100,
+        ..Default::default()
+    };
+    let time = |k: &str, v: &str| {
+        v.parse::<jiff::Timestamp>()
+            .map(|t| t.as_millisecond())
+            .map_err(|_| ApiError::invalid(k.to_owned(), "an RFC 3339 instant"))
+    };
+    for (k, v) in q {
+        match k.as_str() {
+            "event" => f.event = Some(v.clone()),
+            "status" if ["queued", "delivered", "dead"].contains(&v.as_str()) => {
+                f.status = Some(v.clone())
+            }
+            "status" => {
+                return Err(ApiError::invalid(
+                    "status",
+                    "one of queued, delivered, dead",
+                ))
+            }
+            "since" => f.since = Some(time(k, v)?),
+            "until" => f.until = Some(time(k, v)?),
+            "limit" => {
+                f.limit = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=10_000).contains(n))
+                    .ok_or_else(|| ApiError::invalid("limit", "1..=10000"))?
+            }
+            other => {
+                return Err(ApiError::invalid(
+                    other.to_owned(),
+                    "unknown filter; use event, status, since, until, limit",
+                ))
+            }
+        }
+    }
+    Ok(f)
 }
 
 fn signature_header(s: &crate::webhook::Scheme) -> Option<&str> {
@@ -438,6 +503,7 @@ async fn admin_call(app: &Arc<App>, req: Request<Incoming>, rest: Vec<String>) -
     }
     let now = app.clock.now_ms();
     let method = req.method().clone();
+    let query = query_pairs(req.uri().query());
     use crate::service::loyalty as loy;
     let result = match (tail, &method) {
         (["campaigns"], &Method::GET) => {
@@ -535,9 +601,68 @@ async fn admin_call(app: &Arc<App>, req: Request<Incoming>, rest: Vec<String>) -
         | (["loyalty", _, "reversals"], _)
         | (["loyalty", _, "redemptions", _, "reverse"], _) => return method_not_allowed("POST"),
         (["webhooks", "inbox"], &Method::GET) => {
+            let f = match inbox_filter(&query) {
+                Ok(f) => f,
+                Err(e) => return err(e),
+            };
             app.store
-                .run(move |txn, st| crate::service::webhook::inbox(txn, st, &tenant, 1000))
+                .run(move |txn, st| crate::service::webhook::inbox(txn, st, &tenant, &f))
                 .await
+        }
+        (["webhooks", "inbox", seq], &Method::GET) => {
+            let Ok(seq) = seq.parse::<u64>() else {
+                return err(ApiError::invalid("seq", "an inbox sequence number"));
+            };
+            app.store
+                .run(move |txn, st| crate::service::webhook::show(txn, st, &tenant, seq))
+                .await
+        }
+        (["webhooks", "dead-letters"], &Method::GET) => {
+            app.store
+                .run(move |txn, st| crate::service::webhook::dead_letters(txn, st, &tenant))
+                .await
+        }
+        (["webhooks", "dead-letters", rest @ ..], &Method::POST) => {
+            let (only, action) = match rest {
+                [action] => (None, *action),
+                [route, seq, action] => match seq.parse::<u64>() {
+                    Ok(n) => (Some((route.to_string(), n)), *action),
+                    Err(_) => return err(ApiError::invalid("seq", "an inbox sequence number")),
+                },
+                _ => return not_found(),
+            };
+            match action {
+                "replay" => {
+                    let t2 = tenant.clone();
+                    match app
+                        .store
+                        .run(move |txn, st| {
+                            crate::service::webhook::replay_dead(txn, st, &t2, only)
+                        })
+                        .await
+                    {
+                        Ok(Ok((reply, routes))) => {
+                            for r in routes {
+                                app.wake_route(&tenant, &r);
+                            }
+                            Ok(Ok(reply))
+                        }
+                        Ok(Err(e)) => Ok(Err(e)),
+                        Err(e) => Err(e),
+                    }
+                }
+                "purge" => {
+                    app.store
+                        .run(move |txn, st| {
+                            crate::service::webhook::purge_dead(txn, st, &tenant, only)
+                        })
+                        .await
+                }
+                _ => return not_found(),
+            }
+        }
+        (["webhooks", "inbox", _], _) | (["webhooks", "dead-letters"], _) => {
+            return method_not_allowed("GET")
         }
         (["webhooks", "inbox"], _) => return method_not_allowed("GET"),
         (["codes", _], _) | (["holds"], _) | (["holds", _], _) => return method_not_allowed("GET"),

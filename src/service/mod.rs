@@ -12,7 +12,7 @@ pub mod voucher;
 pub mod webhook;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
@@ -155,7 +155,8 @@ pub struct State {
     pub tenants: HashMap<String, TenantState>,
     pub holds: LiveHolds,
     /// Live holds, published for `/metrics`.
-    pub holds_gauge: Arc<AtomicU64>,
+    /// Published for `/metrics`.
+    pub gauges: Arc<crate::metrics::Gauges>,
 }
 
 pub mod keys {
@@ -223,7 +224,7 @@ impl State {
     pub fn load(
         cfg: &Config,
         txn: &mut Txn<'_>,
-        holds_gauge: Arc<AtomicU64>,
+        gauges: Arc<crate::metrics::Gauges>,
     ) -> Result<State, StoreError> {
         let mut tenants = HashMap::new();
         for t in &cfg.tenants {
@@ -290,11 +291,17 @@ impl State {
             }
             txn.delete(k);
         }
-        holds_gauge.store(holds.len() as u64, Ordering::Relaxed);
+        gauges
+            .holds_in_flight
+            .store(holds.len() as u64, Ordering::Relaxed);
+        let queued = txn.scan_prefix(b"whq\x1f")?.len() as u64;
+        let dead = txn.scan_prefix(b"whdl\x1f")?.len() as u64;
+        gauges.webhook_queued.store(queued, Ordering::Relaxed);
+        gauges.webhook_dead_letters.store(dead, Ordering::Relaxed);
         Ok(State {
             tenants,
             holds,
-            holds_gauge,
+            gauges,
         })
     }
 
@@ -310,7 +317,8 @@ impl State {
     }
 
     pub fn publish(&self) {
-        self.holds_gauge
+        self.gauges
+            .holds_in_flight
             .store(self.holds.len() as u64, Ordering::Relaxed);
     }
 }

@@ -1,11 +1,19 @@
-//! The webhook inbox, as a writer job: a delivery id seen within the retention window is a
-//! duplicate and changes nothing; a new one is stored (raw body, headers of interest,
-//! receive time) together with its dedupe record before the 200 leaves.
+//! The webhook inbox and its onward-delivery queues, as writer jobs.
+//!
+//! A new delivery is stored (raw body, headers of interest, receive time) together with its
+//! dedupe record *and* one queue entry per matching route, in one durable write before the
+//! 200 leaves — so every acknowledged event reaches each matching route at least once, even
+//! across a crash. A delivery id seen within the retention window is a duplicate and changes
+//! nothing. The dispatcher (`crate::dispatch`) takes the head of each route's queue, and
+//! records each attempt here: delivered, retry later, or dead letter.
+
+use std::sync::atomic::Ordering;
 
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 
-use crate::clock::Millis;
-use crate::store::{key, StoreError, Txn};
+use crate::clock::{rfc3339, Millis};
+use crate::store::{key, last, prefix, StoreError, Txn};
 
 use super::{Reply, State};
 
@@ -17,6 +25,49 @@ pub struct InboxRecord {
     pub received_at: Millis,
     pub headers: Vec<(String, String)>,
     pub body: String,
+    /// Routes the event was queued for.
+    #[serde(default)]
+    pub routes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct QueueState {
+    pub attempts: u32,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Attempt {
+    pub n: u32,
+    pub at: String,
+    pub outcome: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+fn seq_key(seq: u64) -> String {
+    format!("{seq:016x}")
+}
+
+fn inbox_key(t: &str, seq: u64) -> Vec<u8> {
+    key(&["whin", t, &seq_key(seq)])
+}
+
+fn queue_key(t: &str, route: &str, seq: u64) -> Vec<u8> {
+    key(&["whq", t, route, &seq_key(seq)])
+}
+
+fn dead_key(t: &str, route: &str, seq: u64) -> Vec<u8> {
+    key(&["whdl", t, route, &seq_key(seq)])
+}
+
+fn delivered_key(t: &str, seq: u64, route: &str) -> Vec<u8> {
+    key(&["whs", t, &seq_key(seq), route])
+}
+
+fn attempt_key(t: &str, seq: u64, route: &str, n: u32) -> Vec<u8> {
+    key(&["wha", t, &seq_key(seq), route, &format!("{n:04}")])
 }
 
 /// A verified delivery, ready for the inbox.
@@ -26,24 +77,19 @@ pub struct Delivery {
     pub body: Vec<u8>,
     /// Headers of interest (signature headers, content type).
     pub headers: Vec<(String, String)>,
+    /// Names of the routes whose pattern matches the event.
+    pub routes: Vec<String>,
 }
 
 pub fn receive(
     txn: &mut Txn<'_>,
-    _st: &mut State,
+    st: &mut State,
     t: &str,
     d: Delivery,
     now: Millis,
     retention_ms: i64,
 ) -> Result<Reply, StoreError> {
-    let Delivery {
-        id,
-        event,
-        body,
-        headers,
-    } = d;
-    let (id, event) = (id.as_str(), event.as_str());
-    let dk = key(&["whd", t, id]);
+    let dk = key(&["whd", t, &d.id]);
     if let Some(seen) = txn.get_u64_opt(&dk)? {
         if now - (seen as i64) < retention_ms {
             let mut r = Reply::ok(br#"{"ok":true,"duplicate":true}"#.to_vec());
@@ -52,38 +98,323 @@ pub fn receive(
         }
     }
     let seq = txn.next_id()?;
+    for r in &d.routes {
+        txn.put_json(queue_key(t, r, seq), &QueueState::default());
+    }
+    st.gauges
+        .webhook_queued
+        .fetch_add(d.routes.len() as u64, Ordering::Relaxed);
     let rec = InboxRecord {
         seq,
-        id: id.to_owned(),
-        event: event.to_owned(),
+        id: d.id,
+        event: d.event,
         received_at: now,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
+        headers: d.headers,
+        body: String::from_utf8_lossy(&d.body).into_owned(),
+        routes: d.routes,
     };
-    txn.put_json(key(&["whin", t, &format!("{seq:016x}")]), &rec);
+    txn.put_json(inbox_key(t, seq), &rec);
     txn.put_u64(dk, now.max(0) as u64);
     Ok(Reply::ok(br#"{"ok":true}"#.to_vec()))
 }
 
-/// The inbox in arrival order (admin API).
+/// The head of a route's queue: the oldest undelivered event and its attempts so far.
+pub fn next_for_route(
+    txn: &mut Txn<'_>,
+    t: &str,
+    route: &str,
+) -> Result<Option<(InboxRecord, QueueState)>, StoreError> {
+    let Some((k, v)) = txn.first_with_prefix(&prefix(&["whq", t, route]))? else {
+        return Ok(None);
+    };
+    let q: QueueState = serde_json::from_slice(&v).unwrap_or_default();
+    let seq = u64::from_str_radix(last(&k), 16).unwrap_or(0);
+    match txn.get_json::<InboxRecord>(&inbox_key(t, seq))? {
+        Some(rec) => Ok(Some((rec, q))),
+        None => {
+            // An orphan queue entry (its event was purged): drop it.
+            txn.delete(k);
+            Ok(None)
+        }
+    }
+}
+
+/// How an onward attempt ended.
+pub enum AttemptOutcome {
+    Delivered(String),
+    Failed(String),
+    /// Failed, and it was the route's last attempt: the event goes to the dead letters.
+    Dead(String),
+}
+
+/// One finished attempt of event `seq` on `route` (attempt number `n`, from 1).
+pub struct AttemptRecord {
+    pub route: String,
+    pub seq: u64,
+    pub n: u32,
+    pub outcome: AttemptOutcome,
+}
+
+pub fn record_attempt(
+    txn: &mut Txn<'_>,
+    st: &mut State,
+    t: &str,
+    a: AttemptRecord,
+    now: Millis,
+) -> Result<(), StoreError> {
+    let AttemptRecord {
+        route,
+        seq,
+        n,
+        outcome,
+    } = a;
+    let route = route.as_str();
+    let qk = queue_key(t, route, seq);
+    if txn.get(&qk)?.is_none() {
+        return Ok(()); // purged or replayed meanwhile
+    }
+    let (label, detail) = match &outcome {
+        AttemptOutcome::Delivered(d) => ("delivered", d.clone()),
+        AttemptOutcome::Failed(e) => ("failed", e.clone()),
+        AttemptOutcome::Dead(e) => ("dead", e.clone()),
+    };
+    txn.put_json(
+        attempt_key(t, seq, route, n),
+        &Attempt {
+            n,
+            at: rfc3339(now),
+            outcome: label.into(),
+            detail: Some(detail.clone()),
+        },
+    );
+    match outcome {
+        AttemptOutcome::Delivered(_) => {
+            txn.delete(qk);
+            txn.put_u64(delivered_key(t, seq, route), now.max(0) as u64);
+            st.gauges.webhook_queued.fetch_sub(1, Ordering::Relaxed);
+        }
+        AttemptOutcome::Failed(e) => txn.put_json(
+            qk,
+            &QueueState {
+                attempts: n,
+                last_error: Some(e),
+            },
+        ),
+        AttemptOutcome::Dead(e) => {
+            txn.delete(qk);
+            txn.put_json(
+                dead_key(t, route, seq),
+                &QueueState {
+                    attempts: n,
+                    last_error: Some(e),
+                },
+            );
+            st.gauges.webhook_queued.fetch_sub(1, Ordering::Relaxed);
+            st.gauges
+                .webhook_dead_letters
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    Ok(())
+}
+
+/// Status of an event on a route: `delivered`, `queued`, `dead`.
+fn route_status(txn: &Txn<'_>, t: &str, seq: u64, route: &str) -> Result<&'static str, StoreError> {
+    Ok(if txn.get(&delivered_key(t, seq, route))?.is_some() {
+        "delivered"
+    } else if txn.get(&dead_key(t, route, seq))?.is_some() {
+        "dead"
+    } else {
+        "queued"
+    })
+}
+
+/// Overall status: `dead` if any route gave up, else `queued` while any route waits, else
+/// `delivered` (also for events no route matched).
+fn event_status(txn: &Txn<'_>, t: &str, r: &InboxRecord) -> Result<&'static str, StoreError> {
+    let mut overall = "delivered";
+    for route in &r.routes {
+        match route_status(txn, t, r.seq, route)? {
+            "dead" => return Ok("dead"),
+            "queued" => overall = "queued",
+            _ => {}
+        }
+    }
+    Ok(overall)
+}
+
+fn summary(txn: &Txn<'_>, t: &str, r: &InboxRecord) -> Result<serde_json::Value, StoreError> {
+    Ok(json!({
+        "seq": r.seq,
+        "id": r.id,
+        "event": r.event,
+        "receivedAt": rfc3339(r.received_at),
+        "status": event_status(txn, t, r)?,
+        "routes": r.routes,
+    }))
+}
+
+/// Inbox filters (admin API query).
+#[derive(Debug, Default, Clone)]
+pub struct InboxFilter {
+    pub event: Option<String>,
+    pub status: Option<String>,
+    pub since: Option<Millis>,
+    pub until: Option<Millis>,
+    pub limit: usize,
+}
+
+/// The inbox in arrival order, filtered; the newest `limit` matches.
 pub fn inbox(
     txn: &mut Txn<'_>,
     _st: &mut State,
     t: &str,
-    limit: usize,
+    f: &InboxFilter,
 ) -> Result<Reply, StoreError> {
     let mut items = Vec::new();
-    for (_, v) in txn.scan_prefix(&crate::store::prefix(&["whin", t]))? {
-        if let Ok(r) = serde_json::from_slice::<InboxRecord>(&v) {
-            items.push(serde_json::json!({"seq": r.seq, "id": r.id, "event": r.event, "receivedAt": crate::clock::rfc3339(r.received_at), "headers": r.headers, "body": r.body}));
+    for (_, v) in txn.scan_prefix(&prefix(&["whin", t]))? {
+        let Ok(r) = serde_json::from_slice::<InboxRecord>(&v) else {
+            continue;
+        };
+        if f.event
+            .as_deref()
+            .is_some_and(|g| !crate::webhook::glob_match(g, &r.event))
+            || f.since.is_some_and(|s| r.received_at < s)
+            || f.until.is_some_and(|u| r.received_at > u)
+        {
+            continue;
         }
+        let s = summary(txn, t, &r)?;
+        if f.status.as_deref().is_some_and(|want| s["status"] != want) {
+            continue;
+        }
+        items.push(s);
     }
     let total = items.len();
-    if items.len() > limit {
-        items.drain(..items.len() - limit);
+    if items.len() > f.limit {
+        items.drain(..items.len() - f.limit);
     }
-    Ok(Reply::ok(
-        serde_json::to_vec(&serde_json::json!({"ok": true, "count": total, "events": items}))
-            .unwrap_or_default(),
+    Ok(Reply::json(
+        200,
+        json!({"ok": true, "count": total, "events": items}),
     ))
+}
+
+/// One event with its body, headers, and per-route status and attempts.
+pub fn show(txn: &mut Txn<'_>, _st: &mut State, t: &str, seq: u64) -> Result<Reply, StoreError> {
+    let Some(r) = txn.get_json::<InboxRecord>(&inbox_key(t, seq))? else {
+        return Ok(Reply::not_found("no inbox event with this seq"));
+    };
+    let mut routes = Vec::new();
+    for route in &r.routes {
+        let mut attempts = Vec::new();
+        for (_, v) in txn.scan_prefix(&prefix(&["wha", t, &seq_key(seq), route]))? {
+            if let Ok(a) = serde_json::from_slice::<Attempt>(&v) {
+                attempts.push(a);
+            }
+        }
+        routes.push(json!({"route": route, "status": route_status(txn, t, seq, route)?, "attempts": attempts}));
+    }
+    let mut out = summary(txn, t, &r)?;
+    out["ok"] = json!(true);
+    out["headers"] = json!(r.headers);
+    out["body"] = json!(r.body);
+    out["delivery"] = json!(routes);
+    Ok(Reply::json(200, out))
+}
+
+pub fn dead_letters(txn: &mut Txn<'_>, _st: &mut State, t: &str) -> Result<Reply, StoreError> {
+    let mut items = Vec::new();
+    for (k, v) in txn.scan_prefix(&prefix(&["whdl", t]))? {
+        let seq = u64::from_str_radix(last(&k), 16).unwrap_or(0);
+        let route = std::str::from_utf8(&k)
+            .unwrap_or("")
+            .split('\u{1f}')
+            .nth(2)
+            .unwrap_or("")
+            .to_owned();
+        let q: QueueState = serde_json::from_slice(&v).unwrap_or_default();
+        let event = txn.get_json::<InboxRecord>(&inbox_key(t, seq))?;
+        items.push(json!({
+            "seq": seq,
+            "route": route,
+            "id": event.as_ref().map(|e| e.id.clone()),
+            "event": event.as_ref().map(|e| e.event.clone()),
+            "attempts": q.attempts,
+            "lastError": q.last_error,
+        }));
+    }
+    Ok(Reply::json(
+        200,
+        json!({"ok": true, "count": items.len(), "deadLetters": items}),
+    ))
+}
+
+/// Move dead letters back to their route's queue (all, or one `(route, seq)`); returns the
+/// routes to wake.
+pub fn replay_dead(
+    txn: &mut Txn<'_>,
+    st: &mut State,
+    t: &str,
+    only: Option<(String, u64)>,
+) -> Result<(Reply, Vec<String>), StoreError> {
+    let mut moved = 0u64;
+    let mut routes = Vec::new();
+    for (k, _) in txn.scan_prefix(&prefix(&["whdl", t]))? {
+        let seq = u64::from_str_radix(last(&k), 16).unwrap_or(0);
+        let route = std::str::from_utf8(&k)
+            .unwrap_or("")
+            .split('\u{1f}')
+            .nth(2)
+            .unwrap_or("")
+            .to_owned();
+        if only.as_ref().is_some_and(|(r, s)| *r != route || *s != seq) {
+            continue;
+        }
+        txn.delete(k);
+        txn.put_json(queue_key(t, &route, seq), &QueueState::default());
+        moved += 1;
+        if !routes.contains(&route) {
+            routes.push(route);
+        }
+    }
+    st.gauges
+        .webhook_dead_letters
+        .fetch_sub(moved, Ordering::Relaxed);
+    st.gauges.webhook_queued.fetch_add(moved, Ordering::Relaxed);
+    if only.is_some() && moved == 0 {
+        return Ok((Reply::not_found("no such dead letter"), routes));
+    }
+    Ok((
+        Reply::json(200, json!({"ok": true, "replayed": moved})),
+        routes,
+    ))
+}
+
+/// Drop dead letters (all, or one); their events stay in the inbox.
+pub fn purge_dead(
+    txn: &mut Txn<'_>,
+    st: &mut State,
+    t: &str,
+    only: Option<(String, u64)>,
+) -> Result<Reply, StoreError> {
+    let mut purged = 0u64;
+    for (k, _) in txn.scan_prefix(&prefix(&["whdl", t]))? {
+        let seq = u64::from_str_radix(last(&k), 16).unwrap_or(0);
+        let route = std::str::from_utf8(&k)
+            .unwrap_or("")
+            .split('\u{1f}')
+            .nth(2)
+            .unwrap_or("")
+            .to_owned();
+        if only.as_ref().is_some_and(|(r, s)| *r != route || *s != seq) {
+            continue;
+        }
+        txn.delete(k);
+        purged += 1;
+    }
+    st.gauges
+        .webhook_dead_letters
+        .fetch_sub(purged, Ordering::Relaxed);
+    Ok(Reply::json(200, json!({"ok": true, "purged": purged})))
 }

@@ -57,8 +57,10 @@ impl std::error::Error for StoreError {}
 
 /// A key and the overlay entry it had before (absent when it had none).
 type Undo = (Vec<u8>, Option<Option<Vec<u8>>>);
+/// A key and its value.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
 /// Key-value pairs, in key order.
-pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+pub type Pairs = Vec<KeyValue>;
 
 type Done = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 type Job<S> = Box<dyn FnOnce(&mut Txn<'_>, &mut S) -> Done + Send>;
@@ -173,6 +175,31 @@ impl Txn<'_> {
             }
         }
         Ok(out.into_iter().collect())
+    }
+
+    /// The first (key, value) under `prefix` in key order, including this group's writes,
+    /// without reading the whole range.
+    pub fn first_with_prefix(&self, prefix: &[u8]) -> Result<Option<KeyValue>, StoreError> {
+        let mut from_db = None;
+        for kv in self.db.scan_prefix(prefix) {
+            let (k, v) = kv.map_err(|e| StoreError::Io(e.to_string()))?;
+            match self.overlay.get(k.as_ref()) {
+                Some(None) => continue, // deleted in this group
+                Some(Some(nv)) => from_db = Some((k.to_vec(), nv.clone())),
+                None => from_db = Some((k.to_vec(), v.to_vec())),
+            }
+            break;
+        }
+        let from_overlay = self
+            .overlay
+            .iter()
+            .filter(|(k, v)| k.starts_with(prefix) && v.is_some())
+            .min_by(|a, b| a.0.cmp(b.0))
+            .map(|(k, v)| (k.clone(), v.clone().unwrap_or_default()));
+        Ok(match (from_db, from_overlay) {
+            (Some(a), Some(b)) => Some(if b.0 < a.0 { b } else { a }),
+            (a, b) => a.or(b),
+        })
     }
 
     /// A durable, unique, increasing number.

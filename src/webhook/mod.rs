@@ -155,6 +155,108 @@ pub fn secret_bytes(scheme: &Scheme, s: &str) -> Result<Vec<u8>, String> {
     }
 }
 
+/// Glob on event names: `*` matches any run of characters (dots included), `?` one.
+pub fn glob_match(pattern: &str, s: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), s.chars().collect());
+    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(sp) = star {
+            pi = sp + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+fn hmac_bytes(secret: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    // HMAC accepts keys of any length, so this cannot fail.
+    let mut m = HmacSha256::new_from_slice(secret).expect("HMAC takes any key length");
+    for p in parts {
+        m.update(p);
+    }
+    m.finalize().into_bytes().to_vec()
+}
+
+/// The headers a delivery of `body` needs under `scheme`, signed with `secret` (key
+/// bytes) at `ts_secs`; `id` is the delivery id.
+pub fn sign_headers(
+    scheme: &Scheme,
+    secret: &[u8],
+    id: &str,
+    ts_secs: i64,
+    body: &[u8],
+) -> Vec<(String, String)> {
+    let b64 = |b: Vec<u8>| base64::engine::general_purpose::STANDARD.encode(b);
+    match scheme {
+        Scheme::None => Vec::new(),
+        Scheme::HmacSha256Hex { header } => vec![(
+            header.clone(),
+            format!("sha256={}", hex::encode(hmac_bytes(secret, &[body]))),
+        )],
+        Scheme::Stripe { header } => {
+            let t = ts_secs.to_string();
+            vec![(
+                header.clone(),
+                format!(
+                    "t={t},v1={}",
+                    hex::encode(hmac_bytes(secret, &[t.as_bytes(), b".", body]))
+                ),
+            )]
+        }
+        Scheme::StandardWebhooks => {
+            let t = ts_secs.to_string();
+            vec![
+                ("webhook-id".into(), id.to_owned()),
+                ("webhook-timestamp".into(), t.clone()),
+                (
+                    "webhook-signature".into(),
+                    format!(
+                        "v1,{}",
+                        b64(hmac_bytes(
+                            secret,
+                            &[id.as_bytes(), b".", t.as_bytes(), b".", body]
+                        ))
+                    ),
+                ),
+            ]
+        }
+    }
+}
+
+/// Delay before retry number `attempt` (1 = after the first failure): `base × 2^(attempt-1)`
+/// capped at `max`, scaled by a jitter factor in [0.5, 1.0] derived from `seed`.
+pub fn backoff(
+    attempt: u32,
+    base: std::time::Duration,
+    max: std::time::Duration,
+    seed: &[u8],
+) -> std::time::Duration {
+    let exp = base
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
+        .min(max);
+    let h = <Sha256 as sha2::Digest>::digest(seed);
+    let jitter_permille = 500 + (u16::from_be_bytes([h[0], h[1]]) as u64 % 501);
+    std::time::Duration::from_millis(exp.as_millis() as u64 * jitter_permille / 1000)
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is not honoured).
+pub fn retry_after(v: &str) -> Option<std::time::Duration> {
+    v.trim()
+        .parse::<u64>()
+        .ok()
+        .map(|s| std::time::Duration::from_secs(s.min(86_400)))
+}
+
 /// The fields of an envelope we rely on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {
@@ -223,6 +325,86 @@ mod tests {
         assert!(verify(&s, &secrets, &h(String::new()), body, 0, 0).is_err());
         assert!(verify(&s, &secrets, &h(hex::encode([0u8; 32])), body, 0, 0).is_err());
         assert!(verify(&s, &secrets, &|_| None, body, 0, 0).is_err());
+    }
+
+    #[test]
+    fn github_test_vector() {
+        // https://docs.github.com/en/webhooks/using-webhooks/validating-webhook-deliveries
+        let s = Scheme::HmacSha256Hex {
+            header: "x-hub-signature-256".into(),
+        };
+        let sig =
+            "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17".to_string();
+        let h = move |n: &str| (n == "x-hub-signature-256").then(|| sig.clone());
+        let secrets = vec![b"It's a Secret to Everybody".to_vec()];
+        assert_eq!(verify(&s, &secrets, &h, b"Hello, World!", 0, 0), Ok(()));
+        assert_eq!(
+            sign_headers(&s, &secrets[0], "x", 0, b"Hello, World!")[0].1,
+            "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
+        );
+    }
+
+    #[test]
+    fn standard_webhooks_test_vector() {
+        // The Standard Webhooks reference libraries' example.
+        let s = Scheme::StandardWebhooks;
+        let key = secret_bytes(&s, "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let body = br#"{"test": 2432232314}"#;
+        let hs = sign_headers(
+            &s,
+            &key,
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            1_614_265_330,
+            body,
+        );
+        assert_eq!(hs[2].1, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+        let get = |n: &str| hs.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+        let now = 1_614_265_330_000;
+        assert_eq!(
+            verify(&s, std::slice::from_ref(&key), &get, body, now, 300_000),
+            Ok(())
+        );
+        assert_eq!(
+            verify(
+                &s,
+                std::slice::from_ref(&key),
+                &get,
+                body,
+                now + 301_000,
+                300_000
+            ),
+            Err(VerifyError::OutsideTolerance)
+        );
+        assert_eq!(
+            verify(&s, &[key], &get, body, now - 301_000, 300_000),
+            Err(VerifyError::OutsideTolerance)
+        );
+    }
+
+    #[test]
+    fn globs_and_backoff() {
+        assert!(glob_match("inventory.*", "inventory.created"));
+        assert!(glob_match("*", "anything.at.all"));
+        assert!(glob_match("*.created", "inventory.created"));
+        assert!(!glob_match("inventory.*", "locations.updated"));
+        assert!(glob_match("inv?ntory.created", "inventory.created"));
+        let d = |a| {
+            backoff(
+                a,
+                std::time::Duration::from_secs(1),
+                std::time::Duration::from_secs(60),
+                b"s",
+            )
+        };
+        assert!(
+            d(1) >= std::time::Duration::from_millis(500)
+                && d(1) <= std::time::Duration::from_secs(1)
+        );
+        assert!(
+            d(3) >= std::time::Duration::from_secs(2) && d(3) <= std::time::Duration::from_secs(4)
+        );
+        assert!(d(30) <= std::time::Duration::from_secs(60));
+        assert_eq!(retry_after(" 7 "), Some(std::time::Duration::from_secs(7)));
     }
 
     #[test]

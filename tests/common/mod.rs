@@ -47,6 +47,8 @@ fn env() -> impl Fn(&str) -> Option<String> {
     m.insert("WH_OLD".to_string(), "old-secret".to_string());
     // "whsec_" + base64("std-key")
     m.insert("WH_STD".to_string(), "whsec_c3RkLWtleQ==".to_string());
+    // "whsec_" + base64("fwd-key")
+    m.insert("FWD_SECRET".to_string(), "whsec_ZndkLWtleQ==".to_string());
     move |k: &str| m.get(k).cloned()
 }
 
@@ -205,4 +207,94 @@ pub fn res_id(n: u64) -> String {
 
 pub fn commit_body(amount: i64, tx: &str, pref: &str) -> Value {
     serde_json::json!({"amountCents": amount, "transactionId": tx, "providerRef": pref})
+}
+
+/// What a [`TestSink`] received: headers, body, and the status it answered.
+pub type Received = (hyper::HeaderMap, Vec<u8>, u16);
+
+/// A local HTTP receiver for onward webhook delivery: fails the first `fail_first`
+/// requests (503, or 500 when `retry_after` is None), or all while `down` is set, then
+/// answers 200; records every request.
+#[derive(Clone, Default)]
+pub struct TestSink {
+    pub addr: Option<std::net::SocketAddr>,
+    pub fail_first: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    pub down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pub got: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+}
+
+impl TestSink {
+    pub async fn start() -> TestSink {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sink = TestSink {
+            addr: Some(listener.local_addr().unwrap()),
+            ..TestSink::default()
+        };
+        let s = sink.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            let s = s.clone();
+                            async move {
+                                let headers = req.headers().clone();
+                                let body =
+                                    req.into_body().collect().await.unwrap().to_bytes().to_vec();
+                                let fail = s.down.load(Ordering::SeqCst)
+                                    || s.fail_first
+                                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                                            n.checked_sub(1)
+                                        })
+                                        .is_ok();
+                                let status = if fail { 503 } else { 200 };
+                                s.got.lock().unwrap().push((headers, body, status));
+                                let mut resp =
+                                    hyper::Response::new(Full::new(Bytes::from_static(b"{}")));
+                                *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                                if fail {
+                                    resp.headers_mut()
+                                        .insert("retry-after", "0".parse().unwrap());
+                                }
+                                Ok::<_, std::convert::Infallible>(resp)
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        sink
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/hook", self.addr.unwrap())
+    }
+
+    pub fn successes(&self) -> usize {
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, _, s)| *s == 200)
+            .count()
+    }
+
+    /// Wait (real time, up to 10 s) until `f` holds.
+    pub async fn wait_until(&self, what: &str, f: impl Fn(&TestSink) -> bool) {
+        for _ in 0..1000 {
+            if f(self) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
 }

@@ -1,0 +1,204 @@
+//! Onward delivery of webhook events: one background task per (tenant, route) takes the
+//! head of the route's durable queue, delivers it — to an HTTP sink as the original
+//! envelope signed in Standard Webhooks format with the route's secret and the original
+//! delivery id as `webhook-id`, or to a file sink as one JSON line — and records the attempt.
+//! Failures are retried in order (head of line) with exponential backoff and jitter,
+//! honouring `Retry-After`, up to the route's attempt limit; then the event becomes a dead
+//! letter. Delivery is at least once: the queue entry is removed only after success.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{RouteConfig, Sink};
+use crate::http::App;
+use crate::service::webhook::{
+    next_for_route, record_attempt, AttemptOutcome, AttemptRecord, InboxRecord,
+};
+use crate::store::StoreError;
+use crate::webhook::{backoff, retry_after, secret_bytes, sign_headers, Scheme};
+
+type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+/// How long an idle route waits before looking at its queue again without a wake-up.
+const IDLE_POLL: Duration = Duration::from_secs(5);
+
+/// Run one route until `cancel` fires.
+pub async fn run_route(
+    app: Arc<App>,
+    tenant: String,
+    route: RouteConfig,
+    wake: Arc<Notify>,
+    cancel: CancellationToken,
+) {
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    loop {
+        if cancel.is_cancelled() {
+            return;
+        }
+        let (t, r) = (tenant.clone(), route.name.clone());
+        let head = app
+            .store
+            .run(move |txn, _| next_for_route(txn, &t, &r))
+            .await;
+        let (event, queue) = match head {
+            Ok(Ok(Some(x))) => x,
+            Ok(Ok(None)) => {
+                tokio::select! {
+                    _ = wake.notified() => {}
+                    _ = tokio::time::sleep(IDLE_POLL) => {}
+                    _ = cancel.cancelled() => return,
+                }
+                continue;
+            }
+            Err(StoreError::Closed) => return,
+            Ok(Err(e)) | Err(e) => {
+                tracing::warn!(tenant = %tenant, route = %route.name, error = %e, "cannot read the delivery queue");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = cancel.cancelled() => return,
+                }
+            }
+        };
+        let n = queue.attempts + 1;
+        let result = tokio::select! {
+            r = deliver(&app, &client, &route, &event) => r,
+            _ = cancel.cancelled() => return,
+        };
+        let (outcome, wait) = match result {
+            Ok(detail) => (AttemptOutcome::Delivered(detail), None),
+            Err((why, _)) if n >= route.max_attempts => (AttemptOutcome::Dead(why), None),
+            Err((why, after)) => {
+                let seed = format!("{tenant}/{}/{}/{n}", route.name, event.seq);
+                let d = after.unwrap_or_else(|| {
+                    backoff(n, route.backoff, route.backoff_max, seed.as_bytes())
+                });
+                (AttemptOutcome::Failed(why), Some(d))
+            }
+        };
+        let label = match &outcome {
+            AttemptOutcome::Delivered(_) => "delivered",
+            AttemptOutcome::Failed(_) => "failed",
+            AttemptOutcome::Dead(_) => "dead",
+        };
+        app.metrics.onward(&tenant, &route.name, label);
+        if label == "dead" {
+            tracing::warn!(tenant = %tenant, route = %route.name, id = %event.id, attempts = n, "webhook event moved to the dead letters");
+        }
+        let (t, r, seq, now) = (
+            tenant.clone(),
+            route.name.clone(),
+            event.seq,
+            app.clock.now_ms(),
+        );
+        if let Ok(Err(e)) | Err(e) = app
+            .store
+            .run(move |txn, st| {
+                record_attempt(
+                    txn,
+                    st,
+                    &t,
+                    AttemptRecord {
+                        route: r,
+                        seq,
+                        n,
+                        outcome,
+                    },
+                    now,
+                )
+            })
+            .await
+        {
+            if e == StoreError::Closed {
+                return;
+            }
+            tracing::warn!(error = %e, "cannot record a delivery attempt");
+        }
+        if let Some(d) = wait {
+            tokio::select! {
+                _ = tokio::time::sleep(d) => {}
+                _ = cancel.cancelled() => return,
+            }
+        }
+    }
+}
+
+/// One attempt. `Err((why, retry_after))`.
+async fn deliver(
+    app: &App,
+    client: &HttpClient,
+    route: &RouteConfig,
+    e: &InboxRecord,
+) -> Result<String, (String, Option<Duration>)> {
+    match &route.sink {
+        Sink::File { path } => {
+            // One line per event: the envelope, compacted.
+            let line = serde_json::from_str::<serde_json::Value>(&e.body)
+                .map(|v| v.to_string())
+                .unwrap_or_else(|_| e.body.replace('\n', " "));
+            let write = async {
+                let mut f = tokio::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .await?;
+                f.write_all(format!("{line}\n").as_bytes()).await?;
+                f.sync_data().await
+            };
+            write
+                .await
+                .map(|()| format!("appended to {}", path.display()))
+                .map_err(|err| (format!("file {}: {err}", path.display()), None))
+        }
+        Sink::Http {
+            url,
+            secret,
+            timeout,
+        } => {
+            let key = secret_bytes(&Scheme::StandardWebhooks, secret.expose())
+                .unwrap_or_else(|_| secret.expose().as_bytes().to_vec());
+            let ts = app.clock.now_ms().div_euclid(1000);
+            let mut b = hyper::Request::builder()
+                .method("POST")
+                .uri(url.as_str())
+                .header("content-type", "application/json")
+                .header("user-agent", "karma-provider");
+            for (k, v) in sign_headers(
+                &Scheme::StandardWebhooks,
+                &key,
+                &e.id,
+                ts,
+                e.body.as_bytes(),
+            ) {
+                b = b.header(k, v);
+            }
+            let req = b
+                .body(Full::new(Bytes::from(e.body.clone())))
+                .map_err(|err| (format!("request: {err}"), None))?;
+            match tokio::time::timeout(*timeout, client.request(req)).await {
+                Err(_) => Err((format!("timed out after {timeout:?}"), None)),
+                Ok(Err(err)) => Err((format!("{err}"), None)),
+                Ok(Ok(resp)) => {
+                    let status = resp.status();
+                    if status.is_success() {
+                        Ok(format!("HTTP {}", status.as_u16()))
+                    } else {
+                        let after = resp
+                            .headers()
+                            .get(hyper::header::RETRY_AFTER)
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(retry_after);
+                        Err((format!("HTTP {}", status.as_u16()), after))
+                    }
+                }
+            }
+        }
+    }
+}
