@@ -1,5 +1,5 @@
-//! A small client for the admin API, behind the operator commands of the CLI
-//! (`karma-provider admin …`). The store belongs to the running server, so operator tools
+//! A small HTTP client behind the CLI's operator commands: the admin API
+//! (`karma-provider admin …`) and hand-made webhook deliveries (`webhook send`). The store belongs to the running server, so operator tools
 //! go through its admin API rather than opening the data directory.
 
 use http_body_util::{BodyExt, Full};
@@ -31,8 +31,32 @@ pub async fn admin_request(
         }
         None => Vec::new(),
     };
+    send(b, &url, payload).await
+}
+
+/// POST a JSON body with extra headers; returns (status, body).
+pub async fn post(
+    url: &str,
+    headers: &[(String, String)],
+    body: Vec<u8>,
+) -> Result<(u16, Vec<u8>), String> {
+    let mut b = hyper::Request::builder()
+        .method("POST")
+        .uri(url)
+        .header(hyper::header::CONTENT_TYPE, "application/json");
+    for (k, v) in headers {
+        b = b.header(k.as_str(), v.as_str());
+    }
+    send(b, url, body).await
+}
+
+async fn send(
+    b: hyper::http::request::Builder,
+    url: &str,
+    body: Vec<u8>,
+) -> Result<(u16, Vec<u8>), String> {
     let req = b
-        .body(Full::new(Bytes::from(payload)))
+        .body(Full::new(Bytes::from(body)))
         .map_err(|e| format!("bad request {url}: {e}"))?;
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let resp = client

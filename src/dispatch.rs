@@ -202,3 +202,34 @@ async fn deliver(
         }
     }
 }
+
+/// How often delivery ids past their retention are forgotten.
+const JANITOR_EVERY: Duration = Duration::from_secs(600);
+
+/// Periodically drop dedupe records older than the tenant's retention (they no longer
+/// decide anything; this keeps the store from growing with every delivery ever seen).
+pub async fn run_janitor(
+    app: Arc<App>,
+    tenant: String,
+    retention_ms: i64,
+    cancel: CancellationToken,
+) {
+    loop {
+        let (t, now) = (tenant.clone(), app.clock.now_ms());
+        match app
+            .store
+            .run(move |txn, _| crate::service::webhook::prune_dedupe(txn, &t, now, retention_ms))
+            .await
+        {
+            Ok(Ok(n)) if n > 0 => {
+                tracing::info!(tenant = %tenant, forgotten = n, "pruned webhook delivery ids past retention")
+            }
+            Err(StoreError::Closed) => return,
+            _ => {}
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(JANITOR_EVERY) => {}
+            _ = cancel.cancelled() => return,
+        }
+    }
+}

@@ -27,6 +27,31 @@ enum LogFormat {
 }
 
 #[derive(Subcommand)]
+enum WebhookAction {
+    /// Print `Name: value` header lines that make FILE a valid delivery.
+    Sign {
+        #[arg(long)]
+        tenant: String,
+        /// The config whose `[tenants.webhooks]` names the scheme and secrets.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The envelope (JSON); its `id` is the delivery id.
+        file: PathBuf,
+    },
+    /// Sign FILE and POST it to URL (a receiver URL, or a base URL to which
+    /// `/v1/{tenant}/webhooks` is added); prints the answer.
+    Send {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Run the HTTP service (the embedded demo config when no --config is given).
     Serve {
@@ -53,6 +78,12 @@ enum Command {
         /// A CSV file to send as the body (member import).
         #[arg(long)]
         csv: Option<PathBuf>,
+    },
+    /// Produce signed webhook deliveries by hand (QA): `sign` prints the headers a valid
+    /// delivery of FILE needs for the tenant's scheme; `send` signs and POSTs it.
+    Webhook {
+        #[command(subcommand)]
+        action: WebhookAction,
     },
     /// Check a config file and exit (non-zero with the key at fault when invalid).
     CheckConfig {
@@ -141,6 +172,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Webhook { action } => webhook_cli(action),
         Command::Serve { config } => {
             let config = match Config::load(config.as_deref()) {
                 Ok(c) => c,
@@ -153,6 +185,89 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             };
             rt.block_on(serve(config))
+        }
+    }
+}
+
+/// Sign (and maybe send) an envelope with a tenant's configured scheme and first secret.
+fn webhook_cli(action: WebhookAction) -> ExitCode {
+    let (tenant, config, file, url) = match action {
+        WebhookAction::Sign {
+            tenant,
+            config,
+            file,
+        } => (tenant, config, file, None),
+        WebhookAction::Send {
+            url,
+            tenant,
+            config,
+            file,
+        } => (tenant, config, file, Some(url)),
+    };
+    let config = match Config::load(config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("config error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let Some(wh) = config.tenant(&tenant).and_then(|t| t.webhooks.clone()) else {
+        eprintln!(
+            "{}: tenant {tenant:?} has no [tenants.webhooks]",
+            config.origin
+        );
+        return ExitCode::from(2);
+    };
+    let body = match std::fs::read(&file) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("cannot read {}: {e}", file.display());
+            return ExitCode::from(2);
+        }
+    };
+    let id = match serde_json::from_slice::<serde_json::Value>(&body)
+        .map(|v| karma_provider::webhook::parse_envelope(&v))
+    {
+        Ok(Ok(env)) => env.id,
+        Ok(Err((field, msg))) => {
+            eprintln!("{}: the envelope's {field} {msg}", file.display());
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("{}: not JSON: {e}", file.display());
+            return ExitCode::from(2);
+        }
+    };
+    let secret = wh.secrets.first().cloned().unwrap_or_default();
+    let now = karma_provider::Clock::System.now_ms() / 1000;
+    let headers = karma_provider::webhook::sign_headers(&wh.scheme, &secret, &id, now, &body);
+    let Some(url) = url else {
+        say!("Content-Type: application/json");
+        for (k, v) in headers {
+            say!("{k}: {v}");
+        }
+        return ExitCode::SUCCESS;
+    };
+    let url = if url.trim_end_matches('/').ends_with("/webhooks") {
+        url
+    } else {
+        format!("{}/v1/{tenant}/webhooks", url.trim_end_matches('/'))
+    };
+    let Some(rt) = runtime(false) else {
+        return ExitCode::FAILURE;
+    };
+    match rt.block_on(karma_provider::client::post(&url, &headers, body)) {
+        Ok((status, bytes)) => {
+            say!("{status} {}", String::from_utf8_lossy(&bytes));
+            if (200..300).contains(&status) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
         }
     }
 }

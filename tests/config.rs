@@ -9,6 +9,7 @@ fn example_config_documents_valid_keys() {
     let env = |k: &str| match k {
         "ACME_KEY" => Some("k".to_string()),
         "WH_SECRET" => Some("w".to_string()),
+        "FWD_SECRET" => Some("f".to_string()),
         _ => None,
     };
     let c = Config::from_toml(&text, "deploy/config.example.toml", &env).unwrap();
@@ -19,6 +20,7 @@ fn example_config_documents_valid_keys() {
     assert_eq!(c.tenants[0].hold_ttl_ms, 7_200_000);
     assert_eq!(c.server.max_body_bytes, 65_536);
     assert_eq!(c.tenants[0].webhooks.as_ref().unwrap().secrets.len(), 1);
+    assert_eq!(c.tenants[0].webhooks.as_ref().unwrap().routes.len(), 2);
 }
 
 #[test]

@@ -596,3 +596,59 @@ backoff_max = "20ms"
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// `karma-provider webhook sign|send`: QA can produce signed deliveries by hand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_cli_signs_and_sends_valid_deliveries() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("kp.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = \"{}\"\n[[tenants]]\nid = \"acme\"\nauth = {{ mode = \"none\" }}\n[tenants.webhooks]\nverify = {{ scheme = \"stripe\", secrets_env = [\"KP_WH_SECRET\"] }}\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let (mut child, base) = start(&cfg);
+    let env_file = dir.path().join("evt.json");
+    std::fs::write(
+        &env_file,
+        r#"{"id":"evt_cli","event":"inventory.created","timestamp":"2026-11-23T10:00:00Z"}"#,
+    )
+    .unwrap();
+    let cli = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_karma-provider"))
+            .arg("webhook")
+            .args(args)
+            .args(["--tenant", "acme", "--config"])
+            .arg(&cfg)
+            .arg(&env_file)
+            .env("KP_WH_SECRET", "crash-wh-secret")
+            .output()
+            .unwrap()
+    };
+    let out = cli(&["sign"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("Content-Type: application/json") && text.contains("stripe-signature: t="),
+        "{text}"
+    );
+    let out = cli(&["send", "--url", &base]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        r#"200 {"ok":true}"#
+    );
+    let out = cli(&["send", "--url", &format!("{base}/v1/acme/webhooks")]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        r#"200 {"ok":true,"duplicate":true}"#
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

@@ -133,17 +133,36 @@ impl Server {
             route_wake,
             cancel: tokio_util::sync::CancellationToken::new(),
         });
-        let dispatchers: Vec<_> = webhook_routes
-            .into_iter()
-            .map(|(t, r, n)| {
-                tokio::spawn(crate::dispatch::run_route(
+        let janitors: Vec<_> = app
+            .config
+            .tenants
+            .iter()
+            .filter_map(|t| t.webhooks.as_ref().map(|w| (t.id.clone(), w.retention_ms)))
+            .map(|(t, r)| {
+                tokio::spawn(crate::dispatch::run_janitor(
                     app.clone(),
                     t,
                     r,
-                    n,
                     app.cancel.clone(),
                 ))
             })
+            .collect();
+        let dispatchers: Vec<_> = janitors
+            .into_iter()
+            .chain(
+                webhook_routes
+                    .into_iter()
+                    .map(|(t, r, n)| {
+                        tokio::spawn(crate::dispatch::run_route(
+                            app.clone(),
+                            t,
+                            r,
+                            n,
+                            app.cancel.clone(),
+                        ))
+                    })
+                    .collect::<Vec<_>>(),
+            )
             .collect();
         let (stop_tx, stop_rx) = oneshot::channel();
         let task = tokio::spawn(serve(app.clone(), listener, stop_rx, dispatchers));

@@ -418,3 +418,23 @@ pub fn purge_dead(
         .fetch_sub(purged, Ordering::Relaxed);
     Ok(Reply::json(200, json!({"ok": true, "purged": purged})))
 }
+
+/// Forget delivery ids older than the retention window; returns how many went.
+pub fn prune_dedupe(
+    txn: &mut Txn<'_>,
+    t: &str,
+    now: Millis,
+    retention_ms: i64,
+) -> Result<usize, StoreError> {
+    let mut n = 0;
+    for (k, v) in txn.scan_prefix(&prefix(&["whd", t]))? {
+        let seen = <[u8; 8]>::try_from(v.as_slice())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0) as i64;
+        if now - seen >= retention_ms {
+            txn.delete(k);
+            n += 1;
+        }
+    }
+    Ok(n)
+}
