@@ -85,6 +85,31 @@ enum Command {
         #[command(subcommand)]
         action: WebhookAction,
     },
+    /// Benchmark: start this service and a bare-hyper yardstick, drive the same flows
+    /// against both, print a table (and JSON). Run it from a release build.
+    Bench {
+        /// Scenarios: check-commit, check-reactivate, award, redeem, reads, webhook.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "check-commit,check-reactivate,award,redeem,reads,webhook"
+        )]
+        scenarios: Vec<String>,
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+        /// Seconds per run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Arrival rate of the open-loop webhook run.
+        #[arg(long, default_value_t = 100)]
+        webhook_rate: u64,
+        /// Also write the results as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// The benchmark's yardstick server (started by `bench`).
+    #[command(hide = true)]
+    BenchYardstick,
     /// Check a config file and exit (non-zero with the key at fault when invalid).
     CheckConfig {
         #[arg(long, short)]
@@ -173,6 +198,61 @@ fn main() -> ExitCode {
             }
         }
         Command::Webhook { action } => webhook_cli(action),
+        Command::BenchYardstick => {
+            let Some(rt) = runtime(true) else {
+                return ExitCode::FAILURE;
+            };
+            match rt.block_on(karma_provider::bench::yardstick::serve()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Bench {
+            scenarios,
+            connections,
+            seconds,
+            webhook_rate,
+            json,
+        } => {
+            if let Some(bad) = scenarios
+                .iter()
+                .find(|s| !karma_provider::bench::SCENARIOS.contains(&s.as_str()))
+            {
+                eprintln!(
+                    "unknown scenario {bad:?}; use {}",
+                    karma_provider::bench::SCENARIOS.join(", ")
+                );
+                return ExitCode::from(2);
+            }
+            // One thread for the load generator; the two servers share the rest.
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let opts = karma_provider::bench::BenchOptions {
+                scenarios,
+                connections,
+                duration: std::time::Duration::from_secs(seconds),
+                webhook_rate,
+                json_out: json,
+            };
+            match rt.block_on(karma_provider::bench::run(opts)) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("bench failed: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Serve { config } => {
             let config = match Config::load(config.as_deref()) {
                 Ok(c) => c,

@@ -1,0 +1,558 @@
+//! The benchmark harness (`karma-provider bench`): starts this service and a yardstick
+//! — a bare hyper server that parses the same JSON and answers a fixed JSON body — as
+//! child processes, drives the same realistic flows against both from one load generator,
+//! and reports throughput and HDR-histogram latency percentiles, with every service figure
+//! also a ratio to the yardstick's. Closed loop: a fixed number of connections, each
+//! sending its next request when the last answer arrives. Open loop: a fixed arrival rate,
+//! latency measured from each request's *intended* send time (no coordinated omission).
+
+pub mod yardstick;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use serde_json::{json, Value};
+use tokio::sync::Mutex;
+
+/// What `bench` was asked to do.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub scenarios: Vec<String>,
+    pub connections: usize,
+    pub duration: Duration,
+    /// Arrival rate for the open-loop run of the webhook scenario.
+    pub webhook_rate: u64,
+    pub json_out: Option<PathBuf>,
+}
+
+pub const SCENARIOS: [&str; 6] = [
+    "check-commit",
+    "check-reactivate",
+    "award",
+    "redeem",
+    "reads",
+    "webhook",
+];
+
+const WEBHOOK_SECRET: &str = "bench-webhook-secret";
+
+/// One measured run: a scenario against a target.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunResult {
+    pub scenario: String,
+    pub target: String,
+    pub mode: String,
+    pub requests: u64,
+    pub errors: u64,
+    pub seconds: f64,
+    pub rps: f64,
+    /// Latency percentiles in microseconds, per operation of the flow and for all.
+    pub latency_us: BTreeMap<String, BTreeMap<String, u64>>,
+}
+
+fn service_config(dir: &std::path::Path) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[storage]
+path = "{}"
+cache_capacity_mb = 64
+[[tenants]]
+id = "bench"
+auth = {{ mode = "none" }}
+[[tenants.campaigns]]
+id = "bench"
+codes = ["BENCH"]
+discount = {{ amount_cents = 100 }}
+[[tenants.loyalty]]
+program_id = 1
+earn = {{ points = 1, per_cents = 100 }}
+auto_enroll = true
+[[tenants.loyalty.rewards]]
+id = "r"
+title = "Bench reward"
+points_cost = 1
+[tenants.webhooks]
+verify = {{ scheme = "hmac-sha256-hex", secrets_env = ["KP_BENCH_WEBHOOK_SECRET"] }}
+"#,
+        dir.join("data").display()
+    )
+}
+
+/// A child process printing `… listening on http://ADDR` as its first stdout line.
+struct Target {
+    name: &'static str,
+    child: Child,
+    base: String,
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(name: &'static str, args: &[&str]) -> Result<Target, String> {
+    use std::io::BufRead;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut child = Command::new(exe)
+        .args(args)
+        .env("KP_BENCH_WEBHOOK_SECRET", WEBHOOK_SECRET)
+        .env("KP_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("cannot start {name}: {e}"))?;
+    let mut line = String::new();
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    let addr = line
+        .trim()
+        .rsplit("http://")
+        .next()
+        .unwrap_or("")
+        .to_string();
+    if addr.is_empty() {
+        let _ = child.kill();
+        return Err(format!("{name} did not say where it listens: {line:?}"));
+    }
+    Ok(Target {
+        name,
+        child,
+        base: format!("http://{addr}"),
+    })
+}
+
+/// A request of a flow: operation name, path, body.
+type Req = (&'static str, String, Vec<u8>, Vec<(String, String)>);
+
+fn loy(n: u64) -> String {
+    format!("loy_{n:032x}")
+}
+
+/// The next requests of a flow for connection `w`, iteration `i`. Flows that need an
+/// answer (commit needs the check's providerRef) get it through `prev`.
+fn flow(scenario: &str, w: usize, i: u64, step: usize, prev: Option<&Value>) -> Option<Req> {
+    let id = ((w as u64) << 40) | i;
+    let j = |v: Value| serde_json::to_vec(&v).unwrap_or_default();
+    let check = json!({"code": "BENCH", "cart": {"items": [{"inventoryItemId": "1001", "quantity": 2, "priceCents": 2500}], "totalCents": 5000}, "locationId": 42});
+    let release = |op: &'static str, path: &str| {
+        let pref = prev
+            .and_then(|v| v["providerRef"].as_str())
+            .unwrap_or("kph_0")
+            .to_string();
+        let amount = prev
+            .and_then(|v| v["discountAmountCents"].as_i64())
+            .unwrap_or(100);
+        (
+            op,
+            path.to_string(),
+            j(
+                json!({"amountCents": amount, "transactionId": format!("res_{id:032x}"), "providerRef": pref}),
+            ),
+            vec![],
+        )
+    };
+    match (scenario, step) {
+        ("check-commit" | "check-reactivate", 0) => {
+            Some(("check", "/v1/bench/voucher/check".into(), j(check), vec![]))
+        }
+        ("check-commit", 1) => Some(release("commit", "/v1/bench/voucher/commit")),
+        ("check-reactivate", 1) => Some(release("reactivate", "/v1/bench/voucher/reactivate")),
+        ("award", 0) => Some((
+            "award",
+            "/v1/bench/loyalty/award".into(),
+            j(
+                json!({"userId": format!("u{w}"), "loyaltyProgramId": 1, "purchaseId": format!("p{id:x}"), "purchaseAmountCents": 4250, "itemIds": ["1001"], "transactionId": loy(id)}),
+            ),
+            vec![],
+        )),
+        ("redeem", 0) => Some((
+            "redeem",
+            "/v1/bench/loyalty/redeem".into(),
+            j(
+                json!({"userId": format!("rich{w}"), "loyaltyProgramId": 1, "rewardId": "r", "transactionId": loy(id)}),
+            ),
+            vec![],
+        )),
+        ("reads", 0) => Some(match i % 3 {
+            0 => (
+                "account",
+                "/v1/bench/loyalty/account".into(),
+                j(json!({"userId": format!("rich{w}"), "loyaltyProgramId": 1})),
+                vec![],
+            ),
+            1 => (
+                "rewards",
+                "/v1/bench/loyalty/rewards".into(),
+                j(json!({"loyaltyProgramId": 1})),
+                vec![],
+            ),
+            _ => (
+                "lookup",
+                "/v1/bench/loyalty/lookup".into(),
+                j(
+                    json!({"loyaltyProgramId": 1, "identifier": format!("rich{w}"), "identifierType": "userId", "locationId": 42}),
+                ),
+                vec![],
+            ),
+        }),
+        ("webhook", 0) => {
+            let body = j(
+                json!({"id": format!("evt_{id:x}"), "event": "inventory.updated", "resource": "inventory", "resourceId": "42", "timestamp": "2026-11-23T10:00:00Z", "apiVersion": "v1"}),
+            );
+            let headers = crate::webhook::sign_headers(
+                &crate::webhook::Scheme::HmacSha256Hex {
+                    header: "x-karma-signature".into(),
+                },
+                WEBHOOK_SECRET.as_bytes(),
+                "",
+                0,
+                &body,
+            );
+            Some(("webhook", "/v1/bench/webhooks".into(), body, headers))
+        }
+        _ => None,
+    }
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+async fn connect(base: &str) -> Result<Sender, String> {
+    let addr = base.trim_start_matches("http://");
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+async fn send(s: &mut Sender, base: &str, r: &Req) -> Result<Value, String> {
+    s.ready().await.map_err(|e| e.to_string())?;
+    let mut b = hyper::Request::builder()
+        .method("POST")
+        .uri(&r.1)
+        .header("host", base.trim_start_matches("http://"))
+        .header("content-type", "application/json");
+    for (k, v) in &r.3 {
+        b = b.header(k.as_str(), v.as_str());
+    }
+    let resp = s
+        .send_request(
+            b.body(Full::new(Bytes::from(r.2.clone())))
+                .map_err(|e| e.to_string())?,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    if !status.is_success() {
+        return Err(format!("HTTP {status}"));
+    }
+    let v: Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+    if v["ok"] != json!(true) {
+        return Err(format!("ok:false {}", v["error"]));
+    }
+    Ok(v)
+}
+
+#[derive(Default)]
+struct Tally {
+    hist: BTreeMap<&'static str, Histogram<u64>>,
+    all: Option<Histogram<u64>>,
+    requests: u64,
+    errors: u64,
+}
+
+impl Tally {
+    fn record(&mut self, op: &'static str, us: u64) {
+        let us = us.max(1);
+        let h = self
+            .hist
+            .entry(op)
+            .or_insert_with(|| Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"));
+        let _ = h.record(us.min(60_000_000));
+        let all = self.all.get_or_insert_with(|| {
+            Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
+        });
+        let _ = all.record(us.min(60_000_000));
+        self.requests += 1;
+    }
+}
+
+fn percentiles(h: &Histogram<u64>) -> BTreeMap<String, u64> {
+    let mut m = BTreeMap::new();
+    for (k, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99.9", 0.999)] {
+        m.insert(k.to_string(), h.value_at_quantile(q));
+    }
+    m.insert("max".into(), h.max());
+    m
+}
+
+/// Closed loop: `connections` workers, each running the flow back to back for `duration`.
+async fn closed(
+    base: &str,
+    scenario: &str,
+    connections: usize,
+    duration: Duration,
+) -> Result<(Tally, f64), String> {
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut tasks = Vec::new();
+    for w in 0..connections {
+        let (base, scenario, tally) = (base.to_string(), scenario.to_string(), tally.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut s = connect(&base).await?;
+            let mut i = 0u64;
+            while Instant::now() < deadline {
+                let mut prev: Option<Value> = None;
+                let mut step = 0;
+                while let Some(r) = flow(&scenario, w, i, step, prev.as_ref()) {
+                    let t0 = Instant::now();
+                    let res = send(&mut s, &base, &r).await;
+                    let us = t0.elapsed().as_micros() as u64;
+                    let mut t = tally.lock().await;
+                    match res {
+                        Ok(v) => {
+                            t.record(r.0, us);
+                            prev = Some(v);
+                        }
+                        Err(_) => {
+                            t.errors += 1;
+                            drop(t);
+                            s = connect(&base).await?;
+                            break;
+                        }
+                    }
+                    step += 1;
+                }
+                i += 1;
+            }
+            Ok::<(), String>(())
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(|e| e.to_string())??;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let t = std::mem::take(&mut *tally.lock().await);
+    Ok((t, secs))
+}
+
+/// Open loop: requests scheduled at `rate` per second, latency from the intended time.
+async fn open(
+    base: &str,
+    scenario: &str,
+    connections: usize,
+    rate: u64,
+    duration: Duration,
+) -> Result<(Tally, f64), String> {
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let (tx, rx) = tokio::sync::mpsc::channel::<(u64, Instant)>(1_000_000);
+    let rx = Arc::new(Mutex::new(rx));
+    let mut tasks = Vec::new();
+    for w in 0..connections {
+        let (base, scenario, tally, rx) = (
+            base.to_string(),
+            scenario.to_string(),
+            tally.clone(),
+            rx.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut s = connect(&base).await?;
+            loop {
+                let Some((i, intended)) = rx.lock().await.recv().await else {
+                    return Ok::<(), String>(());
+                };
+                let Some(r) = flow(&scenario, w, i, 0, None) else {
+                    continue;
+                };
+                let res = send(&mut s, &base, &r).await;
+                let us = intended.elapsed().as_micros() as u64;
+                let mut t = tally.lock().await;
+                match res {
+                    Ok(_) => t.record(r.0, us),
+                    Err(_) => {
+                        t.errors += 1;
+                        drop(t);
+                        s = connect(&base).await?;
+                    }
+                }
+            }
+        }));
+    }
+    let start = Instant::now();
+    let total = (rate as f64 * duration.as_secs_f64()) as u64;
+    for i in 0..total {
+        let intended = start + Duration::from_secs_f64(i as f64 / rate as f64);
+        tokio::time::sleep_until(intended.into()).await;
+        if tx.send(((1 << 39) | i, intended)).await.is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    for t in tasks {
+        t.await.map_err(|e| e.to_string())??;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let t = std::mem::take(&mut *tally.lock().await);
+    Ok((t, secs))
+}
+
+fn result(scenario: &str, target: &str, mode: &str, t: Tally, secs: f64) -> RunResult {
+    let mut latency_us = BTreeMap::new();
+    for (op, h) in &t.hist {
+        latency_us.insert(op.to_string(), percentiles(h));
+    }
+    if let Some(all) = &t.all {
+        latency_us.insert("all".into(), percentiles(all));
+    }
+    RunResult {
+        scenario: scenario.into(),
+        target: target.into(),
+        mode: mode.into(),
+        requests: t.requests,
+        errors: t.errors,
+        seconds: secs,
+        rps: t.requests as f64 / secs.max(1e-9),
+        latency_us,
+    }
+}
+
+/// Give the bench users of the redeem and reads flows a balance to spend.
+async fn prepare(base: &str, connections: usize) -> Result<(), String> {
+    let mut s = connect(base).await?;
+    for w in 0..connections {
+        let r: Req = ("award", "/v1/bench/loyalty/award".into(), serde_json::to_vec(&json!({"userId": format!("rich{w}"), "loyaltyProgramId": 1, "purchaseId": format!("seed{w}"), "purchaseAmountCents": 1_000_000_000i64, "itemIds": [], "transactionId": loy(u64::MAX - w as u64)})).unwrap_or_default(), vec![]);
+        send(&mut s, base, &r).await?;
+    }
+    Ok(())
+}
+
+/// Run the whole suite and print a table; returns the results.
+pub async fn run(opts: BenchOptions) -> Result<Vec<RunResult>, String> {
+    let dir = std::env::temp_dir().join(format!("kp-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let cfg = dir.join("bench.toml");
+    std::fs::write(&cfg, service_config(&dir)).map_err(|e| e.to_string())?;
+    let cfg_s = cfg.display().to_string();
+    let service = spawn("service", &["serve", "--config", &cfg_s])?;
+    let yard = spawn("yardstick", &["bench-yardstick"])?;
+    prepare(&service.base, opts.connections).await?;
+    let mut out = Vec::new();
+    for sc in &opts.scenarios {
+        for t in [&yard, &service] {
+            let (tally, secs) = closed(&t.base, sc, opts.connections, opts.duration).await?;
+            out.push(result(sc, t.name, "closed", tally, secs));
+        }
+        if sc == "webhook" {
+            for t in [&yard, &service] {
+                let (tally, secs) = open(
+                    &t.base,
+                    sc,
+                    opts.connections.min(16),
+                    opts.webhook_rate,
+                    opts.duration,
+                )
+                .await?;
+                out.push(result(
+                    sc,
+                    t.name,
+                    &format!("open@{}/s", opts.webhook_rate),
+                    tally,
+                    secs,
+                ));
+            }
+        }
+    }
+    drop(service);
+    drop(yard);
+    let _ = std::fs::remove_dir_all(&dir);
+    print_table(&out);
+    if let Some(p) = &opts.json_out {
+        let doc = json!({"connections": opts.connections, "durationSeconds": opts.duration.as_secs_f64(), "results": out});
+        std::fs::write(p, serde_json::to_vec_pretty(&doc).unwrap_or_default())
+            .map_err(|e| format!("{}: {e}", p.display()))?;
+    }
+    Ok(out)
+}
+
+fn print_table(rs: &[RunResult]) {
+    println!(
+        "{:<17} {:<10} {:<11} {:>9} {:>10} {:>7} {:>8} {:>8} {:>8} {:>8} {:>7}",
+        "scenario",
+        "target",
+        "mode",
+        "requests",
+        "req/s",
+        "ratio",
+        "p50 µs",
+        "p99 µs",
+        "p99.9",
+        "max",
+        "errors"
+    );
+    for r in rs {
+        let yard = rs
+            .iter()
+            .find(|y| y.target == "yardstick" && y.scenario == r.scenario && y.mode == r.mode);
+        let ratio = match (r.target.as_str(), yard) {
+            ("service", Some(y)) if y.rps > 0.0 => format!("{:.2}×", r.rps / y.rps),
+            _ => "".into(),
+        };
+        let all = r.latency_us.get("all").cloned().unwrap_or_default();
+        let g = |k: &str| all.get(k).copied().unwrap_or(0);
+        println!(
+            "{:<17} {:<10} {:<11} {:>9} {:>10.0} {:>7} {:>8} {:>8} {:>8} {:>8} {:>7}",
+            r.scenario,
+            r.target,
+            r.mode,
+            r.requests,
+            r.rps,
+            ratio,
+            g("p50"),
+            g("p99"),
+            g("p99.9"),
+            g("max"),
+            r.errors
+        );
+        for (op, p) in &r.latency_us {
+            if op != "all" && r.latency_us.len() > 2 {
+                println!(
+                    "{:<17} {:<10} {:<11} {:>9} {:>10} {:>7} {:>8} {:>8} {:>8} {:>8}",
+                    "",
+                    "",
+                    format!("  {op}"),
+                    "",
+                    "",
+                    "",
+                    p["p50"],
+                    p["p99"],
+                    p["p99.9"],
+                    p["max"]
+                );
+            }
+        }
+    }
+}
