@@ -34,6 +34,16 @@ pub async fn admin_request(
     send(b, &url, payload).await
 }
 
+/// GET a URL; returns (status, body).
+pub async fn get(url: &str) -> Result<(u16, Vec<u8>), String> {
+    send(
+        hyper::Request::builder().method("GET").uri(url),
+        url,
+        Vec::new(),
+    )
+    .await
+}
+
 /// POST a JSON body with extra headers; returns (status, body).
 pub async fn post(
     url: &str,

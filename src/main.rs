@@ -107,6 +107,11 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Exit 0 when URL answers 2xx (for container health checks; no shell or curl needed).
+    Healthcheck {
+        #[arg(long, default_value = "http://127.0.0.1:8080/readyz")]
+        url: String,
+    },
     /// The benchmark's yardstick server (started by `bench`).
     #[command(hide = true)]
     BenchYardstick,
@@ -198,6 +203,32 @@ fn main() -> ExitCode {
             }
         }
         Command::Webhook { action } => webhook_cli(action),
+        Command::Healthcheck { url } => {
+            let Some(rt) = runtime(false) else {
+                return ExitCode::FAILURE;
+            };
+            match rt.block_on(async {
+                tokio::time::timeout(
+                    std::time::Duration::from_secs(3),
+                    karma_provider::client::get(&url),
+                )
+                .await
+            }) {
+                Ok(Ok((status, _))) if (200..300).contains(&status) => ExitCode::SUCCESS,
+                Ok(Ok((status, body))) => {
+                    eprintln!("{url}: HTTP {status} {}", String::from_utf8_lossy(&body));
+                    ExitCode::FAILURE
+                }
+                Ok(Err(e)) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+                Err(_) => {
+                    eprintln!("{url}: no answer within 3s");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::BenchYardstick => {
             let Some(rt) = runtime(true) else {
                 return ExitCode::FAILURE;
