@@ -301,6 +301,16 @@ async fn sigterm_drains_flushes_and_exits_cleanly() {
     .await
     .unwrap();
 
+    let health = |path: &str| {
+        Command::new(env!("CARGO_BIN_EXE_karma-provider"))
+            .args(["healthcheck", "--url", &format!("{base}{path}")])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(health("/readyz"));
+    assert!(!health("/nope"));
     let st = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
