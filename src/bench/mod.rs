@@ -173,7 +173,7 @@ fn flow(scenario: &str, w: usize, i: u64, step: usize, prev: Option<&Value>) -> 
             "award",
             "/v1/bench/loyalty/award".into(),
             j(
-                json!({"userId": format!("u{w}"), "loyaltyProgramId": 1, "purchaseId": format!("p{id:x}"), "purchaseAmountCents": 4250, "itemIds": ["1001"], "transactionId": loy(id)}),
+                json!({"userId": format!("u{w}-{}", i % 5000), "loyaltyProgramId": 1, "purchaseId": format!("p{id:x}"), "purchaseAmountCents": 4250, "itemIds": ["1001"], "transactionId": loy(id)}),
             ),
             vec![],
         )),
