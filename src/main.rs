@@ -107,6 +107,22 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Back up a running server: a consistent snapshot of all state as JSON lines (admin API).
+    Export {
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        #[arg(long, default_value = "KP_ADMIN_TOKEN")]
+        token_env: String,
+        /// Write here instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Restore an export into the (empty) data directory of a config, with the server stopped.
+    Import {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        file: PathBuf,
+    },
     /// Exit 0 when URL answers 2xx (for container health checks; no shell or curl needed).
     Healthcheck {
         #[arg(long, default_value = "http://127.0.0.1:8080/readyz")]
@@ -203,6 +219,85 @@ fn main() -> ExitCode {
             }
         }
         Command::Webhook { action } => webhook_cli(action),
+        Command::Export {
+            url,
+            token_env,
+            out,
+        } => {
+            let Ok(token) = std::env::var(&token_env) else {
+                eprintln!("set {token_env} to the admin token");
+                return ExitCode::from(2);
+            };
+            let Some(rt) = runtime(false) else {
+                return ExitCode::FAILURE;
+            };
+            match rt.block_on(karma_provider::client::admin_request(
+                &url, &token, "GET", "export", None,
+            )) {
+                Ok((200, bytes)) => {
+                    let written = match &out {
+                        Some(p) => {
+                            std::fs::write(p, &bytes).map_err(|e| format!("{}: {e}", p.display()))
+                        }
+                        None => {
+                            use std::io::Write;
+                            std::io::stdout()
+                                .lock()
+                                .write_all(&bytes)
+                                .map_err(|e| e.to_string())
+                        }
+                    };
+                    match written {
+                        Ok(()) => ExitCode::SUCCESS,
+                        Err(e) => {
+                            eprintln!("{e}");
+                            ExitCode::FAILURE
+                        }
+                    }
+                }
+                Ok((status, bytes)) => {
+                    eprintln!("HTTP {status}: {}", String::from_utf8_lossy(&bytes));
+                    ExitCode::FAILURE
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Import { config, file } => {
+            let config = match Config::load(config.as_deref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("config error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let records = match std::fs::read_to_string(&file)
+                .map_err(|e| e.to_string())
+                .and_then(|t| karma_provider::backup::decode(&t))
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("{}: {e}", file.display());
+                    return ExitCode::from(2);
+                }
+            };
+            let opts = karma_provider::store::StoreOptions {
+                path: config.storage.path.clone(),
+                cache_capacity_bytes: config.storage.cache_capacity_mb * 1024 * 1024,
+            };
+            match karma_provider::store::import_records(&opts, records) {
+                Ok(n) => {
+                    say!("imported {n} records into {}", opts.path.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Healthcheck { url } => {
             let Some(rt) = runtime(false) else {
                 return ExitCode::FAILURE;

@@ -662,3 +662,74 @@ async fn webhook_cli_signs_and_sends_valid_deliveries() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// `karma-provider export` from a running binary, `import` into an empty data dir.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_and_import_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let write_cfg = |name: &str, data: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, format!("[server]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = \"{}\"\n[admin]\ntoken_env = \"KP_CRASH_TOKEN\"\n[[tenants]]\nid = \"acme\"\nauth = {{ mode = \"none\" }}\n[[tenants.campaigns]]\nid = \"one\"\ncodes = [\"ONE\"]\ndiscount = {{ amount_cents = 100 }}\nmax_uses_per_code = 1\n", dir.path().join(data).display())).unwrap();
+        p
+    };
+    let (a, b) = (write_cfg("a.toml", "a"), write_cfg("b.toml", "b"));
+    let (mut child, base) = start(&a);
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let (_, bytes) = send(
+        &client,
+        "POST",
+        &format!("{base}/v1/acme/voucher/check"),
+        Some(&json!({"code": "ONE", "cart": {"items": [], "totalCents": 1000}})),
+    )
+    .await
+    .unwrap();
+    let pref = serde_json::from_slice::<Value>(&bytes).unwrap()["providerRef"].clone();
+    let dump = dir.path().join("dump.jsonl");
+    let out = Command::new(env!("CARGO_BIN_EXE_karma-provider"))
+        .args(["export", "--url", &base, "--out"])
+        .arg(&dump)
+        .env("KP_ADMIN_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_karma-provider"))
+        .args(["import", "--config"])
+        .arg(&b)
+        .arg(&dump)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("imported "));
+    let (mut child, base) = start(&b);
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let (_, bytes) = send(
+        &client,
+        "GET",
+        &format!("{base}/admin/v1/tenants/acme/holds"),
+        None,
+    )
+    .await
+    .unwrap();
+    let holds: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(holds["holds"][0]["providerRef"], pref);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // importing again into the same (now non-empty) dir is refused
+    let out = Command::new(env!("CARGO_BIN_EXE_karma-provider"))
+        .args(["import", "--config"])
+        .arg(&b)
+        .arg(&dump)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}

@@ -490,6 +490,21 @@ async fn admin_call(app: &Arc<App>, req: Request<Incoming>, rest: Vec<String>) -
         ));
     }
     let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
+    if rest.as_slice() == ["export"] {
+        if req.method() != Method::GET {
+            return method_not_allowed("GET");
+        }
+        let at = crate::clock::rfc3339(app.clock.now_ms());
+        // One job: a consistent snapshot while the service keeps serving.
+        return match app.store.run(|txn, _| txn.scan_prefix(b"")).await {
+            Ok(Ok(records)) => {
+                let mut o = Out::from(Reply::ok(crate::backup::encode(&records, &at)));
+                o.content_type = "application/x-ndjson";
+                o
+            }
+            Ok(Err(e)) | Err(e) => store_error(e),
+        };
+    }
     let ["tenants", tenant, tail @ ..] = rest.as_slice() else {
         return not_found();
     };

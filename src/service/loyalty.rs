@@ -104,7 +104,7 @@ fn save(txn: &mut Txn<'_>, t: &str, p: &str, m: &MemberRecord, entries: &[Entry]
     txn.put_json(keys::member(t, p, &m.member_id), m);
 }
 
-fn new_member_id(txn: &Txn<'_>, t: &str, p: &str, now: Millis) -> Result<String, StoreError> {
+fn new_member_id(txn: &mut Txn<'_>, t: &str, p: &str, now: Millis) -> Result<String, StoreError> {
     let mut h = Sha256::new();
     h.update(t.as_bytes());
     h.update([0]);

@@ -98,7 +98,11 @@ pub struct Txn<'a> {
     overlay: HashMap<Vec<u8>, Option<Vec<u8>>>,
     /// Previous overlay entries of keys the current job touched, to undo a panicked job.
     undo: Vec<Undo>,
+    /// The next id [`Txn::next_id`] hands out.
+    next: u64,
 }
+
+const NEXT_ID_KEY: &[u8] = b"meta\x1fnext_id";
 
 impl Txn<'_> {
     pub fn get(&self, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
@@ -202,11 +206,13 @@ impl Txn<'_> {
         })
     }
 
-    /// A durable, unique, increasing number.
-    pub fn next_id(&self) -> Result<u64, StoreError> {
-        self.db
-            .generate_id()
-            .map_err(|e| StoreError::Io(e.to_string()))
+    /// A durable, unique, increasing number. The counter is a record of its own
+    /// (`meta/next_id`), written with the job's other writes, so it travels with an export.
+    pub fn next_id(&mut self) -> Result<u64, StoreError> {
+        let id = self.next;
+        self.next += 1;
+        self.put(NEXT_ID_KEY.to_vec(), self.next.to_be_bytes().to_vec());
+        Ok(id)
     }
 
     fn rollback_job(&mut self) {
@@ -247,7 +253,12 @@ impl<S: Send + 'static> Store<S> {
                     db: &db,
                     overlay: HashMap::new(),
                     undo: Vec::new(),
+                    next: 0,
                 };
+                // Stores made before the counter was a record used sled's generator:
+                // start above both.
+                let stored = txn.get_u64(NEXT_ID_KEY).unwrap_or(0);
+                txn.next = stored.max(db.generate_id().unwrap_or(0));
                 let state = match init(&mut txn) {
                     Ok(s) => s,
                     Err(e) => {
@@ -420,4 +431,44 @@ fn commit(db: &sled::Db, files: &[PathBuf], txn: &mut Txn<'_>) -> Result<(), Sto
 /// The files sled writes its log and pages to (sled 0.34: `db` and `conf`).
 fn data_files(dir: &Path) -> Vec<PathBuf> {
     vec![dir.join("db")]
+}
+
+/// Restore: write `records` into a new store at `opts.path`, which must be empty or absent.
+/// Returns how many records were written. Durable when it returns.
+pub fn import_records(
+    opts: &StoreOptions,
+    records: Vec<(Vec<u8>, Vec<u8>)>,
+) -> Result<usize, StoreError> {
+    if let Ok(mut entries) = std::fs::read_dir(&opts.path) {
+        if entries.next().is_some() {
+            return Err(StoreError::Io(format!(
+                "{} is not empty; import only into an empty data directory",
+                opts.path.display()
+            )));
+        }
+    }
+    std::fs::create_dir_all(&opts.path)
+        .map_err(|e| StoreError::Io(format!("creating {}: {e}", opts.path.display())))?;
+    let db = sled::Config::new()
+        .path(&opts.path)
+        .cache_capacity(opts.cache_capacity_bytes)
+        .open()
+        .map_err(|e| StoreError::Io(format!("opening {}: {e}", opts.path.display())))?;
+    let n = records.len();
+    for chunk in records.chunks(10_000) {
+        let mut batch = sled::Batch::default();
+        for (k, v) in chunk {
+            batch.insert(k.as_slice(), v.as_slice());
+        }
+        db.apply_batch(batch)
+            .map_err(|e| StoreError::Io(e.to_string()))?;
+    }
+    db.flush().map_err(|e| StoreError::Io(e.to_string()))?;
+    for f in data_files(&opts.path) {
+        if let Ok(file) = File::open(&f) {
+            file.sync_data()
+                .map_err(|e| StoreError::Io(format!("fsync {}: {e}", f.display())))?;
+        }
+    }
+    Ok(n)
 }

@@ -103,7 +103,8 @@ impl Harness {
         self.dir.path().join("data")
     }
 
-    async fn boot(&mut self) {
+    /// Start the server on this harness's data dir (after [`Harness::stop`]).
+    pub async fn boot(&mut self) {
         let text = self
             .toml
             .replace("@DATA@", &self.data_path().display().to_string());
@@ -113,6 +114,13 @@ impl Harness {
                 .await
                 .expect("server starts"),
         );
+    }
+
+    /// Stop gracefully (the data dir stays).
+    pub async fn stop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.stop().await;
+        }
     }
 
     /// Stop gracefully and start again on the same data dir (and clock).
