@@ -51,7 +51,7 @@ pub fn encode(records: &[(Vec<u8>, Vec<u8>)], exported_at: &str) -> Vec<u8> {
 }
 
 /// Parse a snapshot; errors name the line.
-pub fn decode(text: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
+pub fn decode(text: &str) -> Result<crate::store::Pairs, String> {
     let b64 = base64::engine::general_purpose::STANDARD;
     let mut lines = text
         .lines()
