@@ -114,7 +114,7 @@ max_uses = 1000000
     let attempted: Arc<Mutex<Vec<Attempt>>> = Arc::default();
     let mut tx_seq = Arc::new(std::sync::atomic::AtomicU64::new(1));
 
-    for round in 0..4u64 {
+    for round in 0..rounds(4) {
         let (mut child, base) = start(&cfg);
         let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
         let deadline =
@@ -253,11 +253,21 @@ max_uses = 1000000
     child.kill().unwrap();
     child.wait().unwrap();
     eprintln!(
-        "crash test: {} acked, {} attempted, {} on disk before retries",
+        "crash test ({} kills): {} acked, {} attempted, {} on disk before retries",
+        rounds(4),
         acked.len(),
         attempted.len(),
         committed
     );
+}
+
+/// How many SIGKILLs a crash test deals: `KP_CRASH_ROUNDS` (BENCHMARKS.md runs 20), or
+/// the small default CI uses.
+fn rounds(default: u64) -> u64 {
+    std::env::var("KP_CRASH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn nanos() -> u64 {
@@ -383,7 +393,7 @@ points_cost = 1
     let acked: Arc<Mutex<Acked>> = Arc::default();
     let seq = Arc::new(std::sync::atomic::AtomicU64::new(1));
     const USERS: usize = 12;
-    for round in 0..3u64 {
+    for round in 0..rounds(3) {
         let (mut child, base) = start(&cfg);
         let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
         let deadline =
@@ -454,6 +464,11 @@ points_cost = 1
         assert_eq!(m["ledgerSum"], json!(earned * 10 - redeemed));
         assert_eq!(m["currentBalance"], m["ledgerSum"]);
     }
+    eprintln!(
+        "loyalty crash test ({} kills): {} acknowledged awards and redeems, each exactly once",
+        rounds(3),
+        acked.len()
+    );
     child.kill().unwrap();
     child.wait().unwrap();
 }
