@@ -25,7 +25,37 @@ use crate::service::webhook::{
 use crate::store::StoreError;
 use crate::webhook::{backoff, retry_after, secret_bytes, sign_headers, Scheme};
 
-type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+type HttpClient = Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    Full<Bytes>,
+>;
+
+/// A client for a route's sink: plain HTTP, or HTTPS verified against the public web roots
+/// (Mozilla's, bundled) plus the route's `ca_file` certificates.
+fn client_for(route: &RouteConfig) -> Result<HttpClient, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Sink::Http { extra_roots, .. } = &route.sink {
+        for der in extra_roots {
+            roots
+                .add(rustls::pki_types::CertificateDer::from(der.clone()))
+                .map_err(|e| format!("ca_file: {e}"))?;
+        }
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Ok(Client::builder(TokioExecutor::new()).build(https))
+}
 
 /// How long an idle route waits before looking at its queue again without a wake-up.
 const IDLE_POLL: Duration = Duration::from_secs(5);
@@ -38,7 +68,13 @@ pub async fn run_route(
     wake: Arc<Notify>,
     cancel: CancellationToken,
 ) {
-    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let client = match client_for(&route) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(tenant = %tenant, route = %route.name, error = %e, "cannot build the sink's TLS client; this route will not deliver");
+            return;
+        }
+    };
     loop {
         if cancel.is_cancelled() {
             return;
@@ -161,6 +197,7 @@ async fn deliver(
             url,
             secret,
             timeout,
+            ..
         } => {
             let key = secret_bytes(&Scheme::StandardWebhooks, secret.expose())
                 .unwrap_or_else(|_| secret.expose().as_bytes().to_vec());

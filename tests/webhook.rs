@@ -423,3 +423,43 @@ async fn concurrent_duplicate_deliveries_make_one_inbox_entry() {
         json!(1)
     );
 }
+
+#[tokio::test]
+async fn onward_delivery_over_https_with_a_route_ca_file() {
+    let sink = TestSink::start_tls().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, sink.tls_ca_pem.as_ref().unwrap()).unwrap();
+    let cfg = config_with(&format!(
+        "[tenants.webhooks]\nverify = {{ scheme = \"hmac-sha256-hex\", secrets_env = [\"WH_SECRET\"] }}\n[[tenants.webhooks.routes]]\nevents = \"*\"\nsink = {{ http = \"{}\", secret_env = \"FWD_SECRET\", ca_file = \"{}\" }}\nbackoff = \"10ms\"\n",
+        sink.url(),
+        ca.display()
+    ));
+    let h = Harness::start(&cfg).await;
+    assert!(sink.url().starts_with("https://"));
+    assert_eq!(signed(&h, envelope("evt_tls")).await.status, 200);
+    sink.wait_until("delivery over TLS", |s| s.successes() == 1)
+        .await;
+    assert_eq!(sink.got.lock().unwrap()[0].0["webhook-id"], "evt_tls");
+}
+
+#[tokio::test]
+async fn an_untrusted_https_sink_is_never_delivered_to() {
+    let sink = TestSink::start_tls().await;
+    let cfg = config_with(&format!(
+        "[tenants.webhooks]\nverify = {{ scheme = \"hmac-sha256-hex\", secrets_env = [\"WH_SECRET\"] }}\n[[tenants.webhooks.routes]]\nname = \"tls\"\nevents = \"*\"\nsink = {{ http = \"{}\", secret_env = \"FWD_SECRET\" }}\nmax_attempts = 2\nbackoff = \"10ms\"\n",
+        sink.url()
+    ));
+    let h = Harness::start(&cfg).await;
+    assert_eq!(signed(&h, envelope("evt_untrusted")).await.status, 200);
+    for _ in 0..500 {
+        if h.admin("GET", "webhooks/dead-letters", None).await.json()["count"] == json!(1) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let dl = h.admin("GET", "webhooks/dead-letters", None).await.json();
+    assert_eq!(dl["count"], json!(1), "{dl}");
+    // the handshake failed: the sink never saw a request
+    assert!(sink.got.lock().unwrap().is_empty());
+}

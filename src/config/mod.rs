@@ -127,6 +127,8 @@ pub enum Sink {
         url: String,
         secret: Secret,
         timeout: Duration,
+        /// DER certificates trusted besides the public web roots (from `ca_file`).
+        extra_roots: Vec<Vec<u8>>,
     },
     File {
         path: PathBuf,
@@ -255,6 +257,7 @@ struct RawSink {
     secret_env: Option<String>,
     secret_file: Option<String>,
     timeout: Option<String>,
+    ca_file: Option<String>,
     file: Option<String>,
 }
 
@@ -588,15 +591,27 @@ impl Config {
                         }
                         let sink = match (&r.sink.http, &r.sink.file) {
                             (Some(url), None) => {
-                                if !url.starts_with("http://") {
-                                    return Err(err(&format!("{rk}.sink.http"), "must be an http:// URL (TLS to sinks is not supported yet: forward through a local proxy)".into()));
+                                if !url.starts_with("http://") && !url.starts_with("https://") {
+                                    return Err(err(&format!("{rk}.sink.http"), "must be an http:// or https:// URL".into()));
                                 }
                                 if url.parse::<hyper::Uri>().is_err() {
                                     return Err(err(&format!("{rk}.sink.http"), format!("{url:?} is not a URL")));
                                 }
+                                let mut extra_roots = Vec::new();
+                                if let Some(ca) = &r.sink.ca_file {
+                                    use rustls::pki_types::pem::PemObject;
+                                    let key = format!("{rk}.sink.ca_file");
+                                    let certs = rustls::pki_types::CertificateDer::pem_file_iter(ca).map_err(|e| err(&key, format!("cannot read {ca}: {e}")))?;
+                                    for c in certs {
+                                        extra_roots.push(c.map_err(|e| err(&key, format!("{ca}: {e}")))?.to_vec());
+                                    }
+                                    if extra_roots.is_empty() {
+                                        return Err(err(&key, format!("{ca} holds no PEM certificate")));
+                                    }
+                                }
                                 let secret = secret(&format!("{rk}.sink.secret_env"), &r.sink.secret_env, &r.sink.secret_file)?
                                     .ok_or_else(|| err(&format!("{rk}.sink.secret_env"), "names no secret that is set; HTTP sinks are always signed".into()))?;
-                                Sink::Http { url: url.clone(), secret, timeout: dur(&format!("{rk}.sink.timeout"), &r.sink.timeout, Duration::from_secs(10))? }
+                                Sink::Http { url: url.clone(), secret, timeout: dur(&format!("{rk}.sink.timeout"), &r.sink.timeout, Duration::from_secs(10))?, extra_roots }
                             }
                             (None, Some(path)) => Sink::File { path: PathBuf::from(path) },
                             _ => return Err(err(&format!("{rk}.sink"), "give exactly one of { http = \"…\", secret_env = \"…\" } or { file = \"…\" }".into())),

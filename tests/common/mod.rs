@@ -229,11 +229,12 @@ pub struct TestSink {
     pub fail_first: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     pub down: std::sync::Arc<std::sync::atomic::AtomicBool>,
     pub got: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+    /// The self-signed certificate (PEM) of a TLS sink.
+    pub tls_ca_pem: Option<String>,
 }
 
 impl TestSink {
     pub async fn start() -> TestSink {
-        use std::sync::atomic::Ordering;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let sink = TestSink {
             addr: Some(listener.local_addr().unwrap()),
@@ -246,44 +247,86 @@ impl TestSink {
                     return;
                 };
                 let s = s.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(
-                        move |req: hyper::Request<hyper::body::Incoming>| {
-                            let s = s.clone();
-                            async move {
-                                let headers = req.headers().clone();
-                                let body =
-                                    req.into_body().collect().await.unwrap().to_bytes().to_vec();
-                                let fail = s.down.load(Ordering::SeqCst)
-                                    || s.fail_first
-                                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                                            n.checked_sub(1)
-                                        })
-                                        .is_ok();
-                                let status = if fail { 503 } else { 200 };
-                                s.got.lock().unwrap().push((headers, body, status));
-                                let mut resp =
-                                    hyper::Response::new(Full::new(Bytes::from_static(b"{}")));
-                                *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
-                                if fail {
-                                    resp.headers_mut()
-                                        .insert("retry-after", "0".parse().unwrap());
-                                }
-                                Ok::<_, std::convert::Infallible>(resp)
-                            }
-                        },
-                    );
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                        .await;
-                });
+                tokio::spawn(async move { s.serve(stream).await });
             }
         });
         sink
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}/hook", self.addr.unwrap())
+        match &self.tls_ca_pem {
+            Some(_) => format!("https://localhost:{}/hook", self.addr.unwrap().port()),
+            None => format!("http://{}/hook", self.addr.unwrap()),
+        }
+    }
+
+    async fn serve<IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static>(
+        self,
+        io: IO,
+    ) {
+        use std::sync::atomic::Ordering;
+        let s = self;
+        let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            let s = s.clone();
+            async move {
+                let headers = req.headers().clone();
+                let body = req.into_body().collect().await.unwrap().to_bytes().to_vec();
+                let fail = s.down.load(Ordering::SeqCst)
+                    || s.fail_first
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                        .is_ok();
+                let status = if fail { 503 } else { 200 };
+                s.got.lock().unwrap().push((headers, body, status));
+                let mut resp = hyper::Response::new(Full::new(Bytes::from_static(b"{}")));
+                *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                if fail {
+                    resp.headers_mut()
+                        .insert("retry-after", "0".parse().unwrap());
+                }
+                Ok::<_, std::convert::Infallible>(resp)
+            }
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
+            .await;
+    }
+
+    /// Like [`TestSink::start`], over TLS with a fresh self-signed certificate for
+    /// `localhost`; its PEM is in `tls_ca_pem` for the route's `ca_file`.
+    pub async fn start_tls() -> TestSink {
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let cert = ck.cert.der().clone();
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.key_pair.serialize_der().into());
+        let cfg = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sink = TestSink {
+            addr: Some(listener.local_addr().unwrap()),
+            tls_ca_pem: Some(ck.cert.pem()),
+            ..TestSink::default()
+        };
+        let s = sink.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (s, acceptor) = (s.clone(), acceptor.clone());
+                tokio::spawn(async move {
+                    if let Ok(tls) = acceptor.accept(stream).await {
+                        s.serve(tls).await;
+                    }
+                });
+            }
+        });
+        sink
     }
 
     pub fn successes(&self) -> usize {
