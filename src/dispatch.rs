@@ -11,8 +11,6 @@ use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::Bytes;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -25,36 +23,14 @@ use crate::service::webhook::{
 use crate::store::StoreError;
 use crate::webhook::{backoff, retry_after, secret_bytes, sign_headers, Scheme};
 
-type HttpClient = Client<
-    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
-    Full<Bytes>,
->;
+type HttpClient = crate::client::HttpsClient;
 
-/// A client for a route's sink: plain HTTP, or HTTPS verified against the public web roots
-/// (Mozilla's, bundled) plus the route's `ca_file` certificates.
+/// A client for a route's sink (HTTPS also trusts the route's `ca_file`).
 fn client_for(route: &RouteConfig) -> Result<HttpClient, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Sink::Http { extra_roots, .. } = &route.sink {
-        for der in extra_roots {
-            roots
-                .add(rustls::pki_types::CertificateDer::from(der.clone()))
-                .map_err(|e| format!("ca_file: {e}"))?;
-        }
+    match &route.sink {
+        Sink::Http { extra_roots, .. } => crate::client::https_client(extra_roots),
+        Sink::File { .. } => crate::client::https_client(&[]),
     }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .build();
-    Ok(Client::builder(TokioExecutor::new()).build(https))
 }
 
 /// How long an idle route waits before looking at its queue again without a wake-up.

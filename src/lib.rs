@@ -11,6 +11,7 @@ pub mod dispatch;
 pub mod http;
 pub mod loyalty;
 pub mod metrics;
+pub mod replay;
 pub mod service;
 pub mod store;
 pub mod voucher;

@@ -123,6 +123,51 @@ enum Command {
         config: Option<PathBuf>,
         file: PathBuf,
     },
+    /// Run contract fixtures against a provider (this one or any other). Exit 0: all
+    /// passed; 1: some failed; 2: the run could not happen (bad fixture, unreachable target).
+    Replay {
+        /// Fixture files or directories (default: fixtures/).
+        paths: Vec<PathBuf>,
+        /// Base URL such as http://host:port/v1/acme (calls map to …/voucher/check etc.).
+        #[arg(long, conflicts_with = "endpoints")]
+        target: Option<String>,
+        /// JSON or TOML map from each call (voucher.check … webhook) to an absolute URL.
+        #[arg(long)]
+        endpoints: Option<PathBuf>,
+        /// basic:USER:PASS or header:NAME:VALUE
+        #[arg(long)]
+        auth: Option<String>,
+        /// Provider-state endpoint (Pact style); POSTed before and after each scenario.
+        #[arg(long)]
+        state_url: Option<String>,
+        /// NAME:VALUE header for the state endpoint (repeatable), e.g. "Authorization:Bearer …".
+        #[arg(long)]
+        state_header: Vec<String>,
+        /// Sign webhook fixtures with this secret at send time.
+        #[arg(long)]
+        webhook_secret: Option<String>,
+        /// hmac-sha256-hex (default), stripe or standard-webhooks.
+        #[arg(long, default_value = "hmac-sha256-hex")]
+        webhook_scheme: String,
+        /// Signature header for hmac-sha256-hex / stripe.
+        #[arg(long)]
+        webhook_header: Option<String>,
+        /// Only scenarios whose name matches this glob.
+        #[arg(long)]
+        filter: Option<String>,
+        #[arg(long)]
+        fail_fast: bool,
+        /// Re-run only what failed last time.
+        #[arg(long)]
+        last_failed: bool,
+        /// Where the names of failed scenarios are kept between runs.
+        #[arg(long, default_value = ".karma-replay-last-failed")]
+        last_failed_file: PathBuf,
+        #[arg(long)]
+        junit: Option<PathBuf>,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Exit 0 when URL answers 2xx (for container health checks; no shell or curl needed).
     Healthcheck {
         #[arg(long, default_value = "http://127.0.0.1:8080/readyz")]
@@ -296,6 +341,103 @@ fn main() -> ExitCode {
                     eprintln!("{e}");
                     ExitCode::FAILURE
                 }
+            }
+        }
+        Command::Replay {
+            paths,
+            target,
+            endpoints,
+            auth,
+            state_url,
+            state_header,
+            webhook_secret,
+            webhook_scheme,
+            webhook_header,
+            filter,
+            fail_fast,
+            last_failed,
+            last_failed_file,
+            junit,
+            json,
+        } => {
+            use karma_provider::replay;
+            let fail = |m: String| {
+                eprintln!("replay: {m}");
+                ExitCode::from(2)
+            };
+            if target.is_none() && endpoints.is_none() {
+                return fail("give --target URL or --endpoints FILE".into());
+            }
+            let endpoints = match endpoints.map(|p| replay::read_endpoints(&p)).transpose() {
+                Ok(e) => e,
+                Err(e) => return fail(e),
+            };
+            let auth = match auth.map(|a| replay::ReplayAuth::parse(&a)).transpose() {
+                Ok(a) => a,
+                Err(e) => return fail(format!("--auth: {e}")),
+            };
+            let mut state_headers = Vec::new();
+            for h in state_header {
+                match h.split_once(':') {
+                    Some((k, v)) => {
+                        state_headers.push((k.trim().to_string(), v.trim().to_string()))
+                    }
+                    None => return fail(format!("--state-header {h:?}: use NAME:VALUE")),
+                }
+            }
+            use karma_provider::webhook::Scheme;
+            let header = |d: &str| {
+                webhook_header
+                    .clone()
+                    .unwrap_or_else(|| d.to_string())
+                    .to_ascii_lowercase()
+            };
+            let webhook_scheme = match webhook_scheme.as_str() {
+                "hmac-sha256-hex" => Scheme::HmacSha256Hex {
+                    header: header("x-karma-signature"),
+                },
+                "stripe" => Scheme::Stripe {
+                    header: header("stripe-signature"),
+                },
+                "standard-webhooks" => Scheme::StandardWebhooks,
+                other => return fail(format!(
+                    "--webhook-scheme {other:?}: use hmac-sha256-hex, stripe or standard-webhooks"
+                )),
+            };
+            let opts = replay::ReplayOptions {
+                paths: if paths.is_empty() {
+                    vec![PathBuf::from("fixtures")]
+                } else {
+                    paths
+                },
+                target,
+                endpoints,
+                auth,
+                state_url,
+                state_headers,
+                webhook_secret,
+                webhook_scheme,
+                filter,
+                fail_fast,
+                last_failed,
+                last_failed_file,
+                junit,
+                json,
+                run_id: None,
+            };
+            let Some(rt) = runtime(false) else {
+                return ExitCode::from(2);
+            };
+            match rt.block_on(replay::run(&opts)) {
+                Ok(report) => {
+                    say!("{}", replay::summary(&report));
+                    if report.failed == 0 {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    }
+                }
+                Err(e) => fail(e),
             }
         }
         Command::Healthcheck { url } => {

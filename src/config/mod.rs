@@ -82,6 +82,8 @@ pub struct StorageConfig {
 pub struct AdminConfig {
     /// `None`: the admin API answers 404.
     pub token: Option<Secret>,
+    /// Enables `POST /admin/v1/tenants/{t}/provider-states` for `replay --state-url`.
+    pub provider_states: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -213,6 +215,8 @@ struct RawStorage {
 struct RawAdmin {
     token_env: Option<String>,
     token_file: Option<String>,
+    #[serde(default)]
+    provider_states: bool,
 }
 
 #[derive(Deserialize)]
@@ -441,6 +445,7 @@ impl Config {
                 &raw.admin.token_env,
                 &raw.admin.token_file,
             )?,
+            provider_states: raw.admin.provider_states,
         };
 
         let mut tenants = Vec::new();

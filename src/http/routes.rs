@@ -676,6 +676,38 @@ async fn admin_call(app: &Arc<App>, req: Request<Incoming>, rest: Vec<String>) -
                 _ => return not_found(),
             }
         }
+        (["provider-states"], &Method::POST) => {
+            if !app.config.admin.provider_states {
+                return err(ApiError::new(
+                    404,
+                    "NOT_FOUND",
+                    "provider states are off: set [admin] provider_states = true",
+                ));
+            }
+            #[derive(serde::Deserialize)]
+            struct StateReq {
+                state: String,
+                #[serde(default)]
+                params: serde_json::Value,
+                #[serde(default = "setup")]
+                action: String,
+            }
+            fn setup() -> String {
+                "setup".into()
+            }
+            let r: StateReq = match read_json(app, req).await {
+                Ok(r) => r,
+                Err(e) => return err(e),
+            };
+            app.store
+                .run(move |txn, st| {
+                    crate::service::states::apply(
+                        txn, st, &tenant, &r.state, r.params, &r.action, now,
+                    )
+                })
+                .await
+        }
+        (["provider-states"], _) => return method_not_allowed("POST"),
         (["webhooks", "inbox", _], _) | (["webhooks", "dead-letters"], _) => {
             return method_not_allowed("GET")
         }

@@ -1056,3 +1056,93 @@ pub fn import_members(
         serde_json::json!({"ok": true, "imported": imported, "duplicates": duplicates, "invalid": []}),
     ))
 }
+
+/// Provider-state setup: a member (no signup bonus) with identifiers and a balance.
+pub fn provision_member(
+    txn: &mut Txn<'_>,
+    st: &mut State,
+    t: &str,
+    p: &str,
+    params: &serde_json::Value,
+    now: Millis,
+) -> R {
+    let Some(prog) = program(st, t, p) else {
+        return Ok(Reply::error(&ApiError::invalid(
+            "params.program",
+            format!("no loyalty program {p:?}"),
+        )));
+    };
+    let text = |k: &str| {
+        params.get(k).and_then(|v| match v {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        })
+    };
+    let user = text("userId");
+    let ids = match identifiers(
+        text("phone").as_deref(),
+        text("email").as_deref(),
+        text("card").as_deref(),
+    ) {
+        Ok(i) => i,
+        Err(e) => return Ok(Reply::error(&e)),
+    };
+    let balance = params
+        .get("balance")
+        .and_then(serde_json::Value::as_i64)
+        .unwrap_or(0);
+    let lifetime = params
+        .get("lifetimeEarned")
+        .and_then(serde_json::Value::as_i64)
+        .unwrap_or(balance);
+    if balance < 0 || lifetime < 0 {
+        return Ok(Reply::error(&ApiError::invalid(
+            "params.balance",
+            "must be >= 0",
+        )));
+    }
+    if let Some(u) = &user {
+        if txn.get(&keys::ident(t, p, "user", u))?.is_some() {
+            return Ok(Reply::error(&ApiError::new(
+                409,
+                "MEMBER_EXISTS",
+                format!("user {u:?} is already a member"),
+            )));
+        }
+    }
+    let mut no_bonus = (*prog).clone();
+    no_bonus.spec.signup_bonus = 0;
+    let (mut m, mut entries, _) = create_member(txn, t, &no_bonus, user.as_deref(), &ids, now)?;
+    let why = Why {
+        reason: "provider state".into(),
+        ..Why::default()
+    };
+    entries.push(m.account.credit(
+        now,
+        Credit {
+            kind: EntryKind::Import,
+            points: balance,
+            pending_ms: 0,
+            expire_ms: prog.expire_ms(),
+            counts_lifetime: false,
+        },
+        why,
+    ));
+    m.account.lifetime_total += lifetime;
+    save(txn, t, p, &m, &entries);
+    if let Some(u) = &user {
+        txn.put(
+            keys::enrollment(t, p, u),
+            json(&EnrollSuccess {
+                ok: true,
+                member_id: m.member_id.clone(),
+                points_awarded: 0,
+            }),
+        );
+    }
+    Ok(Reply::json(
+        200,
+        serde_json::json!({"ok": true, "memberId": m.member_id}),
+    ))
+}

@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod loyalty;
+pub mod states;
 pub mod voucher;
 pub mod webhook;
 
@@ -100,6 +101,8 @@ pub struct TenantState {
     pub index: HashMap<String, (String, String)>,
     /// Loyalty programs by Karma loyaltyProgramId (as text).
     pub programs: HashMap<String, Arc<crate::loyalty::Program>>,
+    /// Ids of the programs written in the config file (not replaceable at runtime).
+    pub config_programs: std::collections::HashSet<String>,
 }
 
 impl TenantState {
@@ -162,6 +165,9 @@ pub struct State {
 pub mod keys {
     //! Record keys, one place.
     use super::*;
+    pub fn program(t: &str, id: &str) -> Vec<u8> {
+        key(&["prog", t, id])
+    }
     pub fn campaign(t: &str, id: &str) -> Vec<u8> {
         key(&["camp", t, id])
     }
@@ -238,6 +244,7 @@ impl State {
                     .iter()
                     .map(|p| (p.id.clone(), Arc::new(p.clone())))
                     .collect(),
+                config_programs: t.programs.iter().map(|p| p.id.clone()).collect(),
             };
             for c in &t.campaigns {
                 ts.install(c.clone(), Source::Config);
@@ -263,6 +270,22 @@ impl State {
                     Ok(c) => ts.install(c, Source::Api),
                     Err(e) => {
                         tracing::warn!(tenant = %t.id, key = %e.key, "stored campaign no longer valid: {}", e.message)
+                    }
+                }
+            }
+            for (_, v) in txn.scan_prefix(&prefix(&["prog", &t.id]))? {
+                let Ok(spec) = serde_json::from_slice::<crate::loyalty::ProgramSpec>(&v) else {
+                    continue;
+                };
+                match crate::loyalty::Program::from_spec(spec) {
+                    Ok(p) if !ts.programs.contains_key(&p.id) => {
+                        ts.programs.insert(p.id.clone(), Arc::new(p));
+                    }
+                    Ok(p) => {
+                        tracing::warn!(tenant = %t.id, program = %p.id, "a stored program has the id of a config-file program; the config file wins")
+                    }
+                    Err(e) => {
+                        tracing::warn!(tenant = %t.id, key = %e.key, "stored program no longer valid: {}", e.message)
                     }
                 }
             }

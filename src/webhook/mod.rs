@@ -427,3 +427,12 @@ mod tests {
         );
     }
 }
+
+impl Default for Scheme {
+    /// The hex HMAC in `X-Karma-Signature`.
+    fn default() -> Scheme {
+        Scheme::HmacSha256Hex {
+            header: "x-karma-signature".into(),
+        }
+    }
+}

@@ -1,0 +1,606 @@
+//! `karma-provider replay`: run provider-neutral contract scenarios (`fixtures/`) against
+//! any provider and report which behaviour broke.
+//!
+//! A fixture is `{name, description, state: [{state, params}], steps: [{name?, call,
+//! request: {headers?, body, signature?}, expect: {status, body?}, capture?}]}`. `call` is
+//! `voucher.check|commit|reactivate`, `loyalty.lookup|enroll|award|account|rewards|redeem`
+//! or `webhook`. Strings may use `${run}` (16 hex characters unique to this run and
+//! scenario, so ids never meet an earlier run's or scenario's idempotency records) and `${name}` for values
+//! captured by earlier steps (`{"$capture": "name"}` in an expected body, or
+//! `capture: {"name": "/json/pointer"}`). Matchers: see [`matcher`].
+
+pub mod matcher;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use matcher::{compare, substitute, Mismatch};
+
+pub const CALLS: [&str; 10] = [
+    "voucher.check",
+    "voucher.commit",
+    "voucher.reactivate",
+    "loyalty.lookup",
+    "loyalty.enroll",
+    "loyalty.award",
+    "loyalty.account",
+    "loyalty.rewards",
+    "loyalty.redeem",
+    "webhook",
+];
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fixture {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub state: Vec<StateSpec>,
+    pub steps: Vec<Step>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateSpec {
+    pub state: String,
+    #[serde(default)]
+    pub params: Value,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub call: String,
+    pub request: StepRequest,
+    pub expect: Expect,
+    /// name → JSON pointer into the answer body.
+    #[serde(default)]
+    pub capture: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepRequest {
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    pub body: Value,
+    /// Webhook steps: `valid` (default), `invalid` (a wrong signature) or `none`.
+    #[serde(default)]
+    pub signature: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    pub status: u16,
+    #[serde(default)]
+    pub body: Option<Value>,
+}
+
+/// How a provider authenticates Karma's calls.
+#[derive(Debug, Clone)]
+pub enum ReplayAuth {
+    Basic { user: String, pass: String },
+    Header { name: String, value: String },
+}
+
+impl ReplayAuth {
+    /// `basic:USER:PASS` or `header:NAME:VALUE`.
+    pub fn parse(s: &str) -> Result<ReplayAuth, String> {
+        match s.split_once(':') {
+            Some(("basic", rest)) => rest
+                .split_once(':')
+                .map(|(u, p)| ReplayAuth::Basic {
+                    user: u.into(),
+                    pass: p.into(),
+                })
+                .ok_or_else(|| "use basic:USER:PASS".to_string()),
+            Some(("header", rest)) => rest
+                .split_once(':')
+                .map(|(n, v)| ReplayAuth::Header {
+                    name: n.into(),
+                    value: v.into(),
+                })
+                .ok_or_else(|| "use header:NAME:VALUE".to_string()),
+            _ => Err("use basic:USER:PASS or header:NAME:VALUE".into()),
+        }
+    }
+
+    fn header(&self) -> (String, String) {
+        use base64::Engine;
+        match self {
+            ReplayAuth::Basic { user, pass } => (
+                "authorization".into(),
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
+                ),
+            ),
+            ReplayAuth::Header { name, value } => (name.clone(), value.clone()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ReplayOptions {
+    pub paths: Vec<PathBuf>,
+    /// Base like `http://host:port/v1/acme`; calls map to `{base}/voucher/check` etc.
+    pub target: Option<String>,
+    /// Or an absolute URL per call.
+    pub endpoints: Option<BTreeMap<String, String>>,
+    pub auth: Option<ReplayAuth>,
+    pub state_url: Option<String>,
+    /// Extra headers for the state URL (e.g. the admin bearer token).
+    pub state_headers: Vec<(String, String)>,
+    pub webhook_secret: Option<String>,
+    pub webhook_scheme: crate::webhook::Scheme,
+    pub filter: Option<String>,
+    pub fail_fast: bool,
+    pub last_failed: bool,
+    pub last_failed_file: PathBuf,
+    pub junit: Option<PathBuf>,
+    pub json: Option<PathBuf>,
+    /// Fixed run id (tests); random-ish per run otherwise.
+    pub run_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScenarioResult {
+    pub name: String,
+    pub file: String,
+    pub passed: bool,
+    pub duration_ms: u64,
+    /// Readable differences, one per line, prefixed with the step.
+    pub failures: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub run: String,
+    pub passed: usize,
+    pub failed: usize,
+    pub scenarios: Vec<ScenarioResult>,
+}
+
+/// Load fixtures from files and directories (every `*.json`, sorted).
+pub fn load(paths: &[PathBuf]) -> Result<Vec<(PathBuf, Fixture)>, String> {
+    let mut files = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut inner: Vec<PathBuf> = std::fs::read_dir(p)
+                .map_err(|e| format!("{}: {e}", p.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|f| f.extension().is_some_and(|x| x == "json"))
+                .collect();
+            inner.sort();
+            files.extend(inner);
+        } else {
+            files.push(p.clone());
+        }
+    }
+    let mut out = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).map_err(|e| format!("{}: {e}", f.display()))?;
+        let mut de = serde_json::Deserializer::from_str(&text);
+        let fx: Fixture = serde_path_to_error::deserialize(&mut de)
+            .map_err(|e| format!("{}: at {}: {}", f.display(), e.path(), e.inner()))?;
+        for (i, s) in fx.steps.iter().enumerate() {
+            if !CALLS.contains(&s.call.as_str()) {
+                return Err(format!(
+                    "{}: steps[{i}].call {:?} is not one of {}",
+                    f.display(),
+                    s.call,
+                    CALLS.join(", ")
+                ));
+            }
+        }
+        if out
+            .iter()
+            .any(|(_, o): &(PathBuf, Fixture)| o.name == fx.name)
+        {
+            return Err(format!(
+                "{}: scenario name {:?} is used twice",
+                f.display(),
+                fx.name
+            ));
+        }
+        out.push((f, fx));
+    }
+    if out.is_empty() {
+        return Err("no fixtures found".into());
+    }
+    Ok(out)
+}
+
+fn url_for(o: &ReplayOptions, call: &str) -> Result<String, String> {
+    if let Some(map) = &o.endpoints {
+        return map
+            .get(call)
+            .cloned()
+            .ok_or_else(|| format!("--endpoints has no URL for {call}"));
+    }
+    let base = o
+        .target
+        .as_deref()
+        .ok_or("give --target or --endpoints")?
+        .trim_end_matches('/');
+    Ok(match call.split_once('.') {
+        Some((area, op)) => format!("{base}/{area}/{op}"),
+        None => format!("{base}/webhooks"),
+    })
+}
+
+struct Http {
+    client: crate::client::HttpsClient,
+}
+
+/// `Err` only when the request could not be made at all (unreachable).
+impl Http {
+    async fn post(
+        &self,
+        url: &str,
+        headers: &[(String, String)],
+        body: Vec<u8>,
+    ) -> Result<(u16, Vec<u8>), String> {
+        let mut b = hyper::Request::builder()
+            .method("POST")
+            .uri(url)
+            .header("content-type", "application/json");
+        for (k, v) in headers {
+            b = b.header(k.as_str(), v.as_str());
+        }
+        let req = b
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| format!("{url}: {e}"))?;
+        let resp =
+            tokio::time::timeout(std::time::Duration::from_secs(30), self.client.request(req))
+                .await
+                .map_err(|_| format!("{url}: no answer within 30 s"))?
+                .map_err(|e| format!("{url}: {e}"))?;
+        let status = resp.status().as_u16();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("{url}: {e}"))?
+            .to_bytes()
+            .to_vec();
+        Ok((status, bytes))
+    }
+}
+
+fn glob(pattern: &str, s: &str) -> bool {
+    crate::webhook::glob_match(pattern, s)
+}
+
+/// Run the selected scenarios. `Err` means the run itself could not happen (exit 2).
+pub async fn run(o: &ReplayOptions) -> Result<Report, String> {
+    let fixtures = load(&o.paths)?;
+    let run_id = o.run_id.clone().unwrap_or_else(|| {
+        use sha2::Digest;
+        let seed = format!("{:?}{}", std::time::SystemTime::now(), std::process::id());
+        hex::encode(&sha2::Sha256::digest(seed.as_bytes())[..8])
+    });
+    let only: Option<Vec<String>> = if o.last_failed {
+        std::fs::read_to_string(&o.last_failed_file)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+    } else {
+        None
+    };
+    let http = Http {
+        client: crate::client::https_client(&[])?,
+    };
+    let mut results = Vec::new();
+    for (file, fx) in &fixtures {
+        if o.filter.as_deref().is_some_and(|f| !glob(f, &fx.name))
+            || only.as_ref().is_some_and(|names| !names.contains(&fx.name))
+        {
+            continue;
+        }
+        let started = Instant::now();
+        let failures = scenario(o, &http, fx, &run_id).await?;
+        let passed = failures.is_empty();
+        results.push(ScenarioResult {
+            name: fx.name.clone(),
+            file: file.display().to_string(),
+            passed,
+            duration_ms: started.elapsed().as_millis() as u64,
+            failures,
+        });
+        if !passed && o.fail_fast {
+            break;
+        }
+    }
+    let failed: Vec<String> = results
+        .iter()
+        .filter(|r| !r.passed)
+        .map(|r| r.name.clone())
+        .collect();
+    let _ = std::fs::write(
+        &o.last_failed_file,
+        serde_json::to_vec(&failed).unwrap_or_default(),
+    );
+    let report = Report {
+        run: run_id,
+        passed: results.len() - failed.len(),
+        failed: failed.len(),
+        scenarios: results,
+    };
+    if let Some(p) = &o.junit {
+        std::fs::write(p, junit(&report)).map_err(|e| format!("{}: {e}", p.display()))?;
+    }
+    if let Some(p) = &o.json {
+        std::fs::write(p, serde_json::to_vec_pretty(&report).unwrap_or_default())
+            .map_err(|e| format!("{}: {e}", p.display()))?;
+    }
+    Ok(report)
+}
+
+async fn post_state(
+    o: &ReplayOptions,
+    http: &Http,
+    st: &StateSpec,
+    params: &Value,
+    action: &str,
+) -> Result<Option<String>, String> {
+    let Some(url) = &o.state_url else {
+        return Ok(None);
+    };
+    let body = serde_json::to_vec(&json!({"state": st.state, "params": params, "action": action}))
+        .unwrap_or_default();
+    let (status, bytes) = http.post(url, &o.state_headers, body).await?;
+    Ok(((200..300).contains(&status)).then_some(()).map_or_else(
+        || {
+            Some(format!(
+                "provider state {:?} {action} failed: HTTP {status} {}",
+                st.state,
+                String::from_utf8_lossy(&bytes)
+            ))
+        },
+        |_| None,
+    ))
+}
+
+/// One scenario; returns its failures. `Err`: the provider is unreachable.
+async fn scenario(
+    o: &ReplayOptions,
+    http: &Http,
+    fx: &Fixture,
+    run_id: &str,
+) -> Result<Vec<String>, String> {
+    let mut vars: BTreeMap<String, Value> = BTreeMap::new();
+    // Unique per run *and* scenario, so transaction ids never meet an earlier record.
+    let unique = {
+        use sha2::Digest;
+        hex::encode(&sha2::Sha256::digest(format!("{run_id}/{}", fx.name).as_bytes())[..8])
+    };
+    vars.insert("run".into(), Value::String(unique));
+    let mut failures = Vec::new();
+    let states: Vec<(StateSpec, Value)> = fx
+        .state
+        .iter()
+        .map(|s| (s.clone(), substitute(&s.params, &vars)))
+        .collect();
+    for (st, params) in &states {
+        if let Some(f) = post_state(o, http, st, params, "setup").await? {
+            failures.push(f);
+            return Ok(failures);
+        }
+    }
+    let mut bodies: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for (i, step) in fx.steps.iter().enumerate() {
+        let label = step
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("step {}", i + 1));
+        let url = url_for(o, &step.call)?;
+        let body_v = substitute(&step.request.body, &vars);
+        let body = serde_json::to_vec(&body_v).unwrap_or_default();
+        let mut headers: Vec<(String, String)> = step
+            .request
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    match substitute(&Value::String(v.clone()), &vars) {
+                        Value::String(s) => s,
+                        other => other.to_string(),
+                    },
+                )
+            })
+            .collect();
+        if step.call == "webhook" {
+            let id = body_v["id"].as_str().unwrap_or("").to_owned();
+            match (
+                step.request.signature.as_deref().unwrap_or("valid"),
+                &o.webhook_secret,
+            ) {
+                ("none", _) => {}
+                ("invalid", _) => headers.extend(crate::webhook::sign_headers(
+                    &o.webhook_scheme,
+                    b"not-the-secret",
+                    &id,
+                    now_secs(),
+                    &body,
+                )),
+                (_, Some(secret)) => {
+                    let key = crate::webhook::secret_bytes(&o.webhook_scheme, secret)
+                        .unwrap_or_else(|_| secret.as_bytes().to_vec());
+                    headers.extend(crate::webhook::sign_headers(
+                        &o.webhook_scheme,
+                        &key,
+                        &id,
+                        now_secs(),
+                        &body,
+                    ));
+                }
+                (_, None) => {}
+            }
+        } else if let Some(a) = &o.auth {
+            headers.push(a.header());
+        }
+        let (status, bytes) = http
+            .post(&url, &headers, body)
+            .await
+            .map_err(|e| format!("target unreachable: {e}"))?;
+        let mut mism: Vec<Mismatch> = Vec::new();
+        if status != step.expect.status {
+            mism.push(Mismatch {
+                path: "status".into(),
+                expected: step.expect.status.to_string(),
+                actual: status.to_string(),
+            });
+        }
+        let actual: Value = serde_json::from_slice(&bytes)
+            .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        if let Some(expected) = &step.expect.body {
+            if let Some(prev) = expected
+                .get("$sameAs")
+                .and_then(Value::as_str)
+                .filter(|_| expected.as_object().is_some_and(|m| m.len() == 1))
+            {
+                match bodies.get(prev) {
+                    Some(b) if *b == bytes => {}
+                    Some(b) => mism.push(Mismatch {
+                        path: "body".into(),
+                        expected: format!(
+                            "the bytes of step {prev:?}: {}",
+                            String::from_utf8_lossy(b)
+                        ),
+                        actual: String::from_utf8_lossy(&bytes).into_owned(),
+                    }),
+                    None => mism.push(Mismatch {
+                        path: "body".into(),
+                        expected: format!("$sameAs an earlier step named {prev:?}"),
+                        actual: "(no such step)".into(),
+                    }),
+                }
+            } else {
+                let expected = substitute(expected, &vars);
+                compare(&expected, &actual, "body", &mut vars, &mut mism);
+            }
+        }
+        for (name, pointer) in &step.capture {
+            match actual.pointer(pointer) {
+                Some(v) => {
+                    vars.insert(name.clone(), v.clone());
+                }
+                None => mism.push(Mismatch {
+                    path: format!("body{}", pointer.replace('/', ".")),
+                    expected: format!("a value to capture as {name}"),
+                    actual: "(missing)".into(),
+                }),
+            }
+        }
+        bodies.insert(label.clone(), bytes);
+        for m in mism {
+            failures.push(format!(
+                "{label} ({}): {}: expected {}, got {}",
+                step.call, m.path, m.expected, m.actual
+            ));
+        }
+        if !failures.is_empty() {
+            break; // later steps depend on this one
+        }
+    }
+    for (st, params) in &states {
+        if let Some(f) = post_state(o, http, st, params, "teardown").await? {
+            failures.push(f);
+        }
+    }
+    Ok(failures)
+}
+
+fn now_secs() -> i64 {
+    crate::clock::Clock::System.now_ms() / 1000
+}
+
+fn xml(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&apos;")
+}
+
+/// JUnit XML, one testcase per scenario.
+pub fn junit(r: &Report) -> String {
+    let total_ms: u64 = r.scenarios.iter().map(|s| s.duration_ms).sum();
+    let mut out = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites>\n<testsuite name=\"karma-provider replay\" tests=\"{}\" failures=\"{}\" time=\"{:.3}\">\n",
+        r.scenarios.len(),
+        r.failed,
+        total_ms as f64 / 1000.0
+    );
+    for s in &r.scenarios {
+        out.push_str(&format!(
+            "  <testcase classname=\"{}\" name=\"{}\" time=\"{:.3}\"",
+            xml(&s.file),
+            xml(&s.name),
+            s.duration_ms as f64 / 1000.0
+        ));
+        if s.passed {
+            out.push_str("/>\n");
+        } else {
+            let first = s.failures.first().cloned().unwrap_or_default();
+            out.push_str(&format!(
+                ">\n    <failure message=\"{}\">{}</failure>\n  </testcase>\n",
+                xml(&first),
+                xml(&s.failures.join("\n"))
+            ));
+        }
+    }
+    out.push_str("</testsuite>\n</testsuites>\n");
+    out
+}
+
+/// The human summary: a line per scenario, the differences of each failure, a total.
+pub fn summary(r: &Report) -> String {
+    let mut out = String::new();
+    for s in &r.scenarios {
+        out.push_str(&format!(
+            "{} {} ({} ms)\n",
+            if s.passed { "PASS" } else { "FAIL" },
+            s.name,
+            s.duration_ms
+        ));
+        for f in &s.failures {
+            out.push_str(&format!("     {f}\n"));
+        }
+    }
+    out.push_str(&format!(
+        "\n{} passed, {} failed (run {})\n",
+        r.passed, r.failed, r.run
+    ));
+    out
+}
+
+/// Read an `--endpoints` file: JSON or TOML map from call to absolute URL.
+pub fn read_endpoints(p: &Path) -> Result<BTreeMap<String, String>, String> {
+    let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+    let map: BTreeMap<String, String> = if p.extension().is_some_and(|x| x == "toml") {
+        toml::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))?
+    } else {
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))?
+    };
+    if let Some(k) = map.keys().find(|k| !CALLS.contains(&k.as_str())) {
+        return Err(format!(
+            "{}: {k:?} is not one of {}",
+            p.display(),
+            CALLS.join(", ")
+        ));
+    }
+    Ok(map)
+}

@@ -1,0 +1,192 @@
+//! Self-conformance: the full fixture suite passes against this service (states set up
+//! through its provider-states endpoint); against a deliberately wrong provider the report
+//! names the broken scenarios; the CLI's exit codes and JUnit report.
+
+mod common;
+
+use common::*;
+use karma_provider::replay::{self, ReplayAuth, ReplayOptions};
+
+fn conformance_config() -> String {
+    config_with("[tenants.webhooks]\nverify = { scheme = \"hmac-sha256-hex\", secrets_env = [\"WH_SECRET\"] }\n")
+        .replace("token_env = \"ADMIN_TOKEN\"", "token_env = \"ADMIN_TOKEN\"\nprovider_states = true")
+}
+
+fn options(base: &str, dir: &std::path::Path) -> ReplayOptions {
+    ReplayOptions {
+        paths: vec!["fixtures".into()],
+        target: Some(format!("{base}/v1/acme")),
+        auth: Some(ReplayAuth::Header {
+            name: "X-Provider-Key".into(),
+            value: KEY.into(),
+        }),
+        state_url: Some(format!("{base}/admin/v1/tenants/acme/provider-states")),
+        state_headers: vec![("authorization".into(), format!("Bearer {ADMIN_TOKEN}"))],
+        webhook_secret: Some("new-secret".into()),
+        last_failed_file: dir.join("last-failed"),
+        junit: Some(dir.join("junit.xml")),
+        json: Some(dir.join("report.json")),
+        ..ReplayOptions::default()
+    }
+}
+
+#[tokio::test]
+async fn the_full_suite_passes_against_this_service() {
+    let h = Harness::start(&conformance_config()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let report = replay::run(&options(&h.base(), dir.path())).await.unwrap();
+    assert_eq!(report.failed, 0, "{}", replay::summary(&report));
+    assert!(report.passed >= 30, "{}", report.passed);
+    let junit = std::fs::read_to_string(dir.path().join("junit.xml")).unwrap();
+    assert!(junit.contains(&format!("tests=\"{}\" failures=\"0\"", report.passed)));
+    // a second run on the same provider passes too: ids are unique per run
+    let again = replay::run(&options(&h.base(), dir.path())).await.unwrap();
+    assert_eq!(again.failed, 0, "{}", replay::summary(&again));
+}
+
+#[tokio::test]
+async fn provider_states_are_off_unless_enabled() {
+    let h = Harness::start(&config_with("")).await;
+    let r = h
+        .admin(
+            "POST",
+            "provider-states",
+            Some(&serde_json::json!({"state": "campaign", "params": {}})),
+        )
+        .await;
+    assert_eq!(r.status, 404);
+    let h = Harness::start(&conformance_config()).await;
+    let r = h
+        .admin(
+            "POST",
+            "provider-states",
+            Some(&serde_json::json!({"state": "nope", "params": {}})),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json()["field"].clone()),
+        (400, serde_json::json!("state"))
+    );
+}
+
+/// A provider that answers `{"ok":true}` to everything.
+async fn wrong_provider() -> std::net::SocketAddr {
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    |_req: hyper::Request<hyper::body::Incoming>| async {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                            Bytes::from_static(b"{\"ok\":true}"),
+                        )))
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_provider_is_reported_scenario_by_scenario() {
+    let addr = wrong_provider().await;
+    let dir = tempfile::tempdir().unwrap();
+    let junit = dir.path().join("junit.xml");
+    let last = dir.path().join("last-failed");
+    let cli = |extra: Vec<String>| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_karma-provider"));
+        c.current_dir(env!("CARGO_MANIFEST_DIR"))
+            .arg("replay")
+            .args(extra)
+            .arg("--last-failed-file")
+            .arg(&last);
+        c
+    };
+    let base = vec![
+        "--target".to_string(),
+        format!("http://{addr}/v1/acme"),
+        "--state-url".into(),
+        format!("http://{addr}/states"),
+        "--webhook-secret".into(),
+        "s".into(),
+        "--junit".into(),
+        junit.display().to_string(),
+    ];
+    let mut first = cli(base.clone());
+    let out = tokio::task::spawn_blocking(move || first.output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    for broken in [
+        "voucher-check-unknown-code",
+        "voucher-commit-same-id-other-body",
+        "webhook-bad-signatures",
+        "loyalty-redeem-insufficient-points",
+    ] {
+        assert!(
+            text.contains(&format!("FAIL {broken}")),
+            "{broken} not reported:\n{text}"
+        );
+    }
+    // the diff says what was expected
+    assert!(
+        text.contains("body.error: expected \"UNKNOWN_CODE\", got (missing)"),
+        "{text}"
+    );
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(xml.contains("<testcase") && xml.contains("<failure message="));
+
+    // --last-failed re-runs only what failed
+    let failed_before: Vec<String> =
+        serde_json::from_str(&std::fs::read_to_string(&last).unwrap()).unwrap();
+    assert!(failed_before.contains(&"voucher-check-unknown-code".to_string()));
+    let mut again = cli([base.clone(), vec!["--last-failed".into()]].concat());
+    let out = tokio::task::spawn_blocking(move || again.output().unwrap())
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.starts_with("FAIL ") || l.starts_with("PASS "))
+            .count(),
+        failed_before.len(),
+        "{text}"
+    );
+
+    let mut unreachable = cli(vec![
+        "--target".into(),
+        "http://127.0.0.1:1/v1/acme".into(),
+        "fixtures/voucher-check-unknown-code.json".into(),
+    ]);
+    let out = tokio::task::spawn_blocking(move || unreachable.output().unwrap())
+        .await
+        .unwrap();
+    // unreachable target: the run itself could not happen
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unreachable"));
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, r#"{"name": "x", "steps": [{"call": "voucher.nope", "request": {"body": {}}, "expect": {"status": 200}}]}"#).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_karma-provider"))
+        .args(["replay", "--target", "http://127.0.0.1:1"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("voucher.nope"));
+}
