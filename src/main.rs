@@ -400,9 +400,11 @@ fn main() -> ExitCode {
                     header: header("stripe-signature"),
                 },
                 "standard-webhooks" => Scheme::StandardWebhooks,
-                other => return fail(format!(
+                other => {
+                    return fail(format!(
                     "--webhook-scheme {other:?}: use hmac-sha256-hex, stripe or standard-webhooks"
-                )),
+                ))
+                }
             };
             let opts = replay::ReplayOptions {
                 paths: if paths.is_empty() {

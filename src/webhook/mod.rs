@@ -24,6 +24,15 @@ pub enum Scheme {
     None,
 }
 
+impl Default for Scheme {
+    /// The hex HMAC in `X-Karma-Signature`.
+    fn default() -> Scheme {
+        Scheme::HmacSha256Hex {
+            header: "x-karma-signature".into(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VerifyError {
     MissingHeader(String),
@@ -425,14 +434,5 @@ mod tests {
                 .0,
             "timestamp"
         );
-    }
-}
-
-impl Default for Scheme {
-    /// The hex HMAC in `X-Karma-Signature`.
-    fn default() -> Scheme {
-        Scheme::HmacSha256Hex {
-            header: "x-karma-signature".into(),
-        }
     }
 }
