@@ -45,6 +45,51 @@ async fn the_full_suite_passes_against_this_service() {
 }
 
 #[tokio::test]
+async fn endpoints_map_basic_auth_and_filter() {
+    let h = Harness::start(&conformance_config()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let base = h.base();
+    // the "basic" tenant of the test config uses HTTP Basic
+    let map: std::collections::BTreeMap<String, String> = replay::CALLS
+        .iter()
+        .map(|c| {
+            let path = match c.split_once('.') {
+                Some((a, o)) => format!("{a}/{o}"),
+                None => "webhooks".into(),
+            };
+            (c.to_string(), format!("{base}/v1/basic/{path}"))
+        })
+        .collect();
+    let file = dir.path().join("endpoints.json");
+    std::fs::write(&file, serde_json::to_vec(&map).unwrap()).unwrap();
+    let mut o = options(&base, dir.path());
+    o.target = None;
+    o.endpoints = Some(replay::read_endpoints(&file).unwrap());
+    o.auth = Some(ReplayAuth::parse("basic:karma:s3cret").unwrap());
+    o.state_url = Some(format!("{base}/admin/v1/tenants/basic/provider-states"));
+    o.filter = Some("voucher-commit-*".into());
+    let report = replay::run(&o).await.unwrap();
+    assert_eq!(report.failed, 0, "{}", replay::summary(&report));
+    assert!(
+        report.passed >= 5
+            && report
+                .scenarios
+                .iter()
+                .all(|s| s.name.starts_with("voucher-commit-"))
+    );
+    // the wrong password fails every scenario; --fail-fast stops at the first
+    o.auth = Some(ReplayAuth::parse("basic:karma:wrong").unwrap());
+    o.fail_fast = true;
+    let report = replay::run(&o).await.unwrap();
+    assert_eq!((report.failed, report.scenarios.len()), (1, 1));
+    assert!(
+        report.scenarios[0].failures[0].contains("status: expected 200, got 401"),
+        "{:?}",
+        report.scenarios[0].failures
+    );
+}
+
+#[tokio::test]
 async fn provider_states_are_off_unless_enabled() {
     let h = Harness::start(&config_with("")).await;
     let r = h
