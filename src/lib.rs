@@ -12,6 +12,7 @@ pub mod http;
 pub mod loyalty;
 pub mod metrics;
 pub mod replay;
+pub mod rules;
 pub mod service;
 pub mod store;
 pub mod voucher;

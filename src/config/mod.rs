@@ -95,8 +95,20 @@ pub struct TenantConfig {
     pub campaigns: Vec<Campaign>,
     /// Loyalty programs, by Karma loyaltyProgramId.
     pub programs: Vec<Program>,
+    /// Vendor rules for the whole tenant (a campaign's own rules win).
+    pub rules: Option<RulesConfig>,
+    /// Vendor rules per campaign id.
+    pub campaign_rules: std::collections::HashMap<String, RulesConfig>,
     /// The webhook receiver; `None`: `/v1/{tenant}/webhooks` answers 404.
     pub webhooks: Option<WebhookConfig>,
+}
+
+/// A vendor rules service (see `crate::rules`).
+#[derive(Clone, Debug)]
+pub struct RulesConfig {
+    pub url: String,
+    pub secret: Secret,
+    pub timeout: Duration,
 }
 
 #[derive(Clone)]
@@ -231,6 +243,7 @@ struct RawTenant {
     #[serde(default)]
     loyalty: Vec<ProgramSpec>,
     webhooks: Option<RawWebhooks>,
+    rules: Option<crate::voucher::RulesSpec>,
 }
 
 #[derive(Deserialize)]
@@ -553,6 +566,52 @@ impl Config {
                 }
                 campaigns.push(c);
             }
+            let rules_of = |key: &str,
+                            r: &crate::voucher::RulesSpec|
+             -> Result<RulesConfig, ConfigError> {
+                if !r.http.starts_with("https://") && !r.http.starts_with("http://") {
+                    return Err(err(
+                        &format!("{key}.http"),
+                        "must be an http:// or https:// URL".into(),
+                    ));
+                }
+                if r.http.parse::<hyper::Uri>().is_err() {
+                    return Err(err(
+                        &format!("{key}.http"),
+                        format!("{:?} is not a URL", r.http),
+                    ));
+                }
+                let secret = secret(&format!("{key}.secret_env"), &r.secret_env, &r.secret_file)?
+                    .ok_or_else(|| {
+                    err(
+                        &format!("{key}.secret_env"),
+                        "names no secret that is set; vendor requests are always signed".into(),
+                    )
+                })?;
+                Ok(RulesConfig {
+                    url: r.http.clone(),
+                    secret,
+                    timeout: dur(
+                        &format!("{key}.timeout"),
+                        &r.timeout,
+                        Duration::from_millis(800),
+                    )?,
+                })
+            };
+            let tenant_rules = t
+                .rules
+                .as_ref()
+                .map(|r| rules_of(&format!("{tk}.rules"), r))
+                .transpose()?;
+            let mut campaign_rules = std::collections::HashMap::new();
+            for (ci, c) in campaigns.iter().enumerate() {
+                if let Some(r) = &c.spec.rules {
+                    campaign_rules.insert(
+                        c.id.clone(),
+                        rules_of(&format!("{tk}.campaigns[{ci}].rules"), r)?,
+                    );
+                }
+            }
             let mut programs: Vec<Program> = Vec::new();
             for (pi, spec) in t.loyalty.into_iter().enumerate() {
                 let pk = format!("{tk}.loyalty[{pi}]");
@@ -710,6 +769,8 @@ impl Config {
                 }
             };
             tenants.push(TenantConfig {
+                rules: tenant_rules,
+                campaign_rules,
                 webhooks,
                 id: t.id,
                 auth,

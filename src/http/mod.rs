@@ -43,9 +43,26 @@ pub struct App {
     pub route_wake: HashMap<(String, String), Arc<tokio::sync::Notify>>,
     /// Stops the onward-delivery tasks.
     pub cancel: tokio_util::sync::CancellationToken,
+    /// Vendor rules by (tenant, campaign); `None` campaign: the tenant's.
+    pub rules: HashMap<(String, Option<String>), Arc<dyn crate::rules::VoucherRules>>,
+    /// Rules given by an embedding program, for every campaign without HTTP rules.
+    pub embedded_rules: Option<Arc<dyn crate::rules::VoucherRules>>,
 }
 
 impl App {
+    /// The rules that decide checks of `campaign`, if any.
+    pub fn rules_for(
+        &self,
+        tenant: &str,
+        campaign: &str,
+    ) -> Option<Arc<dyn crate::rules::VoucherRules>> {
+        self.rules
+            .get(&(tenant.to_owned(), Some(campaign.to_owned())))
+            .or_else(|| self.rules.get(&(tenant.to_owned(), None)))
+            .cloned()
+            .or_else(|| self.embedded_rules.clone())
+    }
+
     /// Tell a route's dispatcher that its queue has work.
     pub fn wake_route(&self, tenant: &str, route: &str) {
         if let Some(n) = self.route_wake.get(&(tenant.to_owned(), route.to_owned())) {
@@ -82,6 +99,30 @@ impl std::error::Error for StartError {}
 impl Server {
     /// Open the store, bind the listen address, and start serving.
     pub async fn start(config: Config, clock: Clock) -> Result<Server, StartError> {
+        Server::start_with_rules(config, clock, None).await
+    }
+
+    /// Like [`Server::start`], with a vendor decision point of the embedding program's
+    /// own, used for every campaign that has no HTTP `rules` of its own.
+    pub async fn start_with_rules(
+        config: Config,
+        clock: Clock,
+        embedded_rules: Option<Arc<dyn crate::rules::VoucherRules>>,
+    ) -> Result<Server, StartError> {
+        let mut rules: HashMap<(String, Option<String>), Arc<dyn crate::rules::VoucherRules>> =
+            HashMap::new();
+        for t in &config.tenants {
+            let make = |r: &crate::config::RulesConfig| -> Result<Arc<dyn crate::rules::VoucherRules>, StartError> {
+                let secret = crate::webhook::secret_bytes(&crate::webhook::Scheme::StandardWebhooks, r.secret.expose()).unwrap_or_else(|_| r.secret.expose().as_bytes().to_vec());
+                Ok(Arc::new(crate::rules::HttpRules::new(r.url.clone(), secret, r.timeout).map_err(StartError::Bind)?))
+            };
+            if let Some(r) = &t.rules {
+                rules.insert((t.id.clone(), None), make(r)?);
+            }
+            for (c, r) in &t.campaign_rules {
+                rules.insert((t.id.clone(), Some(c.clone())), make(r)?);
+            }
+        }
         let metrics = Metrics::default();
         let gauge = metrics.gauges.clone();
         let opts = StoreOptions {
@@ -132,6 +173,8 @@ impl Server {
             shutting_down: AtomicBool::new(false),
             route_wake,
             cancel: tokio_util::sync::CancellationToken::new(),
+            rules,
+            embedded_rules,
         });
         let janitors: Vec<_> = app
             .config

@@ -221,12 +221,7 @@ async fn provider_call(
     use crate::service::loyalty as loy;
     use crate::service::voucher as v;
     match endpoint {
-        "voucher.check" => {
-            decide(app, &body, CheckRequest::validate, move |x, s, r| {
-                v::check(x, s, &t, &r, now)
-            })
-            .await
-        }
+        "voucher.check" => check_call(app, &body, t, now).await,
         "voucher.commit" => {
             decide(app, &body, CommitRequest::validate, move |x, s, r| {
                 v::commit(x, s, &t, &r, now)
@@ -445,6 +440,64 @@ fn signature_header(s: &crate::webhook::Scheme) -> Option<&str> {
     }
 }
 
+/// A check: when vendor rules apply to the code's campaign, ask the vendor first (outside
+/// the writer), then let the writer decide limits and holds with the vendor's answer.
+async fn check_call(app: &Arc<App>, body: &[u8], t: String, now: i64) -> Out {
+    use crate::service::voucher as v;
+    use crate::voucher::Rejection;
+    let req: CheckRequest = match parse(body).and_then(|r: CheckRequest| r.validate().map(|()| r)) {
+        Ok(r) => r,
+        Err(e) => return err(e),
+    };
+    let mut decision = None;
+    if !app.rules.is_empty() || app.embedded_rules.is_some() {
+        let (t2, typed) = (t.clone(), req.code.clone());
+        let found = match app
+            .store
+            .run(move |txn, st| v::resolve_code(txn, st, &t2, &typed))
+            .await
+        {
+            Ok(Ok(f)) => f,
+            Ok(Err(e)) | Err(e) => return store_error(e),
+        };
+        if let Some(found) = found {
+            if let Some(rules) = app.rules_for(&t, &found.campaign) {
+                let rr = crate::rules::RulesRequest {
+                    tenant: t.clone(),
+                    campaign: found.campaign.clone(),
+                    code: req.code.clone(),
+                    voucher_nr: found.code.clone(),
+                    cart: req.cart.clone(),
+                    location_id: req.location_id.clone(),
+                    user_id: req.user_id.clone(),
+                };
+                let refuse = |r: Rejection| Out::from(Reply::rejected(r.code(), &r.message()));
+                match rules.decide(&rr).await.and_then(crate::rules::validate) {
+                    Ok(d) if d.ok => {
+                        decision = Some(v::VendorDecision {
+                            discount_cents: d.discount_amount_cents.unwrap_or(0),
+                            voucher_nr: d.voucher_nr,
+                        });
+                    }
+                    Ok(d) => return refuse(Rejection::VendorDeclined { reason: d.reason }),
+                    Err(why) => {
+                        tracing::warn!(tenant = %t, campaign = %found.campaign, error = %why, "vendor rules failed; refusing (fail closed)");
+                        return refuse(Rejection::VendorUnavailable { why });
+                    }
+                }
+            }
+        }
+    }
+    match app
+        .store
+        .run(move |txn, st| v::check(txn, st, &t, &req, decision.as_ref(), now))
+        .await
+    {
+        Ok(Ok(reply)) => Out::from(reply),
+        Ok(Err(e)) | Err(e) => store_error(e),
+    }
+}
+
 fn no_check<T>(_: &T) -> Result<(), ApiError> {
     Ok(())
 }
@@ -540,6 +593,54 @@ async fn admin_call(app: &Arc<App>, req: Request<Incoming>, rest: Vec<String>) -
                 .run(move |txn, st| admin::put_campaign(txn, st, &tenant, id.as_deref(), spec))
                 .await
         }
+        (["campaigns", c, "codes"], &Method::POST) => {
+            let c = c.to_string();
+            let body = match read_body(app, req, MAX_IMPORT_BYTES, true).await {
+                Ok(b) => b,
+                Err(e) => return err(e),
+            };
+            app.store
+                .run(move |txn, st| crate::service::codes::import_job(txn, st, &tenant, &c, &body))
+                .await
+        }
+        (["campaigns", c, "codes"], &Method::GET) => {
+            let c = c.to_string();
+            return match app
+                .store
+                .run(move |txn, st| crate::service::codes::export_job(txn, st, &tenant, &c))
+                .await
+            {
+                Ok(Ok(reply)) if reply.status == 200 => {
+                    let mut o = Out::from(reply);
+                    o.content_type = "text/csv";
+                    o
+                }
+                Ok(Ok(reply)) => Out::from(reply),
+                Ok(Err(e)) | Err(e) => store_error(e),
+            };
+        }
+        (["campaigns", c, "codes", "generate"], &Method::POST) => {
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Gen {
+                pattern: String,
+                count: u64,
+            }
+            let c = c.to_string();
+            let g: Gen = match read_json(app, req).await {
+                Ok(g) => g,
+                Err(e) => return err(e),
+            };
+            app.store
+                .run(move |txn, st| {
+                    crate::service::codes::generate_job(
+                        txn, st, &tenant, &c, &g.pattern, g.count, now,
+                    )
+                })
+                .await
+        }
+        (["campaigns", _, "codes"], _) => return method_not_allowed("GET, POST"),
+        (["campaigns", _, "codes", "generate"], _) => return method_not_allowed("POST"),
         (["campaigns"], _) => return method_not_allowed("GET, POST"),
         (["campaigns", _], _) => return method_not_allowed("PUT"),
         (["codes", code], &Method::GET) => {

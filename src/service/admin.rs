@@ -102,6 +102,12 @@ pub fn put_campaign(
             format!("code {code:?} already belongs to campaign {other:?}"),
         )));
     }
+    if spec.rules.is_some() {
+        return Ok(Reply::error(&ApiError::invalid(
+            "rules",
+            "vendor rules (and their secrets) are set in the config file",
+        )));
+    }
     let mut seen = std::collections::HashSet::new();
     for (i, code) in spec.codes.iter().enumerate() {
         if !seen.insert(match_key(t.code_match, code)) {
@@ -136,9 +142,10 @@ pub fn code_state(
     let Some(t) = st.tenants.get(tenant) else {
         return Ok(Reply::not_found("unknown tenant"));
     };
-    let Some((cid, code)) = t.index.get(&match_key(t.code_match, typed)).cloned() else {
+    let Some(found) = super::voucher::resolve_code(txn, st, tenant, typed)? else {
         return Ok(Reply::not_found("no campaign has this code"));
     };
+    let (cid, code) = (found.campaign.clone(), found.code.clone());
     let limit = t
         .campaigns
         .get(&cid)
@@ -172,6 +179,9 @@ pub fn code_state(
             "usesConsumed": u.code_used,
             "holdsLive": u.code_held,
             "maxUsesPerCode": limit,
+        "bulk": found.valid_until.is_some() || found.assigned_user.is_some() || !t.index.contains_key(&match_key(t.code_match, typed)),
+        "validUntil": found.valid_until.map(rfc3339),
+        "assignedUser": found.assigned_user,
             "historyEvents": total_events,
             "history": history,
         }),

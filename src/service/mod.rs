@@ -7,6 +7,7 @@
 //! index, and the live holds that count against limits. It is rebuilt from disk at start.
 
 pub mod admin;
+pub mod codes;
 pub mod loyalty;
 pub mod states;
 pub mod voucher;
@@ -183,6 +184,14 @@ pub mod keys {
     pub fn used_code(t: &str, c: &str, code: &str) -> Vec<u8> {
         key(&["usedc", t, c, code])
     }
+    /// Discount cents committed for a campaign (its budget).
+    pub fn used_amount(t: &str, c: &str) -> Vec<u8> {
+        key(&["useda", t, c])
+    }
+    /// A bulk code, by its match key.
+    pub fn bulk_code(t: &str, match_key: &str) -> Vec<u8> {
+        key(&["bcode", t, match_key])
+    }
     pub fn used_guest(t: &str, c: &str, g: &str) -> Vec<u8> {
         key(&["usedg", t, c, g])
     }
@@ -307,6 +316,7 @@ impl State {
                             code: h.code,
                             guest: h.guest,
                             expires_at: h.expires_at,
+                            amount_cents: h.amount_cents,
                         },
                     );
                     continue;

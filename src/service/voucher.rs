@@ -77,11 +77,63 @@ pub(super) fn usage(
             None => 0,
         },
         guest_held,
+        campaign_spent_cents: txn.get_u64(&keys::used_amount(tenant, campaign))? as i64,
+        campaign_held_cents: st.holds.held_amount(tenant, campaign),
     })
 }
 
-/// Add `delta` (+1 or -1) to the consumed counters of a hold's campaign, code and guest.
+/// A code as found: in the tenant's in-memory index (codes written in campaigns) or among
+/// the bulk codes in the store (imported or generated).
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub campaign: String,
+    pub code: String,
+    pub valid_until: Option<Millis>,
+    pub assigned_user: Option<String>,
+}
+
+pub fn resolve_code(
+    txn: &Txn<'_>,
+    st: &State,
+    tenant: &str,
+    typed: &str,
+) -> Result<Option<Resolved>, StoreError> {
+    let Some(t) = st.tenants.get(tenant) else {
+        return Ok(None);
+    };
+    let mk = match_key(t.code_match, typed);
+    if let Some((cid, code)) = t.index.get(&mk) {
+        return Ok(Some(Resolved {
+            campaign: cid.clone(),
+            code: code.clone(),
+            valid_until: None,
+            assigned_user: None,
+        }));
+    }
+    Ok(txn
+        .get_json::<super::codes::BulkCode>(&keys::bulk_code(tenant, &mk))?
+        .map(|b| Resolved {
+            campaign: b.c,
+            code: b.k,
+            valid_until: b.u,
+            assigned_user: b.g,
+        }))
+}
+
+/// Add (or take back) one use to the consumed counters of a hold's campaign, code and
+/// guest, and its discount to the campaign's spent budget.
 fn count_use(txn: &mut Txn<'_>, tenant: &str, h: &HoldRecord, up: bool) -> Result<(), StoreError> {
+    let ak = keys::used_amount(tenant, &h.campaign);
+    let spent = txn.get_u64(&ak)?;
+    let amount = h.amount_cents.max(0) as u64;
+    txn.put_u64(
+        ak.clone(),
+        if up {
+            spent + amount
+        } else {
+            spent.saturating_sub(amount)
+        },
+    );
     let mut keys = vec![
         keys::used(tenant, &h.campaign),
         keys::used_code(tenant, &h.campaign, &h.code),
@@ -97,21 +149,43 @@ fn count_use(txn: &mut Txn<'_>, tenant: &str, h: &HoldRecord, up: bool) -> Resul
     Ok(())
 }
 
+/// What a vendor's rules service decided for a check (made outside the writer).
+#[derive(Debug, Clone)]
+pub struct VendorDecision {
+    pub discount_cents: i64,
+    pub voucher_nr: Option<String>,
+}
+
 pub fn check(
     txn: &mut Txn<'_>,
     st: &mut State,
     tenant: &str,
     req: &CheckRequest,
+    vendor: Option<&VendorDecision>,
     now: Millis,
 ) -> Result<Reply, StoreError> {
     st.prune(txn, now);
     let Some(t) = st.tenants.get(tenant) else {
         return Ok(reject(Rejection::UnknownCode));
     };
-    let Some((cid, code)) = t.index.get(&match_key(t.code_match, &req.code)) else {
+    let hold_ttl_ms = t.hold_ttl_ms;
+    let Some(found) = resolve_code(txn, st, tenant, &req.code)? else {
         return Ok(reject(Rejection::UnknownCode));
     };
-    let (cid, code) = (cid.clone(), code.clone());
+    let (cid, code) = (found.campaign.clone(), found.code.clone());
+    if let Some(until) = found.valid_until {
+        if now > until {
+            return Ok(reject(Rejection::Expired { until }));
+        }
+    }
+    if let Some(owner) = &found.assigned_user {
+        if req.user_id.as_deref() != Some(owner.as_str()) {
+            return Ok(reject(Rejection::CodeAssignedToAnotherGuest));
+        }
+    }
+    let Some(t) = st.tenants.get(tenant) else {
+        return Ok(reject(Rejection::UnknownCode));
+    };
     let Some(entry) = t.campaigns.get(&cid) else {
         return Ok(reject(Rejection::UnknownCode));
     };
@@ -123,15 +197,22 @@ pub fn check(
         guest,
         now,
     };
-    let discount = match price(&c, &input) {
-        Ok(d) => d,
-        Err(r) => return Ok(reject(r)),
+    // With vendor rules, the vendor's decision (made before this job) replaces ours.
+    let (discount, voucher_nr) = match vendor {
+        Some(v) => (
+            v.discount_cents.clamp(0, req.cart.total_cents.max(0)),
+            v.voucher_nr.clone().unwrap_or_else(|| code.clone()),
+        ),
+        None => match price(&c, &input) {
+            Ok(d) => (d, code.clone()),
+            Err(r) => return Ok(reject(r)),
+        },
     };
     let u = usage(txn, st, tenant, &cid, &code, guest)?;
-    if let Err(r) = capacity(&c, &u, guest.is_some()) {
+    if let Err(r) = capacity(&c, &u, guest.is_some(), discount) {
         return Ok(reject(r));
     }
-    let expires_at = now + t.hold_ttl_ms;
+    let expires_at = now + hold_ttl_ms;
     let provider_ref = format!("kph_{:016x}", txn.next_id()?);
     let hold = HoldRecord {
         provider_ref: provider_ref.clone(),
@@ -157,12 +238,13 @@ pub fn check(
             code: code.clone(),
             guest: req.user_id.clone(),
             expires_at,
+            amount_cents: discount,
         },
     );
     st.publish();
     Ok(Reply::ok(json(&CheckSuccess {
         ok: true,
-        voucher_nr: code,
+        voucher_nr,
         discount_amount_cents: discount,
         expires_at: rfc3339(expires_at),
         provider_ref,
@@ -216,7 +298,7 @@ pub fn commit(
                 .map(|e| e.campaign.clone());
             if let Some(c) = campaign {
                 let u = usage(txn, st, tenant, &h.campaign, &h.code, h.guest.as_deref())?;
-                if capacity(&c, &u, h.guest.is_some()).is_err() {
+                if capacity(&c, &u, h.guest.is_some(), h.amount_cents).is_err() {
                     return Ok(reject(Rejection::ReservationExpired));
                 }
             }

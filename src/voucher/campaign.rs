@@ -50,6 +50,26 @@ pub struct CampaignSpec {
     pub max_uses_per_code: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_uses_per_guest: Option<u64>,
+    /// Budget: the sum of committed discounts plus live holds may not exceed this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_discount_total_cents: Option<i64>,
+    /// Per-campaign vendor rules (see `rules` in the docs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<RulesSpec>,
+}
+
+/// A vendor's own decision service: `{ http = "https://…", secret_env = "…", timeout = "800ms" }`
+/// (`secret_env` is resolved by the config loader into `secret`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RulesSpec {
+    pub http: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_env: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
 }
 
 /// Item and location ids are opaque: written as `"1001"` or `1001`, compared as text.
@@ -137,6 +157,7 @@ pub struct Campaign {
     pub max_uses: Option<u64>,
     pub max_uses_per_code: Option<u64>,
     pub max_uses_per_guest: Option<u64>,
+    pub max_discount_total_cents: Option<i64>,
 }
 
 /// Ids of tenants, campaigns and rewards: what is safe in a URL path and a store key.
@@ -202,6 +223,7 @@ impl Campaign {
         for (key, v) in [
             ("max_discount_cents", spec.max_discount_cents),
             ("min_total_cents", spec.min_total_cents),
+            ("max_discount_total_cents", spec.max_discount_total_cents),
         ] {
             if matches!(v, Some(x) if x < 0) {
                 return Err(FieldError::new(key, "must be >= 0"));
@@ -242,6 +264,7 @@ impl Campaign {
             max_uses: spec.max_uses,
             max_uses_per_code: spec.max_uses_per_code,
             max_uses_per_guest: spec.max_uses_per_guest,
+            max_discount_total_cents: spec.max_discount_total_cents,
             spec,
         })
     }

@@ -27,6 +27,7 @@ pub struct LiveHold {
     pub code: String,
     pub guest: Option<String>,
     pub expires_at: Millis,
+    pub amount_cents: i64,
 }
 
 type CampaignKey = (String, String);
@@ -38,6 +39,7 @@ pub struct LiveHolds {
     campaign: HashMap<CampaignKey, u64>,
     code: HashMap<(CampaignKey, String), u64>,
     guest: HashMap<(CampaignKey, String), u64>,
+    amount: HashMap<CampaignKey, i64>,
 }
 
 fn bump<K: std::hash::Hash + Eq>(m: &mut HashMap<K, u64>, k: K, up: bool) {
@@ -78,6 +80,10 @@ impl LiveHolds {
         if let Some(g) = &h.guest {
             bump(&mut self.guest, (ck, g.clone()), true);
         }
+        *self
+            .amount
+            .entry((h.tenant.clone(), h.campaign.clone()))
+            .or_insert(0) += h.amount_cents;
         self.queue.insert((h.expires_at, provider_ref.clone()));
         self.by_ref.insert(provider_ref, h);
     }
@@ -86,6 +92,12 @@ impl LiveHolds {
         let h = self.by_ref.remove(provider_ref)?;
         self.queue.remove(&(h.expires_at, provider_ref.to_owned()));
         let ck = (h.tenant.clone(), h.campaign.clone());
+        if let Some(a) = self.amount.get_mut(&ck) {
+            *a -= h.amount_cents;
+            if *a <= 0 {
+                self.amount.remove(&ck);
+            }
+        }
         bump(&mut self.campaign, ck.clone(), false);
         bump(&mut self.code, (ck.clone(), h.code.clone()), false);
         if let Some(g) = &h.guest {
@@ -106,6 +118,14 @@ impl LiveHolds {
             }
         }
         gone
+    }
+
+    /// Discount cents held by a campaign's live holds.
+    pub fn held_amount(&self, tenant: &str, campaign: &str) -> i64 {
+        self.amount
+            .get(&(tenant.to_owned(), campaign.to_owned()))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// (campaign, code, guest) live-hold counts.
@@ -141,6 +161,7 @@ mod tests {
             code: code.into(),
             guest: guest.map(str::to_owned),
             expires_at: exp,
+            amount_cents: 100,
         }
     }
 

@@ -8,7 +8,7 @@ mod holds;
 
 pub use campaign::{
     match_key, valid_id, Campaign, CampaignSpec, CodeMatch, Discount, DiscountSpec, FieldError,
-    Schedule, ScheduleSpec, StrOrInt,
+    RulesSpec, Schedule, ScheduleSpec, StrOrInt,
 };
 pub use cart::{Cart, CartItem, Quantity};
 pub use holds::{HoldState, LiveHold, LiveHolds};
@@ -19,21 +19,47 @@ use crate::clock::Millis;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rejection {
     UnknownCode,
-    Expired { until: Millis },
-    NotYetValid { from: Millis },
+    Expired {
+        until: Millis,
+    },
+    NotYetValid {
+        from: Millis,
+    },
     OutsideSchedule,
-    LocationNotAllowed { location: Option<String> },
-    MinTotalNotMet { min: i64, total: i64 },
+    LocationNotAllowed {
+        location: Option<String>,
+    },
+    MinTotalNotMet {
+        min: i64,
+        total: i64,
+    },
     NoEligibleItems,
-    VoucherHeld { scope: LimitScope },
-    UsageLimitReached { scope: LimitScope },
+    VoucherHeld {
+        scope: LimitScope,
+    },
+    UsageLimitReached {
+        scope: LimitScope,
+    },
     GuestLimitReached,
-    AmountMismatch { expected: i64, got: i64 },
+    AmountMismatch {
+        expected: i64,
+        got: i64,
+    },
     ReservationNotFound,
     ReservationReleased,
     ReservationExpired,
     ReservationAlreadyCommitted,
     TransactionMismatch,
+    BudgetExhausted,
+    CodeAssignedToAnotherGuest,
+    /// The vendor's rules service said no; its reason reaches the guest.
+    VendorDeclined {
+        reason: Option<String>,
+    },
+    /// The vendor's rules service was slow, down or answered garbage: fail closed.
+    VendorUnavailable {
+        why: String,
+    },
 }
 
 /// Which limit a capacity rejection refers to.
@@ -62,6 +88,10 @@ impl Rejection {
             Rejection::ReservationExpired => "RESERVATION_EXPIRED",
             Rejection::ReservationAlreadyCommitted => "RESERVATION_ALREADY_COMMITTED",
             Rejection::TransactionMismatch => "TRANSACTION_MISMATCH",
+            Rejection::BudgetExhausted => "BUDGET_EXHAUSTED",
+            Rejection::CodeAssignedToAnotherGuest => "CODE_ASSIGNED_TO_ANOTHER_GUEST",
+            Rejection::VendorDeclined { .. } => "VENDOR_DECLINED",
+            Rejection::VendorUnavailable { .. } => "VENDOR_UNAVAILABLE",
         }
     }
 
@@ -124,6 +154,19 @@ impl Rejection {
             Rejection::TransactionMismatch => {
                 "This reservation was committed by a different transactionId.".into()
             }
+            Rejection::BudgetExhausted => {
+                "This campaign's discount budget is used up.".into()
+            }
+            Rejection::CodeAssignedToAnotherGuest => {
+                "This code belongs to another guest.".into()
+            }
+            Rejection::VendorDeclined { reason: Some(r) } => r.clone(),
+            Rejection::VendorDeclined { reason: None } => {
+                "The voucher issuer declined this code.".into()
+            }
+            Rejection::VendorUnavailable { why } => format!(
+                "The voucher issuer could not be reached to approve this code ({why}); try again."
+            ),
         }
     }
 }
@@ -137,6 +180,9 @@ pub struct Usage {
     pub code_held: u64,
     pub guest_used: u64,
     pub guest_held: u64,
+    /// Discount cents committed, and held by live holds, for the campaign (budgets).
+    pub campaign_spent_cents: i64,
+    pub campaign_held_cents: i64,
 }
 
 /// What a check request offers for a decision, after parsing.
@@ -213,7 +259,12 @@ pub fn price(c: &Campaign, input: &CheckInput<'_>) -> Result<i64, Rejection> {
 /// Capacity rules: consumed uses and live holds both count. A limit already filled by
 /// consumed uses is `USAGE_LIMIT_REACHED`; one filled only thanks to live holds is
 /// `VOUCHER_HELD` (it may free up).
-pub fn capacity(c: &Campaign, u: &Usage, has_guest: bool) -> Result<(), Rejection> {
+pub fn capacity(c: &Campaign, u: &Usage, has_guest: bool, discount: i64) -> Result<(), Rejection> {
+    if let Some(budget) = c.max_discount_total_cents {
+        if u.campaign_spent_cents + u.campaign_held_cents + discount > budget {
+            return Err(Rejection::BudgetExhausted);
+        }
+    }
     if let Some(max) = c.max_uses {
         if u.campaign_used >= max {
             return Err(Rejection::UsageLimitReached {
@@ -333,7 +384,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            capacity(&c, &u, false),
+            capacity(&c, &u, false, 0),
             Err(Rejection::VoucherHeld {
                 scope: LimitScope::Campaign
             })
@@ -343,7 +394,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            capacity(&c, &u, false),
+            capacity(&c, &u, false, 0),
             Err(Rejection::UsageLimitReached {
                 scope: LimitScope::Campaign
             })
@@ -352,6 +403,6 @@ mod tests {
             campaign_used: 1,
             ..Default::default()
         };
-        assert_eq!(capacity(&c, &u, false), Ok(()));
+        assert_eq!(capacity(&c, &u, false, 0), Ok(()));
     }
 }

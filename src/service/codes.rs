@@ -1,0 +1,474 @@
+//! Bulk codes: millions of unique codes per campaign, kept in the store (not in memory)
+//! under their match key, so a check finds one as fast as a shared code. Import (CSV
+//! `code[,valid_until][,assigned_user]`, all or nothing), generation from a pattern without
+//! collisions, and export. The same functions serve the admin API (inside a writer job)
+//! and the offline CLI (on a stopped server's data directory).
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::{rfc3339, Millis};
+use crate::voucher::{match_key, CodeMatch};
+
+/// A bulk code as stored (short field names: there may be ten million of them).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BulkCode {
+    /// Campaign id.
+    pub c: String,
+    /// The code as imported (`voucherNr`).
+    pub k: String,
+    /// Valid until (ms), when the row gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub u: Option<Millis>,
+    /// The guest (Karma userId) the code is assigned to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub g: Option<String>,
+}
+
+/// One CSV row, parsed and checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodeRow {
+    pub match_key: String,
+    pub code: BulkCode,
+}
+
+/// Parse one CSV record (`code[,valid_until][,assigned_user]`).
+pub fn parse_row(
+    campaign: &str,
+    mode: CodeMatch,
+    rec: &csv::StringRecord,
+) -> Result<CodeRow, String> {
+    let code = rec.get(0).unwrap_or("").trim();
+    if code.is_empty()
+        || code.len() > 128
+        || code.chars().any(char::is_control)
+        || code.contains('\u{1f}')
+    {
+        return Err("code: 1-128 printable characters".into());
+    }
+    let until = match rec.get(1).map(str::trim).filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => Some(
+            s.parse::<jiff::Timestamp>()
+                .map_err(|_| format!("valid_until: {s:?} is not an RFC 3339 instant"))?
+                .as_millisecond(),
+        ),
+    };
+    let user = rec
+        .get(2)
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned);
+    if user
+        .as_ref()
+        .is_some_and(|u| u.len() > 128 || u.chars().any(char::is_control))
+    {
+        return Err("assigned_user: at most 128 printable characters".into());
+    }
+    if rec.len() > 3 {
+        return Err(format!(
+            "{} columns; expected code[,valid_until][,assigned_user]",
+            rec.len()
+        ));
+    }
+    let mk = match_key(mode, code);
+    if mk.is_empty() {
+        return Err("code: nothing left after normalisation".into());
+    }
+    Ok(CodeRow {
+        match_key: mk,
+        code: BulkCode {
+            c: campaign.to_owned(),
+            k: code.to_owned(),
+            u: until,
+            g: user,
+        },
+    })
+}
+
+/// Whether a record is the optional header row.
+pub fn is_header(rec: &csv::StringRecord) -> bool {
+    rec.get(0)
+        .is_some_and(|f| f.trim().eq_ignore_ascii_case("code"))
+}
+
+/// A CSV line for export.
+pub fn export_line(b: &BulkCode, state: &str) -> String {
+    let mut w = csv::WriterBuilder::new()
+        .has_headers(false)
+        .from_writer(Vec::new());
+    let until = b.u.map(rfc3339).unwrap_or_default();
+    let _ = w.write_record([
+        b.k.as_str(),
+        until.as_str(),
+        b.g.as_deref().unwrap_or(""),
+        state,
+    ]);
+    String::from_utf8(w.into_inner().unwrap_or_default()).unwrap_or_default()
+}
+
+/// Letters without look-alikes (no I, L, O) and digits without 0/1.
+const LETTERS: &[u8] = b"ABCDEFGHJKMNPQRSTUVWXYZ";
+const DIGITS: &[u8] = b"23456789";
+
+/// A candidate code from `pattern` (`#` digit 2-9, `?` letter without I/L/O, anything else
+/// literal), drawn from `seed`.
+pub fn candidate(pattern: &str, seed: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut block = Sha256::digest(seed).to_vec();
+    let mut i = 0;
+    let mut round = 0u32;
+    let mut next = |n: usize| {
+        if i + 2 > block.len() {
+            round += 1;
+            let mut h = Sha256::new();
+            h.update(seed);
+            h.update(round.to_be_bytes());
+            block = h.finalize().to_vec();
+            i = 0;
+        }
+        let v = u16::from_be_bytes([block[i], block[i + 1]]) as usize;
+        i += 2;
+        v % n
+    };
+    pattern
+        .chars()
+        .map(|c| match c {
+            '#' => DIGITS[next(DIGITS.len())] as char,
+            '?' => LETTERS[next(LETTERS.len())] as char,
+            other => other,
+        })
+        .collect()
+}
+
+/// How many distinct codes a pattern can make (saturating).
+pub fn pattern_space(pattern: &str) -> u128 {
+    pattern.chars().fold(1u128, |acc, c| match c {
+        '#' => acc.saturating_mul(DIGITS.len() as u128),
+        '?' => acc.saturating_mul(LETTERS.len() as u128),
+        _ => acc,
+    })
+}
+
+/// The counts an import answers with.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct ImportReport {
+    pub imported: u64,
+    pub duplicates: u64,
+    pub invalid: Vec<(u64, String)>,
+}
+
+// ---- against the store ----------------------------------------------------------------
+
+use std::collections::HashSet;
+
+use crate::contract::ApiError;
+use crate::store::{StoreError, Txn};
+
+use super::{keys, Reply, State};
+
+/// Where codes are read and written: a writer job's [`Txn`] (online) or a stopped
+/// server's store (offline CLI).
+pub trait CodeStore {
+    fn exists(&mut self, key: &[u8]) -> Result<bool, StoreError>;
+    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<(), StoreError>;
+}
+
+impl CodeStore for Txn<'_> {
+    fn exists(&mut self, key: &[u8]) -> Result<bool, StoreError> {
+        Ok(self.get(key)?.is_some())
+    }
+    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<(), StoreError> {
+        Txn::put(self, key, value);
+        Ok(())
+    }
+}
+
+/// Parse a whole CSV; `Err` lists invalid rows by line number (nothing is written then).
+pub fn parse_all(
+    campaign: &str,
+    mode: CodeMatch,
+    text: &[u8],
+) -> Result<Vec<CodeRow>, Vec<(u64, String)>> {
+    let mut rdr = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(text);
+    let mut rows = Vec::new();
+    let mut invalid = Vec::new();
+    for (i, rec) in rdr.records().enumerate() {
+        let line = rec
+            .as_ref()
+            .ok()
+            .and_then(|r| r.position().map(|p| p.line()))
+            .unwrap_or(i as u64 + 1);
+        match rec {
+            Err(e) => invalid.push((line, e.to_string())),
+            Ok(r) if i == 0 && is_header(&r) => {}
+            Ok(r) => match parse_row(campaign, mode, &r) {
+                Ok(row) => rows.push(row),
+                Err(m) => invalid.push((line, m)),
+            },
+        }
+    }
+    if invalid.is_empty() {
+        Ok(rows)
+    } else {
+        Err(invalid)
+    }
+}
+
+/// Write parsed rows, skipping (and counting) codes that exist already — as shared codes
+/// (`shared`: their match keys), as bulk codes, or earlier in the same rows.
+pub fn write_rows(
+    store: &mut dyn CodeStore,
+    tenant: &str,
+    rows: Vec<CodeRow>,
+    shared: &HashSet<String>,
+    seen: &mut HashSet<String>,
+) -> Result<(u64, u64), StoreError> {
+    let (mut imported, mut duplicates) = (0, 0);
+    for r in rows {
+        let k = keys::bulk_code(tenant, &r.match_key);
+        if shared.contains(&r.match_key) || !seen.insert(r.match_key.clone()) || store.exists(&k)? {
+            duplicates += 1;
+            continue;
+        }
+        store.put(k, serde_json::to_vec(&r.code).unwrap_or_default())?;
+        imported += 1;
+    }
+    Ok((imported, duplicates))
+}
+
+/// Generate `count` new codes from `pattern` for `campaign`, none colliding with an
+/// existing code. Returns them in order.
+/// Which campaign generated codes go to.
+pub struct GenTarget<'a> {
+    pub tenant: &'a str,
+    pub campaign: &'a str,
+    pub mode: CodeMatch,
+}
+
+pub fn generate(
+    store: &mut dyn CodeStore,
+    to: &GenTarget<'_>,
+    pattern: &str,
+    count: u64,
+    shared: &HashSet<String>,
+    salt: &str,
+) -> Result<Result<Vec<String>, String>, StoreError> {
+    let (tenant, campaign, mode) = (to.tenant, to.campaign, to.mode);
+    if !pattern.contains(['#', '?']) || pattern.len() > 64 {
+        return Ok(Err(
+            "pattern: needs # (digit) or ? (letter), at most 64 characters".into(),
+        ));
+    }
+    // Stay well inside the pattern's space, or collisions make generation crawl.
+    if (count as u128).saturating_mul(4) > pattern_space(pattern) {
+        return Ok(Err(format!(
+            "pattern {pattern:?} has room for {} codes; ask for at most a quarter of that",
+            pattern_space(pattern)
+        )));
+    }
+    let mut out = Vec::with_capacity(count as usize);
+    let mut seen = HashSet::new();
+    let mut attempt = 0u64;
+    while (out.len() as u64) < count {
+        attempt += 1;
+        if attempt > count.saturating_mul(20) + 1000 {
+            return Ok(Err("too many collisions; use a longer pattern".into()));
+        }
+        let code = candidate(
+            pattern,
+            format!("{tenant}\u{1f}{campaign}\u{1f}{salt}\u{1f}{attempt}").as_bytes(),
+        );
+        let mk = match_key(mode, &code);
+        let k = keys::bulk_code(tenant, &mk);
+        if shared.contains(&mk) || !seen.insert(mk) || store.exists(&k)? {
+            continue;
+        }
+        let b = BulkCode {
+            c: campaign.to_owned(),
+            k: code.clone(),
+            u: None,
+            g: None,
+        };
+        store.put(k, serde_json::to_vec(&b).unwrap_or_default())?;
+        out.push(code);
+    }
+    Ok(Ok(out))
+}
+
+fn shared_keys(st: &State, tenant: &str) -> HashSet<String> {
+    st.tenants
+        .get(tenant)
+        .map(|t| t.index.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+fn campaign_ok(st: &State, tenant: &str, campaign: &str) -> Option<CodeMatch> {
+    st.tenants
+        .get(tenant)
+        .filter(|t| t.campaigns.contains_key(campaign))
+        .map(|t| t.code_match)
+}
+
+/// Admin API: import a CSV into a campaign, all or nothing.
+pub fn import_job(
+    txn: &mut Txn<'_>,
+    st: &mut State,
+    tenant: &str,
+    campaign: &str,
+    csv_text: &[u8],
+) -> Result<Reply, StoreError> {
+    let Some(mode) = campaign_ok(st, tenant, campaign) else {
+        return Ok(Reply::not_found("unknown campaign"));
+    };
+    match parse_all(campaign, mode, csv_text) {
+        Err(invalid) => Ok(Reply::json(
+            400,
+            serde_json::json!({
+                "ok": false,
+                "error": "INVALID_ROWS",
+                "message": format!("{} invalid row(s); nothing was imported", invalid.len()),
+                "invalid": invalid.iter().take(1000).map(|(l, m)| serde_json::json!({"line": l, "message": m})).collect::<Vec<_>>(),
+            }),
+        )),
+        Ok(rows) => {
+            let (imported, duplicates) = write_rows(
+                txn,
+                tenant,
+                rows,
+                &shared_keys(st, tenant),
+                &mut HashSet::new(),
+            )?;
+            Ok(Reply::json(
+                200,
+                serde_json::json!({"ok": true, "imported": imported, "duplicates": duplicates, "invalid": []}),
+            ))
+        }
+    }
+}
+
+/// Admin API: generate codes; answers them as CSV lines in JSON.
+pub fn generate_job(
+    txn: &mut Txn<'_>,
+    st: &mut State,
+    tenant: &str,
+    campaign: &str,
+    pattern: &str,
+    count: u64,
+    now: Millis,
+) -> Result<Reply, StoreError> {
+    let Some(mode) = campaign_ok(st, tenant, campaign) else {
+        return Ok(Reply::not_found("unknown campaign"));
+    };
+    if count == 0 || count > 1_000_000 {
+        return Ok(Reply::error(&ApiError::invalid(
+            "count",
+            "1..=1000000 through the API (use the CLI for more)",
+        )));
+    }
+    let shared = shared_keys(st, tenant);
+    match generate(
+        txn,
+        &GenTarget {
+            tenant,
+            campaign,
+            mode,
+        },
+        pattern,
+        count,
+        &shared,
+        &now.to_string(),
+    )? {
+        Err(m) => Ok(Reply::error(&ApiError::invalid("pattern", m))),
+        Ok(codes) => Ok(Reply::json(
+            200,
+            serde_json::json!({"ok": true, "generated": codes.len(), "codes": codes}),
+        )),
+    }
+}
+
+/// The state of one bulk code: `used` when its per-code limit is consumed, `held` while
+/// holds take the rest, else `available`.
+pub fn code_state(
+    txn: &Txn<'_>,
+    st: &State,
+    tenant: &str,
+    b: &BulkCode,
+) -> Result<&'static str, StoreError> {
+    let limit = st
+        .tenants
+        .get(tenant)
+        .and_then(|t| t.campaigns.get(&b.c))
+        .and_then(|e| e.campaign.max_uses_per_code)
+        .unwrap_or(1);
+    let used = txn.get_u64(&keys::used_code(tenant, &b.c, &b.k))?;
+    let (_, held, _) = st.holds.counts(tenant, &b.c, &b.k, None);
+    Ok(if used >= limit {
+        "used"
+    } else if used + held >= limit {
+        "held"
+    } else {
+        "available"
+    })
+}
+
+/// Admin API: every bulk code of a campaign as CSV (`code,valid_until,assigned_user,state`).
+pub fn export_job(
+    txn: &mut Txn<'_>,
+    st: &mut State,
+    tenant: &str,
+    campaign: &str,
+) -> Result<Reply, StoreError> {
+    if campaign_ok(st, tenant, campaign).is_none() {
+        return Ok(Reply::not_found("unknown campaign"));
+    }
+    let mut out = String::from("code,valid_until,assigned_user,state\n");
+    for (_, v) in txn.scan_prefix(&crate::store::prefix(&["bcode", tenant]))? {
+        let Ok(b) = serde_json::from_slice::<BulkCode>(&v) else {
+            continue;
+        };
+        if b.c == campaign {
+            out.push_str(&export_line(&b, code_state(txn, st, tenant, &b)?));
+        }
+    }
+    Ok(Reply {
+        status: 200,
+        body: out.into_bytes(),
+        outcome: "ok".into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(fields: &[&str]) -> csv::StringRecord {
+        csv::StringRecord::from(fields.to_vec())
+    }
+
+    #[test]
+    fn rows() {
+        let r = parse_row(
+            "c",
+            CodeMatch::Normalized,
+            &rec(&["ab-12", "2026-12-31T00:00:00Z", "u1"]),
+        )
+        .unwrap();
+        assert_eq!(r.match_key, "AB12");
+        assert_eq!(r.code.g.as_deref(), Some("u1"));
+        assert!(parse_row("c", CodeMatch::Normalized, &rec(&["", ""])).is_err());
+        assert!(parse_row("c", CodeMatch::Normalized, &rec(&["X", "tomorrow"])).is_err());
+        assert!(is_header(&rec(&["code", "valid_until"])));
+    }
+
+    #[test]
+    fn candidates_use_the_alphabet() {
+        let c = candidate("SUMMER-####-????", b"s");
+        assert!(c.starts_with("SUMMER-") && c.len() == 16);
+        assert!(c[7..11].bytes().all(|b| DIGITS.contains(&b)));
+        assert!(c[12..].bytes().all(|b| LETTERS.contains(&b)));
+        assert_eq!(pattern_space("##"), 64);
+    }
+}

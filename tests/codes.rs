@@ -1,0 +1,426 @@
+//! Bulk codes, budgets and vendor rules over HTTP.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+const CAMPAIGNS: &str = r#"
+[[tenants.campaigns]]
+id = "bulk"
+discount = { amount_cents = 300 }
+max_uses_per_code = 1
+[[tenants.campaigns]]
+id = "shared"
+codes = ["SHARED-1"]
+discount = { amount_cents = 100 }
+[[tenants.campaigns]]
+id = "budget"
+codes = ["BUDGET"]
+discount = { amount_cents = 100 }
+max_discount_total_cents = 1000
+"#;
+
+async fn import(h: &Harness, campaign: &str, csv: &str) -> Resp {
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    h.request(
+        "POST",
+        &format!("/admin/v1/tenants/acme/campaigns/{campaign}/codes"),
+        &[("authorization", &auth), ("content-type", "text/csv")],
+        csv.as_bytes().to_vec(),
+    )
+    .await
+}
+
+async fn check_as(h: &Harness, code: &str, user: Option<&str>) -> Value {
+    let mut b = check_body(code, 1000);
+    if let Some(u) = user {
+        b["userId"] = json!(u);
+    }
+    h.call("voucher/check", &b).await.json()
+}
+
+#[tokio::test]
+async fn import_counts_duplicates_and_refuses_invalid_files_whole() {
+    let h = Harness::start(&config_with(CAMPAIGNS)).await;
+    let bad = import(&h, "bulk", "code,valid_until,assigned_user\nAAA-001\nAAA-002,not-a-date\n,\nAAA-003,,u1,extra\nAAA-004\n").await;
+    assert_eq!(bad.status, 400);
+    let v = bad.json();
+    assert_eq!(v["error"], json!("INVALID_ROWS"));
+    let lines: Vec<u64> = v["invalid"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["line"].as_u64().unwrap())
+        .collect();
+    assert_eq!(lines, [3, 4, 5]);
+    assert_eq!(
+        check_as(&h, "AAA-001", None).await["error"],
+        json!("UNKNOWN_CODE"),
+        "nothing was imported"
+    );
+
+    let ok = import(
+        &h,
+        "bulk",
+        "AAA-001\nAAA-002,2026-06-30T00:00:00Z\naaa 001\nSHARED-1\nAAA-003,,guest-7\nAAA-001\n",
+    )
+    .await;
+    assert_eq!(
+        ok.json(),
+        json!({"ok": true, "imported": 3, "duplicates": 3, "invalid": []})
+    );
+    let again = import(&h, "bulk", "AAA-001\nAAA-009\n").await;
+    assert_eq!(
+        again.json(),
+        json!({"ok": true, "imported": 1, "duplicates": 1, "invalid": []})
+    );
+
+    let v = check_as(&h, "aaa-001", None).await;
+    assert_eq!(
+        (v["voucherNr"].clone(), v["discountAmountCents"].clone()),
+        (json!("AAA-001"), json!(300))
+    );
+    let r = v["providerRef"].as_str().unwrap().to_string();
+    assert_eq!(
+        h.call("voucher/commit", &commit_body(300, &res_id(1), &r))
+            .await
+            .json()["ok"],
+        json!(true)
+    );
+    assert_eq!(
+        check_as(&h, "AAA-001", None).await["error"],
+        json!("USAGE_LIMIT_REACHED")
+    );
+    // a code's own validity
+    h.clock
+        .set_ms(Clock::manual_at("2026-07-01T00:00:00Z").now_ms());
+    assert_eq!(
+        check_as(&h, "AAA-002", None).await["error"],
+        json!("EXPIRED")
+    );
+    // state and export
+    let st = h.admin("GET", "codes/AAA-001", None).await.json();
+    assert_eq!(
+        (st["state"].clone(), st["campaign"].clone()),
+        (json!("used"), json!("bulk"))
+    );
+    let csv = String::from_utf8(h.admin("GET", "campaigns/bulk/codes", None).await.bytes).unwrap();
+    assert!(csv.starts_with("code,valid_until,assigned_user,state\n"));
+    assert!(
+        csv.contains("AAA-001,,,used\n")
+            && csv.contains("AAA-003,,guest-7,available\n")
+            && csv.contains("AAA-002,2026-06-30T00:00:00Z,,available\n"),
+        "{csv}"
+    );
+    assert_eq!(csv.lines().count(), 5);
+}
+
+use karma_provider::Clock;
+
+#[tokio::test]
+async fn an_assigned_code_is_only_for_its_guest() {
+    let h = Harness::start(&config_with(CAMPAIGNS)).await;
+    import(&h, "bulk", "GIFT-1,,guest-7\n").await;
+    assert_eq!(
+        check_as(&h, "GIFT-1", Some("guest-8")).await["error"],
+        json!("CODE_ASSIGNED_TO_ANOTHER_GUEST")
+    );
+    assert_eq!(
+        check_as(&h, "GIFT-1", None).await["error"],
+        json!("CODE_ASSIGNED_TO_ANOTHER_GUEST")
+    );
+    assert_eq!(
+        check_as(&h, "GIFT-1", Some("guest-7")).await["ok"],
+        json!(true)
+    );
+}
+
+#[tokio::test]
+async fn generated_codes_are_unique_and_use_the_alphabet() {
+    let h = Harness::start(&config_with(CAMPAIGNS)).await;
+    let mut all = std::collections::HashSet::new();
+    for _ in 0..2 {
+        let v = h
+            .admin(
+                "POST",
+                "campaigns/bulk/codes/generate",
+                Some(&json!({"pattern": "SUMMER-####-????", "count": 500})),
+            )
+            .await
+            .json();
+        assert_eq!(v["generated"], json!(500));
+        for c in v["codes"].as_array().unwrap() {
+            let c = c.as_str().unwrap();
+            assert!(all.insert(c.to_string()), "collision {c}");
+            assert_eq!(c.len(), 16);
+            assert!(c[7..11].bytes().all(|b| b"23456789".contains(&b)), "{c}");
+            assert!(
+                c[12..]
+                    .bytes()
+                    .all(|b| b"ABCDEFGHJKMNPQRSTUVWXYZ".contains(&b)),
+                "{c}"
+            );
+        }
+    }
+    let one = all.iter().next().unwrap().clone();
+    assert_eq!(check_as(&h, &one, None).await["voucherNr"], json!(one));
+    let r = h
+        .admin(
+            "POST",
+            "campaigns/bulk/codes/generate",
+            Some(&json!({"pattern": "##", "count": 50})),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json()["field"].clone()),
+        (400, json!("pattern"))
+    );
+}
+
+#[tokio::test]
+async fn budget_is_never_exceeded_under_30_concurrent_checks() {
+    let h = Arc::new(Harness::start(&config_with(CAMPAIGNS)).await);
+    let mut tasks = Vec::new();
+    for _ in 0..30 {
+        let h = h.clone();
+        tasks.push(tokio::spawn(
+            async move { check_as(&h, "BUDGET", None).await },
+        ));
+    }
+    let mut held = Vec::new();
+    for t in tasks {
+        let v = t.await.unwrap();
+        if v["ok"] == json!(true) {
+            held.push(v["providerRef"].as_str().unwrap().to_string());
+        } else {
+            assert_eq!(v["error"], json!("BUDGET_EXHAUSTED"), "{v}");
+        }
+    }
+    assert_eq!(held.len(), 10);
+    // commits keep the budget spent; a reactivate of a committed use gives it back
+    assert_eq!(
+        h.call("voucher/commit", &commit_body(100, &res_id(1), &held[0]))
+            .await
+            .json()["ok"],
+        json!(true)
+    );
+    assert_eq!(
+        check_as(&h, "BUDGET", None).await["error"],
+        json!("BUDGET_EXHAUSTED")
+    );
+    h.call(
+        "voucher/reactivate",
+        &commit_body(100, &res_id(1), &held[0]),
+    )
+    .await;
+    assert_eq!(check_as(&h, "BUDGET", None).await["ok"], json!(true));
+}
+
+/// A vendor rules service: approves `OK…`, declines `NO…`, sleeps on `SLOW…`, answers
+/// garbage to `BAD…`; checks our Standard Webhooks signature.
+async fn vendor() -> (String, Arc<std::sync::Mutex<Vec<Value>>>) {
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::Bytes;
+    let seen: Arc<std::sync::Mutex<Vec<Value>>> = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let s2 = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let seen = s2.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let seen = seen.clone();
+                        async move {
+                            let headers = req.headers().clone();
+                            let body = req.into_body().collect().await.unwrap().to_bytes().to_vec();
+                            let get =
+                                |n: &str| headers.get(n).map(|v| v.to_str().unwrap().to_string());
+                            let s = karma_provider::webhook::Scheme::StandardWebhooks;
+                            let key =
+                                karma_provider::webhook::secret_bytes(&s, "whsec_ZndkLWtleQ==")
+                                    .unwrap();
+                            let signed = karma_provider::webhook::verify(
+                                &s,
+                                &[key],
+                                &get,
+                                &body,
+                                karma_provider::Clock::System.now_ms(),
+                                300_000,
+                            )
+                            .is_ok();
+                            let v: Value = serde_json::from_slice(&body).unwrap();
+                            seen.lock().unwrap().push(v.clone());
+                            let code = v["voucherNr"].as_str().unwrap_or("").to_string();
+                            let answer = if !signed {
+                                r#"{"ok":false,"reason":"bad signature"}"#.to_string()
+                            } else if code.starts_with("OK") {
+                                r#"{"ok":true,"discountAmountCents":777,"voucherNr":"V-1"}"#
+                                    .to_string()
+                            } else if code.starts_with("NO") {
+                                r#"{"ok":false,"reason":"This gift card was cancelled by the issuer."}"#.to_string()
+                            } else if code.starts_with("SLOW") {
+                                tokio::time::sleep(Duration::from_secs(3)).await;
+                                r#"{"ok":true,"discountAmountCents":1}"#.to_string()
+                            } else {
+                                "<html>oops</html>".to_string()
+                            };
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                                Bytes::from(answer),
+                            )))
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (format!("http://{addr}/decide"), seen)
+}
+
+#[tokio::test]
+async fn vendor_rules_decide_and_fail_closed() {
+    let (url, seen) = vendor().await;
+    let h = Harness::start(&config_with(&format!(
+        "[[tenants.campaigns]]\nid = \"vend\"\ncodes = [\"OK1\", \"NO1\", \"SLOW1\", \"BAD1\"]\ndiscount = {{ amount_cents = 100 }}\nmax_uses_per_code = 1\nrules = {{ http = \"{url}\", secret_env = \"FWD_SECRET\", timeout = \"300ms\" }}\n"
+    )))
+    .await;
+    let v = h
+        .call(
+            "voucher/check",
+            &json!({"code": "ok1", "cart": cart(5000), "userId": "g1", "locationId": 42}),
+        )
+        .await
+        .json();
+    assert_eq!(
+        (
+            v["ok"].clone(),
+            v["discountAmountCents"].clone(),
+            v["voucherNr"].clone()
+        ),
+        (json!(true), json!(777), json!("V-1")),
+        "{v}"
+    );
+    let asked = seen.lock().unwrap()[0].clone();
+    assert_eq!(
+        (
+            asked["code"].clone(),
+            asked["voucherNr"].clone(),
+            asked["userId"].clone(),
+            asked["locationId"].clone(),
+            asked["campaign"].clone()
+        ),
+        (
+            json!("ok1"),
+            json!("OK1"),
+            json!("g1"),
+            json!("42"),
+            json!("vend")
+        )
+    );
+    assert_eq!(asked["cart"]["totalCents"], json!(5000));
+    // our limits still hold: the single-use code is now held
+    assert_eq!(
+        check_as(&h, "OK1", None).await["error"],
+        json!("VOUCHER_HELD")
+    );
+
+    let v = check_as(&h, "NO1", None).await;
+    assert_eq!(
+        (v["error"].clone(), v["message"].clone()),
+        (
+            json!("VENDOR_DECLINED"),
+            json!("This gift card was cancelled by the issuer.")
+        )
+    );
+    let t0 = Instant::now();
+    let v = check_as(&h, "SLOW1", None).await;
+    assert_eq!(v["error"], json!("VENDOR_UNAVAILABLE"));
+    assert!(
+        t0.elapsed() < Duration::from_millis(1500),
+        "took {:?}",
+        t0.elapsed()
+    );
+    let v = check_as(&h, "BAD1", None).await;
+    assert_eq!(v["error"], json!("VENDOR_UNAVAILABLE"));
+    assert!(
+        v["message"].as_str().unwrap().contains("invalid answer"),
+        "{v}"
+    );
+    // nothing is held for refused checks
+    assert_eq!(
+        h.admin("GET", "holds", None).await.json()["count"],
+        json!(1)
+    );
+}
+
+struct HalfOff;
+impl karma_provider::rules::VoucherRules for HalfOff {
+    fn decide<'a>(
+        &'a self,
+        req: &'a karma_provider::rules::RulesRequest,
+    ) -> karma_provider::rules::Decision<'a> {
+        Box::pin(async move {
+            Ok(karma_provider::rules::RulesDecision {
+                ok: true,
+                discount_amount_cents: Some(req.cart.total_cents / 2),
+                voucher_nr: None,
+                reason: None,
+            })
+        })
+    }
+}
+
+#[tokio::test]
+async fn embedded_rules_through_the_trait() {
+    let dir = tempfile::tempdir().unwrap();
+    let text =
+        config_with(CAMPAIGNS).replace("@DATA@", &dir.path().join("d").display().to_string());
+    let env = |k: &str| match k {
+        "ADMIN_TOKEN" => Some(ADMIN_TOKEN.to_string()),
+        "ACME_KEY" => Some(KEY.to_string()),
+        "BASIC_PASS" => Some("x".to_string()),
+        _ => None,
+    };
+    let cfg = karma_provider::Config::from_toml(&text, "t", &env).unwrap();
+    let server = karma_provider::Server::start_with_rules(
+        cfg,
+        Clock::manual_at(T0),
+        Some(Arc::new(HalfOff)),
+    )
+    .await
+    .unwrap();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<hyper::body::Bytes>>();
+    let req = hyper::Request::builder()
+        .method("POST")
+        .uri(format!("http://{}/v1/acme/voucher/check", server.addr))
+        .header("x-provider-key", KEY)
+        .body(http_body_util::Full::new(hyper::body::Bytes::from(
+            serde_json::to_vec(&check_body("SHARED-1", 3000)).unwrap(),
+        )))
+        .unwrap();
+    use http_body_util::BodyExt;
+    let body = client
+        .request(req)
+        .await
+        .unwrap()
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes();
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["discountAmountCents"], json!(1500));
+    server.stop().await;
+}
