@@ -6,6 +6,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use karma_provider::{Clock, Config, Server};
 
+/// sled allocates and frees a node per update; mimalloc halves that cost against glibc's
+/// allocator (measured: BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "karma-provider",
@@ -48,6 +53,47 @@ enum WebhookAction {
         #[arg(long, short)]
         config: Option<PathBuf>,
         file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum CodesAction {
+    /// Import FILE.csv (`code[,valid_until][,assigned_user]`) into a campaign.
+    Import {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        campaign: String,
+        file: PathBuf,
+    },
+    /// Generate COUNT new codes from a pattern (# digit, ? letter; no look-alikes).
+    Generate {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        campaign: String,
+        #[arg(long)]
+        pattern: String,
+        #[arg(long)]
+        count: u64,
+        /// Where the new codes are written (CSV).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Export a campaign's bulk codes with their state as CSV.
+    Export {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        campaign: String,
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -106,6 +152,9 @@ enum Command {
         /// Also write the results as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Import this many unique codes first (for the check-bulk scenario).
+        #[arg(long)]
+        bulk_codes: Option<u64>,
     },
     /// Back up a running server: a consistent snapshot of all state as JSON lines (admin API).
     Export {
@@ -176,6 +225,12 @@ enum Command {
     /// The benchmark's yardstick server (started by `bench`).
     #[command(hide = true)]
     BenchYardstick,
+    /// Bulk codes on a stopped server's data dir (millions, streaming). Online, use the
+    /// admin API: POST/GET /admin/v1/tenants/{t}/campaigns/{c}/codes[/generate].
+    Codes {
+        #[command(subcommand)]
+        action: CodesAction,
+    },
     /// Check a config file and exit (non-zero with the key at fault when invalid).
     CheckConfig {
         #[arg(long, short)]
@@ -264,6 +319,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Webhook { action } => webhook_cli(action),
+        Command::Codes { action } => codes_cli(action),
         Command::Export {
             url,
             token_env,
@@ -486,6 +542,7 @@ fn main() -> ExitCode {
             seconds,
             webhook_rate,
             json,
+            bulk_codes,
         } => {
             if let Some(bad) = scenarios
                 .iter()
@@ -514,6 +571,7 @@ fn main() -> ExitCode {
                 duration: std::time::Duration::from_secs(seconds),
                 webhook_rate,
                 json_out: json,
+                bulk_codes,
             };
             match rt.block_on(karma_provider::bench::run(opts)) {
                 Ok(_) => ExitCode::SUCCESS,
@@ -620,6 +678,57 @@ fn webhook_cli(action: WebhookAction) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn codes_cli(action: CodesAction) -> ExitCode {
+    use karma_provider::codes_cli;
+    let config = match &action {
+        CodesAction::Import { config, .. }
+        | CodesAction::Generate { config, .. }
+        | CodesAction::Export { config, .. } => config.clone(),
+    };
+    let cfg = match Config::load(config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("config error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match action {
+        CodesAction::Import { tenant, campaign, file, .. } => codes_cli::import(&cfg, &tenant, &campaign, &file, false).map(|r| {
+            if r.invalid.is_empty() {
+                say!("imported {} codes, {} duplicates, 0 invalid rows in {:.1} s ({:.0} codes/s); store {} MiB", r.imported, r.duplicates, r.seconds, r.codes_per_second, r.store_bytes >> 20);
+                ExitCode::SUCCESS
+            } else {
+                for (line, m) in r.invalid.iter().take(100) {
+                    eprintln!("line {line}: {m}");
+                }
+                say!("imported 0 codes: {} invalid rows (nothing was written)", r.invalid.len());
+                ExitCode::from(1)
+            }
+        }),
+        CodesAction::Generate { tenant, campaign, pattern, count, out, .. } => codes_cli::generate_cmd(&cfg, &tenant, &campaign, &pattern, count, &out).map(|n| {
+            say!("generated {n} codes into {}", out.display());
+            ExitCode::SUCCESS
+        }),
+        CodesAction::Export { tenant, campaign, out, .. } => {
+            let r = match &out {
+                Some(p) => std::fs::File::create(p).map_err(|e| e.to_string()).and_then(|f| {
+                    let mut w = std::io::BufWriter::new(f);
+                    codes_cli::export(&cfg, &tenant, &campaign, &mut w)
+                }),
+                None => codes_cli::export(&cfg, &tenant, &campaign, &mut std::io::stdout().lock()),
+            };
+            r.map(|n| {
+                eprintln!("exported {n} codes");
+                ExitCode::SUCCESS
+            })
+        }
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("codes: {e}");
+        ExitCode::FAILURE
+    })
 }
 
 /// A tokio runtime: multi-threaded to serve, single-threaded for one client call.

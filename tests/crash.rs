@@ -748,3 +748,180 @@ async fn export_and_import_commands() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+/// `karma-provider codes import|generate|export` on a stopped server's data dir.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codes_commands_on_a_stopped_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("kp.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = \"{}\"\n[[tenants]]\nid = \"v\"\nauth = {{ mode = \"none\" }}\n[[tenants.campaigns]]\nid = \"bulk\"\ndiscount = {{ amount_cents = 300 }}\nmax_uses_per_code = 1\n[[tenants.campaigns]]\nid = \"shared\"\ncodes = [\"TAKEN\"]\ndiscount = {{ amount_cents = 1 }}\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let codes = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_karma-provider"))
+            .arg("codes")
+            .args(args)
+            .arg("--config")
+            .arg(&cfg)
+            .output()
+            .unwrap()
+    };
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(&bad, "code\nC-1\nC-2,soon\nC-3\n,\n").unwrap();
+    let out = codes(&[
+        "import",
+        "--tenant",
+        "v",
+        "--campaign",
+        "bulk",
+        bad.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("line 3: valid_until") && err.contains("line 5: code"),
+        "{err}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("imported 0 codes: 2 invalid rows"));
+
+    let good = dir.path().join("good.csv");
+    let mut text = String::from("code,valid_until,assigned_user\n");
+    for i in 0..120_000 {
+        text.push_str(&format!("C-{i}\n"));
+    }
+    text.push_str("C-5\nTAKEN\nGIFT-1,,guest-9\n");
+    std::fs::write(&good, text).unwrap();
+    let out = codes(&[
+        "import",
+        "--tenant",
+        "v",
+        "--campaign",
+        "bulk",
+        good.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.starts_with("imported 120001 codes, 2 duplicates, 0 invalid rows"),
+        "{said}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("100%"),
+        "a progress line"
+    );
+
+    let newc = dir.path().join("new.csv");
+    let out = codes(&[
+        "generate",
+        "--tenant",
+        "v",
+        "--campaign",
+        "bulk",
+        "--pattern",
+        "X-#####-??",
+        "--count",
+        "2000",
+        "--out",
+        newc.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let generated: Vec<String> = std::fs::read_to_string(&newc)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(str::to_string)
+        .collect();
+    assert_eq!(generated.len(), 2000);
+    assert_eq!(
+        generated
+            .iter()
+            .collect::<std::collections::HashSet<_>>()
+            .len(),
+        2000
+    );
+
+    // the server finds them, and the assigned code is only for its guest
+    let (mut child, base) = start(&cfg);
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let check = |code: &str, user: Option<&str>| json!({"code": code, "cart": {"items": [], "totalCents": 1000}, "userId": user});
+    let (_, b) = send(
+        &client,
+        "POST",
+        &format!("{base}/v1/v/voucher/check"),
+        Some(&check("c-119999", None)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        serde_json::from_slice::<Value>(&b).unwrap()["voucherNr"],
+        json!("C-119999")
+    );
+    let (_, b) = send(
+        &client,
+        "POST",
+        &format!("{base}/v1/v/voucher/check"),
+        Some(&check(&generated[0], None)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        serde_json::from_slice::<Value>(&b).unwrap()["ok"],
+        json!(true)
+    );
+    let (_, b) = send(
+        &client,
+        "POST",
+        &format!("{base}/v1/v/voucher/check"),
+        Some(&check("GIFT-1", Some("guest-1"))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        serde_json::from_slice::<Value>(&b).unwrap()["error"],
+        json!("CODE_ASSIGNED_TO_ANOTHER_GUEST")
+    );
+    // while the server runs, the offline commands refuse the data dir
+    let out = codes(&[
+        "import",
+        "--tenant",
+        "v",
+        "--campaign",
+        "bulk",
+        good.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("still running"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let all = dir.path().join("all.csv");
+    let out = codes(&[
+        "export",
+        "--tenant",
+        "v",
+        "--campaign",
+        "bulk",
+        "--out",
+        all.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let exported = std::fs::read_to_string(&all).unwrap();
+    assert_eq!(exported.lines().count(), 1 + 120_001 + 2000);
+    assert!(exported.contains("GIFT-1,,guest-9,available\n"));
+}

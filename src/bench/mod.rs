@@ -29,15 +29,20 @@ pub struct BenchOptions {
     /// Arrival rate for the open-loop run of the webhook scenario.
     pub webhook_rate: u64,
     pub json_out: Option<PathBuf>,
+    /// Import this many unique codes first and compare checks on them with a 10-code
+    /// campaign (scenarios check-bulk and check-small).
+    pub bulk_codes: Option<u64>,
 }
 
-pub const SCENARIOS: [&str; 6] = [
+pub const SCENARIOS: [&str; 8] = [
     "check-commit",
     "check-reactivate",
     "award",
     "redeem",
     "reads",
     "webhook",
+    "check-small",
+    "check-bulk",
 ];
 
 const WEBHOOK_SECRET: &str = "bench-webhook-secret";
@@ -79,6 +84,14 @@ auto_enroll = true
 id = "r"
 title = "Bench reward"
 points_cost = 1
+[[tenants.campaigns]]
+id = "small"
+codes = ["S0", "S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9"]
+discount = {{ amount_cents = 100 }}
+[[tenants.campaigns]]
+id = "bulk"
+discount = {{ amount_cents = 100 }}
+max_uses_per_code = 1
 [tenants.webhooks]
 verify = {{ scheme = "hmac-sha256-hex", secrets_env = ["KP_BENCH_WEBHOOK_SECRET"] }}
 "#,
@@ -169,6 +182,21 @@ fn flow(scenario: &str, w: usize, i: u64, step: usize, prev: Option<&Value>) -> 
         }
         ("check-commit", 1) => Some(release("commit", "/v1/bench/voucher/commit")),
         ("check-reactivate", 1) => Some(release("reactivate", "/v1/bench/voucher/reactivate")),
+        ("check-small", 0) => Some((
+            "check",
+            "/v1/bench/voucher/check".into(),
+            j(json!({"code": format!("S{}", i % 10), "cart": {"items": [], "totalCents": 5000}})),
+            vec![],
+        )),
+        // every request a different single-use code, spread over the imported set
+        ("check-bulk", 0) => Some((
+            "check",
+            "/v1/bench/voucher/check".into(),
+            j(
+                json!({"code": bulk_code((w as u64 * 1_000_003 + i * 7919) % BULK_N.load(std::sync::atomic::Ordering::Relaxed).max(1)), "cart": {"items": [], "totalCents": 5000}}),
+            ),
+            vec![],
+        )),
         ("award", 0) => Some((
             "award",
             "/v1/bench/loyalty/award".into(),
@@ -224,6 +252,41 @@ fn flow(scenario: &str, w: usize, i: u64, step: usize, prev: Option<&Value>) -> 
         }
         _ => None,
     }
+}
+
+static BULK_N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn bulk_code(i: u64) -> String {
+    format!("BULK-{i:010}")
+}
+
+/// Import `n` codes into the bench campaign `bulk` (before the service starts).
+fn import_bulk(cfg_path: &std::path::Path, dir: &std::path::Path, n: u64) -> Result<Value, String> {
+    use std::io::Write;
+    let csv = dir.join("bulk.csv");
+    let mut w = std::io::BufWriter::new(std::fs::File::create(&csv).map_err(|e| e.to_string())?);
+    for i in 0..n {
+        writeln!(w, "{}", bulk_code(i)).map_err(|e| e.to_string())?;
+    }
+    w.flush().map_err(|e| e.to_string())?;
+    drop(w);
+    let text = std::fs::read_to_string(cfg_path).map_err(|e| e.to_string())?;
+    let env = |k: &str| (k == "KP_BENCH_WEBHOOK_SECRET").then(|| WEBHOOK_SECRET.to_string());
+    let cfg = crate::config::Config::from_toml(&text, &cfg_path.display().to_string(), &env)
+        .map_err(|e| e.to_string())?;
+    let r = crate::codes_cli::import(&cfg, "bench", "bulk", &csv, false)?;
+    let _ = std::fs::remove_file(&csv);
+    BULK_N.store(n, std::sync::atomic::Ordering::Relaxed);
+    println!(
+        "bulk import: {} codes in {:.1} s = {:.0} codes/s; store {} MiB on disk",
+        r.imported,
+        r.seconds,
+        r.codes_per_second,
+        r.store_bytes >> 20
+    );
+    Ok(
+        json!({"codes": r.imported, "seconds": r.seconds, "codesPerSecond": r.codes_per_second, "storeBytes": r.store_bytes}),
+    )
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
@@ -457,6 +520,10 @@ pub async fn run(opts: BenchOptions) -> Result<Vec<RunResult>, String> {
     let cfg = dir.join("bench.toml");
     std::fs::write(&cfg, service_config(&dir)).map_err(|e| e.to_string())?;
     let cfg_s = cfg.display().to_string();
+    let bulk = match opts.bulk_codes {
+        Some(n) => Some(import_bulk(&cfg, &dir, n)?),
+        None => None,
+    };
     let service = spawn("service", &["serve", "--config", &cfg_s])?;
     let yard = spawn("yardstick", &["bench-yardstick"])?;
     prepare(&service.base, opts.connections).await?;
@@ -491,7 +558,7 @@ pub async fn run(opts: BenchOptions) -> Result<Vec<RunResult>, String> {
     let _ = std::fs::remove_dir_all(&dir);
     print_table(&out);
     if let Some(p) = &opts.json_out {
-        let doc = json!({"connections": opts.connections, "durationSeconds": opts.duration.as_secs_f64(), "results": out});
+        let doc = json!({"connections": opts.connections, "durationSeconds": opts.duration.as_secs_f64(), "bulkImport": bulk, "results": out});
         std::fs::write(p, serde_json::to_vec_pretty(&doc).unwrap_or_default())
             .map_err(|e| format!("{}: {e}", p.display()))?;
     }

@@ -472,3 +472,86 @@ pub fn import_records(
     }
     Ok(n)
 }
+
+/// Direct access to a *stopped* server's store, for bulk operator commands (code import,
+/// generation, export). Fails while a server holds the data directory.
+pub struct Offline {
+    db: sled::Db,
+    path: PathBuf,
+    pending: sled::Batch,
+    pending_len: usize,
+}
+
+impl Offline {
+    pub fn open(opts: &StoreOptions) -> Result<Offline, StoreError> {
+        let db = sled::Config::new()
+            .path(&opts.path)
+            .cache_capacity(opts.cache_capacity_bytes)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(|e| {
+                StoreError::Io(format!(
+                    "opening {} (is the server still running? stop it, or use the admin API): {e}",
+                    opts.path.display()
+                ))
+            })?;
+        Ok(Offline {
+            db,
+            path: opts.path.clone(),
+            pending: sled::Batch::default(),
+            pending_len: 0,
+        })
+    }
+
+    pub fn get(&self, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.db
+            .get(k)
+            .map(|o| o.map(|v| v.to_vec()))
+            .map_err(|e| StoreError::Io(e.to_string()))
+    }
+
+    /// Queue a write; [`Offline::apply`] makes the queued writes visible (atomically).
+    pub fn insert(&mut self, k: Vec<u8>, v: Vec<u8>) {
+        self.pending.insert(k, v);
+        self.pending_len += 1;
+    }
+
+    pub fn apply(&mut self) -> Result<(), StoreError> {
+        if self.pending_len > 0 {
+            let b = std::mem::take(&mut self.pending);
+            self.pending_len = 0;
+            self.db
+                .apply_batch(b)
+                .map_err(|e| StoreError::Io(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    pub fn scan_prefix(
+        &self,
+        prefix: &[u8],
+    ) -> impl Iterator<Item = Result<KeyValue, StoreError>> + '_ {
+        self.db.scan_prefix(prefix).map(|kv| {
+            kv.map(|(k, v)| (k.to_vec(), v.to_vec()))
+                .map_err(|e| StoreError::Io(e.to_string()))
+        })
+    }
+
+    /// Apply what is queued, flush and fsync.
+    pub fn finish(mut self) -> Result<(), StoreError> {
+        self.apply()?;
+        self.db.flush().map_err(|e| StoreError::Io(e.to_string()))?;
+        for f in data_files(&self.path) {
+            if let Ok(file) = File::open(&f) {
+                file.sync_data()
+                    .map_err(|e| StoreError::Io(format!("fsync {}: {e}", f.display())))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes the store's files take on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+}

@@ -1,0 +1,321 @@
+//! `karma-provider codes import|generate|export`: bulk codes on a stopped server's data
+//! directory, streaming, for millions of codes (the admin API does the same online, for
+//! files that fit in a request). Import reads the file twice: first every row is checked
+//! (invalid rows are listed by line and nothing is written), then codes are written in
+//! batches, duplicates counted. Progress goes to stderr.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+use crate::config::Config;
+use crate::service::codes::{
+    export_line, generate, is_header, parse_row, write_rows, BulkCode, CodeStore, GenTarget,
+};
+use crate::store::{prefix, Offline, StoreError, StoreOptions};
+use crate::voucher::{match_key, CampaignSpec, CodeMatch};
+
+const BATCH: usize = 50_000;
+
+impl CodeStore for Offline {
+    fn exists(&mut self, key: &[u8]) -> Result<bool, StoreError> {
+        Ok(self.get(key)?.is_some())
+    }
+    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<(), StoreError> {
+        self.insert(key, value);
+        Ok(())
+    }
+}
+
+/// The tenant's code matching, its campaign ids, and the match keys of its shared codes
+/// (config and API-made campaigns).
+fn tenant_view(
+    cfg: &Config,
+    store: &Offline,
+    tenant: &str,
+) -> Result<(CodeMatch, HashSet<String>, HashSet<String>), String> {
+    let t = cfg
+        .tenant(tenant)
+        .ok_or_else(|| format!("{}: no tenant {tenant:?}", cfg.origin))?;
+    let mut campaigns: HashSet<String> = t.campaigns.iter().map(|c| c.id.clone()).collect();
+    let mut shared: HashSet<String> = t
+        .campaigns
+        .iter()
+        .flat_map(|c| c.spec.codes.iter().map(|k| match_key(t.code_match, k)))
+        .collect();
+    for kv in store.scan_prefix(&prefix(&["camp", tenant])) {
+        let (_, v) = kv.map_err(|e| e.to_string())?;
+        if let Ok(spec) = serde_json::from_slice::<CampaignSpec>(&v) {
+            shared.extend(spec.codes.iter().map(|k| match_key(t.code_match, k)));
+            campaigns.insert(spec.id);
+        }
+    }
+    Ok((t.code_match, campaigns, shared))
+}
+
+fn open(cfg: &Config) -> Result<Offline, String> {
+    Offline::open(&StoreOptions {
+        path: cfg.storage.path.clone(),
+        cache_capacity_bytes: cfg.storage.cache_capacity_mb * 1024 * 1024,
+    })
+    .map_err(|e| e.to_string())
+}
+
+struct Progress {
+    what: &'static str,
+    total_bytes: u64,
+    started: Instant,
+    last: Instant,
+}
+
+impl Progress {
+    fn new(what: &'static str, total_bytes: u64) -> Progress {
+        Progress {
+            what,
+            total_bytes,
+            started: Instant::now(),
+            last: Instant::now(),
+        }
+    }
+
+    fn tick(&mut self, rows: u64, bytes: u64, force: bool) {
+        if !force && self.last.elapsed().as_millis() < 200 {
+            return;
+        }
+        self.last = Instant::now();
+        let pct = (bytes * 100).checked_div(self.total_bytes).unwrap_or(100).min(100);
+        let filled = (pct / 5) as usize;
+        let rate = rows as f64 / self.started.elapsed().as_secs_f64().max(1e-3);
+        let mut e = std::io::stderr().lock();
+        let _ = write!(
+            e,
+            "\r{:<9} [{}{}] {:>3}% {:>11} rows {:>9.0} rows/s",
+            self.what,
+            "#".repeat(filled),
+            ".".repeat(20 - filled),
+            pct,
+            rows,
+            rate
+        );
+        let _ = e.flush();
+    }
+
+    fn done(&mut self, rows: u64, bytes: u64) {
+        self.tick(rows, bytes, true);
+        let _ = writeln!(std::io::stderr());
+    }
+}
+
+/// What `codes import` reports.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ImportSummary {
+    pub imported: u64,
+    pub duplicates: u64,
+    pub invalid: Vec<(u64, String)>,
+    pub seconds: f64,
+    pub codes_per_second: f64,
+    pub store_bytes: u64,
+}
+
+pub fn import(
+    cfg: &Config,
+    tenant: &str,
+    campaign: &str,
+    file: &Path,
+    quiet: bool,
+) -> Result<ImportSummary, String> {
+    let mut store = open(cfg)?;
+    let (mode, campaigns, shared) = tenant_view(cfg, &store, tenant)?;
+    if !campaigns.contains(campaign) {
+        return Err(format!("tenant {tenant:?} has no campaign {campaign:?}"));
+    }
+    let total = std::fs::metadata(file)
+        .map_err(|e| format!("{}: {e}", file.display()))?
+        .len();
+    let reader = || -> Result<csv::Reader<std::fs::File>, String> {
+        let f = std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
+        Ok(csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .buffer_capacity(1 << 20)
+            .from_reader(f))
+    };
+    let started = Instant::now();
+    // Pass 1: every row must be valid, or nothing is written.
+    let mut invalid = Vec::new();
+    let mut p = Progress::new("checking", total);
+    let mut rec = csv::StringRecord::new();
+    let mut rdr = reader()?;
+    let mut n = 0u64;
+    loop {
+        match rdr.read_record(&mut rec) {
+            Ok(false) => break,
+            Ok(true) => {
+                n += 1;
+                if !(n == 1 && is_header(&rec)) {
+                    if let Err(m) = parse_row(campaign, mode, &rec) {
+                        invalid.push((rec.position().map(|p| p.line()).unwrap_or(n), m));
+                    }
+                }
+            }
+            Err(e) => invalid.push((
+                e.position().map(|p| p.line()).unwrap_or(n + 1),
+                e.to_string(),
+            )),
+        }
+        if !quiet && n % 100_000 == 0 {
+            p.tick(n, rdr.position().byte(), false);
+        }
+    }
+    if !quiet {
+        p.done(n, total);
+    }
+    if !invalid.is_empty() {
+        return Ok(ImportSummary {
+            invalid,
+            ..ImportSummary::default()
+        });
+    }
+    // Pass 2: write in batches; each batch is applied before the next is checked, so
+    // duplicates across batches are found in the store.
+    let mut p = Progress::new("importing", total);
+    let mut rdr = reader()?;
+    let (mut imported, mut duplicates, mut rows_seen) = (0u64, 0u64, 0u64);
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut first = true;
+    loop {
+        let more = rdr.read_record(&mut rec).map_err(|e| e.to_string())?;
+        if more {
+            rows_seen += 1;
+            let header = first && is_header(&rec);
+            first = false;
+            if !header {
+                batch.push(parse_row(campaign, mode, &rec)?);
+            }
+        }
+        if batch.len() >= BATCH || (!more && !batch.is_empty()) {
+            let (i, d) = write_rows(
+                &mut store,
+                tenant,
+                std::mem::take(&mut batch),
+                &shared,
+                &mut HashSet::new(),
+            )
+            .map_err(|e| e.to_string())?;
+            store.apply().map_err(|e| e.to_string())?;
+            imported += i;
+            duplicates += d;
+            if !quiet {
+                p.tick(rows_seen, rdr.position().byte(), false);
+            }
+        }
+        if !more {
+            break;
+        }
+    }
+    let store_bytes = {
+        let s = store.size_on_disk();
+        store.finish().map_err(|e| e.to_string())?;
+        s
+    };
+    if !quiet {
+        p.done(rows_seen, total);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(ImportSummary {
+        imported,
+        duplicates,
+        invalid: Vec::new(),
+        seconds,
+        codes_per_second: imported as f64 / seconds.max(1e-9),
+        store_bytes,
+    })
+}
+
+/// Generate `count` codes into a campaign and write them (one per line) to `out`.
+pub fn generate_cmd(
+    cfg: &Config,
+    tenant: &str,
+    campaign: &str,
+    pattern: &str,
+    count: u64,
+    out: &Path,
+) -> Result<u64, String> {
+    let mut store = open(cfg)?;
+    let (mode, campaigns, shared) = tenant_view(cfg, &store, tenant)?;
+    if !campaigns.contains(campaign) {
+        return Err(format!("tenant {tenant:?} has no campaign {campaign:?}"));
+    }
+    let salt = format!("{:?}", std::time::SystemTime::now());
+    let mut w = std::io::BufWriter::new(
+        std::fs::File::create(out).map_err(|e| format!("{}: {e}", out.display()))?,
+    );
+    let _ = writeln!(w, "code");
+    let mut made = 0u64;
+    let mut p = Progress::new("generating", count);
+    while made < count {
+        let n = (count - made).min(BATCH as u64);
+        let codes = generate(
+            &mut store,
+            &GenTarget {
+                tenant,
+                campaign,
+                mode,
+            },
+            pattern,
+            n,
+            &shared,
+            &format!("{salt}/{made}"),
+        )
+        .map_err(|e| e.to_string())??;
+        store.apply().map_err(|e| e.to_string())?;
+        for c in &codes {
+            writeln!(w, "{c}").map_err(|e| e.to_string())?;
+        }
+        made += codes.len() as u64;
+        p.tick(made, made, false);
+    }
+    w.flush().map_err(|e| e.to_string())?;
+    store.finish().map_err(|e| e.to_string())?;
+    p.done(made, made);
+    Ok(made)
+}
+
+/// Every bulk code of a campaign as CSV (`code,valid_until,assigned_user,state`).
+pub fn export(
+    cfg: &Config,
+    tenant: &str,
+    campaign: &str,
+    out: &mut dyn Write,
+) -> Result<u64, String> {
+    let store = open(cfg)?;
+    let limit = cfg
+        .tenant(tenant)
+        .and_then(|t| t.campaigns.iter().find(|c| c.id == campaign))
+        .and_then(|c| c.max_uses_per_code)
+        .unwrap_or(1);
+    writeln!(out, "code,valid_until,assigned_user,state").map_err(|e| e.to_string())?;
+    let mut n = 0;
+    for kv in store.scan_prefix(&prefix(&["bcode", tenant])) {
+        let (_, v) = kv.map_err(|e| e.to_string())?;
+        let Ok(b) = serde_json::from_slice::<BulkCode>(&v) else {
+            continue;
+        };
+        if b.c != campaign {
+            continue;
+        }
+        let used = store
+            .get(&crate::service::keys::used_code(tenant, &b.c, &b.k))
+            .map_err(|e| e.to_string())?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0);
+        // Offline there are no live holds to count: a code is used or available.
+        let state = if used >= limit { "used" } else { "available" };
+        out.write_all(export_line(&b, state).as_bytes())
+            .map_err(|e| e.to_string())?;
+        n += 1;
+    }
+    Ok(n)
+}
