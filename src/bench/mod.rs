@@ -99,6 +99,12 @@ verify = {{ scheme = "hmac-sha256-hex", secrets_env = ["KP_BENCH_WEBHOOK_SECRET"
     )
 }
 
+/// Peak resident set (VmHWM) of a process, in KiB (Linux).
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// A child process printing `… listening on http://ADDR` as its first stdout line.
 struct Target {
     name: &'static str,
@@ -553,12 +559,21 @@ pub async fn run(opts: BenchOptions) -> Result<Vec<RunResult>, String> {
             }
         }
     }
+    let rss = json!({
+        "servicePeakRssKib": peak_rss_kib(service.child.id()),
+        "yardstickPeakRssKib": peak_rss_kib(yard.child.id()),
+    });
+    println!(
+        "peak RSS: service {} MiB, yardstick {} MiB",
+        rss["servicePeakRssKib"].as_u64().map(|k| k >> 10).unwrap_or(0),
+        rss["yardstickPeakRssKib"].as_u64().map(|k| k >> 10).unwrap_or(0)
+    );
     drop(service);
     drop(yard);
     let _ = std::fs::remove_dir_all(&dir);
     print_table(&out);
     if let Some(p) = &opts.json_out {
-        let doc = json!({"connections": opts.connections, "durationSeconds": opts.duration.as_secs_f64(), "bulkImport": bulk, "results": out});
+        let doc = json!({"connections": opts.connections, "durationSeconds": opts.duration.as_secs_f64(), "bulkImport": bulk, "memory": rss, "results": out});
         std::fs::write(p, serde_json::to_vec_pretty(&doc).unwrap_or_default())
             .map_err(|e| format!("{}: {e}", p.display()))?;
     }
