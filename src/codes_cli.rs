@@ -84,7 +84,10 @@ impl Progress {
             return;
         }
         self.last = Instant::now();
-        let pct = (bytes * 100).checked_div(self.total_bytes).unwrap_or(100).min(100);
+        let pct = (bytes * 100)
+            .checked_div(self.total_bytes)
+            .unwrap_or(100)
+            .min(100);
         let filled = (pct / 5) as usize;
         let rate = rows as f64 / self.started.elapsed().as_secs_f64().max(1e-3);
         let mut e = std::io::stderr().lock();

@@ -102,7 +102,13 @@ verify = {{ scheme = "hmac-sha256-hex", secrets_env = ["KP_BENCH_WEBHOOK_SECRET"
 /// Peak resident set (VmHWM) of a process, in KiB (Linux).
 fn peak_rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// A child process printing `… listening on http://ADDR` as its first stdout line.
@@ -565,8 +571,14 @@ pub async fn run(opts: BenchOptions) -> Result<Vec<RunResult>, String> {
     });
     println!(
         "peak RSS: service {} MiB, yardstick {} MiB",
-        rss["servicePeakRssKib"].as_u64().map(|k| k >> 10).unwrap_or(0),
-        rss["yardstickPeakRssKib"].as_u64().map(|k| k >> 10).unwrap_or(0)
+        rss["servicePeakRssKib"]
+            .as_u64()
+            .map(|k| k >> 10)
+            .unwrap_or(0),
+        rss["yardstickPeakRssKib"]
+            .as_u64()
+            .map(|k| k >> 10)
+            .unwrap_or(0)
     );
     drop(service);
     drop(yard);
