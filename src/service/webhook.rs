@@ -323,16 +323,36 @@ pub fn show(txn: &mut Txn<'_>, _st: &mut State, t: &str, seq: u64) -> Result<Rep
     Ok(Reply::json(200, out))
 }
 
-pub fn dead_letters(txn: &mut Txn<'_>, _st: &mut State, t: &str) -> Result<Reply, StoreError> {
-    let mut items = Vec::new();
+/// A dead letter: its key, route, event seq and stored state.
+type DeadEntry = (Vec<u8>, String, u64, Vec<u8>);
+
+/// The dead letters of a tenant as (key, route, seq, value), all or the one `only` names.
+fn dead_entries(
+    txn: &Txn<'_>,
+    t: &str,
+    only: Option<&(String, u64)>,
+) -> Result<Vec<DeadEntry>, StoreError> {
+    let mut out = Vec::new();
     for (k, v) in txn.scan_prefix(&prefix(&["whdl", t]))? {
         let seq = u64::from_str_radix(last(&k), 16).unwrap_or(0);
+        // whdl / tenant / route / seq
         let route = std::str::from_utf8(&k)
             .unwrap_or("")
             .split('\u{1f}')
             .nth(2)
             .unwrap_or("")
             .to_owned();
+        if only.is_some_and(|(r, s)| *r != route || *s != seq) {
+            continue;
+        }
+        out.push((k, route, seq, v));
+    }
+    Ok(out)
+}
+
+pub fn dead_letters(txn: &mut Txn<'_>, _st: &mut State, t: &str) -> Result<Reply, StoreError> {
+    let mut items = Vec::new();
+    for (_, route, seq, v) in dead_entries(txn, t, None)? {
         let q: QueueState = serde_json::from_slice(&v).unwrap_or_default();
         let event = txn.get_json::<InboxRecord>(&inbox_key(t, seq))?;
         items.push(json!({
@@ -360,17 +380,7 @@ pub fn replay_dead(
 ) -> Result<(Reply, Vec<String>), StoreError> {
     let mut moved = 0u64;
     let mut routes = Vec::new();
-    for (k, _) in txn.scan_prefix(&prefix(&["whdl", t]))? {
-        let seq = u64::from_str_radix(last(&k), 16).unwrap_or(0);
-        let route = std::str::from_utf8(&k)
-            .unwrap_or("")
-            .split('\u{1f}')
-            .nth(2)
-            .unwrap_or("")
-            .to_owned();
-        if only.as_ref().is_some_and(|(r, s)| *r != route || *s != seq) {
-            continue;
-        }
+    for (k, route, seq, _) in dead_entries(txn, t, only.as_ref())? {
         txn.delete(k);
         txn.put_json(queue_key(t, &route, seq), &QueueState::default());
         moved += 1;
@@ -399,17 +409,7 @@ pub fn purge_dead(
     only: Option<(String, u64)>,
 ) -> Result<Reply, StoreError> {
     let mut purged = 0u64;
-    for (k, _) in txn.scan_prefix(&prefix(&["whdl", t]))? {
-        let seq = u64::from_str_radix(last(&k), 16).unwrap_or(0);
-        let route = std::str::from_utf8(&k)
-            .unwrap_or("")
-            .split('\u{1f}')
-            .nth(2)
-            .unwrap_or("")
-            .to_owned();
-        if only.as_ref().is_some_and(|(r, s)| *r != route || *s != seq) {
-            continue;
-        }
+    for (k, _, _, _) in dead_entries(txn, t, only.as_ref())? {
         txn.delete(k);
         purged += 1;
     }
