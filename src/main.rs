@@ -367,12 +367,8 @@ fn main() -> ExitCode {
             }
         }
         Command::Import { config, file } => {
-            let config = match Config::load(config.as_deref()) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("config error: {e}");
-                    return ExitCode::from(2);
-                }
+            let Some(config) = load_config(config.as_deref()) else {
+                return ExitCode::from(2);
             };
             let records = match std::fs::read_to_string(&file)
                 .map_err(|e| e.to_string())
@@ -582,12 +578,8 @@ fn main() -> ExitCode {
             }
         }
         Command::Serve { config } => {
-            let config = match Config::load(config.as_deref()) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("config error: {e}");
-                    return ExitCode::from(2);
-                }
+            let Some(config) = load_config(config.as_deref()) else {
+                return ExitCode::from(2);
             };
             let Some(rt) = runtime(true) else {
                 return ExitCode::FAILURE;
@@ -612,12 +604,8 @@ fn webhook_cli(action: WebhookAction) -> ExitCode {
             file,
         } => (tenant, config, file, Some(url)),
     };
-    let config = match Config::load(config.as_deref()) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("config error: {e}");
-            return ExitCode::from(2);
-        }
+    let Some(config) = load_config(config.as_deref()) else {
+        return ExitCode::from(2);
     };
     let Some(wh) = config.tenant(&tenant).and_then(|t| t.webhooks.clone()) else {
         eprintln!(
@@ -687,12 +675,8 @@ fn codes_cli(action: CodesAction) -> ExitCode {
         | CodesAction::Generate { config, .. }
         | CodesAction::Export { config, .. } => config.clone(),
     };
-    let cfg = match Config::load(config.as_deref()) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("config error: {e}");
-            return ExitCode::from(2);
-        }
+    let Some(cfg) = load_config(config.as_deref()) else {
+        return ExitCode::from(2);
     };
     let result = match action {
         CodesAction::Import { tenant, campaign, file, .. } => codes_cli::import(&cfg, &tenant, &campaign, &file, false).map(|r| {
@@ -729,6 +713,13 @@ fn codes_cli(action: CodesAction) -> ExitCode {
         eprintln!("codes: {e}");
         ExitCode::FAILURE
     })
+}
+
+/// The config (the embedded default without a path); prints the error naming file and key.
+fn load_config(path: Option<&std::path::Path>) -> Option<Config> {
+    Config::load(path)
+        .map_err(|e| eprintln!("config error: {e}"))
+        .ok()
 }
 
 /// A tokio runtime: multi-threaded to serve, single-threaded for one client call.
