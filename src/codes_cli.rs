@@ -1,8 +1,10 @@
 //! `karma-provider codes import|generate|export`: bulk codes on a stopped server's data
 //! directory, streaming, for millions of codes (the admin API does the same online, for
 //! files that fit in a request). Import reads the file twice: first every row is checked
-//! (invalid rows are listed by line and nothing is written), then codes are written in
-//! batches, duplicates counted. Progress goes to stderr.
+//! (invalid rows are listed by line and nothing is written), then each code is inserted
+//! unless it exists (one atomic insert-if-absent), duplicates counted. Progress goes to
+//! stderr. A crash during the second pass leaves a prefix imported; running the same
+//! import again counts those codes as duplicates and imports the rest.
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -11,7 +13,7 @@ use std::time::Instant;
 
 use crate::config::Config;
 use crate::service::codes::{
-    export_line, generate, is_header, parse_row, write_rows, BulkCode, CodeStore, GenTarget,
+    export_line, generate, is_header, parse_row, BulkCode, CodeStore, GenTarget,
 };
 use crate::store::{prefix, Offline, StoreError, StoreOptions};
 use crate::voucher::{match_key, CampaignSpec, CodeMatch};
@@ -128,7 +130,7 @@ pub fn import(
     file: &Path,
     quiet: bool,
 ) -> Result<ImportSummary, String> {
-    let mut store = open(cfg)?;
+    let store = open(cfg)?;
     let (mode, campaigns, shared) = tenant_view(cfg, &store, tenant)?;
     if !campaigns.contains(campaign) {
         return Err(format!("tenant {tenant:?} has no campaign {campaign:?}"));
@@ -180,8 +182,8 @@ pub fn import(
             ..ImportSummary::default()
         });
     }
-    // Pass 2: write in batches; each batch is applied before the next is checked, so
-    // duplicates across batches are found in the store.
+    // Pass 2: insert each code unless it exists (one atomic insert-if-absent per code, so
+    // duplicates in the file or the store are found without a separate read).
     let mut p = Progress::new("importing", total);
     let mut rdr = reader()?;
     let (mut imported, mut duplicates, mut rows_seen) = (0u64, 0u64, 0u64);
@@ -198,17 +200,20 @@ pub fn import(
             }
         }
         if batch.len() >= BATCH || (!more && !batch.is_empty()) {
-            let (i, d) = write_rows(
-                &mut store,
-                tenant,
-                std::mem::take(&mut batch),
-                &shared,
-                &mut HashSet::new(),
-            )
-            .map_err(|e| e.to_string())?;
-            store.apply().map_err(|e| e.to_string())?;
-            imported += i;
-            duplicates += d;
+            for r in std::mem::take(&mut batch) {
+                let written = !shared.contains(&r.match_key)
+                    && store
+                        .insert_new(
+                            &crate::service::keys::bulk_code(tenant, &r.match_key),
+                            serde_json::to_vec(&r.code).unwrap_or_default(),
+                        )
+                        .map_err(|e| e.to_string())?;
+                if written {
+                    imported += 1;
+                } else {
+                    duplicates += 1;
+                }
+            }
             if !quiet {
                 p.tick(rows_seen, rdr.position().byte(), false);
             }

@@ -510,6 +510,16 @@ impl Offline {
             .map_err(|e| StoreError::Io(e.to_string()))
     }
 
+    /// Write `v` under `k` unless `k` exists; true when written. One atomic tree operation
+    /// (no separate read), durable at [`Offline::finish`].
+    pub fn insert_new(&self, k: &[u8], v: Vec<u8>) -> Result<bool, StoreError> {
+        match self.db.compare_and_swap(k, None as Option<&[u8]>, Some(v)) {
+            Ok(Ok(())) => Ok(true),
+            Ok(Err(_)) => Ok(false),
+            Err(e) => Err(StoreError::Io(e.to_string())),
+        }
+    }
+
     /// Queue a write; [`Offline::apply`] makes the queued writes visible (atomically).
     pub fn insert(&mut self, k: Vec<u8>, v: Vec<u8>) {
         self.pending.insert(k, v);
