@@ -187,6 +187,10 @@ pub fn import(
     let mut p = Progress::new("importing", total);
     let mut rdr = reader()?;
     let (mut imported, mut duplicates, mut rows_seen) = (0u64, 0u64, 0u64);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 8);
     let mut batch = Vec::with_capacity(BATCH);
     let mut first = true;
     loop {
@@ -200,19 +204,47 @@ pub fn import(
             }
         }
         if batch.len() >= BATCH || (!more && !batch.is_empty()) {
-            for r in std::mem::take(&mut batch) {
-                let written = !shared.contains(&r.match_key)
-                    && store
-                        .insert_new(
-                            &crate::service::keys::bulk_code(tenant, &r.match_key),
-                            serde_json::to_vec(&r.code).unwrap_or_default(),
-                        )
-                        .map_err(|e| e.to_string())?;
-                if written {
-                    imported += 1;
-                } else {
-                    duplicates += 1;
-                }
+            // Insert the batch from as many threads as there are cores (sled takes
+            // concurrent writers; each insert-if-absent is atomic on its own).
+            let rows = std::mem::take(&mut batch);
+            let chunk = rows.len().div_ceil(threads);
+            let results: Vec<Result<(u64, u64), String>> = std::thread::scope(|sc| {
+                let handles: Vec<_> = rows
+                    .chunks(chunk.max(1))
+                    .map(|part| {
+                        let (store, shared) = (&store, &shared);
+                        sc.spawn(move || -> Result<(u64, u64), String> {
+                            let (mut i, mut d) = (0u64, 0u64);
+                            for r in part {
+                                let written = !shared.contains(&r.match_key)
+                                    && store
+                                        .insert_new(
+                                            &crate::service::keys::bulk_code(tenant, &r.match_key),
+                                            serde_json::to_vec(&r.code).unwrap_or_default(),
+                                        )
+                                        .map_err(|e| e.to_string())?;
+                                if written {
+                                    i += 1;
+                                } else {
+                                    d += 1;
+                                }
+                            }
+                            Ok((i, d))
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join()
+                            .unwrap_or_else(|_| Err("an import thread panicked".into()))
+                    })
+                    .collect()
+            });
+            for r in results {
+                let (i, d) = r?;
+                imported += i;
+                duplicates += d;
             }
             if !quiet {
                 p.tick(rows_seen, rdr.position().byte(), false);
