@@ -155,6 +155,12 @@ enum Command {
         /// Import this many unique codes first (for the check-bulk scenario).
         #[arg(long)]
         bulk_codes: Option<u64>,
+        /// Arrival rate of the open-loop check-small and check-bulk runs.
+        #[arg(long, default_value_t = 2000)]
+        check_rate: u64,
+        /// The service's `storage.cache_capacity_mb` for the run.
+        #[arg(long, default_value_t = 64)]
+        cache_mb: u64,
     },
     /// Back up a running server: a consistent snapshot of all state as JSON lines (admin API).
     Export {
@@ -539,6 +545,8 @@ fn main() -> ExitCode {
             webhook_rate,
             json,
             bulk_codes,
+            check_rate,
+            cache_mb,
         } => {
             if let Some(bad) = scenarios
                 .iter()
@@ -568,6 +576,8 @@ fn main() -> ExitCode {
                 webhook_rate,
                 json_out: json,
                 bulk_codes,
+                check_rate,
+                cache_mb,
             };
             match rt.block_on(karma_provider::bench::run(opts)) {
                 Ok(_) => ExitCode::SUCCESS,

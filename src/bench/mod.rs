@@ -28,10 +28,14 @@ pub struct BenchOptions {
     pub duration: Duration,
     /// Arrival rate for the open-loop run of the webhook scenario.
     pub webhook_rate: u64,
+    /// Arrival rate for the open-loop runs of check-small and check-bulk.
+    pub check_rate: u64,
     pub json_out: Option<PathBuf>,
     /// Import this many unique codes first and compare checks on them with a 10-code
     /// campaign (scenarios check-bulk and check-small).
     pub bulk_codes: Option<u64>,
+    /// The service's page cache (`storage.cache_capacity_mb`).
+    pub cache_mb: u64,
 }
 
 pub const SCENARIOS: [&str; 8] = [
@@ -61,14 +65,14 @@ pub struct RunResult {
     pub latency_us: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
-fn service_config(dir: &std::path::Path) -> String {
+fn service_config(dir: &std::path::Path, cache_mb: u64) -> String {
     format!(
         r#"
 [server]
 listen = "127.0.0.1:0"
 [storage]
 path = "{}"
-cache_capacity_mb = 64
+cache_capacity_mb = {}
 [[tenants]]
 id = "bench"
 auth = {{ mode = "none" }}
@@ -95,7 +99,8 @@ max_uses_per_code = 1
 [tenants.webhooks]
 verify = {{ scheme = "hmac-sha256-hex", secrets_env = ["KP_BENCH_WEBHOOK_SECRET"] }}
 "#,
-        dir.join("data").display()
+        dir.join("data").display(),
+        cache_mb
     )
 }
 
@@ -204,9 +209,7 @@ fn flow(scenario: &str, w: usize, i: u64, step: usize, prev: Option<&Value>) -> 
         ("check-bulk", 0) => Some((
             "check",
             "/v1/bench/voucher/check".into(),
-            j(
-                json!({"code": bulk_code((w as u64 * 1_000_003 + i * 7919) % BULK_N.load(std::sync::atomic::Ordering::Relaxed).max(1)), "cart": {"items": [], "totalCents": 5000}}),
-            ),
+            j(json!({"code": next_bulk_code(), "cart": {"items": [], "totalCents": 5000}})),
             vec![],
         )),
         ("award", 0) => Some((
@@ -267,6 +270,19 @@ fn flow(scenario: &str, w: usize, i: u64, step: usize, prev: Option<&Value>) -> 
 }
 
 static BULK_N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many bulk codes the run has checked so far.
+static BULK_USED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The next code never checked before in this run, spread over the whole imported set
+/// (7919 is prime and does not divide the set's size for the sizes used, so the walk
+/// visits every code once before repeating).
+fn next_bulk_code() -> String {
+    use std::sync::atomic::Ordering::Relaxed;
+    let n = BULK_N.load(Relaxed).max(1);
+    let i = BULK_USED.fetch_add(1, Relaxed);
+    bulk_code(i.wrapping_mul(7919) % n)
+}
 
 fn bulk_code(i: u64) -> String {
     format!("BULK-{i:010}")
@@ -530,7 +546,7 @@ pub async fn run(opts: BenchOptions) -> Result<Vec<RunResult>, String> {
     let dir = std::env::temp_dir().join(format!("kp-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let cfg = dir.join("bench.toml");
-    std::fs::write(&cfg, service_config(&dir)).map_err(|e| e.to_string())?;
+    std::fs::write(&cfg, service_config(&dir, opts.cache_mb)).map_err(|e| e.to_string())?;
     let cfg_s = cfg.display().to_string();
     let bulk = match opts.bulk_codes {
         Some(n) => Some(import_bulk(&cfg, &dir, n)?),
@@ -545,23 +561,18 @@ pub async fn run(opts: BenchOptions) -> Result<Vec<RunResult>, String> {
             let (tally, secs) = closed(&t.base, sc, opts.connections, opts.duration).await?;
             out.push(result(sc, t.name, "closed", tally, secs));
         }
-        if sc == "webhook" {
+        // Latency at a fixed arrival rate, below saturation: for the webhook ack and the
+        // bulk-versus-small check comparison.
+        let rate = match sc.as_str() {
+            "webhook" => Some(opts.webhook_rate),
+            "check-small" | "check-bulk" => Some(opts.check_rate),
+            _ => None,
+        };
+        if let Some(rate) = rate {
             for t in [&yard, &service] {
-                let (tally, secs) = open(
-                    &t.base,
-                    sc,
-                    opts.connections.min(16),
-                    opts.webhook_rate,
-                    opts.duration,
-                )
-                .await?;
-                out.push(result(
-                    sc,
-                    t.name,
-                    &format!("open@{}/s", opts.webhook_rate),
-                    tally,
-                    secs,
-                ));
+                let (tally, secs) =
+                    open(&t.base, sc, opts.connections.min(16), rate, opts.duration).await?;
+                out.push(result(sc, t.name, &format!("open@{rate}/s"), tally, secs));
             }
         }
     }
