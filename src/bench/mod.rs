@@ -274,14 +274,24 @@ static BULK_N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(
 /// How many bulk codes the run has checked so far.
 static BULK_USED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// The next code never checked before in this run, spread over the whole imported set
-/// (7919 is prime and does not divide the set's size for the sizes used, so the walk
-/// visits every code once before repeating).
+/// The next code never checked before in this run, spread over the whole imported set: a
+/// stride coprime with the set's size visits every code once before repeating.
 fn next_bulk_code() -> String {
     use std::sync::atomic::Ordering::Relaxed;
+    fn gcd(a: u64, b: u64) -> u64 {
+        if b == 0 {
+            a
+        } else {
+            gcd(b, a % b)
+        }
+    }
     let n = BULK_N.load(Relaxed).max(1);
+    let mut stride = 7919;
+    while gcd(stride, n) != 1 {
+        stride += 1;
+    }
     let i = BULK_USED.fetch_add(1, Relaxed);
-    bulk_code(i.wrapping_mul(7919) % n)
+    bulk_code(i.wrapping_mul(stride) % n)
 }
 
 fn bulk_code(i: u64) -> String {
