@@ -21,8 +21,8 @@ use crate::voucher::{match_key, CampaignSpec, CodeMatch};
 const BATCH: usize = 50_000;
 
 impl CodeStore for Offline {
-    fn exists(&mut self, key: &[u8]) -> Result<bool, StoreError> {
-        Ok(self.get(key)?.is_some())
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Offline::get(self, key)
     }
     fn put(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<(), StoreError> {
         self.insert(key, value);
@@ -121,6 +121,30 @@ pub struct ImportSummary {
     pub seconds: f64,
     pub codes_per_second: f64,
     pub store_bytes: u64,
+    /// Codes in the tenant's code index afterwards (every bulk code of the tenant).
+    pub indexed: u64,
+    /// Of `seconds`, the time spent writing the code index.
+    pub index_seconds: f64,
+    pub index_bytes: u64,
+}
+
+/// Write the tenant's code index from the (durable) store.
+fn write_code_index(store: &Offline, tenant: &str) -> Result<u64, String> {
+    use crate::service::keys;
+    store
+        .build_code_index(
+            tenant,
+            &keys::bulk_code_prefix(tenant),
+            &keys::bulk_generation(tenant),
+        )
+        .map_err(|e| format!("writing the code index: {e}"))
+}
+
+fn index_size(cfg: &Config, tenant: &str) -> u64 {
+    let dir = crate::store::CodeIndex::dir_in(&cfg.storage.path);
+    std::fs::metadata(crate::store::CodeIndex::path_for(&dir, tenant))
+        .map(|m| m.len())
+        .unwrap_or(0)
 }
 
 pub fn import(
@@ -183,7 +207,12 @@ pub fn import(
         });
     }
     // Pass 2: insert each code unless it exists (one atomic insert-if-absent per code, so
-    // duplicates in the file or the store are found without a separate read).
+    // duplicates in the file or the store are found without a separate read). The tenant's
+    // bulk-code generation is bumped first (and made visible before any code), so a crash
+    // part-way leaves any code index marked old.
+    let mut store = store;
+    crate::service::codes::bump_generation(&mut store, tenant).map_err(|e| e.to_string())?;
+    store.apply().map_err(|e| e.to_string())?;
     let mut p = Progress::new("importing", total);
     let mut rdr = reader()?;
     let (mut imported, mut duplicates, mut rows_seen) = (0u64, 0u64, 0u64);
@@ -254,14 +283,16 @@ pub fn import(
             break;
         }
     }
-    let store_bytes = {
-        let s = store.size_on_disk();
-        store.finish().map_err(|e| e.to_string())?;
-        s
-    };
+    store.sync().map_err(|e| e.to_string())?;
     if !quiet {
         p.done(rows_seen, total);
     }
+    // The code index is written from what is now durable in the store.
+    let index_started = Instant::now();
+    let indexed = write_code_index(&store, tenant)?;
+    let index_seconds = index_started.elapsed().as_secs_f64();
+    let store_bytes = store.size_on_disk();
+    let index_bytes = index_size(cfg, tenant);
     let seconds = started.elapsed().as_secs_f64();
     Ok(ImportSummary {
         imported,
@@ -270,6 +301,9 @@ pub fn import(
         seconds,
         codes_per_second: imported as f64 / seconds.max(1e-9),
         store_bytes,
+        indexed,
+        index_seconds,
+        index_bytes,
     })
 }
 
@@ -317,8 +351,9 @@ pub fn generate_cmd(
         p.tick(made, made, false);
     }
     w.flush().map_err(|e| e.to_string())?;
-    store.finish().map_err(|e| e.to_string())?;
+    store.sync().map_err(|e| e.to_string())?;
     p.done(made, made);
+    write_code_index(&store, tenant)?;
     Ok(made)
 }
 

@@ -691,7 +691,7 @@ fn codes_cli(action: CodesAction) -> ExitCode {
     let result = match action {
         CodesAction::Import { tenant, campaign, file, .. } => codes_cli::import(&cfg, &tenant, &campaign, &file, false).map(|r| {
             if r.invalid.is_empty() {
-                say!("imported {} codes, {} duplicates, 0 invalid rows in {:.1} s ({:.0} codes/s); store {} MiB", r.imported, r.duplicates, r.seconds, r.codes_per_second, r.store_bytes >> 20);
+                say!("imported {} codes, {} duplicates, 0 invalid rows in {:.1} s ({:.0} codes/s); store {} MiB; code index {} codes, {} MiB, written in {:.1} s", r.imported, r.duplicates, r.seconds, r.codes_per_second, r.store_bytes >> 20, r.indexed, r.index_bytes >> 20, r.index_seconds);
                 ExitCode::SUCCESS
             } else {
                 for (line, m) in r.invalid.iter().take(100) {

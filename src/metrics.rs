@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::store::StoreStats;
+use crate::store::{CodeIndex, StoreStats};
 
 /// Upper bounds of the latency buckets, in seconds.
 const BUCKETS: [f64; 12] = [
@@ -64,7 +64,7 @@ impl Metrics {
         }
     }
 
-    pub fn render(&self, store: &StoreStats) -> String {
+    pub fn render(&self, store: &StoreStats, codes: &CodeIndex) -> String {
         let mut out = String::new();
         out.push_str("# HELP kp_requests_total Requests by endpoint and outcome (ok, an error code, or replay).\n# TYPE kp_requests_total counter\n");
         if let Ok(m) = self.requests.lock() {
@@ -114,6 +114,16 @@ impl Metrics {
         }
         let _ = writeln!(out, "# HELP kp_store_groups_total Write groups applied by the store writer.\n# TYPE kp_store_groups_total counter\nkp_store_groups_total {}", store.groups.load(Ordering::Relaxed));
         let _ = writeln!(out, "# HELP kp_store_jobs_total Jobs run by the store writer.\n# TYPE kp_store_jobs_total counter\nkp_store_jobs_total {}", store.jobs.load(Ordering::Relaxed));
+        out.push_str("# HELP kp_code_index_codes Bulk codes in a tenant's code index file.\n# TYPE kp_code_index_codes gauge\n");
+        let mut gens = String::new();
+        for (t, n, g) in codes.files() {
+            let _ = writeln!(out, "kp_code_index_codes{{tenant=\"{t}\"}} {n}");
+            let _ = writeln!(gens, "kp_code_index_generation{{tenant=\"{t}\"}} {g}");
+        }
+        out.push_str("# HELP kp_code_index_generation The bulk-code generation a tenant's code index was built from.\n# TYPE kp_code_index_generation gauge\n");
+        out.push_str(&gens);
+        let (hits, misses) = codes.lookups();
+        let _ = writeln!(out, "# HELP kp_code_index_lookups_total Code lookups in an index file: found (hit) or not (miss, then the store is asked).\n# TYPE kp_code_index_lookups_total counter\nkp_code_index_lookups_total{{result=\"hit\"}} {hits}\nkp_code_index_lookups_total{{result=\"miss\"}} {misses}");
         let _ = writeln!(out, "# HELP kp_store_flushes_total Durable flushes (flush + fsync); jobs per flush shows group commit at work.\n# TYPE kp_store_flushes_total counter\nkp_store_flushes_total {}", store.flushes.load(Ordering::Relaxed));
         out
     }

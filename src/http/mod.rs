@@ -163,6 +163,14 @@ impl Server {
                 webhook_routes.push((t.id.clone(), r.clone(), n));
             }
         }
+        // Code index files missing or older than the store are rebuilt in the background.
+        for t in &config.tenants {
+            store.refresh_code_index(
+                &t.id,
+                crate::service::keys::bulk_code_prefix(&t.id),
+                crate::service::keys::bulk_generation(&t.id),
+            );
+        }
         let app = Arc::new(App {
             config,
             store,

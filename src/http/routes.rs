@@ -68,7 +68,8 @@ pub(super) async fn route(app: &Arc<App>, req: Request<Incoming>) -> (&'static s
             "metrics",
             get_only(&req, || {
                 let mut o = Out::from(Reply::ok(
-                    app.metrics.render(app.store.stats()).into_bytes(),
+                    app.metrics.render(app.store.stats(), app.store.code_index())
+                        .into_bytes(),
                 ));
                 o.content_type = "text/plain; version=0.0.4";
                 o
@@ -449,12 +450,17 @@ async fn check_call(app: &Arc<App>, body: &[u8], t: String, now: i64) -> Out {
         Ok(r) => r,
         Err(e) => return err(e),
     };
+    // A bulk code is looked up in the code index here, off the writer (see store::codeindex).
+    let indexed = app
+        .config
+        .tenant(&t)
+        .and_then(|tc| v::lookup_indexed(app.store.code_index(), tc.code_match, &t, &req.code));
     let mut decision = None;
     if !app.rules.is_empty() || app.embedded_rules.is_some() {
-        let (t2, typed) = (t.clone(), req.code.clone());
+        let (t2, typed, ix) = (t.clone(), req.code.clone(), indexed.clone());
         let found = match app
             .store
-            .run(move |txn, st| v::resolve_code(txn, st, &t2, &typed))
+            .run(move |txn, st| v::resolve_code(txn, st, &t2, &typed, ix))
             .await
         {
             Ok(Ok(f)) => f,
@@ -490,12 +496,23 @@ async fn check_call(app: &Arc<App>, body: &[u8], t: String, now: i64) -> Out {
     }
     match app
         .store
-        .run(move |txn, st| v::check(txn, st, &t, &req, decision.as_ref(), now))
+        .run(move |txn, st| v::check(txn, st, &t, &req, decision.as_ref(), indexed, now))
         .await
     {
         Ok(Ok(reply)) => Out::from(reply),
         Ok(Err(e)) | Err(e) => store_error(e),
     }
+}
+
+/// After bulk codes were written: rebuild the tenant's code index in the background (until
+/// then the new codes are found in the store).
+pub(crate) fn refresh_code_index(app: &App, tenant: &str) {
+    use crate::service::keys;
+    app.store.refresh_code_index(
+        tenant,
+        keys::bulk_code_prefix(tenant),
+        keys::bulk_generation(tenant),
+    );
 }
 
 fn no_check<T>(_: &T) -> Result<(), ApiError> {
@@ -599,9 +616,13 @@ async fn admin_call(app: &Arc<App>, req: Request<Incoming>, rest: Vec<String>) -
                 Ok(b) => b,
                 Err(e) => return err(e),
             };
-            app.store
+            let t2 = tenant.clone();
+            let r = app
+                .store
                 .run(move |txn, st| crate::service::codes::import_job(txn, st, &tenant, &c, &body))
-                .await
+                .await;
+            refresh_code_index(app, &t2);
+            r
         }
         (["campaigns", c, "codes"], &Method::GET) => {
             let c = c.to_string();
@@ -631,13 +652,17 @@ async fn admin_call(app: &Arc<App>, req: Request<Incoming>, rest: Vec<String>) -
                 Ok(g) => g,
                 Err(e) => return err(e),
             };
-            app.store
+            let t2 = tenant.clone();
+            let r = app
+                .store
                 .run(move |txn, st| {
                     crate::service::codes::generate_job(
                         txn, st, &tenant, &c, &g.pattern, g.count, now,
                     )
                 })
-                .await
+                .await;
+            refresh_code_index(app, &t2);
+            r
         }
         (["campaigns", _, "codes"], _) => return method_not_allowed("GET, POST"),
         (["campaigns", _, "codes", "generate"], _) => return method_not_allowed("POST"),

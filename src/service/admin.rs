@@ -142,7 +142,7 @@ pub fn code_state(
     let Some(t) = st.tenants.get(tenant) else {
         return Ok(Reply::not_found("unknown tenant"));
     };
-    let Some(found) = super::voucher::resolve_code(txn, st, tenant, typed)? else {
+    let Some(found) = super::voucher::resolve_code(txn, st, tenant, typed, None)? else {
         return Ok(Reply::not_found("no campaign has this code"));
     };
     let (cid, code) = (found.campaign.clone(), found.code.clone());

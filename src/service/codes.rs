@@ -169,18 +169,35 @@ use super::{keys, Reply, State};
 /// Where codes are read and written: a writer job's [`Txn`] (online) or a stopped
 /// server's store (offline CLI).
 pub trait CodeStore {
-    fn exists(&mut self, key: &[u8]) -> Result<bool, StoreError>;
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     fn put(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<(), StoreError>;
+    fn exists(&mut self, key: &[u8]) -> Result<bool, StoreError> {
+        Ok(self.get(key)?.is_some())
+    }
 }
 
 impl CodeStore for Txn<'_> {
-    fn exists(&mut self, key: &[u8]) -> Result<bool, StoreError> {
-        Ok(self.get(key)?.is_some())
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Txn::get(self, key)
     }
     fn put(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<(), StoreError> {
         Txn::put(self, key, value);
         Ok(())
     }
+}
+
+/// Mark the tenant's bulk codes as changed, before (or in the same atomic write as) any
+/// bulk code is written: a code index built from an older generation is then rebuilt.
+pub fn bump_generation(store: &mut dyn CodeStore, tenant: &str) -> Result<u64, StoreError> {
+    let k = keys::bulk_generation(tenant);
+    let g = store
+        .get(&k)?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0)
+        + 1;
+    store.put(k, g.to_be_bytes().to_vec())?;
+    Ok(g)
 }
 
 /// Parse a whole CSV; `Err` lists invalid rows by line number (nothing is written then).
@@ -227,6 +244,9 @@ pub fn write_rows(
     seen: &mut HashSet<String>,
 ) -> Result<(u64, u64), StoreError> {
     let (mut imported, mut duplicates) = (0, 0);
+    if !rows.is_empty() {
+        bump_generation(store, tenant)?;
+    }
     for r in rows {
         let k = keys::bulk_code(tenant, &r.match_key);
         if shared.contains(&r.match_key) || !seen.insert(r.match_key.clone()) || store.exists(&k)? {
@@ -269,6 +289,7 @@ pub fn generate(
             pattern_space(pattern)
         )));
     }
+    bump_generation(store, tenant)?;
     let mut out = Vec::with_capacity(count as usize);
     let mut seen = HashSet::new();
     let mut attempt = 0u64;

@@ -192,6 +192,15 @@ pub mod keys {
     pub fn bulk_code(t: &str, match_key: &str) -> Vec<u8> {
         key(&["bcode", t, match_key])
     }
+    /// Every bulk code of a tenant: [`bulk_code`] is this prefix + the match key.
+    pub fn bulk_code_prefix(t: &str) -> Vec<u8> {
+        prefix(&["bcode", t])
+    }
+    /// The tenant's bulk-code generation: bumped with (or, offline, before) every write of
+    /// bulk codes; the code index records the generation it was built from.
+    pub fn bulk_generation(t: &str) -> Vec<u8> {
+        key(&["bgen", t])
+    }
     pub fn used_guest(t: &str, c: &str, g: &str) -> Vec<u8> {
         key(&["usedg", t, c, g])
     }

@@ -83,7 +83,7 @@ pub(super) fn usage(
 }
 
 /// A code as found: in the tenant's in-memory index (codes written in campaigns) or among
-/// the bulk codes in the store (imported or generated).
+/// the bulk codes (imported or generated).
 #[derive(Debug, Clone)]
 pub struct Resolved {
     pub campaign: String,
@@ -92,11 +92,40 @@ pub struct Resolved {
     pub assigned_user: Option<String>,
 }
 
+impl From<super::codes::BulkCode> for Resolved {
+    fn from(b: super::codes::BulkCode) -> Resolved {
+        Resolved {
+            campaign: b.c,
+            code: b.k,
+            valid_until: b.u,
+            assigned_user: b.g,
+        }
+    }
+}
+
+/// Look a typed code up in the tenant's bulk-code index, on the calling thread (no writer,
+/// no sled). `Some` is the code's stored record: bulk codes never change, so the writer may
+/// use it as is. `None` says nothing (no index, or a code newer than it).
+pub fn lookup_indexed(
+    index: &crate::store::CodeIndex,
+    mode: crate::voucher::CodeMatch,
+    tenant: &str,
+    typed: &str,
+) -> Option<Resolved> {
+    let v = index.get(tenant, &match_key(mode, typed))?;
+    serde_json::from_slice::<super::codes::BulkCode>(&v)
+        .ok()
+        .map(Resolved::from)
+}
+
+/// Find the code a guest typed: a campaign's own (shared) codes first, then the bulk code
+/// the index found (`indexed`, see [`lookup_indexed`]), else the bulk codes in the store.
 pub fn resolve_code(
     txn: &Txn<'_>,
     st: &State,
     tenant: &str,
     typed: &str,
+    indexed: Option<Resolved>,
 ) -> Result<Option<Resolved>, StoreError> {
     let Some(t) = st.tenants.get(tenant) else {
         return Ok(None);
@@ -110,14 +139,12 @@ pub fn resolve_code(
             assigned_user: None,
         }));
     }
+    if indexed.is_some() {
+        return Ok(indexed);
+    }
     Ok(txn
         .get_json::<super::codes::BulkCode>(&keys::bulk_code(tenant, &mk))?
-        .map(|b| Resolved {
-            campaign: b.c,
-            code: b.k,
-            valid_until: b.u,
-            assigned_user: b.g,
-        }))
+        .map(Resolved::from))
 }
 
 /// Add (or take back) one use to the consumed counters of a hold's campaign, code and
@@ -162,6 +189,7 @@ pub fn check(
     tenant: &str,
     req: &CheckRequest,
     vendor: Option<&VendorDecision>,
+    indexed: Option<Resolved>,
     now: Millis,
 ) -> Result<Reply, StoreError> {
     st.prune(txn, now);
@@ -169,7 +197,7 @@ pub fn check(
         return Ok(reject(Rejection::UnknownCode));
     };
     let hold_ttl_ms = t.hold_ttl_ms;
-    let Some(found) = resolve_code(txn, st, tenant, &req.code)? else {
+    let Some(found) = resolve_code(txn, st, tenant, &req.code, indexed)? else {
         return Ok(reject(Rejection::UnknownCode));
     };
     let (cid, code) = (found.campaign.clone(), found.code.clone());

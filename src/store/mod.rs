@@ -10,8 +10,10 @@
 //! such as live holds). If a flush ever fails the store stops taking writes (fail-stop):
 //! memory may then be ahead of disk, and only a restart from disk is safe.
 
+pub mod codeindex;
 mod keys;
 
+pub use codeindex::CodeIndex;
 pub use keys::{key, last, prefix};
 
 use std::collections::{BTreeMap, HashMap};
@@ -90,6 +92,14 @@ pub struct Store<S> {
     failed: Arc<AtomicBool>,
     stats: Arc<StoreStats>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// For the code index's background rebuilds only (every write goes through the writer);
+    /// taken at [`Store::close`] so the files close with the writer.
+    db: Mutex<Option<sled::Db>>,
+    /// Tells running index rebuilds to give up (at close).
+    cancel_rebuilds: Arc<AtomicBool>,
+    codes: Arc<CodeIndex>,
+    /// Tenants whose code index is being rebuilt; `true`: rebuild once more when done.
+    rebuilding: Arc<Mutex<HashMap<String, bool>>>,
 }
 
 /// Read and write access inside a writer job. Reads see this group's earlier writes.
@@ -240,6 +250,8 @@ impl<S: Send + 'static> Store<S> {
             .open()
             .map_err(|e| StoreError::Io(format!("opening {}: {e}", opts.path.display())))?;
         let data_files = data_files(&opts.path);
+        let db_for_index = db.clone();
+        let codes = Arc::new(CodeIndex::open(&opts.path));
         let failed = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(StoreStats::default());
         let (tx, rx) = mpsc::channel::<Msg<S>>(4096);
@@ -284,7 +296,71 @@ impl<S: Send + 'static> Store<S> {
             failed,
             stats,
             thread: Mutex::new(Some(thread)),
+            db: Mutex::new(Some(db_for_index)),
+            cancel_rebuilds: Arc::new(AtomicBool::new(false)),
+            codes,
+            rebuilding: Arc::new(Mutex::new(HashMap::new())),
         })
+    }
+
+    /// The bulk-code index, for lookups on the request threads.
+    pub fn code_index(&self) -> &CodeIndex {
+        &self.codes
+    }
+
+    /// Bring `tenant`'s code index up to date in the background when it is missing (and the
+    /// tenant has records under `prefix`) or older than the generation stored under
+    /// `gen_key`. At most one rebuild per tenant runs; a request during one queues one more.
+    /// Until it is done the old file (or none) keeps serving: it is a hint, never needed.
+    pub fn refresh_code_index(&self, tenant: &str, prefix: Vec<u8>, gen_key: Vec<u8>) {
+        let Some(db) = self
+            .db
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        else {
+            return;
+        };
+        {
+            let mut r = self.rebuilding.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(again) = r.get_mut(tenant) {
+                *again = true;
+                return;
+            }
+            r.insert(tenant.to_owned(), false);
+        }
+        let (codes, rebuilding) = (self.codes.clone(), self.rebuilding.clone());
+        let cancel = self.cancel_rebuilds.clone();
+        let name = tenant.to_owned();
+        let spawned = std::thread::Builder::new()
+            .name("kp-code-index".into())
+            .spawn(move || loop {
+                if let Err(e) = refresh_index(&db, &codes, &name, &prefix, &gen_key, &cancel) {
+                    tracing::warn!(tenant = %name, error = %e, "code index rebuild failed; codes are looked up in the store");
+                }
+                let mut r = rebuilding.lock().unwrap_or_else(|e| e.into_inner());
+                match r.get_mut(&name) {
+                    Some(again) if *again && !cancel.load(Ordering::Relaxed) => *again = false,
+                    _ => {
+                        r.remove(&name);
+                        return;
+                    }
+                }
+            });
+        if spawned.is_err() {
+            self.rebuilding
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(tenant);
+        }
+    }
+
+    /// True while a rebuild of `tenant`'s code index is queued or running.
+    pub fn code_index_rebuilding(&self, tenant: &str) -> bool {
+        self.rebuilding
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(tenant)
     }
 
     /// Run `f` on the writer; its result comes back once everything it wrote is durable.
@@ -333,6 +409,17 @@ impl<S: Send + 'static> Store<S> {
         if let Some(h) = handle {
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
         }
+        // Stop index rebuilds and let go of the store's files.
+        self.cancel_rebuilds.store(true, Ordering::Relaxed);
+        while !self
+            .rebuilding
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        self.db.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 }
 
@@ -429,6 +516,64 @@ fn commit(db: &sled::Db, files: &[PathBuf], txn: &mut Txn<'_>) -> Result<(), Sto
 }
 
 /// The files sled writes its log and pages to (sled 0.34: `db` and `conf`).
+fn read_u64(db: &sled::Db, k: &[u8]) -> Result<u64, StoreError> {
+    Ok(db
+        .get(k)
+        .map_err(|e| StoreError::Io(e.to_string()))?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0))
+}
+
+/// Write `tenant`'s code index from every record under `prefix` (keys cut to what follows
+/// it), marked with the generation stored under `gen_key` — read before the scan, so codes
+/// written during it leave the file marked old. sled scans are in key order; records are
+/// insert-only, so whatever the scan sees stays true.
+fn build_index(
+    db: &sled::Db,
+    dir: &Path,
+    tenant: &str,
+    prefix: &[u8],
+    gen_key: &[u8],
+    cancel: &AtomicBool,
+) -> Result<codeindex::Segment, StoreError> {
+    let generation = read_u64(db, gen_key)?;
+    let mut w = codeindex::SegmentWriter::create(&CodeIndex::path_for(dir, tenant))?;
+    for (i, kv) in db.scan_prefix(prefix).enumerate() {
+        if i % 4096 == 0 && cancel.load(Ordering::Relaxed) {
+            w.abandon();
+            return Err(StoreError::Io("code index rebuild cancelled".into()));
+        }
+        let (k, v) = kv.map_err(|e| StoreError::Io(e.to_string()))?;
+        w.push(&k[prefix.len()..], &v)?;
+    }
+    w.finish(generation)
+}
+
+/// Rebuild `tenant`'s code index if it is missing or old (see [`Store::refresh_code_index`]).
+fn refresh_index(
+    db: &sled::Db,
+    codes: &CodeIndex,
+    tenant: &str,
+    prefix: &[u8],
+    gen_key: &[u8],
+    cancel: &AtomicBool,
+) -> Result<(), StoreError> {
+    let stored = read_u64(db, gen_key)?;
+    let current = codes.generation(tenant);
+    if current == Some(stored) {
+        return Ok(());
+    }
+    if current.is_none() && db.scan_prefix(prefix).next().is_none() {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    let s = build_index(db, codes.dir(), tenant, prefix, gen_key, cancel)?;
+    tracing::info!(tenant = %tenant, codes = s.entries(), generation = s.generation(), seconds = started.elapsed().as_secs_f64(), "code index rebuilt");
+    codes.install(tenant, s);
+    Ok(())
+}
+
 fn data_files(dir: &Path) -> Vec<PathBuf> {
     vec![dir.join("db")]
 }
@@ -549,6 +694,11 @@ impl Offline {
 
     /// Apply what is queued, flush and fsync.
     pub fn finish(mut self) -> Result<(), StoreError> {
+        self.sync()
+    }
+
+    /// Apply what is queued, flush and fsync: everything written so far is durable.
+    pub fn sync(&mut self) -> Result<(), StoreError> {
         self.apply()?;
         self.db.flush().map_err(|e| StoreError::Io(e.to_string()))?;
         for f in data_files(&self.path) {
@@ -558,6 +708,25 @@ impl Offline {
             }
         }
         Ok(())
+    }
+
+    /// Write `tenant`'s code index from the store (see [`codeindex`]); returns how many
+    /// codes it holds.
+    pub fn build_code_index(
+        &self,
+        tenant: &str,
+        prefix: &[u8],
+        gen_key: &[u8],
+    ) -> Result<u64, StoreError> {
+        build_index(
+            &self.db,
+            &CodeIndex::dir_in(&self.path),
+            tenant,
+            prefix,
+            gen_key,
+            &AtomicBool::new(false),
+        )
+        .map(|s| s.entries())
     }
 
     /// Bytes the store's files take on disk.
