@@ -128,16 +128,19 @@ pub struct ImportSummary {
     pub index_bytes: u64,
 }
 
-/// Write the tenant's code index from the (durable) store.
-fn write_code_index(store: &Offline, tenant: &str) -> Result<u64, String> {
+/// Start the tenant's new code index (see [`Offline::code_index_builder`]).
+fn start_code_index(
+    store: &Offline,
+    tenant: &str,
+) -> Result<crate::store::codeindex::IndexBuilder, String> {
     use crate::service::keys;
     store
-        .build_code_index(
+        .code_index_builder(
             tenant,
             &keys::bulk_code_prefix(tenant),
             &keys::bulk_generation(tenant),
         )
-        .map_err(|e| format!("writing the code index: {e}"))
+        .map_err(|e| format!("starting the code index: {e}"))
 }
 
 fn index_size(cfg: &Config, tenant: &str) -> u64 {
@@ -210,7 +213,10 @@ pub fn import(
     // duplicates in the file or the store are found without a separate read). The tenant's
     // bulk-code generation is bumped first (and made visible before any code), so a crash
     // part-way leaves any code index marked old.
+    // The new code index starts from every code the tenant has; this import's codes are
+    // added as they are written.
     let mut store = store;
+    let mut index = start_code_index(&store, tenant)?;
     crate::service::codes::bump_generation(&mut store, tenant).map_err(|e| e.to_string())?;
     store.apply().map_err(|e| e.to_string())?;
     let mut p = Progress::new("importing", total);
@@ -237,28 +243,38 @@ pub fn import(
             // concurrent writers; each insert-if-absent is atomic on its own).
             let rows = std::mem::take(&mut batch);
             let chunk = rows.len().div_ceil(threads);
-            let results: Vec<Result<(u64, u64), String>> = std::thread::scope(|sc| {
+            type Part = Result<(u64, u64, Vec<u8>), String>;
+            let results: Vec<Part> = std::thread::scope(|sc| {
                 let handles: Vec<_> = rows
                     .chunks(chunk.max(1))
                     .map(|part| {
                         let (store, shared) = (&store, &shared);
-                        sc.spawn(move || -> Result<(u64, u64), String> {
+                        sc.spawn(move || -> Part {
                             let (mut i, mut d) = (0u64, 0u64);
+                            // The written codes, encoded for the code index.
+                            let mut written_codes = Vec::with_capacity(part.len() * 64);
                             for r in part {
+                                let value = serde_json::to_vec(&r.code).unwrap_or_default();
                                 let written = !shared.contains(&r.match_key)
                                     && store
                                         .insert_new(
                                             &crate::service::keys::bulk_code(tenant, &r.match_key),
-                                            serde_json::to_vec(&r.code).unwrap_or_default(),
+                                            value.clone(),
                                         )
                                         .map_err(|e| e.to_string())?;
                                 if written {
                                     i += 1;
+                                    crate::store::codeindex::encode(
+                                        &mut written_codes,
+                                        r.match_key.as_bytes(),
+                                        &value,
+                                    )
+                                    .map_err(|e| e.to_string())?;
                                 } else {
                                     d += 1;
                                 }
                             }
-                            Ok((i, d))
+                            Ok((i, d, written_codes))
                         })
                     })
                     .collect();
@@ -271,9 +287,12 @@ pub fn import(
                     .collect()
             });
             for r in results {
-                let (i, d) = r?;
+                let (i, d, written_codes) = r?;
                 imported += i;
                 duplicates += d;
+                index
+                    .push_encoded(&written_codes)
+                    .map_err(|e| format!("code index: {e}"))?;
             }
             if !quiet {
                 p.tick(rows_seen, rdr.position().byte(), false);
@@ -287,9 +306,11 @@ pub fn import(
     if !quiet {
         p.done(rows_seen, total);
     }
-    // The code index is written from what is now durable in the store.
+    // The code index is written once its codes are durable in the store.
     let index_started = Instant::now();
-    let indexed = write_code_index(&store, tenant)?;
+    let indexed = store
+        .finish_code_index(index, &crate::service::keys::bulk_generation(tenant))
+        .map_err(|e| format!("writing the code index: {e}"))?;
     let index_seconds = index_started.elapsed().as_secs_f64();
     let store_bytes = store.size_on_disk();
     let index_bytes = index_size(cfg, tenant);
@@ -321,6 +342,7 @@ pub fn generate_cmd(
     if !campaigns.contains(campaign) {
         return Err(format!("tenant {tenant:?} has no campaign {campaign:?}"));
     }
+    let mut index = start_code_index(&store, tenant)?;
     let salt = format!("{:?}", std::time::SystemTime::now());
     let mut w = std::io::BufWriter::new(
         std::fs::File::create(out).map_err(|e| format!("{}: {e}", out.display()))?,
@@ -346,6 +368,18 @@ pub fn generate_cmd(
         store.apply().map_err(|e| e.to_string())?;
         for c in &codes {
             writeln!(w, "{c}").map_err(|e| e.to_string())?;
+            let b = BulkCode {
+                c: campaign.to_owned(),
+                k: c.clone(),
+                u: None,
+                g: None,
+            };
+            index
+                .push(
+                    match_key(mode, c).as_bytes(),
+                    &serde_json::to_vec(&b).unwrap_or_default(),
+                )
+                .map_err(|e| format!("code index: {e}"))?;
         }
         made += codes.len() as u64;
         p.tick(made, made, false);
@@ -353,7 +387,9 @@ pub fn generate_cmd(
     w.flush().map_err(|e| e.to_string())?;
     store.sync().map_err(|e| e.to_string())?;
     p.done(made, made);
-    write_code_index(&store, tenant)?;
+    store
+        .finish_code_index(index, &crate::service::keys::bulk_generation(tenant))
+        .map_err(|e| format!("writing the code index: {e}"))?;
     Ok(made)
 }
 

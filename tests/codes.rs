@@ -424,3 +424,116 @@ async fn embedded_rules_through_the_trait() {
     assert_eq!(v["discountAmountCents"], json!(1500));
     server.stop().await;
 }
+
+/// A metric's value from `/metrics` (the line `name value`), 0 when absent.
+async fn metric(h: &Harness, name: &str) -> u64 {
+    let m = String::from_utf8(h.request("GET", "/metrics", &[], vec![]).await.bytes).unwrap();
+    m.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+const INDEXED: &str = "kp_code_index_codes{tenant=\"acme\"}";
+const HITS: &str = "kp_code_index_lookups_total{result=\"hit\"}";
+
+async fn wait_for_index(h: &Harness, codes: u64) {
+    let until = Instant::now() + Duration::from_secs(20);
+    while metric(h, INDEXED).await != codes {
+        assert!(
+            Instant::now() < until,
+            "the code index never reached {codes} codes (has {})",
+            metric(h, INDEXED).await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Bulk codes are looked up in the code index (off the writer); codes newer than the index
+/// are still found; a damaged or missing index file is rebuilt from the store.
+#[tokio::test]
+async fn bulk_codes_are_found_through_the_code_index() {
+    let mut h = Harness::start(&config_with(CAMPAIGNS)).await;
+    assert_eq!(metric(&h, INDEXED).await, 0, "no bulk codes, no index");
+    let csv: String = (1..=300).map(|i| format!("IX-{i:04}\n")).collect();
+    assert_eq!(
+        import(&h, "bulk", &csv).await.json()["imported"],
+        json!(300)
+    );
+    wait_for_index(&h, 300).await;
+
+    let hits = metric(&h, HITS).await;
+    let v = check_as(&h, "ix-0150", None).await;
+    assert_eq!(v["voucherNr"], json!("IX-0150"), "{v}");
+    assert_eq!(metric(&h, HITS).await, hits + 1, "answered from the index");
+    // Shared codes are not bulk codes: the index does not have them, the campaign does.
+    assert_eq!(check_as(&h, "SHARED-1", None).await["ok"], json!(true));
+    assert_eq!(metric(&h, HITS).await, hits + 1);
+    // Usage still comes from the store: a used code is refused.
+    let r = v["providerRef"].as_str().unwrap().to_string();
+    assert_eq!(
+        h.call("voucher/commit", &commit_body(300, &res_id(1), &r))
+            .await
+            .json()["ok"],
+        json!(true)
+    );
+    assert_eq!(
+        check_as(&h, "IX-0150", None).await["error"],
+        json!("USAGE_LIMIT_REACHED")
+    );
+
+    // Codes imported after the index are found at once (from the store), then from the
+    // rebuilt index.
+    assert_eq!(
+        import(&h, "bulk", "IX-0301\nIX-0302,,guest-3\n")
+            .await
+            .json()["imported"],
+        json!(2)
+    );
+    assert_eq!(check_as(&h, "IX-0301", None).await["ok"], json!(true));
+    wait_for_index(&h, 302).await;
+    let hits = metric(&h, HITS).await;
+    assert_eq!(
+        check_as(&h, "IX-0302", Some("guest-4")).await["error"],
+        json!("CODE_ASSIGNED_TO_ANOTHER_GUEST"),
+        "the index carries the assigned guest"
+    );
+    assert_eq!(metric(&h, HITS).await, hits + 1);
+    assert_eq!(
+        check_as(&h, "IX-9999", None).await["error"],
+        json!("UNKNOWN_CODE")
+    );
+
+    // A damaged file is ignored at start and rebuilt; so is a missing one.
+    let dir = h.data_path().join("codeindex");
+    let file = std::fs::read_dir(&dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    h.stop().await;
+    let mut bytes = std::fs::read(&file).unwrap();
+    let n = bytes.len();
+    bytes[n - 80] ^= 0x5a;
+    std::fs::write(&file, &bytes).unwrap();
+    h.boot().await;
+    wait_for_index(&h, 302).await;
+    assert_eq!(
+        check_as(&h, "IX-0299", None).await["voucherNr"],
+        json!("IX-0299")
+    );
+    h.stop().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+    h.boot().await;
+    wait_for_index(&h, 302).await;
+    let hits = metric(&h, HITS).await;
+    assert_eq!(
+        check_as(&h, "IX-0001", None).await["voucherNr"],
+        json!("IX-0001")
+    );
+    assert_eq!(metric(&h, HITS).await, hits + 1);
+    assert_eq!(
+        check_as(&h, "IX-0150", None).await["error"],
+        json!("USAGE_LIMIT_REACHED")
+    );
+}

@@ -811,7 +811,8 @@ async fn codes_commands_on_a_stopped_server() {
     );
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(
-        said.starts_with("imported 120001 codes, 2 duplicates, 0 invalid rows"),
+        said.starts_with("imported 120001 codes, 2 duplicates, 0 invalid rows")
+            && said.contains("code index 120001 codes"),
         "{said}"
     );
     assert!(
@@ -856,6 +857,15 @@ async fn codes_commands_on_a_stopped_server() {
     // the server finds them, and the assigned code is only for its guest
     let (mut child, base) = start(&cfg);
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    // the offline commands left a code index of every code, current: nothing to rebuild
+    let (_, m) = send(&client, "GET", &format!("{base}/metrics"), None)
+        .await
+        .unwrap();
+    let m = String::from_utf8(m).unwrap();
+    assert!(
+        m.contains("kp_code_index_codes{tenant=\"v\"} 122001\n"),
+        "{m}"
+    );
     let check = |code: &str, user: Option<&str>| json!({"code": code, "cart": {"items": [], "totalCents": 1000}, "userId": user});
     let (_, b) = send(
         &client,

@@ -68,7 +68,8 @@ pub(super) async fn route(app: &Arc<App>, req: Request<Incoming>) -> (&'static s
             "metrics",
             get_only(&req, || {
                 let mut o = Out::from(Reply::ok(
-                    app.metrics.render(app.store.stats(), app.store.code_index())
+                    app.metrics
+                        .render(app.store.stats(), app.store.code_index())
                         .into_bytes(),
                 ));
                 o.content_type = "text/plain; version=0.0.4";

@@ -1,8 +1,9 @@
 //! The bulk-code index: for each tenant, one immutable file that maps a bulk code's match
-//! key to its record (the very bytes the store holds under `bcode/{tenant}/{key}`), sorted,
-//! in blocks of about 4 KiB, with the first key of every block kept in memory. A lookup is
-//! a binary search in memory and one positioned read (`pread`) of one block, on the
-//! calling thread, with no lock shared with the store's writer.
+//! key to its record (the very bytes the store holds under `bcode/{tenant}/{key}`) in a
+//! static hash table: the key's hash picks a bucket (~32 codes, ~1.5 KiB), the bucket
+//! offsets are kept in memory (8 bytes per bucket), and a lookup is one positioned read
+//! (`pread`) of one bucket on the calling thread, with no lock shared with the store's
+//! writer.
 //!
 //! Why it exists: sled keeps at most a handful of keys per leaf, so ten million codes make
 //! about a million leaves, far more than its page cache; a random code's leaf is read from
@@ -20,18 +21,22 @@
 //! temporary name, fsynced, renamed, and the directory fsynced, so a crash leaves the old
 //! file or the new one. A file that fails its checks is ignored (and rebuilt).
 //!
+//! Building is linear, with no sort: entries are appended to 64 spill files by the top
+//! bits of their hash, then each spill file (a contiguous range of buckets) is read back,
+//! ordered by bucket and appended to the index. Memory stays at one spill file.
+//!
 //! File layout (integers little-endian):
 //! ```text
-//! "KPCIDX01"                                    8-byte magic
-//! blocks: entries (u16 key len, key, u32 value len, value), ascending keys
-//! footer: per block (u64 offset, u32 length, u16 first-key len, first key)
+//! "KPCIDX02"                                    8-byte magic
+//! buckets: entries (u16 key len, key, u32 value len, value), bucket after bucket
+//! footer: u64 start of every bucket, then the end of the last one
 //! trailer: u64 footer offset, u64 footer length, u64 entries, u64 generation,
-//!          32-byte SHA-256 of the footer, "KPCIDX01"
+//!          32-byte SHA-256 of the footer, "KPCIDX02"
 //! ```
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,10 +46,12 @@ use sha2::{Digest, Sha256};
 
 use super::StoreError;
 
-const MAGIC: &[u8; 8] = b"KPCIDX01";
+const MAGIC: &[u8; 8] = b"KPCIDX02";
 const TRAILER: usize = 8 * 4 + 32 + 8;
-/// Target block size: one page of the OS cache per lookup.
-const BLOCK: usize = 4096;
+/// Codes per bucket, on average.
+const PER_BUCKET: u64 = 32;
+/// Spill files while building (the top bits of the hash pick one).
+const PARTITIONS: usize = 64;
 
 fn io(what: &str, path: &Path, e: std::io::Error) -> StoreError {
     StoreError::Io(format!("{what} {}: {e}", path.display()))
@@ -54,19 +61,87 @@ fn corrupt(path: &Path, why: &str) -> StoreError {
     StoreError::Io(format!("code index {}: {why}", path.display()))
 }
 
+/// FNV-1a, then the splitmix64 finaliser to spread the bits. Stable across builds and
+/// platforms: it is part of the file format. (Not for secrets; codes are not adversarial
+/// here: a lookup never changes the table.)
+fn hash(key: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+/// The bucket of hash `h` among `n`: order-preserving, so a range of hashes (a spill
+/// file) is a range of buckets.
+fn bucket_of(h: u64, n: u64) -> u64 {
+    ((u128::from(h) * u128::from(n)) >> 64) as u64
+}
+
+fn partition_of(h: u64) -> usize {
+    (h >> 58) as usize
+}
+
+/// Append one entry (u16 key length, key, u32 value length, value).
+pub fn encode(out: &mut Vec<u8>, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+    let klen = u16::try_from(key.len())
+        .map_err(|_| StoreError::Io("code index: key longer than 65535 bytes".into()))?;
+    let vlen = u32::try_from(value.len())
+        .map_err(|_| StoreError::Io("code index: value too long".into()))?;
+    out.extend_from_slice(&klen.to_le_bytes());
+    out.extend_from_slice(key);
+    out.extend_from_slice(&vlen.to_le_bytes());
+    out.extend_from_slice(value);
+    Ok(())
+}
+
+/// The entry at `p`: (key, value, where the next one starts); `None` when cut short.
+fn decode(buf: &[u8], p: usize) -> Option<(&[u8], &[u8], usize)> {
+    let klen = u16::from_le_bytes(buf.get(p..p + 2)?.try_into().ok()?) as usize;
+    let key = buf.get(p + 2..p + 2 + klen)?;
+    let vs = p + 2 + klen;
+    let vlen = u32::from_le_bytes(buf.get(vs..vs + 4)?.try_into().ok()?) as usize;
+    let value = buf.get(vs + 4..vs + 4 + vlen)?;
+    Some((key, value, vs + 4 + vlen))
+}
+
+/// Every entry of an encoded buffer, in order.
+fn entries(buf: &[u8]) -> impl Iterator<Item = Result<(&[u8], &[u8]), StoreError>> {
+    let mut p = 0;
+    std::iter::from_fn(move || {
+        if p >= buf.len() {
+            return None;
+        }
+        match decode(buf, p) {
+            Some((k, v, next)) => {
+                p = next;
+                Some(Ok((k, v)))
+            }
+            None => {
+                p = buf.len();
+                Some(Err(StoreError::Io("code index: truncated entry".into())))
+            }
+        }
+    })
+}
+
 /// One tenant's index file, open for lookups.
 pub struct Segment {
     file: File,
+    path: PathBuf,
     generation: u64,
     entries: u64,
-    /// First keys of the blocks, one after another.
-    keys: Vec<u8>,
-    /// Per block: (first key's start in `keys`, its length, file offset, block length).
-    blocks: Vec<(u32, u16, u64, u32)>,
+    /// Start of every bucket in the file, then the end of the last one.
+    offsets: Vec<u64>,
 }
 
 impl Segment {
-    /// Open and check an index file (magic, trailer, footer checksum, block bounds).
+    /// Open and check an index file (magic, trailer, footer checksum, bucket bounds).
     pub fn open(path: &Path) -> Result<Segment, StoreError> {
         let mut file = File::open(path).map_err(|e| io("opening", path, e))?;
         let len = file.metadata().map_err(|e| io("reading", path, e))?.len();
@@ -80,12 +155,17 @@ impl Segment {
         file.read_exact_at(&mut t, len - TRAILER as u64)
             .map_err(|e| io("reading", path, e))?;
         if &head != MAGIC || &t[TRAILER - 8..] != MAGIC {
-            return Err(corrupt(path, "not a code index (bad magic)"));
+            return Err(corrupt(
+                path,
+                "not a code index of this version (bad magic)",
+            ));
         }
         let u = |i: usize| u64::from_le_bytes(t[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
         let (footer_off, footer_len, entries, generation) = (u(0), u(1), u(2), u(3));
         if footer_off < MAGIC.len() as u64
             || footer_off.checked_add(footer_len) != Some(len - TRAILER as u64)
+            || footer_len % 8 != 0
+            || footer_len < 16
         {
             return Err(corrupt(path, "footer out of bounds"));
         }
@@ -97,37 +177,22 @@ impl Segment {
         if Sha256::digest(&footer).as_slice() != &t[32..64] {
             return Err(corrupt(path, "footer checksum mismatch"));
         }
-        let mut keys = Vec::new();
-        let mut blocks = Vec::new();
-        let mut p = 0usize;
-        let mut prev_end = MAGIC.len() as u64;
-        while p < footer.len() {
-            let f = footer
-                .get(p..p + 14)
-                .ok_or_else(|| corrupt(path, "truncated footer"))?;
-            let off = u64::from_le_bytes(f[0..8].try_into().unwrap_or([0; 8]));
-            let blen = u32::from_le_bytes(f[8..12].try_into().unwrap_or([0; 4]));
-            let klen = u16::from_le_bytes(f[12..14].try_into().unwrap_or([0; 2]));
-            let key = footer
-                .get(p + 14..p + 14 + klen as usize)
-                .ok_or_else(|| corrupt(path, "truncated footer"))?;
-            if off != prev_end || off + u64::from(blen) > footer_off {
-                return Err(corrupt(path, "block out of bounds"));
-            }
-            prev_end = off + u64::from(blen);
-            blocks.push((keys.len() as u32, klen, off, blen));
-            keys.extend_from_slice(key);
-            p += 14 + klen as usize;
-        }
-        if prev_end != footer_off {
-            return Err(corrupt(path, "blocks do not cover the file"));
+        let offsets: Vec<u64> = footer
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+            .collect();
+        if offsets.first() != Some(&(MAGIC.len() as u64))
+            || offsets.last() != Some(&footer_off)
+            || offsets.windows(2).any(|w| w[0] > w[1])
+        {
+            return Err(corrupt(path, "bucket offsets out of order"));
         }
         Ok(Segment {
             file,
+            path: path.to_owned(),
             generation,
             entries,
-            keys,
-            blocks,
+            offsets,
         })
     }
 
@@ -140,165 +205,198 @@ impl Segment {
         self.entries
     }
 
+    fn buckets(&self) -> u64 {
+        self.offsets.len() as u64 - 1
+    }
+
     /// The value stored under `key`, if the file has it.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        // Blocks whose first key is <= key: the last of them is the only one that may hold it.
-        let n = self.blocks.partition_point(|&(s, l, _, _)| {
-            &self.keys[s as usize..s as usize + l as usize] <= key
-        });
-        if n == 0 {
+        let b = bucket_of(hash(key), self.buckets()) as usize;
+        let (start, end) = (self.offsets[b], self.offsets[b + 1]);
+        if start == end {
             return Ok(None);
         }
-        let (_, _, off, len) = self.blocks[n - 1];
-        let mut buf = vec![0u8; len as usize];
+        let mut buf = vec![0u8; (end - start) as usize];
         self.file
-            .read_exact_at(&mut buf, off)
+            .read_exact_at(&mut buf, start)
             .map_err(|e| StoreError::Io(format!("reading the code index: {e}")))?;
-        let mut p = 0usize;
-        while p + 2 <= buf.len() {
-            let klen = u16::from_le_bytes([buf[p], buf[p + 1]]) as usize;
-            let k = buf.get(p + 2..p + 2 + klen);
-            let vl = buf.get(p + 2 + klen..p + 6 + klen);
-            let (Some(k), Some(vl)) = (k, vl) else {
-                return Err(StoreError::Io("code index: truncated block".into()));
-            };
-            let vlen = u32::from_le_bytes(vl.try_into().unwrap_or([0; 4])) as usize;
-            let vstart = p + 6 + klen;
-            match k.cmp(key) {
-                std::cmp::Ordering::Equal => {
-                    return buf
-                        .get(vstart..vstart + vlen)
-                        .map(|v| Some(v.to_vec()))
-                        .ok_or_else(|| StoreError::Io("code index: truncated block".into()));
-                }
-                std::cmp::Ordering::Greater => return Ok(None),
-                std::cmp::Ordering::Less => p = vstart + vlen,
+        for e in entries(&buf) {
+            let (k, v) = e?;
+            if k == key {
+                return Ok(Some(v.to_vec()));
             }
         }
         Ok(None)
     }
-}
 
-/// Writes an index file from keys given in ascending order.
-pub struct SegmentWriter {
-    path: PathBuf,
-    tmp: PathBuf,
-    out: BufWriter<File>,
-    block: Vec<u8>,
-    block_first: Vec<u8>,
-    footer: Vec<u8>,
-    offset: u64,
-    entries: u64,
-    last: Option<Vec<u8>>,
-}
-
-impl SegmentWriter {
-    pub fn create(path: &Path) -> Result<SegmentWriter, StoreError> {
-        let tmp = path.with_extension("tmp");
-        if let Some(d) = path.parent() {
-            std::fs::create_dir_all(d).map_err(|e| io("creating", d, e))?;
+    /// Feed every entry of this file to `b` (to carry it into a new file).
+    pub fn copy_into(&self, b: &mut IndexBuilder) -> Result<(), StoreError> {
+        let data_len = self.offsets[self.offsets.len() - 1] - MAGIC.len() as u64;
+        let mut f = File::open(&self.path).map_err(|e| io("opening", &self.path, e))?;
+        f.seek(SeekFrom::Start(MAGIC.len() as u64))
+            .map_err(|e| io("reading", &self.path, e))?;
+        let mut r = BufReader::with_capacity(1 << 20, f.take(data_len));
+        let (mut key, mut value) = (Vec::new(), Vec::new());
+        let mut len2 = [0u8; 2];
+        let mut len4 = [0u8; 4];
+        loop {
+            match r.read_exact(&mut len2) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                Err(e) => return Err(io("reading", &self.path, e)),
+            }
+            key.resize(u16::from_le_bytes(len2) as usize, 0);
+            r.read_exact(&mut key)
+                .and_then(|()| r.read_exact(&mut len4))
+                .map_err(|e| io("reading", &self.path, e))?;
+            value.resize(u32::from_le_bytes(len4) as usize, 0);
+            r.read_exact(&mut value)
+                .map_err(|e| io("reading", &self.path, e))?;
+            b.push(&key, &value)?;
         }
-        let f = File::create(&tmp).map_err(|e| io("creating", &tmp, e))?;
-        let mut out = BufWriter::with_capacity(1 << 20, f);
-        out.write_all(MAGIC).map_err(|e| io("writing", &tmp, e))?;
-        Ok(SegmentWriter {
+    }
+}
+
+/// Builds an index file from entries given in any order (see the module doc).
+pub struct IndexBuilder {
+    path: PathBuf,
+    spill_dir: PathBuf,
+    parts: Vec<BufWriter<File>>,
+    entries: u64,
+}
+
+impl IndexBuilder {
+    pub fn create(path: &Path) -> Result<IndexBuilder, StoreError> {
+        let spill_dir = path.with_extension("build");
+        let _ = std::fs::remove_dir_all(&spill_dir);
+        std::fs::create_dir_all(&spill_dir).map_err(|e| io("creating", &spill_dir, e))?;
+        let parts = (0..PARTITIONS)
+            .map(|i| {
+                let p = spill_dir.join(format!("{i:02}"));
+                File::create(&p)
+                    .map(|f| BufWriter::with_capacity(64 << 10, f))
+                    .map_err(|e| io("creating", &p, e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(IndexBuilder {
             path: path.to_owned(),
-            tmp,
-            out,
-            block: Vec::with_capacity(BLOCK * 2),
-            block_first: Vec::new(),
-            footer: Vec::new(),
-            offset: MAGIC.len() as u64,
+            spill_dir,
+            parts,
             entries: 0,
-            last: None,
         })
     }
 
     pub fn push(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        if self.last.as_deref().is_some_and(|l| l >= key) {
-            return Err(StoreError::Io(
-                "code index: keys must be written in ascending order".into(),
-            ));
+        let mut e = Vec::with_capacity(6 + key.len() + value.len());
+        encode(&mut e, key, value)?;
+        self.push_entry(key, &e)
+    }
+
+    /// Add every entry of a buffer written with [`encode`].
+    pub fn push_encoded(&mut self, buf: &[u8]) -> Result<(), StoreError> {
+        let mut p = 0;
+        while p < buf.len() {
+            let (k, _, next) =
+                decode(buf, p).ok_or_else(|| StoreError::Io("code index: bad entry".into()))?;
+            self.push_entry(k, &buf[p..next])?;
+            p = next;
         }
-        let klen = u16::try_from(key.len())
-            .map_err(|_| StoreError::Io("code index: key longer than 65535 bytes".into()))?;
-        let vlen = u32::try_from(value.len())
-            .map_err(|_| StoreError::Io("code index: value too long".into()))?;
-        let size = 6 + key.len() + value.len();
-        if !self.block.is_empty() && self.block.len() + size > BLOCK {
-            self.end_block()?;
-        }
-        if self.block.is_empty() {
-            self.block_first.clear();
-            self.block_first.extend_from_slice(key);
-        }
-        self.block.extend_from_slice(&klen.to_le_bytes());
-        self.block.extend_from_slice(key);
-        self.block.extend_from_slice(&vlen.to_le_bytes());
-        self.block.extend_from_slice(value);
+        Ok(())
+    }
+
+    fn push_entry(&mut self, key: &[u8], encoded: &[u8]) -> Result<(), StoreError> {
+        let part = partition_of(hash(key));
+        self.parts[part]
+            .write_all(encoded)
+            .map_err(|e| io("writing", &self.spill_dir, e))?;
         self.entries += 1;
-        match &mut self.last {
-            Some(l) => {
-                l.clear();
-                l.extend_from_slice(key);
-            }
-            None => self.last = Some(key.to_vec()),
-        }
         Ok(())
     }
 
-    fn end_block(&mut self) -> Result<(), StoreError> {
-        if self.block.is_empty() {
-            return Ok(());
-        }
-        self.out
-            .write_all(&self.block)
-            .map_err(|e| io("writing", &self.tmp, e))?;
-        self.footer.extend_from_slice(&self.offset.to_le_bytes());
-        self.footer
-            .extend_from_slice(&(self.block.len() as u32).to_le_bytes());
-        self.footer
-            .extend_from_slice(&(self.block_first.len() as u16).to_le_bytes());
-        self.footer.extend_from_slice(&self.block_first);
-        self.offset += self.block.len() as u64;
-        self.block.clear();
-        Ok(())
+    pub fn entries(&self) -> u64 {
+        self.entries
     }
 
-    /// Give up: remove the temporary file.
+    /// Give up: remove the spill files.
     pub fn abandon(self) {
-        let tmp = self.tmp.clone();
+        let dir = self.spill_dir.clone();
         drop(self);
-        let _ = std::fs::remove_file(tmp);
+        let _ = std::fs::remove_dir_all(dir);
     }
 
-    /// Write the footer, make the file durable and put it in place. Returns it open.
+    /// Write the index file (durably, in place of any older one) and open it.
     pub fn finish(mut self, generation: u64) -> Result<Segment, StoreError> {
-        self.end_block()?;
+        let n = self.entries.div_ceil(PER_BUCKET).max(1);
+        let tmp = self.path.with_extension("tmp");
+        let f = File::create(&tmp).map_err(|e| io("creating", &tmp, e))?;
+        let mut out = BufWriter::with_capacity(1 << 20, f);
+        out.write_all(MAGIC).map_err(|e| io("writing", &tmp, e))?;
+        let mut pos = MAGIC.len() as u64;
+        let mut offsets = Vec::with_capacity(n as usize + 1);
+        let mut next_bucket = 0u64;
+        let parts = std::mem::take(&mut self.parts);
+        let mut buf = Vec::new();
+        for (i, part) in parts.into_iter().enumerate() {
+            let spill = self.spill_dir.join(format!("{i:02}"));
+            drop(
+                part.into_inner()
+                    .map_err(|e| io("writing", &spill, e.into_error()))?,
+            );
+            buf.clear();
+            File::open(&spill)
+                .and_then(|mut r| r.read_to_end(&mut buf))
+                .map_err(|e| io("reading", &spill, e))?;
+            let _ = std::fs::remove_file(&spill);
+            let mut order: Vec<(u64, usize, usize)> = Vec::new();
+            let mut p = 0;
+            while p < buf.len() {
+                let (k, _, next) = decode(&buf, p)
+                    .ok_or_else(|| StoreError::Io("code index: bad spill entry".into()))?;
+                order.push((bucket_of(hash(k), n), p, next));
+                p = next;
+            }
+            order.sort_unstable_by_key(|e| e.0);
+            for (bucket, start, end) in order {
+                while next_bucket <= bucket {
+                    offsets.push(pos);
+                    next_bucket += 1;
+                }
+                out.write_all(&buf[start..end])
+                    .map_err(|e| io("writing", &tmp, e))?;
+                pos += (end - start) as u64;
+            }
+        }
+        while next_bucket <= n {
+            offsets.push(pos);
+            next_bucket += 1;
+        }
+        let mut footer = Vec::with_capacity(offsets.len() * 8);
+        for o in &offsets {
+            footer.extend_from_slice(&o.to_le_bytes());
+        }
         let mut t = Vec::with_capacity(TRAILER);
-        t.extend_from_slice(&self.offset.to_le_bytes());
-        t.extend_from_slice(&(self.footer.len() as u64).to_le_bytes());
+        t.extend_from_slice(&pos.to_le_bytes());
+        t.extend_from_slice(&(footer.len() as u64).to_le_bytes());
         t.extend_from_slice(&self.entries.to_le_bytes());
         t.extend_from_slice(&generation.to_le_bytes());
-        t.extend_from_slice(&Sha256::digest(&self.footer));
+        t.extend_from_slice(&Sha256::digest(&footer));
         t.extend_from_slice(MAGIC);
-        self.out
-            .write_all(&self.footer)
-            .and_then(|()| self.out.write_all(&t))
-            .and_then(|()| self.out.flush())
-            .map_err(|e| io("writing", &self.tmp, e))?;
-        let f = self
-            .out
+        out.write_all(&footer)
+            .and_then(|()| out.write_all(&t))
+            .and_then(|()| out.flush())
+            .map_err(|e| io("writing", &tmp, e))?;
+        let f = out
             .into_inner()
-            .map_err(|e| io("writing", &self.tmp, e.into_error()))?;
-        f.sync_all().map_err(|e| io("fsync", &self.tmp, e))?;
+            .map_err(|e| io("writing", &tmp, e.into_error()))?;
+        f.sync_all().map_err(|e| io("fsync", &tmp, e))?;
         drop(f);
-        std::fs::rename(&self.tmp, &self.path).map_err(|e| io("renaming", &self.tmp, e))?;
+        std::fs::rename(&tmp, &self.path).map_err(|e| io("renaming", &tmp, e))?;
         if let Some(d) = self.path.parent() {
             File::open(d)
                 .and_then(|d| d.sync_all())
                 .map_err(|e| io("fsync", d, e))?;
         }
+        let _ = std::fs::remove_dir_all(&self.spill_dir);
         Segment::open(&self.path)
     }
 }
@@ -341,7 +439,9 @@ impl CodeIndex {
                 Ok(s) => {
                     segments.insert(t, Arc::new(s));
                 }
-                Err(e) => tracing::warn!(tenant = %t, error = %e, "ignoring the code index; it will be rebuilt"),
+                Err(e) => {
+                    tracing::warn!(tenant = %t, error = %e, "ignoring the code index; it will be rebuilt")
+                }
             }
         }
         CodeIndex {
@@ -370,7 +470,11 @@ impl CodeIndex {
         let s = self.segment(tenant)?;
         match s.get(match_key.as_bytes()) {
             Ok(v) => {
-                let c = if v.is_some() { &self.hits } else { &self.misses };
+                let c = if v.is_some() {
+                    &self.hits
+                } else {
+                    &self.misses
+                };
                 c.fetch_add(1, Ordering::Relaxed);
                 v
             }
@@ -423,31 +527,59 @@ impl CodeIndex {
 mod tests {
     use super::*;
 
-    #[test]
-    fn write_read_and_refuse_damage() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("t.kpi");
-        let mut w = SegmentWriter::create(&p).unwrap();
-        let keys: Vec<String> = (0..5000).map(|i| format!("CODE{:06}", i * 2)).collect();
-        for k in &keys {
-            w.push(k.as_bytes(), format!("v-{k}").as_bytes()).unwrap();
+    fn build(dir: &Path, name: &str, keys: &[String], generation: u64) -> Segment {
+        let p = dir.join(name);
+        let mut b = IndexBuilder::create(&p).unwrap();
+        for k in keys {
+            b.push(k.as_bytes(), format!("v-{k}").as_bytes()).unwrap();
         }
-        assert!(w.push(b"CODE000000", b"x").is_err(), "out of order is refused");
-        let s = w.finish(7).unwrap();
+        b.finish(generation).unwrap()
+    }
+
+    #[test]
+    fn write_read_merge_and_refuse_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys: Vec<String> = (0..5000).map(|i| format!("CODE{:06}", i * 2)).collect();
+        let s = build(dir.path(), "t.kpi", &keys, 7);
         assert_eq!((s.generation(), s.entries()), (7, 5000));
-        assert!(s.blocks.len() > 10, "many blocks: {}", s.blocks.len());
+        assert_eq!(s.buckets(), 5000u64.div_ceil(PER_BUCKET));
         for k in &keys {
             assert_eq!(
                 s.get(k.as_bytes()).unwrap(),
-                Some(format!("v-{k}").into_bytes())
+                Some(format!("v-{k}").into_bytes()),
+                "{k}"
             );
         }
         for missing in ["A", "CODE000001", "CODE004999", "CODE009999", "Z", ""] {
             assert_eq!(s.get(missing.as_bytes()).unwrap(), None, "{missing}");
         }
-        // Reopen from disk.
-        let s2 = Segment::open(&p).unwrap();
-        assert_eq!(s2.get(b"CODE004998").unwrap(), Some(b"v-CODE004998".to_vec()));
+        assert!(
+            !dir.path().join("t.build").exists() && !dir.path().join("t.tmp").exists(),
+            "no spill or temporary files left"
+        );
+        // Carried into a new file with more entries (a later import).
+        let p2 = dir.path().join("u.kpi");
+        let mut b = IndexBuilder::create(&p2).unwrap();
+        s.copy_into(&mut b).unwrap();
+        let mut more = Vec::new();
+        encode(&mut more, b"NEW-1", b"v-NEW-1").unwrap();
+        encode(&mut more, b"NEW-2", b"v-NEW-2").unwrap();
+        b.push_encoded(&more).unwrap();
+        let s2 = b.finish(8).unwrap();
+        assert_eq!((s2.generation(), s2.entries()), (8, 5002));
+        for k in keys.iter().map(String::as_str).chain(["NEW-1", "NEW-2"]) {
+            assert_eq!(
+                s2.get(k.as_bytes()).unwrap(),
+                Some(format!("v-{k}").into_bytes())
+            );
+        }
+        // Reopened from disk.
+        let p = dir.path().join("t.kpi");
+        let s3 = Segment::open(&p).unwrap();
+        assert_eq!(
+            s3.get(b"CODE004998").unwrap(),
+            Some(b"v-CODE004998".to_vec())
+        );
         // A flipped byte in the footer is caught; a cut file is refused.
         let mut bytes = std::fs::read(&p).unwrap();
         let n = bytes.len();
@@ -459,10 +591,28 @@ mod tests {
     }
 
     #[test]
-    fn empty_index() {
+    fn empty_and_single() {
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("e.kpi");
-        let s = SegmentWriter::create(&p).unwrap().finish(0).unwrap();
+        let s = build(dir.path(), "e.kpi", &[], 0);
         assert_eq!(s.get(b"X").unwrap(), None);
+        let s = build(dir.path(), "one.kpi", &["ONLY".to_string()], 1);
+        assert_eq!(s.get(b"ONLY").unwrap(), Some(b"v-ONLY".to_vec()));
+        assert_eq!(s.get(b"ONLX").unwrap(), None);
+    }
+
+    #[test]
+    fn buckets_stay_small() {
+        // The hash spreads sequential codes evenly: no bucket far above the average.
+        let dir = tempfile::tempdir().unwrap();
+        let keys: Vec<String> = (0..200_000).map(|i| format!("BULK{i:010}")).collect();
+        let s = build(dir.path(), "b.kpi", &keys, 1);
+        let biggest = s.offsets.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+        let entry = 6 + 14 + 16;
+        assert!(
+            biggest < 80 * entry,
+            "largest bucket {} bytes (average {})",
+            biggest,
+            PER_BUCKET * entry
+        );
     }
 }

@@ -313,12 +313,7 @@ impl<S: Send + 'static> Store<S> {
     /// `gen_key`. At most one rebuild per tenant runs; a request during one queues one more.
     /// Until it is done the old file (or none) keeps serving: it is a hint, never needed.
     pub fn refresh_code_index(&self, tenant: &str, prefix: Vec<u8>, gen_key: Vec<u8>) {
-        let Some(db) = self
-            .db
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-        else {
+        let Some(db) = self.db.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
             return;
         };
         {
@@ -527,8 +522,8 @@ fn read_u64(db: &sled::Db, k: &[u8]) -> Result<u64, StoreError> {
 
 /// Write `tenant`'s code index from every record under `prefix` (keys cut to what follows
 /// it), marked with the generation stored under `gen_key` — read before the scan, so codes
-/// written during it leave the file marked old. sled scans are in key order; records are
-/// insert-only, so whatever the scan sees stays true.
+/// written during it leave the file marked old. Records are insert-only, so whatever the
+/// scan sees stays true.
 fn build_index(
     db: &sled::Db,
     dir: &Path,
@@ -538,16 +533,16 @@ fn build_index(
     cancel: &AtomicBool,
 ) -> Result<codeindex::Segment, StoreError> {
     let generation = read_u64(db, gen_key)?;
-    let mut w = codeindex::SegmentWriter::create(&CodeIndex::path_for(dir, tenant))?;
+    let mut b = codeindex::IndexBuilder::create(&CodeIndex::path_for(dir, tenant))?;
     for (i, kv) in db.scan_prefix(prefix).enumerate() {
         if i % 4096 == 0 && cancel.load(Ordering::Relaxed) {
-            w.abandon();
+            b.abandon();
             return Err(StoreError::Io("code index rebuild cancelled".into()));
         }
         let (k, v) = kv.map_err(|e| StoreError::Io(e.to_string()))?;
-        w.push(&k[prefix.len()..], &v)?;
+        b.push(&k[prefix.len()..], &v)?;
     }
-    w.finish(generation)
+    b.finish(generation)
 }
 
 /// Rebuild `tenant`'s code index if it is missing or old (see [`Store::refresh_code_index`]).
@@ -710,23 +705,44 @@ impl Offline {
         Ok(())
     }
 
-    /// Write `tenant`'s code index from the store (see [`codeindex`]); returns how many
-    /// codes it holds.
-    pub fn build_code_index(
+    /// Start a new code index for `tenant` holding every bulk code the store has now:
+    /// carried over from the current file when it is of the stored generation, else read
+    /// from the store (records under `prefix`). Call before writing codes; add the new ones
+    /// with [`codeindex::IndexBuilder::push_encoded`] and end with
+    /// [`Offline::finish_code_index`] once they are durable.
+    pub fn code_index_builder(
         &self,
         tenant: &str,
         prefix: &[u8],
         gen_key: &[u8],
+    ) -> Result<codeindex::IndexBuilder, StoreError> {
+        let path = CodeIndex::path_for(&CodeIndex::dir_in(&self.path), tenant);
+        let stored = read_u64(&self.db, gen_key)?;
+        let current = codeindex::Segment::open(&path)
+            .ok()
+            .filter(|s| s.generation() == stored);
+        let mut b = codeindex::IndexBuilder::create(&path)?;
+        match current {
+            Some(s) => s.copy_into(&mut b)?,
+            None => {
+                for kv in self.db.scan_prefix(prefix) {
+                    let (k, v) = kv.map_err(|e| StoreError::Io(e.to_string()))?;
+                    b.push(&k[prefix.len()..], &v)?;
+                }
+            }
+        }
+        Ok(b)
+    }
+
+    /// Write the index started with [`Offline::code_index_builder`], marked with the
+    /// generation now stored under `gen_key`. Returns how many codes it holds.
+    pub fn finish_code_index(
+        &self,
+        b: codeindex::IndexBuilder,
+        gen_key: &[u8],
     ) -> Result<u64, StoreError> {
-        build_index(
-            &self.db,
-            &CodeIndex::dir_in(&self.path),
-            tenant,
-            prefix,
-            gen_key,
-            &AtomicBool::new(false),
-        )
-        .map(|s| s.entries())
+        let generation = read_u64(&self.db, gen_key)?;
+        b.finish(generation).map(|s| s.entries())
     }
 
     /// Bytes the store's files take on disk.
