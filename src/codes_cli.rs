@@ -216,7 +216,18 @@ pub fn import(
     // The new code index starts from every code the tenant has; this import's codes are
     // added as they are written.
     let mut store = store;
-    let mut index = start_code_index(&store, tenant)?;
+    let index = start_code_index(&store, tenant)?;
+    // The index takes the written codes on a thread of its own, beside the inserts.
+    let (to_index, index_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+    let indexer = std::thread::spawn(move || -> Result<_, String> {
+        let mut index = index;
+        for written in index_rx {
+            index
+                .push_encoded(&written)
+                .map_err(|e| format!("code index: {e}"))?;
+        }
+        Ok(index)
+    });
     crate::service::codes::bump_generation(&mut store, tenant).map_err(|e| e.to_string())?;
     store.apply().map_err(|e| e.to_string())?;
     let mut p = Progress::new("importing", total);
@@ -259,7 +270,7 @@ pub fn import(
                                     && store
                                         .insert_new(
                                             &crate::service::keys::bulk_code(tenant, &r.match_key),
-                                            value.clone(),
+                                            &value,
                                         )
                                         .map_err(|e| e.to_string())?;
                                 if written {
@@ -290,9 +301,8 @@ pub fn import(
                 let (i, d, written_codes) = r?;
                 imported += i;
                 duplicates += d;
-                index
-                    .push_encoded(&written_codes)
-                    .map_err(|e| format!("code index: {e}"))?;
+                // A failed index thread reports its error when joined, below.
+                let _ = to_index.send(written_codes);
             }
             if !quiet {
                 p.tick(rows_seen, rdr.position().byte(), false);
@@ -307,6 +317,10 @@ pub fn import(
         p.done(rows_seen, total);
     }
     // The code index is written once its codes are durable in the store.
+    drop(to_index);
+    let index = indexer
+        .join()
+        .unwrap_or_else(|_| Err("the code index thread panicked".into()))?;
     let index_started = Instant::now();
     let indexed = store
         .finish_code_index(index, &crate::service::keys::bulk_generation(tenant))

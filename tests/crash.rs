@@ -935,3 +935,152 @@ async fn codes_commands_on_a_stopped_server() {
     assert_eq!(exported.lines().count(), 1 + 120_001 + 2000);
     assert!(exported.contains("GIFT-1,,guest-9,available\n"));
 }
+
+/// The value of a `/metrics` line `name value`, if present.
+async fn metric(client: &HttpClient, base: &str, name: &str) -> Option<u64> {
+    let (_, m) = send(client, "GET", &format!("{base}/metrics"), None)
+        .await
+        .ok()?;
+    String::from_utf8(m)
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// kill -9 during `codes import`: the code index left behind is older than the store, so
+/// the server rebuilds it, and every code the store kept is found; running the import
+/// again completes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_codes_import_leaves_an_index_that_is_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("kp.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = \"{}\"\n[admin]\ntoken_env = \"KP_CRASH_TOKEN\"\n[[tenants]]\nid = \"v\"\nauth = {{ mode = \"none\" }}\n[[tenants.campaigns]]\nid = \"bulk\"\ndiscount = {{ amount_cents = 300 }}\nmax_uses_per_code = 1\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let import = |file: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_karma-provider"))
+            .args([
+                "codes",
+                "import",
+                "--tenant",
+                "v",
+                "--campaign",
+                "bulk",
+                "--config",
+            ])
+            .arg(&cfg)
+            .arg(file)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let first = dir.path().join("a.csv");
+    std::fs::write(
+        &first,
+        (0..1000).map(|i| format!("A-{i}\n")).collect::<String>(),
+    )
+    .unwrap();
+    assert!(import(&first).wait_with_output().unwrap().status.success());
+
+    const B: usize = 400_000;
+    let second = dir.path().join("b.csv");
+    std::fs::write(
+        &second,
+        (0..B).map(|i| format!("B-{i}\n")).collect::<String>(),
+    )
+    .unwrap();
+    let mut child = import(&second);
+    // Kill it once the first batch is in (its progress line says "importing").
+    let mut err = child.stderr.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("importing [") {
+        let n = std::io::Read::read(&mut err, &mut buf).unwrap();
+        assert!(
+            n > 0,
+            "import ended before it was killed: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let (mut server, base) = start(&cfg);
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    // What the store kept of the killed import, from the store itself.
+    let (status, csv) = send(
+        &client,
+        "GET",
+        &format!("{base}/admin/v1/tenants/v/campaigns/bulk/codes"),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
+    let csv = String::from_utf8(csv).unwrap();
+    let kept: Vec<&str> = csv
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split(',').next())
+        .filter(|c| c.starts_with("B-"))
+        .collect();
+    assert!(kept.len() < B, "the kill left the import unfinished");
+    let total = (1000 + kept.len()) as u64;
+    let name = "kp_code_index_codes{tenant=\"v\"}";
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while metric(&client, &base, name).await != Some(total) {
+        assert!(
+            std::time::Instant::now() < until,
+            "the index was not rebuilt to {total} codes: {:?}",
+            metric(&client, &base, name).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let hits = "kp_code_index_lookups_total{result=\"hit\"}";
+    let before = metric(&client, &base, hits).await.unwrap_or(0);
+    let probes: Vec<&str> = ["A-0", "A-999"]
+        .into_iter()
+        .chain(kept.first().copied())
+        .chain(kept.last().copied())
+        .collect();
+    for code in &probes {
+        let (_, b) = send(
+            &client,
+            "POST",
+            &format!("{base}/v1/v/voucher/check"),
+            Some(&json!({"code": code, "cart": {"items": [], "totalCents": 1000}})),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            serde_json::from_slice::<Value>(&b).unwrap()["voucherNr"],
+            json!(code)
+        );
+    }
+    assert_eq!(
+        metric(&client, &base, hits).await.unwrap_or(0),
+        before + probes.len() as u64,
+        "every probe answered from the rebuilt index"
+    );
+    server.kill().unwrap();
+    server.wait().unwrap();
+
+    // The same import again finishes the job.
+    let out = import(&second).wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.starts_with(&format!(
+            "imported {} codes, {} duplicates",
+            B - kept.len(),
+            kept.len()
+        )) && said.contains(&format!("code index {} codes", 1000 + B)),
+        "{said}"
+    );
+}

@@ -652,7 +652,7 @@ impl Offline {
 
     /// Write `v` under `k` unless `k` exists; true when written. One atomic tree operation
     /// (no separate read), durable at [`Offline::finish`].
-    pub fn insert_new(&self, k: &[u8], v: Vec<u8>) -> Result<bool, StoreError> {
+    pub fn insert_new(&self, k: &[u8], v: &[u8]) -> Result<bool, StoreError> {
         match self.db.compare_and_swap(k, None as Option<&[u8]>, Some(v)) {
             Ok(Ok(())) => Ok(true),
             Ok(Err(_)) => Ok(false),
