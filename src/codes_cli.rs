@@ -123,7 +123,7 @@ pub struct ImportSummary {
     pub store_bytes: u64,
     /// Codes in the tenant's code index afterwards (every bulk code of the tenant).
     pub indexed: u64,
-    /// Of `seconds`, the time spent writing the code index.
+    /// Time spent writing the code index file (beside the store's final flush).
     pub index_seconds: f64,
     pub index_bytes: u64,
 }
@@ -228,104 +228,147 @@ pub fn import(
         }
         Ok(index)
     });
-    crate::service::codes::bump_generation(&mut store, tenant).map_err(|e| e.to_string())?;
+    let generation =
+        crate::service::codes::bump_generation(&mut store, tenant).map_err(|e| e.to_string())?;
     store.apply().map_err(|e| e.to_string())?;
     let mut p = Progress::new("importing", total);
-    let mut rdr = reader()?;
     let (mut imported, mut duplicates, mut rows_seen) = (0u64, 0u64, 0u64);
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
         .clamp(1, 8);
-    let mut batch = Vec::with_capacity(BATCH);
-    let mut first = true;
-    loop {
-        let more = rdr.read_record(&mut rec).map_err(|e| e.to_string())?;
-        if more {
-            rows_seen += 1;
-            let header = first && is_header(&rec);
-            first = false;
-            if !header {
-                batch.push(parse_row(campaign, mode, &rec)?);
+    // A reader thread parses the next batch while this one is inserted.
+    let mut rdr = reader()?;
+    let (campaign_id, tenant_id) = (campaign.to_owned(), tenant.to_owned());
+    type Batch = Result<(Vec<crate::service::codes::CodeRow>, u64, u64), String>;
+    let (to_insert, batches) = std::sync::mpsc::sync_channel::<Batch>(2);
+    let parser = std::thread::spawn(move || {
+        let (mut rec, mut first, mut seen) = (csv::StringRecord::new(), true, 0u64);
+        loop {
+            let mut batch = Vec::with_capacity(BATCH);
+            let mut more = true;
+            while batch.len() < BATCH {
+                match rdr.read_record(&mut rec) {
+                    Ok(true) => {
+                        seen += 1;
+                        let header = first && is_header(&rec);
+                        first = false;
+                        if !header {
+                            match parse_row(&campaign_id, mode, &rec) {
+                                Ok(r) => batch.push(r),
+                                Err(e) => {
+                                    let _ = to_insert.send(Err(e));
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                    Ok(false) => {
+                        more = false;
+                        break;
+                    }
+                    Err(e) => {
+                        let _ = to_insert.send(Err(e.to_string()));
+                        return;
+                    }
+                }
+            }
+            let pos = rdr.position().byte();
+            if (!batch.is_empty() && to_insert.send(Ok((batch, seen, pos))).is_err()) || !more {
+                return;
             }
         }
-        if batch.len() >= BATCH || (!more && !batch.is_empty()) {
-            // Insert the batch from as many threads as there are cores (sled takes
-            // concurrent writers; each insert-if-absent is atomic on its own).
-            let rows = std::mem::take(&mut batch);
-            let chunk = rows.len().div_ceil(threads);
-            type Part = Result<(u64, u64, Vec<u8>), String>;
-            let results: Vec<Part> = std::thread::scope(|sc| {
-                let handles: Vec<_> = rows
-                    .chunks(chunk.max(1))
-                    .map(|part| {
-                        let (store, shared) = (&store, &shared);
-                        sc.spawn(move || -> Part {
-                            let (mut i, mut d) = (0u64, 0u64);
-                            // The written codes, encoded for the code index.
-                            let mut written_codes = Vec::with_capacity(part.len() * 64);
-                            for r in part {
-                                let value = serde_json::to_vec(&r.code).unwrap_or_default();
-                                let written = !shared.contains(&r.match_key)
-                                    && store
-                                        .insert_new(
-                                            &crate::service::keys::bulk_code(tenant, &r.match_key),
-                                            &value,
-                                        )
-                                        .map_err(|e| e.to_string())?;
-                                if written {
-                                    i += 1;
-                                    crate::store::codeindex::encode(
-                                        &mut written_codes,
-                                        r.match_key.as_bytes(),
+    });
+    for next in batches {
+        let (rows, seen, pos) = next?;
+        rows_seen = seen;
+        // Insert the batch from as many threads as there are cores (sled takes concurrent
+        // writers; each insert-if-absent is atomic on its own).
+        let chunk = rows.len().div_ceil(threads);
+        type Part = Result<(u64, u64, Vec<u8>), String>;
+        let results: Vec<Part> = std::thread::scope(|sc| {
+            let handles: Vec<_> = rows
+                .chunks(chunk.max(1))
+                .map(|part| {
+                    let (store, shared, tenant) = (&store, &shared, tenant_id.as_str());
+                    sc.spawn(move || -> Part {
+                        let (mut i, mut d) = (0u64, 0u64);
+                        // The written codes, encoded for the code index.
+                        let mut written_codes = Vec::with_capacity(part.len() * 64);
+                        for r in part {
+                            let value = serde_json::to_vec(&r.code).unwrap_or_default();
+                            let written = !shared.contains(&r.match_key)
+                                && store
+                                    .insert_new(
+                                        &crate::service::keys::bulk_code(tenant, &r.match_key),
                                         &value,
                                     )
                                     .map_err(|e| e.to_string())?;
-                                } else {
-                                    d += 1;
-                                }
+                            if written {
+                                i += 1;
+                                crate::store::codeindex::encode(
+                                    &mut written_codes,
+                                    r.match_key.as_bytes(),
+                                    &value,
+                                )
+                                .map_err(|e| e.to_string())?;
+                            } else {
+                                d += 1;
                             }
-                            Ok((i, d, written_codes))
-                        })
+                        }
+                        Ok((i, d, written_codes))
                     })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| {
-                        h.join()
-                            .unwrap_or_else(|_| Err("an import thread panicked".into()))
-                    })
-                    .collect()
-            });
-            for r in results {
-                let (i, d, written_codes) = r?;
-                imported += i;
-                duplicates += d;
-                // A failed index thread reports its error when joined, below.
-                let _ = to_index.send(written_codes);
-            }
-            if !quiet {
-                p.tick(rows_seen, rdr.position().byte(), false);
-            }
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err("an import thread panicked".into()))
+                })
+                .collect()
+        });
+        for r in results {
+            let (i, d, written_codes) = r?;
+            imported += i;
+            duplicates += d;
+            // A failed index thread reports its error when joined, below.
+            let _ = to_index.send(written_codes);
         }
-        if !more {
-            break;
+        if !quiet {
+            p.tick(rows_seen, pos, false);
         }
     }
-    store.sync().map_err(|e| e.to_string())?;
-    if !quiet {
-        p.done(rows_seen, total);
-    }
-    // The code index is written once its codes are durable in the store.
+    let _ = parser.join();
+    // The store is made durable while the index file is written beside it; the file is put
+    // in place only once the codes it names are durable.
     drop(to_index);
     let index = indexer
         .join()
         .unwrap_or_else(|_| Err("the code index thread panicked".into()))?;
-    let index_started = Instant::now();
-    let indexed = store
-        .finish_code_index(index, &crate::service::keys::bulk_generation(tenant))
-        .map_err(|e| format!("writing the code index: {e}"))?;
-    let index_seconds = index_started.elapsed().as_secs_f64();
+    let (synced, written) = std::thread::scope(|sc| {
+        let w = sc.spawn(move || {
+            let t = Instant::now();
+            index
+                .write(generation)
+                .map(|f| (f, t.elapsed().as_secs_f64()))
+        });
+        let s = store.sync();
+        (
+            s,
+            w.join()
+                .unwrap_or_else(|_| Err(StoreError::Io("the code index thread panicked".into()))),
+        )
+    });
+    synced.map_err(|e| e.to_string())?;
+    let (file, index_seconds) = written.map_err(|e| format!("writing the code index: {e}"))?;
+    let indexed = file
+        .publish()
+        .map_err(|e| format!("writing the code index: {e}"))?
+        .entries();
+    if !quiet {
+        p.done(rows_seen, total);
+    }
     let store_bytes = store.size_on_disk();
     let index_bytes = index_size(cfg, tenant);
     let seconds = started.elapsed().as_secs_f64();

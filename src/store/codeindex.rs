@@ -317,15 +317,17 @@ impl IndexBuilder {
         self.entries
     }
 
-    /// Give up: remove the spill files.
-    pub fn abandon(self) {
-        let dir = self.spill_dir.clone();
-        drop(self);
-        let _ = std::fs::remove_dir_all(dir);
-    }
+    /// Give up (the spill files go, as whenever a builder is dropped).
+    pub fn abandon(self) {}
 
     /// Write the index file (durably, in place of any older one) and open it.
-    pub fn finish(mut self, generation: u64) -> Result<Segment, StoreError> {
+    pub fn finish(self, generation: u64) -> Result<Segment, StoreError> {
+        self.write(generation)?.publish()
+    }
+
+    /// Write and fsync the index file under a temporary name; [`Unpublished::publish`]
+    /// puts it in place.
+    pub fn write(mut self, generation: u64) -> Result<Unpublished, StoreError> {
         let n = self.entries.div_ceil(PER_BUCKET).max(1);
         let tmp = self.path.with_extension("tmp");
         let f = File::create(&tmp).map_err(|e| io("creating", &tmp, e))?;
@@ -390,13 +392,43 @@ impl IndexBuilder {
             .map_err(|e| io("writing", &tmp, e.into_error()))?;
         f.sync_all().map_err(|e| io("fsync", &tmp, e))?;
         drop(f);
-        std::fs::rename(&tmp, &self.path).map_err(|e| io("renaming", &tmp, e))?;
+        Ok(Unpublished {
+            tmp,
+            path: self.path.clone(),
+        })
+    }
+}
+
+impl Drop for IndexBuilder {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.spill_dir);
+    }
+}
+
+/// An index file written and fsynced under a temporary name, not yet in place (dropped
+/// unpublished, the file is removed).
+pub struct Unpublished {
+    tmp: PathBuf,
+    path: PathBuf,
+}
+
+impl Drop for Unpublished {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
+impl Unpublished {
+    /// Rename it into place (atomically replacing an older file), fsync the directory, and
+    /// open it.
+    pub fn publish(self) -> Result<Segment, StoreError> {
+        std::fs::rename(&self.tmp, &self.path).map_err(|e| io("renaming", &self.tmp, e))?;
+        // (Dropping `self` now finds no temporary file to remove.)
         if let Some(d) = self.path.parent() {
             File::open(d)
                 .and_then(|d| d.sync_all())
                 .map_err(|e| io("fsync", d, e))?;
         }
-        let _ = std::fs::remove_dir_all(&self.spill_dir);
         Segment::open(&self.path)
     }
 }
