@@ -161,6 +161,11 @@ enum Command {
         /// The service's `storage.cache_capacity_mb` for the run.
         #[arg(long, default_value_t = 64)]
         cache_mb: u64,
+        /// Split each run into this many slices and go through the scenarios once per
+        /// slice, in reverse order every other time (ABBA): scenarios measured on the same
+        /// service then see the same store growth and machine drift.
+        #[arg(long, default_value_t = 1)]
+        rounds: u32,
     },
     /// Back up a running server: a consistent snapshot of all state as JSON lines (admin API).
     Export {
@@ -547,6 +552,7 @@ fn main() -> ExitCode {
             bulk_codes,
             check_rate,
             cache_mb,
+            rounds,
         } => {
             if let Some(bad) = scenarios
                 .iter()
@@ -578,6 +584,7 @@ fn main() -> ExitCode {
                 bulk_codes,
                 check_rate,
                 cache_mb,
+                rounds,
             };
             match rt.block_on(karma_provider::bench::run(opts)) {
                 Ok(_) => ExitCode::SUCCESS,

@@ -36,6 +36,8 @@ pub struct BenchOptions {
     pub bulk_codes: Option<u64>,
     /// The service's page cache (`storage.cache_capacity_mb`).
     pub cache_mb: u64,
+    /// Slices per run (see `bench --rounds`); 1: each scenario once, for the whole duration.
+    pub rounds: u32,
 }
 
 pub const SCENARIOS: [&str; 8] = [
@@ -401,6 +403,29 @@ impl Tally {
         let _ = all.record(us.min(60_000_000));
         self.requests += 1;
     }
+
+    /// Add another slice of the same run.
+    fn merge(&mut self, other: Tally) {
+        for (op, h) in other.hist {
+            match self.hist.get_mut(op) {
+                Some(mine) => {
+                    let _ = mine.add(&h);
+                }
+                None => {
+                    self.hist.insert(op, h);
+                }
+            }
+        }
+        match (&mut self.all, other.all) {
+            (Some(mine), Some(h)) => {
+                let _ = mine.add(&h);
+            }
+            (None, h) => self.all = h,
+            (Some(_), None) => {}
+        }
+        self.requests += other.requests;
+        self.errors += other.errors;
+    }
 }
 
 fn percentiles(h: &Histogram<u64>) -> BTreeMap<String, u64> {
@@ -567,27 +592,50 @@ pub async fn run(opts: BenchOptions) -> Result<Vec<RunResult>, String> {
     let service = spawn("service", &["serve", "--config", &cfg_s])?;
     let yard = spawn("yardstick", &["bench-yardstick"])?;
     prepare(&service.base, opts.connections).await?;
-    let mut out = Vec::new();
-    for sc in &opts.scenarios {
-        for t in [&yard, &service] {
-            let (tally, secs) = closed(&t.base, sc, opts.connections, opts.duration).await?;
-            out.push(result(sc, t.name, "closed", tally, secs));
+    // (scenario, target, mode) → what its slices measured, in first-round order.
+    let mut acc: Vec<((String, &str, String), Tally, f64)> = Vec::new();
+    let mut add = |key: (String, &'static str, String), t: Tally, secs: f64| match acc
+        .iter_mut()
+        .find(|(k, _, _)| *k == key)
+    {
+        Some((_, mine, s)) => {
+            mine.merge(t);
+            *s += secs;
         }
-        // Latency at a fixed arrival rate, below saturation: for the webhook ack and the
-        // bulk-versus-small check comparison.
-        let rate = match sc.as_str() {
-            "webhook" => Some(opts.webhook_rate),
-            "check-small" | "check-bulk" => Some(opts.check_rate),
-            _ => None,
-        };
-        if let Some(rate) = rate {
+        None => acc.push((key, t, secs)),
+    };
+    let rounds = opts.rounds.max(1);
+    let slice = opts.duration / rounds;
+    for round in 0..rounds {
+        let mut order: Vec<&String> = opts.scenarios.iter().collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for sc in order {
             for t in [&yard, &service] {
-                let (tally, secs) =
-                    open(&t.base, sc, opts.connections.min(16), rate, opts.duration).await?;
-                out.push(result(sc, t.name, &format!("open@{rate}/s"), tally, secs));
+                let (tally, secs) = closed(&t.base, sc, opts.connections, slice).await?;
+                add((sc.clone(), t.name, "closed".into()), tally, secs);
+            }
+            // Latency at a fixed arrival rate, below saturation: for the webhook ack and the
+            // bulk-versus-small check comparison.
+            let rate = match sc.as_str() {
+                "webhook" => Some(opts.webhook_rate),
+                "check-small" | "check-bulk" => Some(opts.check_rate),
+                _ => None,
+            };
+            if let Some(rate) = rate {
+                for t in [&yard, &service] {
+                    let (tally, secs) =
+                        open(&t.base, sc, opts.connections.min(16), rate, slice).await?;
+                    add((sc.clone(), t.name, format!("open@{rate}/s")), tally, secs);
+                }
             }
         }
     }
+    let out: Vec<RunResult> = acc
+        .into_iter()
+        .map(|((sc, name, mode), t, secs)| result(&sc, name, &mode, t, secs))
+        .collect();
     let rss = json!({
         "servicePeakRssKib": peak_rss_kib(service.child.id()),
         "yardstickPeakRssKib": peak_rss_kib(yard.child.id()),
@@ -608,7 +656,7 @@ pub async fn run(opts: BenchOptions) -> Result<Vec<RunResult>, String> {
     let _ = std::fs::remove_dir_all(&dir);
     print_table(&out);
     if let Some(p) = &opts.json_out {
-        let doc = json!({"connections": opts.connections, "durationSeconds": opts.duration.as_secs_f64(), "bulkImport": bulk, "memory": rss, "results": out});
+        let doc = json!({"connections": opts.connections, "durationSeconds": opts.duration.as_secs_f64(), "rounds": opts.rounds.max(1), "bulkImport": bulk, "memory": rss, "results": out});
         std::fs::write(p, serde_json::to_vec_pretty(&doc).unwrap_or_default())
             .map_err(|e| format!("{}: {e}", p.display()))?;
     }
