@@ -721,3 +721,29 @@ fn print_table(rs: &[RunResult]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slices_of_a_run_add_up() {
+        let (mut a, mut b) = (Tally::default(), Tally::default());
+        for us in 1..=100 {
+            a.record("check", us);
+        }
+        for us in 1001..=1100 {
+            b.record("check", us);
+            b.record("commit", us);
+        }
+        b.errors = 2;
+        a.merge(b);
+        assert_eq!((a.requests, a.errors), (300, 2));
+        assert_eq!(a.hist["check"].len(), 200);
+        assert_eq!(a.hist["commit"].len(), 100);
+        let all = a.all.as_ref().unwrap();
+        assert_eq!(all.len(), 300);
+        assert_eq!(all.max(), all.highest_equivalent(1100));
+        assert_eq!(a.hist["check"].value_at_quantile(0.25), 50);
+    }
+}
