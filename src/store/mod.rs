@@ -350,14 +350,6 @@ impl<S: Send + 'static> Store<S> {
         }
     }
 
-    /// True while a rebuild of `tenant`'s code index is queued or running.
-    pub fn code_index_rebuilding(&self, tenant: &str) -> bool {
-        self.rebuilding
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(tenant)
-    }
-
     /// Run `f` on the writer; its result comes back once everything it wrote is durable.
     pub async fn run<T: Send + 'static>(
         &self,
@@ -510,7 +502,6 @@ fn commit(db: &sled::Db, files: &[PathBuf], txn: &mut Txn<'_>) -> Result<(), Sto
     Ok(())
 }
 
-/// The files sled writes its log and pages to (sled 0.34: `db` and `conf`).
 fn read_u64(db: &sled::Db, k: &[u8]) -> Result<u64, StoreError> {
     Ok(db
         .get(k)
@@ -569,6 +560,7 @@ fn refresh_index(
     Ok(())
 }
 
+/// The files sled writes its log and pages to (sled 0.34: `db` and `conf`).
 fn data_files(dir: &Path) -> Vec<PathBuf> {
     vec![dir.join("db")]
 }
