@@ -424,6 +424,77 @@ async fn expired_holds_give_capacity_back_and_commit_only_if_capacity_remains() 
     );
 }
 
+/// A check writes no history record of its own (see `HoldRecord::held_unlogged`): its
+/// "held" event is shown from the hold while it lives, and written when the hold is
+/// committed, released or expires. Either way the code's history is the same, in time
+/// order, across restarts.
+#[tokio::test]
+async fn a_holds_history_is_complete_while_live_after_expiry_and_across_restarts() {
+    let mut h = harness().await;
+    let events = |v: &Value| -> Vec<(String, String)> {
+        v["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["event"].as_str().unwrap().to_string(),
+                    e["providerRef"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let (ra, _) = hold(&h, "ONE-USE-1", 1000).await;
+    let held_a = ("held".to_string(), ra.clone());
+    let st = h.admin("GET", "codes/ONE-USE-1", None).await.json();
+    assert_eq!(
+        (st["state"].clone(), events(&st)),
+        (json!("held"), vec![held_a.clone()])
+    );
+    assert_eq!(st["history"][0]["at"], json!(T0), "{st}");
+    h.restart().await;
+    let st = h.admin("GET", "codes/ONE-USE-1", None).await.json();
+    assert_eq!(
+        events(&st),
+        vec![held_a.clone()],
+        "a live hold, after a restart"
+    );
+    // Expired: the event is written by the job that forgets the hold.
+    h.clock.advance_ms(2 * 3_600_000);
+    let st = h.admin("GET", "codes/ONE-USE-1", None).await.json();
+    assert_eq!(
+        (st["state"].clone(), events(&st)),
+        (json!("available"), vec![held_a.clone()])
+    );
+    h.restart().await;
+    let st = h.admin("GET", "codes/ONE-USE-1", None).await.json();
+    assert_eq!(
+        (st["historyEvents"].clone(), events(&st)),
+        (json!(1), vec![held_a.clone()]),
+        "written once, kept"
+    );
+    // A second hold, committed: its held event is written with the commit, after the first.
+    let (rb, ab) = hold(&h, "ONE-USE-1", 1000).await;
+    assert_eq!(
+        h.call("voucher/commit", &commit_body(ab, &res_id(40), &rb))
+            .await
+            .json()["ok"],
+        json!(true)
+    );
+    let st = h.admin("GET", "codes/ONE-USE-1", None).await.json();
+    assert_eq!(
+        events(&st),
+        vec![
+            held_a,
+            ("held".to_string(), rb.clone()),
+            ("committed".to_string(), rb.clone())
+        ]
+    );
+    assert_eq!(st["history"][1]["transactionId"], Value::Null);
+    assert_eq!(st["history"][2]["transactionId"], json!(res_id(40)));
+    assert_eq!(st["state"], json!("used"));
+}
+
 #[tokio::test]
 async fn fifty_concurrent_checks_of_a_single_use_code_make_one_hold() {
     let h = std::sync::Arc::new(harness().await);

@@ -35,7 +35,7 @@ pub fn list_campaigns(
     tenant: &str,
     now: Millis,
 ) -> Result<Reply, StoreError> {
-    st.prune(txn, now);
+    st.prune(txn, now)?;
     let Some(t) = st.tenants.get(tenant) else {
         return Ok(Reply::not_found("unknown tenant"));
     };
@@ -138,7 +138,7 @@ pub fn code_state(
     typed: &str,
     now: Millis,
 ) -> Result<Reply, StoreError> {
-    st.prune(txn, now);
+    st.prune(txn, now)?;
     let Some(t) = st.tenants.get(tenant) else {
         return Ok(Reply::not_found("unknown tenant"));
     };
@@ -157,6 +157,21 @@ pub fn code_state(
             history.push(e);
         }
     }
+    // Live holds whose "held" event is not written yet (see `HoldRecord::held_unlogged`).
+    let live: Vec<String> = st
+        .holds
+        .iter()
+        .filter(|(_, h)| h.tenant == tenant && h.campaign == cid && h.code == code)
+        .map(|(r, _)| r.clone())
+        .collect();
+    for r in live {
+        if let Some(h) = txn.get_json::<super::HoldRecord>(&keys::hold(tenant, &r))? {
+            if h.held_unlogged {
+                history.push(HistoryEvent::held(&h));
+            }
+        }
+    }
+    history.sort_by_key(HistoryEvent::millis);
     let total_events = history.len();
     let last_event = history.last().map(|e| e.event.clone());
     if history.len() > 100 {
@@ -194,7 +209,7 @@ pub fn list_holds(
     tenant: &str,
     now: Millis,
 ) -> Result<Reply, StoreError> {
-    st.prune(txn, now);
+    st.prune(txn, now)?;
     let mut items: Vec<_> = st
         .holds
         .iter()
@@ -230,7 +245,7 @@ pub fn get_hold(
     provider_ref: &str,
     now: Millis,
 ) -> Result<Reply, StoreError> {
-    st.prune(txn, now);
+    st.prune(txn, now)?;
     let Some(h) = txn.get_json::<super::HoldRecord>(&keys::hold(tenant, provider_ref))? else {
         return Ok(Reply::not_found("no hold with this providerRef"));
     };

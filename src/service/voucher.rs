@@ -33,6 +33,35 @@ pub struct HistoryEvent {
     pub guest: Option<String>,
 }
 
+impl HistoryEvent {
+    pub(super) fn of(h: &HoldRecord, event: &str, at: Millis) -> HistoryEvent {
+        HistoryEvent {
+            at: rfc3339(at),
+            event: event.to_owned(),
+            provider_ref: h.provider_ref.clone(),
+            transaction_id: h.transaction_id.clone(),
+            amount_cents: h.amount_cents,
+            guest: h.guest.clone(),
+        }
+    }
+
+    /// The hold's "held" event, as it was when the hold was made.
+    pub(super) fn held(h: &HoldRecord) -> HistoryEvent {
+        HistoryEvent {
+            transaction_id: None,
+            ..HistoryEvent::of(h, "held", h.created_at)
+        }
+    }
+
+    /// When it happened, in ms (for ordering events written out of order).
+    pub(super) fn millis(&self) -> i64 {
+        self.at
+            .parse::<jiff::Timestamp>()
+            .map(|t| t.as_millisecond())
+            .unwrap_or(0)
+    }
+}
+
 pub(super) fn record_history(
     txn: &mut Txn<'_>,
     tenant: &str,
@@ -40,20 +69,33 @@ pub(super) fn record_history(
     event: &str,
     now: Millis,
 ) -> Result<(), StoreError> {
+    write_history(txn, tenant, h, &HistoryEvent::of(h, event, now))
+}
+
+fn write_history(
+    txn: &mut Txn<'_>,
+    tenant: &str,
+    h: &HoldRecord,
+    e: &HistoryEvent,
+) -> Result<(), StoreError> {
     let seq = txn.next_id()?;
     let mut k = keys::history_prefix(tenant, &h.campaign, &h.code);
     k.extend_from_slice(format!("{seq:016x}").as_bytes());
-    txn.put_json(
-        k,
-        &HistoryEvent {
-            at: rfc3339(now),
-            event: event.to_owned(),
-            provider_ref: h.provider_ref.clone(),
-            transaction_id: h.transaction_id.clone(),
-            amount_cents: h.amount_cents,
-            guest: h.guest.clone(),
-        },
-    );
+    txn.put_json(k, e);
+    Ok(())
+}
+
+/// Write a hold's deferred "held" event (see [`HoldRecord::held_unlogged`]), once. The
+/// caller writes the hold record back.
+pub(super) fn log_held(
+    txn: &mut Txn<'_>,
+    tenant: &str,
+    h: &mut HoldRecord,
+) -> Result<(), StoreError> {
+    if h.held_unlogged {
+        h.held_unlogged = false;
+        write_history(txn, tenant, h, &HistoryEvent::held(h))?;
+    }
     Ok(())
 }
 
@@ -192,7 +234,7 @@ pub fn check(
     indexed: Option<Resolved>,
     now: Millis,
 ) -> Result<Reply, StoreError> {
-    st.prune(txn, now);
+    st.prune(txn, now)?;
     let Some(t) = st.tenants.get(tenant) else {
         return Ok(reject(Rejection::UnknownCode));
     };
@@ -254,10 +296,10 @@ pub fn check(
         state: HoldState::Held,
         transaction_id: None,
         updated_at: now,
+        held_unlogged: true,
     };
     txn.put_json(keys::hold(tenant, &provider_ref), &hold);
     txn.put(keys::live(tenant, &provider_ref), Vec::new());
-    record_history(txn, tenant, &hold, "held", now)?;
     st.holds.insert(
         provider_ref.clone(),
         LiveHold {
@@ -297,7 +339,7 @@ pub fn commit(
     req: &CommitRequest,
     now: Millis,
 ) -> Result<Reply, StoreError> {
-    st.prune(txn, now);
+    st.prune(txn, now)?;
     let ik = keys::idem(tenant, "commit", &req.transaction_id);
     idempotent(txn, ik, fingerprint(req), |txn| {
         let Some(mut h) = load_hold(txn, tenant, req)? else {
@@ -333,6 +375,7 @@ pub fn commit(
         }
         st.publish();
         txn.delete(keys::live(tenant, &h.provider_ref));
+        log_held(txn, tenant, &mut h)?;
         h.state = HoldState::Committed;
         h.transaction_id = Some(req.transaction_id.clone());
         h.updated_at = now;
@@ -355,7 +398,7 @@ pub fn reactivate(
     req: &CommitRequest,
     now: Millis,
 ) -> Result<Reply, StoreError> {
-    st.prune(txn, now);
+    st.prune(txn, now)?;
     let ik = keys::idem(tenant, "reactivate", &req.transaction_id);
     idempotent(txn, ik, fingerprint(req), |txn| {
         let done = |status: &'static str| {
@@ -388,6 +431,7 @@ pub fn reactivate(
             }
         };
         h.updated_at = now;
+        log_held(txn, tenant, &mut h)?;
         txn.put_json(keys::hold(tenant, &h.provider_ref), &h);
         record_history(
             txn,
@@ -412,7 +456,7 @@ pub fn release_hold(
     provider_ref: &str,
     now: Millis,
 ) -> Result<bool, StoreError> {
-    st.prune(txn, now);
+    st.prune(txn, now)?;
     let Some(mut h) = txn.get_json::<HoldRecord>(&keys::hold(tenant, provider_ref))? else {
         return Ok(false);
     };
@@ -423,6 +467,7 @@ pub fn release_hold(
     txn.delete(keys::live(tenant, provider_ref));
     h.state = HoldState::Released;
     h.updated_at = now;
+    log_held(txn, tenant, &mut h)?;
     txn.put_json(keys::hold(tenant, provider_ref), &h);
     record_history(txn, tenant, &h, "released_by_operator", now)?;
     Ok(true)
