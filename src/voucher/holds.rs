@@ -32,6 +32,22 @@ pub struct LiveHold {
 
 type CampaignKey = (String, String);
 
+/// A code's key in the per-code counts: a 128-bit hash of (tenant, campaign, code).
+/// Integer keys keep that B-tree compact and its comparisons cheap: with hundreds of
+/// thousands of live holds on distinct bulk codes, string-tuple keys cost the writer a
+/// pointer chase per comparison (measured with `perf`, BENCHMARKS.md). Two codes with the
+/// same hash would share a count, which can only refuse a check, never allow one more; at
+/// 128 bits that takes ~2^64 live codes to expect once.
+fn code_key(tenant: &str, campaign: &str, code: &str) -> u128 {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let half = |seed: u8| {
+        let mut h = DefaultHasher::new();
+        (seed, tenant, campaign, code).hash(&mut h);
+        h.finish()
+    };
+    (u128::from(half(1)) << 64) | u128::from(half(2))
+}
+
 /// Ordered maps, not hash maps: a hash map doubles and rehashes everything at once, which
 /// with a few hundred thousand live holds stalled the writer (and every answer behind it)
 /// for 100–250 ms (measured under the bench's check load). A B-tree grows a node at a time.
@@ -40,7 +56,7 @@ pub struct LiveHolds {
     by_ref: BTreeMap<String, LiveHold>,
     queue: BTreeSet<(Millis, String)>,
     campaign: BTreeMap<CampaignKey, u64>,
-    code: BTreeMap<(CampaignKey, String), u64>,
+    code: BTreeMap<u128, u64>,
     guest: BTreeMap<(CampaignKey, String), u64>,
     amount: BTreeMap<CampaignKey, i64>,
 }
@@ -79,7 +95,11 @@ impl LiveHolds {
         }
         let ck = (h.tenant.clone(), h.campaign.clone());
         bump(&mut self.campaign, ck.clone(), true);
-        bump(&mut self.code, (ck.clone(), h.code.clone()), true);
+        bump(
+            &mut self.code,
+            code_key(&h.tenant, &h.campaign, &h.code),
+            true,
+        );
         if let Some(g) = &h.guest {
             bump(&mut self.guest, (ck, g.clone()), true);
         }
@@ -102,7 +122,11 @@ impl LiveHolds {
             }
         }
         bump(&mut self.campaign, ck.clone(), false);
-        bump(&mut self.code, (ck.clone(), h.code.clone()), false);
+        bump(
+            &mut self.code,
+            code_key(&h.tenant, &h.campaign, &h.code),
+            false,
+        );
         if let Some(g) = &h.guest {
             bump(&mut self.guest, (ck, g.clone()), false);
         }
@@ -143,7 +167,7 @@ impl LiveHolds {
         let c = self.campaign.get(&ck).copied().unwrap_or(0);
         let k = self
             .code
-            .get(&(ck.clone(), code.to_owned()))
+            .get(&code_key(tenant, campaign, code))
             .copied()
             .unwrap_or(0);
         let g = guest
@@ -181,5 +205,19 @@ mod tests {
         assert_eq!(l.counts("t", "c", "Y", Some("g")), (1, 0, 0));
         assert_eq!(l.prune(1000).len(), 1);
         assert!(l.is_empty());
+    }
+
+    #[test]
+    fn code_keys_tell_the_parts_apart() {
+        let k = code_key("t", "ab", "c");
+        assert_eq!(k, code_key("t", "ab", "c"));
+        for other in [
+            code_key("t", "a", "bc"),
+            code_key("ta", "b", "c"),
+            code_key("t", "ab", "C"),
+            code_key("u", "ab", "c"),
+        ] {
+            assert_ne!(k, other);
+        }
     }
 }
