@@ -476,8 +476,7 @@ pub fn export(
         let used = store
             .get(&crate::service::keys::used_code(tenant, &b.c, &b.k))
             .map_err(|e| e.to_string())?
-            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
-            .map(u64::from_be_bytes)
+            .and_then(|v| crate::store::decode_u64(&v))
             .unwrap_or(0);
         // Offline there are no live holds to count: a code is used or available.
         let state = if used >= limit { "used" } else { "available" };

@@ -192,8 +192,7 @@ pub fn bump_generation(store: &mut dyn CodeStore, tenant: &str) -> Result<u64, S
     let k = keys::bulk_generation(tenant);
     let g = store
         .get(&k)?
-        .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
-        .map(u64::from_be_bytes)
+        .and_then(|v| crate::store::decode_u64(&v))
         .unwrap_or(0)
         + 1;
     store.put(k, g.to_be_bytes().to_vec())?;

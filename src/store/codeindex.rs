@@ -313,13 +313,6 @@ impl IndexBuilder {
         Ok(())
     }
 
-    pub fn entries(&self) -> u64 {
-        self.entries
-    }
-
-    /// Give up (the spill files go, as whenever a builder is dropped).
-    pub fn abandon(self) {}
-
     /// Write the index file (durably, in place of any older one) and open it.
     pub fn finish(self, generation: u64) -> Result<Segment, StoreError> {
         self.write(generation)?.publish()
@@ -520,10 +513,6 @@ impl CodeIndex {
     /// The generation of the tenant's file, if it has one.
     pub fn generation(&self, tenant: &str) -> Option<u64> {
         self.segment(tenant).map(|s| s.generation())
-    }
-
-    pub fn entries(&self, tenant: &str) -> u64 {
-        self.segment(tenant).map(|s| s.entries()).unwrap_or(0)
     }
 
     /// (lookups found in a file, lookups a file did not have).

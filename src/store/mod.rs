@@ -136,19 +136,12 @@ impl Txn<'_> {
     }
 
     pub fn get_u64(&self, k: &[u8]) -> Result<u64, StoreError> {
-        Ok(self
-            .get(k)?
-            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
-            .map(u64::from_be_bytes)
-            .unwrap_or(0))
+        Ok(self.get_u64_opt(k)?.unwrap_or(0))
     }
 
     /// Like [`Txn::get_u64`], telling a missing key from zero.
     pub fn get_u64_opt(&self, k: &[u8]) -> Result<Option<u64>, StoreError> {
-        Ok(self
-            .get(k)?
-            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
-            .map(u64::from_be_bytes))
+        Ok(self.get(k)?.and_then(|v| decode_u64(&v)))
     }
 
     pub fn put_u64(&mut self, k: Vec<u8>, v: u64) {
@@ -502,12 +495,16 @@ fn commit(db: &sled::Db, files: &[PathBuf], txn: &mut Txn<'_>) -> Result<(), Sto
     Ok(())
 }
 
+/// A counter as stored (8 bytes, big-endian); `None` for any other value.
+pub fn decode_u64(v: &[u8]) -> Option<u64> {
+    <[u8; 8]>::try_from(v).ok().map(u64::from_be_bytes)
+}
+
 fn read_u64(db: &sled::Db, k: &[u8]) -> Result<u64, StoreError> {
     Ok(db
         .get(k)
         .map_err(|e| StoreError::Io(e.to_string()))?
-        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-        .map(u64::from_be_bytes)
+        .and_then(|v| decode_u64(&v))
         .unwrap_or(0))
 }
 
@@ -527,7 +524,7 @@ fn build_index(
     let mut b = codeindex::IndexBuilder::create(&CodeIndex::path_for(dir, tenant))?;
     for (i, kv) in db.scan_prefix(prefix).enumerate() {
         if i % 4096 == 0 && cancel.load(Ordering::Relaxed) {
-            b.abandon();
+            drop(b); // its spill files go with it
             return Err(StoreError::Io("code index rebuild cancelled".into()));
         }
         let (k, v) = kv.map_err(|e| StoreError::Io(e.to_string()))?;
