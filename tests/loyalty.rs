@@ -719,3 +719,58 @@ async fn import_members_all_or_nothing() {
     assert_eq!(e["pointsAwarded"], json!(0));
     assert_eq!(account(&h, "m1", 7).await["currentBalance"], json!(100));
 }
+
+const SMALL_PATTERN: &str = r#"
+[[tenants.loyalty]]
+program_id = 9
+earn = { points = 1, per_cents = 100 }
+signup_bonus = 1000
+[[tenants.loyalty.rewards]]
+id = "r"
+title = "R"
+points_cost = 1
+code_pattern = "R-###"
+"#;
+
+fn small_redeem(n: u64) -> Value {
+    json!({"userId": "u1", "loyaltyProgramId": 9, "rewardId": "r", "transactionId": tx(n)})
+}
+
+/// Reward codes come from the OS's CSPRNG: two servers with the same config, clock and
+/// requests give different codes; and a pattern issues at most 1 % of its space.
+#[tokio::test]
+async fn reward_codes_are_unpredictable_and_bounded_by_the_pattern() {
+    let a = Harness::start(&config_with(SMALL_PATTERN)).await;
+    let b = Harness::start(&config_with(SMALL_PATTERN)).await;
+    let enroll = json!({"userId": "u1", "loyaltyProgramId": 9, "locationId": 1});
+    let (mut from_a, mut from_b) = (Vec::new(), Vec::new());
+    for h in [&a, &b] {
+        call(h, "enroll", enroll.clone()).await;
+    }
+    // R-### holds 512 codes: 5 may be issued.
+    for n in 1..=5 {
+        from_a.push(call(&a, "redeem", small_redeem(n)).await["generatedCode"].clone());
+        from_b.push(call(&b, "redeem", small_redeem(n)).await["generatedCode"].clone());
+    }
+    assert_ne!(from_a, from_b);
+    assert!(from_a.iter().all(|c| {
+        let c = c.as_str().unwrap();
+        c.len() == 5 && c.starts_with("R-") && c[2..].bytes().all(|d| b"23456789".contains(&d))
+    }));
+    let sixth = call(&a, "redeem", small_redeem(6)).await;
+    refused(&sixth, "CODE_SPACE_EXHAUSTED");
+    assert!(
+        sixth["message"].as_str().unwrap().contains("1 %"),
+        "{sixth}"
+    );
+    // nothing was spent on the refused redemption
+    assert_eq!(
+        call(
+            &a,
+            "account",
+            json!({"userId": "u1", "loyaltyProgramId": 9})
+        )
+        .await["currentBalance"],
+        json!(995)
+    );
+}

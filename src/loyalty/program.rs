@@ -181,10 +181,20 @@ impl Program {
                 ));
             }
             if let Some(p) = &r.code_pattern {
-                if !p.contains(['#', '?']) || p.len() > 64 {
+                crate::codegen::check_pattern(p)
+                    .map_err(|m| FieldError::new(k("code_pattern"), m))?;
+                let cap = crate::codegen::capacity(p);
+                if cap == 0
+                    || r.stock
+                        .is_some_and(|s| u128::try_from(s).unwrap_or(0) > cap)
+                {
                     return Err(FieldError::new(
                         k("code_pattern"),
-                        "needs at least one # (digit) or ? (letter), at most 64 characters",
+                        format!(
+                            "holds {} codes and may issue 1 % of them ({cap}): too few{}; use a longer pattern",
+                            crate::codegen::space(p),
+                            r.stock.map(|s| format!(" for a stock of {s}")).unwrap_or_default()
+                        ),
                     ));
                 }
             }

@@ -9,11 +9,12 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::clock::Millis;
+use crate::codegen;
 use crate::contract::loyalty::*;
 use crate::contract::ApiError;
 use crate::loyalty::{
-    generate_code, normalize_identifier, Account, Credit, Entry, EntryKind, IdentifierType,
-    Program, Refusal, Spent, Why, IDENTIFIER_TYPES,
+    normalize_identifier, Account, Credit, Entry, EntryKind, IdentifierType, Program, Refusal,
+    Spent, Why, IDENTIFIER_TYPES,
 };
 use crate::store::{StoreError, Txn};
 
@@ -479,30 +480,10 @@ pub fn redeem(txn: &mut Txn<'_>, st: &mut State, t: &str, req: &RedeemRequest, n
             entries.push(e);
             let code = match &reward.code_pattern {
                 None => None,
-                Some(pat) => {
-                    let mut found = None;
-                    for attempt in 0u32..64 {
-                        let c = generate_code(
-                            pat,
-                            format!("{t}\x1f{p}\x1f{redemption_id}\x1f{attempt}").as_bytes(),
-                        );
-                        if txn.get(&keys::reward_code(t, p, &c))?.is_none() {
-                            found = Some(c);
-                            break;
-                        }
-                    }
-                    let Some(c) = found else {
-                        return Ok(Reply::rejected(
-                            "CODE_SPACE_EXHAUSTED",
-                            "No unused reward code is left for this pattern; widen code_pattern.",
-                        ));
-                    };
-                    txn.put(
-                        keys::reward_code(t, p, &c),
-                        redemption_id.as_bytes().to_vec(),
-                    );
-                    Some(c)
-                }
+                Some(pat) => match reward_code(txn, t, p, pat, &redemption_id)? {
+                    Ok(c) => Some(c),
+                    Err(refusal) => return Ok(refusal),
+                },
             };
             if reward.stock.is_some() {
                 let k = keys::stock(t, p, &reward.id);
@@ -533,6 +514,46 @@ pub fn redeem(txn: &mut Txn<'_>, st: &mut State, t: &str, req: &RedeemRequest, n
             })))
         },
     )
+}
+
+/// A fresh reward code from `pattern`, unique within the program and counted against the
+/// pattern's capacity (the 1 % guessing-odds rule of [`crate::codegen`]); `Err` is the
+/// refusal to answer.
+fn reward_code(
+    txn: &mut Txn<'_>,
+    t: &str,
+    p: &str,
+    pattern: &str,
+    redemption_id: &str,
+) -> Result<Result<String, Reply>, StoreError> {
+    let count_key = keys::reward_code_count(t, p, pattern);
+    let issued = txn.get_u64(&count_key)?;
+    if let Err(no_room) = codegen::check_room(pattern, issued, 1) {
+        return Ok(Err(Reply::rejected(
+            "CODE_SPACE_EXHAUSTED",
+            &format!("No reward code is left: {}", no_room.message),
+        )));
+    }
+    let mut rng = match codegen::os_rng() {
+        Ok(r) => r,
+        Err(m) => return Ok(Err(Reply::error(&ApiError::new(500, "INTERNAL", m)))),
+    };
+    // Below 1 % of the space is taken, so 64 collisions in a row do not happen.
+    for _ in 0..64 {
+        let c = codegen::fill(pattern, &mut rng);
+        if txn.get(&keys::reward_code(t, p, &c))?.is_none() {
+            txn.put(
+                keys::reward_code(t, p, &c),
+                redemption_id.as_bytes().to_vec(),
+            );
+            txn.put_u64(count_key, issued.saturating_add(1));
+            return Ok(Ok(c));
+        }
+    }
+    Ok(Err(Reply::rejected(
+        "CODE_SPACE_EXHAUSTED",
+        "No unused reward code is left for this pattern; widen code_pattern.",
+    )))
 }
 
 // ---- operator tools (admin API) -------------------------------------------------------
