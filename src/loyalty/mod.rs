@@ -7,7 +7,9 @@ mod account;
 mod ids;
 mod program;
 
-pub use account::{Account, Credit, Entry, EntryKind, Lot, Spent, SpentPart, Why};
+pub use account::{
+    Account, Credit, Entry, EntryKind, Lot, Spent, SpentPart, TooManyPoints, Why, MAX_POINTS,
+};
 pub use ids::{normalize_identifier, IdentifierType, IDENTIFIER_TYPES};
 pub use program::{Program, ProgramSpec, RewardSpec, Tier, TierSpec};
 

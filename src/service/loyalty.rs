@@ -179,17 +179,22 @@ fn create_member(
             reason: "signup bonus".into(),
             ..Why::default()
         };
-        entries.push(m.account.credit(
-            now,
-            Credit {
-                kind: EntryKind::SignupBonus,
-                points: bonus,
-                pending_ms: 0,
-                expire_ms: prog.expire_ms(),
-                counts_lifetime: true,
-            },
-            why,
-        ));
+        // A fresh account and a bonus bounded at load: the credit cannot be refused.
+        entries.extend(
+            m.account
+                .credit(
+                    now,
+                    Credit {
+                        kind: EntryKind::SignupBonus,
+                        points: bonus,
+                        pending_ms: 0,
+                        expire_ms: prog.expire_ms(),
+                        counts_lifetime: true,
+                    },
+                    why,
+                )
+                .ok(),
+        );
     }
     Ok((m, entries, bonus))
 }
@@ -333,18 +338,26 @@ pub fn award(txn: &mut Txn<'_>, st: &mut State, t: &str, req: &AwardRequest, now
             }
             entries.extend(m.account.settle(now));
             let before = prog.tier_for(m.account.lifetime(now)).map(|t| t.id.clone());
-            let points = prog.award_points(
+            let Some(points) = prog.award_points(
                 req.purchase_amount_cents,
                 &req.item_ids,
                 m.account.lifetime(now),
-            );
+            ) else {
+                return Ok(Reply::error(&ApiError::invalid(
+                    "purchaseAmountCents",
+                    format!(
+                        "the award for this purchase would exceed {} points (the most one award or member may hold)",
+                        crate::loyalty::MAX_POINTS
+                    ),
+                )));
+            };
             let why = Why {
                 reason: format!("purchase {}", req.purchase_id),
                 transaction_id: Some(req.transaction_id.clone()),
                 purchase_id: Some(req.purchase_id.clone()),
                 ..Why::default()
             };
-            let e = m.account.credit(
+            let e = match m.account.credit(
                 now,
                 Credit {
                     kind: EntryKind::Earn,
@@ -354,7 +367,15 @@ pub fn award(txn: &mut Txn<'_>, st: &mut State, t: &str, req: &AwardRequest, now
                     counts_lifetime: true,
                 },
                 why,
-            );
+            ) {
+                Ok(e) => e,
+                Err(too_many) => {
+                    return Ok(Reply::error(&ApiError::invalid(
+                        "purchaseAmountCents",
+                        format!("{points} points: {too_many}"),
+                    )))
+                }
+            };
             let lot = e.seq;
             entries.push(e);
             let after = prog.tier_for(m.account.lifetime(now)).map(|t| t.id.clone());
@@ -636,7 +657,13 @@ pub fn reverse_award(
                         ),
                     )));
                 }
-                Some(a) => (award.points * a / award.purchase_amount_cents).min(left),
+                // points × amount can pass i64 (10^15 × 10^10): exact in i128.
+                Some(a) => i64::try_from(
+                    i128::from(award.points) * i128::from(a)
+                        / i128::from(award.purchase_amount_cents.max(1)),
+                )
+                .unwrap_or(left)
+                .min(left),
             };
             if left == 0 {
                 return Ok(refuse(Refusal::AlreadyReversed));
@@ -731,7 +758,15 @@ pub fn reverse_redemption(
                 reference: Some(req.id.clone()),
                 ..Why::default()
             };
-            entries.push(m.account.restore(now, &rec.spent, why));
+            match m.account.restore(now, &rec.spent, why) {
+                Ok(e) => entries.push(e),
+                Err(too_many) => {
+                    return Ok(Reply::error(&ApiError::invalid(
+                        "redemptionId",
+                        format!("restoring {} points: {too_many}", rec.spent.total()),
+                    )))
+                }
+            }
             entries.extend(m.account.settle(now));
             if prog
                 .spec
@@ -813,7 +848,7 @@ pub fn adjust(
                 ..Why::default()
             };
             if req.points > 0 {
-                entries.push(m.account.credit(
+                match m.account.credit(
                     now,
                     Credit {
                         kind: EntryKind::Adjustment,
@@ -823,7 +858,15 @@ pub fn adjust(
                         counts_lifetime: req.counts_toward_lifetime,
                     },
                     why,
-                ));
+                ) {
+                    Ok(e) => entries.push(e),
+                    Err(too_many) => {
+                        return Ok(Reply::error(&ApiError::invalid(
+                            "points",
+                            too_many.to_string(),
+                        )))
+                    }
+                }
             } else {
                 match m
                     .account
@@ -1049,18 +1092,23 @@ pub fn import_members(
             reason: "imported balance".into(),
             ..Why::default()
         };
-        entries.push(m.account.credit(
-            now,
-            Credit {
-                kind: EntryKind::Import,
-                points: r.balance,
-                pending_ms: 0,
-                expire_ms: prog.expire_ms(),
-                counts_lifetime: false,
-            },
-            why,
-        ));
-        m.account.lifetime_total += r.lifetime;
+        // A fresh account and a balance of at most 10^9 (checked at parse): cannot be refused.
+        entries.extend(
+            m.account
+                .credit(
+                    now,
+                    Credit {
+                        kind: EntryKind::Import,
+                        points: r.balance,
+                        pending_ms: 0,
+                        expire_ms: prog.expire_ms(),
+                        counts_lifetime: false,
+                    },
+                    why,
+                )
+                .ok(),
+        );
+        m.account.lifetime_total = r.lifetime;
         save(txn, t, p, &m, &entries);
         if let Some(u) = &r.user {
             let enrolled = json(&EnrollSuccess {
@@ -1117,10 +1165,11 @@ pub fn provision_member(
         .get("lifetimeEarned")
         .and_then(serde_json::Value::as_i64)
         .unwrap_or(balance);
-    if balance < 0 || lifetime < 0 {
+    let max = crate::loyalty::MAX_POINTS;
+    if !(0..=max).contains(&balance) || !(0..=max).contains(&lifetime) {
         return Ok(Reply::error(&ApiError::invalid(
             "params.balance",
-            "must be >= 0",
+            format!("balance and lifetimeEarned must be 0..={max}"),
         )));
     }
     if let Some(u) = &user {
@@ -1139,18 +1188,23 @@ pub fn provision_member(
         reason: "provider state".into(),
         ..Why::default()
     };
-    entries.push(m.account.credit(
-        now,
-        Credit {
-            kind: EntryKind::Import,
-            points: balance,
-            pending_ms: 0,
-            expire_ms: prog.expire_ms(),
-            counts_lifetime: false,
-        },
-        why,
-    ));
-    m.account.lifetime_total += lifetime;
+    // A fresh account and a balance within MAX_POINTS (checked above): cannot be refused.
+    entries.extend(
+        m.account
+            .credit(
+                now,
+                Credit {
+                    kind: EntryKind::Import,
+                    points: balance,
+                    pending_ms: 0,
+                    expire_ms: prog.expire_ms(),
+                    counts_lifetime: false,
+                },
+                why,
+            )
+            .ok(),
+    );
+    m.account.lifetime_total = lifetime;
     save(txn, t, p, &m, &entries);
     if let Some(u) = &user {
         txn.put(

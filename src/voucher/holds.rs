@@ -63,7 +63,8 @@ pub struct LiveHolds {
 
 fn bump<K: Ord>(m: &mut BTreeMap<K, u64>, k: K, up: bool) {
     if up {
-        *m.entry(k).or_insert(0) += 1;
+        let v = m.entry(k).or_insert(0);
+        *v = v.saturating_add(1);
     } else if let Some(v) = m.get_mut(&k) {
         *v = v.saturating_sub(1);
         if *v == 0 {
@@ -103,10 +104,11 @@ impl LiveHolds {
         if let Some(g) = &h.guest {
             bump(&mut self.guest, (ck, g.clone()), true);
         }
-        *self
+        let held = self
             .amount
             .entry((h.tenant.clone(), h.campaign.clone()))
-            .or_insert(0) += h.amount_cents;
+            .or_insert(0);
+        *held = held.saturating_add(h.amount_cents);
         self.queue.insert((h.expires_at, provider_ref.clone()));
         self.by_ref.insert(provider_ref, h);
     }
@@ -116,7 +118,7 @@ impl LiveHolds {
         self.queue.remove(&(h.expires_at, provider_ref.to_owned()));
         let ck = (h.tenant.clone(), h.campaign.clone());
         if let Some(a) = self.amount.get_mut(&ck) {
-            *a -= h.amount_cents;
+            *a = a.saturating_sub(h.amount_cents);
             if *a <= 0 {
                 self.amount.remove(&ck);
             }
