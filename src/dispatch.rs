@@ -229,12 +229,16 @@ pub async fn run_janitor(
 ) {
     loop {
         let (t, now) = (tenant.clone(), app.clock.now_ms());
-        match app
-            .store
-            .run(move |txn, _| crate::service::webhook::prune_dedupe(txn, &t, now, retention_ms))
-            .await
+        match crate::service::sliced::prune_dedupe(
+            &app.store,
+            app.config.storage.job_slice_records,
+            &t,
+            now,
+            retention_ms,
+        )
+        .await
         {
-            Ok(Ok(n)) if n > 0 => {
+            Ok(n) if n > 0 => {
                 tracing::info!(tenant = %tenant, forgotten = n, "pruned webhook delivery ids past retention")
             }
             Err(StoreError::Closed) => return,

@@ -638,3 +638,68 @@ fn codes_generate_cli_refuses_beyond_the_capacity() {
         "{err}"
     );
 }
+
+/// Long writer jobs run as bounded slices: with `job_slice_records = 100`, an import, an
+/// export, a generation and the admin export of 250+ codes each take several writer jobs
+/// (one before: every commit waited behind the whole job), and their answers are whole.
+#[tokio::test]
+async fn long_jobs_run_as_bounded_slices_of_the_writer() {
+    let toml = config_with(CAMPAIGNS).replace(
+        "cache_capacity_mb = 16",
+        "cache_capacity_mb = 16\njob_slice_records = 100",
+    );
+    let h = Harness::start(&toml).await;
+    let jobs = "kp_store_jobs_total";
+    let mut csv = String::from("code\n");
+    for i in 0..250 {
+        csv.push_str(&format!("SL-{i:04}\n"));
+    }
+    csv.push_str("SL-0001\n");
+    let before = metric(&h, jobs).await;
+    let r = import(&h, "bulk", &csv).await;
+    assert_eq!(
+        r.json(),
+        json!({"ok": true, "imported": 250, "duplicates": 1, "invalid": []})
+    );
+    assert!(metric(&h, jobs).await - before >= 3);
+
+    let before = metric(&h, jobs).await;
+    let g = generate(&h, "SUMMER-####-????", 250).await.json();
+    assert_eq!(g["generated"], json!(250));
+    let made: std::collections::HashSet<&str> = g["codes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert_eq!(made.len(), 250);
+    assert!(metric(&h, jobs).await - before >= 3);
+
+    let before = metric(&h, jobs).await;
+    let export = h.admin("GET", "campaigns/bulk/codes", None).await;
+    assert_eq!(export.status, 200);
+    let text = String::from_utf8(export.bytes).unwrap();
+    let lines: Vec<&str> = text.lines().skip(1).collect();
+    assert_eq!(lines.len(), 500);
+    assert!(lines.contains(&"SL-0249,,,available"));
+    assert!(metric(&h, jobs).await - before >= 5);
+
+    let before = metric(&h, jobs).await;
+    let all = h
+        .request(
+            "GET",
+            "/admin/v1/export",
+            &[("authorization", &format!("Bearer {ADMIN_TOKEN}"))],
+            vec![],
+        )
+        .await;
+    assert_eq!(all.status, 200);
+    let text = String::from_utf8(all.bytes).unwrap();
+    let head: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert!(head["records"].as_u64().unwrap() >= 500);
+    assert_eq!(
+        text.lines().count() as u64,
+        head["records"].as_u64().unwrap() + 1
+    );
+    assert!(metric(&h, jobs).await - before >= 5);
+}

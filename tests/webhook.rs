@@ -463,3 +463,73 @@ async fn an_untrusted_https_sink_is_never_delivered_to() {
     // the handshake failed: the sink never saw a request
     assert!(sink.got.lock().unwrap().is_empty());
 }
+
+/// The inbox listing and the dedupe janitor read page by page (`job_slice_records = 2`):
+/// the listing is whole and counts every match, and the janitor at start forgets every
+/// delivery id past retention across pages.
+#[tokio::test]
+async fn inbox_listing_and_janitor_work_page_by_page() {
+    let toml = config_with(HEX).replace(
+        "cache_capacity_mb = 16",
+        "cache_capacity_mb = 16\njob_slice_records = 2",
+    );
+    let mut h = Harness::start(&toml).await;
+    for i in 0..5 {
+        let body = envelope(&format!("evt_{i}"));
+        let sig = hex::encode(hmac(b"new-secret", &[&body]));
+        assert_eq!(
+            deliver(&h, &[("x-karma-signature", &sig)], body)
+                .await
+                .status,
+            200
+        );
+    }
+    let jobs_before = jobs(&h).await;
+    let inbox = h.admin("GET", "webhooks/inbox?limit=3", None).await.json();
+    assert_eq!(inbox["count"], json!(5));
+    let ids: Vec<_> = inbox["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].clone())
+        .collect();
+    assert_eq!(ids, [json!("evt_2"), json!("evt_3"), json!("evt_4")]);
+    assert!(jobs(&h).await - jobs_before >= 3);
+
+    h.clock.advance_ms(8 * 86_400_000);
+    h.restart().await;
+    let mut left = usize::MAX;
+    for _ in 0..200 {
+        left = dedupe_records(&h).await;
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(left, 0, "delivery ids past retention are forgotten");
+}
+
+async fn jobs(h: &Harness) -> u64 {
+    let m = String::from_utf8(h.request("GET", "/metrics", &[], vec![]).await.bytes).unwrap();
+    m.lines()
+        .find_map(|l| l.strip_prefix("kp_store_jobs_total ")?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// How many `whd/` (dedupe) records the admin export holds.
+async fn dedupe_records(h: &Harness) -> usize {
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let all = h
+        .request(
+            "GET",
+            "/admin/v1/export",
+            &[("authorization", &auth)],
+            vec![],
+        )
+        .await;
+    String::from_utf8(all.bytes)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("\"key\":\"whd/"))
+        .count()
+}

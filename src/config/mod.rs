@@ -76,6 +76,9 @@ pub struct ServerConfig {
 pub struct StorageConfig {
     pub path: PathBuf,
     pub cache_capacity_mb: u64,
+    /// The most records one writer job reads or writes for a long operation (export,
+    /// listing, janitor, online import or generation): see `service::sliced`.
+    pub job_slice_records: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -220,6 +223,7 @@ struct RawServer {
 struct RawStorage {
     path: Option<String>,
     cache_capacity_mb: Option<u64>,
+    job_slice_records: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -445,7 +449,17 @@ impl Config {
         let storage = StorageConfig {
             path: PathBuf::from(raw.storage.path.clone().unwrap_or_else(|| "./data".into())),
             cache_capacity_mb: raw.storage.cache_capacity_mb.unwrap_or(64),
+            job_slice_records: raw
+                .storage
+                .job_slice_records
+                .unwrap_or(crate::service::sliced::SLICE),
         };
+        if !(1..=1_000_000).contains(&storage.job_slice_records) {
+            return Err(err(
+                "storage.job_slice_records",
+                "must be 1..=1000000".into(),
+            ));
+        }
         if storage.cache_capacity_mb == 0 {
             return Err(err(
                 "storage.cache_capacity_mb",

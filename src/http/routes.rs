@@ -566,14 +566,19 @@ async fn admin_call(app: &Arc<App>, req: Request<Incoming>, rest: Vec<String>) -
             return method_not_allowed("GET");
         }
         let at = crate::clock::rfc3339(app.clock.now_ms());
-        // One job: a consistent snapshot while the service keeps serving.
-        return match app.store.run(|txn, _| txn.scan_prefix(b"")).await {
-            Ok(Ok(records)) => {
+        // Page by page, so commits go on meanwhile (service::sliced).
+        return match crate::service::sliced::export_all(
+            &app.store,
+            app.config.storage.job_slice_records,
+        )
+        .await
+        {
+            Ok(records) => {
                 let mut o = Out::from(Reply::ok(crate::backup::encode(&records, &at)));
                 o.content_type = "application/x-ndjson";
                 o
             }
-            Ok(Err(e)) | Err(e) => store_error(e),
+            Err(e) => store_error(e),
         };
     }
     let ["tenants", tenant, tail @ ..] = rest.as_slice() else {
@@ -617,28 +622,34 @@ async fn admin_call(app: &Arc<App>, req: Request<Incoming>, rest: Vec<String>) -
                 Ok(b) => b,
                 Err(e) => return err(e),
             };
-            let t2 = tenant.clone();
-            let r = app
-                .store
-                .run(move |txn, st| crate::service::codes::import_job(txn, st, &tenant, &c, &body))
-                .await;
-            refresh_code_index(app, &t2);
-            r
+            let r = crate::service::sliced::import_codes(
+                &app.store,
+                app.config.storage.job_slice_records,
+                &tenant,
+                &c,
+                body,
+            )
+            .await;
+            refresh_code_index(app, &tenant);
+            Ok(r)
         }
         (["campaigns", c, "codes"], &Method::GET) => {
             let c = c.to_string();
-            return match app
-                .store
-                .run(move |txn, st| crate::service::codes::export_job(txn, st, &tenant, &c))
-                .await
+            return match crate::service::sliced::export_codes(
+                &app.store,
+                app.config.storage.job_slice_records,
+                &tenant,
+                &c,
+            )
+            .await
             {
-                Ok(Ok(reply)) if reply.status == 200 => {
+                Ok(reply) if reply.status == 200 => {
                     let mut o = Out::from(reply);
                     o.content_type = "text/csv";
                     o
                 }
-                Ok(Ok(reply)) => Out::from(reply),
-                Ok(Err(e)) | Err(e) => store_error(e),
+                Ok(reply) => Out::from(reply),
+                Err(e) => store_error(e),
             };
         }
         (["campaigns", c, "codes", "generate"], &Method::POST) => {
@@ -653,15 +664,17 @@ async fn admin_call(app: &Arc<App>, req: Request<Incoming>, rest: Vec<String>) -
                 Ok(g) => g,
                 Err(e) => return err(e),
             };
-            let t2 = tenant.clone();
-            let r = app
-                .store
-                .run(move |txn, st| {
-                    crate::service::codes::generate_job(txn, st, &tenant, &c, &g.pattern, g.count)
-                })
-                .await;
-            refresh_code_index(app, &t2);
-            r
+            let r = crate::service::sliced::generate_codes(
+                &app.store,
+                app.config.storage.job_slice_records,
+                &tenant,
+                &c,
+                &g.pattern,
+                g.count,
+            )
+            .await;
+            refresh_code_index(app, &tenant);
+            Ok(r)
         }
         (["campaigns", _, "codes"], _) => return method_not_allowed("GET, POST"),
         (["campaigns", _, "codes", "generate"], _) => return method_not_allowed("POST"),
@@ -745,9 +758,13 @@ async fn admin_call(app: &Arc<App>, req: Request<Incoming>, rest: Vec<String>) -
                 Ok(f) => f,
                 Err(e) => return err(e),
             };
-            app.store
-                .run(move |txn, st| crate::service::webhook::inbox(txn, st, &tenant, &f))
-                .await
+            Ok(crate::service::sliced::inbox(
+                &app.store,
+                app.config.storage.job_slice_records,
+                &tenant,
+                f,
+            )
+            .await)
         }
         (["webhooks", "inbox", seq], &Method::GET) => {
             let Ok(seq) = seq.parse::<u64>() else {

@@ -264,11 +264,41 @@ pub fn generate<R: Rng + ?Sized>(
     shared: &HashSet<String>,
     rng: &mut R,
 ) -> Result<Result<Vec<String>, (&'static str, String)>, StoreError> {
-    let (tenant, campaign, mode) = (to.tenant, to.campaign, to.mode);
+    if let Err(refusal) = reserve(store, to.tenant, pattern, count)? {
+        return Ok(Err(refusal));
+    }
+    fill_codes(store, to, pattern, count, shared, rng)
+}
+
+/// Check the room for `count` more codes from `pattern` and count them as issued.
+pub fn reserve(
+    store: &mut dyn CodeStore,
+    tenant: &str,
+    pattern: &str,
+    count: u64,
+) -> Result<Result<(), (&'static str, String)>, StoreError> {
     let before = match check_generation(store, tenant, pattern, count)? {
         Ok(n) => n,
         Err(refusal) => return Ok(Err(refusal)),
     };
+    store.put(
+        keys::generated_count(tenant, pattern),
+        before.saturating_add(count).to_be_bytes().to_vec(),
+    )?;
+    Ok(Ok(()))
+}
+
+/// Write `count` new codes from `pattern` (already [`reserve`]d), none colliding with an
+/// existing code; returns them in order.
+pub fn fill_codes<R: Rng + ?Sized>(
+    store: &mut dyn CodeStore,
+    to: &GenTarget<'_>,
+    pattern: &str,
+    count: u64,
+    shared: &HashSet<String>,
+    rng: &mut R,
+) -> Result<Result<Vec<String>, (&'static str, String)>, StoreError> {
+    let (tenant, campaign, mode) = (to.tenant, to.campaign, to.mode);
     bump_generation(store, tenant)?;
     let mut out = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
     let mut seen = HashSet::new();
@@ -298,10 +328,6 @@ pub fn generate<R: Rng + ?Sized>(
         store.put(k, serde_json::to_vec(&b).unwrap_or_default())?;
         out.push(code);
     }
-    store.put(
-        keys::generated_count(tenant, pattern),
-        before.saturating_add(count).to_be_bytes().to_vec(),
-    )?;
     Ok(Ok(out))
 }
 
@@ -319,84 +345,79 @@ fn campaign_ok(st: &State, tenant: &str, campaign: &str) -> Option<CodeMatch> {
         .map(|t| t.code_match)
 }
 
-/// Admin API: import a CSV into a campaign, all or nothing.
-pub fn import_job(
+/// Admin API, first step of an import or a generation: the campaign's match mode, or
+/// the 404 to answer.
+pub fn campaign_mode(st: &State, tenant: &str, campaign: &str) -> Result<CodeMatch, Reply> {
+    campaign_ok(st, tenant, campaign).ok_or_else(|| Reply::not_found("unknown campaign"))
+}
+
+/// The 400 for a CSV with invalid rows (nothing was imported).
+pub fn invalid_rows_reply(invalid: &[(u64, String)]) -> Reply {
+    Reply::json(
+        400,
+        serde_json::json!({
+            "ok": false,
+            "error": "INVALID_ROWS",
+            "message": format!("{} invalid row(s); nothing was imported", invalid.len()),
+            "invalid": invalid.iter().take(1000).map(|(l, m)| serde_json::json!({"line": l, "message": m})).collect::<Vec<_>>(),
+        }),
+    )
+}
+
+/// Admin API, one slice of an import: write `rows` (already parsed and valid), skipping
+/// duplicates of shared codes, stored codes and codes of earlier slices (`seen`).
+pub fn import_slice_job(
     txn: &mut Txn<'_>,
     st: &mut State,
     tenant: &str,
-    campaign: &str,
-    csv_text: &[u8],
-) -> Result<Reply, StoreError> {
-    let Some(mode) = campaign_ok(st, tenant, campaign) else {
-        return Ok(Reply::not_found("unknown campaign"));
-    };
-    match parse_all(campaign, mode, csv_text) {
-        Err(invalid) => Ok(Reply::json(
-            400,
-            serde_json::json!({
-                "ok": false,
-                "error": "INVALID_ROWS",
-                "message": format!("{} invalid row(s); nothing was imported", invalid.len()),
-                "invalid": invalid.iter().take(1000).map(|(l, m)| serde_json::json!({"line": l, "message": m})).collect::<Vec<_>>(),
-            }),
-        )),
-        Ok(rows) => {
-            let (imported, duplicates) = write_rows(
-                txn,
-                tenant,
-                rows,
-                &shared_keys(st, tenant),
-                &mut HashSet::new(),
-            )?;
-            Ok(Reply::json(
-                200,
-                serde_json::json!({"ok": true, "imported": imported, "duplicates": duplicates, "invalid": []}),
-            ))
-        }
-    }
+    rows: Vec<CodeRow>,
+    seen: &mut HashSet<String>,
+) -> Result<(u64, u64), StoreError> {
+    write_rows(txn, tenant, rows, &shared_keys(st, tenant), seen)
 }
 
-/// Admin API: generate codes; answers them as CSV lines in JSON.
-pub fn generate_job(
+/// Admin API, first step of a generation: check `count` and the pattern's room, and
+/// count the codes as issued (a generation cut short by a crash leaves the count high:
+/// the safe side of the guessing-odds rule).
+pub fn reserve_job(
     txn: &mut Txn<'_>,
     st: &mut State,
     tenant: &str,
     campaign: &str,
     pattern: &str,
     count: u64,
-) -> Result<Reply, StoreError> {
-    let Some(mode) = campaign_ok(st, tenant, campaign) else {
-        return Ok(Reply::not_found("unknown campaign"));
+) -> Result<Result<CodeMatch, Reply>, StoreError> {
+    let mode = match campaign_mode(st, tenant, campaign) {
+        Ok(m) => m,
+        Err(r) => return Ok(Err(r)),
     };
     if count == 0 || count > 1_000_000 {
-        return Ok(Reply::error(&ApiError::invalid(
+        return Ok(Err(Reply::error(&ApiError::invalid(
             "count",
             "1..=1000000 through the API (use the CLI for more)",
-        )));
+        ))));
     }
-    let shared = shared_keys(st, tenant);
+    Ok(match reserve(txn, tenant, pattern, count)? {
+        Ok(()) => Ok(mode),
+        Err((field, m)) => Err(Reply::error(&ApiError::invalid(field, m))),
+    })
+}
+
+/// Admin API, one slice of a generation: `count` more codes (reserved before).
+pub fn generate_slice_job(
+    txn: &mut Txn<'_>,
+    st: &mut State,
+    to: &GenTarget<'_>,
+    pattern: &str,
+    count: u64,
+) -> Result<Result<Vec<String>, Reply>, StoreError> {
     let mut rng = match codegen::os_rng() {
         Ok(r) => r,
-        Err(m) => return Ok(Reply::error(&ApiError::new(500, "INTERNAL", m))),
+        Err(m) => return Ok(Err(Reply::error(&ApiError::new(500, "INTERNAL", m)))),
     };
-    match generate(
-        txn,
-        &GenTarget {
-            tenant,
-            campaign,
-            mode,
-        },
-        pattern,
-        count,
-        &shared,
-        &mut rng,
-    )? {
-        Err((field, m)) => Ok(Reply::error(&ApiError::invalid(field, m))),
-        Ok(codes) => Ok(Reply::json(
-            200,
-            serde_json::json!({"ok": true, "generated": codes.len(), "codes": codes}),
-        )),
-    }
+    let shared = shared_keys(st, to.tenant);
+    Ok(fill_codes(txn, to, pattern, count, &shared, &mut rng)?
+        .map_err(|(field, m)| Reply::error(&ApiError::invalid(field, m))))
 }
 
 /// The state of one bulk code: `used` when its per-code limit is consumed, `held` while
@@ -424,18 +445,26 @@ pub fn code_state(
     })
 }
 
-/// Admin API: every bulk code of a campaign as CSV (`code,valid_until,assigned_user,state`).
-pub fn export_job(
+/// CSV lines of one export page and the cursor of the next (`None`: done).
+pub type ExportPage = (String, Option<Vec<u8>>);
+
+/// Admin API, one page of an export: the CSV lines of the campaign's bulk codes among
+/// the tenant's next `limit` stored codes after `after`, and the cursor of the next page
+/// (`None`: done). `Err` is the 404 for an unknown campaign.
+pub fn export_page_job(
     txn: &mut Txn<'_>,
     st: &mut State,
     tenant: &str,
     campaign: &str,
-) -> Result<Reply, StoreError> {
+    after: Option<&[u8]>,
+    limit: usize,
+) -> Result<Result<ExportPage, Reply>, StoreError> {
     if campaign_ok(st, tenant, campaign).is_none() {
-        return Ok(Reply::not_found("unknown campaign"));
+        return Ok(Err(Reply::not_found("unknown campaign")));
     }
-    let mut out = String::from("code,valid_until,assigned_user,state\n");
-    for (_, v) in txn.scan_prefix(&crate::store::prefix(&["bcode", tenant]))? {
+    let mut out = String::new();
+    let (page, next) = txn.scan_page(&keys::bulk_code_prefix(tenant), after, limit)?;
+    for (_, v) in page {
         let Ok(b) = serde_json::from_slice::<BulkCode>(&v) else {
             continue;
         };
@@ -443,11 +472,7 @@ pub fn export_job(
             out.push_str(&export_line(&b, code_state(txn, st, tenant, &b)?));
         }
     }
-    Ok(Reply {
-        status: 200,
-        body: out.into_bytes(),
-        outcome: "ok".into(),
-    })
+    Ok(Ok((out, next)))
 }
 
 #[cfg(test)]

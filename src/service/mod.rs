@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod codes;
 pub mod loyalty;
+pub mod sliced;
 pub mod states;
 pub mod voucher;
 pub mod webhook;

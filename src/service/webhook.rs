@@ -264,15 +264,18 @@ pub struct InboxFilter {
     pub limit: usize,
 }
 
-/// The inbox in arrival order, filtered; the newest `limit` matches.
-pub fn inbox(
+/// One page of the inbox in arrival order, filtered: the summaries of the matches among
+/// the next `limit` events after `after`, and the cursor of the next page.
+pub fn inbox_page(
     txn: &mut Txn<'_>,
-    _st: &mut State,
     t: &str,
     f: &InboxFilter,
-) -> Result<Reply, StoreError> {
+    after: Option<&[u8]>,
+    limit: usize,
+) -> Result<(Vec<serde_json::Value>, Option<Vec<u8>>), StoreError> {
     let mut items = Vec::new();
-    for (_, v) in txn.scan_prefix(&prefix(&["whin", t]))? {
+    let (page, next) = txn.scan_page(&prefix(&["whin", t]), after, limit)?;
+    for (_, v) in page {
         let Ok(r) = serde_json::from_slice::<InboxRecord>(&v) else {
             continue;
         };
@@ -290,14 +293,7 @@ pub fn inbox(
         }
         items.push(s);
     }
-    let total = items.len();
-    if items.len() > f.limit {
-        items.drain(..items.len() - f.limit);
-    }
-    Ok(Reply::json(
-        200,
-        json!({"ok": true, "count": total, "events": items}),
-    ))
+    Ok((items, next))
 }
 
 /// One event with its body, headers, and per-route status and attempts.
@@ -419,22 +415,27 @@ pub fn purge_dead(
     Ok(Reply::json(200, json!({"ok": true, "purged": purged})))
 }
 
-/// Forget delivery ids older than the retention window; returns how many went.
-pub fn prune_dedupe(
+/// Forget delivery ids older than the retention window among the next `limit` after
+/// `after`; returns how many went and the cursor of the next page.
+pub fn prune_dedupe_page(
     txn: &mut Txn<'_>,
     t: &str,
     now: Millis,
     retention_ms: i64,
-) -> Result<usize, StoreError> {
+    after: Option<&[u8]>,
+    limit: usize,
+) -> Result<(usize, Option<Vec<u8>>), StoreError> {
     let mut n = 0;
-    for (k, v) in txn.scan_prefix(&prefix(&["whd", t]))? {
+    let (page, next) = txn.scan_page(&prefix(&["whd", t]), after, limit)?;
+    for (k, v) in page {
         let seen = <[u8; 8]>::try_from(v.as_slice())
             .map(u64::from_be_bytes)
-            .unwrap_or(0) as i64;
-        if now - seen >= retention_ms {
+            .map(|s| i64::try_from(s).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        if now.saturating_sub(seen) >= retention_ms {
             txn.delete(k);
             n += 1;
         }
     }
-    Ok(n)
+    Ok((n, next))
 }

@@ -184,6 +184,55 @@ impl Txn<'_> {
         Ok(out.into_iter().collect())
     }
 
+    /// At most about `limit` (key, value) pairs under `prefix` after the key `after` (or
+    /// from the start), in key order, including this group's writes; and the cursor to
+    /// pass as `after` for the next page (`None`: the range is done). A long reader (an
+    /// export, a listing, a janitor) runs as one such page per writer job, so commits get
+    /// the writer between pages.
+    pub fn scan_page(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(Pairs, Option<Vec<u8>>), StoreError> {
+        let start = match after {
+            Some(a) => {
+                let mut s = a.to_vec();
+                s.push(0);
+                s
+            }
+            None => prefix.to_vec(),
+        };
+        let mut out: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        let mut last = None;
+        for kv in self.db.range(start.clone()..) {
+            let (k, v) = kv.map_err(|e| StoreError::Io(e.to_string()))?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            if out.len() >= limit.max(1) {
+                break;
+            }
+            last = Some(k.to_vec());
+            out.insert(k.to_vec(), v.to_vec());
+        }
+        // The page covers (after, last]; with fewer than `limit` keys, the rest of the range.
+        let full = out.len() >= limit.max(1);
+        let bound = if full { last.clone() } else { None };
+        for (k, v) in &self.overlay {
+            let in_page = k.starts_with(prefix)
+                && k.as_slice() >= start.as_slice()
+                && bound.as_ref().is_none_or(|b| k <= b);
+            if in_page {
+                match v {
+                    Some(v) => out.insert(k.clone(), v.clone()),
+                    None => out.remove(k),
+                };
+            }
+        }
+        Ok((out.into_iter().collect(), bound))
+    }
+
     /// The first (key, value) under `prefix` in key order, including this group's writes,
     /// without reading the whole range.
     pub fn first_with_prefix(&self, prefix: &[u8]) -> Result<Option<KeyValue>, StoreError> {
