@@ -167,7 +167,7 @@ impl Account {
 
     fn entry(&mut self, now: Millis, kind: EntryKind, points: i64, why: Why) -> Entry {
         let seq = self.next_seq;
-        self.next_seq += 1;
+        self.next_seq = self.next_seq.saturating_add(1);
         Entry {
             seq,
             at: now,
@@ -198,7 +198,7 @@ impl Account {
                 reason: format!("credit #{lot} expired"),
                 ..Why::default()
             };
-            out.push(self.entry(now, EntryKind::Expiry, -pts, why));
+            out.push(self.entry(now, EntryKind::Expiry, pts.saturating_neg(), why));
         }
         self.lots.retain(|l| l.remaining > 0);
         out
@@ -254,8 +254,8 @@ impl Account {
             }
             let take = left.min(l.remaining);
             if take > 0 {
-                l.remaining -= take;
-                left -= take;
+                l.remaining = l.remaining.saturating_sub(take);
+                left = left.saturating_sub(take);
                 spent.0.push(SpentPart {
                     lot: l.seq,
                     points: take,
@@ -265,7 +265,7 @@ impl Account {
             }
         }
         self.lots.retain(|l| l.remaining > 0);
-        let e = self.entry(now, kind, -points, why);
+        let e = self.entry(now, kind, points.saturating_neg(), why);
         Ok((spent, e))
     }
 
@@ -285,7 +285,7 @@ impl Account {
         add_points(self.total(), back)?;
         for p in &spent.0 {
             match self.lots.iter_mut().find(|l| l.seq == p.lot) {
-                Some(l) => l.remaining += p.points,
+                Some(l) => l.remaining = l.remaining.saturating_add(p.points),
                 None => {
                     let pos = self
                         .lots
@@ -316,22 +316,25 @@ impl Account {
         let mut left = points;
         if let Some(l) = self.lots.iter_mut().find(|l| l.seq == award_lot) {
             let take = left.min(l.remaining);
-            l.remaining -= take;
-            l.lifetime_part -= points.min(l.lifetime_part);
-            left -= take;
+            l.remaining = l.remaining.saturating_sub(take);
+            l.lifetime_part = l.lifetime_part.saturating_sub(points.min(l.lifetime_part));
+            left = left.saturating_sub(take);
         }
         for l in self.lots.iter_mut().filter(|l| Self::is_spendable(l, now)) {
             if left == 0 {
                 break;
             }
             let take = left.min(l.remaining);
-            l.remaining -= take;
-            left -= take;
+            l.remaining = l.remaining.saturating_sub(take);
+            left = left.saturating_sub(take);
         }
         self.lots.retain(|l| l.remaining > 0);
         self.lifetime_total = self.lifetime_total.saturating_sub(points);
         let taken = points.saturating_sub(left);
-        (self.entry(now, EntryKind::Reversal, -taken, why), left)
+        (
+            self.entry(now, EntryKind::Reversal, taken.saturating_neg(), why),
+            left,
+        )
     }
 }
 

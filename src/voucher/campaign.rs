@@ -134,9 +134,11 @@ impl Schedule {
             return false;
         };
         let local = ts.to_zoned(self.tz.clone());
-        let minute = local.hour() as u32 * 60 + local.minute() as u32;
+        let minute = (local.hour() as u32)
+            .saturating_mul(60)
+            .saturating_add(local.minute() as u32);
         let day = local.weekday().to_monday_zero_offset() as u8;
-        let prev = (day + 6) % 7;
+        let prev = day.checked_sub(1).unwrap_or(6);
         let on = |d: u8| self.days & (1 << d) != 0;
         if self.from_min <= self.until_min {
             on(day) && minute >= self.from_min && minute < self.until_min
@@ -193,7 +195,7 @@ fn parse_hhmm(key: &str, s: &str) -> Result<u32, FieldError> {
     if h > 23 || m > 59 || s.len() != 5 {
         return Err(bad());
     }
-    Ok(h * 60 + m)
+    Ok(h.saturating_mul(60).saturating_add(m))
 }
 
 impl Campaign {

@@ -25,8 +25,8 @@ pub struct CartItem {
 impl CartItem {
     /// priceCents × quantity, rounded half up to whole cents.
     pub fn line_cents(&self) -> i128 {
-        let milli = self.price_cents as i128 * self.quantity.milli as i128;
-        (milli + 500).div_euclid(1000)
+        let milli = (self.price_cents as i128).saturating_mul(self.quantity.milli as i128);
+        milli.saturating_add(500).div_euclid(1000)
     }
 }
 
@@ -39,7 +39,7 @@ pub struct Quantity {
 impl Quantity {
     pub fn from_units(units: i64) -> Quantity {
         Quantity {
-            milli: units * 1000,
+            milli: units.saturating_mul(1000),
         }
     }
 }

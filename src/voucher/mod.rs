@@ -2,6 +2,8 @@
 //! spec), how a typed code is matched, what discount a cart gets, which rule rejects a
 //! check, and how a hold moves between states. The store and the clock are the caller's.
 
+#![warn(clippy::arithmetic_side_effects)]
+
 mod campaign;
 mod cart;
 mod holds;
@@ -236,7 +238,7 @@ pub fn price(c: &Campaign, input: &CheckInput<'_>) -> Result<i64, Rejection> {
             for line in &input.cart.items {
                 if items.contains(&line.inventory_item_id) {
                     any = true;
-                    sum += line.line_cents();
+                    sum = sum.saturating_add(line.line_cents());
                 }
             }
             if !any {
@@ -247,7 +249,7 @@ pub fn price(c: &Campaign, input: &CheckInput<'_>) -> Result<i64, Rejection> {
     };
     let mut discount = match c.discount {
         // floor(base * percent / 100), in integers
-        Discount::Percent(p) => ((base as i128 * p as i128) / 100) as i64,
+        Discount::Percent(p) => ((base as i128).saturating_mul(p as i128) / 100) as i64,
         Discount::AmountCents(a) => a.min(base),
     };
     if let Some(cap) = c.max_discount_cents {
