@@ -788,3 +788,41 @@ impl Offline {
         self.db.size_on_disk().unwrap_or(0)
     }
 }
+
+#[cfg(test)]
+mod scan_page_tests {
+    use super::*;
+
+    /// Pages cover the range once, in key order, with this group's writes and deletes
+    /// merged in, whatever the page size.
+    #[test]
+    fn pages_cover_the_range_once_with_the_overlay() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        for i in 0..10u8 {
+            db.insert([b'p', b'/', i * 2], vec![i]).unwrap();
+        }
+        db.insert(b"q/0", b"other".to_vec()).unwrap();
+        let mut txn = Txn {
+            db: &db,
+            overlay: HashMap::new(),
+            undo: Vec::new(),
+            next: 0,
+        };
+        txn.put(vec![b'p', b'/', 5], vec![55]); // new, between stored keys
+        txn.put(vec![b'p', b'/', 99], vec![99]); // new, after every stored key
+        txn.delete(vec![b'p', b'/', 4]); // stored, deleted in this group
+        let want: Vec<u8> = vec![0, 2, 5, 6, 8, 10, 12, 14, 16, 18, 99];
+        for limit in [1, 2, 3, 100] {
+            let (mut seen, mut after) = (Vec::new(), None::<Vec<u8>>);
+            loop {
+                let (page, next) = txn.scan_page(b"p/", after.as_deref(), limit).unwrap();
+                seen.extend(page.iter().map(|(k, _)| k[2]));
+                match next {
+                    Some(n) => after = Some(n),
+                    None => break,
+                }
+            }
+            assert_eq!(seen, want, "limit {limit}");
+        }
+    }
+}
