@@ -24,7 +24,7 @@ use super::{Reply, State};
 
 /// The default of `[storage] job_slice_records`: the most records one writer job reads or
 /// writes for a long operation.
-pub const SLICE: usize = 10_000;
+pub const SLICE: usize = 1_000;
 
 /// Every record of the store (the admin export), page by page.
 pub async fn export_all(store: &Store<State>, slice: usize) -> Result<Pairs, StoreError> {
