@@ -68,7 +68,8 @@ enum CodesAction {
         campaign: String,
         file: PathBuf,
     },
-    /// Generate COUNT new codes from a pattern (# digit, ? letter; no look-alikes).
+    /// Generate COUNT new codes from a pattern (# digit 2-9, ? letter without I/L/O), drawn from
+    /// the OS random source; at most 1 % of the pattern's space is ever issued (README).
     Generate {
         #[arg(long, short)]
         config: Option<PathBuf>,
