@@ -836,4 +836,14 @@ async fn awards_that_would_overflow_are_refused_naming_the_field() {
         .await["currentBalance"],
         json!(1_000_000_000_000_000i64)
     );
+    // a partial refund of that award: 10^15 points × 5×10^7 cents is past i64, exact in i128
+    let r = h
+        .admin(
+            "POST",
+            "loyalty/10/reversals",
+            Some(&json!({"id": "refund-1", "purchaseId": "p2", "amountCents": 50_000_000})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.bytes));
+    assert_eq!(r.json()["pointsReversed"], json!(500_000_000_000_000i64));
 }
