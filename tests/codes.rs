@@ -181,7 +181,7 @@ async fn generated_codes_are_unique_and_use_the_alphabet() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn budget_is_never_exceeded_under_30_concurrent_checks() {
     let h = Arc::new(Harness::start(&config_with(CAMPAIGNS)).await);
     let mut tasks = Vec::new();
@@ -536,4 +536,44 @@ async fn bulk_codes_are_found_through_the_code_index() {
         check_as(&h, "IX-0150", None).await["error"],
         json!("USAGE_LIMIT_REACHED")
     );
+}
+
+/// Vendor rules decide the discount outside the writer; the budget is still ours and is
+/// applied in the check job, so thirty concurrent checks whose vendor answers arrive in any
+/// order never spend past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn budget_holds_with_vendor_rules_under_30_concurrent_checks() {
+    let (url, seen) = vendor().await;
+    let h = Arc::new(
+        Harness::start(&config_with(&format!(
+            "[[tenants.campaigns]]\nid = \"vbudget\"\ncodes = [\"OK-B\"]\ndiscount = {{ amount_cents = 100 }}\nmax_discount_total_cents = 3885\nrules = {{ http = \"{url}\", secret_env = \"FWD_SECRET\", timeout = \"2s\" }}\n"
+        )))
+        .await,
+    );
+    let mut tasks = Vec::new();
+    for _ in 0..30 {
+        let h = h.clone();
+        tasks.push(tokio::spawn(
+            async move { check_as(&h, "OK-B", None).await },
+        ));
+    }
+    let mut granted = Vec::new();
+    for t in tasks {
+        let v = t.await.unwrap();
+        if v["ok"] == json!(true) {
+            granted.push(v["discountAmountCents"].as_i64().unwrap());
+        } else {
+            assert_eq!(v["error"], json!("BUDGET_EXHAUSTED"), "{v}");
+        }
+    }
+    assert_eq!(
+        granted,
+        vec![777; 5],
+        "five vendor discounts of 777 fill 3885"
+    );
+    assert_eq!(
+        h.admin("GET", "holds", None).await.json()["count"],
+        json!(5)
+    );
+    assert!(seen.lock().unwrap().len() >= 5);
 }

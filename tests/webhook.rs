@@ -395,7 +395,7 @@ async fn exhausted_attempts_go_to_dead_letters_and_replay_delivers() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_duplicate_deliveries_make_one_inbox_entry() {
     let h = std::sync::Arc::new(Harness::start(&config_with(HEX)).await);
     let body = envelope("evt_race");
