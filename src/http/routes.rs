@@ -557,7 +557,7 @@ async fn admin_call(app: &Arc<App>, req: Request<Incoming>, rest: Vec<String>) -
         return err(ApiError::new(
             401,
             "UNAUTHORIZED",
-            "missing or wrong Authorization: Bearer token",
+            "missing or wrong admin token (Authorization: Bearer, or X-Admin-Token)",
         ));
     }
     let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
