@@ -536,6 +536,48 @@ async fn bulk_codes_are_found_through_the_code_index() {
         check_as(&h, "IX-0150", None).await["error"],
         json!("USAGE_LIMIT_REACHED")
     );
+
+    // Damage inside a bucket (a byte of IX-0050's record, which the footer's checksum does
+    // not cover): that bucket's checksum fails, the lookup goes to the store and answers
+    // right; codes in other buckets are still answered from the index.
+    let file = std::fs::read_dir(&dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    h.stop().await;
+    let mut bytes = std::fs::read(&file).unwrap();
+    let at = bytes
+        .windows(7)
+        .position(|w| w == b"IX-0050")
+        .expect("the key is in the file");
+    bytes[at + 7 + 4 + 2] ^= 0x20;
+    std::fs::write(&file, &bytes).unwrap();
+    h.boot().await;
+    let hits = metric(&h, HITS).await;
+    let v = check_as(&h, "IX-0050", None).await;
+    assert_eq!(
+        (v["ok"].clone(), v["voucherNr"].clone()),
+        (json!(true), json!("IX-0050")),
+        "{v}"
+    );
+    assert_eq!(
+        metric(&h, HITS).await,
+        hits,
+        "the damaged bucket is not trusted"
+    );
+    let mut from_index = 0;
+    for i in 2..=40 {
+        let code = format!("IX-{i:04}");
+        let before = metric(&h, HITS).await;
+        assert_eq!(check_as(&h, &code, None).await["voucherNr"], json!(code));
+        from_index += metric(&h, HITS).await - before;
+    }
+    assert!(
+        from_index >= 30,
+        "other buckets still serve: {from_index} of 39"
+    );
 }
 
 /// Vendor rules decide the discount outside the writer; the budget is still ours and is
@@ -576,4 +618,53 @@ async fn budget_holds_with_vendor_rules_under_30_concurrent_checks() {
         json!(5)
     );
     assert!(seen.lock().unwrap().len() >= 5);
+}
+
+/// A vendor that is down (connection refused) or answers 5xx: the check fails closed with
+/// `VENDOR_UNAVAILABLE` and no hold exists.
+#[tokio::test]
+async fn a_vendor_that_is_down_or_failing_fails_closed() {
+    let refused = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    }; // closed again: nothing listens there
+    let failing = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let failing_addr = failing.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = failing.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req| async {
+                    let mut r = hyper::Response::new(http_body_util::Full::new(
+                        hyper::body::Bytes::from_static(b"{\"ok\":true,\"discountAmountCents\":5}"),
+                    ));
+                    *r.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
+                    Ok::<_, std::convert::Infallible>(r)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    let campaign = |id: &str, code: &str, addr: std::net::SocketAddr| {
+        format!("[[tenants.campaigns]]\nid = \"{id}\"\ncodes = [\"{code}\"]\ndiscount = {{ amount_cents = 100 }}\nrules = {{ http = \"http://{addr}/decide\", secret_env = \"FWD_SECRET\", timeout = \"2s\" }}\n")
+    };
+    let h = Harness::start(&config_with(&format!(
+        "{}{}",
+        campaign("down", "DOWN-1", refused),
+        campaign("failing", "FAIL-1", failing_addr)
+    )))
+    .await;
+    for code in ["DOWN-1", "FAIL-1"] {
+        let v = check_as(&h, code, None).await;
+        assert_eq!(
+            (v["ok"].clone(), v["error"].clone()),
+            (json!(false), json!("VENDOR_UNAVAILABLE")),
+            "{code}: {v}"
+        );
+    }
+    assert_eq!(
+        h.admin("GET", "holds", None).await.json()["count"],
+        json!(0)
+    );
 }

@@ -794,3 +794,43 @@ async fn one_redeem_id_with_two_bodies_at_once_is_one_redemption_and_one_409() {
         "ten redemptions of 10 points, no more"
     );
 }
+
+/// Lookup by card: a card linked at enroll is found however Karma's staff type it
+/// (spaces, dashes, lower case), and only that member.
+#[tokio::test]
+async fn lookup_by_card_is_normalised() {
+    let h = harness().await;
+    let first = call(
+        &h,
+        "enroll",
+        json!({"userId": "carded", "loyaltyProgramId": 7, "locationId": 42, "cardNumber": "ab12-3456 7890"}),
+    )
+    .await;
+    let member = first["memberId"].as_str().unwrap().to_string();
+    enroll(&h, "other").await;
+    let lookup = |i: &str| json!({"locationId": 42, "loyaltyProgramId": 7, "identifier": i, "identifierType": "card"});
+    for typed in [
+        "AB1234567890",
+        "ab12 3456 7890",
+        "AB12-3456-7890",
+        " ab1234567890 ",
+    ] {
+        assert_eq!(
+            call(&h, "lookup", lookup(typed)).await,
+            json!({"ok": true, "memberId": member, "userId": "carded"}),
+            "{typed}"
+        );
+    }
+    refused(
+        &call(&h, "lookup", lookup("AB1234567891")).await,
+        "MEMBER_NOT_FOUND",
+    );
+    // the card is this member's: another enroll with it is refused
+    let v = call(
+        &h,
+        "enroll",
+        json!({"userId": "thief", "loyaltyProgramId": 7, "locationId": 42, "cardNumber": "AB12 3456 7890"}),
+    )
+    .await;
+    refused(&v, "IDENTIFIER_IN_USE");
+}
