@@ -304,3 +304,100 @@ async fn malformed_bodies_get_our_sentences() {
     let r = raw(&h, "loyalty/award", &deep).await;
     assert_eq!(r.json()["error"], "MALFORMED_JSON");
 }
+
+/// Send raw bytes on a new connection and read the whole answer (until the server closes).
+async fn tcp(h: &Harness, bytes: &[u8]) -> (u16, String, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = h.server.as_ref().unwrap().addr;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // the server may close before reading all of a bad request: a failed write is fine
+    let _ = s.write_all(bytes).await;
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut out));
+    let _ = read.await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, _) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    let body_at = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    (status, head.to_ascii_lowercase(), out[body_at..].to_vec())
+}
+
+/// The answer is `status` with a JSON error body carrying `code`.
+fn assert_json_error(answer: &(u16, String, Vec<u8>), status: u16, code: &str) {
+    let (s, head, body) = answer;
+    assert_eq!(*s, status, "{head}\n{}", String::from_utf8_lossy(body));
+    assert!(head.contains("content-type: application/json"), "{head}");
+    assert!(
+        head.contains(&format!("content-length: {}", body.len())),
+        "{head}"
+    );
+    let v: Value = serde_json::from_slice(body).unwrap();
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["error"], code, "{v}");
+    assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()));
+}
+
+#[tokio::test]
+async fn errors_hyper_answers_itself_have_json_bodies() {
+    let h = harness().await;
+    let post = |extra: &str| {
+        format!(
+            "POST /v1/acme/voucher/check HTTP/1.1\r\nhost: x\r\nx-provider-key: {KEY}\r\n{extra}\r\n"
+        )
+    };
+    let big = format!("x-big: {}\r\n", "a".repeat(20_000));
+    for (req, status, code) in [
+        ("GARBAGE\r\n\r\n".to_string(), 400, "MALFORMED_REQUEST"),
+        (
+            "GET / HTTP/9.9\r\nhost: x\r\n\r\n".to_string(),
+            400,
+            "MALFORMED_REQUEST",
+        ),
+        (post(&big), 431, "HEADERS_TOO_LARGE"),
+        (
+            post("content-type: application/json\x01\r\ncontent-length: 2\r\n"),
+            400,
+            "MALFORMED_REQUEST",
+        ),
+        (
+            post("content-length: 2\r\ncontent-length: 3\r\n"),
+            400,
+            "MALFORMED_REQUEST",
+        ),
+        (post("content-length: -2\r\n"), 400, "MALFORMED_REQUEST"),
+        (post("bad header: v\r\n"), 400, "MALFORMED_REQUEST"),
+        (
+            format!("GET /{} HTTP/1.1\r\nhost: x\r\n\r\n", "a".repeat(70_000)),
+            431,
+            "HEADERS_TOO_LARGE",
+        ),
+    ] {
+        let a = tcp(&h, req.as_bytes()).await;
+        assert_json_error(&a, status, code);
+    }
+    // a chunked body whose framing breaks is refused by our code, in our words
+    let a = tcp(
+        &h,
+        format!(
+            "{}zz\r\n{{}}\r\n0\r\n\r\n",
+            post("transfer-encoding: chunked\r\nconnection: close\r\n")
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_json_error(&a, 400, "BAD_BODY");
+    // the connection still serves good requests afterwards, and our own answers are untouched
+    let a = tcp(
+        &h,
+        format!(
+            "{}{{}}",
+            post("content-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n")
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_json_error(&a, 400, "INVALID_FIELD");
+}

@@ -183,10 +183,11 @@ async fn read_body(
         {
             Err(too_large())
         }
-        Ok(Err(e)) => Err(ApiError::new(
+        Ok(Err(_)) => Err(ApiError::new(
             400,
             "BAD_BODY",
-            format!("could not read the body: {e}"),
+            "the body could not be read: its chunked encoding is invalid or the connection \
+             ended before Content-Length bytes arrived",
         )),
         Ok(Ok(c)) => Ok(c.to_bytes().to_vec()),
     }
