@@ -12,7 +12,7 @@ use percent_encoding::percent_decode_str;
 use super::auth::check_bearer;
 use super::{App, Out};
 use crate::contract::voucher::{CheckRequest, CommitRequest};
-use crate::contract::{parse, ApiError};
+use crate::contract::{parse, parse_object, ApiError};
 use crate::service::{admin, Reply, State};
 use crate::store::{StoreError, Txn};
 use crate::voucher::CampaignSpec;
@@ -183,10 +183,11 @@ async fn read_body(
         {
             Err(too_large())
         }
-        Ok(Err(e)) => Err(ApiError::new(
+        Ok(Err(_)) => Err(ApiError::new(
             400,
             "BAD_BODY",
-            format!("could not read the body: {e}"),
+            "the body could not be read: its chunked encoding is invalid or the connection \
+             ended before Content-Length bytes arrived",
         )),
         Ok(Ok(c)) => Ok(c.to_bytes().to_vec()),
     }
@@ -237,7 +238,7 @@ async fn provider_call(
             .await
         }
         "loyalty.lookup" => {
-            decide(app, &body, no_check::<LookupRequest>, move |x, s, r| {
+            decide(app, &body, LookupRequest::validate, move |x, s, r| {
                 loy::lookup(x, s, &t, &r)
             })
             .await
@@ -255,13 +256,13 @@ async fn provider_call(
             .await
         }
         "loyalty.account" => {
-            decide(app, &body, no_check::<AccountRequest>, move |x, s, r| {
+            decide(app, &body, AccountRequest::validate, move |x, s, r| {
                 loy::account(x, s, &t, &r, now)
             })
             .await
         }
         "loyalty.rewards" => {
-            decide(app, &body, no_check::<RewardsRequest>, move |x, s, r| {
+            decide(app, &body, RewardsRequest::validate, move |x, s, r| {
                 loy::rewards(x, s, &t, &r)
             })
             .await
@@ -447,10 +448,11 @@ fn signature_header(s: &crate::webhook::Scheme) -> Option<&str> {
 async fn check_call(app: &Arc<App>, body: &[u8], t: String, now: i64) -> Out {
     use crate::service::voucher as v;
     use crate::voucher::Rejection;
-    let req: CheckRequest = match parse(body).and_then(|r: CheckRequest| r.validate().map(|()| r)) {
-        Ok(r) => r,
-        Err(e) => return err(e),
-    };
+    let req: CheckRequest =
+        match parse_object(body).and_then(|r: CheckRequest| r.validate().map(|()| r)) {
+            Ok(r) => r,
+            Err(e) => return err(e),
+        };
     // A bulk code is looked up in the code index here, off the writer (see store::codeindex).
     let indexed = app
         .config
@@ -516,10 +518,6 @@ pub(crate) fn refresh_code_index(app: &App, tenant: &str) {
     );
 }
 
-fn no_check<T>(_: &T) -> Result<(), ApiError> {
-    Ok(())
-}
-
 /// Parse and validate `body` as `Req`, then run the decision `f` on the store's writer.
 async fn decide<Req, V, F>(app: &Arc<App>, body: &[u8], validate: V, f: F) -> Out
 where
@@ -527,7 +525,7 @@ where
     V: FnOnce(&Req) -> Result<(), ApiError>,
     F: FnOnce(&mut Txn<'_>, &mut State, Req) -> Result<Reply, StoreError> + Send + 'static,
 {
-    let req: Req = match parse(body).and_then(|r: Req| validate(&r).map(|()| r)) {
+    let req: Req = match parse_object(body).and_then(|r: Req| validate(&r).map(|()| r)) {
         Ok(r) => r,
         Err(e) => return err(e),
     };
