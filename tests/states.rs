@@ -145,9 +145,10 @@ async fn a_hold_state_returns_its_provider_ref_and_keeps_it_while_live() {
     let (status, again) = state(&h, "hold", params).await;
     assert_eq!(status, 200, "{again}");
     assert_eq!(again["providerRef"], pref.as_str());
-    let r = h
-        .call("voucher/commit", &commit_body(500, &res_id(1), &pref))
-        .await;
+    // it offers a transaction id no call has used, for the commit that follows
+    let tx = v["transactionId"].as_str().unwrap();
+    assert!(tx.starts_with("res_") && tx.len() == 36, "{v}");
+    let r = h.call("voucher/commit", &commit_body(500, tx, &pref)).await;
     assert_eq!(
         r.json()["ok"],
         true,
@@ -194,11 +195,17 @@ async fn a_committed_state_returns_its_values_and_is_idempotent() {
     let (status, v) = state(&h, "committed", params).await;
     assert_eq!(status, 409, "{v}");
     assert_eq!(v["error"], "STATE_UNREACHABLE");
-    let (status, v) = state(
-        &h,
-        "committed",
-        json!({"code": "ONE-USE-1", "cart": cart(2000)}),
-    )
-    .await;
+    // without a transactionId, a new one: the pact can be verified again on the same provider
+    let fresh = json!({"code": "ONE-USE-1", "cart": cart(2000)});
+    let (status, v) = state(&h, "committed", fresh).await;
+    assert_eq!(status, 200, "{v}");
+    let new_tx = v["transactionId"].as_str().unwrap();
+    assert!(
+        new_tx.starts_with("res_") && new_tx.len() == 36 && new_tx != tx,
+        "{v}"
+    );
+    let bad = json!({"code": "ONE-USE-1", "cart": cart(1), "transactionId": 5});
+    let (status, v) = state(&h, "committed", bad).await;
     assert_eq!(status, 400, "{v}");
+    assert_eq!(v["error"], "INVALID_FIELD");
 }

@@ -5,7 +5,7 @@
 //! to do), `campaign` (params: a campaign as in the config), `program` (a loyalty program
 //! with its rewards), `member` (params: program, userId, phone, email, card, balance,
 //! lifetimeEarned), `hold` (a live hold: code, cart, userId, locationId) and `committed` (a
-//! committed reservation: the same plus transactionId). A state that cannot be reached
+//! committed reservation: the same plus an optional transactionId). A state that cannot be reached
 //! answers 409 `STATE_UNREACHABLE`. Teardown is a no-op. Only when
 //! `[admin] provider_states = true`.
 
@@ -142,7 +142,7 @@ fn check_request(params: &Value) -> Result<CheckRequest, Reply> {
 }
 
 /// What a state answers about its hold.
-fn hold_values(h: &HoldRecord) -> Value {
+fn hold_values(h: &HoldRecord, fresh_tx: Option<String>) -> Value {
     json!({
         "ok": true,
         "providerRef": h.provider_ref,
@@ -151,8 +151,13 @@ fn hold_values(h: &HoldRecord) -> Value {
         "discountAmountCents": h.amount_cents,
         "amountCents": h.amount_cents,
         "expiresAt": crate::clock::rfc3339(h.expires_at),
-        "transactionId": h.transaction_id,
+        "transactionId": h.transaction_id.clone().or(fresh_tx),
     })
+}
+
+/// A transaction id no call has used: `res_` + the store's next id in 32 hex digits.
+fn fresh_transaction_id(txn: &mut Txn<'_>) -> Result<String, StoreError> {
+    Ok(format!("res_{:032x}", txn.next_id()?))
 }
 
 /// Make a hold as a check would; `Err` is the refusal, as a state answer.
@@ -179,7 +184,8 @@ fn make_hold(
     }
 }
 
-/// `hold`: a live hold for these params; the same one while it lives.
+/// `hold`: a live hold for these params; the same one while it lives. Its answer carries a
+/// fresh unused `transactionId` for the commit or reactivate that follows.
 fn hold(txn: &mut Txn<'_>, st: &mut State, t: &str, params: &Value, now: Millis) -> R {
     let req = match check_request(params) {
         Ok(r) => r,
@@ -191,27 +197,30 @@ fn hold(txn: &mut Txn<'_>, st: &mut State, t: &str, params: &Value, now: Millis)
         let r = String::from_utf8_lossy(&r).into_owned();
         if st.holds.get(&r).is_some() {
             if let Some(h) = txn.get_json::<HoldRecord>(&keys::hold(t, &r))? {
-                return Ok(Reply::json(200, hold_values(&h)));
+                let tx = fresh_transaction_id(txn)?;
+                return Ok(Reply::json(200, hold_values(&h, Some(tx))));
             }
         }
     }
     Ok(match make_hold(txn, st, t, "hold", &req, now)? {
         Ok(h) => {
             txn.put(key, h.provider_ref.as_bytes().to_vec());
-            Reply::json(200, hold_values(&h))
+            Reply::json(200, hold_values(&h, Some(fresh_transaction_id(txn)?)))
         }
         Err(reply) => reply,
     })
 }
 
-/// `committed`: a reservation committed under `transactionId`; the same one on a repeat.
+/// `committed`: a reservation committed under `transactionId` (a new one when not given);
+/// the same reservation on a repeat with the same id.
 fn committed(txn: &mut Txn<'_>, st: &mut State, t: &str, params: &Value, now: Millis) -> R {
-    let tx = match params.get("transactionId").and_then(Value::as_str) {
-        Some(tx) => tx.to_owned(),
-        None => {
+    let tx = match params.get("transactionId") {
+        None | Some(Value::Null) => fresh_transaction_id(txn)?,
+        Some(Value::String(tx)) => tx.clone(),
+        Some(_) => {
             return Ok(Reply::error(&ApiError::invalid(
                 "params.transactionId",
-                "the transaction id the reservation is committed under",
+                "the transaction id the reservation is committed under, or none for a new one",
             )))
         }
     };
@@ -226,7 +235,7 @@ fn committed(txn: &mut Txn<'_>, st: &mut State, t: &str, params: &Value, now: Mi
     if let Some(r) = txn.get(&key)? {
         let r = String::from_utf8_lossy(&r).into_owned();
         return Ok(match txn.get_json::<HoldRecord>(&keys::hold(t, &r))? {
-            Some(h) if h.state == HoldState::Committed => Reply::json(200, hold_values(&h)),
+            Some(h) if h.state == HoldState::Committed => Reply::json(200, hold_values(&h, None)),
             _ => unreachable(
                 "committed",
                 format!("transaction {tx} was committed and since given back; a transactionId commits once, use a new one"),
@@ -260,7 +269,7 @@ fn committed(txn: &mut Txn<'_>, st: &mut State, t: &str, params: &Value, now: Mi
     txn.put(key, h.provider_ref.as_bytes().to_vec());
     Ok(
         match txn.get_json::<HoldRecord>(&keys::hold(t, &h.provider_ref))? {
-            Some(h) => Reply::json(200, hold_values(&h)),
+            Some(h) => Reply::json(200, hold_values(&h, None)),
             None => unreachable("committed", "the committed hold is not stored"),
         },
     )
