@@ -68,10 +68,7 @@ fn json<T: Serialize>(v: &T) -> Vec<u8> {
 }
 
 fn program(st: &State, tenant: &str, id: &str) -> Option<Arc<Program>> {
-    st.tenants
-        .get(tenant)
-        .and_then(|t| t.programs.get(id))
-        .cloned()
+    st.tenant(tenant).and_then(|t| t.programs.get(id)).cloned()
 }
 
 fn member_by(

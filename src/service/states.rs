@@ -4,8 +4,6 @@
 //! card, balance, lifetimeEarned). Teardown is a no-op: fixtures use ids unique to their
 //! run, so nothing collides. Only when `[admin] provider_states = true`.
 
-use std::sync::Arc;
-
 use serde_json::{json, Value};
 
 use crate::clock::Millis;
@@ -44,8 +42,7 @@ pub fn apply(
                 Err(e) => return Ok(Reply::error(&ApiError::invalid("params", e.to_string()))),
             };
             let exists = st
-                .tenants
-                .get(t)
+                .tenant(t)
                 .is_some_and(|ts| ts.campaigns.contains_key(&spec.id));
             let id = spec.id.clone();
             admin::put_campaign(txn, st, t, exists.then_some(id.as_str()), spec)
@@ -64,7 +61,7 @@ pub fn apply(
                     )))
                 }
             };
-            let Some(ts) = st.tenants.get_mut(t) else {
+            let Some(ts) = st.tenant(t) else {
                 return Ok(Reply::not_found("unknown tenant"));
             };
             if ts.config_programs.contains(&p.id) {
@@ -75,7 +72,7 @@ pub fn apply(
                 )));
             }
             txn.put_json(keys::program(t, &p.id), &p.spec);
-            ts.programs.insert(p.id.clone(), Arc::new(p));
+            st.install_program(t, p);
             Ok(Reply::json(200, json!({"ok": true})))
         }
         "member" => {
