@@ -953,3 +953,68 @@ impl Offline {
         self.db.size_on_disk().unwrap_or(0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &Path) -> Store<()> {
+        let opts = StoreOptions {
+            path: dir.to_path_buf(),
+            cache_capacity_bytes: 1 << 20,
+        };
+        Store::open(&opts, |_| Ok(())).expect("store opens")
+    }
+
+    /// sled spills a log message over ~128 KiB to a file under `blobs/` and never fsyncs
+    /// it: the writer does, before the answer.
+    #[tokio::test]
+    async fn a_record_large_enough_for_a_blob_file_is_fsynced_before_the_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let small: Result<(), StoreError> = store
+            .run(|txn, _| {
+                txn.put(b"small".to_vec(), vec![1; 100]);
+                Ok(())
+            })
+            .await;
+        small.unwrap();
+        assert_eq!(store.stats().blob_files_synced.load(Ordering::Relaxed), 0);
+        store
+            .run(|txn, _| {
+                txn.put(b"large".to_vec(), vec![7; 300 * 1024]);
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let blobs = std::fs::read_dir(dir.path().join("blobs")).unwrap().count();
+        assert!(blobs >= 1, "sled wrote no blob file");
+        assert!(store.stats().blob_files_synced.load(Ordering::Relaxed) >= 1);
+        store.close().await;
+        let store = open(dir.path());
+        let v = store.run(|txn, _| txn.get(b"large")).await.unwrap();
+        assert_eq!(v.map(|v| v.len()), Some(300 * 1024));
+    }
+
+    /// A job that returns `Err` leaves none of its writes, and the next job of the same
+    /// group keeps its own.
+    #[tokio::test]
+    async fn a_job_that_fails_leaves_none_of_its_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let failed: Result<(), StoreError> = store
+            .run(|txn, _| {
+                txn.put(b"a".to_vec(), b"1".to_vec());
+                txn.next_id()?;
+                Err(StoreError::Io("no".into()))
+            })
+            .await;
+        assert_eq!(failed, Err(StoreError::Io("no".into())));
+        let (a, id) = store
+            .run(|txn, _| Ok((txn.get(b"a")?, txn.get(NEXT_ID_KEY)?)))
+            .await
+            .unwrap();
+        assert_eq!((a, id), (None, None));
+        assert_eq!(store.stats().jobs_undone.load(Ordering::Relaxed), 1);
+    }
+}
