@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod codes;
 pub mod loyalty;
+pub mod records;
 pub mod state;
 pub mod states;
 pub mod voucher;
@@ -164,6 +165,7 @@ pub struct HoldRecord {
     pub amount_cents: i64,
     pub created_at: Millis,
     pub expires_at: Millis,
+    #[serde(with = "records::hold_state")]
     pub state: HoldState,
     pub transaction_id: Option<String>,
     pub updated_at: Millis,
