@@ -27,6 +27,7 @@ pub struct MemberRecord {
     pub email: Option<String>,
     pub card: Option<String>,
     pub created_at: Millis,
+    #[serde(with = "super::records::account")]
     pub account: Account,
 }
 
@@ -50,6 +51,7 @@ pub struct RedemptionRecord {
     pub member_id: String,
     pub reward_id: String,
     pub points: i64,
+    #[serde(with = "super::records::spent")]
     pub spent: Spent,
     pub transaction_id: String,
     pub code: Option<String>,
@@ -68,10 +70,7 @@ fn json<T: Serialize>(v: &T) -> Vec<u8> {
 }
 
 fn program(st: &State, tenant: &str, id: &str) -> Option<Arc<Program>> {
-    st.tenants
-        .get(tenant)
-        .and_then(|t| t.programs.get(id))
-        .cloned()
+    st.tenant(tenant).and_then(|t| t.programs.get(id)).cloned()
 }
 
 fn member_by(
@@ -99,7 +98,8 @@ fn member_by_id(
 /// Write the member and its new ledger entries together.
 fn save(txn: &mut Txn<'_>, t: &str, p: &str, m: &MemberRecord, entries: &[Entry]) {
     for e in entries {
-        txn.put_json(keys::ledger(t, p, &m.member_id, e.seq), e);
+        let rec = super::records::EntryRecord::from(e);
+        txn.put_json(keys::ledger(t, p, &m.member_id, e.seq), &rec);
     }
     txn.put_json(keys::member(t, p, &m.member_id), m);
 }
@@ -849,8 +849,8 @@ pub fn show_member(
     };
     let mut ledger = Vec::new();
     for (_, v) in txn.scan_prefix(&keys::ledger_prefix(t, p, &m.member_id))? {
-        if let Ok(e) = serde_json::from_slice::<Entry>(&v) {
-            ledger.push(e);
+        if let Ok(e) = serde_json::from_slice::<super::records::EntryRecord>(&v) {
+            ledger.push(Entry::from(e));
         }
     }
     let ledger_sum: i64 = ledger.iter().map(|e| e.points).sum();

@@ -9,8 +9,6 @@
 //! answers 409 `STATE_UNREACHABLE`. Teardown is a no-op. Only when
 //! `[admin] provider_states = true`.
 
-use std::sync::Arc;
-
 use serde_json::{json, Value};
 
 use crate::clock::Millis;
@@ -63,8 +61,7 @@ pub fn apply(
                 Err(e) => return Ok(Reply::error(&ApiError::invalid("params", e.to_string()))),
             };
             let exists = st
-                .tenants
-                .get(t)
+                .tenant(t)
                 .is_some_and(|ts| ts.campaigns.contains_key(&spec.id));
             let id = spec.id.clone();
             admin::put_campaign(txn, st, t, exists.then_some(id.as_str()), spec)
@@ -83,7 +80,7 @@ pub fn apply(
                     )))
                 }
             };
-            let Some(ts) = st.tenants.get_mut(t) else {
+            let Some(ts) = st.tenant(t) else {
                 return Ok(Reply::not_found("unknown tenant"));
             };
             if ts.config_programs.contains(&p.id) {
@@ -94,7 +91,7 @@ pub fn apply(
                 )));
             }
             txn.put_json(keys::program(t, &p.id), &p.spec);
-            ts.programs.insert(p.id.clone(), Arc::new(p));
+            st.install_program(t, p);
             Ok(Reply::json(200, json!({"ok": true})))
         }
         "member" => {
@@ -195,7 +192,7 @@ fn hold(txn: &mut Txn<'_>, st: &mut State, t: &str, params: &Value, now: Millis)
     let key = keys::provider_state(t, "hold", &hex::encode(fingerprint(&req)));
     if let Some(r) = txn.get(&key)? {
         let r = String::from_utf8_lossy(&r).into_owned();
-        if st.holds.get(&r).is_some() {
+        if st.holds().get(&r).is_some() {
             if let Some(h) = txn.get_json::<HoldRecord>(&keys::hold(t, &r))? {
                 let tx = fresh_transaction_id(txn)?;
                 return Ok(Reply::json(200, hold_values(&h, Some(tx))));

@@ -105,15 +105,20 @@ impl Harness {
 
     /// Start the server on this harness's data dir (after [`Harness::stop`]).
     pub async fn boot(&mut self) {
+        self.try_boot().await.expect("server starts");
+    }
+
+    /// Like [`Harness::boot`], giving back the start-up error's text.
+    pub async fn try_boot(&mut self) -> Result<(), String> {
         let text = self
             .toml
             .replace("@DATA@", &self.data_path().display().to_string());
         let cfg = Config::from_toml(&text, "test.toml", &env()).expect("valid test config");
-        self.server = Some(
-            Server::start(cfg, self.clock.clone())
-                .await
-                .expect("server starts"),
-        );
+        let server = Server::start(cfg, self.clock.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        self.server = Some(server);
+        Ok(())
     }
 
     /// Stop gracefully (the data dir stays).
