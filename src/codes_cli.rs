@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use crate::config::Config;
 use crate::service::codes::{
-    export_line, generate, is_header, parse_row, BulkCode, CodeStore, GenTarget,
+    check_generation, export_line, generate, is_header, parse_row, BulkCode, CodeStore, GenTarget,
 };
 use crate::store::{prefix, Offline, StoreError, StoreOptions};
 use crate::voucher::{match_key, CampaignSpec, CodeMatch};
@@ -399,8 +399,14 @@ pub fn generate_cmd(
     if !campaigns.contains(campaign) {
         return Err(format!("tenant {tenant:?} has no campaign {campaign:?}"));
     }
+    // Refuse before anything is written: the whole count must fit the 1 % rule.
+    if let Err((field, m)) =
+        check_generation(&mut store, tenant, pattern, count).map_err(|e| e.to_string())?
+    {
+        return Err(format!("--{field}: {m}"));
+    }
+    let mut rng = crate::codegen::os_rng()?;
     let mut index = start_code_index(&store, tenant)?;
-    let salt = format!("{:?}", std::time::SystemTime::now());
     let mut w = std::io::BufWriter::new(
         std::fs::File::create(out).map_err(|e| format!("{}: {e}", out.display()))?,
     );
@@ -419,9 +425,10 @@ pub fn generate_cmd(
             pattern,
             n,
             &shared,
-            &format!("{salt}/{made}"),
+            &mut rng,
         )
-        .map_err(|e| e.to_string())??;
+        .map_err(|e| e.to_string())?
+        .map_err(|(field, m)| format!("--{field}: {m}"))?;
         store.apply().map_err(|e| e.to_string())?;
         for c in &codes {
             writeln!(w, "{c}").map_err(|e| e.to_string())?;

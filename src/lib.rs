@@ -5,6 +5,7 @@ pub mod backup;
 pub mod bench;
 pub mod client;
 pub mod clock;
+pub mod codegen;
 pub mod codes_cli;
 pub mod config;
 pub mod contract;

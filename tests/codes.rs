@@ -668,3 +668,104 @@ async fn a_vendor_that_is_down_or_failing_fails_closed() {
         json!(0)
     );
 }
+
+async fn generate(h: &Harness, pattern: &str, count: u64) -> Resp {
+    h.admin(
+        "POST",
+        "campaigns/bulk/codes/generate",
+        Some(&json!({"pattern": pattern, "count": count})),
+    )
+    .await
+}
+
+/// Two servers with the same config, clock and request generate different codes: codes
+/// come from the OS's CSPRNG, not from tenant, campaign and time.
+#[tokio::test]
+async fn identical_generations_on_identical_servers_differ() {
+    let a = Harness::start(&config_with(CAMPAIGNS)).await;
+    let b = Harness::start(&config_with(CAMPAIGNS)).await;
+    let ra = generate(&a, "GIFT-????????", 3).await.json();
+    let rb = generate(&b, "GIFT-????????", 3).await.json();
+    assert_eq!(
+        (ra["generated"].clone(), rb["generated"].clone()),
+        (json!(3), json!(3))
+    );
+    assert_ne!(ra["codes"], rb["codes"]);
+}
+
+/// A pattern may issue at most 1 % of its space, counted over every generation; more
+/// than the space at all is refused on `count`.
+#[tokio::test]
+async fn generation_beyond_one_percent_of_the_pattern_is_refused() {
+    let h = Harness::start(&config_with(CAMPAIGNS)).await;
+    // X-### holds 8^3 = 512 codes: 5 may be issued.
+    assert_eq!(generate(&h, "X-###", 5).await.json()["generated"], json!(5));
+    let r = generate(&h, "X-###", 1).await;
+    let v = r.json();
+    assert_eq!(
+        (r.status, v["error"].clone(), v["field"].clone()),
+        (400, json!("INVALID_FIELD"), json!("pattern")),
+        "{v}"
+    );
+    let m = v["message"].as_str().unwrap();
+    assert!(
+        m.contains("holds 512 codes") && m.contains("1 %") && m.contains("5 were issued"),
+        "{m}"
+    );
+    let r = generate(&h, "Y-###", 600).await;
+    assert_eq!((r.status, r.json()["field"].clone()), (400, json!("count")));
+    assert!(r.json()["message"]
+        .as_str()
+        .unwrap()
+        .contains("holds only 512"));
+    // another pattern still has its own room
+    assert_eq!(
+        generate(&h, "Y-####", 40).await.json()["generated"],
+        json!(40)
+    );
+}
+
+/// The CLI applies the same rule, before writing anything.
+#[test]
+fn codes_generate_cli_refuses_beyond_the_capacity() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("kp.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[storage]\npath = \"{}\"\n[[tenants]]\nid = \"v\"\nauth = {{ mode = \"none\" }}\n[[tenants.campaigns]]\nid = \"bulk\"\ndiscount = {{ amount_cents = 300 }}\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let out_csv = dir.path().join("new.csv");
+    let generate = |pattern: &str, count: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_karma-provider"))
+            .args(["codes", "generate", "--tenant", "v", "--campaign", "bulk"])
+            .args(["--pattern", pattern, "--count", count, "--out"])
+            .arg(&out_csv)
+            .arg("--config")
+            .arg(&cfg)
+            .output()
+            .unwrap()
+    };
+    let ok = generate("X-####", "40");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let more = generate("X-####", "1");
+    assert_eq!(more.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&more.stderr);
+    assert!(
+        err.contains("--pattern") && err.contains("1 %") && err.contains("40 were issued"),
+        "{err}"
+    );
+    let too_many = generate("Z-##", "65");
+    let err = String::from_utf8_lossy(&too_many.stderr);
+    assert!(
+        err.contains("--count") && err.contains("holds only 64"),
+        "{err}"
+    );
+}

@@ -50,3 +50,42 @@ fn binary_reports_config_errors_with_file_and_key() {
         .unwrap();
     assert!(out.status.success());
 }
+
+fn load(toml: &str) -> Result<Config, karma_provider::config::ConfigError> {
+    Config::from_toml(toml, "t.toml", &|_: &str| -> Option<String> { None })
+}
+
+const PROGRAM: &str =
+    "[[tenants]]\nid = \"a\"\nauth = { mode = \"none\" }\n[[tenants.loyalty]]\nprogram_id = 1\n";
+
+/// A reward code pattern too small for the 1 % guessing-odds rule is a config error.
+#[test]
+fn reward_code_patterns_must_have_room() {
+    let e = load(&format!("{PROGRAM}earn = {{ points = 1, per_cents = 100 }}\n[[tenants.loyalty.rewards]]\nid = \"r\"\ntitle = \"R\"\npoints_cost = 1\ncode_pattern = \"R-#\"\n")).unwrap_err();
+    assert!(
+        e.key.ends_with("rewards[0].code_pattern") && e.message.contains("1 %"),
+        "{e}"
+    );
+    let e = load(&format!("{PROGRAM}earn = {{ points = 1, per_cents = 100 }}\n[[tenants.loyalty.rewards]]\nid = \"r\"\ntitle = \"R\"\npoints_cost = 1\nstock = 41\ncode_pattern = \"R-####\"\n")).unwrap_err();
+    assert!(e.message.contains("stock of 41"), "{e}");
+}
+
+/// Values that could overflow points or cents arithmetic are config errors naming the key.
+#[test]
+fn points_and_cents_are_bounded_at_load() {
+    let e = load(&format!(
+        "{PROGRAM}earn = {{ points = 9223372036854775807, per_cents = 1 }}\n"
+    ))
+    .unwrap_err();
+    assert!(
+        e.key.ends_with("loyalty[0].earn.points") && e.message.contains("0..=1000000"),
+        "{e}"
+    );
+    let e = load(&format!("{PROGRAM}earn = {{ points = 1, per_cents = 1 }}\nitem_bonus = {{ \"1001\" = 9223372036854775807 }}\n")).unwrap_err();
+    assert!(e.key.ends_with("item_bonus.1001"), "{e}");
+    let e = load("[[tenants]]\nid = \"a\"\nauth = { mode = \"none\" }\n[[tenants.campaigns]]\nid = \"c\"\ncodes = [\"X\"]\ndiscount = { amount_cents = 100 }\nmax_discount_total_cents = 9223372036854775807\n").unwrap_err();
+    assert!(
+        e.key.ends_with("max_discount_total_cents") && e.message.contains("10000000000000"),
+        "{e}"
+    );
+}

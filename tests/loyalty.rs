@@ -834,3 +834,121 @@ async fn lookup_by_card_is_normalised() {
     .await;
     refused(&v, "IDENTIFIER_IN_USE");
 }
+
+const SMALL_PATTERN: &str = r#"
+[[tenants.loyalty]]
+program_id = 9
+earn = { points = 1, per_cents = 100 }
+signup_bonus = 1000
+[[tenants.loyalty.rewards]]
+id = "r"
+title = "R"
+points_cost = 1
+code_pattern = "R-###"
+"#;
+
+fn small_redeem(n: u64) -> Value {
+    json!({"userId": "u1", "loyaltyProgramId": 9, "rewardId": "r", "transactionId": tx(n)})
+}
+
+/// Reward codes come from the OS's CSPRNG: two servers with the same config, clock and
+/// requests give different codes; and a pattern issues at most 1 % of its space.
+#[tokio::test]
+async fn reward_codes_are_unpredictable_and_bounded_by_the_pattern() {
+    let a = Harness::start(&config_with(SMALL_PATTERN)).await;
+    let b = Harness::start(&config_with(SMALL_PATTERN)).await;
+    let enroll = json!({"userId": "u1", "loyaltyProgramId": 9, "locationId": 1});
+    let (mut from_a, mut from_b) = (Vec::new(), Vec::new());
+    for h in [&a, &b] {
+        call(h, "enroll", enroll.clone()).await;
+    }
+    // R-### holds 512 codes: 5 may be issued.
+    for n in 1..=5 {
+        from_a.push(call(&a, "redeem", small_redeem(n)).await["generatedCode"].clone());
+        from_b.push(call(&b, "redeem", small_redeem(n)).await["generatedCode"].clone());
+    }
+    assert_ne!(from_a, from_b);
+    assert!(from_a.iter().all(|c| {
+        let c = c.as_str().unwrap();
+        c.len() == 5 && c.starts_with("R-") && c[2..].bytes().all(|d| b"23456789".contains(&d))
+    }));
+    let sixth = call(&a, "redeem", small_redeem(6)).await;
+    refused(&sixth, "CODE_SPACE_EXHAUSTED");
+    assert!(
+        sixth["message"].as_str().unwrap().contains("1 %"),
+        "{sixth}"
+    );
+    // nothing was spent on the refused redemption
+    assert_eq!(
+        call(
+            &a,
+            "account",
+            json!({"userId": "u1", "loyaltyProgramId": 9})
+        )
+        .await["currentBalance"],
+        json!(995)
+    );
+}
+
+const GENEROUS: &str = r#"
+[[tenants.loyalty]]
+program_id = 10
+earn = { points = 1000000, per_cents = 1 }
+tiers = [ { id = "vip", name = "VIP", min_lifetime = 0, multiplier_percent = 1000 } ]
+"#;
+
+fn big_award(cents: i64, n: u64) -> Value {
+    json!({"userId": "u1", "loyaltyProgramId": 10, "purchaseId": format!("p{n}"), "purchaseAmountCents": cents, "itemIds": [], "transactionId": tx(n)})
+}
+
+/// Points arithmetic is checked: an award that would overflow (10^10 cents × 10^6 points
+/// × 1000 %) or push a member past 10^15 points is a 400 naming the field, and nothing
+/// changes; an adjustment past the limit likewise.
+#[tokio::test]
+async fn awards_that_would_overflow_are_refused_naming_the_field() {
+    let h = Harness::start(&config_with(GENEROUS)).await;
+    let member = call(
+        &h,
+        "enroll",
+        json!({"userId": "u1", "loyaltyProgramId": 10, "locationId": 1}),
+    )
+    .await["memberId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let over = h.call("loyalty/award", &big_award(10_000_000_000, 1)).await;
+    let v = over.json();
+    assert_eq!(
+        (over.status, v["error"].clone(), v["field"].clone()),
+        (400, json!("INVALID_FIELD"), json!("purchaseAmountCents")),
+        "{v}"
+    );
+    // exactly the most a member may hold
+    let full = call(&h, "award", big_award(100_000_000, 2)).await;
+    assert_eq!(full["pointsAwarded"], json!(1_000_000_000_000_000i64));
+    let more = h.call("loyalty/award", &big_award(1, 3)).await;
+    assert_eq!(
+        (more.status, more.json()["field"].clone()),
+        (400, json!("purchaseAmountCents"))
+    );
+    let adj = h
+        .admin(
+            "POST",
+            &format!("loyalty/10/members/{member}/adjustments"),
+            Some(&json!({"id": "a1", "points": 5, "reason": "x"})),
+        )
+        .await;
+    assert_eq!(
+        (adj.status, adj.json()["field"].clone()),
+        (400, json!("points"))
+    );
+    assert_eq!(
+        call(
+            &h,
+            "account",
+            json!({"userId": "u1", "loyaltyProgramId": 10})
+        )
+        .await["currentBalance"],
+        json!(1_000_000_000_000_000i64)
+    );
+}

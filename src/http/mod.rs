@@ -329,23 +329,78 @@ impl Out {
         }
     }
 
+    /// The response, built without a fallible builder: headers are static values, and a
+    /// status hyper cannot send (outside 100-999) becomes a 500 with a JSON error body,
+    /// never an empty 200.
     fn into_response(self) -> Response<Full<Bytes>> {
-        let mut b = Response::builder()
-            .status(self.reply.status)
-            .header(hyper::header::CONTENT_TYPE, self.content_type);
+        use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+        let Ok(status) = hyper::StatusCode::from_u16(self.reply.status) else {
+            let mut r = Response::new(Full::new(Bytes::from_static(
+                br#"{"ok":false,"error":"INTERNAL","message":"the service built an answer it cannot send"}"#,
+            )));
+            *r.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
+            r.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            return r;
+        };
+        let mut r = Response::new(Full::new(Bytes::from(self.reply.body)));
+        *r.status_mut() = status;
+        let h = r.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static(self.content_type));
         if let Some(a) = self.allow {
-            b = b.header(hyper::header::ALLOW, a);
+            h.insert(ALLOW, HeaderValue::from_static(a));
         }
         if self.www_authenticate {
-            b = b.header(
-                hyper::header::WWW_AUTHENTICATE,
-                "Basic realm=\"karma-provider\"",
+            h.insert(
+                WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"karma-provider\""),
             );
         }
         if self.reply.status == 503 || self.reply.status == 429 {
-            b = b.header(hyper::header::RETRY_AFTER, "1");
+            h.insert(RETRY_AFTER, HeaderValue::from_static("1"));
         }
-        b.body(Full::new(Bytes::from(self.reply.body)))
-            .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn out(status: u16) -> Out {
+        Out::from(Reply {
+            status,
+            body: b"{}".to_vec(),
+            outcome: "ok".into(),
+        })
+    }
+
+    #[test]
+    fn an_unsendable_status_is_a_500_with_a_json_body_never_an_empty_200() {
+        for bad in [0, 42, 1000, u16::MAX] {
+            let r = out(bad).into_response();
+            assert_eq!(r.status(), 500);
+            assert_eq!(r.headers()[hyper::header::CONTENT_TYPE], "application/json");
+            let body = futures_body(r);
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(
+                (v["ok"].clone(), v["error"].clone()),
+                (serde_json::json!(false), serde_json::json!("INTERNAL"))
+            );
+        }
+        let mut ok = out(503);
+        ok.allow = Some("GET");
+        let r = ok.into_response();
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.headers()[hyper::header::RETRY_AFTER], "1");
+        assert_eq!(r.headers()[hyper::header::ALLOW], "GET");
+    }
+
+    fn futures_body(r: Response<Full<Bytes>>) -> Bytes {
+        use http_body_util::BodyExt;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(r.into_body().collect()).unwrap().to_bytes()
     }
 }

@@ -704,9 +704,7 @@ async fn admin_call(app: &Arc<App>, req: Request<Incoming>, rest: Vec<String>) -
             let r = app
                 .store
                 .run(move |txn, st| {
-                    crate::service::codes::generate_job(
-                        txn, st, &tenant, &c, &g.pattern, g.count, now,
-                    )
+                    crate::service::codes::generate_job(txn, st, &tenant, &c, &g.pattern, g.count)
                 })
                 .await;
             refresh_code_index(app, &t2);

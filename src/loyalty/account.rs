@@ -10,6 +10,30 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::Millis;
 
+/// The most points a member may hold, and the most a lifetime total may reach (10^15):
+/// every credit and restore is checked against it, so no sum of lots can overflow.
+pub const MAX_POINTS: i64 = 1_000_000_000_000_000;
+
+/// A credit or restore refused: the member would hold more than [`MAX_POINTS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooManyPoints;
+
+impl std::fmt::Display for TooManyPoints {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the member would hold more than {MAX_POINTS} points (the most a member may hold)"
+        )
+    }
+}
+
+/// `a + b` when it stays within [`MAX_POINTS`].
+fn add_points(a: i64, b: i64) -> Result<i64, TooManyPoints> {
+    a.checked_add(b)
+        .filter(|s| *s <= MAX_POINTS)
+        .ok_or(TooManyPoints)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lot {
     /// The ledger entry that created it.
@@ -138,7 +162,7 @@ impl Account {
             .filter(|l| l.available_at > now)
             .map(|l| l.lifetime_part)
             .sum();
-        self.lifetime_total - pending
+        self.lifetime_total.saturating_sub(pending)
     }
 
     fn entry(&mut self, now: Millis, kind: EntryKind, points: i64, why: Why) -> Entry {
@@ -180,8 +204,9 @@ impl Account {
         out
     }
 
-    /// Add a credit lot.
-    pub fn credit(&mut self, now: Millis, c: Credit, why: Why) -> Entry {
+    /// Add a credit lot; refused (changing nothing) when the member's points or lifetime
+    /// total would pass [`MAX_POINTS`].
+    pub fn credit(&mut self, now: Millis, c: Credit, why: Why) -> Result<Entry, TooManyPoints> {
         let Credit {
             kind,
             points,
@@ -189,20 +214,24 @@ impl Account {
             expire_ms,
             counts_lifetime,
         } = c;
+        add_points(self.total(), points)?;
+        let lifetime_total = if counts_lifetime {
+            add_points(self.lifetime_total, points)?
+        } else {
+            self.lifetime_total
+        };
         let seq = self.next_seq;
         if points > 0 {
             self.lots.push(Lot {
                 seq,
                 remaining: points,
                 lifetime_part: if counts_lifetime { points } else { 0 },
-                available_at: now + pending_ms,
-                expires_at: expire_ms.map(|e| now + e),
+                available_at: now.saturating_add(pending_ms),
+                expires_at: expire_ms.map(|e| now.saturating_add(e)),
             });
         }
-        if counts_lifetime {
-            self.lifetime_total += points;
-        }
-        self.entry(now, kind, points, why)
+        self.lifetime_total = lifetime_total;
+        Ok(self.entry(now, kind, points, why))
     }
 
     /// Spend from the oldest spendable lots. Refuses (changing nothing) when short.
@@ -242,7 +271,18 @@ impl Account {
 
     /// Put spent points back on the lots they came from (expired ones leave again at the
     /// next settle).
-    pub fn restore(&mut self, now: Millis, spent: &Spent, why: Why) -> Entry {
+    /// Refused (changing nothing) when the member would hold more than [`MAX_POINTS`].
+    pub fn restore(
+        &mut self,
+        now: Millis,
+        spent: &Spent,
+        why: Why,
+    ) -> Result<Entry, TooManyPoints> {
+        let back = spent
+            .0
+            .iter()
+            .try_fold(0i64, |acc, p| add_points(acc, p.points))?;
+        add_points(self.total(), back)?;
         for p in &spent.0 {
             match self.lots.iter_mut().find(|l| l.seq == p.lot) {
                 Some(l) => l.remaining += p.points,
@@ -265,7 +305,7 @@ impl Account {
                 }
             }
         }
-        self.entry(now, EntryKind::RedemptionReversal, spent.total(), why)
+        Ok(self.entry(now, EntryKind::RedemptionReversal, back, why))
     }
 
     /// Take back `points` of an award: from the award's own lot first (pending or not),
@@ -289,8 +329,8 @@ impl Account {
             left -= take;
         }
         self.lots.retain(|l| l.remaining > 0);
-        self.lifetime_total -= points;
-        let taken = points - left;
+        self.lifetime_total = self.lifetime_total.saturating_sub(points);
+        let taken = points.saturating_sub(left);
         (self.entry(now, EntryKind::Reversal, -taken, why), left)
     }
 }
@@ -314,7 +354,8 @@ mod tests {
                 counts_lifetime: true,
             },
             Why::default(),
-        );
+        )
+        .unwrap();
         assert_eq!((a.spendable(0), a.pending(0), a.lifetime(0)), (0, 100, 0));
         assert_eq!((a.spendable(DAY), a.lifetime(DAY)), (100, 100));
         assert_eq!(a.spendable(10 * DAY), 0);
@@ -338,7 +379,8 @@ mod tests {
                 counts_lifetime: true,
             },
             Why::default(),
-        );
+        )
+        .unwrap();
         a.credit(
             DAY,
             Credit {
@@ -349,7 +391,8 @@ mod tests {
                 counts_lifetime: true,
             },
             Why::default(),
-        );
+        )
+        .unwrap();
         let (spent, e) = a.spend(DAY, 70, EntryKind::Redeem, Why::default()).unwrap();
         assert_eq!(e.points, -70);
         assert_eq!(
@@ -365,7 +408,7 @@ mod tests {
                 .unwrap_err(),
             30
         );
-        a.restore(DAY, &spent, Why::default());
+        a.restore(DAY, &spent, Why::default()).unwrap();
         assert_eq!(a.spendable(DAY), 100);
         // the restored oldest lot still expires on its own date
         a.settle(5 * DAY);
@@ -385,10 +428,40 @@ mod tests {
                 counts_lifetime: true,
             },
             Why::default(),
-        );
+        )
+        .unwrap();
         a.spend(0, 80, EntryKind::Redeem, Why::default()).unwrap();
         let (e, short) = a.reverse(0, 0, 100, Why::default());
         assert_eq!((e.points, short), (-20, 80));
         assert_eq!((a.total(), a.lifetime(0)), (0, 0));
+    }
+
+    #[test]
+    fn credits_and_restores_stop_at_max_points() {
+        let mut a = Account::default();
+        let credit = |points| Credit {
+            kind: EntryKind::Earn,
+            points,
+            pending_ms: 0,
+            expire_ms: None,
+            counts_lifetime: true,
+        };
+        a.credit(0, credit(MAX_POINTS), Why::default()).unwrap();
+        assert_eq!(a.credit(0, credit(1), Why::default()), Err(TooManyPoints));
+        assert_eq!(
+            a.credit(0, credit(i64::MAX), Why::default()),
+            Err(TooManyPoints)
+        );
+        assert_eq!(
+            (a.total(), a.lifetime_total, a.lots.len()),
+            (MAX_POINTS, MAX_POINTS, 1)
+        );
+        let (spent, _) = a.spend(0, 10, EntryKind::Redeem, Why::default()).unwrap();
+        a.credit(0, credit(10), Why::default()).unwrap_err();
+        let mut b = a.clone();
+        b.lifetime_total = 0;
+        b.credit(0, credit(5), Why::default()).unwrap();
+        assert_eq!(b.restore(0, &spent, Why::default()), Err(TooManyPoints));
+        assert_eq!(b.total(), MAX_POINTS - 5);
     }
 }

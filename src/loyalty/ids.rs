@@ -1,7 +1,5 @@
-//! Member identifiers (lookup types and their normalisation) and reward codes generated
-//! from a pattern.
-
-use sha2::{Digest, Sha256};
+//! Member identifiers (lookup types and their normalisation). Reward codes come from
+//! [`crate::codegen`], the generator gift codes use too.
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IdentifierType {
@@ -80,38 +78,6 @@ pub fn normalize_identifier(t: IdentifierType, raw: &str) -> Result<String, &'st
     Ok(out)
 }
 
-/// Letters without look-alikes (no I, L, O).
-const LETTERS: &[u8] = b"ABCDEFGHJKMNPQRSTUVWXYZ";
-
-/// Fill a pattern (`#` digit, `?` letter, anything else literal) from `seed`; the caller
-/// retries with another seed on collision.
-pub fn generate_code(pattern: &str, seed: &[u8]) -> String {
-    let mut block = Sha256::digest(seed);
-    let mut i = 0usize;
-    let mut round = 0u32;
-    let mut next = |modulo: usize| {
-        if i == block.len() {
-            round += 1;
-            let mut h = Sha256::new();
-            h.update(seed);
-            h.update(round.to_be_bytes());
-            block = h.finalize();
-            i = 0;
-        }
-        let b = block[i] as usize;
-        i += 1;
-        b % modulo
-    };
-    pattern
-        .chars()
-        .map(|c| match c {
-            '#' => (b'0' + next(10) as u8) as char,
-            '?' => LETTERS[next(LETTERS.len())] as char,
-            other => other,
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,15 +101,5 @@ mod tests {
             Some(IdentifierType::MemberId)
         );
         assert_eq!(IdentifierType::parse("ssn"), None);
-    }
-
-    #[test]
-    fn codes_follow_the_pattern() {
-        let c = generate_code("CF-######-??", b"seed");
-        assert_eq!(c.len(), 12);
-        assert!(c.starts_with("CF-"));
-        assert!(c[3..9].chars().all(|c| c.is_ascii_digit()));
-        assert!(c[10..].bytes().all(|b| LETTERS.contains(&b)));
-        assert_ne!(c, generate_code("CF-######-??", b"seed2"));
     }
 }

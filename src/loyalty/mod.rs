@@ -7,8 +7,10 @@ mod account;
 mod ids;
 mod program;
 
-pub use account::{Account, Credit, Entry, EntryKind, Lot, Spent, SpentPart, Why};
-pub use ids::{generate_code, normalize_identifier, IdentifierType, IDENTIFIER_TYPES};
+pub use account::{
+    Account, Credit, Entry, EntryKind, Lot, Spent, SpentPart, TooManyPoints, Why, MAX_POINTS,
+};
+pub use ids::{normalize_identifier, IdentifierType, IDENTIFIER_TYPES};
 pub use program::{Program, ProgramSpec, RewardSpec, Tier, TierSpec};
 
 /// Why a loyalty call is refused; each maps to a stable `error` code.

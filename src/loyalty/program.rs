@@ -79,6 +79,13 @@ pub struct Tier {
 
 pub const DAY_MS: i64 = 86_400_000;
 
+/// Points earned per `per_cents` at most (the earn rule's `points`).
+pub const MAX_EARN_POINTS: i64 = 1_000_000;
+/// A bonus or the signup bonus at most.
+pub const MAX_CONFIG_POINTS: i64 = 1_000_000_000_000;
+pub use super::account::MAX_POINTS;
+pub use crate::voucher::MAX_CONFIG_CENTS;
+
 #[derive(Debug, Clone)]
 pub struct Program {
     /// Karma's loyaltyProgramId, as text.
@@ -97,22 +104,28 @@ impl Program {
                 "must be an integer or 1-64 of A-Z a-z 0-9 - _ .",
             ));
         }
-        if spec.earn.points < 0 || spec.earn.per_cents <= 0 {
-            return Err(FieldError::new(
-                "earn",
-                "points must be >= 0 and per_cents > 0",
-            ));
-        }
-        if spec.signup_bonus < 0 {
-            return Err(FieldError::new("signup_bonus", "must be >= 0"));
-        }
-        for (item, b) in &spec.item_bonus {
-            if *b < 0 {
-                return Err(FieldError::new(
-                    format!("item_bonus.{item}"),
-                    "must be >= 0",
-                ));
+        let within = |key: String, v: i64, lo: i64, hi: i64| {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(FieldError::new(key, format!("must be {lo}..={hi}")))
             }
+        };
+        within("earn.points".into(), spec.earn.points, 0, MAX_EARN_POINTS)?;
+        within(
+            "earn.per_cents".into(),
+            spec.earn.per_cents,
+            1,
+            MAX_CONFIG_CENTS,
+        )?;
+        within(
+            "signup_bonus".into(),
+            spec.signup_bonus,
+            0,
+            MAX_CONFIG_POINTS,
+        )?;
+        for (item, b) in &spec.item_bonus {
+            within(format!("item_bonus.{item}"), *b, 0, MAX_CONFIG_POINTS)?;
         }
         if !(0..=3650).contains(&spec.pending_days) {
             return Err(FieldError::new("pending_days", "must be 0..=3650"));
@@ -132,12 +145,12 @@ impl Program {
                     "must be a unique id of A-Z a-z 0-9 - _ .",
                 ));
             }
-            if t.min_lifetime < 0 {
-                return Err(FieldError::new(
-                    format!("tiers[{i}].min_lifetime"),
-                    "must be >= 0",
-                ));
-            }
+            within(
+                format!("tiers[{i}].min_lifetime"),
+                t.min_lifetime,
+                0,
+                MAX_POINTS,
+            )?;
             let m = t.multiplier_percent.unwrap_or(100);
             if !(0..=1000).contains(&m) {
                 return Err(FieldError::new(
@@ -171,9 +184,7 @@ impl Program {
                     "must be a unique id of A-Z a-z 0-9 - _ .",
                 ));
             }
-            if r.points_cost <= 0 {
-                return Err(FieldError::new(k("points_cost"), "must be > 0"));
-            }
+            within(k("points_cost"), r.points_cost, 1, MAX_POINTS)?;
             if matches!(r.stock, Some(s) if s < 0) {
                 return Err(FieldError::new(
                     k("stock"),
@@ -181,10 +192,20 @@ impl Program {
                 ));
             }
             if let Some(p) = &r.code_pattern {
-                if !p.contains(['#', '?']) || p.len() > 64 {
+                crate::codegen::check_pattern(p)
+                    .map_err(|m| FieldError::new(k("code_pattern"), m))?;
+                let cap = crate::codegen::capacity(p);
+                if cap == 0
+                    || r.stock
+                        .is_some_and(|s| u128::try_from(s).unwrap_or(0) > cap)
+                {
                     return Err(FieldError::new(
                         k("code_pattern"),
-                        "needs at least one # (digit) or ? (letter), at most 64 characters",
+                        format!(
+                            "holds {} codes and may issue 1 % of them ({cap}): too few{}; use a longer pattern",
+                            crate::codegen::space(p),
+                            r.stock.map(|s| format!(" for a stock of {s}")).unwrap_or_default()
+                        ),
                     ));
                 }
             }
@@ -202,20 +223,31 @@ impl Program {
 
     /// Points for a purchase: floor(amount / per_cents) × points, plus the bonus of each
     /// configured item present in `item_ids` (once per item), times the tier multiplier
-    /// (floor). Integers only.
-    pub fn award_points(&self, purchase_cents: i64, item_ids: &[String], lifetime: i64) -> i64 {
-        let base = (purchase_cents.max(0) / self.spec.earn.per_cents) * self.spec.earn.points;
-        let mut bonus = 0;
+    /// (floor). Integers only, checked: `None` when the result would exceed
+    /// [`MAX_POINTS`] (or overflow on the way).
+    pub fn award_points(
+        &self,
+        purchase_cents: i64,
+        item_ids: &[String],
+        lifetime: i64,
+    ) -> Option<i64> {
+        let earn = &self.spec.earn;
+        let base = purchase_cents
+            .max(0)
+            .checked_div(earn.per_cents)?
+            .checked_mul(earn.points)?;
+        let mut sum = base;
         for (item, b) in &self.spec.item_bonus {
             if item_ids.iter().any(|i| i == item) {
-                bonus += b;
+                sum = sum.checked_add(*b)?;
             }
         }
         let mult = self
             .tier_for(lifetime)
             .map(|t| t.multiplier_percent)
             .unwrap_or(100);
-        (base + bonus) * mult / 100
+        let points = sum.checked_mul(mult)? / 100;
+        (points <= MAX_POINTS).then_some(points)
     }
 
     /// The highest tier whose threshold `lifetime` reaches; `None` without tiers or below
@@ -228,12 +260,14 @@ impl Program {
         self.spec.rewards.iter().find(|r| r.id == id && r.active)
     }
 
+    /// Bounded at load (`pending_days` ≤ 3650), so the product cannot overflow.
     pub fn pending_ms(&self) -> i64 {
-        self.spec.pending_days * DAY_MS
+        self.spec.pending_days.saturating_mul(DAY_MS)
     }
 
+    /// Bounded at load (`expire_days` ≤ 36500), so the product cannot overflow.
     pub fn expire_ms(&self) -> Option<i64> {
-        self.spec.expire_days.map(|d| d * DAY_MS)
+        self.spec.expire_days.map(|d| d.saturating_mul(DAY_MS))
     }
 }
 
@@ -260,10 +294,14 @@ tiers = [ { id = "bronze", name = "Bronze", min_lifetime = 0 },
     #[test]
     fn earn_rule_bonus_and_multiplier_floor() {
         let p = program();
-        assert_eq!(p.award_points(1299, &[], 0), 12);
-        assert_eq!(p.award_points(1299, &["1001".into(), "1001".into()], 0), 32);
-        assert_eq!(p.award_points(1299, &[], 500), 18);
-        assert_eq!(p.award_points(1099, &[], 500), 15); // floor(10 * 1.5)
+        assert_eq!(p.award_points(1299, &[], 0), Some(12));
+        assert_eq!(
+            p.award_points(1299, &["1001".into(), "1001".into()], 0),
+            Some(32)
+        );
+        assert_eq!(p.award_points(1299, &[], 500), Some(18));
+        assert_eq!(p.award_points(1099, &[], 500), Some(15)); // floor(10 * 1.5)
+        assert_eq!(p.award_points(i64::MAX, &[], 500), None);
         assert_eq!(p.tier_for(499).unwrap().id, "bronze");
         assert_eq!(p.tier_for(500).unwrap().id, "silver");
     }

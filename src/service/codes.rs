@@ -6,7 +6,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use rand::Rng;
+
 use crate::clock::{rfc3339, Millis};
+use crate::codegen;
 use crate::voucher::{match_key, CodeMatch};
 
 /// A bulk code as stored (short field names: there may be ten million of them).
@@ -106,48 +109,8 @@ pub fn export_line(b: &BulkCode, state: &str) -> String {
     String::from_utf8(w.into_inner().unwrap_or_default()).unwrap_or_default()
 }
 
-/// Letters without look-alikes (no I, L, O) and digits without 0/1.
-const LETTERS: &[u8] = b"ABCDEFGHJKMNPQRSTUVWXYZ";
-const DIGITS: &[u8] = b"23456789";
-
-/// A candidate code from `pattern` (`#` digit 2-9, `?` letter without I/L/O, anything else
-/// literal), drawn from `seed`.
-pub fn candidate(pattern: &str, seed: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    let mut block = Sha256::digest(seed).to_vec();
-    let mut i = 0;
-    let mut round = 0u32;
-    let mut next = |n: usize| {
-        if i + 2 > block.len() {
-            round += 1;
-            let mut h = Sha256::new();
-            h.update(seed);
-            h.update(round.to_be_bytes());
-            block = h.finalize().to_vec();
-            i = 0;
-        }
-        let v = u16::from_be_bytes([block[i], block[i + 1]]) as usize;
-        i += 2;
-        v % n
-    };
-    pattern
-        .chars()
-        .map(|c| match c {
-            '#' => DIGITS[next(DIGITS.len())] as char,
-            '?' => LETTERS[next(LETTERS.len())] as char,
-            other => other,
-        })
-        .collect()
-}
-
-/// How many distinct codes a pattern can make (saturating).
-pub fn pattern_space(pattern: &str) -> u128 {
-    pattern.chars().fold(1u128, |acc, c| match c {
-        '#' => acc.saturating_mul(DIGITS.len() as u128),
-        '?' => acc.saturating_mul(LETTERS.len() as u128),
-        _ => acc,
-    })
-}
+/// How many codes a pattern can make (saturating): see [`crate::codegen`].
+pub use crate::codegen::space as pattern_space;
 
 /// The counts an import answers with.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -258,8 +221,6 @@ pub fn write_rows(
     Ok((imported, duplicates))
 }
 
-/// Generate `count` new codes from `pattern` for `campaign`, none colliding with an
-/// existing code. Returns them in order.
 /// Which campaign generated codes go to.
 pub struct GenTarget<'a> {
     pub tenant: &'a str,
@@ -267,40 +228,62 @@ pub struct GenTarget<'a> {
     pub mode: CodeMatch,
 }
 
-pub fn generate(
+/// How many codes the tenant issued from `pattern` so far (all generations, online and
+/// offline): what the 1 % guessing-odds rule counts.
+pub fn issued(store: &mut dyn CodeStore, tenant: &str, pattern: &str) -> Result<u64, StoreError> {
+    Ok(store
+        .get(&keys::generated_count(tenant, pattern))?
+        .and_then(|v| crate::store::decode_u64(&v))
+        .unwrap_or(0))
+}
+
+/// Check `pattern` and the room for `count` more codes in it: `Err((field, message))`.
+pub fn check_generation(
+    store: &mut dyn CodeStore,
+    tenant: &str,
+    pattern: &str,
+    count: u64,
+) -> Result<Result<u64, (&'static str, String)>, StoreError> {
+    if let Err(m) = codegen::check_pattern(pattern) {
+        return Ok(Err(("pattern", m)));
+    }
+    let before = issued(store, tenant, pattern)?;
+    Ok(codegen::check_room(pattern, before, count)
+        .map(|()| before)
+        .map_err(|r| (r.field, r.message)))
+}
+
+/// Generate `count` new codes from `pattern` for `campaign` with `rng`, none colliding
+/// with an existing code, and count them against the pattern's capacity. Returns them in
+/// order, or the field and message of a refusal (nothing written then).
+pub fn generate<R: Rng + ?Sized>(
     store: &mut dyn CodeStore,
     to: &GenTarget<'_>,
     pattern: &str,
     count: u64,
     shared: &HashSet<String>,
-    salt: &str,
-) -> Result<Result<Vec<String>, String>, StoreError> {
+    rng: &mut R,
+) -> Result<Result<Vec<String>, (&'static str, String)>, StoreError> {
     let (tenant, campaign, mode) = (to.tenant, to.campaign, to.mode);
-    if !pattern.contains(['#', '?']) || pattern.len() > 64 {
-        return Ok(Err(
-            "pattern: needs # (digit) or ? (letter), at most 64 characters".into(),
-        ));
-    }
-    // Stay well inside the pattern's space, or collisions make generation crawl.
-    if (count as u128).saturating_mul(4) > pattern_space(pattern) {
-        return Ok(Err(format!(
-            "pattern {pattern:?} has room for {} codes; ask for at most a quarter of that",
-            pattern_space(pattern)
-        )));
-    }
+    let before = match check_generation(store, tenant, pattern, count)? {
+        Ok(n) => n,
+        Err(refusal) => return Ok(Err(refusal)),
+    };
     bump_generation(store, tenant)?;
-    let mut out = Vec::with_capacity(count as usize);
+    let mut out = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
     let mut seen = HashSet::new();
-    let mut attempt = 0u64;
+    // At most 1 % of the space is ever taken, so a candidate collides with odds below
+    // 1 in 100; running out of attempts means the store is far from what was counted.
+    let mut attempts_left = count.saturating_mul(20).saturating_add(1000);
     while (out.len() as u64) < count {
-        attempt += 1;
-        if attempt > count.saturating_mul(20) + 1000 {
-            return Ok(Err("too many collisions; use a longer pattern".into()));
+        if attempts_left == 0 {
+            return Ok(Err((
+                "pattern",
+                "too many collisions; use a longer pattern".into(),
+            )));
         }
-        let code = candidate(
-            pattern,
-            format!("{tenant}\u{1f}{campaign}\u{1f}{salt}\u{1f}{attempt}").as_bytes(),
-        );
+        attempts_left -= 1;
+        let code = codegen::fill(pattern, rng);
         let mk = match_key(mode, &code);
         let k = keys::bulk_code(tenant, &mk);
         if shared.contains(&mk) || !seen.insert(mk) || store.exists(&k)? {
@@ -315,6 +298,10 @@ pub fn generate(
         store.put(k, serde_json::to_vec(&b).unwrap_or_default())?;
         out.push(code);
     }
+    store.put(
+        keys::generated_count(tenant, pattern),
+        before.saturating_add(count).to_be_bytes().to_vec(),
+    )?;
     Ok(Ok(out))
 }
 
@@ -375,7 +362,6 @@ pub fn generate_job(
     campaign: &str,
     pattern: &str,
     count: u64,
-    now: Millis,
 ) -> Result<Reply, StoreError> {
     let Some(mode) = campaign_ok(st, tenant, campaign) else {
         return Ok(Reply::not_found("unknown campaign"));
@@ -387,6 +373,10 @@ pub fn generate_job(
         )));
     }
     let shared = shared_keys(st, tenant);
+    let mut rng = match codegen::os_rng() {
+        Ok(r) => r,
+        Err(m) => return Ok(Reply::error(&ApiError::new(500, "INTERNAL", m))),
+    };
     match generate(
         txn,
         &GenTarget {
@@ -397,9 +387,9 @@ pub fn generate_job(
         pattern,
         count,
         &shared,
-        &now.to_string(),
+        &mut rng,
     )? {
-        Err(m) => Ok(Reply::error(&ApiError::invalid("pattern", m))),
+        Err((field, m)) => Ok(Reply::error(&ApiError::invalid(field, m))),
         Ok(codes) => Ok(Reply::json(
             200,
             serde_json::json!({"ok": true, "generated": codes.len(), "codes": codes}),
@@ -478,14 +468,5 @@ mod tests {
         assert!(parse_row("c", CodeMatch::Normalized, &rec(&["", ""])).is_err());
         assert!(parse_row("c", CodeMatch::Normalized, &rec(&["X", "tomorrow"])).is_err());
         assert!(is_header(&rec(&["code", "valid_until"])));
-    }
-
-    #[test]
-    fn candidates_use_the_alphabet() {
-        let c = candidate("SUMMER-####-????", b"s");
-        assert!(c.starts_with("SUMMER-") && c.len() == 16);
-        assert!(c[7..11].bytes().all(|b| DIGITS.contains(&b)));
-        assert!(c[12..].bytes().all(|b| LETTERS.contains(&b)));
-        assert_eq!(pattern_space("##"), 64);
     }
 }

@@ -9,11 +9,12 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::clock::Millis;
+use crate::codegen;
 use crate::contract::loyalty::*;
 use crate::contract::ApiError;
 use crate::loyalty::{
-    generate_code, normalize_identifier, Account, Credit, Entry, EntryKind, IdentifierType,
-    Program, Refusal, Spent, Why, IDENTIFIER_TYPES,
+    normalize_identifier, Account, Credit, Entry, EntryKind, IdentifierType, Program, Refusal,
+    Spent, Why, IDENTIFIER_TYPES,
 };
 use crate::store::{StoreError, Txn};
 
@@ -178,17 +179,22 @@ fn create_member(
             reason: "signup bonus".into(),
             ..Why::default()
         };
-        entries.push(m.account.credit(
-            now,
-            Credit {
-                kind: EntryKind::SignupBonus,
-                points: bonus,
-                pending_ms: 0,
-                expire_ms: prog.expire_ms(),
-                counts_lifetime: true,
-            },
-            why,
-        ));
+        // A fresh account and a bonus bounded at load: the credit cannot be refused.
+        entries.extend(
+            m.account
+                .credit(
+                    now,
+                    Credit {
+                        kind: EntryKind::SignupBonus,
+                        points: bonus,
+                        pending_ms: 0,
+                        expire_ms: prog.expire_ms(),
+                        counts_lifetime: true,
+                    },
+                    why,
+                )
+                .ok(),
+        );
     }
     Ok((m, entries, bonus))
 }
@@ -332,18 +338,26 @@ pub fn award(txn: &mut Txn<'_>, st: &mut State, t: &str, req: &AwardRequest, now
             }
             entries.extend(m.account.settle(now));
             let before = prog.tier_for(m.account.lifetime(now)).map(|t| t.id.clone());
-            let points = prog.award_points(
+            let Some(points) = prog.award_points(
                 req.purchase_amount_cents,
                 &req.item_ids,
                 m.account.lifetime(now),
-            );
+            ) else {
+                return Ok(Reply::error(&ApiError::invalid(
+                    "purchaseAmountCents",
+                    format!(
+                        "the award for this purchase would exceed {} points (the most one award or member may hold)",
+                        crate::loyalty::MAX_POINTS
+                    ),
+                )));
+            };
             let why = Why {
                 reason: format!("purchase {}", req.purchase_id),
                 transaction_id: Some(req.transaction_id.clone()),
                 purchase_id: Some(req.purchase_id.clone()),
                 ..Why::default()
             };
-            let e = m.account.credit(
+            let e = match m.account.credit(
                 now,
                 Credit {
                     kind: EntryKind::Earn,
@@ -353,7 +367,15 @@ pub fn award(txn: &mut Txn<'_>, st: &mut State, t: &str, req: &AwardRequest, now
                     counts_lifetime: true,
                 },
                 why,
-            );
+            ) {
+                Ok(e) => e,
+                Err(too_many) => {
+                    return Ok(Reply::error(&ApiError::invalid(
+                        "purchaseAmountCents",
+                        format!("{points} points: {too_many}"),
+                    )))
+                }
+            };
             let lot = e.seq;
             entries.push(e);
             let after = prog.tier_for(m.account.lifetime(now)).map(|t| t.id.clone());
@@ -479,30 +501,10 @@ pub fn redeem(txn: &mut Txn<'_>, st: &mut State, t: &str, req: &RedeemRequest, n
             entries.push(e);
             let code = match &reward.code_pattern {
                 None => None,
-                Some(pat) => {
-                    let mut found = None;
-                    for attempt in 0u32..64 {
-                        let c = generate_code(
-                            pat,
-                            format!("{t}\x1f{p}\x1f{redemption_id}\x1f{attempt}").as_bytes(),
-                        );
-                        if txn.get(&keys::reward_code(t, p, &c))?.is_none() {
-                            found = Some(c);
-                            break;
-                        }
-                    }
-                    let Some(c) = found else {
-                        return Ok(Reply::rejected(
-                            "CODE_SPACE_EXHAUSTED",
-                            "No unused reward code is left for this pattern; widen code_pattern.",
-                        ));
-                    };
-                    txn.put(
-                        keys::reward_code(t, p, &c),
-                        redemption_id.as_bytes().to_vec(),
-                    );
-                    Some(c)
-                }
+                Some(pat) => match reward_code(txn, t, p, pat, &redemption_id)? {
+                    Ok(c) => Some(c),
+                    Err(refusal) => return Ok(refusal),
+                },
             };
             if reward.stock.is_some() {
                 let k = keys::stock(t, p, &reward.id);
@@ -533,6 +535,46 @@ pub fn redeem(txn: &mut Txn<'_>, st: &mut State, t: &str, req: &RedeemRequest, n
             })))
         },
     )
+}
+
+/// A fresh reward code from `pattern`, unique within the program and counted against the
+/// pattern's capacity (the 1 % guessing-odds rule of [`crate::codegen`]); `Err` is the
+/// refusal to answer.
+fn reward_code(
+    txn: &mut Txn<'_>,
+    t: &str,
+    p: &str,
+    pattern: &str,
+    redemption_id: &str,
+) -> Result<Result<String, Reply>, StoreError> {
+    let count_key = keys::reward_code_count(t, p, pattern);
+    let issued = txn.get_u64(&count_key)?;
+    if let Err(no_room) = codegen::check_room(pattern, issued, 1) {
+        return Ok(Err(Reply::rejected(
+            "CODE_SPACE_EXHAUSTED",
+            &format!("No reward code is left: {}", no_room.message),
+        )));
+    }
+    let mut rng = match codegen::os_rng() {
+        Ok(r) => r,
+        Err(m) => return Ok(Err(Reply::error(&ApiError::new(500, "INTERNAL", m)))),
+    };
+    // Below 1 % of the space is taken, so 64 collisions in a row do not happen.
+    for _ in 0..64 {
+        let c = codegen::fill(pattern, &mut rng);
+        if txn.get(&keys::reward_code(t, p, &c))?.is_none() {
+            txn.put(
+                keys::reward_code(t, p, &c),
+                redemption_id.as_bytes().to_vec(),
+            );
+            txn.put_u64(count_key, issued.saturating_add(1));
+            return Ok(Ok(c));
+        }
+    }
+    Ok(Err(Reply::rejected(
+        "CODE_SPACE_EXHAUSTED",
+        "No unused reward code is left for this pattern; widen code_pattern.",
+    )))
 }
 
 // ---- operator tools (admin API) -------------------------------------------------------
@@ -615,7 +657,13 @@ pub fn reverse_award(
                         ),
                     )));
                 }
-                Some(a) => (award.points * a / award.purchase_amount_cents).min(left),
+                // points × amount can pass i64 (10^15 × 10^10): exact in i128.
+                Some(a) => i64::try_from(
+                    i128::from(award.points) * i128::from(a)
+                        / i128::from(award.purchase_amount_cents.max(1)),
+                )
+                .unwrap_or(left)
+                .min(left),
             };
             if left == 0 {
                 return Ok(refuse(Refusal::AlreadyReversed));
@@ -710,7 +758,15 @@ pub fn reverse_redemption(
                 reference: Some(req.id.clone()),
                 ..Why::default()
             };
-            entries.push(m.account.restore(now, &rec.spent, why));
+            match m.account.restore(now, &rec.spent, why) {
+                Ok(e) => entries.push(e),
+                Err(too_many) => {
+                    return Ok(Reply::error(&ApiError::invalid(
+                        "redemptionId",
+                        format!("restoring {} points: {too_many}", rec.spent.total()),
+                    )))
+                }
+            }
             entries.extend(m.account.settle(now));
             if prog
                 .spec
@@ -792,7 +848,7 @@ pub fn adjust(
                 ..Why::default()
             };
             if req.points > 0 {
-                entries.push(m.account.credit(
+                match m.account.credit(
                     now,
                     Credit {
                         kind: EntryKind::Adjustment,
@@ -802,7 +858,15 @@ pub fn adjust(
                         counts_lifetime: req.counts_toward_lifetime,
                     },
                     why,
-                ));
+                ) {
+                    Ok(e) => entries.push(e),
+                    Err(too_many) => {
+                        return Ok(Reply::error(&ApiError::invalid(
+                            "points",
+                            too_many.to_string(),
+                        )))
+                    }
+                }
             } else {
                 match m
                     .account
@@ -1028,18 +1092,23 @@ pub fn import_members(
             reason: "imported balance".into(),
             ..Why::default()
         };
-        entries.push(m.account.credit(
-            now,
-            Credit {
-                kind: EntryKind::Import,
-                points: r.balance,
-                pending_ms: 0,
-                expire_ms: prog.expire_ms(),
-                counts_lifetime: false,
-            },
-            why,
-        ));
-        m.account.lifetime_total += r.lifetime;
+        // A fresh account and a balance of at most 10^9 (checked at parse): cannot be refused.
+        entries.extend(
+            m.account
+                .credit(
+                    now,
+                    Credit {
+                        kind: EntryKind::Import,
+                        points: r.balance,
+                        pending_ms: 0,
+                        expire_ms: prog.expire_ms(),
+                        counts_lifetime: false,
+                    },
+                    why,
+                )
+                .ok(),
+        );
+        m.account.lifetime_total = r.lifetime;
         save(txn, t, p, &m, &entries);
         if let Some(u) = &r.user {
             let enrolled = json(&EnrollSuccess {
@@ -1094,10 +1163,13 @@ pub fn provision_member(
         None | Some(serde_json::Value::Null) => Ok(None),
         Some(v) => v
             .as_i64()
-            .filter(|n| (0..=1_000_000_000).contains(n))
+            .filter(|n| (0..=crate::loyalty::MAX_POINTS).contains(n))
             .map(Some)
             .ok_or_else(|| {
-                ApiError::invalid(format!("params.{k}"), "an integer from 0 to 1000000000")
+                ApiError::invalid(
+                    format!("params.{k}"),
+                    format!("an integer from 0 to {}", crate::loyalty::MAX_POINTS),
+                )
             }),
     };
     let (balance, lifetime) = match (number("balance"), number("lifetimeEarned")) {
@@ -1151,7 +1223,13 @@ pub fn provision_member(
             _ => {}
         }
     }
-    reset_balance(&mut m, &prog, balance, lifetime, &mut entries, now);
+    if let Err(e) = reset_balance(&mut m, &prog, balance, lifetime, &mut entries, now) {
+        return Ok(Reply::error(&ApiError::new(
+            409,
+            "STATE_UNREACHABLE",
+            format!("state member: {e}"),
+        )));
+    }
     save(txn, t, p, &m, &entries);
     if let Some(u) = &user {
         let enrolled = json(&EnrollSuccess {
@@ -1174,7 +1252,8 @@ pub fn provision_member(
 }
 
 /// Make the spendable balance `balance` (one credit or debit for the difference) and the
-/// lifetime earned `lifetime`, for a provider state.
+/// lifetime earned `lifetime`, for a provider state. Refused when the credit would take the
+/// member (pending points included) past the most a member may hold.
 fn reset_balance(
     m: &mut MemberRecord,
     prog: &Program,
@@ -1182,7 +1261,7 @@ fn reset_balance(
     lifetime: i64,
     entries: &mut Vec<Entry>,
     now: Millis,
-) {
+) -> Result<(), crate::loyalty::TooManyPoints> {
     let why = || Why {
         reason: "provider state".into(),
         ..Why::default()
@@ -1196,7 +1275,7 @@ fn reset_balance(
             expire_ms: prog.expire_ms(),
             counts_lifetime: false,
         };
-        entries.push(m.account.credit(now, credit, why()));
+        entries.push(m.account.credit(now, credit, why())?);
     } else if diff < 0 {
         // Spending at most what is spendable cannot fail.
         if let Ok((_, e)) = m.account.spend(now, -diff, EntryKind::Adjustment, why()) {
@@ -1205,4 +1284,5 @@ fn reset_balance(
     }
     let pending = m.account.lifetime_total - m.account.lifetime(now);
     m.account.lifetime_total = lifetime + pending;
+    Ok(())
 }

@@ -219,6 +219,14 @@ pub mod keys {
     pub fn bulk_generation(t: &str) -> Vec<u8> {
         key(&["bgen", t])
     }
+    /// How many gift codes the tenant generated from a pattern (the 1 % rule).
+    pub fn generated_count(t: &str, pattern: &str) -> Vec<u8> {
+        key(&["bgcount", t, pattern])
+    }
+    /// How many reward codes a program issued from a pattern (the 1 % rule).
+    pub fn reward_code_count(t: &str, p: &str, pattern: &str) -> Vec<u8> {
+        key(&["lcount", t, p, pattern])
+    }
     pub fn used_guest(t: &str, c: &str, g: &str) -> Vec<u8> {
         key(&["usedg", t, c, g])
     }

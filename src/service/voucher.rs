@@ -119,7 +119,8 @@ pub(super) fn usage(
             None => 0,
         },
         guest_held,
-        campaign_spent_cents: txn.get_u64(&keys::used_amount(tenant, campaign))? as i64,
+        campaign_spent_cents: i64::try_from(txn.get_u64(&keys::used_amount(tenant, campaign))?)
+            .unwrap_or(i64::MAX),
         campaign_held_cents: st.holds().held_amount(tenant, campaign),
     })
 }
@@ -198,7 +199,7 @@ fn count_use(txn: &mut Txn<'_>, tenant: &str, h: &HoldRecord, up: bool) -> Resul
     txn.put_u64(
         ak.clone(),
         if up {
-            spent + amount
+            spent.saturating_add(amount)
         } else {
             spent.saturating_sub(amount)
         },
@@ -212,7 +213,11 @@ fn count_use(txn: &mut Txn<'_>, tenant: &str, h: &HoldRecord, up: bool) -> Resul
     }
     for k in keys {
         let v = txn.get_u64(&k)?;
-        let nv = if up { v + 1 } else { v.saturating_sub(1) };
+        let nv = if up {
+            v.saturating_add(1)
+        } else {
+            v.saturating_sub(1)
+        };
         txn.put_u64(k, nv);
     }
     Ok(())

@@ -6,6 +6,10 @@ use serde::{Deserialize, Serialize};
 use crate::clock::Millis;
 
 /// A problem in a spec, naming the key (relative to the campaign) and what is wrong.
+/// The largest amount of cents a config value may hold (ten trillion: a hundred billion
+/// in currency units), so sums of held and spent cents stay far from overflow.
+pub const MAX_CONFIG_CENTS: i64 = 10_000_000_000_000;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldError {
     pub key: String,
@@ -211,8 +215,13 @@ impl Campaign {
         let discount = match (spec.discount.percent, spec.discount.amount_cents) {
             (Some(p), None) if (1..=100).contains(&p) => Discount::Percent(p),
             (Some(_), None) => return Err(FieldError::new("discount.percent", "must be 1..=100")),
-            (None, Some(a)) if a > 0 => Discount::AmountCents(a),
-            (None, Some(_)) => return Err(FieldError::new("discount.amount_cents", "must be > 0")),
+            (None, Some(a)) if (1..=MAX_CONFIG_CENTS).contains(&a) => Discount::AmountCents(a),
+            (None, Some(_)) => {
+                return Err(FieldError::new(
+                    "discount.amount_cents",
+                    format!("must be 1..={MAX_CONFIG_CENTS}"),
+                ))
+            }
             _ => {
                 return Err(FieldError::new(
                     "discount",
@@ -225,8 +234,11 @@ impl Campaign {
             ("min_total_cents", spec.min_total_cents),
             ("max_discount_total_cents", spec.max_discount_total_cents),
         ] {
-            if matches!(v, Some(x) if x < 0) {
-                return Err(FieldError::new(key, "must be >= 0"));
+            if matches!(v, Some(x) if !(0..=MAX_CONFIG_CENTS).contains(&x)) {
+                return Err(FieldError::new(
+                    key,
+                    format!("must be 0..={MAX_CONFIG_CENTS}"),
+                ));
             }
         }
         let valid_from = spec

@@ -63,7 +63,8 @@ pub struct LiveHolds {
 
 fn bump<K: Ord>(m: &mut BTreeMap<K, u64>, k: K, up: bool) {
     if up {
-        *m.entry(k).or_insert(0) += 1;
+        let v = m.entry(k).or_insert(0);
+        *v = v.saturating_add(1);
     } else if let Some(v) = m.get_mut(&k) {
         *v = v.saturating_sub(1);
         if *v == 0 {

@@ -8,7 +8,7 @@ mod holds;
 
 pub use campaign::{
     match_key, valid_id, Campaign, CampaignSpec, CodeMatch, Discount, DiscountSpec, FieldError,
-    RulesSpec, Schedule, ScheduleSpec, StrOrInt,
+    RulesSpec, Schedule, ScheduleSpec, StrOrInt, MAX_CONFIG_CENTS,
 };
 pub use cart::{Cart, CartItem, Quantity};
 pub use holds::{HoldState, LiveHold, LiveHolds};
@@ -261,7 +261,11 @@ pub fn price(c: &Campaign, input: &CheckInput<'_>) -> Result<i64, Rejection> {
 /// `VOUCHER_HELD` (it may free up).
 pub fn capacity(c: &Campaign, u: &Usage, has_guest: bool, discount: i64) -> Result<(), Rejection> {
     if let Some(budget) = c.max_discount_total_cents {
-        if u.campaign_spent_cents + u.campaign_held_cents + discount > budget {
+        let wanted = u
+            .campaign_spent_cents
+            .saturating_add(u.campaign_held_cents)
+            .saturating_add(discount);
+        if wanted > budget {
             return Err(Rejection::BudgetExhausted);
         }
     }
@@ -271,7 +275,7 @@ pub fn capacity(c: &Campaign, u: &Usage, has_guest: bool, discount: i64) -> Resu
                 scope: LimitScope::Campaign,
             });
         }
-        if u.campaign_used + u.campaign_held >= max {
+        if u.campaign_used.saturating_add(u.campaign_held) >= max {
             return Err(Rejection::VoucherHeld {
                 scope: LimitScope::Campaign,
             });
@@ -283,14 +287,14 @@ pub fn capacity(c: &Campaign, u: &Usage, has_guest: bool, discount: i64) -> Resu
                 scope: LimitScope::Code,
             });
         }
-        if u.code_used + u.code_held >= max {
+        if u.code_used.saturating_add(u.code_held) >= max {
             return Err(Rejection::VoucherHeld {
                 scope: LimitScope::Code,
             });
         }
     }
     if let (Some(max), true) = (c.max_uses_per_guest, has_guest) {
-        if u.guest_used + u.guest_held >= max {
+        if u.guest_used.saturating_add(u.guest_held) >= max {
             return Err(Rejection::GuestLimitReached);
         }
     }
