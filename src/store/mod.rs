@@ -145,6 +145,9 @@ pub struct Store<S> {
     codes: Arc<CodeIndex>,
     /// Tenants whose code index is being rebuilt; `true`: rebuild once more when done.
     rebuilding: Arc<Mutex<HashMap<String, bool>>>,
+    /// The rebuild threads, joined at [`Store::close`]: each holds a handle on the store's
+    /// files until it has ended, and a new process cannot open them before.
+    rebuilders: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
 /// Read and write access inside a writer job. Reads see this group's earlier writes.
@@ -345,6 +348,7 @@ impl<S: Journal + Send + 'static> Store<S> {
             cancel_rebuilds: Arc::new(AtomicBool::new(false)),
             codes,
             rebuilding: Arc::new(Mutex::new(HashMap::new())),
+            rebuilders: Mutex::new(Vec::new()),
         })
     }
 
@@ -387,11 +391,18 @@ impl<S: Journal + Send + 'static> Store<S> {
                     }
                 }
             });
-        if spawned.is_err() {
-            self.rebuilding
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(tenant);
+        match spawned {
+            Ok(h) => {
+                let mut hs = self.rebuilders.lock().unwrap_or_else(|e| e.into_inner());
+                hs.retain(|h| !h.is_finished());
+                hs.push(h);
+            }
+            Err(_) => {
+                self.rebuilding
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(tenant);
+            }
         }
     }
 
@@ -444,15 +455,13 @@ impl<S: Journal + Send + 'static> Store<S> {
         if let Some(h) = handle {
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
         }
-        // Stop index rebuilds and let go of the store's files.
+        // Stop index rebuilds, wait until their threads (and their handles on the files)
+        // are gone, and let go of the store's files.
         self.cancel_rebuilds.store(true, Ordering::Relaxed);
-        while !self
-            .rebuilding
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_empty()
-        {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let threads =
+            std::mem::take(&mut *self.rebuilders.lock().unwrap_or_else(|e| e.into_inner()));
+        for h in threads {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
         }
         self.db.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
