@@ -48,6 +48,7 @@ fn rule(path: &str) -> Rule {
 
 /// Check a text field at `path` against its rule.
 pub fn check_text(path: &str, v: &str) -> Result<(), ApiError> {
+    // Text fields all follow the id rule; a cents field is never text (check_cents).
     match rule(path) {
         Rule::Id | Rule::Cents => {
             let ok = !v.trim().is_empty()
