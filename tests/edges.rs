@@ -307,11 +307,19 @@ async fn malformed_bodies_get_our_sentences() {
 
 /// Send raw bytes on a new connection and read the whole answer (until the server closes).
 async fn tcp(h: &Harness, bytes: &[u8]) -> (u16, String, Vec<u8>) {
+    tcp_then(h, bytes, false).await
+}
+
+/// Like [`tcp`]; with `half_close`, shut down the write side once the bytes are sent.
+async fn tcp_then(h: &Harness, bytes: &[u8], half_close: bool) -> (u16, String, Vec<u8>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = h.server.as_ref().unwrap().addr;
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     // the server may close before reading all of a bad request: a failed write is fine
     let _ = s.write_all(bytes).await;
+    if half_close {
+        let _ = s.shutdown().await;
+    }
     let mut out = Vec::new();
     let read = tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut out));
     let _ = read.await;
@@ -386,6 +394,30 @@ async fn errors_hyper_answers_itself_have_json_bodies() {
             post("transfer-encoding: chunked\r\nconnection: close\r\n")
         )
         .as_bytes(),
+    )
+    .await;
+    assert_json_error(&a, 400, "BAD_BODY");
+    // a client that half-closes still gets its answer; a body cut short by the close is
+    // BAD_BODY, not a silently dropped request
+    let a = tcp_then(
+        &h,
+        format!(
+            "{}{{}}",
+            post("content-type: application/json\r\ncontent-length: 2\r\n")
+        )
+        .as_bytes(),
+        true,
+    )
+    .await;
+    assert_json_error(&a, 400, "INVALID_FIELD");
+    let a = tcp_then(
+        &h,
+        format!(
+            "{}{{\"co",
+            post("content-type: application/json\r\ncontent-length: 90\r\n")
+        )
+        .as_bytes(),
+        true,
     )
     .await;
     assert_json_error(&a, 400, "BAD_BODY");
