@@ -558,6 +558,15 @@ async fn the_webhook_receiver_refuses_duplicate_keys() {
     )
     .await;
     assert_invalid(&r, "id");
+    // the envelope's fields follow the rule table too: not blank, no control characters
+    for (body, field) in [
+        (&br#"{"id":"  ","event":"x.y"}"#[..], "id"),
+        (&br#"{"id":"a","event":"x\u0007y"}"#[..], "event"),
+    ] {
+        let sig = hex_sig(b"new-secret", body);
+        let r = deliver(&h, "acme", &[("x-karma-signature", &sig)], body).await;
+        assert_invalid(&r, field);
+    }
 }
 
 /// The embedded demo config, on an ephemeral port and a temp data dir.
