@@ -48,6 +48,8 @@ pub struct App {
     pub rules: HashMap<(String, Option<String>), Arc<dyn crate::rules::VoucherRules>>,
     /// Rules given by an embedding program, for every campaign without HTTP rules.
     pub embedded_rules: Option<Arc<dyn crate::rules::VoucherRules>>,
+    /// Test-only fault injection (see [`crate::faults`]).
+    pub faults: Arc<crate::faults::Faults>,
 }
 
 impl App {
@@ -184,6 +186,7 @@ impl Server {
             cancel: tokio_util::sync::CancellationToken::new(),
             rules,
             embedded_rules,
+            faults: Arc::default(),
         });
         let janitors: Vec<_> = app
             .config

@@ -226,51 +226,83 @@ async fn provider_call(
     match endpoint {
         "voucher.check" => check_call(app, &body, t, now).await,
         "voucher.commit" => {
-            decide(app, &body, CommitRequest::validate, move |x, s, r| {
-                v::commit(x, s, &t, &r, now)
-            })
+            decide(
+                app,
+                endpoint,
+                &body,
+                CommitRequest::validate,
+                move |x, s, r| v::commit(x, s, &t, &r, now),
+            )
             .await
         }
         "voucher.reactivate" => {
-            decide(app, &body, CommitRequest::validate, move |x, s, r| {
-                v::reactivate(x, s, &t, &r, now)
-            })
+            decide(
+                app,
+                endpoint,
+                &body,
+                CommitRequest::validate,
+                move |x, s, r| v::reactivate(x, s, &t, &r, now),
+            )
             .await
         }
         "loyalty.lookup" => {
-            decide(app, &body, LookupRequest::validate, move |x, s, r| {
-                loy::lookup(x, s, &t, &r)
-            })
+            decide(
+                app,
+                endpoint,
+                &body,
+                LookupRequest::validate,
+                move |x, s, r| loy::lookup(x, s, &t, &r),
+            )
             .await
         }
         "loyalty.enroll" => {
-            decide(app, &body, EnrollRequest::validate, move |x, s, r| {
-                loy::enroll(x, s, &t, &r, now)
-            })
+            decide(
+                app,
+                endpoint,
+                &body,
+                EnrollRequest::validate,
+                move |x, s, r| loy::enroll(x, s, &t, &r, now),
+            )
             .await
         }
         "loyalty.award" => {
-            decide(app, &body, AwardRequest::validate, move |x, s, r| {
-                loy::award(x, s, &t, &r, now)
-            })
+            decide(
+                app,
+                endpoint,
+                &body,
+                AwardRequest::validate,
+                move |x, s, r| loy::award(x, s, &t, &r, now),
+            )
             .await
         }
         "loyalty.account" => {
-            decide(app, &body, AccountRequest::validate, move |x, s, r| {
-                loy::account(x, s, &t, &r, now)
-            })
+            decide(
+                app,
+                endpoint,
+                &body,
+                AccountRequest::validate,
+                move |x, s, r| loy::account(x, s, &t, &r, now),
+            )
             .await
         }
         "loyalty.rewards" => {
-            decide(app, &body, RewardsRequest::validate, move |x, s, r| {
-                loy::rewards(x, s, &t, &r)
-            })
+            decide(
+                app,
+                endpoint,
+                &body,
+                RewardsRequest::validate,
+                move |x, s, r| loy::rewards(x, s, &t, &r),
+            )
             .await
         }
         "loyalty.redeem" => {
-            decide(app, &body, RedeemRequest::validate, move |x, s, r| {
-                loy::redeem(x, s, &t, &r, now)
-            })
+            decide(
+                app,
+                endpoint,
+                &body,
+                RedeemRequest::validate,
+                move |x, s, r| loy::redeem(x, s, &t, &r, now),
+            )
             .await
         }
         _ => not_found(),
@@ -369,7 +401,7 @@ async fn webhook_call(app: &Arc<App>, req: Request<Incoming>, tenant: &str) -> O
         .run(move |txn, st| crate::service::webhook::receive(txn, st, &t, delivery, now, retention))
         .await
     {
-        Ok(Ok(reply)) => {
+        Ok(reply) => {
             if reply.outcome == "ok" {
                 for r in &matching {
                     app.wake_route(tenant, r);
@@ -377,7 +409,7 @@ async fn webhook_call(app: &Arc<App>, req: Request<Incoming>, tenant: &str) -> O
             }
             Out::from(reply)
         }
-        Ok(Err(e)) | Err(e) => store_error(e),
+        Err(e) => store_error(e),
     }
 }
 
@@ -471,8 +503,8 @@ async fn check_call(app: &Arc<App>, body: &[u8], t: String, now: i64) -> Out {
             .run(move |txn, st| v::resolve_code(txn, st, &t2, &typed, ix))
             .await
         {
-            Ok(Ok(f)) => f,
-            Ok(Err(e)) | Err(e) => return store_error(e),
+            Ok(f) => f,
+            Err(e) => return store_error(e),
         };
         if let Some(found) = found {
             if let Some(rules) = app.rules_for(&t, &found.campaign) {
@@ -502,13 +534,18 @@ async fn check_call(app: &Arc<App>, body: &[u8], t: String, now: i64) -> Out {
             }
         }
     }
+    let faults = app.faults.clone();
     match app
         .store
-        .run(move |txn, st| v::check(txn, st, &t, &req, decision.as_ref(), indexed, now))
+        .run(move |txn, st| {
+            let reply = v::check(txn, st, &t, &req, decision.as_ref(), indexed, now)?;
+            faults.hit("voucher.check", txn)?;
+            Ok(reply)
+        })
         .await
     {
-        Ok(Ok(reply)) => Out::from(reply),
-        Ok(Err(e)) | Err(e) => store_error(e),
+        Ok(reply) => Out::from(reply),
+        Err(e) => store_error(e),
     }
 }
 
@@ -524,7 +561,13 @@ pub(crate) fn refresh_code_index(app: &App, tenant: &str) {
 }
 
 /// Parse and validate `body` as `Req`, then run the decision `f` on the store's writer.
-async fn decide<Req, V, F>(app: &Arc<App>, body: &[u8], validate: V, f: F) -> Out
+async fn decide<Req, V, F>(
+    app: &Arc<App>,
+    endpoint: &'static str,
+    body: &[u8],
+    validate: V,
+    f: F,
+) -> Out
 where
     Req: serde::de::DeserializeOwned + Send + 'static,
     V: FnOnce(&Req) -> Result<(), ApiError>,
@@ -534,9 +577,15 @@ where
         Ok(r) => r,
         Err(e) => return err(e),
     };
-    match app.store.run(move |txn, st| f(txn, st, req)).await {
-        Ok(Ok(reply)) => Out::from(reply),
-        Ok(Err(e)) | Err(e) => store_error(e),
+    let faults = app.faults.clone();
+    let job = move |txn: &mut Txn<'_>, st: &mut State| {
+        let reply = f(txn, st, req)?;
+        faults.hit(endpoint, txn)?;
+        Ok(reply)
+    };
+    match app.store.run(job).await {
+        Ok(reply) => Out::from(reply),
+        Err(e) => store_error(e),
     }
 }
 
@@ -560,7 +609,7 @@ async fn admin_call(app: &Arc<App>, req: Request<Incoming>, rest: Vec<String>) -
         return err(ApiError::new(
             401,
             "UNAUTHORIZED",
-            "missing or wrong Authorization: Bearer token",
+            "missing or wrong admin token (Authorization: Bearer, or X-Admin-Token)",
         ));
     }
     let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
@@ -571,12 +620,12 @@ async fn admin_call(app: &Arc<App>, req: Request<Incoming>, rest: Vec<String>) -
         let at = crate::clock::rfc3339(app.clock.now_ms());
         // One job: a consistent snapshot while the service keeps serving.
         return match app.store.run(|txn, _| txn.scan_prefix(b"")).await {
-            Ok(Ok(records)) => {
+            Ok(records) => {
                 let mut o = Out::from(Reply::ok(crate::backup::encode(&records, &at)));
                 o.content_type = "application/x-ndjson";
                 o
             }
-            Ok(Err(e)) | Err(e) => store_error(e),
+            Err(e) => store_error(e),
         };
     }
     let ["tenants", tenant, tail @ ..] = rest.as_slice() else {
@@ -635,13 +684,13 @@ async fn admin_call(app: &Arc<App>, req: Request<Incoming>, rest: Vec<String>) -
                 .run(move |txn, st| crate::service::codes::export_job(txn, st, &tenant, &c))
                 .await
             {
-                Ok(Ok(reply)) if reply.status == 200 => {
+                Ok(reply) if reply.status == 200 => {
                     let mut o = Out::from(reply);
                     o.content_type = "text/csv";
                     o
                 }
-                Ok(Ok(reply)) => Out::from(reply),
-                Ok(Err(e)) | Err(e) => store_error(e),
+                Ok(reply) => Out::from(reply),
+                Err(e) => store_error(e),
             };
         }
         (["campaigns", c, "codes", "generate"], &Method::POST) => {
@@ -786,13 +835,12 @@ async fn admin_call(app: &Arc<App>, req: Request<Incoming>, rest: Vec<String>) -
                         })
                         .await
                     {
-                        Ok(Ok((reply, routes))) => {
+                        Ok((reply, routes)) => {
                             for r in routes {
                                 app.wake_route(&tenant, &r);
                             }
-                            Ok(Ok(reply))
+                            Ok(reply)
                         }
-                        Ok(Err(e)) => Ok(Err(e)),
                         Err(e) => Err(e),
                     }
                 }
@@ -847,7 +895,7 @@ async fn admin_call(app: &Arc<App>, req: Request<Incoming>, rest: Vec<String>) -
         _ => return not_found(),
     };
     match result {
-        Ok(Ok(reply)) => Out::from(reply),
-        Ok(Err(e)) | Err(e) => store_error(e),
+        Ok(reply) => Out::from(reply),
+        Err(e) => store_error(e),
     }
 }

@@ -103,10 +103,11 @@ impl LiveHolds {
         if let Some(g) = &h.guest {
             bump(&mut self.guest, (ck, g.clone()), true);
         }
-        *self
+        let a = self
             .amount
             .entry((h.tenant.clone(), h.campaign.clone()))
-            .or_insert(0) += h.amount_cents;
+            .or_insert(0);
+        *a = a.saturating_add(h.amount_cents);
         self.queue.insert((h.expires_at, provider_ref.clone()));
         self.by_ref.insert(provider_ref, h);
     }
@@ -116,7 +117,7 @@ impl LiveHolds {
         self.queue.remove(&(h.expires_at, provider_ref.to_owned()));
         let ck = (h.tenant.clone(), h.campaign.clone());
         if let Some(a) = self.amount.get_mut(&ck) {
-            *a -= h.amount_cents;
+            *a = a.saturating_sub(h.amount_cents);
             if *a <= 0 {
                 self.amount.remove(&ck);
             }
@@ -133,15 +134,19 @@ impl LiveHolds {
         Some(h)
     }
 
-    /// Drop every hold whose expiry is at or before `now`; returns their (tenant, ref).
-    pub fn prune(&mut self, now: Millis) -> Vec<(String, String)> {
+    /// Drop every hold whose expiry is at or before `now`; returns them with their refs.
+    pub fn prune(&mut self, now: Millis) -> Vec<(String, LiveHold)> {
         let mut gone = Vec::new();
         while let Some((at, r)) = self.queue.first().cloned() {
             if at > now {
                 break;
             }
-            if let Some(h) = self.remove(&r) {
-                gone.push((h.tenant, r));
+            match self.remove(&r) {
+                Some(h) => gone.push((r, h)),
+                // Not in by_ref (cannot happen): drop the stray queue entry all the same.
+                None => {
+                    self.queue.remove(&(at, r));
+                }
             }
         }
         gone
@@ -199,7 +204,10 @@ mod tests {
         l.insert("b".into(), hold("X", None, 200));
         l.insert("c".into(), hold("Y", Some("g"), 300));
         assert_eq!(l.counts("t", "c", "X", Some("g")), (3, 2, 2));
-        assert_eq!(l.prune(100), vec![("t".to_string(), "a".to_string())]);
+        assert_eq!(
+            l.prune(100),
+            vec![("a".to_string(), hold("X", Some("g"), 100))]
+        );
         assert_eq!(l.counts("t", "c", "X", Some("g")), (2, 1, 1));
         l.remove("c");
         assert_eq!(l.counts("t", "c", "Y", Some("g")), (1, 0, 0));
