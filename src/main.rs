@@ -779,6 +779,18 @@ async fn serve(config: Config) -> ExitCode {
         )
     });
     let admin_on = config.admin.token.is_some();
+    // The embedded demo prints its webhook secret so the README's signed delivery works.
+    let demo_webhook = (config.origin == karma_provider::config::DEFAULT_ORIGIN)
+        .then(|| {
+            config.tenants.iter().find_map(|t| {
+                let w = t.webhooks.as_ref()?;
+                Some((
+                    t.id.clone(),
+                    String::from_utf8_lossy(w.secrets.first()?).into_owned(),
+                ))
+            })
+        })
+        .flatten();
     let server = match Server::start(config, Clock::System).await {
         Ok(s) => s,
         Err(e) => {
@@ -802,6 +814,12 @@ async fn serve(config: Config) -> ExitCode {
         say!("Try a voucher check:");
         say!(
             "  curl -s http://{addr}/v1/{tenant}/voucher/check -H 'Content-Type: application/json' \\\n    -d '{{\"code\":\"{code}\",\"cart\":{{\"items\":[{{\"inventoryItemId\":\"1001\",\"quantity\":2,\"priceCents\":2500}}],\"totalCents\":5000}}}}'"
+        );
+    }
+    if let Some((tenant, secret)) = demo_webhook {
+        say!(
+            "Webhook receiver: POST http://{addr}/v1/{tenant}/webhooks, X-Karma-Signature = hex HMAC-SHA256 of the body with the secret {secret:?} (from {})",
+            karma_provider::config::DEMO_WEBHOOK_SECRET_ENV
         );
     }
     tracing::info!(%addr, "serving");

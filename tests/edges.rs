@@ -307,11 +307,19 @@ async fn malformed_bodies_get_our_sentences() {
 
 /// Send raw bytes on a new connection and read the whole answer (until the server closes).
 async fn tcp(h: &Harness, bytes: &[u8]) -> (u16, String, Vec<u8>) {
+    tcp_then(h, bytes, false).await
+}
+
+/// Like [`tcp`]; with `half_close`, shut down the write side once the bytes are sent.
+async fn tcp_then(h: &Harness, bytes: &[u8], half_close: bool) -> (u16, String, Vec<u8>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = h.server.as_ref().unwrap().addr;
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     // the server may close before reading all of a bad request: a failed write is fine
     let _ = s.write_all(bytes).await;
+    if half_close {
+        let _ = s.shutdown().await;
+    }
     let mut out = Vec::new();
     let read = tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut out));
     let _ = read.await;
@@ -389,6 +397,30 @@ async fn errors_hyper_answers_itself_have_json_bodies() {
     )
     .await;
     assert_json_error(&a, 400, "BAD_BODY");
+    // a client that half-closes still gets its answer; a body cut short by the close is
+    // BAD_BODY, not a silently dropped request
+    let a = tcp_then(
+        &h,
+        format!(
+            "{}{{}}",
+            post("content-type: application/json\r\ncontent-length: 2\r\n")
+        )
+        .as_bytes(),
+        true,
+    )
+    .await;
+    assert_json_error(&a, 400, "INVALID_FIELD");
+    let a = tcp_then(
+        &h,
+        format!(
+            "{}{{\"co",
+            post("content-type: application/json\r\ncontent-length: 90\r\n")
+        )
+        .as_bytes(),
+        true,
+    )
+    .await;
+    assert_json_error(&a, 400, "BAD_BODY");
     // the connection still serves good requests afterwards, and our own answers are untouched
     let a = tcp(
         &h,
@@ -400,4 +432,190 @@ async fn errors_hyper_answers_itself_have_json_bodies() {
     )
     .await;
     assert_json_error(&a, 400, "INVALID_FIELD");
+}
+
+fn hex_sig(secret: &[u8], body: &[u8]) -> String {
+    use hmac::{Hmac, Mac};
+    let mut m = Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap();
+    m.update(body);
+    format!("sha256={}", hex::encode(m.finalize().into_bytes()))
+}
+
+async fn deliver(h: &Harness, tenant: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+    let mut hs = vec![("content-type", "application/json")];
+    hs.extend_from_slice(headers);
+    h.request(
+        "POST",
+        &format!("/v1/{tenant}/webhooks"),
+        &hs,
+        body.to_vec(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn whsec_secrets_without_padding_are_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("wh");
+    // base64("std-key") is "c3RkLWtleQ==": written without its padding
+    std::fs::write(&secret_file, "whsec_c3RkLWtleQ\n").unwrap();
+    let h = Harness::start(&config_with(&format!(
+        "[tenants.webhooks]\nverify = {{ scheme = \"standard-webhooks\", secrets_file = [{:?}] }}\n",
+        secret_file.display().to_string()
+    )))
+    .await;
+    let body = br#"{"id":"evt_std","event":"inventory.created"}"#;
+    let now = h.clock.now_ms() / 1000;
+    let headers = karma_provider::webhook::sign_headers(
+        &karma_provider::webhook::Scheme::StandardWebhooks,
+        b"std-key",
+        "evt_std",
+        now,
+        body,
+    );
+    // the signature itself sent without padding too
+    let headers: Vec<(String, String)> = headers
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.trim_end_matches('=').to_string()))
+        .collect();
+    let hs: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let r = deliver(&h, "acme", &hs, body).await;
+    assert_eq!((r.status, r.json()), (200, json!({"ok": true})));
+}
+
+#[tokio::test]
+async fn max_age_checks_the_envelope_timestamp() {
+    let h = Harness::start(&config_with(
+        "[tenants.webhooks]\nverify = { scheme = \"hmac-sha256-hex\", secrets_env = [\"WH_SECRET\"] }\nmax_age = \"10m\"\nretention = \"1d\"\n",
+    ))
+    .await;
+    let send = |id: &str, ts: Option<&str>| {
+        let mut v = json!({"id": id, "event": "inventory.created"});
+        if let Some(ts) = ts {
+            v["timestamp"] = json!(ts);
+        }
+        serde_json::to_vec(&v).unwrap()
+    };
+    // T0 is 2026-06-01T10:00:00Z
+    let fresh = send("evt_a", Some("2026-06-01T09:55:00Z"));
+    let r = deliver(
+        &h,
+        "acme",
+        &[("x-karma-signature", &hex_sig(b"new-secret", &fresh))],
+        &fresh,
+    )
+    .await;
+    assert_eq!((r.status, r.json()), (200, json!({"ok": true})));
+    for (body, what) in [
+        (
+            send("evt_b", Some("2026-06-01T09:49:59Z")),
+            "older than max_age",
+        ),
+        (
+            send("evt_c", Some("2026-06-01T10:10:01Z")),
+            "ahead by more than max_age",
+        ),
+        (send("evt_d", None), "missing"),
+    ] {
+        let r = deliver(
+            &h,
+            "acme",
+            &[("x-karma-signature", &hex_sig(b"new-secret", &body))],
+            &body,
+        )
+        .await;
+        assert_invalid(&r, "timestamp");
+        let _ = what;
+    }
+    // a max_age longer than retention is a config error naming the key
+    let text = config_with(
+        "[tenants.webhooks]\nverify = { scheme = \"hmac-sha256-hex\", secrets_env = [\"WH_SECRET\"] }\nmax_age = \"2d\"\nretention = \"1d\"\n",
+    )
+    .replace("@DATA@", "/tmp/unused");
+    let e = karma_provider::Config::from_toml(&text, "t.toml", &|k: &str| {
+        (k == "WH_SECRET" || k == "ACME_KEY" || k == "BASIC_PASS" || k == "ADMIN_TOKEN")
+            .then(|| "x".to_string())
+    })
+    .unwrap_err();
+    assert!(e.key.ends_with("webhooks.max_age"), "{e}");
+}
+
+#[tokio::test]
+async fn the_webhook_receiver_refuses_duplicate_keys() {
+    let h = Harness::start(&config_with(
+        "[tenants.webhooks]\nverify = { scheme = \"hmac-sha256-hex\", secrets_env = [\"WH_SECRET\"] }\n",
+    ))
+    .await;
+    let body = br#"{"id":"a","event":"x.y","id":"b"}"#;
+    let r = deliver(
+        &h,
+        "acme",
+        &[("x-karma-signature", &hex_sig(b"new-secret", body))],
+        body,
+    )
+    .await;
+    assert_invalid(&r, "id");
+    // the envelope's fields follow the rule table too: not blank, no control characters
+    for (body, field) in [
+        (&br#"{"id":"  ","event":"x.y"}"#[..], "id"),
+        (&br#"{"id":"a","event":"x\u0007y"}"#[..], "event"),
+    ] {
+        let sig = hex_sig(b"new-secret", body);
+        let r = deliver(&h, "acme", &[("x-karma-signature", &sig)], body).await;
+        assert_invalid(&r, field);
+    }
+}
+
+/// The embedded demo config, on an ephemeral port and a temp data dir.
+async fn demo() -> (karma_provider::Server, tempfile::TempDir) {
+    use karma_provider::config::{DemoEnv, DEFAULT_ORIGIN, DEFAULT_TOML};
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg =
+        karma_provider::Config::from_toml(DEFAULT_TOML, DEFAULT_ORIGIN, &DemoEnv).unwrap();
+    cfg.server.listen = "127.0.0.1:0".into();
+    cfg.storage.path = dir.path().join("data");
+    let s = karma_provider::Server::start(cfg, karma_provider::Clock::manual_at(T0))
+        .await
+        .unwrap();
+    (s, dir)
+}
+
+#[tokio::test]
+async fn the_readme_signed_delivery_works_on_the_demo() {
+    let (server, _dir) = demo().await;
+    // exactly the README's paste-able delivery (secret "demo-secret", tenant "demo")
+    let body = br#"{"id":"evt_1","event":"inventory.created","resource":"inventory","resourceId":"42","timestamp":"2026-11-23T10:00:00Z","apiVersion":"v1"}"#;
+    let readme = std::fs::read_to_string("README.md").unwrap();
+    assert!(readme.contains(std::str::from_utf8(body).unwrap()));
+    assert!(readme.contains("curl -s localhost:8080/v1/demo/webhooks"));
+    assert!(!readme.contains("/v1/acme/webhooks"));
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<hyper::body::Bytes>>();
+    let sig = hex_sig(b"demo-secret", body);
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        let req = hyper::Request::post(format!("http://{}/v1/demo/webhooks", server.addr))
+            .header("content-type", "application/json")
+            .header("x-karma-signature", &sig)
+            .body(http_body_util::Full::new(hyper::body::Bytes::from_static(
+                body,
+            )))
+            .unwrap();
+        let resp = client.request(req).await.unwrap();
+        let status = resp.status().as_u16();
+        use http_body_util::BodyExt;
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        answers.push((status, serde_json::from_slice::<Value>(&bytes).unwrap()));
+    }
+    assert_eq!(
+        answers,
+        vec![
+            (200, json!({"ok": true})),
+            (200, json!({"ok": true, "duplicate": true}))
+        ]
+    );
+    server.stop().await;
 }

@@ -256,7 +256,7 @@ fn our_words(expected: &str) -> String {
         "a sequence" => "an array".into(),
         "unit" => "null".into(),
         x if x.starts_with("struct ") || x == "a map" => "an object".into(),
-        x if x.starts_with("one of ") || x.starts_with("variant ") => x.replace('`', ""),
+        x if x.starts_with("one of ") || x.starts_with('`') => x.replace('`', ""),
         x if x.starts_with("a ") || x.starts_with("an ") => x.to_owned(),
         _ => "of another type or value (see the contract)".into(),
     }

@@ -19,6 +19,9 @@ pub const MAX_ID_CHARS: usize = 128;
 pub enum Rule {
     /// 1-128 characters, not only blanks, no control characters.
     Id,
+    /// A webhook envelope's `id` and `event`: 1-256 characters, not only blanks, no control
+    /// characters (Karma's delivery ids and event names are not ours to shorten).
+    EnvelopeText,
     /// An integer number of cents in 0..=MAX_CENTS.
     Cents,
 }
@@ -29,6 +32,7 @@ pub fn rule_for(field: &str) -> Option<Rule> {
         "code" | "userId" | "locationId" | "memberId" | "identifier" | "loyaltyProgramId"
         | "purchaseId" | "rewardId" | "itemIds" | "inventoryItemId" | "providerRef" | "phone"
         | "email" | "cardNumber" => Some(Rule::Id),
+        "id" | "event" => Some(Rule::EnvelopeText),
         "amountCents" | "totalCents" | "priceCents" | "purchaseAmountCents" => Some(Rule::Cents),
         _ => None,
     }
@@ -48,23 +52,18 @@ fn rule(path: &str) -> Rule {
 
 /// Check a text field at `path` against its rule.
 pub fn check_text(path: &str, v: &str) -> Result<(), ApiError> {
-    match rule(path) {
-        Rule::Id | Rule::Cents => {
-            let ok = !v.trim().is_empty()
-                && v.chars().count() <= MAX_ID_CHARS
-                && !v.chars().any(char::is_control);
-            if ok {
-                Ok(())
-            } else {
-                Err(ApiError::invalid(
-                    path,
-                    format!(
-                        "must be 1-{MAX_ID_CHARS} characters, not blank, with no control characters"
-                    ),
-                ))
-            }
-        }
-    }
+    text_rule_broken(path, v).map_or(Ok(()), |why| Err(ApiError::invalid(path, why)))
+}
+
+/// The sentence saying which rule `v` breaks as the field at `path`, if it breaks one.
+pub fn text_rule_broken(path: &str, v: &str) -> Option<String> {
+    // Text fields follow a length rule; a cents field is never text (see check_cents).
+    let max = match rule(path) {
+        Rule::EnvelopeText => 256,
+        Rule::Id | Rule::Cents => MAX_ID_CHARS,
+    };
+    let ok = !v.trim().is_empty() && v.chars().count() <= max && !v.chars().any(char::is_control);
+    (!ok).then(|| format!("must be 1-{max} characters, not blank, with no control characters"))
 }
 
 /// Check an optional text field: absent or `null` is fine, a present value follows the rule.

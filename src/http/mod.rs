@@ -254,6 +254,9 @@ async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(app.config.server.header_read_timeout)
         .max_buf_size(app.config.server.max_header_bytes.max(8192))
+        // A client that shuts down its write side after the request still gets its answer
+        // (hyper would otherwise drop the request at the EOF).
+        .half_close(true)
         .keep_alive(true);
     loop {
         let permit = tokio::select! {

@@ -370,6 +370,11 @@ async fn webhook_call(app: &Arc<App>, req: Request<Incoming>, tenant: &str) -> O
         Err(("", msg)) => return err(ApiError::new(400, "INVALID_BODY", msg)),
         Err((field, msg)) => return err(ApiError::invalid(field, msg)),
     };
+    if let Some(max_age) = cfg.max_age_ms {
+        if let Err(msg) = crate::webhook::check_max_age(&value, now, max_age) {
+            return err(ApiError::invalid("timestamp", msg));
+        }
+    }
     let kept: Vec<(String, String)> = headers
         .into_iter()
         .filter(|(k, _)| {
