@@ -762,22 +762,26 @@ fn check_schema(db: &sled::Db, dir: &Path) -> Result<(), StoreError> {
     let stored = db
         .get(SCHEMA_VERSION_KEY)
         .map_err(|e| StoreError::Io(format!("{}: cannot read meta/schema_version: {e}", at())))?;
-    match stored.map(|v| decode_u64(&v)) {
-        None => {
-            db.insert(SCHEMA_VERSION_KEY, &SCHEMA_VERSION.to_be_bytes())
-                .and_then(|_| db.flush())
-                .map_err(|e| StoreError::Io(format!("{}: writing meta/schema_version: {e}", at())))?;
-            Ok(())
-        }
+    if stored.is_none() {
+        db.insert(SCHEMA_VERSION_KEY, &SCHEMA_VERSION.to_be_bytes())
+            .and_then(|_| db.flush())
+            .map_err(|e| StoreError::Io(format!("{}: writing meta/schema_version: {e}", at())))?;
+    }
+    schema_readable(stored.as_deref(), &at())
+}
+
+/// Whether records marked with `version` (none: from before versions were kept, i.e. 1)
+/// are of a format this build reads; `at` says where they are.
+fn schema_readable(version: Option<&[u8]>, at: &str) -> Result<(), StoreError> {
+    match version.map(decode_u64) {
+        None => Ok(()),
         Some(Some(v)) if v <= SCHEMA_VERSION => Ok(()),
         Some(Some(v)) => Err(StoreError::Io(format!(
-            "{}: its records are of schema version {v}, newer than this build's ({SCHEMA_VERSION}); \
-             run the karma-provider version that wrote them, or restore a backup made with this one",
-            at()
+            "{at}: its records are of schema version {v}, newer than this build's ({SCHEMA_VERSION}); \
+             run the karma-provider version that wrote them, or restore a backup made with this one"
         ))),
         Some(None) => Err(StoreError::Io(format!(
-            "{}: meta/schema_version is not a version number; refusing to read records of an unknown format",
-            at()
+            "{at}: meta/schema_version is not a version number; refusing to read records of an unknown format"
         ))),
     }
 }
@@ -796,6 +800,8 @@ pub fn import_records(
             )));
         }
     }
+    let version = records.iter().find(|(k, _)| k == SCHEMA_VERSION_KEY);
+    schema_readable(version.map(|(_, v)| v.as_slice()), "the backup")?;
     std::fs::create_dir_all(&opts.path)
         .map_err(|e| StoreError::Io(format!("creating {}: {e}", opts.path.display())))?;
     let db = sled::Config::new()
