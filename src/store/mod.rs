@@ -406,7 +406,17 @@ impl<S: Journal + Send + 'static> Store<S> {
         }
         let (otx, orx) = oneshot::channel();
         let job: Job<S> = Box::new(move |txn, s| {
-            let out = f(txn, s);
+            // Caught here, not only in the writer, so that the answer channel survives a
+            // panic and the caller hears of it only once the job has been undone.
+            let out = match catch_unwind(AssertUnwindSafe(|| f(txn, s))) {
+                Ok(out) => out,
+                Err(_) => {
+                    tracing::error!(
+                        "a store job panicked; its writes and state changes are undone"
+                    );
+                    Err(StoreError::JobPanicked)
+                }
+            };
             let ok = out.is_ok();
             let done: Done = Box::new(move |res: Result<(), StoreError>| {
                 let _ = otx.send(res.and(out));
@@ -523,7 +533,7 @@ fn writer_loop<S: Journal>(
 }
 
 /// Run one job: keep its effects when it returns `Ok`, undo its writes and its state
-/// changes when it returns `Err` (answering at once) or panics (dropping its answer).
+/// changes when it returns `Err` or panics (answering once they are undone).
 fn run_job<S: Journal>(
     job: Job<S>,
     txn: &mut Txn<'_>,
