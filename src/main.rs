@@ -227,6 +227,13 @@ enum Command {
         junit: Option<PathBuf>,
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Skip scenarios tagged `decision` (our decisions where Karma's contract is silent).
+        #[arg(long)]
+        contract_only: bool,
+        /// PEM file of CA certificates to trust besides the public roots (HTTPS targets
+        /// behind a private CA).
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
     },
     /// Exit 0 when URL answers 2xx (for container health checks; no shell or curl needed).
     Healthcheck {
@@ -422,6 +429,8 @@ fn main() -> ExitCode {
             last_failed_file,
             junit,
             json,
+            contract_only,
+            ca_file,
         } => {
             use karma_provider::replay;
             let fail = |m: String| {
@@ -438,6 +447,10 @@ fn main() -> ExitCode {
             let auth = match auth.map(|a| replay::ReplayAuth::parse(&a)).transpose() {
                 Ok(a) => a,
                 Err(e) => return fail(format!("--auth: {e}")),
+            };
+            let extra_roots = match ca_file.map(|p| replay::read_ca_file(&p)).transpose() {
+                Ok(r) => r.unwrap_or_default(),
+                Err(e) => return fail(format!("--ca-file: {e}")),
             };
             let mut state_headers = Vec::new();
             for h in state_header {
@@ -489,6 +502,8 @@ fn main() -> ExitCode {
                 junit,
                 json,
                 run_id: None,
+                contract_only,
+                extra_roots,
             };
             let Some(rt) = runtime(false) else {
                 return ExitCode::from(2);

@@ -4,6 +4,7 @@
 //! and closes the store on shutdown.
 
 mod auth;
+mod lowlevel;
 mod routes;
 
 use std::collections::HashMap;
@@ -272,8 +273,9 @@ async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let app2 = app.clone();
+        let io = lowlevel::JsonErrors::new(stream, app.config.server.max_header_bytes.max(8192));
         let conn = builder.serve_connection(
-            TokioIo::new(stream),
+            TokioIo::new(io),
             service_fn(move |req| handle(app2.clone(), req)),
         );
         let conn = graceful.watch(conn);

@@ -12,7 +12,7 @@ use percent_encoding::percent_decode_str;
 use super::auth::check_bearer;
 use super::{App, Out};
 use crate::contract::voucher::{CheckRequest, CommitRequest};
-use crate::contract::{parse, ApiError};
+use crate::contract::{parse, parse_object, ApiError};
 use crate::service::{admin, Reply, State};
 use crate::store::{StoreError, Txn};
 use crate::voucher::CampaignSpec;
@@ -183,10 +183,11 @@ async fn read_body(
         {
             Err(too_large())
         }
-        Ok(Err(e)) => Err(ApiError::new(
+        Ok(Err(_)) => Err(ApiError::new(
             400,
             "BAD_BODY",
-            format!("could not read the body: {e}"),
+            "the body could not be read: its chunked encoding is invalid or the connection \
+             ended before Content-Length bytes arrived",
         )),
         Ok(Ok(c)) => Ok(c.to_bytes().to_vec()),
     }
@@ -249,7 +250,7 @@ async fn provider_call(
                 app,
                 endpoint,
                 &body,
-                no_check::<LookupRequest>,
+                LookupRequest::validate,
                 move |x, s, r| loy::lookup(x, s, &t, &r),
             )
             .await
@@ -279,7 +280,7 @@ async fn provider_call(
                 app,
                 endpoint,
                 &body,
-                no_check::<AccountRequest>,
+                AccountRequest::validate,
                 move |x, s, r| loy::account(x, s, &t, &r, now),
             )
             .await
@@ -289,7 +290,7 @@ async fn provider_call(
                 app,
                 endpoint,
                 &body,
-                no_check::<RewardsRequest>,
+                RewardsRequest::validate,
                 move |x, s, r| loy::rewards(x, s, &t, &r),
             )
             .await
@@ -479,10 +480,11 @@ fn signature_header(s: &crate::webhook::Scheme) -> Option<&str> {
 async fn check_call(app: &Arc<App>, body: &[u8], t: String, now: i64) -> Out {
     use crate::service::voucher as v;
     use crate::voucher::Rejection;
-    let req: CheckRequest = match parse(body).and_then(|r: CheckRequest| r.validate().map(|()| r)) {
-        Ok(r) => r,
-        Err(e) => return err(e),
-    };
+    let req: CheckRequest =
+        match parse_object(body).and_then(|r: CheckRequest| r.validate().map(|()| r)) {
+            Ok(r) => r,
+            Err(e) => return err(e),
+        };
     // A bulk code is looked up in the code index here, off the writer (see store::codeindex).
     let indexed = app
         .config
@@ -553,10 +555,6 @@ pub(crate) fn refresh_code_index(app: &App, tenant: &str) {
     );
 }
 
-fn no_check<T>(_: &T) -> Result<(), ApiError> {
-    Ok(())
-}
-
 /// Parse and validate `body` as `Req`, then run the decision `f` on the store's writer.
 async fn decide<Req, V, F>(
     app: &Arc<App>,
@@ -570,7 +568,7 @@ where
     V: FnOnce(&Req) -> Result<(), ApiError>,
     F: FnOnce(&mut Txn<'_>, &mut State, Req) -> Result<Reply, StoreError> + Send + 'static,
 {
-    let req: Req = match parse(body).and_then(|r: Req| validate(&r).map(|()| r)) {
+    let req: Req = match parse_object(body).and_then(|r: Req| validate(&r).map(|()| r)) {
         Ok(r) => r,
         Err(e) => return err(e),
     };
@@ -606,7 +604,7 @@ async fn admin_call(app: &Arc<App>, req: Request<Incoming>, rest: Vec<String>) -
         return err(ApiError::new(
             401,
             "UNAUTHORIZED",
-            "missing or wrong Authorization: Bearer token",
+            "missing or wrong admin token (Authorization: Bearer, or X-Admin-Token)",
         ));
     }
     let rest: Vec<&str> = rest.iter().map(String::as_str).collect();

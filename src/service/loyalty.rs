@@ -1057,7 +1057,9 @@ pub fn import_members(
     ))
 }
 
-/// Provider-state setup: a member (no signup bonus) with identifiers and a balance.
+/// Provider-state setup, idempotent: bring the member of `userId` (or of the first given
+/// identifier) to the named identifiers, balance and lifetime; create it (no signup bonus)
+/// when absent. An identifier held by another member cannot be reached: 409.
 pub fn provision_member(
     txn: &mut Txn<'_>,
     st: &mut State,
@@ -1088,61 +1090,119 @@ pub fn provision_member(
         Ok(i) => i,
         Err(e) => return Ok(Reply::error(&e)),
     };
-    let balance = params
-        .get("balance")
-        .and_then(serde_json::Value::as_i64)
-        .unwrap_or(0);
-    let lifetime = params
-        .get("lifetimeEarned")
-        .and_then(serde_json::Value::as_i64)
-        .unwrap_or(balance);
-    if balance < 0 || lifetime < 0 {
-        return Ok(Reply::error(&ApiError::invalid(
-            "params.balance",
-            "must be >= 0",
-        )));
-    }
-    if let Some(u) = &user {
-        if txn.get(&keys::ident(t, p, "user", u))?.is_some() {
-            return Ok(Reply::error(&ApiError::new(
-                409,
-                "MEMBER_EXISTS",
-                format!("user {u:?} is already a member"),
-            )));
+    let number = |k: &str| match params.get(k) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(v) => v
+            .as_i64()
+            .filter(|n| (0..=1_000_000_000).contains(n))
+            .map(Some)
+            .ok_or_else(|| {
+                ApiError::invalid(format!("params.{k}"), "an integer from 0 to 1000000000")
+            }),
+    };
+    let (balance, lifetime) = match (number("balance"), number("lifetimeEarned")) {
+        (Ok(b), Ok(l)) => (b.unwrap_or(0), l.unwrap_or(b.unwrap_or(0))),
+        (Err(e), _) | (_, Err(e)) => return Ok(Reply::error(&e)),
+    };
+    let mut found = match &user {
+        Some(u) => member_by(txn, t, p, "user", u)?,
+        None => None,
+    };
+    if found.is_none() && user.is_none() {
+        for (kind, v) in &ids {
+            if let Some(m) = member_by(txn, t, p, kind.key(), v)? {
+                found = Some(m);
+                break;
+            }
         }
     }
-    let mut no_bonus = (*prog).clone();
-    no_bonus.spec.signup_bonus = 0;
-    let (mut m, mut entries, _) = create_member(txn, t, &no_bonus, user.as_deref(), &ids, now)?;
-    let why = Why {
-        reason: "provider state".into(),
-        ..Why::default()
+    let (mut m, mut entries) = match found {
+        Some(mut m) => {
+            let entries = m.account.settle(now);
+            (m, entries)
+        }
+        None => {
+            let mut no_bonus = (*prog).clone();
+            no_bonus.spec.signup_bonus = 0;
+            let (m, entries, _) = create_member(txn, t, &no_bonus, user.as_deref(), &[], now)?;
+            (m, entries)
+        }
     };
-    entries.push(m.account.credit(
-        now,
-        Credit {
-            kind: EntryKind::Import,
-            points: balance,
-            pending_ms: 0,
-            expire_ms: prog.expire_ms(),
-            counts_lifetime: false,
-        },
-        why,
-    ));
-    m.account.lifetime_total += lifetime;
+    for (kind, v) in &ids {
+        let key = keys::ident(t, p, kind.key(), v);
+        match txn.get(&key)? {
+            Some(owner) if owner != m.member_id.as_bytes() => {
+                return Ok(Reply::error(&ApiError::new(
+                    409,
+                    "STATE_UNREACHABLE",
+                    format!(
+                        "state member: the {} {v:?} belongs to another member",
+                        kind.key()
+                    ),
+                )))
+            }
+            Some(_) => {}
+            None => txn.put(key, m.member_id.as_bytes().to_vec()),
+        }
+        match kind {
+            IdentifierType::Phone => m.phone = Some(v.clone()),
+            IdentifierType::Email => m.email = Some(v.clone()),
+            IdentifierType::Card => m.card = Some(v.clone()),
+            _ => {}
+        }
+    }
+    reset_balance(&mut m, &prog, balance, lifetime, &mut entries, now);
     save(txn, t, p, &m, &entries);
     if let Some(u) = &user {
-        txn.put(
-            keys::enrollment(t, p, u),
-            json(&EnrollSuccess {
-                ok: true,
-                member_id: m.member_id.clone(),
-                points_awarded: 0,
-            }),
-        );
+        let enrolled = json(&EnrollSuccess {
+            ok: true,
+            member_id: m.member_id.clone(),
+            points_awarded: 0,
+        });
+        txn.put(keys::enrollment(t, p, u), enrolled);
     }
     Ok(Reply::json(
         200,
-        serde_json::json!({"ok": true, "memberId": m.member_id}),
+        serde_json::json!({
+            "ok": true,
+            "memberId": m.member_id,
+            "userId": user,
+            "balance": m.account.spendable(now),
+            "lifetimeEarned": m.account.lifetime(now),
+        }),
     ))
+}
+
+/// Make the spendable balance `balance` (one credit or debit for the difference) and the
+/// lifetime earned `lifetime`, for a provider state.
+fn reset_balance(
+    m: &mut MemberRecord,
+    prog: &Program,
+    balance: i64,
+    lifetime: i64,
+    entries: &mut Vec<Entry>,
+    now: Millis,
+) {
+    let why = || Why {
+        reason: "provider state".into(),
+        ..Why::default()
+    };
+    let diff = balance - m.account.spendable(now);
+    if diff > 0 {
+        let credit = Credit {
+            kind: EntryKind::Import,
+            points: diff,
+            pending_ms: 0,
+            expire_ms: prog.expire_ms(),
+            counts_lifetime: false,
+        };
+        entries.push(m.account.credit(now, credit, why()));
+    } else if diff < 0 {
+        // Spending at most what is spendable cannot fail.
+        if let Ok((_, e)) = m.account.spend(now, -diff, EntryKind::Adjustment, why()) {
+            entries.push(e);
+        }
+    }
+    let pending = m.account.lifetime_total - m.account.lifetime(now);
+    m.account.lifetime_total = lifetime + pending;
 }

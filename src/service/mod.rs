@@ -260,6 +260,11 @@ pub mod keys {
     pub fn enrollment(t: &str, p: &str, user: &str) -> Vec<u8> {
         key(&["lenr", t, p, user])
     }
+    /// What a provider state made (`hold`: params digest → providerRef; `committed`:
+    /// transactionId → providerRef), so that setting it up again finds it.
+    pub fn provider_state(t: &str, state: &str, id: &str) -> Vec<u8> {
+        key(&["pstate", t, state, id])
+    }
 }
 
 impl State {

@@ -940,15 +940,18 @@ impl Offline {
         let current = codeindex::Segment::open(&path)
             .ok()
             .filter(|s| s.generation() == stored);
-        let mut b = codeindex::IndexBuilder::create(&path)?;
-        match current {
-            Some(s) => s.copy_into(&mut b)?,
-            None => {
-                for kv in self.db.scan_prefix(prefix) {
-                    let (k, v) = kv.map_err(|e| StoreError::Io(e.to_string()))?;
-                    b.push(&k[prefix.len()..], &v)?;
-                }
+        if let Some(s) = current {
+            let mut b = codeindex::IndexBuilder::create(&path)?;
+            match s.copy_into(&mut b) {
+                Ok(()) => return Ok(b),
+                // A damaged bucket: build from the store instead.
+                Err(e) => tracing::warn!(error = %e, "code index not carried over"),
             }
+        }
+        let mut b = codeindex::IndexBuilder::create(&path)?;
+        for kv in self.db.scan_prefix(prefix) {
+            let (k, v) = kv.map_err(|e| StoreError::Io(e.to_string()))?;
+            b.push(&k[prefix.len()..], &v)?;
         }
         Ok(b)
     }

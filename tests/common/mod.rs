@@ -236,6 +236,10 @@ pub struct TestSink {
     pub got: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
     /// The self-signed certificate (PEM) of a TLS sink.
     pub tls_ca_pem: Option<String>,
+    /// `Retry-After` on a failure: `None` sends `0`, `Some("")` sends none.
+    pub retry_after: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    /// When each request arrived, in order.
+    pub at: std::sync::Arc<std::sync::Mutex<Vec<std::time::Instant>>>,
 }
 
 impl TestSink {
@@ -281,12 +285,18 @@ impl TestSink {
                         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
                         .is_ok();
                 let status = if fail { 503 } else { 200 };
+                s.at.lock().unwrap().push(std::time::Instant::now());
                 s.got.lock().unwrap().push((headers, body, status));
                 let mut resp = hyper::Response::new(Full::new(Bytes::from_static(b"{}")));
                 *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
-                if fail {
-                    resp.headers_mut()
-                        .insert("retry-after", "0".parse().unwrap());
+                let after = s.retry_after.lock().unwrap().clone();
+                match after.as_deref() {
+                    _ if !fail => {}
+                    Some("") => {}
+                    other => {
+                        let v = other.unwrap_or("0");
+                        resp.headers_mut().insert("retry-after", v.parse().unwrap());
+                    }
                 }
                 Ok::<_, std::convert::Infallible>(resp)
             }
