@@ -669,9 +669,18 @@ struct DataFiles {
 }
 
 impl DataFiles {
-    /// fsync the data directory (so `db`, `conf` and `blobs/` themselves are durable) and
-    /// every blob file there is now.
+    /// fsync sled's `conf` (written once, at creation, without fsync: a store whose `conf`
+    /// was lost cannot be opened), the data directory (so `db`, `conf` and `blobs/`
+    /// themselves are durable) and every blob file there is now.
     fn new(dir: &Path) -> Result<DataFiles, StoreError> {
+        let conf = dir.join("conf");
+        match File::open(&conf) {
+            Ok(f) => f
+                .sync_all()
+                .map_err(|e| StoreError::Io(format!("fsync {}: {e}", conf.display())))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StoreError::Io(format!("fsync {}: {e}", conf.display()))),
+        }
         fsync_dir(dir)?;
         let mut f = DataFiles {
             db: dir.join("db"),
