@@ -105,3 +105,27 @@ async fn an_unreadable_id_counter_is_a_start_up_error() {
     assert_eq!(first["providerRef"], json!("kph_0000000000000000"));
     assert_eq!(next["providerRef"], json!("kph_0000010000000000"), "{next}");
 }
+
+#[tokio::test]
+async fn a_backup_of_a_newer_record_schema_is_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = karma_provider::store::StoreOptions {
+        path: dir.path().join("data"),
+        cache_capacity_bytes: 16 << 20,
+    };
+    let records = vec![
+        (
+            b"meta\x1fschema_version".to_vec(),
+            2u64.to_be_bytes().to_vec(),
+        ),
+        (b"used\x1facme\x1fbig".to_vec(), 1u64.to_be_bytes().to_vec()),
+    ];
+    let e = karma_provider::store::import_records(&opts, records)
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        e.contains("schema version 2, newer than this build's (1)"),
+        "{e}"
+    );
+    assert!(!opts.path.exists(), "nothing written");
+}

@@ -43,6 +43,7 @@ async fn harness() -> Harness {
 /// refuses everything (fail-stop) until the restart this does.
 async fn fail_once(h: &mut Harness, endpoint: &str, fault: Fault, path: &str, body: &Value) {
     let gauge = metric(h, "kp_holds_in_flight").await;
+    let undone = metric(h, "kp_store_jobs_undone_total").await;
     h.server.as_ref().unwrap().app.faults.arm(endpoint, fault);
     let r = h.call(path, body).await;
     let want = if fault == Fault::Panic { 500 } else { 503 };
@@ -54,6 +55,11 @@ async fn fail_once(h: &mut Harness, endpoint: &str, fault: Fault, path: &str, bo
     );
     assert_eq!(r.json()["ok"], json!(false));
     assert_eq!(metric(h, "kp_holds_in_flight").await, gauge, "{fault:?}");
+    if fault != Fault::FailFlush {
+        let n: u64 = undone.rsplit(' ').next().unwrap().parse().unwrap();
+        let now = metric(h, "kp_store_jobs_undone_total").await;
+        assert_eq!(now, format!("kp_store_jobs_undone_total {}", n + 1));
+    }
     if fault == Fault::FailFlush {
         assert_eq!(h.request("GET", "/readyz", &[], vec![]).await.status, 503);
         assert_eq!(h.call(path, body).await.status, 503, "fail-stop");

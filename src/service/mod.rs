@@ -133,12 +133,13 @@ impl TenantState {
     /// Install a campaign and its codes over the one of the same id; returns that one.
     fn install_entry(&mut self, e: CampaignEntry) -> Option<CampaignEntry> {
         let id = e.campaign.id.clone();
-        self.uninstall(&id);
+        let prev = self.uninstall(&id);
         for code in &e.campaign.spec.codes {
             self.index
                 .insert(match_key(self.code_match, code), (id.clone(), code.clone()));
         }
-        self.campaigns.insert(id, e)
+        self.campaigns.insert(id, e);
+        prev
     }
 
     /// Remove a campaign and its codes; returns it.

@@ -213,3 +213,112 @@ impl Journal for State {
         self.publish();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, HashSet};
+
+    use super::*;
+    use crate::voucher::{CampaignSpec, CodeMatch};
+
+    fn campaign(id: &str, codes: &[&str]) -> Campaign {
+        let spec: CampaignSpec = serde_json::from_value(serde_json::json!({
+            "id": id, "codes": codes, "discount": {"amount_cents": 100}
+        }))
+        .unwrap();
+        Campaign::from_spec(spec).unwrap()
+    }
+
+    fn program(id: i64, bonus: i64) -> Program {
+        let spec = serde_json::from_value(serde_json::json!({
+            "program_id": id, "earn": {"points": 1, "per_cents": 100}, "signup_bonus": bonus
+        }))
+        .unwrap();
+        Program::from_spec(spec).unwrap()
+    }
+
+    fn hold(code: &str, expires_at: i64) -> LiveHold {
+        LiveHold {
+            tenant: "t".into(),
+            campaign: "c".into(),
+            code: code.into(),
+            guest: None,
+            expires_at,
+            amount_cents: 100,
+        }
+    }
+
+    fn state() -> State {
+        let mut t = TenantState {
+            hold_ttl_ms: 1000,
+            code_match: CodeMatch::Exact,
+            campaigns: BTreeMap::new(),
+            index: HashMap::new(),
+            programs: HashMap::new(),
+            config_programs: HashSet::new(),
+        };
+        t.install(campaign("c", &["A", "B"]), Source::Api);
+        let mut holds = LiveHolds::default();
+        holds.insert("h1".into(), hold("A", 10));
+        let tenants = HashMap::from([("t".to_string(), t)]);
+        State::new(tenants, holds, (2, 1), Arc::default())
+    }
+
+    /// Everything a job can change, as text.
+    fn look(st: &State) -> String {
+        let t = st.tenant("t").unwrap();
+        let mut index: Vec<_> = t.index.iter().collect();
+        index.sort();
+        let mut programs: Vec<_> = t.programs.keys().collect();
+        programs.sort();
+        let holds: Vec<_> = st.holds().iter().map(|(r, h)| (r, &h.code)).collect();
+        format!(
+            "{:?} {index:?} {programs:?} {holds:?} {:?} {} {}",
+            t.campaigns.keys().collect::<Vec<_>>(),
+            st.holds().counts("t", "c", "A", None),
+            st.webhook_queued,
+            st.webhook_dead
+        )
+    }
+
+    fn change_everything(st: &mut State) {
+        st.add_hold("h2".into(), hold("B", 20));
+        st.remove_hold("h1");
+        st.prune_holds(25);
+        st.install_campaign("t", campaign("c", &["B", "C"]), Source::Api);
+        st.install_campaign("t", campaign("d", &["D"]), Source::Api);
+        st.install_program("t", program(7, 5));
+        st.count_webhooks(3, -1);
+    }
+
+    #[test]
+    fn a_failed_job_leaves_the_state_as_it_was() {
+        let mut st = state();
+        let before = look(&st);
+        change_everything(&mut st);
+        assert_ne!(look(&st), before);
+        st.undo_job();
+        assert_eq!(look(&st), before);
+    }
+
+    #[test]
+    fn a_failed_group_undoes_every_kept_job_and_a_durable_one_stays() {
+        let mut st = state();
+        let before = look(&st);
+        change_everything(&mut st);
+        st.keep_job();
+        st.count_webhooks(1, 0);
+        st.undo_job();
+        st.add_hold("h3".into(), hold("C", 30));
+        st.keep_job();
+        st.undo_group();
+        assert_eq!(look(&st), before);
+        change_everything(&mut st);
+        st.keep_job();
+        let after = look(&st);
+        st.group_durable();
+        st.undo_group();
+        assert_eq!(look(&st), after);
+        assert_eq!(st.gauges.webhook_queued.load(Ordering::Relaxed), 5);
+    }
+}

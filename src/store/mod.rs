@@ -417,7 +417,17 @@ impl<S: Journal + Send + 'static> Store<S> {
         }
         let (otx, orx) = oneshot::channel();
         let job: Job<S> = Box::new(move |txn, s| {
-            let out = f(txn, s);
+            // Caught here, not only in the writer, so that the answer channel survives a
+            // panic and the caller hears of it only once the job has been undone.
+            let out = match catch_unwind(AssertUnwindSafe(|| f(txn, s))) {
+                Ok(out) => out,
+                Err(_) => {
+                    tracing::error!(
+                        "a store job panicked; its writes and state changes are undone"
+                    );
+                    Err(StoreError::JobPanicked)
+                }
+            };
             let ok = out.is_ok();
             let done: Done = Box::new(move |res: Result<(), StoreError>| {
                 let _ = otx.send(res.and(out));
@@ -532,7 +542,7 @@ fn writer_loop<S: Journal>(
 }
 
 /// Run one job: keep its effects when it returns `Ok`, undo its writes and its state
-/// changes when it returns `Err` (answering at once) or panics (dropping its answer).
+/// changes when it returns `Err` or panics (answering once they are undone).
 fn run_job<S: Journal>(
     job: Job<S>,
     txn: &mut Txn<'_>,
@@ -668,9 +678,18 @@ struct DataFiles {
 }
 
 impl DataFiles {
-    /// fsync the data directory (so `db`, `conf` and `blobs/` themselves are durable) and
-    /// every blob file there is now.
+    /// fsync sled's `conf` (written once, at creation, without fsync: a store whose `conf`
+    /// was lost cannot be opened), the data directory (so `db`, `conf` and `blobs/`
+    /// themselves are durable) and every blob file there is now.
     fn new(dir: &Path) -> Result<DataFiles, StoreError> {
+        let conf = dir.join("conf");
+        match File::open(&conf) {
+            Ok(f) => f
+                .sync_all()
+                .map_err(|e| StoreError::Io(format!("fsync {}: {e}", conf.display())))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StoreError::Io(format!("fsync {}: {e}", conf.display()))),
+        }
         fsync_dir(dir)?;
         let mut f = DataFiles {
             db: dir.join("db"),
@@ -771,22 +790,26 @@ fn check_schema(db: &sled::Db, dir: &Path) -> Result<(), StoreError> {
     let stored = db
         .get(SCHEMA_VERSION_KEY)
         .map_err(|e| StoreError::Io(format!("{}: cannot read meta/schema_version: {e}", at())))?;
-    match stored.map(|v| decode_u64(&v)) {
-        None => {
-            db.insert(SCHEMA_VERSION_KEY, &SCHEMA_VERSION.to_be_bytes())
-                .and_then(|_| db.flush())
-                .map_err(|e| StoreError::Io(format!("{}: writing meta/schema_version: {e}", at())))?;
-            Ok(())
-        }
+    if stored.is_none() {
+        db.insert(SCHEMA_VERSION_KEY, &SCHEMA_VERSION.to_be_bytes())
+            .and_then(|_| db.flush())
+            .map_err(|e| StoreError::Io(format!("{}: writing meta/schema_version: {e}", at())))?;
+    }
+    schema_readable(stored.as_deref(), &at())
+}
+
+/// Whether records marked with `version` (none: from before versions were kept, i.e. 1)
+/// are of a format this build reads; `at` says where they are.
+fn schema_readable(version: Option<&[u8]>, at: &str) -> Result<(), StoreError> {
+    match version.map(decode_u64) {
+        None => Ok(()),
         Some(Some(v)) if v <= SCHEMA_VERSION => Ok(()),
         Some(Some(v)) => Err(StoreError::Io(format!(
-            "{}: its records are of schema version {v}, newer than this build's ({SCHEMA_VERSION}); \
-             run the karma-provider version that wrote them, or restore a backup made with this one",
-            at()
+            "{at}: its records are of schema version {v}, newer than this build's ({SCHEMA_VERSION}); \
+             run the karma-provider version that wrote them, or restore a backup made with this one"
         ))),
         Some(None) => Err(StoreError::Io(format!(
-            "{}: meta/schema_version is not a version number; refusing to read records of an unknown format",
-            at()
+            "{at}: meta/schema_version is not a version number; refusing to read records of an unknown format"
         ))),
     }
 }
@@ -805,6 +828,8 @@ pub fn import_records(
             )));
         }
     }
+    let version = records.iter().find(|(k, _)| k == SCHEMA_VERSION_KEY);
+    schema_readable(version.map(|(_, v)| v.as_slice()), "the backup")?;
     std::fs::create_dir_all(&opts.path)
         .map_err(|e| StoreError::Io(format!("creating {}: {e}", opts.path.display())))?;
     let db = sled::Config::new()
