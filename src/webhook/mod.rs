@@ -281,7 +281,9 @@ pub fn parse_envelope(v: &serde_json::Value) -> Result<Envelope, (&'static str, 
         .ok_or(("", "the envelope must be a JSON object".to_string()))?;
     let text = |f: &'static str| -> Result<String, (&'static str, String)> {
         match obj.get(f) {
-            Some(serde_json::Value::String(s)) if !s.is_empty() && s.len() <= 256 => Ok(s.clone()),
+            Some(serde_json::Value::String(s)) if !s.is_empty() && s.chars().count() <= 256 => {
+                Ok(s.clone())
+            }
             Some(_) => Err((
                 f,
                 "must be a non-empty string of at most 256 characters".into(),
