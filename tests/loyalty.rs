@@ -952,3 +952,55 @@ async fn awards_that_would_overflow_are_refused_naming_the_field() {
         json!(1_000_000_000_000_000i64)
     );
 }
+
+#[tokio::test]
+async fn identifier_syntax_is_checked_before_the_program_is_looked_up() {
+    // A malformed identifier is a bad request whatever the program (as the spec says), not
+    // PROGRAM_NOT_FOUND for an unknown program.
+    let h = harness().await;
+    for (op, body, field) in [
+        (
+            "lookup",
+            json!({"loyaltyProgramId": 99, "identifier": "call me", "identifierType": "phone"}),
+            "identifier",
+        ),
+        (
+            "lookup",
+            json!({"loyaltyProgramId": 99, "identifier": "x", "identifierType": "ssn"}),
+            "identifierType",
+        ),
+        (
+            "enroll",
+            json!({"userId": "u9", "loyaltyProgramId": 99, "email": "no-at-sign"}),
+            "email",
+        ),
+        (
+            "enroll",
+            json!({"userId": "u9", "loyaltyProgramId": 99, "cardNumber": " - -"}),
+            "cardNumber",
+        ),
+    ] {
+        let r = h.call(&format!("loyalty/{op}"), &body).await;
+        assert_eq!(
+            (r.status, r.json()["field"].clone()),
+            (400, json!(field)),
+            "{body}"
+        );
+    }
+    // an identifier of 128 characters is within the id rule, whatever its bytes
+    let email = format!("{}@x", "é".repeat(126));
+    let r = call(
+        &h,
+        "enroll",
+        json!({"userId": "u9", "loyaltyProgramId": 7, "email": email}),
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+    let found = call(
+        &h,
+        "lookup",
+        json!({"loyaltyProgramId": 7, "identifier": email.to_uppercase(), "identifierType": "EMAIL"}),
+    )
+    .await;
+    assert_eq!(found["memberId"], r["memberId"]);
+}

@@ -651,3 +651,15 @@ async fn standard_webhooks_rotation_and_tolerance() {
     );
     assert_eq!(send("msg_future", b"std-key", now + 301).await.status, 401);
 }
+
+#[tokio::test]
+async fn envelope_ids_are_limited_in_characters_not_bytes() {
+    // the spec's maxLength counts characters: 256 four-byte characters are 1024 bytes
+    let h = Harness::start(&config_with(HEX)).await;
+    let id: String = "𝄞".repeat(256);
+    let r = signed(&h, envelope(&id)).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.bytes));
+    let r = signed(&h, envelope(&"𝄞".repeat(257))).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["field"], "id");
+}

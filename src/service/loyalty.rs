@@ -243,10 +243,9 @@ fn subject(
     })
 }
 
+/// The identifier's type and its syntax for that type are part of the request's validity:
+/// checked (400) before the program is looked up.
 pub fn lookup(txn: &mut Txn<'_>, st: &mut State, t: &str, req: &LookupRequest) -> R {
-    let Some(prog) = program(st, t, &req.loyalty_program_id) else {
-        return Ok(refuse(Refusal::ProgramNotFound));
-    };
     let Some(kind) = IdentifierType::parse(&req.identifier_type) else {
         return Ok(Reply::error(&ApiError::invalid(
             "identifierType",
@@ -256,6 +255,9 @@ pub fn lookup(txn: &mut Txn<'_>, st: &mut State, t: &str, req: &LookupRequest) -
     let value = match normalize_identifier(kind, &req.identifier) {
         Ok(v) => v,
         Err(m) => return Ok(Reply::error(&ApiError::invalid("identifier", m))),
+    };
+    let Some(prog) = program(st, t, &req.loyalty_program_id) else {
+        return Ok(refuse(Refusal::ProgramNotFound));
     };
     let m = match kind {
         IdentifierType::MemberId => member_by_id(txn, t, &prog.id, &value)?,
@@ -272,6 +274,15 @@ pub fn lookup(txn: &mut Txn<'_>, st: &mut State, t: &str, req: &LookupRequest) -
 }
 
 pub fn enroll(txn: &mut Txn<'_>, st: &mut State, t: &str, req: &EnrollRequest, now: Millis) -> R {
+    // The identifiers' syntax is part of the request's validity: checked first.
+    let ids = match identifiers(
+        req.phone.as_deref(),
+        req.email.as_deref(),
+        req.card_number.as_deref(),
+    ) {
+        Ok(ids) => ids,
+        Err(e) => return Ok(Reply::error(&e)),
+    };
     let Some(prog) = program(st, t, &req.loyalty_program_id) else {
         return Ok(refuse(Refusal::ProgramNotFound));
     };
@@ -283,14 +294,6 @@ pub fn enroll(txn: &mut Txn<'_>, st: &mut State, t: &str, req: &EnrollRequest, n
             outcome: "replay".into(),
         });
     }
-    let ids = match identifiers(
-        req.phone.as_deref(),
-        req.email.as_deref(),
-        req.card_number.as_deref(),
-    ) {
-        Ok(ids) => ids,
-        Err(e) => return Ok(Reply::error(&e)),
-    };
     for (kind, v) in &ids {
         if txn.get(&keys::ident(t, &prog.id, kind.key(), v))?.is_some() {
             return Ok(Reply::rejected(
