@@ -1,7 +1,8 @@
 //! Backup and restore as JSON lines: a header line, then one line per store record with
-//! its key and value in base64 (exact bytes) and the key in readable form. `export` is a
-//! consistent snapshot taken by one store job while the service keeps serving; `import`
-//! writes a snapshot into an empty data directory.
+//! its key and value in base64 (exact bytes) and the key in readable form. `export` reads
+//! every record page by page (`service::sliced`) while the service keeps serving: a
+//! consistent snapshot when nothing is written meanwhile (README "Backup and restore");
+//! `import` writes an export into an empty data directory.
 
 use base64::Engine;
 use serde::{Deserialize, Serialize};

@@ -61,8 +61,8 @@ pub async fn run_route(
             .run(move |txn, _| next_for_route(txn, &t, &r))
             .await;
         let (event, queue) = match head {
-            Ok(Ok(Some(x))) => x,
-            Ok(Ok(None)) => {
+            Ok(Some(x)) => x,
+            Ok(None) => {
                 tokio::select! {
                     _ = wake.notified() => {}
                     _ = tokio::time::sleep(IDLE_POLL) => {}
@@ -71,7 +71,7 @@ pub async fn run_route(
                 continue;
             }
             Err(StoreError::Closed) => return,
-            Ok(Err(e)) | Err(e) => {
+            Err(e) => {
                 tracing::warn!(tenant = %tenant, route = %route.name, error = %e, "cannot read the delivery queue");
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
@@ -110,7 +110,7 @@ pub async fn run_route(
             event.seq,
             app.clock.now_ms(),
         );
-        if let Ok(Err(e)) | Err(e) = app
+        if let Err(e) = app
             .store
             .run(move |txn, st| {
                 record_attempt(

@@ -10,6 +10,7 @@ pub mod codes_cli;
 pub mod config;
 pub mod contract;
 pub mod dispatch;
+pub mod faults;
 pub mod http;
 pub mod loyalty;
 pub mod metrics;

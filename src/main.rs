@@ -168,7 +168,8 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         rounds: u32,
     },
-    /// Back up a running server: a consistent snapshot of all state as JSON lines (admin API).
+    /// Back up a running server: all state as JSON lines (admin API), read page by page; a
+    /// consistent snapshot when nothing is written meanwhile (README "Backup and restore").
     Export {
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         url: String,
@@ -228,6 +229,13 @@ enum Command {
         junit: Option<PathBuf>,
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Skip scenarios tagged `decision` (our decisions where Karma's contract is silent).
+        #[arg(long)]
+        contract_only: bool,
+        /// PEM file of CA certificates to trust besides the public roots (HTTPS targets
+        /// behind a private CA).
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
     },
     /// Exit 0 when URL answers 2xx (for container health checks; no shell or curl needed).
     Healthcheck {
@@ -423,6 +431,8 @@ fn main() -> ExitCode {
             last_failed_file,
             junit,
             json,
+            contract_only,
+            ca_file,
         } => {
             use karma_provider::replay;
             let fail = |m: String| {
@@ -439,6 +449,10 @@ fn main() -> ExitCode {
             let auth = match auth.map(|a| replay::ReplayAuth::parse(&a)).transpose() {
                 Ok(a) => a,
                 Err(e) => return fail(format!("--auth: {e}")),
+            };
+            let extra_roots = match ca_file.map(|p| replay::read_ca_file(&p)).transpose() {
+                Ok(r) => r.unwrap_or_default(),
+                Err(e) => return fail(format!("--ca-file: {e}")),
             };
             let mut state_headers = Vec::new();
             for h in state_header {
@@ -490,6 +504,8 @@ fn main() -> ExitCode {
                 junit,
                 json,
                 run_id: None,
+                contract_only,
+                extra_roots,
             };
             let Some(rt) = runtime(false) else {
                 return ExitCode::from(2);
@@ -765,6 +781,18 @@ async fn serve(config: Config) -> ExitCode {
         )
     });
     let admin_on = config.admin.token.is_some();
+    // The embedded demo prints its webhook secret so the README's signed delivery works.
+    let demo_webhook = (config.origin == karma_provider::config::DEFAULT_ORIGIN)
+        .then(|| {
+            config.tenants.iter().find_map(|t| {
+                let w = t.webhooks.as_ref()?;
+                Some((
+                    t.id.clone(),
+                    String::from_utf8_lossy(w.secrets.first()?).into_owned(),
+                ))
+            })
+        })
+        .flatten();
     let server = match Server::start(config, Clock::System).await {
         Ok(s) => s,
         Err(e) => {
@@ -788,6 +816,12 @@ async fn serve(config: Config) -> ExitCode {
         say!("Try a voucher check:");
         say!(
             "  curl -s http://{addr}/v1/{tenant}/voucher/check -H 'Content-Type: application/json' \\\n    -d '{{\"code\":\"{code}\",\"cart\":{{\"items\":[{{\"inventoryItemId\":\"1001\",\"quantity\":2,\"priceCents\":2500}}],\"totalCents\":5000}}}}'"
+        );
+    }
+    if let Some((tenant, secret)) = demo_webhook {
+        say!(
+            "Webhook receiver: POST http://{addr}/v1/{tenant}/webhooks, X-Karma-Signature = hex HMAC-SHA256 of the body with the secret {secret:?} (from {})",
+            karma_provider::config::DEMO_WEBHOOK_SECRET_ENV
         );
     }
     tracing::info!(%addr, "serving");

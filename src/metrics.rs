@@ -125,6 +125,8 @@ impl Metrics {
         let (hits, misses) = codes.lookups();
         let _ = writeln!(out, "# HELP kp_code_index_lookups_total Code lookups in an index file: found (hit) or not (miss, then the store is asked).\n# TYPE kp_code_index_lookups_total counter\nkp_code_index_lookups_total{{result=\"hit\"}} {hits}\nkp_code_index_lookups_total{{result=\"miss\"}} {misses}");
         let _ = writeln!(out, "# HELP kp_store_flushes_total Durable flushes (flush + fsync); jobs per flush shows group commit at work.\n# TYPE kp_store_flushes_total counter\nkp_store_flushes_total {}", store.flushes.load(Ordering::Relaxed));
+        let _ = writeln!(out, "# HELP kp_store_jobs_undone_total Jobs that failed (error or panic) and whose writes and memory changes were undone.\n# TYPE kp_store_jobs_undone_total counter\nkp_store_jobs_undone_total {}", store.jobs_undone.load(Ordering::Relaxed));
+        let _ = writeln!(out, "# HELP kp_store_blob_files_synced_total Files sled spilled large log messages to, fsynced by the writer.\n# TYPE kp_store_blob_files_synced_total counter\nkp_store_blob_files_synced_total {}", store.blob_files_synced.load(Ordering::Relaxed));
         out
     }
 }

@@ -181,7 +181,7 @@ async fn generated_codes_are_unique_and_use_the_alphabet() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn budget_is_never_exceeded_under_30_concurrent_checks() {
     let h = Arc::new(Harness::start(&config_with(CAMPAIGNS)).await);
     let mut tasks = Vec::new();
@@ -535,6 +535,137 @@ async fn bulk_codes_are_found_through_the_code_index() {
     assert_eq!(
         check_as(&h, "IX-0150", None).await["error"],
         json!("USAGE_LIMIT_REACHED")
+    );
+
+    // Damage inside a bucket (a byte of IX-0050's record, which the footer's checksum does
+    // not cover): that bucket's checksum fails, the lookup goes to the store and answers
+    // right; codes in other buckets are still answered from the index.
+    let file = std::fs::read_dir(&dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    h.stop().await;
+    let mut bytes = std::fs::read(&file).unwrap();
+    let at = bytes
+        .windows(7)
+        .position(|w| w == b"IX-0050")
+        .expect("the key is in the file");
+    bytes[at + 7 + 4 + 2] ^= 0x20;
+    std::fs::write(&file, &bytes).unwrap();
+    h.boot().await;
+    let hits = metric(&h, HITS).await;
+    let v = check_as(&h, "IX-0050", None).await;
+    assert_eq!(
+        (v["ok"].clone(), v["voucherNr"].clone()),
+        (json!(true), json!("IX-0050")),
+        "{v}"
+    );
+    assert_eq!(
+        metric(&h, HITS).await,
+        hits,
+        "the damaged bucket is not trusted"
+    );
+    let mut from_index = 0;
+    for i in 2..=40 {
+        let code = format!("IX-{i:04}");
+        let before = metric(&h, HITS).await;
+        assert_eq!(check_as(&h, &code, None).await["voucherNr"], json!(code));
+        from_index += metric(&h, HITS).await - before;
+    }
+    assert!(
+        from_index >= 30,
+        "other buckets still serve: {from_index} of 39"
+    );
+}
+
+/// Vendor rules decide the discount outside the writer; the budget is still ours and is
+/// applied in the check job, so thirty concurrent checks whose vendor answers arrive in any
+/// order never spend past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn budget_holds_with_vendor_rules_under_30_concurrent_checks() {
+    let (url, seen) = vendor().await;
+    let h = Arc::new(
+        Harness::start(&config_with(&format!(
+            "[[tenants.campaigns]]\nid = \"vbudget\"\ncodes = [\"OK-B\"]\ndiscount = {{ amount_cents = 100 }}\nmax_discount_total_cents = 3885\nrules = {{ http = \"{url}\", secret_env = \"FWD_SECRET\", timeout = \"2s\" }}\n"
+        )))
+        .await,
+    );
+    let mut tasks = Vec::new();
+    for _ in 0..30 {
+        let h = h.clone();
+        tasks.push(tokio::spawn(
+            async move { check_as(&h, "OK-B", None).await },
+        ));
+    }
+    let mut granted = Vec::new();
+    for t in tasks {
+        let v = t.await.unwrap();
+        if v["ok"] == json!(true) {
+            granted.push(v["discountAmountCents"].as_i64().unwrap());
+        } else {
+            assert_eq!(v["error"], json!("BUDGET_EXHAUSTED"), "{v}");
+        }
+    }
+    assert_eq!(
+        granted,
+        vec![777; 5],
+        "five vendor discounts of 777 fill 3885"
+    );
+    assert_eq!(
+        h.admin("GET", "holds", None).await.json()["count"],
+        json!(5)
+    );
+    assert!(seen.lock().unwrap().len() >= 5);
+}
+
+/// A vendor that is down (connection refused) or answers 5xx: the check fails closed with
+/// `VENDOR_UNAVAILABLE` and no hold exists.
+#[tokio::test]
+async fn a_vendor_that_is_down_or_failing_fails_closed() {
+    let refused = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    }; // closed again: nothing listens there
+    let failing = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let failing_addr = failing.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = failing.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req| async {
+                    let mut r = hyper::Response::new(http_body_util::Full::new(
+                        hyper::body::Bytes::from_static(b"{\"ok\":true,\"discountAmountCents\":5}"),
+                    ));
+                    *r.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
+                    Ok::<_, std::convert::Infallible>(r)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    let campaign = |id: &str, code: &str, addr: std::net::SocketAddr| {
+        format!("[[tenants.campaigns]]\nid = \"{id}\"\ncodes = [\"{code}\"]\ndiscount = {{ amount_cents = 100 }}\nrules = {{ http = \"http://{addr}/decide\", secret_env = \"FWD_SECRET\", timeout = \"2s\" }}\n")
+    };
+    let h = Harness::start(&config_with(&format!(
+        "{}{}",
+        campaign("down", "DOWN-1", refused),
+        campaign("failing", "FAIL-1", failing_addr)
+    )))
+    .await;
+    for code in ["DOWN-1", "FAIL-1"] {
+        let v = check_as(&h, code, None).await;
+        assert_eq!(
+            (v["ok"].clone(), v["error"].clone()),
+            (json!(false), json!("VENDOR_UNAVAILABLE")),
+            "{code}: {v}"
+        );
+    }
+    assert_eq!(
+        h.admin("GET", "holds", None).await.json()["count"],
+        json!(0)
     );
 }
 

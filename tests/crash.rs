@@ -1,4 +1,5 @@
-//! Tests against the real binary. kill -9 under load: start it as a child, drive check → commit from many
+//! Tests against the real binary. kill -9 under load (shared and single-use codes, loyalty,
+//! concurrent webhook deliveries), SIGTERM/SIGINT drains and the shutdown grace. kill -9: start it as a child, drive check → commit from many
 //! connections, SIGKILL it at an arbitrary moment, restart on the same data dir, and prove
 //! from our own record of acknowledged answers that every acknowledged commit is there
 //! exactly once — several rounds in a row.
@@ -110,61 +111,46 @@ max_uses = 1000000
     )
     .unwrap();
 
-    let acked: Arc<Mutex<Vec<Attempt>>> = Arc::default();
-    let attempted: Arc<Mutex<Vec<Attempt>>> = Arc::default();
-    let mut tx_seq = Arc::new(std::sync::atomic::AtomicU64::new(1));
-
+    let seen: Arc<Mutex<Seen>> = Arc::default();
+    let seq = Arc::new(std::sync::atomic::AtomicU64::new(1));
+    let big = Arc::new(vec!["BIG".to_string()]);
     for round in 0..rounds(4) {
         let (mut child, base) = start(&cfg);
         let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
         let deadline =
             Instant::now() + Duration::from_millis(300 + (round * 137 + nanos() % 400) % 700);
-        let mut workers = Vec::new();
-        for _ in 0..16 {
-            let (c, base, acked, attempted, seq) = (
-                client.clone(),
-                base.clone(),
-                acked.clone(),
-                attempted.clone(),
-                tx_seq.clone(),
-            );
-            workers.push(tokio::spawn(async move {
-                loop {
-                    let check = json!({"code": "BIG", "cart": {"items": [], "totalCents": 1000}});
-                    let Ok((200, b)) = send(&c, "POST", &format!("{base}/v1/acme/voucher/check"), Some(&check)).await else { return };
-                    let v: Value = serde_json::from_slice(&b).unwrap();
-                    let a = Attempt {
-                        provider_ref: v["providerRef"].as_str().unwrap().to_string(),
-                        tx: format!("res_{:032x}", seq.fetch_add(1, std::sync::atomic::Ordering::SeqCst)),
-                        amount: v["discountAmountCents"].as_i64().unwrap(),
-                    };
-                    attempted.lock().unwrap().push(a.clone());
-                    let body = json!({"amountCents": a.amount, "transactionId": a.tx, "providerRef": a.provider_ref});
-                    match send(&c, "POST", &format!("{base}/v1/acme/voucher/commit"), Some(&body)).await {
-                        Ok((200, b)) => {
-                            let v: Value = serde_json::from_slice(&b).unwrap();
-                            assert_eq!(v["ok"], json!(true), "{v}");
-                            acked.lock().unwrap().push(a);
-                        }
-                        _ => return,
-                    }
-                }
-            }));
-        }
+        let workers: Vec<_> = (0..16)
+            .map(|w| {
+                tokio::spawn(voucher_worker(
+                    client.clone(),
+                    base.clone(),
+                    big.clone(),
+                    w,
+                    seq.clone(),
+                    seen.clone(),
+                ))
+            })
+            .collect();
         tokio::time::sleep_until(deadline.into()).await;
         child.kill().expect("SIGKILL");
         child.wait().unwrap();
         for w in workers {
             w.await.unwrap();
         }
-        tx_seq = tx_seq.clone();
     }
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    assert!(seen.unexpected.is_empty(), "{:?}", seen.unexpected);
+    let answers: std::collections::HashMap<String, Vec<u8>> = seen
+        .acked
+        .iter()
+        .map(|(a, b)| (a.tx.clone(), b.clone()))
+        .collect();
+    let acked: Vec<Attempt> = seen.acked.into_iter().map(|(a, _)| a).collect();
+    let attempted = seen.attempted;
 
     let (mut child, base) = start(&cfg);
     // A fresh client: the old pool may hold connections to a port the OS has reused.
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
-    let acked = acked.lock().unwrap().clone();
-    let attempted = attempted.lock().unwrap().clone();
     assert!(
         acked.len() > 50,
         "too little load to prove anything: {} acked",
@@ -239,6 +225,13 @@ max_uses = 1000000
             "{}",
             String::from_utf8_lossy(&b)
         );
+        if let Some(first) = answers.get(&a.tx) {
+            assert_eq!(
+                &b, first,
+                "retried commit {} differs from its acknowledged answer",
+                a.tx
+            );
+        }
     }
     let (_, b) = send(
         &client,
@@ -321,11 +314,11 @@ async fn sigterm_drains_flushes_and_exits_cleanly() {
     };
     assert!(health("/readyz"));
     assert!(!health("/nope"));
-    let st = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
     let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
         .await
         .unwrap();
@@ -1083,4 +1076,474 @@ async fn kill_9_during_codes_import_leaves_an_index_that_is_rebuilt() {
         )) && said.contains(&format!("code index {} codes", 1000 + B)),
         "{said}"
     );
+}
+
+/// The config of a voucher crash test: tenant `acme` without auth and `campaigns` (TOML).
+fn voucher_config(
+    dir: &std::path::Path,
+    extra_server: &str,
+    campaigns: &str,
+) -> std::path::PathBuf {
+    let cfg = dir.join("kp.toml");
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n{extra_server}\n[storage]\npath = \"{}\"\n[admin]\ntoken_env = \"KP_CRASH_TOKEN\"\n[[tenants]]\nid = \"acme\"\nauth = {{ mode = \"none\" }}\n{campaigns}",
+        dir.join("data").display()
+    );
+    std::fs::write(&cfg, text).unwrap();
+    cfg
+}
+
+/// What a load worker saw: acknowledged commits with their exact answer bytes, commits
+/// attempted, and every HTTP answer that was neither a 200 nor a clean 503.
+#[derive(Default)]
+struct Seen {
+    acked: Vec<(Attempt, Vec<u8>)>,
+    attempted: Vec<Attempt>,
+    refusals: std::collections::BTreeMap<String, u64>,
+    unexpected: Vec<String>,
+}
+
+/// One worker: check a code from `codes` (round robin from `start`), commit the hold.
+/// Runs until the connection fails (the process is gone). A 200 refusal of the check
+/// (held, used) is counted; any other non-200 except a JSON 503 is recorded as unexpected.
+async fn voucher_worker(
+    c: HttpClient,
+    base: String,
+    codes: Arc<Vec<String>>,
+    start: usize,
+    seq: Arc<std::sync::atomic::AtomicU64>,
+    seen: Arc<Mutex<Seen>>,
+) {
+    let judge = |s: u16, b: &[u8], seen: &Mutex<Seen>| -> Option<Value> {
+        let v: Value = match serde_json::from_slice(b) {
+            Ok(v) => v,
+            Err(_) => {
+                seen.lock()
+                    .unwrap()
+                    .unexpected
+                    .push(format!("{s} not JSON"));
+                return None;
+            }
+        };
+        match s {
+            200 => Some(v),
+            503 if v["ok"] == json!(false) => None,
+            _ => {
+                seen.lock().unwrap().unexpected.push(format!("{s} {v}"));
+                None
+            }
+        }
+    };
+    for i in start.. {
+        let code = &codes[i % codes.len()];
+        let check = json!({"code": code, "cart": {"items": [], "totalCents": 1000}});
+        let Ok((s, b)) = send(
+            &c,
+            "POST",
+            &format!("{base}/v1/acme/voucher/check"),
+            Some(&check),
+        )
+        .await
+        else {
+            return;
+        };
+        let Some(v) = judge(s, &b, &seen) else {
+            continue;
+        };
+        if v["ok"] != json!(true) {
+            let e = v["error"].as_str().unwrap_or("?").to_string();
+            *seen.lock().unwrap().refusals.entry(e).or_default() += 1;
+            continue;
+        }
+        let a = Attempt {
+            provider_ref: v["providerRef"].as_str().unwrap().to_string(),
+            tx: format!(
+                "res_{:032x}",
+                seq.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            ),
+            amount: v["discountAmountCents"].as_i64().unwrap(),
+        };
+        seen.lock().unwrap().attempted.push(a.clone());
+        let body =
+            json!({"amountCents": a.amount, "transactionId": a.tx, "providerRef": a.provider_ref});
+        let Ok((s, b)) = send(
+            &c,
+            "POST",
+            &format!("{base}/v1/acme/voucher/commit"),
+            Some(&body),
+        )
+        .await
+        else {
+            return;
+        };
+        if let Some(v) = judge(s, &b, &seen) {
+            assert_eq!(v["ok"], json!(true), "{v}");
+            seen.lock().unwrap().acked.push((a, b));
+        }
+    }
+}
+
+fn codes(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("ONCE-{i:04}")).collect()
+}
+
+/// Capacity-limited codes under kill -9: 1000 single-use codes, 16 connections taking them
+/// round robin; after every kill and at the end no code is used more than once, every
+/// acknowledged commit is on disk, and retried commits answer the acknowledged bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_with_single_use_codes_never_uses_a_code_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let all = Arc::new(codes(1000));
+    let list: Vec<String> = all.iter().map(|c| format!("\"{c}\"")).collect();
+    let cfg = voucher_config(
+        dir.path(),
+        "",
+        &format!(
+            "[[tenants.campaigns]]\nid = \"once\"\ncodes = [{}]\ndiscount = {{ amount_cents = 100 }}\nmax_uses_per_code = 1\n",
+            list.join(", ")
+        ),
+    );
+    let seen: Arc<Mutex<Seen>> = Arc::default();
+    let seq = Arc::new(std::sync::atomic::AtomicU64::new(1));
+    for round in 0..rounds(4) {
+        let (mut child, base) = start(&cfg);
+        let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+        let mut workers = Vec::new();
+        for w in 0..16 {
+            let start = (round as usize * 16 + w) * 7;
+            workers.push(tokio::spawn(voucher_worker(
+                client.clone(),
+                base.clone(),
+                all.clone(),
+                start,
+                seq.clone(),
+                seen.clone(),
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(
+            200 + (round * 137 + nanos() % 300) % 500,
+        ))
+        .await;
+        child.kill().expect("SIGKILL");
+        child.wait().unwrap();
+        for w in workers {
+            w.await.unwrap();
+        }
+    }
+    let (mut child, base) = start(&cfg);
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    assert!(seen.unexpected.is_empty(), "{:?}", seen.unexpected);
+    assert!(
+        seen.acked.len() > 20,
+        "too little load: {} acked",
+        seen.acked.len()
+    );
+    for code in all.iter() {
+        let (s, b) = send(
+            &client,
+            "GET",
+            &format!("{base}/admin/v1/tenants/acme/codes/{code}"),
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(s, 200);
+        let v: Value = serde_json::from_slice(&b).unwrap();
+        assert!(
+            v["usesConsumed"].as_u64().unwrap() <= 1,
+            "{code} used twice: {v}"
+        );
+    }
+    for (a, first) in &seen.acked {
+        let body =
+            json!({"amountCents": a.amount, "transactionId": a.tx, "providerRef": a.provider_ref});
+        let (s, b) = send(
+            &client,
+            "POST",
+            &format!("{base}/v1/acme/voucher/commit"),
+            Some(&body),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            (s, &b),
+            (200, first),
+            "retried commit {} differs from its acknowledged answer",
+            a.tx
+        );
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    eprintln!(
+        "single-use crash test ({} kills): {} acked, {} attempted, refusals {:?}",
+        rounds(4),
+        seen.acked.len(),
+        seen.attempted.len(),
+        seen.refusals
+    );
+}
+
+/// SIGTERM and SIGINT during load, as in a rolling deploy: every answer is a 200 or a
+/// clean JSON 503, readiness fails once the drain starts and never comes back, the process
+/// exits 0, and every acknowledged commit is there after the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_and_sigint_under_load_drain_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = voucher_config(
+        dir.path(),
+        "shutdown_grace = \"5s\"",
+        "[[tenants.campaigns]]\nid = \"big\"\ncodes = [\"BIG\"]\ndiscount = { amount_cents = 100 }\nmax_uses = 1000000\n",
+    );
+    let seen: Arc<Mutex<Seen>> = Arc::default();
+    let seq = Arc::new(std::sync::atomic::AtomicU64::new(1));
+    let big = Arc::new(vec!["BIG".to_string()]);
+    for sig in [rustix::process::Signal::TERM, rustix::process::Signal::INT] {
+        let (mut child, base) = start(&cfg);
+        let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+        let workers: Vec<_> = (0..16)
+            .map(|w| {
+                tokio::spawn(voucher_worker(
+                    client.clone(),
+                    base.clone(),
+                    big.clone(),
+                    w,
+                    seq.clone(),
+                    seen.clone(),
+                ))
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let pid = rustix::process::Pid::from_child(&child);
+        rustix::process::kill_process(pid, sig).unwrap();
+        // readiness: once it fails it never succeeds again, until the process is gone
+        let mut failed_once = false;
+        loop {
+            let probe: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+            let ready = matches!(
+                send(&probe, "GET", &format!("{base}/readyz"), None).await,
+                Ok((200, _))
+            );
+            assert!(
+                !(failed_once && ready),
+                "{sig:?}: ready again during the drain"
+            );
+            failed_once |= !ready;
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(status.success(), "{sig:?}: exit status {status:?}");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(failed_once);
+        for w in workers {
+            w.await.unwrap();
+        }
+    }
+    let (mut child, base) = start(&cfg);
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    assert!(seen.unexpected.is_empty(), "{:?}", seen.unexpected);
+    assert!(
+        seen.acked.len() > 20,
+        "too little load: {} acked",
+        seen.acked.len()
+    );
+    for (a, first) in &seen.acked {
+        let (_, b) = send(
+            &client,
+            "GET",
+            &format!("{base}/admin/v1/tenants/acme/holds/{}", a.provider_ref),
+            None,
+        )
+        .await
+        .unwrap();
+        let h: Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(
+            h["state"],
+            json!("committed"),
+            "acknowledged commit {} lost",
+            a.tx
+        );
+        let body =
+            json!({"amountCents": a.amount, "transactionId": a.tx, "providerRef": a.provider_ref});
+        let (s, b) = send(
+            &client,
+            "POST",
+            &format!("{base}/v1/acme/voucher/commit"),
+            Some(&body),
+        )
+        .await
+        .unwrap();
+        assert_eq!((s, &b), (200, first));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// `shutdown_grace` bounds the drain: a check waiting on a vendor that never answers
+/// (rules timeout 20 s) is cut when the grace (300 ms) is over, the process exits 0, and
+/// that check never got a hold (no answer at all: Karma retries it elsewhere).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_grace_cuts_a_request_that_would_outlast_it() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let vendor = format!("http://{}/decide", silent.local_addr().unwrap());
+    let held: Arc<Mutex<Vec<tokio::net::TcpStream>>> = Arc::default();
+    let h2 = held.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = silent.accept().await {
+            h2.lock().unwrap().push(s); // keep it open, never answer
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = voucher_config(
+        dir.path(),
+        "shutdown_grace = \"300ms\"",
+        &format!("[[tenants.campaigns]]\nid = \"vend\"\ncodes = [\"SLOW\"]\ndiscount = {{ amount_cents = 100 }}\nrules = {{ http = \"{vendor}\", secret_env = \"KP_FWD_SECRET\", timeout = \"20s\" }}\n"),
+    );
+    let (mut child, base) = start(&cfg);
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let check = json!({"code": "SLOW", "cart": {"items": [], "totalCents": 1000}});
+    let url = format!("{base}/v1/acme/voucher/check");
+    let pending = tokio::spawn(async move {
+        let req = hyper::Request::builder()
+            .method("POST")
+            .uri(url)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(serde_json::to_vec(&check).unwrap())))
+            .unwrap();
+        client.request(req).await.map(|r| r.status().as_u16())
+    });
+    while held.lock().unwrap().is_empty() {
+        tokio::time::sleep(Duration::from_millis(5)).await; // the vendor is being asked
+    }
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let answer = tokio::time::timeout(Duration::from_secs(10), pending)
+        .await
+        .expect("the client sees the end")
+        .unwrap();
+    assert!(answer.is_err(), "the cut check was answered: {answer:?}");
+    let (mut child, base) = start(&cfg);
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let (_, b) = send(
+        &client,
+        "GET",
+        &format!("{base}/admin/v1/tenants/acme/holds"),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        serde_json::from_slice::<Value>(&b).unwrap()["count"],
+        json!(0)
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// Signed webhook deliveries arriving on 8 connections at once when the process is
+/// killed: every acknowledged delivery reaches the sink after the restart (at least once),
+/// and a re-sent acknowledged id is a duplicate, never a second event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_while_webhook_deliveries_arrive_concurrently() {
+    use common::TestSink;
+    use hmac::{Hmac, Mac};
+    let sink = TestSink::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("kp.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = \"{}\"\n[[tenants]]\nid = \"acme\"\nauth = {{ mode = \"none\" }}\n[tenants.webhooks]\nverify = {{ scheme = \"hmac-sha256-hex\", secrets_env = [\"KP_WH_SECRET\"] }}\n[[tenants.webhooks.routes]]\nevents = \"*\"\nsink = {{ http = \"{}\", secret_env = \"KP_FWD_SECRET\" }}\nmax_attempts = 100\nbackoff = \"20ms\"\nbackoff_max = \"20ms\"\n",
+            dir.path().join("data").display(),
+            sink.url()
+        ),
+    )
+    .unwrap();
+    fn signed(id: &str) -> (Vec<u8>, String) {
+        let body = serde_json::to_vec(&json!({"id": id, "event": "inventory.updated"})).unwrap();
+        let mut m = Hmac::<sha2::Sha256>::new_from_slice(b"crash-wh-secret").unwrap();
+        m.update(&body);
+        (body, hex::encode(m.finalize().into_bytes()))
+    }
+    async fn post(c: HttpClient, base: String, id: String) -> Option<(u16, Value)> {
+        let (body, sig) = signed(&id);
+        let req = hyper::Request::builder()
+            .method("POST")
+            .uri(format!("{base}/v1/acme/webhooks"))
+            .header("content-type", "application/json")
+            .header("x-karma-signature", sig)
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(5), c.request(req))
+            .await
+            .ok()?
+            .ok()?;
+        let status = resp.status().as_u16();
+        let b = resp.into_body().collect().await.ok()?.to_bytes();
+        Some((status, serde_json::from_slice::<Value>(&b).unwrap()))
+    }
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (mut child, base) = start(&cfg);
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let workers: Vec<_> = (0..8)
+        .map(|w| {
+            let (c, base, acked) = (client.clone(), base.clone(), acked.clone());
+            tokio::spawn(async move {
+                for i in 0.. {
+                    let id = format!("evt_{w}_{i}");
+                    let Some((s, v)) = post(c.clone(), base.clone(), id.clone()).await else {
+                        return;
+                    };
+                    assert_eq!((s, &v), (200, &json!({"ok": true})), "{id}");
+                    acked.lock().unwrap().push(id);
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300 + nanos() % 300)).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    for w in workers {
+        w.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() > 20, "too little load: {}", acked.len());
+    let (mut child, base) = start(&cfg);
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let delivered = |s: &TestSink| -> std::collections::HashSet<String> {
+        s.got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|g| g.2 == 200)
+            .map(|g| g.0["webhook-id"].to_str().unwrap().to_string())
+            .collect()
+    };
+    let want = acked.len();
+    sink.wait_until("every acknowledged delivery", |s| {
+        let d = delivered(s);
+        acked.iter().filter(|id| d.contains(*id)).count() == want
+    })
+    .await;
+    for id in acked.iter().take(50) {
+        let (s, v) = post(client.clone(), base.clone(), id.clone())
+            .await
+            .unwrap();
+        assert_eq!(
+            (s, v),
+            (200, json!({"ok": true, "duplicate": true})),
+            "{id}"
+        );
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
 }

@@ -312,7 +312,7 @@ async fn pending_points_expiry_and_auto_enroll() {
     assert_eq!(account(&h, "walkin", 8).await["currentBalance"], json!(0));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fifty_concurrent_redeems_on_a_balance_for_ten() {
     let h = std::sync::Arc::new(harness().await);
     enroll(&h, "u1").await; // 50
@@ -339,7 +339,7 @@ async fn fifty_concurrent_redeems_on_a_balance_for_ten() {
     assert_eq!(account(&h, "u1", 7).await["currentBalance"], json!(0));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fifty_concurrent_identical_awards_credit_once() {
     let h = std::sync::Arc::new(harness().await);
     enroll(&h, "u1").await;
@@ -363,7 +363,7 @@ async fn fifty_concurrent_identical_awards_credit_once() {
     assert_eq!(account(&h, "u1", 7).await["currentBalance"], json!(150));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stock_five_and_twenty_concurrent_redeems() {
     let h = std::sync::Arc::new(harness().await);
     for u in 0..20 {
@@ -720,6 +720,121 @@ async fn import_members_all_or_nothing() {
     assert_eq!(account(&h, "m1", 7).await["currentBalance"], json!(100));
 }
 
+/// Karma re-sends a purchase under new transaction ids (a till retrying after a crash):
+/// twenty of them at once credit the purchase once, and every answer is the first award's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_purchase_under_twenty_transaction_ids_at_once_credits_once() {
+    let h = std::sync::Arc::new(harness().await);
+    enroll(&h, "u1").await; // 50
+    let mut tasks = Vec::new();
+    for n in 0..20u64 {
+        let h = h.clone();
+        tasks.push(tokio::spawn(async move {
+            h.call(
+                "loyalty/award",
+                &award_body("u1", "same-purchase", 10_000, json!([]), 500 + n),
+            )
+            .await
+        }));
+    }
+    let mut answers = Vec::new();
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, 200);
+        answers.push(r.json());
+    }
+    let credited: Vec<&Value> = answers.iter().filter(|a| a["ok"] == json!(true)).collect();
+    assert_eq!(credited.len(), 20, "{answers:?}");
+    let first = json!({"ok": true, "pointsAwarded": 100, "newBalance": 150, "tierChanged": false});
+    assert!(answers.iter().all(|a| *a == first), "{answers:?}");
+    assert_eq!(account(&h, "u1", 7).await["currentBalance"], json!(150));
+}
+
+/// The same redeem id sent at once with two different bodies (another guest): one takes
+/// effect, the other is a 409, never a second redemption.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_redeem_id_with_two_bodies_at_once_is_one_redemption_and_one_409() {
+    let h = std::sync::Arc::new(harness().await);
+    for (u, n) in [("u1", 1), ("u2", 2)] {
+        enroll(&h, u).await; // 50
+        call(
+            &h,
+            "award",
+            award_body(u, &format!("p{n}"), 5_000, json!([]), n),
+        )
+        .await; // 100
+    }
+    for round in 0..10u64 {
+        let (h1, h2) = (h.clone(), h.clone());
+        let a = tokio::spawn(async move {
+            h1.call("loyalty/redeem", &redeem_body("u1", "cake", 900 + round))
+                .await
+        });
+        let b = tokio::spawn(async move {
+            h2.call("loyalty/redeem", &redeem_body("u2", "cake", 900 + round))
+                .await
+        });
+        let (a, b) = (a.await.unwrap(), b.await.unwrap());
+        let mut statuses = [a.status, b.status];
+        statuses.sort();
+        assert_eq!(statuses, [200, 409], "{:?} {:?}", a.json(), b.json());
+        let (won, lost) = if a.status == 409 { (b, a) } else { (a, b) };
+        assert_eq!(won.json()["ok"], json!(true), "{:?}", won.json());
+        assert_eq!(lost.json()["error"], json!("IDEMPOTENCY_CONFLICT"));
+    }
+    let b1 = account(&h, "u1", 7).await["currentBalance"]
+        .as_i64()
+        .unwrap();
+    let b2 = account(&h, "u2", 7).await["currentBalance"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(
+        b1 + b2,
+        200 - 10 * 10,
+        "ten redemptions of 10 points, no more"
+    );
+}
+
+/// Lookup by card: a card linked at enroll is found however Karma's staff type it
+/// (spaces, dashes, lower case), and only that member.
+#[tokio::test]
+async fn lookup_by_card_is_normalised() {
+    let h = harness().await;
+    let first = call(
+        &h,
+        "enroll",
+        json!({"userId": "carded", "loyaltyProgramId": 7, "locationId": 42, "cardNumber": "ab12-3456 7890"}),
+    )
+    .await;
+    let member = first["memberId"].as_str().unwrap().to_string();
+    enroll(&h, "other").await;
+    let lookup = |i: &str| json!({"locationId": 42, "loyaltyProgramId": 7, "identifier": i, "identifierType": "card"});
+    for typed in [
+        "AB1234567890",
+        "ab12 3456 7890",
+        "AB12-3456-7890",
+        " ab1234567890 ",
+    ] {
+        assert_eq!(
+            call(&h, "lookup", lookup(typed)).await,
+            json!({"ok": true, "memberId": member, "userId": "carded"}),
+            "{typed}"
+        );
+    }
+    refused(
+        &call(&h, "lookup", lookup("AB1234567891")).await,
+        "MEMBER_NOT_FOUND",
+    );
+    // the card is this member's: another enroll with it is refused
+    let v = call(
+        &h,
+        "enroll",
+        json!({"userId": "thief", "loyaltyProgramId": 7, "locationId": 42, "cardNumber": "AB12 3456 7890"}),
+    )
+    .await;
+    refused(&v, "IDENTIFIER_IN_USE");
+}
+
 const SMALL_PATTERN: &str = r#"
 [[tenants.loyalty]]
 program_id = 9
@@ -846,4 +961,56 @@ async fn awards_that_would_overflow_are_refused_naming_the_field() {
         .await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.bytes));
     assert_eq!(r.json()["pointsReversed"], json!(500_000_000_000_000i64));
+}
+
+#[tokio::test]
+async fn identifier_syntax_is_checked_before_the_program_is_looked_up() {
+    // A malformed identifier is a bad request whatever the program (as the spec says), not
+    // PROGRAM_NOT_FOUND for an unknown program.
+    let h = harness().await;
+    for (op, body, field) in [
+        (
+            "lookup",
+            json!({"loyaltyProgramId": 99, "identifier": "call me", "identifierType": "phone"}),
+            "identifier",
+        ),
+        (
+            "lookup",
+            json!({"loyaltyProgramId": 99, "identifier": "x", "identifierType": "ssn"}),
+            "identifierType",
+        ),
+        (
+            "enroll",
+            json!({"userId": "u9", "loyaltyProgramId": 99, "email": "no-at-sign"}),
+            "email",
+        ),
+        (
+            "enroll",
+            json!({"userId": "u9", "loyaltyProgramId": 99, "cardNumber": " - -"}),
+            "cardNumber",
+        ),
+    ] {
+        let r = h.call(&format!("loyalty/{op}"), &body).await;
+        assert_eq!(
+            (r.status, r.json()["field"].clone()),
+            (400, json!(field)),
+            "{body}"
+        );
+    }
+    // an identifier of 128 characters is within the id rule, whatever its bytes
+    let email = format!("{}@x", "é".repeat(126));
+    let r = call(
+        &h,
+        "enroll",
+        json!({"userId": "u9", "loyaltyProgramId": 7, "email": email}),
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+    let found = call(
+        &h,
+        "lookup",
+        json!({"loyaltyProgramId": 7, "identifier": email.to_uppercase(), "identifierType": "EMAIL"}),
+    )
+    .await;
+    assert_eq!(found["memberId"], r["memberId"]);
 }

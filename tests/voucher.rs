@@ -495,7 +495,7 @@ async fn a_holds_history_is_complete_while_live_after_expiry_and_across_restarts
     assert_eq!(st["state"], json!("used"));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fifty_concurrent_checks_of_a_single_use_code_make_one_hold() {
     let h = std::sync::Arc::new(harness().await);
     let mut tasks = Vec::new();
@@ -523,7 +523,7 @@ async fn fifty_concurrent_checks_of_a_single_use_code_make_one_hold() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fifty_concurrent_identical_commits_take_effect_once() {
     let h = std::sync::Arc::new(harness().await);
     let (r, a) = hold(&h, "TWICE", 1000).await;
@@ -892,4 +892,85 @@ async fn slow_clients_are_timed_out() {
     let text = String::from_utf8_lossy(&buf[..n]);
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(text.contains("REQUEST_TIMEOUT"), "{text}");
+}
+
+/// Karma's commit and its reactivate of the same hold (same transaction id) can cross on
+/// the wire. Whichever runs first, the other is answered consistently, the code's use is
+/// counted back, and both answers are replayed byte for byte on retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn commit_and_reactivate_of_one_hold_at_once_agree() {
+    let h = std::sync::Arc::new(harness().await);
+    let (mut commit_first, mut reactivate_first) = (0, 0);
+    for round in 0..20u64 {
+        let (r, a) = hold(&h, "ONE-USE-1", 1000).await;
+        let body = commit_body(a, &res_id(1000 + round), &r);
+        let (hc, hr) = (h.clone(), h.clone());
+        let (bc, br) = (body.clone(), body.clone());
+        let c = tokio::spawn(async move { hc.call("voucher/commit", &bc).await });
+        let x = tokio::spawn(async move { hr.call("voucher/reactivate", &br).await });
+        let (c, x) = (c.await.unwrap(), x.await.unwrap());
+        let (cv, xv) = (c.json(), x.json());
+        if cv["ok"] == json!(true) {
+            commit_first += 1;
+            assert_eq!(xv["status"], json!("returned"), "{cv} {xv}");
+        } else {
+            reactivate_first += 1;
+            assert_rejected(&cv, "RESERVATION_RELEASED");
+            assert_eq!(xv["status"], json!("released"), "{cv} {xv}");
+        }
+        assert_eq!(h.call("voucher/commit", &body).await.bytes, c.bytes);
+        assert_eq!(h.call("voucher/reactivate", &body).await.bytes, x.bytes);
+    }
+    assert_eq!(commit_first + reactivate_first, 20);
+    // every round gave the single use back
+    let st = h.admin("GET", "codes/ONE-USE-1", None).await.json();
+    assert_eq!(st["usesConsumed"], json!(0), "{st}");
+    assert_eq!(
+        h.admin("GET", "holds", None).await.json()["count"],
+        json!(0)
+    );
+    hold(&h, "ONE-USE-1", 1000).await;
+}
+
+/// Checks of a single-use code race the expiry of the hold that blocks it: at most one of
+/// them takes the code, and the expired hold's commit then agrees with what happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn checks_racing_a_holds_expiry_take_the_code_at_most_once() {
+    let h = std::sync::Arc::new(harness().await);
+    let (r, a) = hold(&h, "ONE-USE-2", 1000).await;
+    h.clock.advance_ms(2 * 3_600_000 - 5);
+    let mut tasks = Vec::new();
+    for _ in 0..30 {
+        let h = h.clone();
+        tasks.push(tokio::spawn(async move {
+            h.call("voucher/check", &check_body("ONE-USE-2", 1000))
+                .await
+                .json()
+        }));
+    }
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+        h.clock.advance_ms(1);
+    }
+    let mut ok = 0;
+    for t in tasks {
+        let v = t.await.unwrap();
+        if v["ok"] == json!(true) {
+            ok += 1;
+        } else {
+            assert_rejected(&v, "VOUCHER_HELD");
+        }
+    }
+    assert!(ok <= 1, "{ok} checks took a single-use code");
+    let holds = h.admin("GET", "holds", None).await.json();
+    assert_eq!(holds["count"], json!(ok), "{holds}");
+    let late = h
+        .call("voucher/commit", &commit_body(a, &res_id(77), &r))
+        .await
+        .json();
+    if ok == 1 {
+        assert_rejected(&late, "RESERVATION_EXPIRED");
+    } else {
+        assert_eq!(late["ok"], json!(true), "{late}");
+    }
 }

@@ -395,7 +395,7 @@ async fn exhausted_attempts_go_to_dead_letters_and_replay_delivers() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_duplicate_deliveries_make_one_inbox_entry() {
     let h = std::sync::Arc::new(Harness::start(&config_with(HEX)).await);
     let body = envelope("evt_race");
@@ -532,4 +532,204 @@ async fn dedupe_records(h: &Harness) -> usize {
         .lines()
         .filter(|l| l.contains("\"key\":\"whd/"))
         .count()
+}
+
+/// Wait until `n` dead letters are listed; the list.
+async fn dead_letters(h: &Harness, n: u64) -> serde_json::Value {
+    for _ in 0..1000 {
+        let dl = h.admin("GET", "webhooks/dead-letters", None).await.json();
+        if dl["count"] == json!(n) {
+            return dl;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("never {n} dead letters");
+}
+
+#[tokio::test]
+async fn one_dead_letter_is_replayed_and_another_purged_by_route_and_seq() {
+    let sink = TestSink::start().await;
+    sink.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("f.jsonl").display().to_string();
+    let h = Harness::start(&routed(&sink, &file, 2)).await;
+    assert_eq!(signed(&h, envelope("evt_a")).await.status, 200);
+    assert_eq!(signed(&h, envelope("evt_b")).await.status, 200);
+    let dl = dead_letters(&h, 2).await;
+    let at = |i: usize| {
+        format!(
+            "webhooks/dead-letters/{}/{}",
+            dl["deadLetters"][i]["route"].as_str().unwrap(),
+            dl["deadLetters"][i]["seq"]
+        )
+    };
+    let (first, second) = (at(0), at(1));
+    assert_eq!(dl["deadLetters"][0]["id"], json!("evt_a"), "{dl}");
+    sink.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    let r = h.admin("POST", &format!("{first}/replay"), None).await;
+    assert_eq!(r.json(), json!({"ok": true, "replayed": 1}));
+    sink.wait_until("evt_a delivered", |s| s.successes() == 1)
+        .await;
+    let dl = dead_letters(&h, 1).await;
+    assert_eq!(dl["deadLetters"][0]["id"], json!("evt_b"), "{dl}");
+    let r = h.admin("POST", &format!("{second}/purge"), None).await;
+    assert_eq!(r.json()["purged"], json!(1));
+    dead_letters(&h, 0).await;
+    // gone: neither can be replayed again, and nothing more reaches the sink
+    assert_eq!(
+        h.admin("POST", &format!("{second}/replay"), None)
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        h.admin("POST", &format!("{first}/replay"), None)
+            .await
+            .status,
+        404
+    );
+    let delivered: Vec<String> = sink
+        .got
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|g| g.2 == 200)
+        .map(|g| g.0["webhook-id"].to_str().unwrap().to_string())
+        .collect();
+    assert_eq!(delivered, ["evt_a"]);
+}
+
+/// The receiver's `Retry-After` (here 1 s) replaces the route's backoff (10 ms): the next
+/// attempt is not sent before it.
+#[tokio::test]
+async fn a_sinks_retry_after_is_honoured_over_http() {
+    let sink = TestSink::start().await;
+    *sink.retry_after.lock().unwrap() = Some("1".into());
+    sink.fail_first
+        .store(1, std::sync::atomic::Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("f.jsonl").display().to_string();
+    let h = Harness::start(&routed(&sink, &file, 5)).await;
+    assert_eq!(signed(&h, envelope("evt_ra")).await.status, 200);
+    sink.wait_until("delivered after the wait", |s| s.successes() == 1)
+        .await;
+    let at = sink.at.lock().unwrap().clone();
+    assert_eq!(at.len(), 2);
+    let gap = at[1] - at[0];
+    assert!(
+        gap >= std::time::Duration::from_secs(1),
+        "retried after {gap:?}"
+    );
+}
+
+/// Without `Retry-After` the route's backoff applies and doubles per attempt (with jitter
+/// between half and all of it): 200 ms, 400 ms, 800 ms at least halved.
+#[tokio::test]
+async fn backoff_doubles_between_attempts_over_http() {
+    let sink = TestSink::start().await;
+    *sink.retry_after.lock().unwrap() = Some(String::new());
+    sink.fail_first
+        .store(3, std::sync::atomic::Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("f.jsonl").display().to_string();
+    let toml = routed(&sink, &file, 10)
+        .replace("backoff = \"10ms\"", "backoff = \"200ms\"")
+        .replace("backoff_max = \"40ms\"", "backoff_max = \"2s\"");
+    let h = Harness::start(&toml).await;
+    assert_eq!(signed(&h, envelope("evt_bo")).await.status, 200);
+    sink.wait_until("delivered after three failures", |s| s.successes() == 1)
+        .await;
+    let at = sink.at.lock().unwrap().clone();
+    assert_eq!(at.len(), 4);
+    for (i, least_ms) in [100u64, 200, 400].into_iter().enumerate() {
+        let gap = at[i + 1] - at[i];
+        assert!(
+            gap >= std::time::Duration::from_millis(least_ms),
+            "attempt {}: {gap:?}",
+            i + 2
+        );
+    }
+}
+
+/// Secret rotation for the Stripe scheme over HTTP: the new and the old secret both verify,
+/// any other does not.
+#[tokio::test]
+async fn stripe_scheme_accepts_both_secrets_during_rotation() {
+    let h = Harness::start(&config_with("[tenants.webhooks]\nverify = { scheme = \"stripe\", secrets_env = [\"WH_SECRET\", \"WH_OLD\"] }\ntolerance = \"5m\"\n")).await;
+    let now = h.clock.now_ms() / 1000;
+    let sign = |secret: &[u8], body: &[u8]| {
+        format!(
+            "t={now},v1={}",
+            hex::encode(hmac(secret, &[now.to_string().as_bytes(), b".", body]))
+        )
+    };
+    for (id, secret, status) in [
+        ("evt_new", &b"new-secret"[..], 200),
+        ("evt_old", b"old-secret", 200),
+        ("evt_other", b"other", 401),
+    ] {
+        let body = envelope(id);
+        let r = deliver(&h, &[("stripe-signature", &sign(secret, &body))], body).await;
+        assert_eq!(
+            r.status,
+            status,
+            "{id}: {}",
+            String::from_utf8_lossy(&r.bytes)
+        );
+    }
+}
+
+/// Standard Webhooks over HTTP: rotation (two `whsec_` secrets) and the timestamp
+/// tolerance, both ways.
+#[tokio::test]
+async fn standard_webhooks_rotation_and_tolerance() {
+    use base64::Engine;
+    let h = Harness::start(&config_with("[tenants.webhooks]\nverify = { scheme = \"standard-webhooks\", secrets_env = [\"WH_STD\", \"FWD_SECRET\"] }\ntolerance = \"5m\"\n")).await;
+    let now = h.clock.now_ms() / 1000;
+    let send = |id: &'static str, key: &'static [u8], t: i64| {
+        let h = &h;
+        async move {
+            let body = envelope(id);
+            let ts = t.to_string();
+            let sig = base64::engine::general_purpose::STANDARD.encode(hmac(
+                key,
+                &[id.as_bytes(), b".", ts.as_bytes(), b".", &body],
+            ));
+            let sig = format!("v1,{sig}");
+            deliver(
+                h,
+                &[
+                    ("webhook-id", id),
+                    ("webhook-timestamp", &ts),
+                    ("webhook-signature", &sig),
+                ],
+                body,
+            )
+            .await
+        }
+    };
+    assert_eq!(send("msg_new", b"std-key", now).await.status, 200);
+    assert_eq!(send("msg_old", b"fwd-key", now).await.status, 200);
+    assert_eq!(send("msg_x", b"nope", now).await.status, 401);
+    assert_eq!(send("msg_late", b"std-key", now - 299).await.status, 200);
+    let r = send("msg_stale", b"std-key", now - 301).await;
+    assert_eq!(r.status, 401);
+    assert!(
+        r.json()["message"].as_str().unwrap().contains("tolerance"),
+        "{}",
+        r.json()
+    );
+    assert_eq!(send("msg_future", b"std-key", now + 301).await.status, 401);
+}
+
+#[tokio::test]
+async fn envelope_ids_are_limited_in_characters_not_bytes() {
+    // the spec's maxLength counts characters: 256 four-byte characters are 1024 bytes
+    let h = Harness::start(&config_with(HEX)).await;
+    let id: String = "𝄞".repeat(256);
+    let r = signed(&h, envelope(&id)).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.bytes));
+    let r = signed(&h, envelope(&"𝄞".repeat(257))).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["field"], "id");
 }

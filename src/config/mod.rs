@@ -121,6 +121,8 @@ pub struct WebhookConfig {
     pub secrets: Vec<Vec<u8>>,
     pub tolerance_ms: i64,
     pub retention_ms: i64,
+    /// Refuse envelopes whose own `timestamp` is further than this from now (`max_age`).
+    pub max_age_ms: Option<i64>,
     /// Onward delivery, in the order written.
     pub routes: Vec<RouteConfig>,
 }
@@ -171,6 +173,7 @@ impl std::fmt::Debug for WebhookConfig {
             .field("secrets", &format_args!("[{} ***]", self.secrets.len()))
             .field("tolerance_ms", &self.tolerance_ms)
             .field("retention_ms", &self.retention_ms)
+            .field("max_age_ms", &self.max_age_ms)
             .field("routes", &self.routes)
             .finish()
     }
@@ -256,6 +259,7 @@ struct RawWebhooks {
     verify: RawVerify,
     tolerance: Option<String>,
     retention: Option<String>,
+    max_age: Option<String>,
     #[serde(default)]
     routes: Vec<RawRoute>,
 }
@@ -345,6 +349,21 @@ impl Env for ProcessEnv {
     }
 }
 
+/// The env var holding the embedded demo's webhook secret, and its value when unset.
+pub const DEMO_WEBHOOK_SECRET_ENV: &str = "KP_DEMO_WEBHOOK_SECRET";
+pub const DEMO_WEBHOOK_SECRET_DEFAULT: &str = "demo-secret";
+
+/// The process env, with the demo's webhook secret defaulted (embedded config only).
+pub struct DemoEnv;
+
+impl Env for DemoEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        ProcessEnv.var(name).filter(|v| !v.is_empty()).or_else(|| {
+            (name == DEMO_WEBHOOK_SECRET_ENV).then(|| DEMO_WEBHOOK_SECRET_DEFAULT.to_string())
+        })
+    }
+}
+
 impl<F: Fn(&str) -> Option<String>> Env for F {
     fn var(&self, name: &str) -> Option<String> {
         self(name)
@@ -355,7 +374,7 @@ impl Config {
     /// The embedded default, or the file at `path`, with secrets from the process env.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         match path {
-            None => Config::from_toml(DEFAULT_TOML, DEFAULT_ORIGIN, &ProcessEnv),
+            None => Config::from_toml(DEFAULT_TOML, DEFAULT_ORIGIN, &DemoEnv),
             Some(p) => {
                 let text = std::fs::read_to_string(p).map_err(|e| ConfigError {
                     file: p.display().to_string(),
@@ -763,6 +782,26 @@ impl Config {
                             "names no secret that is set".into(),
                         ));
                     }
+                    let retention_ms = dur(
+                        &format!("{wk}.retention"),
+                        &w.retention,
+                        Duration::from_secs(7 * 86_400),
+                    )?
+                    .as_millis() as i64;
+                    let max_age_ms = match &w.max_age {
+                        None => None,
+                        Some(_) => {
+                            let ms = dur(&format!("{wk}.max_age"), &w.max_age, Duration::ZERO)?
+                                .as_millis() as i64;
+                            if ms <= 0 || ms > retention_ms {
+                                return Err(err(
+                                    &format!("{wk}.max_age"),
+                                    "must be more than 0 and at most retention, or a replay older than the dedupe window would be accepted".into(),
+                                ));
+                            }
+                            Some(ms)
+                        }
+                    };
                     Some(WebhookConfig {
                         scheme,
                         secrets,
@@ -773,12 +812,8 @@ impl Config {
                             Duration::from_secs(300),
                         )?
                         .as_millis() as i64,
-                        retention_ms: dur(
-                            &format!("{wk}.retention"),
-                            &w.retention,
-                            Duration::from_secs(7 * 86_400),
-                        )?
-                        .as_millis() as i64,
+                        retention_ms,
+                        max_age_ms,
                     })
                 }
             };
@@ -818,8 +853,11 @@ mod tests {
 
     #[test]
     fn embedded_default_is_valid() {
-        let c = Config::from_toml(DEFAULT_TOML, DEFAULT_ORIGIN, &no_env).unwrap();
+        let demo = |k: &str| (k == DEMO_WEBHOOK_SECRET_ENV).then(|| "demo-secret".to_string());
+        let c = Config::from_toml(DEFAULT_TOML, DEFAULT_ORIGIN, &demo).unwrap();
         assert_eq!(c.tenants[0].id, "demo");
+        let w = c.tenants[0].webhooks.as_ref().unwrap();
+        assert_eq!(w.secrets, vec![b"demo-secret".to_vec()]);
         assert_eq!(c.server.listen, "127.0.0.1:8080");
         assert!(c.admin.token.is_none());
     }

@@ -3,17 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::rules::{check_cents, check_opt_text, check_text};
 use super::{check_transaction_id, opaque_id, opt_opaque_id, ApiError};
-
-fn printable(field: &str, v: &str) -> Result<(), ApiError> {
-    if v.trim().is_empty() || v.len() > 128 || v.chars().any(char::is_control) {
-        return Err(ApiError::invalid(
-            field,
-            "must be 1-128 printable characters",
-        ));
-    }
-    Ok(())
-}
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -24,6 +15,14 @@ pub struct LookupRequest {
     pub loyalty_program_id: String,
     pub identifier: String,
     pub identifier_type: String,
+}
+
+impl LookupRequest {
+    pub fn validate(&self) -> Result<(), ApiError> {
+        check_opt_text("locationId", &self.location_id)?;
+        check_text("loyaltyProgramId", &self.loyalty_program_id)?;
+        check_text("identifier", &self.identifier)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -46,7 +45,12 @@ pub struct EnrollRequest {
 
 impl EnrollRequest {
     pub fn validate(&self) -> Result<(), ApiError> {
-        printable("userId", &self.user_id)
+        check_text("userId", &self.user_id)?;
+        check_text("loyaltyProgramId", &self.loyalty_program_id)?;
+        check_opt_text("locationId", &self.location_id)?;
+        check_opt_text("phone", &self.phone)?;
+        check_opt_text("email", &self.email)?;
+        check_opt_text("cardNumber", &self.card_number)
     }
 }
 
@@ -59,6 +63,7 @@ pub struct AwardRequest {
     pub loyalty_program_id: String,
     #[serde(deserialize_with = "opaque_id")]
     pub purchase_id: String,
+    #[serde(deserialize_with = "super::rules::int")]
     pub purchase_amount_cents: i64,
     #[serde(default, deserialize_with = "opaque_ids")]
     pub item_ids: Vec<String>,
@@ -74,20 +79,25 @@ fn opaque_ids<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::
 impl AwardRequest {
     pub fn validate(&self) -> Result<(), ApiError> {
         check_transaction_id("transactionId", &self.transaction_id, "loy_")?;
-        printable("userId", &self.user_id)?;
-        printable("purchaseId", &self.purchase_id)?;
-        if !(0..=super::voucher::MAX_CENTS).contains(&self.purchase_amount_cents) {
+        check_text("userId", &self.user_id)?;
+        check_text("loyaltyProgramId", &self.loyalty_program_id)?;
+        check_text("purchaseId", &self.purchase_id)?;
+        check_cents("purchaseAmountCents", self.purchase_amount_cents)?;
+        if self.item_ids.len() > MAX_ITEM_IDS {
             return Err(ApiError::invalid(
-                "purchaseAmountCents",
-                format!("must be between 0 and {}", super::voucher::MAX_CENTS),
+                "itemIds",
+                format!("must hold at most {MAX_ITEM_IDS} ids"),
             ));
         }
-        if self.item_ids.len() > 1000 {
-            return Err(ApiError::invalid("itemIds", "at most 1000 items"));
+        for (i, id) in self.item_ids.iter().enumerate() {
+            check_text(&format!("itemIds[{i}]"), id)?;
         }
         Ok(())
     }
 }
+
+/// The most `itemIds` an award may carry.
+pub const MAX_ITEM_IDS: usize = 1000;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -98,11 +108,24 @@ pub struct AccountRequest {
     pub loyalty_program_id: String,
 }
 
+impl AccountRequest {
+    pub fn validate(&self) -> Result<(), ApiError> {
+        check_text("userId", &self.user_id)?;
+        check_text("loyaltyProgramId", &self.loyalty_program_id)
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RewardsRequest {
     #[serde(deserialize_with = "opaque_id")]
     pub loyalty_program_id: String,
+}
+
+impl RewardsRequest {
+    pub fn validate(&self) -> Result<(), ApiError> {
+        check_text("loyaltyProgramId", &self.loyalty_program_id)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -120,8 +143,9 @@ pub struct RedeemRequest {
 impl RedeemRequest {
     pub fn validate(&self) -> Result<(), ApiError> {
         check_transaction_id("transactionId", &self.transaction_id, "loy_")?;
-        printable("userId", &self.user_id)?;
-        printable("rewardId", &self.reward_id)
+        check_text("userId", &self.user_id)?;
+        check_text("loyaltyProgramId", &self.loyalty_program_id)?;
+        check_text("rewardId", &self.reward_id)
     }
 }
 

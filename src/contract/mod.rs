@@ -4,6 +4,7 @@
 //! The decisions behind these shapes are written up in `contract/README.md`.
 
 pub mod loyalty;
+pub mod rules;
 pub mod voucher;
 
 use serde::de::DeserializeOwned;
@@ -70,48 +71,195 @@ pub fn rejection_body(code: &str, message: &str) -> Vec<u8> {
     .unwrap_or_default()
 }
 
-/// Parse a JSON body into `T`; a syntax error is `MALFORMED_JSON`, a missing or mistyped
-/// field is `INVALID_FIELD` with the field's path.
+/// Marks an error message written by our own deserializers (see [`ours`]).
+const OURS: char = '\u{1}';
+
+/// A deserializer error message that is already our sentence about the value at its path.
+pub(crate) fn ours(sentence: &str) -> String {
+    format!("{OURS}{OURS}{sentence}")
+}
+
+/// Our sentence about `key` inside the object at the error's path.
+fn ours_at(key: &str, sentence: &str) -> String {
+    format!("{OURS}{key}{OURS}{sentence}")
+}
+
+/// A pass over any JSON value refusing an object key written twice (serde_json keeps the
+/// last one silently), at any depth.
+struct NoDuplicates;
+
+impl<'de> Deserialize<'de> for NoDuplicates {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(NoDuplicates)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for NoDuplicates {
+    type Value = NoDuplicates;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_unit<E>(self) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self, A::Error> {
+        while seq.next_element::<NoDuplicates>()?.is_some() {}
+        Ok(self)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if seen.contains(&key) {
+                return Err(serde::de::Error::custom(ours_at(
+                    &key,
+                    "appears more than once; each key may be given once",
+                )));
+            }
+            map.next_value::<NoDuplicates>()?;
+            seen.insert(key);
+        }
+        Ok(self)
+    }
+}
+
+/// Parse a JSON body into `T`. Every refusal is our own sentence: a body that is not JSON
+/// is `MALFORMED_JSON`; a duplicate key, a missing or mistyped field is `INVALID_FIELD`
+/// naming the field's path; a body of the wrong kind is `INVALID_BODY`.
 pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(body);
-    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        use serde_json::error::Category;
-        match inner.classify() {
-            Category::Syntax | Category::Eof | Category::Io => ApiError::new(
-                400,
-                "MALFORMED_JSON",
-                format!("the body is not valid JSON: {inner}"),
-            ),
-            Category::Data => {
-                let msg = strip_position(&inner.to_string());
-                if let Some(name) = msg
-                    .strip_prefix("missing field `")
-                    .and_then(|r| r.split('`').next())
-                {
-                    let field = if path == "." {
-                        name.to_owned()
-                    } else {
-                        format!("{path}.{name}")
-                    };
-                    ApiError::invalid(field, "is required")
-                } else if path == "." {
-                    ApiError::new(400, "INVALID_BODY", format!("the body {msg}"))
-                } else {
-                    ApiError::invalid(path, msg)
-                }
-            }
-        }
-    })?;
+    serde_path_to_error::deserialize::<_, NoDuplicates>(&mut de).map_err(map_error)?;
     de.end().map_err(|e| {
         ApiError::new(
             400,
             "MALFORMED_JSON",
-            format!("unexpected data after the JSON value: {e}"),
+            format!(
+                "the body holds more than one JSON value (extra data at line {}, column {})",
+                e.line(),
+                e.column()
+            ),
         )
     })?;
-    Ok(value)
+    let mut de = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut de).map_err(map_error)
+}
+
+/// Like [`parse`], for the provider calls whose body is always a JSON object (serde would
+/// otherwise read a struct from an array, field by field).
+pub fn parse_object<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let object = body.trim_ascii_start().first() == Some(&b'{');
+    match parse(body) {
+        Ok(v) if object => Ok(v),
+        Err(e) if object || e.code == "MALFORMED_JSON" => Err(e),
+        _ => Err(ApiError::new(
+            400,
+            "INVALID_BODY",
+            "the body must be a JSON object",
+        )),
+    }
+}
+
+/// serde's error → our sentence naming the field and the rule.
+fn map_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    use serde_json::error::Category;
+    let path = e.path().to_string();
+    let inner = e.into_inner();
+    let (line, column) = (inner.line(), inner.column());
+    let msg = strip_position(&inner.to_string());
+    let at = |name: &str| {
+        if path == "." {
+            name.to_owned()
+        } else {
+            format!("{path}.{name}")
+        }
+    };
+    let field_error = |field: String, sentence: String| {
+        if field == "." {
+            ApiError::new(400, "INVALID_BODY", format!("the body {sentence}"))
+        } else {
+            ApiError::invalid(field, sentence)
+        }
+    };
+    if msg == "number out of range" {
+        return field_error(path, "must be a number within 64-bit range".into());
+    }
+    if msg == "recursion limit exceeded" {
+        return ApiError::new(
+            400,
+            "MALFORMED_JSON",
+            "the body nests arrays and objects more than 127 levels deep",
+        );
+    }
+    match inner.classify() {
+        Category::Eof => ApiError::new(
+            400,
+            "MALFORMED_JSON",
+            "the body ends before its JSON value is complete",
+        ),
+        Category::Syntax | Category::Io => ApiError::new(
+            400,
+            "MALFORMED_JSON",
+            format!("the body is not valid JSON (at line {line}, column {column})"),
+        ),
+        Category::Data => {
+            if let Some(rest) = msg.strip_prefix(OURS) {
+                let (key, sentence) = rest.split_once(OURS).unwrap_or(("", rest));
+                let field = if key.is_empty() { path } else { at(key) };
+                return field_error(field, sentence.to_owned());
+            }
+            let quoted = |prefix: &str| {
+                msg.strip_prefix(prefix)
+                    .and_then(|r| r.split('`').next())
+                    .map(str::to_owned)
+            };
+            if let Some(name) = quoted("missing field `") {
+                return ApiError::invalid(at(&name), "is required");
+            }
+            if let Some(name) = quoted("unknown field `") {
+                return ApiError::invalid(at(&name), "is not a field of this request");
+            }
+            if let Some(name) = quoted("duplicate field `") {
+                return ApiError::invalid(
+                    at(&name),
+                    "appears more than once; each key may be given once",
+                );
+            }
+            let expected = msg.rsplit_once(", expected ").map(|(_, x)| x).unwrap_or("");
+            field_error(path, format!("must be {}", our_words(expected)))
+        }
+    }
+}
+
+/// serde's name for what a field expects → ours.
+fn our_words(expected: &str) -> String {
+    match expected {
+        "a string" => "a string".into(),
+        "i8" | "i16" | "i32" | "i64" | "u8" | "u16" | "u32" | "u64" | "usize" | "isize" => {
+            "an integer in range".into()
+        }
+        "f32" | "f64" => "a number".into(),
+        "a boolean" => "true or false".into(),
+        "a sequence" => "an array".into(),
+        "unit" => "null".into(),
+        x if x.starts_with("struct ") || x == "a map" => "an object".into(),
+        x if x.starts_with("one of ") || x.starts_with('`') => x.replace('`', ""),
+        x if x.starts_with("a ") || x.starts_with("an ") => x.to_owned(),
+        _ => "of another type or value (see the contract)".into(),
+    }
 }
 
 fn strip_position(s: &str) -> String {
@@ -121,23 +269,24 @@ fn strip_position(s: &str) -> String {
     }
 }
 
-/// Opaque ids (inventory items, locations, users) may arrive as strings or numbers;
-/// we keep their text.
+/// Opaque ids (inventory items, locations, users) may arrive as strings or integers
+/// (an integer may be written `12.0`); we keep their text.
 pub fn opaque_id<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Id {
-        S(String),
-        I(i64),
-        U(u64),
+    let raw = rules::raw(d)?;
+    let text = raw.get();
+    if text.starts_with('"') {
+        return serde_json::from_str::<String>(text).map_err(serde::de::Error::custom);
     }
-    match Id::deserialize(d)
-        .map_err(|_| serde::de::Error::custom("expected a string or an integer id"))?
-    {
-        Id::S(s) => Ok(s),
-        Id::I(i) => Ok(i.to_string()),
-        Id::U(u) => Ok(u.to_string()),
+    if text.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
+        if let Some(v) = rules::exact_integer(text)
+            .filter(|v| i64::try_from(*v).is_ok() || u64::try_from(*v).is_ok())
+        {
+            return Ok(v.to_string());
+        }
     }
+    Err(serde::de::Error::custom(ours(
+        "must be a string or an integer id",
+    )))
 }
 
 pub fn opt_opaque_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
@@ -187,6 +336,63 @@ mod tests {
         assert_eq!(e.code, "MALFORMED_JSON");
         let e = parse::<T>(br#"{"a":{"b":[],"c":""}} x"#).unwrap_err();
         assert_eq!(e.code, "MALFORMED_JSON");
+    }
+
+    #[test]
+    fn our_words_for_every_refusal() {
+        use crate::contract::voucher::CommitRequest;
+        let tx = "res_0123456789abcdef0123456789abcdef";
+        let ok = |b: String| parse::<CommitRequest>(b.as_bytes()).map(|r| r.amount_cents);
+        assert_eq!(
+            ok(format!(r#"{{"amountCents":500.0,"transactionId":"{tx}"}}"#)),
+            Ok(500)
+        );
+        assert_eq!(
+            ok(format!(r#"{{"amountCents":5e2,"transactionId":"{tx}"}}"#)),
+            Ok(500)
+        );
+        for (body, field) in [
+            (
+                format!(r#"{{"amountCents":500.5,"transactionId":"{tx}"}}"#),
+                "amountCents",
+            ),
+            (
+                format!(r#"{{"amountCents":"5","transactionId":"{tx}"}}"#),
+                "amountCents",
+            ),
+            (
+                format!(r#"{{"amountCents":1e400,"transactionId":"{tx}"}}"#),
+                "amountCents",
+            ),
+            (
+                format!(r#"{{"amountCents":1,"amountCents":1,"transactionId":"{tx}"}}"#),
+                "amountCents",
+            ),
+            (
+                r#"{"amountCents":1,"transactionId":5}"#.to_string(),
+                "transactionId",
+            ),
+            (r#"{"transactionId":"x"}"#.to_string(), "amountCents"),
+            (r#"{"a":{"b":[{"c":1,"c":2}]}}"#.to_string(), "a.b[0].c"),
+        ] {
+            let e = parse::<CommitRequest>(body.as_bytes()).unwrap_err();
+            assert_eq!(e.field.as_deref(), Some(field), "{body}: {e:?}");
+            assert!(
+                !e.message.contains("expected") && !e.message.contains('`'),
+                "{e:?}"
+            );
+        }
+        let e = parse::<serde_json::Value>(br#"{"id":"a","id":"b"}"#).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("id"));
+        let e = parse::<CommitRequest>(b"[1]").unwrap_err();
+        assert_eq!(e.code, "INVALID_BODY");
+        let deep = "[".repeat(200) + &"]".repeat(200);
+        assert_eq!(
+            parse::<serde_json::Value>(deep.as_bytes())
+                .unwrap_err()
+                .code,
+            "MALFORMED_JSON"
+        );
     }
 
     #[test]

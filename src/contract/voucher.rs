@@ -2,12 +2,12 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::rules::{check_cents, check_opt_text, check_text};
 use super::{check_transaction_id, ApiError};
 use crate::voucher::Cart;
 
 pub const MAX_CART_ITEMS: usize = 1000;
-/// Ten billion cents: far above any real cart, far below overflow.
-pub const MAX_CENTS: i64 = 10_000_000_000;
+pub use super::rules::MAX_CENTS;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -24,47 +24,23 @@ pub struct CheckRequest {
 
 impl CheckRequest {
     pub fn validate(&self) -> Result<(), ApiError> {
-        if self.code.trim().is_empty() {
-            return Err(ApiError::invalid("code", "must not be empty"));
-        }
-        if self.code.len() > 128 || self.code.chars().any(char::is_control) {
-            return Err(ApiError::invalid(
-                "code",
-                "must be at most 128 characters, none of them control characters",
-            ));
-        }
-        if !(0..=MAX_CENTS).contains(&self.cart.total_cents) {
-            return Err(ApiError::invalid(
-                "cart.totalCents",
-                format!("must be between 0 and {MAX_CENTS}"),
-            ));
-        }
+        check_text("code", &self.code)?;
+        check_cents("cart.totalCents", self.cart.total_cents)?;
         if self.cart.items.len() > MAX_CART_ITEMS {
             return Err(ApiError::invalid(
                 "cart.items",
-                format!("at most {MAX_CART_ITEMS} lines"),
+                format!("must hold at most {MAX_CART_ITEMS} lines"),
             ));
         }
         for (i, it) in self.cart.items.iter().enumerate() {
-            if !(0..=MAX_CENTS).contains(&it.price_cents) {
-                return Err(ApiError::invalid(
-                    format!("cart.items[{i}].priceCents"),
-                    format!("must be between 0 and {MAX_CENTS}"),
-                ));
-            }
-            if it.inventory_item_id.len() > 128 {
-                return Err(ApiError::invalid(
-                    format!("cart.items[{i}].inventoryItemId"),
-                    "at most 128 characters",
-                ));
-            }
+            check_cents(&format!("cart.items[{i}].priceCents"), it.price_cents)?;
+            check_text(
+                &format!("cart.items[{i}].inventoryItemId"),
+                &it.inventory_item_id,
+            )?;
         }
-        for (field, v) in [("locationId", &self.location_id), ("userId", &self.user_id)] {
-            if matches!(v, Some(s) if s.len() > 128 || s.chars().any(char::is_control)) {
-                return Err(ApiError::invalid(field, "at most 128 printable characters"));
-            }
-        }
-        Ok(())
+        check_opt_text("locationId", &self.location_id)?;
+        check_opt_text("userId", &self.user_id)
     }
 }
 
@@ -82,6 +58,7 @@ pub struct CheckSuccess {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct CommitRequest {
+    #[serde(deserialize_with = "super::rules::int")]
     pub amount_cents: i64,
     pub transaction_id: String,
     #[serde(default)]
@@ -91,16 +68,8 @@ pub struct CommitRequest {
 impl CommitRequest {
     pub fn validate(&self) -> Result<(), ApiError> {
         check_transaction_id("transactionId", &self.transaction_id, "res_")?;
-        if !(0..=MAX_CENTS).contains(&self.amount_cents) {
-            return Err(ApiError::invalid(
-                "amountCents",
-                format!("must be between 0 and {MAX_CENTS}"),
-            ));
-        }
-        if matches!(&self.provider_ref, Some(r) if r.len() > 128) {
-            return Err(ApiError::invalid("providerRef", "at most 128 characters"));
-        }
-        Ok(())
+        check_cents("amountCents", self.amount_cents)?;
+        check_opt_text("providerRef", &self.provider_ref)
     }
 }
 

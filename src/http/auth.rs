@@ -73,13 +73,19 @@ impl TenantAuth {
     }
 }
 
-/// The admin API's `Authorization: Bearer <token>`.
+/// The admin API's `Authorization: Bearer <token>`, or the token alone in `X-Admin-Token`
+/// (so that a caller such as the Pact verifier can send a tenant's credentials in
+/// `Authorization` to every request and still reach the provider-states URL).
 pub fn check_bearer(headers: &HeaderMap, expected: &[u8; 32]) -> bool {
-    headers
+    let bearer = headers
         .get(hyper::header::AUTHORIZATION)
         .map(|v| v.as_bytes())
         .filter(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer "))
-        .is_some_and(|v| matches(v[7..].trim_ascii(), expected))
+        .is_some_and(|v| matches(v[7..].trim_ascii(), expected));
+    bearer
+        || headers
+            .get("x-admin-token")
+            .is_some_and(|v| matches(v.as_bytes().trim_ascii(), expected))
 }
 
 pub fn admin_digest(token: &str) -> [u8; 32] {

@@ -4,6 +4,7 @@
 //! and closes the store on shutdown.
 
 mod auth;
+mod lowlevel;
 mod routes;
 
 use std::collections::HashMap;
@@ -47,6 +48,8 @@ pub struct App {
     pub rules: HashMap<(String, Option<String>), Arc<dyn crate::rules::VoucherRules>>,
     /// Rules given by an embedding program, for every campaign without HTTP rules.
     pub embedded_rules: Option<Arc<dyn crate::rules::VoucherRules>>,
+    /// Test-only fault injection (see [`crate::faults`]).
+    pub faults: Arc<crate::faults::Faults>,
 }
 
 impl App {
@@ -183,6 +186,7 @@ impl Server {
             cancel: tokio_util::sync::CancellationToken::new(),
             rules,
             embedded_rules,
+            faults: Arc::default(),
         });
         let janitors: Vec<_> = app
             .config
@@ -250,6 +254,9 @@ async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(app.config.server.header_read_timeout)
         .max_buf_size(app.config.server.max_header_bytes.max(8192))
+        // A client that shuts down its write side after the request still gets its answer
+        // (hyper would otherwise drop the request at the EOF).
+        .half_close(true)
         .keep_alive(true);
     loop {
         let permit = tokio::select! {
@@ -269,8 +276,9 @@ async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let app2 = app.clone();
+        let io = lowlevel::JsonErrors::new(stream, app.config.server.max_header_bytes.max(8192));
         let conn = builder.serve_connection(
-            TokioIo::new(stream),
+            TokioIo::new(io),
             service_fn(move |req| handle(app2.clone(), req)),
         );
         let conn = graceful.watch(conn);

@@ -12,7 +12,7 @@ use percent_encoding::percent_decode_str;
 use super::auth::check_bearer;
 use super::{App, Out};
 use crate::contract::voucher::{CheckRequest, CommitRequest};
-use crate::contract::{parse, ApiError};
+use crate::contract::{parse, parse_object, ApiError};
 use crate::service::{admin, Reply, State};
 use crate::store::{StoreError, Txn};
 use crate::voucher::CampaignSpec;
@@ -183,10 +183,11 @@ async fn read_body(
         {
             Err(too_large())
         }
-        Ok(Err(e)) => Err(ApiError::new(
+        Ok(Err(_)) => Err(ApiError::new(
             400,
             "BAD_BODY",
-            format!("could not read the body: {e}"),
+            "the body could not be read: its chunked encoding is invalid or the connection \
+             ended before Content-Length bytes arrived",
         )),
         Ok(Ok(c)) => Ok(c.to_bytes().to_vec()),
     }
@@ -225,51 +226,83 @@ async fn provider_call(
     match endpoint {
         "voucher.check" => check_call(app, &body, t, now).await,
         "voucher.commit" => {
-            decide(app, &body, CommitRequest::validate, move |x, s, r| {
-                v::commit(x, s, &t, &r, now)
-            })
+            decide(
+                app,
+                endpoint,
+                &body,
+                CommitRequest::validate,
+                move |x, s, r| v::commit(x, s, &t, &r, now),
+            )
             .await
         }
         "voucher.reactivate" => {
-            decide(app, &body, CommitRequest::validate, move |x, s, r| {
-                v::reactivate(x, s, &t, &r, now)
-            })
+            decide(
+                app,
+                endpoint,
+                &body,
+                CommitRequest::validate,
+                move |x, s, r| v::reactivate(x, s, &t, &r, now),
+            )
             .await
         }
         "loyalty.lookup" => {
-            decide(app, &body, no_check::<LookupRequest>, move |x, s, r| {
-                loy::lookup(x, s, &t, &r)
-            })
+            decide(
+                app,
+                endpoint,
+                &body,
+                LookupRequest::validate,
+                move |x, s, r| loy::lookup(x, s, &t, &r),
+            )
             .await
         }
         "loyalty.enroll" => {
-            decide(app, &body, EnrollRequest::validate, move |x, s, r| {
-                loy::enroll(x, s, &t, &r, now)
-            })
+            decide(
+                app,
+                endpoint,
+                &body,
+                EnrollRequest::validate,
+                move |x, s, r| loy::enroll(x, s, &t, &r, now),
+            )
             .await
         }
         "loyalty.award" => {
-            decide(app, &body, AwardRequest::validate, move |x, s, r| {
-                loy::award(x, s, &t, &r, now)
-            })
+            decide(
+                app,
+                endpoint,
+                &body,
+                AwardRequest::validate,
+                move |x, s, r| loy::award(x, s, &t, &r, now),
+            )
             .await
         }
         "loyalty.account" => {
-            decide(app, &body, no_check::<AccountRequest>, move |x, s, r| {
-                loy::account(x, s, &t, &r, now)
-            })
+            decide(
+                app,
+                endpoint,
+                &body,
+                AccountRequest::validate,
+                move |x, s, r| loy::account(x, s, &t, &r, now),
+            )
             .await
         }
         "loyalty.rewards" => {
-            decide(app, &body, no_check::<RewardsRequest>, move |x, s, r| {
-                loy::rewards(x, s, &t, &r)
-            })
+            decide(
+                app,
+                endpoint,
+                &body,
+                RewardsRequest::validate,
+                move |x, s, r| loy::rewards(x, s, &t, &r),
+            )
             .await
         }
         "loyalty.redeem" => {
-            decide(app, &body, RedeemRequest::validate, move |x, s, r| {
-                loy::redeem(x, s, &t, &r, now)
-            })
+            decide(
+                app,
+                endpoint,
+                &body,
+                RedeemRequest::validate,
+                move |x, s, r| loy::redeem(x, s, &t, &r, now),
+            )
             .await
         }
         _ => not_found(),
@@ -337,6 +370,11 @@ async fn webhook_call(app: &Arc<App>, req: Request<Incoming>, tenant: &str) -> O
         Err(("", msg)) => return err(ApiError::new(400, "INVALID_BODY", msg)),
         Err((field, msg)) => return err(ApiError::invalid(field, msg)),
     };
+    if let Some(max_age) = cfg.max_age_ms {
+        if let Err(msg) = crate::webhook::check_max_age(&value, now, max_age) {
+            return err(ApiError::invalid("timestamp", msg));
+        }
+    }
     let kept: Vec<(String, String)> = headers
         .into_iter()
         .filter(|(k, _)| {
@@ -363,7 +401,7 @@ async fn webhook_call(app: &Arc<App>, req: Request<Incoming>, tenant: &str) -> O
         .run(move |txn, st| crate::service::webhook::receive(txn, st, &t, delivery, now, retention))
         .await
     {
-        Ok(Ok(reply)) => {
+        Ok(reply) => {
             if reply.outcome == "ok" {
                 for r in &matching {
                     app.wake_route(tenant, r);
@@ -371,7 +409,7 @@ async fn webhook_call(app: &Arc<App>, req: Request<Incoming>, tenant: &str) -> O
             }
             Out::from(reply)
         }
-        Ok(Err(e)) | Err(e) => store_error(e),
+        Err(e) => store_error(e),
     }
 }
 
@@ -447,10 +485,11 @@ fn signature_header(s: &crate::webhook::Scheme) -> Option<&str> {
 async fn check_call(app: &Arc<App>, body: &[u8], t: String, now: i64) -> Out {
     use crate::service::voucher as v;
     use crate::voucher::Rejection;
-    let req: CheckRequest = match parse(body).and_then(|r: CheckRequest| r.validate().map(|()| r)) {
-        Ok(r) => r,
-        Err(e) => return err(e),
-    };
+    let req: CheckRequest =
+        match parse_object(body).and_then(|r: CheckRequest| r.validate().map(|()| r)) {
+            Ok(r) => r,
+            Err(e) => return err(e),
+        };
     // A bulk code is looked up in the code index here, off the writer (see store::codeindex).
     let indexed = app
         .config
@@ -464,8 +503,8 @@ async fn check_call(app: &Arc<App>, body: &[u8], t: String, now: i64) -> Out {
             .run(move |txn, st| v::resolve_code(txn, st, &t2, &typed, ix))
             .await
         {
-            Ok(Ok(f)) => f,
-            Ok(Err(e)) | Err(e) => return store_error(e),
+            Ok(f) => f,
+            Err(e) => return store_error(e),
         };
         if let Some(found) = found {
             if let Some(rules) = app.rules_for(&t, &found.campaign) {
@@ -495,13 +534,18 @@ async fn check_call(app: &Arc<App>, body: &[u8], t: String, now: i64) -> Out {
             }
         }
     }
+    let faults = app.faults.clone();
     match app
         .store
-        .run(move |txn, st| v::check(txn, st, &t, &req, decision.as_ref(), indexed, now))
+        .run(move |txn, st| {
+            let reply = v::check(txn, st, &t, &req, decision.as_ref(), indexed, now)?;
+            faults.hit("voucher.check", txn)?;
+            Ok(reply)
+        })
         .await
     {
-        Ok(Ok(reply)) => Out::from(reply),
-        Ok(Err(e)) | Err(e) => store_error(e),
+        Ok(reply) => Out::from(reply),
+        Err(e) => store_error(e),
     }
 }
 
@@ -516,24 +560,32 @@ pub(crate) fn refresh_code_index(app: &App, tenant: &str) {
     );
 }
 
-fn no_check<T>(_: &T) -> Result<(), ApiError> {
-    Ok(())
-}
-
 /// Parse and validate `body` as `Req`, then run the decision `f` on the store's writer.
-async fn decide<Req, V, F>(app: &Arc<App>, body: &[u8], validate: V, f: F) -> Out
+async fn decide<Req, V, F>(
+    app: &Arc<App>,
+    endpoint: &'static str,
+    body: &[u8],
+    validate: V,
+    f: F,
+) -> Out
 where
     Req: serde::de::DeserializeOwned + Send + 'static,
     V: FnOnce(&Req) -> Result<(), ApiError>,
     F: FnOnce(&mut Txn<'_>, &mut State, Req) -> Result<Reply, StoreError> + Send + 'static,
 {
-    let req: Req = match parse(body).and_then(|r: Req| validate(&r).map(|()| r)) {
+    let req: Req = match parse_object(body).and_then(|r: Req| validate(&r).map(|()| r)) {
         Ok(r) => r,
         Err(e) => return err(e),
     };
-    match app.store.run(move |txn, st| f(txn, st, req)).await {
-        Ok(Ok(reply)) => Out::from(reply),
-        Ok(Err(e)) | Err(e) => store_error(e),
+    let faults = app.faults.clone();
+    let job = move |txn: &mut Txn<'_>, st: &mut State| {
+        let reply = f(txn, st, req)?;
+        faults.hit(endpoint, txn)?;
+        Ok(reply)
+    };
+    match app.store.run(job).await {
+        Ok(reply) => Out::from(reply),
+        Err(e) => store_error(e),
     }
 }
 
@@ -557,7 +609,7 @@ async fn admin_call(app: &Arc<App>, req: Request<Incoming>, rest: Vec<String>) -
         return err(ApiError::new(
             401,
             "UNAUTHORIZED",
-            "missing or wrong Authorization: Bearer token",
+            "missing or wrong admin token (Authorization: Bearer, or X-Admin-Token)",
         ));
     }
     let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
@@ -631,7 +683,7 @@ async fn admin_call(app: &Arc<App>, req: Request<Incoming>, rest: Vec<String>) -
             )
             .await;
             refresh_code_index(app, &tenant);
-            Ok(r)
+            r
         }
         (["campaigns", c, "codes"], &Method::GET) => {
             let c = c.to_string();
@@ -674,7 +726,7 @@ async fn admin_call(app: &Arc<App>, req: Request<Incoming>, rest: Vec<String>) -
             )
             .await;
             refresh_code_index(app, &tenant);
-            Ok(r)
+            r
         }
         (["campaigns", _, "codes"], _) => return method_not_allowed("GET, POST"),
         (["campaigns", _, "codes", "generate"], _) => return method_not_allowed("POST"),
@@ -758,13 +810,13 @@ async fn admin_call(app: &Arc<App>, req: Request<Incoming>, rest: Vec<String>) -
                 Ok(f) => f,
                 Err(e) => return err(e),
             };
-            Ok(crate::service::sliced::inbox(
+            crate::service::sliced::inbox(
                 &app.store,
                 app.config.storage.job_slice_records,
                 &tenant,
                 f,
             )
-            .await)
+            .await
         }
         (["webhooks", "inbox", seq], &Method::GET) => {
             let Ok(seq) = seq.parse::<u64>() else {
@@ -798,13 +850,12 @@ async fn admin_call(app: &Arc<App>, req: Request<Incoming>, rest: Vec<String>) -
                         })
                         .await
                     {
-                        Ok(Ok((reply, routes))) => {
+                        Ok((reply, routes)) => {
                             for r in routes {
                                 app.wake_route(&tenant, &r);
                             }
-                            Ok(Ok(reply))
+                            Ok(reply)
                         }
-                        Ok(Err(e)) => Ok(Err(e)),
                         Err(e) => Err(e),
                     }
                 }
@@ -859,7 +910,7 @@ async fn admin_call(app: &Arc<App>, req: Request<Incoming>, rest: Vec<String>) -
         _ => return not_found(),
     };
     match result {
-        Ok(Ok(reply)) => Out::from(reply),
-        Ok(Err(e)) | Err(e) => store_error(e),
+        Ok(reply) => Out::from(reply),
+        Err(e) => store_error(e),
     }
 }

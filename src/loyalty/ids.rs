@@ -60,7 +60,7 @@ pub fn normalize_identifier(t: IdentifierType, raw: &str) -> Result<String, &'st
         }
         IdentifierType::Email => {
             let e = s.to_lowercase();
-            if !e.contains('@') || e.len() > 254 {
+            if !e.contains('@') {
                 return Err("not an email address");
             }
             e
@@ -72,8 +72,10 @@ pub fn normalize_identifier(t: IdentifierType, raw: &str) -> Result<String, &'st
             .collect(),
         IdentifierType::MemberId | IdentifierType::UserId => s.to_owned(),
     };
-    if out.is_empty() || out.len() > 128 || out.chars().any(char::is_control) {
-        return Err("must be 1-128 printable characters");
+    // The input is already 1-128 characters without control characters (the contract's
+    // id rule); normalising only removes characters or changes their case.
+    if out.is_empty() || out.chars().any(char::is_control) {
+        return Err("must contain a character other than spaces and dashes");
     }
     Ok(out)
 }

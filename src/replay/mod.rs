@@ -5,7 +5,8 @@
 //! request: {headers?, body, signature?}, expect: {status, body?}, capture?}]}`. `call` is
 //! `voucher.check|commit|reactivate`, `loyalty.lookup|enroll|award|account|rewards|redeem`
 //! or `webhook`. Strings may use `${run}` (16 hex characters unique to this run and
-//! scenario, so ids never meet an earlier run's or scenario's idempotency records) and `${name}` for values
+//! scenario, so ids never meet an earlier run's or scenario's idempotency records),
+//! `${runNumber}` (the same, as a JSON integer, for ids Karma sends as numbers) and `${name}` for values
 //! captured by earlier steps (`{"$capture": "name"}` in an expected body, or
 //! `capture: {"name": "/json/pointer"}`). Matchers: see [`matcher`].
 
@@ -43,8 +44,15 @@ pub struct Fixture {
     pub description: String,
     #[serde(default)]
     pub state: Vec<StateSpec>,
+    /// `decision`: the scenario pins one of our own decisions where Karma's contract is
+    /// silent (skipped by `--contract-only`).
+    #[serde(default)]
+    pub tags: Vec<String>,
     pub steps: Vec<Step>,
 }
+
+/// The tag of scenarios that encode our decisions rather than Karma's contract.
+pub const DECISION_TAG: &str = "decision";
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -151,6 +159,16 @@ pub struct ReplayOptions {
     pub json: Option<PathBuf>,
     /// Fixed run id (tests); random-ish per run otherwise.
     pub run_id: Option<String>,
+    /// Skip scenarios tagged `decision` (our decisions, not Karma's contract).
+    pub contract_only: bool,
+    /// DER certificates trusted besides the public web roots (`--ca-file`).
+    pub extra_roots: Vec<Vec<u8>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Skipped {
+    pub name: String,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -170,6 +188,8 @@ pub struct Report {
     pub passed: usize,
     pub failed: usize,
     pub scenarios: Vec<ScenarioResult>,
+    /// Scenarios not run, each with the reason (printed as a notice).
+    pub skipped: Vec<Skipped>,
 }
 
 /// Load fixtures from files and directories (every `*.json`, sorted).
@@ -299,15 +319,29 @@ pub async fn run(o: &ReplayOptions) -> Result<Report, String> {
         None
     };
     let http = Http {
-        client: crate::client::https_client(&[])?,
+        client: crate::client::https_client(&o.extra_roots)?,
     };
-    let mut results = Vec::new();
-    for (file, fx) in &fixtures {
-        if o.filter.as_deref().is_some_and(|f| !glob(f, &fx.name))
-            || only.as_ref().is_some_and(|names| !names.contains(&fx.name))
-        {
-            continue;
+    let chosen: Vec<&(PathBuf, Fixture)> = fixtures
+        .iter()
+        .filter(|(_, fx)| {
+            !(o.filter.as_deref().is_some_and(|f| !glob(f, &fx.name))
+                || only.as_ref().is_some_and(|names| !names.contains(&fx.name)))
+        })
+        .collect();
+    let mut skipped = Vec::new();
+    let mut to_run = Vec::new();
+    for (file, fx) in chosen {
+        match skip_reason(o, fx) {
+            Some(reason) => skipped.push(Skipped {
+                name: fx.name.clone(),
+                reason,
+            }),
+            None => to_run.push((file, fx)),
         }
+    }
+    states_reachable(o, &to_run)?;
+    let mut results = Vec::new();
+    for (file, fx) in to_run {
         let started = Instant::now();
         let failures = scenario(o, &http, fx, &run_id).await?;
         let passed = failures.is_empty();
@@ -336,6 +370,7 @@ pub async fn run(o: &ReplayOptions) -> Result<Report, String> {
         passed: results.len() - failed.len(),
         failed: failed.len(),
         scenarios: results,
+        skipped,
     };
     if let Some(p) = &o.junit {
         std::fs::write(p, junit(&report)).map_err(|e| format!("{}: {e}", p.display()))?;
@@ -345,6 +380,50 @@ pub async fn run(o: &ReplayOptions) -> Result<Report, String> {
             .map_err(|e| format!("{}: {e}", p.display()))?;
     }
     Ok(report)
+}
+
+/// Why a selected scenario is not run, if it is not.
+fn skip_reason(o: &ReplayOptions, fx: &Fixture) -> Option<String> {
+    if o.contract_only && fx.tags.iter().any(|t| t == DECISION_TAG) {
+        return Some("pins one of our decisions, not Karma's contract (--contract-only)".into());
+    }
+    let no_webhook_url = o
+        .endpoints
+        .as_ref()
+        .is_some_and(|m| !m.contains_key("webhook"));
+    if no_webhook_url && fx.steps.iter().any(|s| s.call == "webhook") {
+        return Some("--endpoints gives no URL for webhook".into());
+    }
+    None
+}
+
+/// Scenarios that need provider states cannot run without `--state-url`: say so in one
+/// line instead of failing each with misleading differences.
+fn states_reachable(o: &ReplayOptions, to_run: &[(&PathBuf, &Fixture)]) -> Result<(), String> {
+    if o.state_url.is_some() {
+        return Ok(());
+    }
+    let needing: Vec<&Fixture> = to_run
+        .iter()
+        .map(|(_, fx)| *fx)
+        .filter(|fx| !fx.state.is_empty())
+        .collect();
+    if needing.is_empty() {
+        return Ok(());
+    }
+    let mut names: Vec<&str> = needing
+        .iter()
+        .flat_map(|fx| fx.state.iter().map(|s| s.state.as_str()))
+        .collect();
+    names.sort();
+    names.dedup();
+    Err(format!(
+        "{} of the selected scenarios need provider states ({}) and no --state-url was given: \
+         give --state-url (fixtures/README.md, \"Provider states\"), or select scenarios without \
+         states with --filter",
+        needing.len(),
+        names.join(", ")
+    ))
 }
 
 async fn post_state(
@@ -385,7 +464,10 @@ async fn scenario(
         use sha2::Digest;
         hex::encode(&sha2::Sha256::digest(format!("{run_id}/{}", fx.name).as_bytes())[..8])
     };
+    // The same uniqueness as a JSON integer below 2^48, for ids Karma sends as numbers.
+    let number = u64::from_str_radix(&unique[..12], 16).unwrap_or(0) + 1;
     vars.insert("run".into(), Value::String(unique));
+    vars.insert("runNumber".into(), json!(number));
     let mut failures = Vec::new();
     let states: Vec<(StateSpec, Value)> = fx
         .state
@@ -539,11 +621,19 @@ fn xml(s: &str) -> String {
 pub fn junit(r: &Report) -> String {
     let total_ms: u64 = r.scenarios.iter().map(|s| s.duration_ms).sum();
     let mut out = format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites>\n<testsuite name=\"karma-provider replay\" tests=\"{}\" failures=\"{}\" time=\"{:.3}\">\n",
-        r.scenarios.len(),
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites>\n<testsuite name=\"karma-provider replay\" tests=\"{}\" failures=\"{}\" skipped=\"{}\" time=\"{:.3}\">\n",
+        r.scenarios.len() + r.skipped.len(),
         r.failed,
+        r.skipped.len(),
         total_ms as f64 / 1000.0
     );
+    for s in &r.skipped {
+        out.push_str(&format!(
+            "  <testcase name=\"{}\"><skipped message=\"{}\"/></testcase>\n",
+            xml(&s.name),
+            xml(&s.reason)
+        ));
+    }
     for s in &r.scenarios {
         out.push_str(&format!(
             "  <testcase classname=\"{}\" name=\"{}\" time=\"{:.3}\"",
@@ -580,9 +670,15 @@ pub fn summary(r: &Report) -> String {
             out.push_str(&format!("     {f}\n"));
         }
     }
+    for s in &r.skipped {
+        out.push_str(&format!("SKIP {} ({})\n", s.name, s.reason));
+    }
     out.push_str(&format!(
-        "\n{} passed, {} failed (run {})\n",
-        r.passed, r.failed, r.run
+        "\n{} passed, {} failed, {} skipped (run {})\n",
+        r.passed,
+        r.failed,
+        r.skipped.len(),
+        r.run
     ));
     out
 }
@@ -603,4 +699,19 @@ pub fn read_endpoints(p: &Path) -> Result<BTreeMap<String, String>, String> {
         ));
     }
     Ok(map)
+}
+
+/// Read a PEM file of CA certificates (`--ca-file`) as DER.
+pub fn read_ca_file(p: &Path) -> Result<Vec<Vec<u8>>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let certs = rustls::pki_types::CertificateDer::pem_file_iter(p)
+        .map_err(|e| format!("{}: {e}", p.display()))?;
+    let mut out = Vec::new();
+    for c in certs {
+        out.push(c.map_err(|e| format!("{}: {e}", p.display()))?.to_vec());
+    }
+    if out.is_empty() {
+        return Err(format!("{}: no certificate in it", p.display()));
+    }
+    Ok(out)
 }

@@ -17,10 +17,10 @@ fn campaign_json(
     tenant: &str,
     id: &str,
 ) -> Result<serde_json::Value, StoreError> {
-    let Some(e) = st.tenants.get(tenant).and_then(|t| t.campaigns.get(id)) else {
+    let Some(e) = st.tenant(tenant).and_then(|t| t.campaigns.get(id)) else {
         return Ok(serde_json::Value::Null);
     };
-    let (held, _, _) = st.holds.counts(tenant, id, "", None);
+    let (held, _, _) = st.holds().counts(tenant, id, "", None);
     Ok(json!({
         "source": e.source,
         "spec": e.campaign.spec,
@@ -36,7 +36,7 @@ pub fn list_campaigns(
     now: Millis,
 ) -> Result<Reply, StoreError> {
     st.prune(txn, now)?;
-    let Some(t) = st.tenants.get(tenant) else {
+    let Some(t) = st.tenant(tenant) else {
         return Ok(Reply::not_found("unknown tenant"));
     };
     let ids: Vec<String> = t.campaigns.keys().cloned().collect();
@@ -55,7 +55,7 @@ pub fn put_campaign(
     id_in_path: Option<&str>,
     spec: CampaignSpec,
 ) -> Result<Reply, StoreError> {
-    let Some(t) = st.tenants.get_mut(tenant) else {
+    let Some(t) = st.tenant(tenant) else {
         return Ok(Reply::not_found("unknown tenant"));
     };
     if let Some(id) = id_in_path {
@@ -123,7 +123,7 @@ pub fn put_campaign(
     };
     txn.put_json(keys::campaign(tenant, &c.id), &c.spec);
     let id = c.id.clone();
-    t.install(c, Source::Api);
+    st.install_campaign(tenant, c, Source::Api);
     let body = campaign_json(txn, st, tenant, &id)?;
     Ok(Reply::json(
         if existing.is_some() { 200 } else { 201 },
@@ -139,7 +139,7 @@ pub fn code_state(
     now: Millis,
 ) -> Result<Reply, StoreError> {
     st.prune(txn, now)?;
-    let Some(t) = st.tenants.get(tenant) else {
+    let Some(t) = st.tenant(tenant) else {
         return Ok(Reply::not_found("unknown tenant"));
     };
     let Some(found) = super::voucher::resolve_code(txn, st, tenant, typed, None)? else {
@@ -159,7 +159,7 @@ pub fn code_state(
     }
     // Live holds whose "held" event is not written yet (see `HoldRecord::held_unlogged`).
     let live: Vec<String> = st
-        .holds
+        .holds()
         .iter()
         .filter(|(_, h)| h.tenant == tenant && h.campaign == cid && h.code == code)
         .map(|(r, _)| r.clone())
@@ -211,7 +211,7 @@ pub fn list_holds(
 ) -> Result<Reply, StoreError> {
     st.prune(txn, now)?;
     let mut items: Vec<_> = st
-        .holds
+        .holds()
         .iter()
         .filter(|(_, h)| h.tenant == tenant)
         .map(|(r, h)| (h.expires_at, r.clone(), h.clone()))
@@ -249,7 +249,7 @@ pub fn get_hold(
     let Some(h) = txn.get_json::<super::HoldRecord>(&keys::hold(tenant, provider_ref))? else {
         return Ok(Reply::not_found("no hold with this providerRef"));
     };
-    let live = st.holds.get(provider_ref).is_some();
+    let live = st.holds().get(provider_ref).is_some();
     let state = match h.state {
         crate::voucher::HoldState::Held if !live => "expired",
         crate::voucher::HoldState::Held => "held",

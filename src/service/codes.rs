@@ -332,15 +332,13 @@ pub fn fill_codes<R: Rng + ?Sized>(
 }
 
 fn shared_keys(st: &State, tenant: &str) -> HashSet<String> {
-    st.tenants
-        .get(tenant)
+    st.tenant(tenant)
         .map(|t| t.index.keys().cloned().collect())
         .unwrap_or_default()
 }
 
 fn campaign_ok(st: &State, tenant: &str, campaign: &str) -> Option<CodeMatch> {
-    st.tenants
-        .get(tenant)
+    st.tenant(tenant)
         .filter(|t| t.campaigns.contains_key(campaign))
         .map(|t| t.code_match)
 }
@@ -429,13 +427,12 @@ pub fn code_state(
     b: &BulkCode,
 ) -> Result<&'static str, StoreError> {
     let limit = st
-        .tenants
-        .get(tenant)
+        .tenant(tenant)
         .and_then(|t| t.campaigns.get(&b.c))
         .and_then(|e| e.campaign.max_uses_per_code)
         .unwrap_or(1);
     let used = txn.get_u64(&keys::used_code(tenant, &b.c, &b.k))?;
-    let (_, held, _) = st.holds.counts(tenant, &b.c, &b.k, None);
+    let (_, held, _) = st.holds().counts(tenant, &b.c, &b.k, None);
     Ok(if used >= limit {
         "used"
     } else if used + held >= limit {

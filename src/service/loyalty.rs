@@ -28,6 +28,7 @@ pub struct MemberRecord {
     pub email: Option<String>,
     pub card: Option<String>,
     pub created_at: Millis,
+    #[serde(with = "super::records::account")]
     pub account: Account,
 }
 
@@ -51,6 +52,7 @@ pub struct RedemptionRecord {
     pub member_id: String,
     pub reward_id: String,
     pub points: i64,
+    #[serde(with = "super::records::spent")]
     pub spent: Spent,
     pub transaction_id: String,
     pub code: Option<String>,
@@ -69,10 +71,7 @@ fn json<T: Serialize>(v: &T) -> Vec<u8> {
 }
 
 fn program(st: &State, tenant: &str, id: &str) -> Option<Arc<Program>> {
-    st.tenants
-        .get(tenant)
-        .and_then(|t| t.programs.get(id))
-        .cloned()
+    st.tenant(tenant).and_then(|t| t.programs.get(id)).cloned()
 }
 
 fn member_by(
@@ -100,7 +99,8 @@ fn member_by_id(
 /// Write the member and its new ledger entries together.
 fn save(txn: &mut Txn<'_>, t: &str, p: &str, m: &MemberRecord, entries: &[Entry]) {
     for e in entries {
-        txn.put_json(keys::ledger(t, p, &m.member_id, e.seq), e);
+        let rec = super::records::EntryRecord::from(e);
+        txn.put_json(keys::ledger(t, p, &m.member_id, e.seq), &rec);
     }
     txn.put_json(keys::member(t, p, &m.member_id), m);
 }
@@ -243,10 +243,9 @@ fn subject(
     })
 }
 
+/// The identifier's type and its syntax for that type are part of the request's validity:
+/// checked (400) before the program is looked up.
 pub fn lookup(txn: &mut Txn<'_>, st: &mut State, t: &str, req: &LookupRequest) -> R {
-    let Some(prog) = program(st, t, &req.loyalty_program_id) else {
-        return Ok(refuse(Refusal::ProgramNotFound));
-    };
     let Some(kind) = IdentifierType::parse(&req.identifier_type) else {
         return Ok(Reply::error(&ApiError::invalid(
             "identifierType",
@@ -256,6 +255,9 @@ pub fn lookup(txn: &mut Txn<'_>, st: &mut State, t: &str, req: &LookupRequest) -
     let value = match normalize_identifier(kind, &req.identifier) {
         Ok(v) => v,
         Err(m) => return Ok(Reply::error(&ApiError::invalid("identifier", m))),
+    };
+    let Some(prog) = program(st, t, &req.loyalty_program_id) else {
+        return Ok(refuse(Refusal::ProgramNotFound));
     };
     let m = match kind {
         IdentifierType::MemberId => member_by_id(txn, t, &prog.id, &value)?,
@@ -272,6 +274,15 @@ pub fn lookup(txn: &mut Txn<'_>, st: &mut State, t: &str, req: &LookupRequest) -
 }
 
 pub fn enroll(txn: &mut Txn<'_>, st: &mut State, t: &str, req: &EnrollRequest, now: Millis) -> R {
+    // The identifiers' syntax is part of the request's validity: checked first.
+    let ids = match identifiers(
+        req.phone.as_deref(),
+        req.email.as_deref(),
+        req.card_number.as_deref(),
+    ) {
+        Ok(ids) => ids,
+        Err(e) => return Ok(Reply::error(&e)),
+    };
     let Some(prog) = program(st, t, &req.loyalty_program_id) else {
         return Ok(refuse(Refusal::ProgramNotFound));
     };
@@ -283,14 +294,6 @@ pub fn enroll(txn: &mut Txn<'_>, st: &mut State, t: &str, req: &EnrollRequest, n
             outcome: "replay".into(),
         });
     }
-    let ids = match identifiers(
-        req.phone.as_deref(),
-        req.email.as_deref(),
-        req.card_number.as_deref(),
-    ) {
-        Ok(ids) => ids,
-        Err(e) => return Ok(Reply::error(&e)),
-    };
     for (kind, v) in &ids {
         if txn.get(&keys::ident(t, &prog.id, kind.key(), v))?.is_some() {
             return Ok(Reply::rejected(
@@ -913,8 +916,8 @@ pub fn show_member(
     };
     let mut ledger = Vec::new();
     for (_, v) in txn.scan_prefix(&keys::ledger_prefix(t, p, &m.member_id))? {
-        if let Ok(e) = serde_json::from_slice::<Entry>(&v) {
-            ledger.push(e);
+        if let Ok(e) = serde_json::from_slice::<super::records::EntryRecord>(&v) {
+            ledger.push(Entry::from(e));
         }
     }
     let ledger_sum: i64 = ledger.iter().map(|e| e.points).sum();
@@ -1126,7 +1129,9 @@ pub fn import_members(
     ))
 }
 
-/// Provider-state setup: a member (no signup bonus) with identifiers and a balance.
+/// Provider-state setup, idempotent: bring the member of `userId` (or of the first given
+/// identifier) to the named identifiers, balance and lifetime; create it (no signup bonus)
+/// when absent. An identifier held by another member cannot be reached: 409.
 pub fn provision_member(
     txn: &mut Txn<'_>,
     st: &mut State,
@@ -1157,67 +1162,130 @@ pub fn provision_member(
         Ok(i) => i,
         Err(e) => return Ok(Reply::error(&e)),
     };
-    let balance = params
-        .get("balance")
-        .and_then(serde_json::Value::as_i64)
-        .unwrap_or(0);
-    let lifetime = params
-        .get("lifetimeEarned")
-        .and_then(serde_json::Value::as_i64)
-        .unwrap_or(balance);
-    let max = crate::loyalty::MAX_POINTS;
-    if !(0..=max).contains(&balance) || !(0..=max).contains(&lifetime) {
-        return Ok(Reply::error(&ApiError::invalid(
-            "params.balance",
-            format!("balance and lifetimeEarned must be 0..={max}"),
-        )));
-    }
-    if let Some(u) = &user {
-        if txn.get(&keys::ident(t, p, "user", u))?.is_some() {
-            return Ok(Reply::error(&ApiError::new(
-                409,
-                "MEMBER_EXISTS",
-                format!("user {u:?} is already a member"),
-            )));
+    let number = |k: &str| match params.get(k) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(v) => v
+            .as_i64()
+            .filter(|n| (0..=crate::loyalty::MAX_POINTS).contains(n))
+            .map(Some)
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    format!("params.{k}"),
+                    format!("an integer from 0 to {}", crate::loyalty::MAX_POINTS),
+                )
+            }),
+    };
+    let (balance, lifetime) = match (number("balance"), number("lifetimeEarned")) {
+        (Ok(b), Ok(l)) => (b.unwrap_or(0), l.unwrap_or(b.unwrap_or(0))),
+        (Err(e), _) | (_, Err(e)) => return Ok(Reply::error(&e)),
+    };
+    let mut found = match &user {
+        Some(u) => member_by(txn, t, p, "user", u)?,
+        None => None,
+    };
+    if found.is_none() && user.is_none() {
+        for (kind, v) in &ids {
+            if let Some(m) = member_by(txn, t, p, kind.key(), v)? {
+                found = Some(m);
+                break;
+            }
         }
     }
-    let mut no_bonus = (*prog).clone();
-    no_bonus.spec.signup_bonus = 0;
-    let (mut m, mut entries, _) = create_member(txn, t, &no_bonus, user.as_deref(), &ids, now)?;
-    let why = Why {
-        reason: "provider state".into(),
-        ..Why::default()
+    let (mut m, mut entries) = match found {
+        Some(mut m) => {
+            let entries = m.account.settle(now);
+            (m, entries)
+        }
+        None => {
+            let mut no_bonus = (*prog).clone();
+            no_bonus.spec.signup_bonus = 0;
+            let (m, entries, _) = create_member(txn, t, &no_bonus, user.as_deref(), &[], now)?;
+            (m, entries)
+        }
     };
-    // A fresh account and a balance within MAX_POINTS (checked above): cannot be refused.
-    entries.extend(
-        m.account
-            .credit(
-                now,
-                Credit {
-                    kind: EntryKind::Import,
-                    points: balance,
-                    pending_ms: 0,
-                    expire_ms: prog.expire_ms(),
-                    counts_lifetime: false,
-                },
-                why,
-            )
-            .ok(),
-    );
-    m.account.lifetime_total = lifetime;
+    for (kind, v) in &ids {
+        let key = keys::ident(t, p, kind.key(), v);
+        match txn.get(&key)? {
+            Some(owner) if owner != m.member_id.as_bytes() => {
+                return Ok(Reply::error(&ApiError::new(
+                    409,
+                    "STATE_UNREACHABLE",
+                    format!(
+                        "state member: the {} {v:?} belongs to another member",
+                        kind.key()
+                    ),
+                )))
+            }
+            Some(_) => {}
+            None => txn.put(key, m.member_id.as_bytes().to_vec()),
+        }
+        match kind {
+            IdentifierType::Phone => m.phone = Some(v.clone()),
+            IdentifierType::Email => m.email = Some(v.clone()),
+            IdentifierType::Card => m.card = Some(v.clone()),
+            _ => {}
+        }
+    }
+    if let Err(e) = reset_balance(&mut m, &prog, balance, lifetime, &mut entries, now) {
+        return Ok(Reply::error(&ApiError::new(
+            409,
+            "STATE_UNREACHABLE",
+            format!("state member: {e}"),
+        )));
+    }
     save(txn, t, p, &m, &entries);
     if let Some(u) = &user {
-        txn.put(
-            keys::enrollment(t, p, u),
-            json(&EnrollSuccess {
-                ok: true,
-                member_id: m.member_id.clone(),
-                points_awarded: 0,
-            }),
-        );
+        let enrolled = json(&EnrollSuccess {
+            ok: true,
+            member_id: m.member_id.clone(),
+            points_awarded: 0,
+        });
+        txn.put(keys::enrollment(t, p, u), enrolled);
     }
     Ok(Reply::json(
         200,
-        serde_json::json!({"ok": true, "memberId": m.member_id}),
+        serde_json::json!({
+            "ok": true,
+            "memberId": m.member_id,
+            "userId": user,
+            "balance": m.account.spendable(now),
+            "lifetimeEarned": m.account.lifetime(now),
+        }),
     ))
+}
+
+/// Make the spendable balance `balance` (one credit or debit for the difference) and the
+/// lifetime earned `lifetime`, for a provider state. Refused when the credit would take the
+/// member (pending points included) past the most a member may hold.
+fn reset_balance(
+    m: &mut MemberRecord,
+    prog: &Program,
+    balance: i64,
+    lifetime: i64,
+    entries: &mut Vec<Entry>,
+    now: Millis,
+) -> Result<(), crate::loyalty::TooManyPoints> {
+    let why = || Why {
+        reason: "provider state".into(),
+        ..Why::default()
+    };
+    let diff = balance - m.account.spendable(now);
+    if diff > 0 {
+        let credit = Credit {
+            kind: EntryKind::Import,
+            points: diff,
+            pending_ms: 0,
+            expire_ms: prog.expire_ms(),
+            counts_lifetime: false,
+        };
+        entries.push(m.account.credit(now, credit, why())?);
+    } else if diff < 0 {
+        // Spending at most what is spendable cannot fail.
+        if let Ok((_, e)) = m.account.spend(now, -diff, EntryKind::Adjustment, why()) {
+            entries.push(e);
+        }
+    }
+    let pending = m.account.lifetime_total - m.account.lifetime(now);
+    m.account.lifetime_total = lifetime + pending;
+    Ok(())
 }

@@ -4,18 +4,21 @@
 //! its idempotency record; the store makes that durable before anyone sees the [`Reply`].
 //!
 //! [`State`] is the writer's in-memory state: each tenant's campaign catalog and code
-//! index, and the live holds that count against limits. It is rebuilt from disk at start.
+//! index, and the live holds that count against limits. It is rebuilt from disk at start,
+//! and changed only through its journaled mutators (see [`state`]), so that whatever a
+//! failed job changed is undone with its writes.
 
 pub mod admin;
 pub mod codes;
 pub mod loyalty;
+pub mod records;
 pub mod sliced;
+pub mod state;
 pub mod states;
 pub mod voucher;
 pub mod webhook;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
@@ -27,6 +30,8 @@ use crate::store::{key, last, prefix, StoreError, Txn};
 use crate::voucher::{
     match_key, Campaign, CampaignSpec, CodeMatch, HoldState, LiveHold, LiveHolds,
 };
+
+pub use state::State;
 
 /// What a job answers: an HTTP status, the exact body bytes, and an outcome label for
 /// metrics (`ok` or the error code).
@@ -118,25 +123,36 @@ impl TenantState {
         })
     }
 
+    /// Install a campaign at load (at run time: [`State::install_campaign`]).
     pub fn install(&mut self, c: Campaign, source: Source) {
-        if let Some(old) = self.campaigns.get(&c.id) {
-            for code in &old.campaign.spec.codes {
-                self.index.remove(&match_key(self.code_match, code));
+        self.install_entry(CampaignEntry {
+            campaign: Arc::new(c),
+            source,
+        });
+    }
+
+    /// Install a campaign and its codes over the one of the same id; returns that one.
+    fn install_entry(&mut self, e: CampaignEntry) -> Option<CampaignEntry> {
+        let id = e.campaign.id.clone();
+        let prev = self.uninstall(&id);
+        for code in &e.campaign.spec.codes {
+            self.index
+                .insert(match_key(self.code_match, code), (id.clone(), code.clone()));
+        }
+        self.campaigns.insert(id, e);
+        prev
+    }
+
+    /// Remove a campaign and its codes; returns it.
+    fn uninstall(&mut self, id: &str) -> Option<CampaignEntry> {
+        let old = self.campaigns.remove(id)?;
+        for code in &old.campaign.spec.codes {
+            let mk = match_key(self.code_match, code);
+            if self.index.get(&mk).is_some_and(|(cid, _)| cid == id) {
+                self.index.remove(&mk);
             }
         }
-        for code in &c.spec.codes {
-            self.index.insert(
-                match_key(self.code_match, code),
-                (c.id.clone(), code.clone()),
-            );
-        }
-        self.campaigns.insert(
-            c.id.clone(),
-            CampaignEntry {
-                campaign: Arc::new(c),
-                source,
-            },
-        );
+        Some(old)
     }
 }
 
@@ -151,6 +167,7 @@ pub struct HoldRecord {
     pub amount_cents: i64,
     pub created_at: Millis,
     pub expires_at: Millis,
+    #[serde(with = "records::hold_state")]
     pub state: HoldState,
     pub transaction_id: Option<String>,
     pub updated_at: Millis,
@@ -164,14 +181,6 @@ pub struct HoldRecord {
 
 fn is_false(b: &bool) -> bool {
     !*b
-}
-
-pub struct State {
-    pub tenants: HashMap<String, TenantState>,
-    pub holds: LiveHolds,
-    /// Live holds, published for `/metrics`.
-    /// Published for `/metrics`.
-    pub gauges: Arc<crate::metrics::Gauges>,
 }
 
 pub mod keys {
@@ -259,6 +268,11 @@ pub mod keys {
     }
     pub fn enrollment(t: &str, p: &str, user: &str) -> Vec<u8> {
         key(&["lenr", t, p, user])
+    }
+    /// What a provider state made (`hold`: params digest → providerRef; `committed`:
+    /// transactionId → providerRef), so that setting it up again finds it.
+    pub fn provider_state(t: &str, state: &str, id: &str) -> Vec<u8> {
+        key(&["pstate", t, state, id])
     }
 }
 
@@ -352,26 +366,15 @@ impl State {
             }
             txn.delete(k);
         }
-        gauges
-            .holds_in_flight
-            .store(holds.len() as u64, Ordering::Relaxed);
         let queued = txn.scan_prefix(b"whq\x1f")?.len() as u64;
         let dead = txn.scan_prefix(b"whdl\x1f")?.len() as u64;
-        gauges.webhook_queued.store(queued, Ordering::Relaxed);
-        gauges.webhook_dead_letters.store(dead, Ordering::Relaxed);
-        Ok(State {
-            tenants,
-            holds,
-            gauges,
-        })
+        Ok(State::new(tenants, holds, (queued, dead), gauges))
     }
 
-    /// Let expired holds go: they stop counting, and their `live` markers are removed.
-    /// Forget expired holds: delete their live markers and write their deferred "held"
-    /// history events.
+    /// Let expired holds go: they stop counting, their `live` markers are deleted and
+    /// their deferred "held" history events written.
     pub fn prune(&mut self, txn: &mut Txn<'_>, now: Millis) -> Result<(), StoreError> {
-        let before = self.holds.len();
-        for (tenant, r) in self.holds.prune(now) {
+        for (tenant, r) in self.prune_holds(now) {
             txn.delete(keys::live(&tenant, &r));
             let hk = keys::hold(&tenant, &r);
             if let Some(mut h) = txn.get_json::<HoldRecord>(&hk)? {
@@ -381,16 +384,7 @@ impl State {
                 }
             }
         }
-        if before != self.holds.len() {
-            self.publish();
-        }
         Ok(())
-    }
-
-    pub fn publish(&self) {
-        self.gauges
-            .holds_in_flight
-            .store(self.holds.len() as u64, Ordering::Relaxed);
     }
 }
 

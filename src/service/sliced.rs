@@ -34,7 +34,7 @@ pub async fn export_all(store: &Store<State>, slice: usize) -> Result<Pairs, Sto
         let a = after.take();
         let (page, next) = store
             .run(move |txn, _| txn.scan_page(b"", a.as_deref(), slice))
-            .await??;
+            .await?;
         records.extend(page);
         match next {
             Some(n) => after = Some(n),
@@ -56,7 +56,7 @@ pub async fn export_codes(
         let (t, c, a) = (tenant.to_owned(), campaign.to_owned(), after.take());
         let page = store
             .run(move |txn, st| codes::export_page_job(txn, st, &t, &c, a.as_deref(), slice))
-            .await??;
+            .await?;
         let (lines, next) = match page {
             Ok(p) => p,
             Err(reply) => return Ok(reply),
@@ -85,7 +85,7 @@ pub async fn import_codes(
 ) -> Result<Reply, StoreError> {
     let (t, c) = (tenant.to_owned(), campaign.to_owned());
     let mode = match store
-        .run(move |_, st| codes::campaign_mode(st, &t, &c))
+        .run(move |_, st| Ok(codes::campaign_mode(st, &t, &c)))
         .await?
     {
         Ok(m) => m,
@@ -113,7 +113,7 @@ pub async fn import_codes(
             .run(move |txn, st| {
                 codes::import_slice_job(txn, st, &t, slice, &mut s).map(|(i, d)| (i, d, s))
             })
-            .await??;
+            .await?;
         seen = s;
         imported = imported.saturating_add(i);
         duplicates = duplicates.saturating_add(d);
@@ -136,7 +136,7 @@ pub async fn generate_codes(
     let (t, c, p) = (tenant.to_owned(), campaign.to_owned(), pattern.to_owned());
     let mode = match store
         .run(move |txn, st| codes::reserve_job(txn, st, &t, &c, &p, count))
-        .await??
+        .await?
     {
         Ok(m) => m,
         Err(reply) => return Ok(reply),
@@ -154,7 +154,7 @@ pub async fn generate_codes(
                 };
                 codes::generate_slice_job(txn, st, &to, &p, n)
             })
-            .await??;
+            .await?;
         match slice {
             Ok(codes) => made.extend(codes),
             Err(reply) => return Ok(reply),
@@ -181,7 +181,7 @@ pub async fn inbox(
         let (t, fl, a) = (tenant.to_owned(), f.clone(), after.take());
         let (page, next) = store
             .run(move |txn, _| super::webhook::inbox_page(txn, &t, &fl, a.as_deref(), slice))
-            .await??;
+            .await?;
         items.extend(page);
         if items.len() > f.limit {
             // Keep the newest `limit`, and count the rest.
@@ -216,7 +216,7 @@ pub async fn prune_dedupe(
             .run(move |txn, _| {
                 super::webhook::prune_dedupe_page(txn, &t, now, retention_ms, a.as_deref(), slice)
             })
-            .await??;
+            .await?;
         forgotten = forgotten.saturating_add(n);
         match next {
             Some(n) => after = Some(n),

@@ -108,7 +108,7 @@ pub(super) fn usage(
     code: &str,
     guest: Option<&str>,
 ) -> Result<Usage, StoreError> {
-    let (campaign_held, code_held, guest_held) = st.holds.counts(tenant, campaign, code, guest);
+    let (campaign_held, code_held, guest_held) = st.holds().counts(tenant, campaign, code, guest);
     Ok(Usage {
         campaign_used: txn.get_u64(&keys::used(tenant, campaign))?,
         campaign_held,
@@ -121,7 +121,7 @@ pub(super) fn usage(
         guest_held,
         campaign_spent_cents: i64::try_from(txn.get_u64(&keys::used_amount(tenant, campaign))?)
             .unwrap_or(i64::MAX),
-        campaign_held_cents: st.holds.held_amount(tenant, campaign),
+        campaign_held_cents: st.holds().held_amount(tenant, campaign),
     })
 }
 
@@ -170,7 +170,7 @@ pub fn resolve_code(
     typed: &str,
     indexed: Option<Resolved>,
 ) -> Result<Option<Resolved>, StoreError> {
-    let Some(t) = st.tenants.get(tenant) else {
+    let Some(t) = st.tenant(tenant) else {
         return Ok(None);
     };
     let mk = match_key(t.code_match, typed);
@@ -240,7 +240,7 @@ pub fn check(
     now: Millis,
 ) -> Result<Reply, StoreError> {
     st.prune(txn, now)?;
-    let Some(t) = st.tenants.get(tenant) else {
+    let Some(t) = st.tenant(tenant) else {
         return Ok(reject(Rejection::UnknownCode));
     };
     let hold_ttl_ms = t.hold_ttl_ms;
@@ -258,7 +258,7 @@ pub fn check(
             return Ok(reject(Rejection::CodeAssignedToAnotherGuest));
         }
     }
-    let Some(t) = st.tenants.get(tenant) else {
+    let Some(t) = st.tenant(tenant) else {
         return Ok(reject(Rejection::UnknownCode));
     };
     let Some(entry) = t.campaigns.get(&cid) else {
@@ -305,7 +305,7 @@ pub fn check(
     };
     txn.put_json(keys::hold(tenant, &provider_ref), &hold);
     txn.put(keys::live(tenant, &provider_ref), Vec::new());
-    st.holds.insert(
+    st.add_hold(
         provider_ref.clone(),
         LiveHold {
             tenant: tenant.to_owned(),
@@ -316,7 +316,6 @@ pub fn check(
             amount_cents: discount,
         },
     );
-    st.publish();
     Ok(Reply::ok(json(&CheckSuccess {
         ok: true,
         voucher_nr,
@@ -363,12 +362,11 @@ pub fn commit(
                 got: req.amount_cents,
             }));
         }
-        let live = st.holds.remove(&h.provider_ref).is_some();
+        let live = st.remove_hold(&h.provider_ref).is_some();
         if !live {
             // Expired: honour it only if the capacity it held is still free.
             let campaign = st
-                .tenants
-                .get(tenant)
+                .tenant(tenant)
                 .and_then(|t| t.campaigns.get(&h.campaign))
                 .map(|e| e.campaign.clone());
             if let Some(c) = campaign {
@@ -378,7 +376,6 @@ pub fn commit(
                 }
             }
         }
-        st.publish();
         txn.delete(keys::live(tenant, &h.provider_ref));
         log_held(txn, tenant, &mut h)?;
         h.state = HoldState::Committed;
@@ -419,8 +416,7 @@ pub fn reactivate(
         let status = match h.state {
             HoldState::Released | HoldState::Reactivated => return Ok(done("already_released")),
             HoldState::Held => {
-                st.holds.remove(&h.provider_ref);
-                st.publish();
+                st.remove_hold(&h.provider_ref);
                 txn.delete(keys::live(tenant, &h.provider_ref));
                 h.state = HoldState::Released;
                 h.transaction_id = Some(req.transaction_id.clone());
@@ -465,10 +461,9 @@ pub fn release_hold(
     let Some(mut h) = txn.get_json::<HoldRecord>(&keys::hold(tenant, provider_ref))? else {
         return Ok(false);
     };
-    if h.state != HoldState::Held || st.holds.remove(provider_ref).is_none() {
+    if h.state != HoldState::Held || st.remove_hold(provider_ref).is_none() {
         return Ok(false);
     }
-    st.publish();
     txn.delete(keys::live(tenant, provider_ref));
     h.state = HoldState::Released;
     h.updated_at = now;

@@ -7,8 +7,6 @@
 //! nothing. The dispatcher (`crate::dispatch`) takes the head of each route's queue, and
 //! records each attempt here: delivered, retry later, or dead letter.
 
-use std::sync::atomic::Ordering;
-
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -101,9 +99,7 @@ pub fn receive(
     for r in &d.routes {
         txn.put_json(queue_key(t, r, seq), &QueueState::default());
     }
-    st.gauges
-        .webhook_queued
-        .fetch_add(d.routes.len() as u64, Ordering::Relaxed);
+    st.count_webhooks(d.routes.len() as i64, 0);
     let rec = InboxRecord {
         seq,
         id: d.id,
@@ -191,7 +187,7 @@ pub fn record_attempt(
         AttemptOutcome::Delivered(_) => {
             txn.delete(qk);
             txn.put_u64(delivered_key(t, seq, route), now.max(0) as u64);
-            st.gauges.webhook_queued.fetch_sub(1, Ordering::Relaxed);
+            st.count_webhooks(-1, 0);
         }
         AttemptOutcome::Failed(e) => txn.put_json(
             qk,
@@ -209,10 +205,7 @@ pub fn record_attempt(
                     last_error: Some(e),
                 },
             );
-            st.gauges.webhook_queued.fetch_sub(1, Ordering::Relaxed);
-            st.gauges
-                .webhook_dead_letters
-                .fetch_add(1, Ordering::Relaxed);
+            st.count_webhooks(-1, 1);
         }
     }
     Ok(())
@@ -384,10 +377,7 @@ pub fn replay_dead(
             routes.push(route);
         }
     }
-    st.gauges
-        .webhook_dead_letters
-        .fetch_sub(moved, Ordering::Relaxed);
-    st.gauges.webhook_queued.fetch_add(moved, Ordering::Relaxed);
+    st.count_webhooks(moved as i64, -(moved as i64));
     if only.is_some() && moved == 0 {
         return Ok((Reply::not_found("no such dead letter"), routes));
     }
@@ -409,9 +399,7 @@ pub fn purge_dead(
         txn.delete(k);
         purged += 1;
     }
-    st.gauges
-        .webhook_dead_letters
-        .fetch_sub(purged, Ordering::Relaxed);
+    st.count_webhooks(0, -(purged as i64));
     Ok(Reply::json(200, json!({"ok": true, "purged": purged})))
 }
 

@@ -1,7 +1,7 @@
 //! The bulk-code index: for each tenant, one immutable file that maps a bulk code's match
 //! key to its record (the very bytes the store holds under `bcode/{tenant}/{key}`) in a
 //! static hash table: the key's hash picks a bucket (~32 codes, ~1.5 KiB), the bucket
-//! offsets are kept in memory (8 bytes per bucket), and a lookup is one positioned read
+//! offsets and checksums are kept in memory (16 bytes per bucket), and a lookup is one positioned read
 //! (`pread`) of one bucket on the calling thread, with no lock shared with the store's
 //! writer.
 //!
@@ -19,7 +19,10 @@
 //! counter the store bumps before any bulk code is written); a file from an older
 //! generation is still used and is rebuilt in the background. A file is written to a
 //! temporary name, fsynced, renamed, and the directory fsynced, so a crash leaves the old
-//! file or the new one. A file that fails its checks is ignored (and rebuilt).
+//! file or the new one. A file that fails its checks is ignored (and rebuilt); a bucket
+//! whose bytes do not match their checksum (damage inside the data, which the footer's
+//! checksum does not cover) is a failed read: that lookup goes to the store, and the
+//! bucket is never carried into a new file.
 //!
 //! Building is linear, with no sort: entries are appended to 64 spill files by the top
 //! bits of their hash, then each spill file (a contiguous range of buckets) is read back,
@@ -27,16 +30,17 @@
 //!
 //! File layout (integers little-endian):
 //! ```text
-//! "KPCIDX02"                                    8-byte magic
+//! "KPCIDX03"                                    8-byte magic
 //! buckets: entries (u16 key len, key, u32 value len, value), bucket after bucket
-//! footer: u64 start of every bucket, then the end of the last one
+//! footer: u64 start of every bucket, then the end of the last one; then for every
+//!         bucket the first 8 bytes of the SHA-256 of its bytes
 //! trailer: u64 footer offset, u64 footer length, u64 entries, u64 generation,
-//!          32-byte SHA-256 of the footer, "KPCIDX02"
+//!          32-byte SHA-256 of the footer, "KPCIDX03"
 //! ```
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,7 +50,7 @@ use sha2::{Digest, Sha256};
 
 use super::StoreError;
 
-const MAGIC: &[u8; 8] = b"KPCIDX02";
+const MAGIC: &[u8; 8] = b"KPCIDX03";
 const TRAILER: usize = 8 * 4 + 32 + 8;
 /// Codes per bucket, on average.
 const PER_BUCKET: u64 = 32;
@@ -138,10 +142,21 @@ pub struct Segment {
     entries: u64,
     /// Start of every bucket in the file, then the end of the last one.
     offsets: Vec<u64>,
+    /// The first 8 bytes of each bucket's SHA-256, checked on every read of the bucket.
+    sums: Vec<[u8; 8]>,
+}
+
+/// The checksum of one bucket's bytes as the footer keeps it.
+fn bucket_sum(bytes: &[u8]) -> [u8; 8] {
+    let d = Sha256::digest(bytes);
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&d[..8]);
+    out
 }
 
 impl Segment {
     /// Open and check an index file (magic, trailer, footer checksum, bucket bounds).
+    /// Each bucket's own checksum is checked when the bucket is read.
     pub fn open(path: &Path) -> Result<Segment, StoreError> {
         let mut file = File::open(path).map_err(|e| io("opening", path, e))?;
         let len = file.metadata().map_err(|e| io("reading", path, e))?.len();
@@ -165,7 +180,8 @@ impl Segment {
         if footer_off < MAGIC.len() as u64
             || footer_off.checked_add(footer_len) != Some(len - TRAILER as u64)
             || footer_len % 8 != 0
-            || footer_len < 16
+            || footer_len < 24
+            || (footer_len / 8) % 2 != 1
         {
             return Err(corrupt(path, "footer out of bounds"));
         }
@@ -177,9 +193,16 @@ impl Segment {
         if Sha256::digest(&footer).as_slice() != &t[32..64] {
             return Err(corrupt(path, "footer checksum mismatch"));
         }
-        let offsets: Vec<u64> = footer
+        // The footer: n + 1 bucket offsets, then n bucket checksums.
+        let buckets = (footer.len() / 8 - 1) / 2;
+        let (offs, sums) = footer.split_at((buckets + 1) * 8);
+        let offsets: Vec<u64> = offs
             .chunks_exact(8)
             .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+            .collect();
+        let sums: Vec<[u8; 8]> = sums
+            .chunks_exact(8)
+            .map(|c| c.try_into().unwrap_or([0; 8]))
             .collect();
         if offsets.first() != Some(&(MAGIC.len() as u64))
             || offsets.last() != Some(&footer_off)
@@ -193,7 +216,24 @@ impl Segment {
             generation,
             entries,
             offsets,
+            sums,
         })
+    }
+
+    /// The bytes of bucket `b`, checked against its checksum.
+    fn bucket(&self, b: usize) -> Result<Vec<u8>, StoreError> {
+        let (start, end) = (self.offsets[b], self.offsets[b + 1]);
+        let mut buf = vec![0u8; (end - start) as usize];
+        self.file
+            .read_exact_at(&mut buf, start)
+            .map_err(|e| StoreError::Io(format!("reading the code index: {e}")))?;
+        if bucket_sum(&buf) != self.sums[b] {
+            return Err(corrupt(
+                &self.path,
+                &format!("bucket {b} checksum mismatch"),
+            ));
+        }
+        Ok(buf)
     }
 
     /// The bulk-code generation this file was built from.
@@ -212,14 +252,10 @@ impl Segment {
     /// The value stored under `key`, if the file has it.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let b = bucket_of(hash(key), self.buckets()) as usize;
-        let (start, end) = (self.offsets[b], self.offsets[b + 1]);
-        if start == end {
+        if self.offsets[b] == self.offsets[b + 1] {
             return Ok(None);
         }
-        let mut buf = vec![0u8; (end - start) as usize];
-        self.file
-            .read_exact_at(&mut buf, start)
-            .map_err(|e| StoreError::Io(format!("reading the code index: {e}")))?;
+        let buf = self.bucket(b)?;
         for e in entries(&buf) {
             let (k, v) = e?;
             if k == key {
@@ -229,32 +265,25 @@ impl Segment {
         Ok(None)
     }
 
-    /// Feed every entry of this file to `b` (to carry it into a new file).
+    /// Feed every entry of this file to `b` (to carry it into a new file), bucket by
+    /// bucket, each checked against its checksum: a damaged file is never carried over.
     pub fn copy_into(&self, b: &mut IndexBuilder) -> Result<(), StoreError> {
-        let data_len = self.offsets[self.offsets.len() - 1] - MAGIC.len() as u64;
-        let mut f = File::open(&self.path).map_err(|e| io("opening", &self.path, e))?;
-        f.seek(SeekFrom::Start(MAGIC.len() as u64))
-            .map_err(|e| io("reading", &self.path, e))?;
-        let mut r = BufReader::with_capacity(1 << 20, f.take(data_len));
-        let (mut key, mut value) = (Vec::new(), Vec::new());
-        let mut len2 = [0u8; 2];
-        let mut len4 = [0u8; 4];
-        loop {
-            match r.read_exact(&mut len2) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-                Err(e) => return Err(io("reading", &self.path, e)),
+        for i in 0..self.buckets() as usize {
+            if self.offsets[i] == self.offsets[i + 1] {
+                continue;
             }
-            key.resize(u16::from_le_bytes(len2) as usize, 0);
-            r.read_exact(&mut key)
-                .and_then(|()| r.read_exact(&mut len4))
-                .map_err(|e| io("reading", &self.path, e))?;
-            value.resize(u32::from_le_bytes(len4) as usize, 0);
-            r.read_exact(&mut value)
-                .map_err(|e| io("reading", &self.path, e))?;
-            b.push(&key, &value)?;
+            let buf = self.bucket(i)?;
+            b.push_encoded(&buf)?;
         }
+        Ok(())
     }
+}
+
+/// [`bucket_sum`] of the bytes fed to a hasher.
+fn bucket_sum_of(h: Sha256) -> [u8; 8] {
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&h.finalize()[..8]);
+    out
 }
 
 /// Builds an index file from entries given in any order (see the module doc).
@@ -329,6 +358,8 @@ impl IndexBuilder {
         let mut pos = MAGIC.len() as u64;
         let mut offsets = Vec::with_capacity(n as usize + 1);
         let mut next_bucket = 0u64;
+        let mut sums: Vec<[u8; 8]> = Vec::with_capacity(n as usize);
+        let mut cur = Sha256::new();
         let parts = std::mem::take(&mut self.parts);
         let mut buf = Vec::new();
         for (i, part) in parts.into_iter().enumerate() {
@@ -353,21 +384,31 @@ impl IndexBuilder {
             order.sort_unstable_by_key(|e| e.0);
             for (bucket, start, end) in order {
                 while next_bucket <= bucket {
+                    if next_bucket > 0 {
+                        sums.push(bucket_sum_of(std::mem::take(&mut cur)));
+                    }
                     offsets.push(pos);
                     next_bucket += 1;
                 }
+                cur.update(&buf[start..end]);
                 out.write_all(&buf[start..end])
                     .map_err(|e| io("writing", &tmp, e))?;
                 pos += (end - start) as u64;
             }
         }
         while next_bucket <= n {
+            if next_bucket > 0 {
+                sums.push(bucket_sum_of(std::mem::take(&mut cur)));
+            }
             offsets.push(pos);
             next_bucket += 1;
         }
-        let mut footer = Vec::with_capacity(offsets.len() * 8);
+        let mut footer = Vec::with_capacity(offsets.len() * 16);
         for o in &offsets {
             footer.extend_from_slice(&o.to_le_bytes());
+        }
+        for c in &sums {
+            footer.extend_from_slice(c);
         }
         let mut t = Vec::with_capacity(TRAILER);
         t.extend_from_slice(&pos.to_le_bytes());
@@ -609,6 +650,26 @@ mod tests {
         assert!(Segment::open(&p).is_err());
         std::fs::write(&p, &bytes[..n / 2]).unwrap();
         assert!(Segment::open(&p).is_err());
+        // A flipped byte inside a bucket: that bucket's reads fail, the others still work,
+        // and the file is not carried into a new one.
+        let p = dir.path().join("u.kpi");
+        let s2 = Segment::open(&p).unwrap();
+        let b = bucket_of(hash(b"CODE000000"), s2.buckets()) as usize;
+        let mut bytes = std::fs::read(&p).unwrap();
+        bytes[s2.offsets[b] as usize + 3] ^= 0x01;
+        std::fs::write(&p, &bytes).unwrap();
+        let s3 = Segment::open(&p).unwrap();
+        assert!(s3.get(b"CODE000000").is_err());
+        let other = keys
+            .iter()
+            .find(|k| bucket_of(hash(k.as_bytes()), s3.buckets()) as usize != b)
+            .unwrap();
+        assert_eq!(
+            s3.get(other.as_bytes()).unwrap(),
+            Some(format!("v-{other}").into_bytes())
+        );
+        let mut b2 = IndexBuilder::create(&dir.path().join("w.kpi")).unwrap();
+        assert!(s3.copy_into(&mut b2).is_err());
     }
 
     #[test]

@@ -7,8 +7,15 @@
 //! that arrived while the previous flush ran).
 //!
 //! The writer also owns an in-memory state `S` (indexes the domain rebuilds at start,
-//! such as live holds). If a flush ever fails the store stops taking writes (fail-stop):
-//! memory may then be ahead of disk, and only a restart from disk is safe.
+//! such as live holds), which keeps an undo journal ([`Journal`]). A job's effects — its
+//! writes and its changes to `S` — exist only if it returns `Ok` and its group is durable:
+//! a job that returns `Err` or panics has its writes and its state changes undone before
+//! the next job runs; a group whose flush fails has all its state changes undone, and the
+//! store then refuses every further job (fail-stop) until a restart rebuilds from disk.
+//!
+//! Durability: after sled's flush the writer fsyncs sled's log file (failing the group when
+//! it cannot even be opened), and the files sled spills large log messages to (`blobs/`,
+//! which sled writes without fsync) with their directory.
 
 pub mod codeindex;
 mod keys;
@@ -16,7 +23,8 @@ mod keys;
 pub use codeindex::CodeIndex;
 pub use keys::{key, last, prefix};
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ffi::OsString;
 use std::fs::File;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -38,6 +46,9 @@ pub enum StoreError {
     JobPanicked,
     Io(String),
 }
+
+/// A fault a test arms on a job (see [`Txn::inject_flush_failure`]).
+const INJECTED_FLUSH_FAILURE: &str = "injected flush failure (test fault)";
 
 impl std::fmt::Display for StoreError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -65,7 +76,37 @@ pub type KeyValue = (Vec<u8>, Vec<u8>);
 pub type Pairs = Vec<KeyValue>;
 
 type Done = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
-type Job<S> = Box<dyn FnOnce(&mut Txn<'_>, &mut S) -> Done + Send>;
+/// A job returns whether it succeeded, and what answers its caller once that is decided.
+type Job<S> = Box<dyn FnOnce(&mut Txn<'_>, &mut S) -> (bool, Done) + Send>;
+
+/// The writer's in-memory state keeps an undo journal so that it moves in step with the
+/// store. Every change a job makes to it is recorded (by the state's own mutators, the
+/// only way to change it) until the writer says what became of the job and its group.
+pub trait Journal {
+    /// The job just run failed (returned `Err` or panicked): undo its changes.
+    fn undo_job(&mut self);
+    /// The job just run succeeded: its changes join its group's.
+    fn keep_job(&mut self);
+    /// The group's flush failed: undo the changes of every job in it.
+    fn undo_group(&mut self);
+    /// The group is durable: forget its undo entries (and publish what is published).
+    fn group_durable(&mut self);
+}
+
+/// A state without memory of its own (tests of the store).
+impl Journal for () {
+    fn undo_job(&mut self) {}
+    fn keep_job(&mut self) {}
+    fn undo_group(&mut self) {}
+    fn group_durable(&mut self) {}
+}
+
+/// The version of the stored record formats (see `service::records`). Bump it when a
+/// stored record changes so that an older build would misread it; a build refuses to open
+/// a data directory marked with a newer version than its own.
+pub const SCHEMA_VERSION: u64 = 1;
+/// Where the data directory's record schema version is kept (8 bytes, big-endian).
+pub const SCHEMA_VERSION_KEY: &[u8] = b"meta\x1fschema_version";
 
 enum Msg<S> {
     Job(Job<S>),
@@ -85,6 +126,10 @@ pub struct StoreStats {
     pub groups: AtomicU64,
     pub jobs: AtomicU64,
     pub flushes: AtomicU64,
+    /// Jobs that failed (`Err` or panic) and were undone.
+    pub jobs_undone: AtomicU64,
+    /// Blob files (sled's spilled large messages) fsynced after a flush.
+    pub blob_files_synced: AtomicU64,
 }
 
 pub struct Store<S> {
@@ -100,6 +145,9 @@ pub struct Store<S> {
     codes: Arc<CodeIndex>,
     /// Tenants whose code index is being rebuilt; `true`: rebuild once more when done.
     rebuilding: Arc<Mutex<HashMap<String, bool>>>,
+    /// The rebuild threads, joined at [`Store::close`]: each holds a handle on the store's
+    /// files until it has ended, and a new process cannot open them before.
+    rebuilders: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
 /// Read and write access inside a writer job. Reads see this group's earlier writes.
@@ -110,6 +158,8 @@ pub struct Txn<'a> {
     undo: Vec<Undo>,
     /// The next id [`Txn::next_id`] hands out.
     next: u64,
+    /// Set by [`Txn::inject_flush_failure`]: the group's commit fails without writing.
+    fail_flush: bool,
 }
 
 const NEXT_ID_KEY: &[u8] = b"meta\x1fnext_id";
@@ -267,6 +317,12 @@ impl Txn<'_> {
         Ok(id)
     }
 
+    /// Test fault: make this group's flush fail (nothing of the group reaches the store).
+    #[doc(hidden)]
+    pub fn inject_flush_failure(&mut self) {
+        self.fail_flush = true;
+    }
+
     fn rollback_job(&mut self) {
         while let Some((k, prev)) = self.undo.pop() {
             match prev {
@@ -277,7 +333,7 @@ impl Txn<'_> {
     }
 }
 
-impl<S: Send + 'static> Store<S> {
+impl<S: Journal + Send + 'static> Store<S> {
     /// Open (or create) the store and start its writer. `init` builds the writer's
     /// in-memory state from what is on disk.
     pub fn open(
@@ -291,7 +347,9 @@ impl<S: Send + 'static> Store<S> {
             .cache_capacity(opts.cache_capacity_bytes)
             .open()
             .map_err(|e| StoreError::Io(format!("opening {}: {e}", opts.path.display())))?;
-        let data_files = data_files(&opts.path);
+        check_schema(&db, &opts.path)?;
+        let mut data_files = DataFiles::new(&opts.path)?;
+        let first_id = first_id(&db, &opts.path)?;
         let db_for_index = db.clone();
         let codes = Arc::new(CodeIndex::open(&opts.path));
         let failed = Arc::new(AtomicBool::new(false));
@@ -307,12 +365,9 @@ impl<S: Send + 'static> Store<S> {
                     db: &db,
                     overlay: HashMap::new(),
                     undo: Vec::new(),
-                    next: 0,
+                    next: first_id,
+                    fail_flush: false,
                 };
-                // Stores made before the counter was a record used sled's generator:
-                // start above both.
-                let stored = txn.get_u64(NEXT_ID_KEY).unwrap_or(0);
-                txn.next = stored.max(db.generate_id().unwrap_or(0));
                 let state = match init(&mut txn) {
                     Ok(s) => s,
                     Err(e) => {
@@ -320,9 +375,9 @@ impl<S: Send + 'static> Store<S> {
                         return;
                     }
                 };
-                let first = commit(&db, &data_files, &mut txn);
+                let first = commit(&db, &mut data_files, &mut txn, &s2);
                 let _ = ready_tx.send(first);
-                writer_loop(&db, &data_files, txn, state, rx, &f2, &s2);
+                writer_loop(&db, &mut data_files, txn, state, rx, &f2, &s2);
             })
             .map_err(|e| StoreError::Io(e.to_string()))?;
         match ready_rx.recv() {
@@ -342,6 +397,7 @@ impl<S: Send + 'static> Store<S> {
             cancel_rebuilds: Arc::new(AtomicBool::new(false)),
             codes,
             rebuilding: Arc::new(Mutex::new(HashMap::new())),
+            rebuilders: Mutex::new(Vec::new()),
         })
     }
 
@@ -384,28 +440,48 @@ impl<S: Send + 'static> Store<S> {
                     }
                 }
             });
-        if spawned.is_err() {
-            self.rebuilding
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(tenant);
+        match spawned {
+            Ok(h) => {
+                let mut hs = self.rebuilders.lock().unwrap_or_else(|e| e.into_inner());
+                hs.retain(|h| !h.is_finished());
+                hs.push(h);
+            }
+            Err(_) => {
+                self.rebuilding
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(tenant);
+            }
         }
     }
 
-    /// Run `f` on the writer; its result comes back once everything it wrote is durable.
+    /// Run `f` on the writer. An `Ok` comes back once everything it did is durable; on
+    /// `Err` (or a panic) nothing it wrote or changed in the state remains.
     pub async fn run<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Txn<'_>, &mut S) -> T + Send + 'static,
+        f: impl FnOnce(&mut Txn<'_>, &mut S) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         if self.failed.load(Ordering::Relaxed) {
             return Err(StoreError::Failed);
         }
         let (otx, orx) = oneshot::channel();
         let job: Job<S> = Box::new(move |txn, s| {
-            let out = f(txn, s);
-            Box::new(move |res: Result<(), StoreError>| {
-                let _ = otx.send(res.map(|()| out));
-            })
+            // Caught here, not only in the writer, so that the answer channel survives a
+            // panic and the caller hears of it only once the job has been undone.
+            let out = match catch_unwind(AssertUnwindSafe(|| f(txn, s))) {
+                Ok(out) => out,
+                Err(_) => {
+                    tracing::error!(
+                        "a store job panicked; its writes and state changes are undone"
+                    );
+                    Err(StoreError::JobPanicked)
+                }
+            };
+            let ok = out.is_ok();
+            let done: Done = Box::new(move |res: Result<(), StoreError>| {
+                let _ = otx.send(res.and(out));
+            });
+            (ok, done)
         });
         self.tx
             .send(Msg::Job(job))
@@ -438,23 +514,21 @@ impl<S: Send + 'static> Store<S> {
         if let Some(h) = handle {
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
         }
-        // Stop index rebuilds and let go of the store's files.
+        // Stop index rebuilds, wait until their threads (and their handles on the files)
+        // are gone, and let go of the store's files.
         self.cancel_rebuilds.store(true, Ordering::Relaxed);
-        while !self
-            .rebuilding
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_empty()
-        {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let threads =
+            std::mem::take(&mut *self.rebuilders.lock().unwrap_or_else(|e| e.into_inner()));
+        for h in threads {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
         }
         self.db.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 }
 
-fn writer_loop<S>(
+fn writer_loop<S: Journal>(
     db: &sled::Db,
-    files: &[PathBuf],
+    files: &mut DataFiles,
     mut txn: Txn<'_>,
     mut state: S,
     mut rx: mpsc::Receiver<Msg<S>>,
@@ -465,7 +539,9 @@ fn writer_loop<S>(
     let mut dones: Vec<Done> = Vec::with_capacity(MAX_GROUP);
     loop {
         let Some(first) = rx.blocking_recv() else {
-            let _ = commit(db, files, &mut txn);
+            if commit(db, files, &mut txn, stats).is_ok() {
+                state.group_durable();
+            }
             return;
         };
         msgs.push(first);
@@ -484,28 +560,24 @@ fn writer_loop<S>(
                         // Dropping the job drops its answer channel: the caller sees an error.
                         continue;
                     }
-                    txn.undo.clear();
-                    match catch_unwind(AssertUnwindSafe(|| job(&mut txn, &mut state))) {
-                        Ok(done) => dones.push(done),
-                        Err(_) => {
-                            txn.rollback_job();
-                            tracing::error!("a store job panicked; its writes were discarded");
-                        }
-                    }
+                    run_job(job, &mut txn, &mut state, &mut dones, stats);
                 }
             }
         }
         txn.undo.clear();
         stats.groups.fetch_add(1, Ordering::Relaxed);
         stats.jobs.fetch_add(dones.len() as u64, Ordering::Relaxed);
-        let dirty = !txn.overlay.is_empty();
-        let res = commit(db, files, &mut txn);
-        if dirty {
-            stats.flushes.fetch_add(1, Ordering::Relaxed);
-        }
-        if let Err(e) = &res {
-            tracing::error!(error = %e, "flush failed; the store now refuses writes");
-            failed.store(true, Ordering::Relaxed);
+        let res = commit(db, files, &mut txn, stats);
+        match &res {
+            Ok(()) => state.group_durable(),
+            Err(e) => {
+                // Memory goes back to what is on disk (as far as we know it); the store
+                // refuses every further job, so nothing reads past this point until a
+                // restart rebuilds the state from disk.
+                state.undo_group();
+                tracing::error!(error = %e, "flush failed; the store now refuses writes");
+                failed.store(true, Ordering::Relaxed);
+            }
         }
         for d in dones.drain(..) {
             d(res.clone());
@@ -518,11 +590,52 @@ fn writer_loop<S>(
     }
 }
 
+/// Run one job: keep its effects when it returns `Ok`, undo its writes and its state
+/// changes when it returns `Err` or panics (answering once they are undone).
+fn run_job<S: Journal>(
+    job: Job<S>,
+    txn: &mut Txn<'_>,
+    state: &mut S,
+    dones: &mut Vec<Done>,
+    stats: &StoreStats,
+) {
+    txn.undo.clear();
+    match catch_unwind(AssertUnwindSafe(|| job(txn, state))) {
+        Ok((true, done)) => {
+            state.keep_job();
+            dones.push(done);
+        }
+        Ok((false, done)) => {
+            txn.rollback_job();
+            state.undo_job();
+            stats.jobs_undone.fetch_add(1, Ordering::Relaxed);
+            done(Ok(()));
+        }
+        Err(_) => {
+            txn.rollback_job();
+            state.undo_job();
+            stats.jobs_undone.fetch_add(1, Ordering::Relaxed);
+            tracing::error!("a store job panicked; its writes and state changes were undone");
+        }
+    }
+    txn.undo.clear();
+}
+
 /// Apply the overlay as one atomic batch, flush it, and fsync the data files.
-fn commit(db: &sled::Db, files: &[PathBuf], txn: &mut Txn<'_>) -> Result<(), StoreError> {
+fn commit(
+    db: &sled::Db,
+    files: &mut DataFiles,
+    txn: &mut Txn<'_>,
+    stats: &StoreStats,
+) -> Result<(), StoreError> {
+    if std::mem::take(&mut txn.fail_flush) {
+        txn.overlay.clear();
+        return Err(StoreError::Io(INJECTED_FLUSH_FAILURE.into()));
+    }
     if txn.overlay.is_empty() {
         return Ok(());
     }
+    stats.flushes.fetch_add(1, Ordering::Relaxed);
     let mut batch = sled::Batch::default();
     for (k, v) in txn.overlay.drain() {
         match v {
@@ -533,14 +646,8 @@ fn commit(db: &sled::Db, files: &[PathBuf], txn: &mut Txn<'_>) -> Result<(), Sto
     db.apply_batch(batch)
         .map_err(|e| StoreError::Io(e.to_string()))?;
     db.flush().map_err(|e| StoreError::Io(e.to_string()))?;
-    // sled's flush uses sync_file_range, which does not flush the drive's write cache
-    // (sled issues #1351, #1452); fsync the files so an answer survives power loss.
-    for f in files {
-        if let Ok(file) = File::open(f) {
-            file.sync_data()
-                .map_err(|e| StoreError::Io(format!("fsync {}: {e}", f.display())))?;
-        }
-    }
+    let blobs = files.sync()?;
+    stats.blob_files_synced.fetch_add(blobs, Ordering::Relaxed);
     Ok(())
 }
 
@@ -606,9 +713,154 @@ fn refresh_index(
     Ok(())
 }
 
-/// The files sled writes its log and pages to (sled 0.34: `db` and `conf`).
-fn data_files(dir: &Path) -> Vec<PathBuf> {
-    vec![dir.join("db")]
+/// What must be fsynced after sled's flush for a group to be durable. sled's flush uses
+/// `sync_file_range`, which does not flush the drive's write cache (sled issues #1351,
+/// #1452), so the writer fsyncs sled's log file `db` itself. sled 0.34 also writes every
+/// log message larger than a quarter segment (~128 KiB: a large record, or a node of the
+/// tree holding many records) to a file of its own under `blobs/`, without fsync; the
+/// writer fsyncs each new blob file and then the `blobs/` directory, before the log.
+struct DataFiles {
+    db: PathBuf,
+    blobs: PathBuf,
+    /// Blob files fsynced already (names; sled never rewrites a blob file).
+    synced: HashSet<OsString>,
+}
+
+impl DataFiles {
+    /// fsync sled's `conf` (written once, at creation, without fsync: a store whose `conf`
+    /// was lost cannot be opened), the data directory (so `db`, `conf` and `blobs/`
+    /// themselves are durable) and every blob file there is now.
+    fn new(dir: &Path) -> Result<DataFiles, StoreError> {
+        let conf = dir.join("conf");
+        match File::open(&conf) {
+            Ok(f) => f
+                .sync_all()
+                .map_err(|e| StoreError::Io(format!("fsync {}: {e}", conf.display())))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StoreError::Io(format!("fsync {}: {e}", conf.display()))),
+        }
+        fsync_dir(dir)?;
+        let mut f = DataFiles {
+            db: dir.join("db"),
+            blobs: dir.join("blobs"),
+            synced: HashSet::new(),
+        };
+        f.sync_blobs()?;
+        Ok(f)
+    }
+
+    /// fsync new blob files, their directory, then the log. Returns how many blob files
+    /// were fsynced. Any failure (the log file cannot even be opened, say) fails the group.
+    fn sync(&mut self) -> Result<u64, StoreError> {
+        let n = self.sync_blobs()?;
+        let file = File::open(&self.db).map_err(|e| {
+            StoreError::Io(format!("opening {} to fsync it: {e}", self.db.display()))
+        })?;
+        file.sync_data()
+            .map_err(|e| StoreError::Io(format!("fsync {}: {e}", self.db.display())))?;
+        Ok(n)
+    }
+
+    fn sync_blobs(&mut self) -> Result<u64, StoreError> {
+        let io = |what: &Path, e: std::io::Error| {
+            StoreError::Io(format!("fsync {}: {e}", what.display()))
+        };
+        let entries = match std::fs::read_dir(&self.blobs) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(io(&self.blobs, e)),
+        };
+        let mut present = HashSet::with_capacity(self.synced.len());
+        let mut new = 0u64;
+        for entry in entries {
+            let entry = entry.map_err(|e| io(&self.blobs, e))?;
+            let name = entry.file_name();
+            if !self.synced.contains(&name) {
+                let path = entry.path();
+                match File::open(&path) {
+                    Ok(f) => f.sync_data().map_err(|e| io(&path, e))?,
+                    // sled removed it meanwhile (its record was rewritten): nothing to keep.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(io(&path, e)),
+                }
+                new += 1;
+            }
+            present.insert(name);
+        }
+        if new > 0 {
+            fsync_dir(&self.blobs)?;
+        }
+        self.synced = present;
+        Ok(new)
+    }
+}
+
+fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StoreError::Io(format!("fsync {}: {e}", dir.display())))
+}
+
+/// The first id the writer hands out. A counter that cannot be read or is not a counter is
+/// a start-up error: starting from 0 would repeat ids and overwrite records. Stores made
+/// before the counter was a record used sled's generator: start above both.
+fn first_id(db: &sled::Db, dir: &Path) -> Result<u64, StoreError> {
+    let fail = |why: String| {
+        StoreError::Io(format!(
+            "data directory {}: {why}; refusing to start, as ids could repeat",
+            dir.display()
+        ))
+    };
+    let stored = match db.get(NEXT_ID_KEY) {
+        Ok(None) => 0,
+        Ok(Some(v)) => decode_u64(&v).ok_or_else(|| {
+            fail(format!(
+                "the id counter meta/next_id is not a counter ({} bytes, not 8)",
+                v.len()
+            ))
+        })?,
+        Err(e) => {
+            return Err(fail(format!(
+                "cannot read the id counter meta/next_id: {e}"
+            )))
+        }
+    };
+    let generated = db
+        .generate_id()
+        .map_err(|e| fail(format!("cannot read sled's id generator: {e}")))?;
+    Ok(stored.max(generated))
+}
+
+/// Check the data directory's record schema version (see [`SCHEMA_VERSION`]): a newer one
+/// than this build's refuses; none (a new store, or one from before versions were kept)
+/// is marked with this build's.
+fn check_schema(db: &sled::Db, dir: &Path) -> Result<(), StoreError> {
+    let at = || format!("data directory {}", dir.display());
+    let stored = db
+        .get(SCHEMA_VERSION_KEY)
+        .map_err(|e| StoreError::Io(format!("{}: cannot read meta/schema_version: {e}", at())))?;
+    if stored.is_none() {
+        db.insert(SCHEMA_VERSION_KEY, &SCHEMA_VERSION.to_be_bytes())
+            .and_then(|_| db.flush())
+            .map_err(|e| StoreError::Io(format!("{}: writing meta/schema_version: {e}", at())))?;
+    }
+    schema_readable(stored.as_deref(), &at())
+}
+
+/// Whether records marked with `version` (none: from before versions were kept, i.e. 1)
+/// are of a format this build reads; `at` says where they are.
+fn schema_readable(version: Option<&[u8]>, at: &str) -> Result<(), StoreError> {
+    match version.map(decode_u64) {
+        None => Ok(()),
+        Some(Some(v)) if v <= SCHEMA_VERSION => Ok(()),
+        Some(Some(v)) => Err(StoreError::Io(format!(
+            "{at}: its records are of schema version {v}, newer than this build's ({SCHEMA_VERSION}); \
+             run the karma-provider version that wrote them, or restore a backup made with this one"
+        ))),
+        Some(None) => Err(StoreError::Io(format!(
+            "{at}: meta/schema_version is not a version number; refusing to read records of an unknown format"
+        ))),
+    }
 }
 
 /// Restore: write `records` into a new store at `opts.path`, which must be empty or absent.
@@ -625,6 +877,8 @@ pub fn import_records(
             )));
         }
     }
+    let version = records.iter().find(|(k, _)| k == SCHEMA_VERSION_KEY);
+    schema_readable(version.map(|(_, v)| v.as_slice()), "the backup")?;
     std::fs::create_dir_all(&opts.path)
         .map_err(|e| StoreError::Io(format!("creating {}: {e}", opts.path.display())))?;
     let db = sled::Config::new()
@@ -642,12 +896,8 @@ pub fn import_records(
             .map_err(|e| StoreError::Io(e.to_string()))?;
     }
     db.flush().map_err(|e| StoreError::Io(e.to_string()))?;
-    for f in data_files(&opts.path) {
-        if let Ok(file) = File::open(&f) {
-            file.sync_data()
-                .map_err(|e| StoreError::Io(format!("fsync {}: {e}", f.display())))?;
-        }
-    }
+    check_schema(&db, &opts.path)?;
+    DataFiles::new(&opts.path)?.sync()?;
     Ok(n)
 }
 
@@ -656,6 +906,7 @@ pub fn import_records(
 pub struct Offline {
     db: sled::Db,
     path: PathBuf,
+    files: DataFiles,
     pending: sled::Batch,
     pending_len: usize,
 }
@@ -673,9 +924,11 @@ impl Offline {
                     opts.path.display()
                 ))
             })?;
+        check_schema(&db, &opts.path)?;
         Ok(Offline {
             db,
             path: opts.path.clone(),
+            files: DataFiles::new(&opts.path)?,
             pending: sled::Batch::default(),
             pending_len: 0,
         })
@@ -734,12 +987,7 @@ impl Offline {
     pub fn sync(&mut self) -> Result<(), StoreError> {
         self.apply()?;
         self.db.flush().map_err(|e| StoreError::Io(e.to_string()))?;
-        for f in data_files(&self.path) {
-            if let Ok(file) = File::open(&f) {
-                file.sync_data()
-                    .map_err(|e| StoreError::Io(format!("fsync {}: {e}", f.display())))?;
-            }
-        }
+        self.files.sync()?;
         Ok(())
     }
 
@@ -759,15 +1007,18 @@ impl Offline {
         let current = codeindex::Segment::open(&path)
             .ok()
             .filter(|s| s.generation() == stored);
-        let mut b = codeindex::IndexBuilder::create(&path)?;
-        match current {
-            Some(s) => s.copy_into(&mut b)?,
-            None => {
-                for kv in self.db.scan_prefix(prefix) {
-                    let (k, v) = kv.map_err(|e| StoreError::Io(e.to_string()))?;
-                    b.push(&k[prefix.len()..], &v)?;
-                }
+        if let Some(s) = current {
+            let mut b = codeindex::IndexBuilder::create(&path)?;
+            match s.copy_into(&mut b) {
+                Ok(()) => return Ok(b),
+                // A damaged bucket: build from the store instead.
+                Err(e) => tracing::warn!(error = %e, "code index not carried over"),
             }
+        }
+        let mut b = codeindex::IndexBuilder::create(&path)?;
+        for kv in self.db.scan_prefix(prefix) {
+            let (k, v) = kv.map_err(|e| StoreError::Io(e.to_string()))?;
+            b.push(&k[prefix.len()..], &v)?;
         }
         Ok(b)
     }
@@ -790,39 +1041,108 @@ impl Offline {
 }
 
 #[cfg(test)]
-mod scan_page_tests {
+mod tests {
     use super::*;
+
+    fn open(dir: &Path) -> Store<()> {
+        let opts = StoreOptions {
+            path: dir.to_path_buf(),
+            cache_capacity_bytes: 1 << 20,
+        };
+        Store::open(&opts, |_| Ok(())).expect("store opens")
+    }
+
+    /// sled spills a log message over ~128 KiB to a file under `blobs/` and never fsyncs
+    /// it: the writer does, before the answer.
+    #[tokio::test]
+    async fn a_record_large_enough_for_a_blob_file_is_fsynced_before_the_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let small: Result<(), StoreError> = store
+            .run(|txn, _| {
+                txn.put(b"small".to_vec(), vec![1; 100]);
+                Ok(())
+            })
+            .await;
+        small.unwrap();
+        assert_eq!(store.stats().blob_files_synced.load(Ordering::Relaxed), 0);
+        store
+            .run(|txn, _| {
+                txn.put(b"large".to_vec(), vec![7; 300 * 1024]);
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let blobs = std::fs::read_dir(dir.path().join("blobs")).unwrap().count();
+        assert!(blobs >= 1, "sled wrote no blob file");
+        assert!(store.stats().blob_files_synced.load(Ordering::Relaxed) >= 1);
+        store.close().await;
+        let store = open(dir.path());
+        let v = store.run(|txn, _| txn.get(b"large")).await.unwrap();
+        assert_eq!(v.map(|v| v.len()), Some(300 * 1024));
+    }
+
+    /// A job that returns `Err` leaves none of its writes, and the next job of the same
+    /// group keeps its own.
+    #[tokio::test]
+    async fn a_job_that_fails_leaves_none_of_its_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let failed: Result<(), StoreError> = store
+            .run(|txn, _| {
+                txn.put(b"a".to_vec(), b"1".to_vec());
+                txn.next_id()?;
+                Err(StoreError::Io("no".into()))
+            })
+            .await;
+        assert_eq!(failed, Err(StoreError::Io("no".into())));
+        let (a, id) = store
+            .run(|txn, _| Ok((txn.get(b"a")?, txn.get(NEXT_ID_KEY)?)))
+            .await
+            .unwrap();
+        assert_eq!((a, id), (None, None));
+        assert_eq!(store.stats().jobs_undone.load(Ordering::Relaxed), 1);
+    }
 
     /// Pages cover the range once, in key order, with this group's writes and deletes
     /// merged in, whatever the page size.
-    #[test]
-    fn pages_cover_the_range_once_with_the_overlay() {
-        let db = sled::Config::new().temporary(true).open().unwrap();
-        for i in 0..10u8 {
-            db.insert([b'p', b'/', i * 2], vec![i]).unwrap();
-        }
-        db.insert(b"q/0", b"other".to_vec()).unwrap();
-        let mut txn = Txn {
-            db: &db,
-            overlay: HashMap::new(),
-            undo: Vec::new(),
-            next: 0,
-        };
-        txn.put(vec![b'p', b'/', 5], vec![55]); // new, between stored keys
-        txn.put(vec![b'p', b'/', 99], vec![99]); // new, after every stored key
-        txn.delete(vec![b'p', b'/', 4]); // stored, deleted in this group
-        let want: Vec<u8> = vec![0, 2, 5, 6, 8, 10, 12, 14, 16, 18, 99];
-        for limit in [1, 2, 3, 100] {
-            let (mut seen, mut after) = (Vec::new(), None::<Vec<u8>>);
-            loop {
-                let (page, next) = txn.scan_page(b"p/", after.as_deref(), limit).unwrap();
-                seen.extend(page.iter().map(|(k, _)| k[2]));
-                match next {
-                    Some(n) => after = Some(n),
-                    None => break,
+    #[tokio::test]
+    async fn pages_cover_the_range_once_with_the_overlay() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        store
+            .run(|txn, _| {
+                for i in 0..10u8 {
+                    txn.put(vec![b'p', b'/', i * 2], vec![i]);
                 }
-            }
-            assert_eq!(seen, want, "limit {limit}");
-        }
+                txn.put(b"q/0".to_vec(), b"other".to_vec());
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let seen = store
+            .run(|txn, _| {
+                txn.put(vec![b'p', b'/', 5], vec![55]); // new, between stored keys
+                txn.put(vec![b'p', b'/', 99], vec![99]); // new, after every stored key
+                txn.delete(vec![b'p', b'/', 4]); // stored, deleted in this group
+                let mut all = Vec::new();
+                for limit in [1, 2, 3, 100] {
+                    let (mut seen, mut after) = (Vec::new(), None::<Vec<u8>>);
+                    loop {
+                        let (page, next) = txn.scan_page(b"p/", after.as_deref(), limit)?;
+                        seen.extend(page.iter().map(|(k, _)| k[2]));
+                        match next {
+                            Some(n) => after = Some(n),
+                            None => break,
+                        }
+                    }
+                    all.push(seen);
+                }
+                Ok(all)
+            })
+            .await
+            .unwrap();
+        let want: Vec<u8> = vec![0, 2, 5, 6, 8, 10, 12, 14, 16, 18, 99];
+        assert_eq!(seen, vec![want; 4]);
     }
 }

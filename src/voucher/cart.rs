@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 pub struct Cart {
     #[serde(default)]
     pub items: Vec<CartItem>,
+    #[serde(deserialize_with = "crate::contract::rules::int")]
     pub total_cents: i64,
 }
 
@@ -19,6 +20,7 @@ pub struct CartItem {
     #[serde(deserialize_with = "crate::contract::opaque_id")]
     pub inventory_item_id: String,
     pub quantity: Quantity,
+    #[serde(deserialize_with = "crate::contract::rules::int")]
     pub price_cents: i64,
 }
 

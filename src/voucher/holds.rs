@@ -104,11 +104,11 @@ impl LiveHolds {
         if let Some(g) = &h.guest {
             bump(&mut self.guest, (ck, g.clone()), true);
         }
-        let held = self
+        let a = self
             .amount
             .entry((h.tenant.clone(), h.campaign.clone()))
             .or_insert(0);
-        *held = held.saturating_add(h.amount_cents);
+        *a = a.saturating_add(h.amount_cents);
         self.queue.insert((h.expires_at, provider_ref.clone()));
         self.by_ref.insert(provider_ref, h);
     }
@@ -135,15 +135,19 @@ impl LiveHolds {
         Some(h)
     }
 
-    /// Drop every hold whose expiry is at or before `now`; returns their (tenant, ref).
-    pub fn prune(&mut self, now: Millis) -> Vec<(String, String)> {
+    /// Drop every hold whose expiry is at or before `now`; returns them with their refs.
+    pub fn prune(&mut self, now: Millis) -> Vec<(String, LiveHold)> {
         let mut gone = Vec::new();
         while let Some((at, r)) = self.queue.first().cloned() {
             if at > now {
                 break;
             }
-            if let Some(h) = self.remove(&r) {
-                gone.push((h.tenant, r));
+            match self.remove(&r) {
+                Some(h) => gone.push((r, h)),
+                // Not in by_ref (cannot happen): drop the stray queue entry all the same.
+                None => {
+                    self.queue.remove(&(at, r));
+                }
             }
         }
         gone
@@ -201,7 +205,10 @@ mod tests {
         l.insert("b".into(), hold("X", None, 200));
         l.insert("c".into(), hold("Y", Some("g"), 300));
         assert_eq!(l.counts("t", "c", "X", Some("g")), (3, 2, 2));
-        assert_eq!(l.prune(100), vec![("t".to_string(), "a".to_string())]);
+        assert_eq!(
+            l.prune(100),
+            vec![("a".to_string(), hold("X", Some("g"), 100))]
+        );
         assert_eq!(l.counts("t", "c", "X", Some("g")), (2, 1, 1));
         l.remove("c");
         assert_eq!(l.counts("t", "c", "Y", Some("g")), (1, 0, 0));

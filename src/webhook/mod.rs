@@ -11,6 +11,14 @@ use crate::clock::Millis;
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// Standard base64 that decodes with or without `=` padding, as the Standard Webhooks
+/// libraries do for `whsec_` secrets and signatures.
+const LENIENT_BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Scheme {
     /// Hex digest of HMAC-SHA256 over the raw body, bare or prefixed `sha256=`.
@@ -136,7 +144,7 @@ pub fn verify(
             let sigs: Vec<Vec<u8>> = sig
                 .split_whitespace()
                 .filter_map(|p| p.strip_prefix("v1,"))
-                .filter_map(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+                .filter_map(|b| LENIENT_BASE64.decode(b).ok())
                 .collect();
             if sigs.is_empty() {
                 return Err(VerifyError::Malformed("no v1 signature".into()));
@@ -154,7 +162,7 @@ pub fn verify(
 /// text itself.
 pub fn secret_bytes(scheme: &Scheme, s: &str) -> Result<Vec<u8>, String> {
     match (scheme, s.strip_prefix("whsec_")) {
-        (Scheme::StandardWebhooks, Some(b)) => base64::engine::general_purpose::STANDARD
+        (Scheme::StandardWebhooks, Some(b)) => LENIENT_BASE64
             .decode(b)
             .map_err(|_| "a whsec_ secret must be base64 after the prefix".to_string()),
         (Scheme::StandardWebhooks, None) => {
@@ -162,6 +170,26 @@ pub fn secret_bytes(scheme: &Scheme, s: &str) -> Result<Vec<u8>, String> {
         }
         _ => Ok(s.as_bytes().to_vec()),
     }
+}
+
+/// With `max_age` set: the envelope's own `timestamp` (signed as part of the body) must be
+/// present and within `max_age_ms` of `now`, either way. `Err(message)` names the rule.
+pub fn check_max_age(v: &serde_json::Value, now: Millis, max_age_ms: i64) -> Result<(), String> {
+    let Some(ts) = v.get("timestamp") else {
+        return Err("is required: this receiver refuses deliveries older than its max_age".into());
+    };
+    let at = ts
+        .as_str()
+        .and_then(|s| s.parse::<jiff::Timestamp>().ok())
+        .map(|t| t.as_millisecond())
+        .ok_or_else(|| "must be an ISO 8601 instant like 2026-11-23T10:00:00Z".to_string())?;
+    if now.abs_diff(at) > max_age_ms.unsigned_abs() {
+        return Err(format!(
+            "is more than the receiver's max_age ({} s) away from now: a stale or replayed delivery",
+            max_age_ms / 1000
+        ));
+    }
+    Ok(())
 }
 
 /// Glob on event names: `*` matches any run of characters (dots included), `?` one.
@@ -281,11 +309,9 @@ pub fn parse_envelope(v: &serde_json::Value) -> Result<Envelope, (&'static str, 
         .ok_or(("", "the envelope must be a JSON object".to_string()))?;
     let text = |f: &'static str| -> Result<String, (&'static str, String)> {
         match obj.get(f) {
-            Some(serde_json::Value::String(s)) if !s.is_empty() && s.len() <= 256 => Ok(s.clone()),
-            Some(_) => Err((
-                f,
-                "must be a non-empty string of at most 256 characters".into(),
-            )),
+            Some(serde_json::Value::String(s)) => crate::contract::rules::text_rule_broken(f, s)
+                .map_or(Ok(s.clone()), |why| Err((f, why))),
+            Some(_) => Err((f, "must be a string".into())),
             None => Err((f, "is required".into())),
         }
     };

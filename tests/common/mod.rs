@@ -105,15 +105,20 @@ impl Harness {
 
     /// Start the server on this harness's data dir (after [`Harness::stop`]).
     pub async fn boot(&mut self) {
+        self.try_boot().await.expect("server starts");
+    }
+
+    /// Like [`Harness::boot`], giving back the start-up error's text.
+    pub async fn try_boot(&mut self) -> Result<(), String> {
         let text = self
             .toml
             .replace("@DATA@", &self.data_path().display().to_string());
         let cfg = Config::from_toml(&text, "test.toml", &env()).expect("valid test config");
-        self.server = Some(
-            Server::start(cfg, self.clock.clone())
-                .await
-                .expect("server starts"),
-        );
+        let server = Server::start(cfg, self.clock.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        self.server = Some(server);
+        Ok(())
     }
 
     /// Stop gracefully (the data dir stays).
@@ -231,6 +236,10 @@ pub struct TestSink {
     pub got: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
     /// The self-signed certificate (PEM) of a TLS sink.
     pub tls_ca_pem: Option<String>,
+    /// `Retry-After` on a failure: `None` sends `0`, `Some("")` sends none.
+    pub retry_after: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    /// When each request arrived, in order.
+    pub at: std::sync::Arc<std::sync::Mutex<Vec<std::time::Instant>>>,
 }
 
 impl TestSink {
@@ -276,12 +285,18 @@ impl TestSink {
                         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
                         .is_ok();
                 let status = if fail { 503 } else { 200 };
+                s.at.lock().unwrap().push(std::time::Instant::now());
                 s.got.lock().unwrap().push((headers, body, status));
                 let mut resp = hyper::Response::new(Full::new(Bytes::from_static(b"{}")));
                 *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
-                if fail {
-                    resp.headers_mut()
-                        .insert("retry-after", "0".parse().unwrap());
+                let after = s.retry_after.lock().unwrap().clone();
+                match after.as_deref() {
+                    _ if !fail => {}
+                    Some("") => {}
+                    other => {
+                        let v = other.unwrap_or("0");
+                        resp.headers_mut().insert("retry-after", v.parse().unwrap());
+                    }
                 }
                 Ok::<_, std::convert::Infallible>(resp)
             }
