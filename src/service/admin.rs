@@ -1,5 +1,6 @@
 //! Operator use cases behind the admin API: campaigns (list, create, update), one code's
-//! state and history, holds in flight, and releasing a hold by hand.
+//! state and history, holds in flight, releasing a hold by hand, and whether a tenant is
+//! safe to switch in Karma now (switch readiness).
 
 use serde_json::json;
 
@@ -291,4 +292,79 @@ pub fn release(
     } else {
         Ok(Reply::not_found("no live hold with this providerRef"))
     }
+}
+
+/// Whether Karma may switch a location to (or away from) this tenant now. Karma refuses a
+/// voucher-provider switch with 409 while reservations are in flight or a dead-letter queue
+/// is non-empty; this answers the same way: 200 `ready: true`, or 409 `SWITCH_BLOCKED`
+/// with each blocker and what to do about it. Queued onward deliveries are reported but do
+/// not block (they are not dead letters yet).
+pub fn switch_readiness(
+    txn: &mut Txn<'_>,
+    st: &mut State,
+    tenant: &str,
+    now: Millis,
+) -> Result<Reply, StoreError> {
+    st.prune(txn, now)?;
+    let (mut live, mut first, mut last) = (0u64, None::<Millis>, None::<Millis>);
+    for (_, h) in st.holds().iter().filter(|(_, h)| h.tenant == tenant) {
+        live += 1;
+        first = Some(first.map_or(h.expires_at, |f: Millis| f.min(h.expires_at)));
+        last = Some(last.map_or(h.expires_at, |l: Millis| l.max(h.expires_at)));
+    }
+    let (queued, dead) = super::webhook::backlog(txn, tenant)?;
+    let admin = format!("/admin/v1/tenants/{tenant}");
+    let mut blockers = Vec::new();
+    if let Some(last) = last {
+        blockers.push(json!({
+            "reason": "LIVE_HOLDS",
+            "count": live,
+            "message": format!("{live} voucher hold(s) in flight; Karma refuses to switch while reservations are in flight"),
+            "action": format!(
+                "wait until {} when the last hold expires, or release holds via POST {admin}/holds/{{providerRef}}/release (list them: GET {admin}/holds)",
+                rfc3339(last)
+            ),
+        }));
+    }
+    if dead > 0 {
+        blockers.push(json!({
+            "reason": "DEAD_LETTERS",
+            "count": dead,
+            "message": format!("{dead} webhook dead letter(s); Karma refuses to switch while a dead-letter queue is non-empty"),
+            "action": format!(
+                "replay the dead letters (POST {admin}/webhooks/dead-letters/replay) or purge them (POST {admin}/webhooks/dead-letters/purge); list them: GET {admin}/webhooks/dead-letters"
+            ),
+        }));
+    }
+    let mut notes = Vec::new();
+    if queued > 0 {
+        notes.push(json!({
+            "reason": "QUEUED_DELIVERIES",
+            "count": queued,
+            "message": format!("{queued} webhook delivery(ies) wait for onward delivery; not a blocker, but one that exhausts its attempts becomes a dead letter"),
+        }));
+    }
+    let ready = blockers.is_empty();
+    let mut body = json!({
+        "ok": ready,
+        "tenant": tenant,
+        "ready": ready,
+        "checkedAt": rfc3339(now),
+        "holds": {
+            "live": live,
+            "oldestExpiresAt": first.map(rfc3339),
+            "lastExpiresAt": last.map(rfc3339),
+        },
+        "webhooks": {"deadLetters": dead, "queued": queued},
+        "blockers": blockers,
+        "notes": notes,
+    });
+    if ready {
+        return Ok(Reply::json(200, body));
+    }
+    body["error"] = json!("SWITCH_BLOCKED");
+    body["message"] = json!(format!(
+        "tenant {tenant:?} is not safe to switch now: see blockers for what to do"
+    ));
+    Ok(Reply::json(409, body))
 }

@@ -387,6 +387,14 @@ pub fn replay_dead(
     ))
 }
 
+/// A tenant's onward-delivery backlog: (deliveries queued, dead letters), one per event and
+/// route.
+pub fn backlog(txn: &Txn<'_>, t: &str) -> Result<(u64, u64), StoreError> {
+    let queued = txn.scan_prefix(&prefix(&["whq", t]))?.len() as u64;
+    let dead = txn.scan_prefix(&prefix(&["whdl", t]))?.len() as u64;
+    Ok((queued, dead))
+}
+
 /// Drop dead letters (all, or one); their events stay in the inbox.
 pub fn purge_dead(
     txn: &mut Txn<'_>,
