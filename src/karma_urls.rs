@@ -22,6 +22,23 @@ pub fn provider_urls(base: &str, tenant: &str) -> Vec<(&'static str, String)> {
         .collect()
 }
 
+/// Check `--base-url` before the URLs are built from it: this service's public root, with
+/// no query or fragment and without the `/v1/{tenant}` the URLs add.
+pub fn check_base(base: &str, tenant: &str) -> Result<(), String> {
+    if base.contains(['?', '#']) {
+        return Err(format!(
+            "--base-url {base} has a query or fragment: give the service's public root, e.g. https://provider.example.com"
+        ));
+    }
+    let tail = format!("/v1/{tenant}");
+    if base.trim_end_matches('/').ends_with(&tail) {
+        return Err(format!(
+            "--base-url {base} already ends with {tail}: give the service's public root; the URLs add {tail}/…"
+        ));
+    }
+    Ok(())
+}
+
 /// Where a URL points: its host as written (brackets removed) and its port.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
@@ -199,6 +216,20 @@ mod tests {
         assert!(!parse_https("https://localhost.example.com/")
             .unwrap()
             .is_localhost_name());
+    }
+
+    #[test]
+    fn base_url_is_the_public_root() {
+        assert_eq!(check_base("https://p.example.com/kp/", "acme"), Ok(()));
+        assert!(check_base("https://p.example.com/?x=1", "acme")
+            .unwrap_err()
+            .contains("has a query or fragment"));
+        assert!(check_base("https://p.example.com/#top", "acme")
+            .unwrap_err()
+            .contains("has a query or fragment"));
+        assert!(check_base("https://p.example.com/v1/acme/", "acme")
+            .unwrap_err()
+            .contains("already ends with /v1/acme"));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::config::{Auth, Config};
-use crate::karma_urls::{parse_https, provider_urls, refused, Target};
+use crate::karma_urls::{check_base, parse_https, provider_urls, refused, Target};
 
 /// What `karma-setup` was asked.
 pub struct SetupOptions {
@@ -36,6 +36,10 @@ pub async fn run(o: &SetupOptions) -> SetupReport {
         lines: vec![format!("Karma setup for tenant {:?}", o.tenant)],
         problems: Vec::new(),
     };
+    if let Err(e) = check_base(&o.base_url, &o.tenant) {
+        r.problems.push(e);
+        return r;
+    }
     let urls = provider_urls(&o.base_url, &o.tenant);
     r.lines.push(
         "URLs (Karma: location settings, voucher provider \"custom\" and custom loyalty):".into(),

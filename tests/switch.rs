@@ -327,6 +327,24 @@ fn http_and_local_addresses_are_refused_with_what_to_do() {
     }
 }
 
+#[test]
+fn a_base_url_that_already_names_the_tenant_is_one_problem() {
+    let r = setup(
+        &[
+            "--tenant",
+            "acme",
+            "--base-url",
+            "https://93.184.216.34/v1/acme",
+        ],
+        &[],
+    );
+    assert_eq!(r.code, Some(1));
+    assert_eq!(
+        r.stderr,
+        "problem: --base-url https://93.184.216.34/v1/acme already ends with /v1/acme: give the service's public root; the URLs add /v1/acme/…\n"
+    );
+}
+
 fn config_file(dir: &std::path::Path) -> std::path::PathBuf {
     let p = dir.join("k.toml");
     let text = config_with(CAMPAIGN).replace("@DATA@", &dir.join("data").display().to_string());
