@@ -126,6 +126,26 @@ pub fn refused(ip: IpAddr) -> Option<String> {
     }
 }
 
+/// The verdict on a name from every address it resolved to: refused when any one is
+/// (Karma may connect to any of them); otherwise the addresses, listed.
+pub fn resolved_verdict(host: &str, addrs: &[IpAddr]) -> Result<String, String> {
+    let bad: Vec<String> = addrs
+        .iter()
+        .filter_map(|a| refused(*a).map(|why| format!("{a} is {why}")))
+        .collect();
+    if !bad.is_empty() {
+        return Err(format!(
+            "host {host} resolves to an address Karma refuses ({}): give a name that resolves only to public addresses",
+            bad.join("; ")
+        ));
+    }
+    Ok(addrs
+        .iter()
+        .map(IpAddr::to_string)
+        .collect::<Vec<_>>()
+        .join(", "))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,6 +236,27 @@ mod tests {
         assert!(!parse_https("https://localhost.example.com/")
             .unwrap()
             .is_localhost_name());
+    }
+
+    #[test]
+    fn every_resolved_address_counts() {
+        let public = [
+            ip("93.184.216.34"),
+            ip("2606:2800:220:1:248:1893:25c8:1946"),
+        ];
+        assert_eq!(
+            resolved_verdict("p.example.com", &public),
+            Ok("93.184.216.34, 2606:2800:220:1:248:1893:25c8:1946".into())
+        );
+        let mixed = [
+            ip("93.184.216.34"),
+            ip("10.0.0.7"),
+            ip("::ffff:192.168.0.1"),
+        ];
+        assert_eq!(
+            resolved_verdict("p.example.com", &mixed),
+            Err("host p.example.com resolves to an address Karma refuses (10.0.0.7 is private (RFC 1918); ::ffff:192.168.0.1 is an IPv4-mapped form of a private (RFC 1918) address): give a name that resolves only to public addresses".into())
+        );
     }
 
     #[test]

@@ -10,7 +10,9 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::config::{Auth, Config};
-use crate::karma_urls::{check_base, parse_https, provider_urls, refused, Target};
+use crate::karma_urls::{
+    check_base, parse_https, provider_urls, refused, resolved_verdict, Target,
+};
 
 /// What `karma-setup` was asked.
 pub struct SetupOptions {
@@ -145,22 +147,7 @@ async fn judge(t: &Target) -> Result<String, String> {
         };
     }
     let addrs = resolve(t).await?;
-    let bad: Vec<String> = addrs
-        .iter()
-        .filter_map(|a| refused(*a).map(|why| format!("{a} is {why}")))
-        .collect();
-    if !bad.is_empty() {
-        return Err(format!(
-            "host {} resolves to an address Karma refuses ({}): give a name that resolves only to public addresses",
-            t.host,
-            bad.join("; ")
-        ));
-    }
-    Ok(addrs
-        .iter()
-        .map(IpAddr::to_string)
-        .collect::<Vec<_>>()
-        .join(", "))
+    resolved_verdict(&t.host, &addrs)
 }
 
 async fn resolve(t: &Target) -> Result<Vec<IpAddr>, String> {
