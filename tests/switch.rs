@@ -148,8 +148,9 @@ async fn a_live_hold_blocks_until_it_expires() {
     );
 }
 
+/// One route whose sink is down and gives up at once; backlog counted one record per job.
 fn dead_letter_config(sink: &TestSink) -> String {
-    config_with(&format!(
+    let c = config_with(&format!(
         r#"
 [tenants.webhooks]
 verify = {{ scheme = "hmac-sha256-hex", secrets_env = ["WH_SECRET"] }}
@@ -160,7 +161,11 @@ sink = {{ http = "{}", secret_env = "FWD_SECRET", timeout = "2s" }}
 max_attempts = 1
 "#,
         sink.url()
-    ))
+    ));
+    c.replace(
+        "cache_capacity_mb = 16",
+        "cache_capacity_mb = 16\njob_slice_records = 1",
+    )
 }
 
 async fn deliver_signed(h: &Harness, id: &str) {
@@ -200,7 +205,8 @@ async fn a_dead_letter_blocks_until_purged() {
     sink.down.store(true, std::sync::atomic::Ordering::SeqCst);
     let h = Harness::start(&dead_letter_config(&sink)).await;
     deliver_signed(&h, "evt_dead").await;
-    until_dead(&h, 1).await;
+    deliver_signed(&h, "evt_dead_2").await;
+    until_dead(&h, 2).await;
     let (status, body) = readiness(&h).await;
     assert_eq!(
         (status, body),
@@ -214,11 +220,11 @@ async fn a_dead_letter_blocks_until_purged() {
                 "ready": false,
                 "checkedAt": "2026-06-01T10:00:00Z",
                 "holds": {"live": 0, "oldestExpiresAt": null, "lastExpiresAt": null},
-                "webhooks": {"deadLetters": 1, "queued": 0},
+                "webhooks": {"deadLetters": 2, "queued": 0},
                 "blockers": [{
                     "reason": "DEAD_LETTERS",
-                    "count": 1,
-                    "message": "1 webhook dead letter(s); Karma refuses to switch while a dead-letter queue is non-empty",
+                    "count": 2,
+                    "message": "2 webhook dead letter(s); Karma refuses to switch while a dead-letter queue is non-empty",
                     "action": "replay the dead letters (POST /admin/v1/tenants/acme/webhooks/dead-letters/replay) or purge them (POST /admin/v1/tenants/acme/webhooks/dead-letters/purge); list them: GET /admin/v1/tenants/acme/webhooks/dead-letters",
                 }],
                 "notes": [],
@@ -229,8 +235,27 @@ async fn a_dead_letter_blocks_until_purged() {
         .admin("POST", "webhooks/dead-letters/purge", None)
         .await
         .json();
-    assert_eq!(p, json!({"ok": true, "purged": 1}));
+    assert_eq!(p, json!({"ok": true, "purged": 2}));
     assert_eq!(readiness(&h).await, (200, ready_body(0)));
+}
+
+#[tokio::test]
+async fn queued_deliveries_are_a_note_not_a_blocker() {
+    let sink = TestSink::start().await;
+    sink.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    let toml = dead_letter_config(&sink).replace(
+        "max_attempts = 1",
+        "max_attempts = 5\nbackoff = \"1h\"\nbackoff_max = \"1h\"",
+    );
+    let h = Harness::start(&toml).await;
+    deliver_signed(&h, "evt_waiting").await;
+    let mut want = ready_body(1);
+    want["notes"] = json!([{
+        "reason": "QUEUED_DELIVERIES",
+        "count": 1,
+        "message": "1 webhook delivery(ies) wait for onward delivery; not a blocker, but one that exhausts its attempts becomes a dead letter",
+    }]);
+    assert_eq!(readiness(&h).await, (200, want));
 }
 
 // ---- karma-setup ---------------------------------------------------------------------

@@ -750,9 +750,13 @@ async fn admin_call(app: &Arc<App>, req: Request<Incoming>, rest: Vec<String>) -
                 .await
         }
         (["switch-readiness"], &Method::GET) => {
-            app.store
-                .run(move |txn, st| admin::switch_readiness(txn, st, &tenant, now))
-                .await
+            crate::service::sliced::switch_readiness(
+                &app.store,
+                app.config.storage.job_slice_records,
+                &tenant,
+                now,
+            )
+            .await
         }
         (["switch-readiness"], _) => return method_not_allowed("GET"),
         (["holds", r, "release"], &Method::POST) => {

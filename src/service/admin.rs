@@ -294,28 +294,46 @@ pub fn release(
     }
 }
 
-/// Whether Karma may switch a location to (or away from) this tenant now. Karma refuses a
-/// voucher-provider switch with 409 while reservations are in flight or a dead-letter queue
-/// is non-empty; this answers the same way: 200 `ready: true`, or 409 `SWITCH_BLOCKED`
-/// with each blocker and what to do about it. Queued onward deliveries are reported but do
-/// not block (they are not dead letters yet).
-pub fn switch_readiness(
+/// A tenant's live holds for switch readiness: how many, and the earliest and latest expiry.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HoldSummary {
+    pub live: u64,
+    pub first_expiry: Option<Millis>,
+    pub last_expiry: Option<Millis>,
+}
+
+pub fn hold_summary(
     txn: &mut Txn<'_>,
     st: &mut State,
     tenant: &str,
     now: Millis,
-) -> Result<Reply, StoreError> {
+) -> Result<HoldSummary, StoreError> {
     st.prune(txn, now)?;
-    let (mut live, mut first, mut last) = (0u64, None::<Millis>, None::<Millis>);
+    let mut s = HoldSummary::default();
     for (_, h) in st.holds().iter().filter(|(_, h)| h.tenant == tenant) {
-        live += 1;
-        first = Some(first.map_or(h.expires_at, |f: Millis| f.min(h.expires_at)));
-        last = Some(last.map_or(h.expires_at, |l: Millis| l.max(h.expires_at)));
+        s.live += 1;
+        s.first_expiry = Some(s.first_expiry.map_or(h.expires_at, |f| f.min(h.expires_at)));
+        s.last_expiry = Some(s.last_expiry.map_or(h.expires_at, |l| l.max(h.expires_at)));
     }
-    let (queued, dead) = super::webhook::backlog(txn, tenant)?;
+    Ok(s)
+}
+
+/// Whether Karma may switch a location to (or away from) this tenant now. Karma refuses a
+/// voucher-provider switch with 409 while reservations are in flight or a dead-letter queue
+/// is non-empty; this answers the same way: 200 `ready: true`, or 409 `SWITCH_BLOCKED`
+/// with each blocker and what to do about it. Queued onward deliveries are reported but do
+/// not block (they are not dead letters yet). The figures come from [`hold_summary`] and
+/// `webhook::count_backlog_page` (`sliced::switch_readiness` gathers them).
+pub fn switch_readiness(
+    tenant: &str,
+    now: Millis,
+    holds: HoldSummary,
+    (queued, dead): (u64, u64),
+) -> Reply {
+    let live = holds.live;
     let admin = format!("/admin/v1/tenants/{tenant}");
     let mut blockers = Vec::new();
-    if let Some(last) = last {
+    if let Some(last) = holds.last_expiry {
         blockers.push(json!({
             "reason": "LIVE_HOLDS",
             "count": live,
@@ -352,19 +370,19 @@ pub fn switch_readiness(
         "checkedAt": rfc3339(now),
         "holds": {
             "live": live,
-            "oldestExpiresAt": first.map(rfc3339),
-            "lastExpiresAt": last.map(rfc3339),
+            "oldestExpiresAt": holds.first_expiry.map(rfc3339),
+            "lastExpiresAt": holds.last_expiry.map(rfc3339),
         },
         "webhooks": {"deadLetters": dead, "queued": queued},
         "blockers": blockers,
         "notes": notes,
     });
     if ready {
-        return Ok(Reply::json(200, body));
+        return Reply::json(200, body);
     }
     body["error"] = json!("SWITCH_BLOCKED");
     body["message"] = json!(format!(
         "tenant {tenant:?} is not safe to switch now: see blockers for what to do"
     ));
-    Ok(Reply::json(409, body))
+    Reply::json(409, body)
 }

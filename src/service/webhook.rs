@@ -387,12 +387,30 @@ pub fn replay_dead(
     ))
 }
 
-/// A tenant's onward-delivery backlog: (deliveries queued, dead letters), one per event and
-/// route.
-pub fn backlog(txn: &Txn<'_>, t: &str) -> Result<(u64, u64), StoreError> {
-    let queued = txn.scan_prefix(&prefix(&["whq", t]))?.len() as u64;
-    let dead = txn.scan_prefix(&prefix(&["whdl", t]))?.len() as u64;
-    Ok((queued, dead))
+/// Which part of a tenant's onward-delivery backlog to count.
+#[derive(Debug, Clone, Copy)]
+pub enum Backlog {
+    /// Deliveries waiting in a route's queue (one per event and route).
+    Queued,
+    /// Dead letters (one per event and route).
+    Dead,
+}
+
+/// Count one page of a tenant's backlog: how many entries among the next `limit` after
+/// `after`, and the cursor of the next page (see `sliced::switch_readiness`).
+pub fn count_backlog_page(
+    txn: &mut Txn<'_>,
+    t: &str,
+    which: Backlog,
+    after: Option<&[u8]>,
+    limit: usize,
+) -> Result<(u64, Option<Vec<u8>>), StoreError> {
+    let tag = match which {
+        Backlog::Queued => "whq",
+        Backlog::Dead => "whdl",
+    };
+    let (page, next) = txn.scan_page(&prefix(&[tag, t]), after, limit)?;
+    Ok((page.len() as u64, next))
 }
 
 /// Drop dead letters (all, or one); their events stay in the inbox.
