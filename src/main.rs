@@ -257,6 +257,7 @@ enum Command {
     /// unspecified address or an IPv4-mapped form of one), and with --admin-url whether the
     /// tenant is safe to switch now. Exit 0: all good; 1: one line per problem on stderr.
     KarmaSetup {
+        /// The tenant id (the `{tenant}` in /v1/{tenant}/…).
         #[arg(long)]
         tenant: String,
         /// This service's public root, e.g. https://provider.example.com.
