@@ -251,6 +251,28 @@ enum Command {
         #[command(subcommand)]
         action: CodesAction,
     },
+    /// What to enter in Karma to switch a location to this provider: the nine absolute URLs
+    /// and the auth (where its secret is kept, never the secret), each URL checked against
+    /// Karma's rules (https only; no name resolving to a loopback, private, link-local or
+    /// unspecified address or an IPv4-mapped form of one), and with --admin-url whether the
+    /// tenant is safe to switch now. Exit 0: all good; 1: one line per problem on stderr.
+    KarmaSetup {
+        /// The tenant id (the `{tenant}` in /v1/{tenant}/…).
+        #[arg(long)]
+        tenant: String,
+        /// This service's public root, e.g. https://provider.example.com.
+        #[arg(long)]
+        base_url: String,
+        /// The config holding the tenant (for the auth lines).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The admin API's base URL, to check switch readiness.
+        #[arg(long)]
+        admin_url: Option<String>,
+        /// Environment variable holding the admin token.
+        #[arg(long, default_value = "KP_ADMIN_TOKEN")]
+        admin_token_env: String,
+    },
     /// Check a config file and exit (non-zero with the key at fault when invalid).
     CheckConfig {
         #[arg(long, short)]
@@ -338,6 +360,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::KarmaSetup {
+            tenant,
+            base_url,
+            config,
+            admin_url,
+            admin_token_env,
+        } => karma_setup(tenant, base_url, config, admin_url, admin_token_env),
         Command::Webhook { action } => webhook_cli(action),
         Command::Codes { action } => codes_cli(action),
         Command::Export {
@@ -621,6 +650,54 @@ fn main() -> ExitCode {
             rt.block_on(serve(config))
         }
     }
+}
+
+/// `karma-setup`: print the report; problems go to stderr, one line each.
+fn karma_setup(
+    tenant: String,
+    base_url: String,
+    config: Option<PathBuf>,
+    admin_url: Option<String>,
+    token_env: String,
+) -> ExitCode {
+    use karma_provider::setup_cli;
+    let config = match config {
+        Some(p) => match Config::load(Some(&p)) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("problem: config error: {e}: fix the config or leave out --config");
+                return ExitCode::from(1);
+            }
+        },
+        None => None,
+    };
+    let admin = admin_url.map(|u| {
+        let token = std::env::var(&token_env)
+            .map_err(|_| format!("set {token_env} to the admin token to check switch readiness"));
+        (u, token)
+    });
+    let opts = setup_cli::SetupOptions {
+        tenant,
+        base_url,
+        config,
+        admin,
+    };
+    let Some(rt) = runtime(false) else {
+        return ExitCode::FAILURE;
+    };
+    let report = rt.block_on(setup_cli::run(&opts));
+    for l in &report.lines {
+        say!("{l}");
+    }
+    if report.problems.is_empty() {
+        say!("All good: enter the URLs and auth above in Karma.");
+        return ExitCode::SUCCESS;
+    }
+    say!("{} problem(s):", report.problems.len());
+    for p in &report.problems {
+        eprintln!("problem: {p}");
+    }
+    ExitCode::from(1)
 }
 
 /// Sign (and maybe send) an envelope with a tenant's configured scheme and first secret.

@@ -33,16 +33,29 @@ impl std::fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// A secret value. `Debug` and `Display` print `***`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+/// A secret value, and where it was read from (for operator output that must name the
+/// source, never the value). `Debug` and `Display` print `***`; equality is on the value.
+#[derive(Clone)]
+pub struct Secret(String, Option<String>);
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Secret) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl Eq for Secret {}
 
 impl Secret {
     pub fn new(s: impl Into<String>) -> Secret {
-        Secret(s.into())
+        Secret(s.into(), None)
     }
     pub fn expose(&self) -> &str {
         &self.0
+    }
+    /// Where the value came from, e.g. `environment variable ACME_KEY` or `file /run/k`.
+    pub fn origin(&self) -> Option<&str> {
+        self.1.as_deref()
     }
 }
 
@@ -407,11 +420,19 @@ impl Config {
             match (env_name, file) {
                 (Some(_), Some(_)) => Err(err(key, "give either *_env or *_file, not both".into())),
                 (Some(name), None) => match env.var(name) {
-                    Some(v) if !v.is_empty() => Ok(Some(Secret(v))),
+                    Some(v) if !v.is_empty() => Ok(Some(Secret(
+                        v,
+                        Some(format!("environment variable {name}")),
+                    ))),
                     _ => Ok(None),
                 },
                 (None, Some(path)) => std::fs::read_to_string(path)
-                    .map(|v| Some(Secret(v.trim_end_matches(['\n', '\r']).to_owned())))
+                    .map(|v| {
+                        Some(Secret(
+                            v.trim_end_matches(['\n', '\r']).to_owned(),
+                            Some(format!("file {path}")),
+                        ))
+                    })
                     .map_err(|e| err(key, format!("cannot read secret file {path}: {e}"))),
                 (None, None) => Ok(None),
             }

@@ -749,6 +749,16 @@ async fn admin_call(app: &Arc<App>, req: Request<Incoming>, rest: Vec<String>) -
                 .run(move |txn, st| admin::get_hold(txn, st, &tenant, &r, now))
                 .await
         }
+        (["switch-readiness"], &Method::GET) => {
+            crate::service::sliced::switch_readiness(
+                &app.store,
+                app.config.storage.job_slice_records,
+                &tenant,
+                now,
+            )
+            .await
+        }
+        (["switch-readiness"], _) => return method_not_allowed("GET"),
         (["holds", r, "release"], &Method::POST) => {
             let r = r.to_string();
             app.store

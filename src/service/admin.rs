@@ -1,5 +1,6 @@
 //! Operator use cases behind the admin API: campaigns (list, create, update), one code's
-//! state and history, holds in flight, and releasing a hold by hand.
+//! state and history, holds in flight, releasing a hold by hand, and whether a tenant is
+//! safe to switch in Karma now (switch readiness).
 
 use serde_json::json;
 
@@ -291,4 +292,97 @@ pub fn release(
     } else {
         Ok(Reply::not_found("no live hold with this providerRef"))
     }
+}
+
+/// A tenant's live holds for switch readiness: how many, and the earliest and latest expiry.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HoldSummary {
+    pub live: u64,
+    pub first_expiry: Option<Millis>,
+    pub last_expiry: Option<Millis>,
+}
+
+pub fn hold_summary(
+    txn: &mut Txn<'_>,
+    st: &mut State,
+    tenant: &str,
+    now: Millis,
+) -> Result<HoldSummary, StoreError> {
+    st.prune(txn, now)?;
+    let mut s = HoldSummary::default();
+    for (_, h) in st.holds().iter().filter(|(_, h)| h.tenant == tenant) {
+        s.live += 1;
+        s.first_expiry = Some(s.first_expiry.map_or(h.expires_at, |f| f.min(h.expires_at)));
+        s.last_expiry = Some(s.last_expiry.map_or(h.expires_at, |l| l.max(h.expires_at)));
+    }
+    Ok(s)
+}
+
+/// Whether Karma may switch a location to (or away from) this tenant now. Karma refuses a
+/// voucher-provider switch with 409 while reservations are in flight or a dead-letter queue
+/// is non-empty; this answers the same way: 200 `ready: true`, or 409 `SWITCH_BLOCKED`
+/// with each blocker and what to do about it. Queued onward deliveries are reported but do
+/// not block (they are not dead letters yet). The figures come from [`hold_summary`] and
+/// `webhook::count_backlog_page` (`sliced::switch_readiness` gathers them).
+pub fn switch_readiness(
+    tenant: &str,
+    now: Millis,
+    holds: HoldSummary,
+    (queued, dead): (u64, u64),
+) -> Reply {
+    let live = holds.live;
+    let admin = format!("/admin/v1/tenants/{tenant}");
+    let mut blockers = Vec::new();
+    if let Some(last) = holds.last_expiry {
+        blockers.push(json!({
+            "reason": "LIVE_HOLDS",
+            "count": live,
+            "message": format!("{live} voucher hold(s) in flight; Karma refuses to switch while reservations are in flight"),
+            "action": format!(
+                "wait until {} when the last hold expires, or release holds via POST {admin}/holds/{{providerRef}}/release (list them: GET {admin}/holds)",
+                rfc3339(last)
+            ),
+        }));
+    }
+    if dead > 0 {
+        blockers.push(json!({
+            "reason": "DEAD_LETTERS",
+            "count": dead,
+            "message": format!("{dead} webhook dead letter(s); Karma refuses to switch while a dead-letter queue is non-empty"),
+            "action": format!(
+                "replay the dead letters (POST {admin}/webhooks/dead-letters/replay) or purge them (POST {admin}/webhooks/dead-letters/purge); list them: GET {admin}/webhooks/dead-letters"
+            ),
+        }));
+    }
+    let mut notes = Vec::new();
+    if queued > 0 {
+        notes.push(json!({
+            "reason": "QUEUED_DELIVERIES",
+            "count": queued,
+            "message": format!("{queued} webhook delivery(ies) wait for onward delivery; not a blocker, but one that exhausts its attempts becomes a dead letter"),
+        }));
+    }
+    let ready = blockers.is_empty();
+    let mut body = json!({
+        "ok": ready,
+        "tenant": tenant,
+        "ready": ready,
+        "checkedAt": rfc3339(now),
+        "holds": {
+            "live": live,
+            "oldestExpiresAt": holds.first_expiry.map(rfc3339),
+            "lastExpiresAt": holds.last_expiry.map(rfc3339),
+        },
+        "webhooks": {"deadLetters": dead, "queued": queued},
+        "blockers": blockers,
+        "notes": notes,
+    });
+    if ready {
+        return Reply::json(200, body);
+    }
+    body["error"] = json!("SWITCH_BLOCKED");
+    body["message"] = json!(format!(
+        "tenant {tenant:?} is not safe to switch now: see blockers for what to do"
+    ));
+    Reply::json(409, body)
 }

@@ -11,7 +11,8 @@
 //! written slice by slice; the codes are answered only at the end. If the server stops
 //! mid-way, the slices written stay (re-running the same import completes it, with the
 //! codes already written counted as duplicates). An export or listing reads page by page:
-//! a record written while it runs appears if its page is read after the write.
+//! a record written while it runs appears if its page is read after the write; so do the
+//! backlog counts of switch readiness.
 
 use std::collections::HashSet;
 
@@ -223,4 +224,40 @@ pub async fn prune_dedupe(
             None => return Ok(forgotten),
         }
     }
+}
+
+/// Switch readiness (`admin::switch_readiness`): live holds in one job, then the tenant's
+/// queued deliveries and dead letters counted page by page.
+pub async fn switch_readiness(
+    store: &Store<State>,
+    slice: usize,
+    tenant: &str,
+    now: crate::clock::Millis,
+) -> Result<Reply, StoreError> {
+    use super::webhook::{count_backlog_page, Backlog};
+    let t = tenant.to_owned();
+    let holds = store
+        .run(move |txn, st| super::admin::hold_summary(txn, st, &t, now))
+        .await?;
+    let mut counts = [0u64; 2];
+    for (i, which) in [Backlog::Queued, Backlog::Dead].into_iter().enumerate() {
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let (t, a) = (tenant.to_owned(), after.take());
+            let (n, next) = store
+                .run(move |txn, _| count_backlog_page(txn, &t, which, a.as_deref(), slice))
+                .await?;
+            counts[i] = counts[i].saturating_add(n);
+            match next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+    }
+    Ok(super::admin::switch_readiness(
+        tenant,
+        now,
+        holds,
+        (counts[0], counts[1]),
+    ))
 }

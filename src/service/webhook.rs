@@ -387,6 +387,32 @@ pub fn replay_dead(
     ))
 }
 
+/// Which part of a tenant's onward-delivery backlog to count.
+#[derive(Debug, Clone, Copy)]
+pub enum Backlog {
+    /// Deliveries waiting in a route's queue (one per event and route).
+    Queued,
+    /// Dead letters (one per event and route).
+    Dead,
+}
+
+/// Count one page of a tenant's backlog: how many entries among the next `limit` after
+/// `after`, and the cursor of the next page (see `sliced::switch_readiness`).
+pub fn count_backlog_page(
+    txn: &mut Txn<'_>,
+    t: &str,
+    which: Backlog,
+    after: Option<&[u8]>,
+    limit: usize,
+) -> Result<(u64, Option<Vec<u8>>), StoreError> {
+    let tag = match which {
+        Backlog::Queued => "whq",
+        Backlog::Dead => "whdl",
+    };
+    let (page, next) = txn.scan_page(&prefix(&[tag, t]), after, limit)?;
+    Ok((page.len() as u64, next))
+}
+
 /// Drop dead letters (all, or one); their events stay in the inbox.
 pub fn purge_dead(
     txn: &mut Txn<'_>,
