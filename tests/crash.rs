@@ -83,6 +83,38 @@ struct Attempt {
     amount: i64,
 }
 
+/// Send the commit of `a` (again); `Err` when the process is gone.
+async fn commit(c: &HttpClient, base: &str, a: &Attempt) -> Result<(u16, Vec<u8>), String> {
+    let body =
+        json!({"amountCents": a.amount, "transactionId": a.tx, "providerRef": a.provider_ref});
+    send(
+        c,
+        "POST",
+        &format!("{base}/v1/acme/voucher/commit"),
+        Some(&body),
+    )
+    .await
+}
+
+/// The hold `a` took, as the admin API shows it.
+async fn hold_of(c: &HttpClient, base: &str, a: &Attempt) -> Value {
+    let url = format!("{base}/admin/v1/tenants/acme/holds/{}", a.provider_ref);
+    let (s, b) = send(c, "GET", &url, None).await.unwrap();
+    assert_eq!(s, 200, "{}", String::from_utf8_lossy(&b));
+    serde_json::from_slice(&b).unwrap()
+}
+
+/// An acknowledged commit is on disk after the restarts.
+async fn assert_committed(c: &HttpClient, base: &str, a: &Attempt) {
+    let h = hold_of(c, base, a).await;
+    assert_eq!(
+        h["state"],
+        json!("committed"),
+        "acknowledged commit {} lost",
+        a.tx
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_load_loses_nothing_acknowledged_and_doubles_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -160,37 +192,14 @@ max_uses = 1000000
     // Every acknowledged commit is on disk, committed by its own transaction.
     let mut committed = 0u64;
     for a in &attempted {
-        let (s, b) = send(
-            &client,
-            "GET",
-            &format!("{base}/admin/v1/tenants/acme/holds/{}", a.provider_ref),
-            None,
-        )
-        .await
-        .unwrap();
-        assert_eq!(s, 200, "{}", String::from_utf8_lossy(&b));
-        let h: Value = serde_json::from_slice(&b).unwrap();
+        let h = hold_of(&client, &base, a).await;
         if h["state"] == json!("committed") {
             assert_eq!(h["transactionId"], json!(a.tx));
             committed += 1;
         }
     }
     for a in &acked {
-        let (_, b) = send(
-            &client,
-            "GET",
-            &format!("{base}/admin/v1/tenants/acme/holds/{}", a.provider_ref),
-            None,
-        )
-        .await
-        .unwrap();
-        let h: Value = serde_json::from_slice(&b).unwrap();
-        assert_eq!(
-            h["state"],
-            json!("committed"),
-            "acknowledged commit {} lost",
-            a.tx
-        );
+        assert_committed(&client, &base, a).await;
     }
     // ...and counted exactly once.
     let (_, b) = send(
@@ -208,16 +217,7 @@ max_uses = 1000000
     // Retrying every attempted commit now: each answers ok, and the count becomes exactly
     // the number of distinct reservations, never more.
     for a in &attempted {
-        let body =
-            json!({"amountCents": a.amount, "transactionId": a.tx, "providerRef": a.provider_ref});
-        let (s, b) = send(
-            &client,
-            "POST",
-            &format!("{base}/v1/acme/voucher/commit"),
-            Some(&body),
-        )
-        .await
-        .unwrap();
+        let (s, b) = commit(&client, &base, a).await.unwrap();
         assert_eq!(s, 200);
         assert_eq!(
             serde_json::from_slice::<Value>(&b).unwrap()["ok"],
@@ -1164,16 +1164,7 @@ async fn voucher_worker(
             amount: v["discountAmountCents"].as_i64().unwrap(),
         };
         seen.lock().unwrap().attempted.push(a.clone());
-        let body =
-            json!({"amountCents": a.amount, "transactionId": a.tx, "providerRef": a.provider_ref});
-        let Ok((s, b)) = send(
-            &c,
-            "POST",
-            &format!("{base}/v1/acme/voucher/commit"),
-            Some(&body),
-        )
-        .await
-        else {
+        let Ok((s, b)) = commit(&c, &base, &a).await else {
             return;
         };
         if let Some(v) = judge(s, &b, &seen) {
@@ -1256,16 +1247,7 @@ async fn kill_9_with_single_use_codes_never_uses_a_code_twice() {
         );
     }
     for (a, first) in &seen.acked {
-        let body =
-            json!({"amountCents": a.amount, "transactionId": a.tx, "providerRef": a.provider_ref});
-        let (s, b) = send(
-            &client,
-            "POST",
-            &format!("{base}/v1/acme/voucher/commit"),
-            Some(&body),
-        )
-        .await
-        .unwrap();
+        let (s, b) = commit(&client, &base, a).await.unwrap();
         assert_eq!(
             (s, &b),
             (200, first),
@@ -1350,31 +1332,8 @@ async fn sigterm_and_sigint_under_load_drain_cleanly() {
         seen.acked.len()
     );
     for (a, first) in &seen.acked {
-        let (_, b) = send(
-            &client,
-            "GET",
-            &format!("{base}/admin/v1/tenants/acme/holds/{}", a.provider_ref),
-            None,
-        )
-        .await
-        .unwrap();
-        let h: Value = serde_json::from_slice(&b).unwrap();
-        assert_eq!(
-            h["state"],
-            json!("committed"),
-            "acknowledged commit {} lost",
-            a.tx
-        );
-        let body =
-            json!({"amountCents": a.amount, "transactionId": a.tx, "providerRef": a.provider_ref});
-        let (s, b) = send(
-            &client,
-            "POST",
-            &format!("{base}/v1/acme/voucher/commit"),
-            Some(&body),
-        )
-        .await
-        .unwrap();
+        assert_committed(&client, &base, a).await;
+        let (s, b) = commit(&client, &base, a).await.unwrap();
         assert_eq!((s, &b), (200, first));
     }
     child.kill().unwrap();
