@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::service::codes::{
     check_generation, export_line, generate, is_header, parse_row, BulkCode, CodeStore, GenTarget,
 };
-use crate::store::{prefix, Offline, StoreError, StoreOptions};
+use crate::store::{Offline, StoreError, StoreOptions};
 use crate::voucher::{match_key, CampaignSpec, CodeMatch};
 
 const BATCH: usize = 50_000;
@@ -46,7 +46,7 @@ fn tenant_view(
         .iter()
         .flat_map(|c| c.spec.codes.iter().map(|k| match_key(t.code_match, k)))
         .collect();
-    for kv in store.scan_prefix(&prefix(&["camp", tenant])) {
+    for kv in store.scan_prefix(&crate::service::keys::campaigns_prefix(tenant)) {
         let (_, v) = kv.map_err(|e| e.to_string())?;
         if let Ok(spec) = serde_json::from_slice::<CampaignSpec>(&v) {
             shared.extend(spec.codes.iter().map(|k| match_key(t.code_match, k)));
@@ -472,7 +472,7 @@ pub fn export(
         .unwrap_or(1);
     writeln!(out, "code,valid_until,assigned_user,state").map_err(|e| e.to_string())?;
     let mut n = 0;
-    for kv in store.scan_prefix(&prefix(&["bcode", tenant])) {
+    for kv in store.scan_prefix(&crate::service::keys::bulk_code_prefix(tenant)) {
         let (_, v) = kv.map_err(|e| e.to_string())?;
         let Ok(b) = serde_json::from_slice::<BulkCode>(&v) else {
             continue;

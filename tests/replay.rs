@@ -407,3 +407,49 @@ async fn ca_file_lets_replay_reach_an_https_provider_behind_a_private_ca() {
     );
     assert!(text.contains("PASS voucher-check-unknown-code"), "{text}");
 }
+
+/// Keys in one place: after the whole suite (campaigns, holds, commits, members, ledgers,
+/// redemptions, webhooks) plus bulk codes, every key the store holds starts with a prefix
+/// registered in `store::keys::PREFIXES`.
+#[tokio::test]
+async fn every_stored_key_has_a_registered_prefix() {
+    use karma_provider::store::keys::{first, registered, PREFIXES};
+    let mut h = Harness::start(&conformance_config()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let report = replay::run(&options(&h.base(), dir.path())).await.unwrap();
+    assert_eq!(report.failed, 0, "{}", replay::summary(&report));
+    let r = h
+        .admin(
+            "POST",
+            "campaigns",
+            Some(&serde_json::json!({"id": "bulk", "discount": {"amount_cents": 100}})),
+        )
+        .await;
+    assert!(r.status < 300, "{}", String::from_utf8_lossy(&r.bytes));
+    let r = h
+        .admin(
+            "POST",
+            "campaigns/bulk/codes/generate",
+            Some(&serde_json::json!({"pattern": "KEY-######", "count": 20})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.bytes));
+    h.stop().await;
+    let db = sled::open(h.data_path()).unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for kv in db.iter() {
+        let (k, _) = kv.unwrap();
+        let p = first(&k).to_vec();
+        assert!(
+            registered(&p),
+            "unregistered prefix {:?}",
+            String::from_utf8_lossy(&p)
+        );
+        seen.insert(String::from_utf8(p).unwrap());
+    }
+    assert!(
+        seen.len() >= 20,
+        "the workload reached only {seen:?} of {}",
+        PREFIXES.len()
+    );
+}

@@ -184,8 +184,54 @@ fn is_false(b: &bool) -> bool {
 }
 
 pub mod keys {
-    //! Record keys, one place.
+    //! Record keys: every key the service writes is built here, from a prefix registered in
+    //! [`crate::store::keys::PREFIXES`].
     use super::*;
+
+    /// A sequence number as a fixed-width key component (keys sort in number order).
+    pub fn seq_key(seq: u64) -> String {
+        format!("{seq:016x}")
+    }
+    pub fn inbox_key(t: &str, seq: u64) -> Vec<u8> {
+        key(&["whin", t, &seq_key(seq)])
+    }
+    pub fn inbox_prefix(t: &str) -> Vec<u8> {
+        prefix(&["whin", t])
+    }
+    pub fn queue_key(t: &str, route: &str, seq: u64) -> Vec<u8> {
+        key(&["whq", t, route, &seq_key(seq)])
+    }
+    pub fn queue_prefix(t: &str, route: &str) -> Vec<u8> {
+        prefix(&["whq", t, route])
+    }
+    /// Every route's queue of the tenant.
+    pub fn queues_prefix(t: &str) -> Vec<u8> {
+        prefix(&["whq", t])
+    }
+    pub fn dead_key(t: &str, route: &str, seq: u64) -> Vec<u8> {
+        key(&["whdl", t, route, &seq_key(seq)])
+    }
+    pub fn dead_prefix(t: &str) -> Vec<u8> {
+        prefix(&["whdl", t])
+    }
+    pub fn delivered_key(t: &str, seq: u64, route: &str) -> Vec<u8> {
+        key(&["whs", t, &seq_key(seq), route])
+    }
+    pub fn attempt_key(t: &str, seq: u64, route: &str, n: u32) -> Vec<u8> {
+        key(&["wha", t, &seq_key(seq), route, &format!("{n:04}")])
+    }
+    pub fn attempts_prefix(t: &str, seq: u64, route: &str) -> Vec<u8> {
+        prefix(&["wha", t, &seq_key(seq), route])
+    }
+    pub fn dedupe_key(t: &str, delivery_id: &str) -> Vec<u8> {
+        key(&["whd", t, delivery_id])
+    }
+    pub fn dedupe_prefix(t: &str) -> Vec<u8> {
+        prefix(&["whd", t])
+    }
+    pub fn campaigns_prefix(t: &str) -> Vec<u8> {
+        prefix(&["camp", t])
+    }
     pub fn program(t: &str, id: &str) -> Vec<u8> {
         key(&["prog", t, id])
     }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::clock::{rfc3339, Millis};
-use crate::store::{key, last, prefix, StoreError, Txn};
+use crate::store::{last, StoreError, Txn};
 
 use super::{Reply, State};
 
@@ -44,29 +44,10 @@ pub struct Attempt {
     pub detail: Option<String>,
 }
 
-fn seq_key(seq: u64) -> String {
-    format!("{seq:016x}")
-}
-
-fn inbox_key(t: &str, seq: u64) -> Vec<u8> {
-    key(&["whin", t, &seq_key(seq)])
-}
-
-fn queue_key(t: &str, route: &str, seq: u64) -> Vec<u8> {
-    key(&["whq", t, route, &seq_key(seq)])
-}
-
-fn dead_key(t: &str, route: &str, seq: u64) -> Vec<u8> {
-    key(&["whdl", t, route, &seq_key(seq)])
-}
-
-fn delivered_key(t: &str, seq: u64, route: &str) -> Vec<u8> {
-    key(&["whs", t, &seq_key(seq), route])
-}
-
-fn attempt_key(t: &str, seq: u64, route: &str, n: u32) -> Vec<u8> {
-    key(&["wha", t, &seq_key(seq), route, &format!("{n:04}")])
-}
+use super::keys::{
+    attempt_key, attempts_prefix, dead_key, dead_prefix, dedupe_key, dedupe_prefix, delivered_key,
+    inbox_key, inbox_prefix, queue_key, queue_prefix, queues_prefix,
+};
 
 /// A verified delivery, ready for the inbox.
 pub struct Delivery {
@@ -87,7 +68,7 @@ pub fn receive(
     now: Millis,
     retention_ms: i64,
 ) -> Result<Reply, StoreError> {
-    let dk = key(&["whd", t, &d.id]);
+    let dk = dedupe_key(t, &d.id);
     if let Some(seen) = txn.get_u64_opt(&dk)? {
         if now - (seen as i64) < retention_ms {
             let mut r = Reply::ok(br#"{"ok":true,"duplicate":true}"#.to_vec());
@@ -120,7 +101,7 @@ pub fn next_for_route(
     t: &str,
     route: &str,
 ) -> Result<Option<(InboxRecord, QueueState)>, StoreError> {
-    let Some((k, v)) = txn.first_with_prefix(&prefix(&["whq", t, route]))? else {
+    let Some((k, v)) = txn.first_with_prefix(&queue_prefix(t, route))? else {
         return Ok(None);
     };
     let q: QueueState = serde_json::from_slice(&v).unwrap_or_default();
@@ -267,7 +248,7 @@ pub fn inbox_page(
     limit: usize,
 ) -> Result<(Vec<serde_json::Value>, Option<Vec<u8>>), StoreError> {
     let mut items = Vec::new();
-    let (page, next) = txn.scan_page(&prefix(&["whin", t]), after, limit)?;
+    let (page, next) = txn.scan_page(&inbox_prefix(t), after, limit)?;
     for (_, v) in page {
         let Ok(r) = serde_json::from_slice::<InboxRecord>(&v) else {
             continue;
@@ -297,7 +278,7 @@ pub fn show(txn: &mut Txn<'_>, _st: &mut State, t: &str, seq: u64) -> Result<Rep
     let mut routes = Vec::new();
     for route in &r.routes {
         let mut attempts = Vec::new();
-        for (_, v) in txn.scan_prefix(&prefix(&["wha", t, &seq_key(seq), route]))? {
+        for (_, v) in txn.scan_prefix(&attempts_prefix(t, seq, route))? {
             if let Ok(a) = serde_json::from_slice::<Attempt>(&v) {
                 attempts.push(a);
             }
@@ -322,7 +303,7 @@ fn dead_entries(
     only: Option<&(String, u64)>,
 ) -> Result<Vec<DeadEntry>, StoreError> {
     let mut out = Vec::new();
-    for (k, v) in txn.scan_prefix(&prefix(&["whdl", t]))? {
+    for (k, v) in txn.scan_prefix(&dead_prefix(t))? {
         let seq = u64::from_str_radix(last(&k), 16).unwrap_or(0);
         // whdl / tenant / route / seq
         let route = std::str::from_utf8(&k)
@@ -405,11 +386,11 @@ pub fn count_backlog_page(
     after: Option<&[u8]>,
     limit: usize,
 ) -> Result<(u64, Option<Vec<u8>>), StoreError> {
-    let tag = match which {
-        Backlog::Queued => "whq",
-        Backlog::Dead => "whdl",
+    let all = match which {
+        Backlog::Queued => queues_prefix(t),
+        Backlog::Dead => dead_prefix(t),
     };
-    let (page, next) = txn.scan_page(&prefix(&[tag, t]), after, limit)?;
+    let (page, next) = txn.scan_page(&all, after, limit)?;
     Ok((page.len() as u64, next))
 }
 
@@ -440,7 +421,7 @@ pub fn prune_dedupe_page(
     limit: usize,
 ) -> Result<(usize, Option<Vec<u8>>), StoreError> {
     let mut n = 0;
-    let (page, next) = txn.scan_page(&prefix(&["whd", t]), after, limit)?;
+    let (page, next) = txn.scan_page(&dedupe_prefix(t), after, limit)?;
     for (k, v) in page {
         let seen = <[u8; 8]>::try_from(v.as_slice())
             .map(u64::from_be_bytes)

@@ -18,7 +18,7 @@
 //! which sled writes without fsync) with their directory.
 
 pub mod codeindex;
-mod keys;
+pub mod keys;
 
 pub use codeindex::CodeIndex;
 pub use keys::{key, last, prefix};
