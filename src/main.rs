@@ -492,26 +492,13 @@ fn main() -> ExitCode {
                     None => return fail(format!("--state-header {h:?}: use NAME:VALUE")),
                 }
             }
-            use karma_provider::webhook::Scheme;
-            let header = |d: &str| {
-                webhook_header
-                    .clone()
-                    .unwrap_or_else(|| d.to_string())
-                    .to_ascii_lowercase()
-            };
-            let webhook_scheme = match webhook_scheme.as_str() {
-                "hmac-sha256-hex" => Scheme::HmacSha256Hex {
-                    header: header("x-karma-signature"),
-                },
-                "stripe" => Scheme::Stripe {
-                    header: header("stripe-signature"),
-                },
-                "standard-webhooks" => Scheme::StandardWebhooks,
-                other => {
-                    return fail(format!(
-                    "--webhook-scheme {other:?}: use hmac-sha256-hex, stripe or standard-webhooks"
-                ))
-                }
+            let webhook_scheme = match karma_provider::webhook::Scheme::parse(
+                &webhook_scheme,
+                webhook_header.as_deref(),
+                false,
+            ) {
+                Ok(s) => s,
+                Err(e) => return fail(format!("--webhook-scheme: {e}")),
             };
             let opts = replay::ReplayOptions {
                 paths: if paths.is_empty() {

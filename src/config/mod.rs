@@ -758,21 +758,12 @@ impl Config {
                             )?,
                         });
                     }
-                    use crate::webhook::Scheme;
-                    let header = |default: &str| {
-                        w.verify
-                            .header
-                            .clone()
-                            .unwrap_or_else(|| default.into())
-                            .to_ascii_lowercase()
-                    };
-                    let scheme = match w.verify.scheme.as_str() {
-                        "hmac-sha256-hex" => Scheme::HmacSha256Hex { header: header("x-karma-signature") },
-                        "stripe" => Scheme::Stripe { header: header("stripe-signature") },
-                        "standard-webhooks" => Scheme::StandardWebhooks,
-                        "none" => Scheme::None,
-                        other => return Err(err(&format!("{wk}.verify.scheme"), format!("unknown scheme {other:?}; use hmac-sha256-hex, stripe, standard-webhooks or none"))),
-                    };
+                    let scheme = crate::webhook::Scheme::parse(
+                        &w.verify.scheme,
+                        w.verify.header.as_deref(),
+                        true,
+                    )
+                    .map_err(|m| err(&format!("{wk}.verify.scheme"), m))?;
                     let mut secrets = Vec::new();
                     for (i, name) in w.verify.secrets_env.iter().enumerate() {
                         if let Some(v) = env.var(name).filter(|v| !v.is_empty()) {
@@ -795,7 +786,7 @@ impl Config {
                                 .map_err(|m| err(&format!("{wk}.verify.secrets_file[{i}]"), m))?,
                         );
                     }
-                    if scheme == Scheme::None {
+                    if scheme == crate::webhook::Scheme::None {
                         tracing::warn!(tenant = %t.id, "webhook signatures are NOT verified (scheme = \"none\")");
                     } else if secrets.is_empty() {
                         return Err(err(

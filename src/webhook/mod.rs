@@ -32,6 +32,29 @@ pub enum Scheme {
     None,
 }
 
+impl Scheme {
+    /// The scheme named `name` (`hmac-sha256-hex`, `stripe`, `standard-webhooks`, and
+    /// `none` when `allow_none`), its signature in `header` when the scheme takes one (else
+    /// the scheme's usual header). `Err` lists the names accepted.
+    pub fn parse(name: &str, header: Option<&str>, allow_none: bool) -> Result<Scheme, String> {
+        let header = |default: &str| header.unwrap_or(default).to_ascii_lowercase();
+        match name {
+            "hmac-sha256-hex" => Ok(Scheme::HmacSha256Hex {
+                header: header("x-karma-signature"),
+            }),
+            "stripe" => Ok(Scheme::Stripe {
+                header: header("stripe-signature"),
+            }),
+            "standard-webhooks" => Ok(Scheme::StandardWebhooks),
+            "none" if allow_none => Ok(Scheme::None),
+            other => Err(format!(
+                "unknown scheme {other:?}; use hmac-sha256-hex, stripe, standard-webhooks{}",
+                if allow_none { " or none" } else { "" }
+            )),
+        }
+    }
+}
+
 impl Default for Scheme {
     /// The hex HMAC in `X-Karma-Signature`.
     fn default() -> Scheme {
