@@ -599,18 +599,28 @@ backoff_max = "20ms"
     child.wait().unwrap();
     sink.down.store(false, std::sync::atomic::Ordering::SeqCst);
     let (mut child, _base) = start(&cfg);
-    sink.wait_until("all five delivered", |s| s.successes() >= 5)
+    let delivered = |s: &TestSink| -> Vec<String> {
+        s.got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|g| g.2 == 200)
+            .map(|g| g.0["webhook-id"].to_str().unwrap().to_string())
+            .collect()
+    };
+    let in_order = |d: &[String]| {
+        let mut once = d.to_vec();
+        once.dedup();
+        once
+    };
+    sink.wait_until("all five delivered", |s| in_order(&delivered(s)) == ids)
         .await;
-    let delivered: Vec<String> = sink
-        .got
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|g| g.2 == 200)
-        .map(|g| g.0["webhook-id"].to_str().unwrap().to_string())
-        .collect();
-    // in order, each at least once (and here exactly once)
-    assert_eq!(delivered, ids);
+    // In order, each at least once. Only the event in flight at the kill may arrive twice:
+    // the sink can answer the killed process's last request after it is back up, and the
+    // new process, which never saw that answer, delivers it again.
+    let d = delivered(&sink);
+    assert_eq!(in_order(&d), ids);
+    assert!(d.len() <= ids.len() + 1, "{d:?}");
     child.kill().unwrap();
     child.wait().unwrap();
 }
@@ -1174,6 +1184,15 @@ async fn voucher_worker(
     }
 }
 
+/// Wait until `f` holds (a load has made progress), at most a minute.
+async fn until(what: &str, f: impl Fn() -> bool) {
+    let end = Instant::now() + Duration::from_secs(60);
+    while !f() {
+        assert!(Instant::now() < end, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 fn codes(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("ONCE-{i:04}")).collect()
 }
@@ -1210,6 +1229,12 @@ async fn kill_9_with_single_use_codes_never_uses_a_code_twice() {
                 seq.clone(),
                 seen.clone(),
             )));
+        }
+        if round == 0 {
+            until("20 commits acknowledged", || {
+                seen.lock().unwrap().acked.len() >= 20
+            })
+            .await;
         }
         tokio::time::sleep(Duration::from_millis(
             200 + (round * 137 + nanos() % 300) % 500,
@@ -1295,7 +1320,12 @@ async fn sigterm_and_sigint_under_load_drain_cleanly() {
                 ))
             })
             .collect();
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let before = seen.lock().unwrap().acked.len();
+        until("15 more commits acknowledged", || {
+            seen.lock().unwrap().acked.len() >= before + 15
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(nanos() % 100)).await;
         let pid = rustix::process::Pid::from_child(&child);
         rustix::process::kill_process(pid, sig).unwrap();
         // readiness: once it fails it never succeeds again, until the process is gone
@@ -1468,7 +1498,11 @@ async fn kill_9_while_webhook_deliveries_arrive_concurrently() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(300 + nanos() % 300)).await;
+    until("25 deliveries acknowledged", || {
+        acked.lock().unwrap().len() >= 25
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(nanos() % 200)).await;
     child.kill().unwrap();
     child.wait().unwrap();
     for w in workers {
