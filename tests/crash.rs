@@ -148,21 +148,9 @@ max_uses = 1000000
     let big = Arc::new(vec!["BIG".to_string()]);
     for round in 0..rounds(4) {
         let (mut child, base) = start(&cfg);
-        let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
         let deadline =
             Instant::now() + Duration::from_millis(300 + (round * 137 + nanos() % 400) % 700);
-        let workers: Vec<_> = (0..16)
-            .map(|w| {
-                tokio::spawn(voucher_worker(
-                    client.clone(),
-                    base.clone(),
-                    big.clone(),
-                    w,
-                    seq.clone(),
-                    seen.clone(),
-                ))
-            })
-            .collect();
+        let workers = spawn_load(&base, &big, |w| w, &seq, &seen);
         tokio::time::sleep_until(deadline.into()).await;
         child.kill().expect("SIGKILL");
         child.wait().unwrap();
@@ -1184,6 +1172,24 @@ async fn voucher_worker(
     }
 }
 
+/// 16 [`voucher_worker`]s against `base` on a fresh client, worker `w` starting at code
+/// `start(w)`.
+fn spawn_load(
+    base: &str,
+    codes: &Arc<Vec<String>>,
+    start: impl Fn(usize) -> usize,
+    seq: &Arc<std::sync::atomic::AtomicU64>,
+    seen: &Arc<Mutex<Seen>>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    (0..16)
+        .map(|w| {
+            let (c, b, k) = (client.clone(), base.to_string(), codes.clone());
+            tokio::spawn(voucher_worker(c, b, k, start(w), seq.clone(), seen.clone()))
+        })
+        .collect()
+}
+
 /// Wait until `f` holds (a load has made progress), at most a minute.
 async fn until(what: &str, f: impl Fn() -> bool) {
     let end = Instant::now() + Duration::from_secs(60);
@@ -1217,19 +1223,7 @@ async fn kill_9_with_single_use_codes_never_uses_a_code_twice() {
     let seq = Arc::new(std::sync::atomic::AtomicU64::new(1));
     for round in 0..rounds(4) {
         let (mut child, base) = start(&cfg);
-        let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
-        let mut workers = Vec::new();
-        for w in 0..16 {
-            let start = (round as usize * 16 + w) * 7;
-            workers.push(tokio::spawn(voucher_worker(
-                client.clone(),
-                base.clone(),
-                all.clone(),
-                start,
-                seq.clone(),
-                seen.clone(),
-            )));
-        }
+        let workers = spawn_load(&base, &all, |w| (round as usize * 16 + w) * 7, &seq, &seen);
         if round == 0 {
             until("20 commits acknowledged", || {
                 seen.lock().unwrap().acked.len() >= 20
@@ -1307,19 +1301,7 @@ async fn sigterm_and_sigint_under_load_drain_cleanly() {
     let big = Arc::new(vec!["BIG".to_string()]);
     for sig in [rustix::process::Signal::TERM, rustix::process::Signal::INT] {
         let (mut child, base) = start(&cfg);
-        let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
-        let workers: Vec<_> = (0..16)
-            .map(|w| {
-                tokio::spawn(voucher_worker(
-                    client.clone(),
-                    base.clone(),
-                    big.clone(),
-                    w,
-                    seq.clone(),
-                    seen.clone(),
-                ))
-            })
-            .collect();
+        let workers = spawn_load(&base, &big, |w| w, &seq, &seen);
         let before = seen.lock().unwrap().acked.len();
         until("15 more commits acknowledged", || {
             seen.lock().unwrap().acked.len() >= before + 15
