@@ -15,15 +15,26 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::Clock;
 use crate::config::{RouteConfig, Sink};
-use crate::http::App;
+use crate::metrics::Metrics;
 use crate::service::webhook::{
     next_for_route, record_attempt, AttemptOutcome, AttemptRecord, InboxRecord,
 };
-use crate::store::StoreError;
+use crate::service::State;
+use crate::store::{Store, StoreError};
 use crate::webhook::{backoff, retry_after, secret_bytes, sign_headers, Scheme};
 
 type HttpClient = crate::client::HttpsClient;
+
+/// What the background tasks need of the application, and nothing more.
+pub struct Ctx {
+    pub store: Arc<Store<State>>,
+    pub clock: Clock,
+    pub metrics: Arc<Metrics>,
+    /// `[storage] job_slice_records`: the janitor's slice.
+    pub slice: usize,
+}
 
 /// A client for a route's sink (HTTPS also trusts the route's `ca_file`).
 fn client_for(route: &RouteConfig) -> Result<HttpClient, String> {
@@ -38,7 +49,7 @@ const IDLE_POLL: Duration = Duration::from_secs(5);
 
 /// Run one route until `cancel` fires.
 pub async fn run_route(
-    app: Arc<App>,
+    ctx: Arc<Ctx>,
     tenant: String,
     route: RouteConfig,
     wake: Arc<Notify>,
@@ -56,7 +67,7 @@ pub async fn run_route(
             return;
         }
         let (t, r) = (tenant.clone(), route.name.clone());
-        let head = app
+        let head = ctx
             .store
             .run(move |txn, _| next_for_route(txn, &t, &r))
             .await;
@@ -81,7 +92,7 @@ pub async fn run_route(
         };
         let n = queue.attempts + 1;
         let result = tokio::select! {
-            r = deliver(&app, &client, &route, &event) => r,
+            r = deliver(&ctx, &client, &route, &event) => r,
             _ = cancel.cancelled() => return,
         };
         let (outcome, wait) = match result {
@@ -100,7 +111,7 @@ pub async fn run_route(
             AttemptOutcome::Failed(_) => "failed",
             AttemptOutcome::Dead(_) => "dead",
         };
-        app.metrics.onward(&tenant, &route.name, label);
+        ctx.metrics.onward(&tenant, &route.name, label);
         if label == "dead" {
             tracing::warn!(tenant = %tenant, route = %route.name, id = %event.id, attempts = n, "webhook event moved to the dead letters");
         }
@@ -108,9 +119,9 @@ pub async fn run_route(
             tenant.clone(),
             route.name.clone(),
             event.seq,
-            app.clock.now_ms(),
+            ctx.clock.now_ms(),
         );
-        if let Err(e) = app
+        if let Err(e) = ctx
             .store
             .run(move |txn, st| {
                 record_attempt(
@@ -144,7 +155,7 @@ pub async fn run_route(
 
 /// One attempt. `Err((why, retry_after))`.
 async fn deliver(
-    app: &App,
+    ctx: &Ctx,
     client: &HttpClient,
     route: &RouteConfig,
     e: &InboxRecord,
@@ -177,7 +188,7 @@ async fn deliver(
         } => {
             let key = secret_bytes(&Scheme::StandardWebhooks, secret.expose())
                 .unwrap_or_else(|_| secret.expose().as_bytes().to_vec());
-            let ts = app.clock.now_ms().div_euclid(1000);
+            let ts = ctx.clock.now_ms().div_euclid(1000);
             let mut b = hyper::Request::builder()
                 .method("POST")
                 .uri(url.as_str())
@@ -222,21 +233,15 @@ const JANITOR_EVERY: Duration = Duration::from_secs(600);
 /// Periodically drop dedupe records older than the tenant's retention (they no longer
 /// decide anything; this keeps the store from growing with every delivery ever seen).
 pub async fn run_janitor(
-    app: Arc<App>,
+    ctx: Arc<Ctx>,
     tenant: String,
     retention_ms: i64,
     cancel: CancellationToken,
 ) {
     loop {
-        let (t, now) = (tenant.clone(), app.clock.now_ms());
-        match crate::service::sliced::prune_dedupe(
-            &app.store,
-            app.config.storage.job_slice_records,
-            &t,
-            now,
-            retention_ms,
-        )
-        .await
+        let (t, now) = (tenant.clone(), ctx.clock.now_ms());
+        match crate::service::sliced::prune_dedupe(&ctx.store, ctx.slice, &t, now, retention_ms)
+            .await
         {
             Ok(n) if n > 0 => {
                 tracing::info!(tenant = %tenant, forgotten = n, "pruned webhook delivery ids past retention")

@@ -1,6 +1,7 @@
 //! karma-provider: the provider side of Karma's custom voucher (and, next, loyalty)
 //! integrations. See ARCHITECTURE.md for the map; each module says what it owns.
 
+pub mod app;
 pub mod backup;
 pub mod bench;
 pub mod client;

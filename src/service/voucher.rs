@@ -1,15 +1,18 @@
-//! check, commit and reactivate, as writer jobs.
+//! check, commit and reactivate, as writer jobs, with everything a hold needs on the way:
+//! its stored form ([`HoldRecord`]), the pruning of expired holds every job does first,
+//! the live-hold index rebuilt at start, and the code's history events. A voucher commit
+//! runs in this file from the prune to the answer (plus the shared `idempotent` wrapper).
 
 use crate::clock::{rfc3339, Millis};
 use crate::contract::voucher::{
     CheckRequest, CheckSuccess, CommitRequest, CommitSuccess, ReactivateSuccess,
 };
-use crate::store::{StoreError, Txn};
+use crate::store::{last, StoreError, Txn};
 use crate::voucher::{
-    capacity, match_key, price, CheckInput, HoldState, LiveHold, Rejection, Usage,
+    capacity, match_key, price, CheckInput, HoldState, LiveHold, LiveHolds, Rejection, Usage,
 };
 
-use super::{fingerprint, idempotent, keys, HoldRecord, Reply, State};
+use super::{fingerprint, idempotent, keys, records, Reply, State};
 
 fn reject(r: Rejection) -> Reply {
     Reply::rejected(r.code(), &r.message())
@@ -17,6 +20,80 @@ fn reject(r: Rejection) -> Reply {
 
 fn json<T: serde::Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).unwrap_or_default()
+}
+
+/// A hold as stored: everything needed to commit, reactivate or explain it later.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct HoldRecord {
+    pub provider_ref: String,
+    pub campaign: String,
+    pub code: String,
+    pub guest: Option<String>,
+    pub location: Option<String>,
+    pub amount_cents: i64,
+    pub created_at: Millis,
+    pub expires_at: Millis,
+    #[serde(with = "records::hold_state")]
+    pub state: HoldState,
+    pub transaction_id: Option<String>,
+    pub updated_at: Millis,
+    /// Its "held" history event is not written yet. A check writes nothing keyed by the
+    /// code (for a bulk campaign that would be a write at a random place in the store); the
+    /// event is written, dated `created_at`, with the hold's next transition: commit,
+    /// release or expiry. Until then the admin view makes it from this record.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub held_unlogged: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// Rebuild the live holds at start from their `live` markers (a marker whose hold is no
+/// longer held is deleted).
+pub(super) fn load_live_holds(txn: &mut Txn<'_>) -> Result<LiveHolds, StoreError> {
+    let mut holds = LiveHolds::default();
+    for (k, _) in txn.scan_prefix(b"live\x1f")? {
+        let r = last(&k).to_owned();
+        let tenant = std::str::from_utf8(&k[5..k.len() - r.len() - 1])
+            .unwrap_or("")
+            .to_owned();
+        if let Some(h) = txn.get_json::<HoldRecord>(&keys::hold(&tenant, &r))? {
+            if h.state == HoldState::Held {
+                holds.insert(
+                    r,
+                    LiveHold {
+                        tenant,
+                        campaign: h.campaign,
+                        code: h.code,
+                        guest: h.guest,
+                        expires_at: h.expires_at,
+                        amount_cents: h.amount_cents,
+                    },
+                );
+                continue;
+            }
+        }
+        txn.delete(k);
+    }
+    Ok(holds)
+}
+
+/// Let expired holds go: they stop counting, their `live` markers are deleted and their
+/// deferred "held" history events written. Every job that reads or changes holds runs
+/// this first.
+pub fn prune(txn: &mut Txn<'_>, st: &mut State, now: Millis) -> Result<(), StoreError> {
+    for (tenant, r) in st.prune_holds(now) {
+        txn.delete(keys::live(&tenant, &r));
+        let hk = keys::hold(&tenant, &r);
+        if let Some(mut h) = txn.get_json::<HoldRecord>(&hk)? {
+            if h.held_unlogged {
+                log_held(txn, &tenant, &mut h)?;
+                txn.put_json(hk, &h);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// One event in a code's history, for the admin API.
@@ -239,7 +316,7 @@ pub fn check(
     indexed: Option<Resolved>,
     now: Millis,
 ) -> Result<Reply, StoreError> {
-    st.prune(txn, now)?;
+    prune(txn, st, now)?;
     let Some(t) = st.tenant(tenant) else {
         return Ok(reject(Rejection::UnknownCode));
     };
@@ -343,7 +420,7 @@ pub fn commit(
     req: &CommitRequest,
     now: Millis,
 ) -> Result<Reply, StoreError> {
-    st.prune(txn, now)?;
+    prune(txn, st, now)?;
     let ik = keys::idem(tenant, "commit", &req.transaction_id);
     idempotent(txn, ik, fingerprint(req), |txn| {
         let Some(mut h) = load_hold(txn, tenant, req)? else {
@@ -400,7 +477,7 @@ pub fn reactivate(
     req: &CommitRequest,
     now: Millis,
 ) -> Result<Reply, StoreError> {
-    st.prune(txn, now)?;
+    prune(txn, st, now)?;
     let ik = keys::idem(tenant, "reactivate", &req.transaction_id);
     idempotent(txn, ik, fingerprint(req), |txn| {
         let done = |status: &'static str| {
@@ -457,7 +534,7 @@ pub fn release_hold(
     provider_ref: &str,
     now: Millis,
 ) -> Result<bool, StoreError> {
-    st.prune(txn, now)?;
+    prune(txn, st, now)?;
     let Some(mut h) = txn.get_json::<HoldRecord>(&keys::hold(tenant, provider_ref))? else {
         return Ok(false);
     };
