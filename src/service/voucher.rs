@@ -317,31 +317,90 @@ pub fn check(
     now: Millis,
 ) -> Result<Reply, StoreError> {
     prune(txn, st, now)?;
-    let Some(t) = st.tenant(tenant) else {
+    let offer = match offer(txn, st, tenant, req, vendor, indexed, now)? {
+        Ok(o) => o,
+        Err(r) => return Ok(reject(r)),
+    };
+    let Some(hold_ttl_ms) = st.tenant(tenant).map(|t| t.hold_ttl_ms) else {
         return Ok(reject(Rejection::UnknownCode));
     };
-    let hold_ttl_ms = t.hold_ttl_ms;
+    let expires_at = now + hold_ttl_ms;
+    let provider_ref = format!("kph_{:016x}", txn.next_id()?);
+    let hold = HoldRecord {
+        provider_ref: provider_ref.clone(),
+        campaign: offer.campaign.clone(),
+        code: offer.code.clone(),
+        guest: req.user_id.clone(),
+        location: req.location_id.clone(),
+        amount_cents: offer.discount,
+        created_at: now,
+        expires_at,
+        state: HoldState::Held,
+        transaction_id: None,
+        updated_at: now,
+        held_unlogged: true,
+    };
+    txn.put_json(keys::hold(tenant, &provider_ref), &hold);
+    txn.put(keys::live(tenant, &provider_ref), Vec::new());
+    st.add_hold(
+        provider_ref.clone(),
+        LiveHold {
+            tenant: tenant.to_owned(),
+            campaign: offer.campaign,
+            code: offer.code,
+            guest: req.user_id.clone(),
+            expires_at,
+            amount_cents: offer.discount,
+        },
+    );
+    Ok(Reply::ok(json(&CheckSuccess {
+        ok: true,
+        voucher_nr: offer.voucher_nr,
+        discount_amount_cents: offer.discount,
+        expires_at: rfc3339(expires_at),
+        provider_ref,
+    })))
+}
+
+/// What a check may hold: the code as configured, its campaign, the discount and the
+/// voucher number to answer.
+struct Offer {
+    campaign: String,
+    code: String,
+    discount: i64,
+    voucher_nr: String,
+}
+
+/// Decide a check without changing anything: the code, its validity and owner, the price
+/// (ours, or the vendor's decision) and the capacity left.
+fn offer(
+    txn: &Txn<'_>,
+    st: &State,
+    tenant: &str,
+    req: &CheckRequest,
+    vendor: Option<&VendorDecision>,
+    indexed: Option<Resolved>,
+    now: Millis,
+) -> Result<Result<Offer, Rejection>, StoreError> {
     let Some(found) = resolve_code(txn, st, tenant, &req.code, indexed)? else {
-        return Ok(reject(Rejection::UnknownCode));
+        return Ok(Err(Rejection::UnknownCode));
     };
-    let (cid, code) = (found.campaign.clone(), found.code.clone());
-    if let Some(until) = found.valid_until {
-        if now > until {
-            return Ok(reject(Rejection::Expired { until }));
-        }
+    if let Some(until) = found.valid_until.filter(|u| now > *u) {
+        return Ok(Err(Rejection::Expired { until }));
     }
     if let Some(owner) = &found.assigned_user {
         if req.user_id.as_deref() != Some(owner.as_str()) {
-            return Ok(reject(Rejection::CodeAssignedToAnotherGuest));
+            return Ok(Err(Rejection::CodeAssignedToAnotherGuest));
         }
     }
-    let Some(t) = st.tenant(tenant) else {
-        return Ok(reject(Rejection::UnknownCode));
+    let (cid, code) = (found.campaign, found.code);
+    let Some(c) = st
+        .tenant(tenant)
+        .and_then(|t| t.campaigns.get(&cid))
+        .map(|e| e.campaign.clone())
+    else {
+        return Ok(Err(Rejection::UnknownCode));
     };
-    let Some(entry) = t.campaigns.get(&cid) else {
-        return Ok(reject(Rejection::UnknownCode));
-    };
-    let c = entry.campaign.clone();
     let guest = req.user_id.as_deref();
     let input = CheckInput {
         cart: &req.cart,
@@ -357,49 +416,19 @@ pub fn check(
         ),
         None => match price(&c, &input) {
             Ok(d) => (d, code.clone()),
-            Err(r) => return Ok(reject(r)),
+            Err(r) => return Ok(Err(r)),
         },
     };
     let u = usage(txn, st, tenant, &cid, &code, guest)?;
     if let Err(r) = capacity(&c, &u, guest.is_some(), discount) {
-        return Ok(reject(r));
+        return Ok(Err(r));
     }
-    let expires_at = now + hold_ttl_ms;
-    let provider_ref = format!("kph_{:016x}", txn.next_id()?);
-    let hold = HoldRecord {
-        provider_ref: provider_ref.clone(),
-        campaign: cid.clone(),
-        code: code.clone(),
-        guest: req.user_id.clone(),
-        location: req.location_id.clone(),
-        amount_cents: discount,
-        created_at: now,
-        expires_at,
-        state: HoldState::Held,
-        transaction_id: None,
-        updated_at: now,
-        held_unlogged: true,
-    };
-    txn.put_json(keys::hold(tenant, &provider_ref), &hold);
-    txn.put(keys::live(tenant, &provider_ref), Vec::new());
-    st.add_hold(
-        provider_ref.clone(),
-        LiveHold {
-            tenant: tenant.to_owned(),
-            campaign: cid,
-            code: code.clone(),
-            guest: req.user_id.clone(),
-            expires_at,
-            amount_cents: discount,
-        },
-    );
-    Ok(Reply::ok(json(&CheckSuccess {
-        ok: true,
+    Ok(Ok(Offer {
+        campaign: cid,
+        code,
+        discount,
         voucher_nr,
-        discount_amount_cents: discount,
-        expires_at: rfc3339(expires_at),
-        provider_ref,
-    })))
+    }))
 }
 
 fn load_hold(
