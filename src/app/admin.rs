@@ -6,9 +6,9 @@
 use super::{answer, App, InboxFilter, Reply};
 use crate::service::{admin, loyalty as loy, sliced, webhook, State};
 use crate::store::{StoreError, Txn};
-use crate::voucher::CampaignSpec;
 
 pub use crate::service::loyalty::{AdjustRequest, RedemptionReversalRequest, ReversalRequest};
+pub use crate::voucher::CampaignSpec;
 
 /// `POST …/campaigns/{c}/codes/generate`.
 #[derive(Debug, serde::Deserialize)]

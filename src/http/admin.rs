@@ -12,12 +12,11 @@ use super::routes::{
 };
 use super::{Front, Out};
 use crate::app::admin::{
-    AdjustRequest, GenerateRequest, MemberRef, RedemptionReversalRequest, ReversalRequest,
-    StateRequest,
+    AdjustRequest, CampaignSpec, GenerateRequest, MemberRef, RedemptionReversalRequest,
+    ReversalRequest, StateRequest,
 };
 use crate::app::{App, InboxFilter, Reply};
 use crate::contract::{parse, ApiError};
-use crate::voucher::CampaignSpec;
 
 /// `/admin/v1/…`, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -294,3 +294,75 @@ async fn webhook_call(app: &App, req: Request<Incoming>, tenant: &str) -> Out {
         Err(e) => err(e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::admin::Op;
+
+    #[test]
+    fn a_path_is_parsed_once_into_its_endpoint_and_label() {
+        let cases = [
+            ("/healthz", "health"),
+            ("/readyz", "health"),
+            ("/metrics", "metrics"),
+            ("/v1/acme/voucher/check", "voucher.check"),
+            ("/v1/acme/voucher/commit", "voucher.commit"),
+            ("/v1/acme/voucher/reactivate", "voucher.reactivate"),
+            ("/v1/acme/loyalty/lookup", "loyalty.lookup"),
+            ("/v1/acme/loyalty/enroll", "loyalty.enroll"),
+            ("/v1/acme/loyalty/award", "loyalty.award"),
+            ("/v1/acme/loyalty/account", "loyalty.account"),
+            ("/v1/acme/loyalty/rewards", "loyalty.rewards"),
+            ("/v1/acme/loyalty/redeem", "loyalty.redeem"),
+            ("/v1/acme/voucher/lookup", "other"),
+            ("/v1/acme/webhooks", "webhook"),
+            ("/admin/v1/export", "admin"),
+            ("/admin/v1/nothing", "admin"),
+            ("/v2/acme/voucher/check", "other"),
+            ("/", "other"),
+        ];
+        for (path, label) in cases {
+            assert_eq!(Endpoint::parse(path).label(), label, "{path}");
+        }
+        assert_eq!(
+            Endpoint::parse("/v1/acme/voucher/commit"),
+            Endpoint::Provider {
+                tenant: "acme".into(),
+                call: Call::Commit
+            }
+        );
+    }
+
+    #[test]
+    fn admin_paths_are_percent_decoded_and_name_their_operation() {
+        let op = |p: &str| match Endpoint::parse(p) {
+            Endpoint::Admin(AdminPath::Tenant { tenant, op }) => (tenant, op),
+            other => panic!("{p}: {other:?}"),
+        };
+        assert_eq!(
+            op("/admin/v1/tenants/acme/codes/SUMMER%2010"),
+            ("acme".into(), Some(Op::Code("SUMMER 10".into())))
+        );
+        assert_eq!(
+            op("/admin/v1/tenants/acme/loyalty/7/users/u%2F1"),
+            (
+                "acme".into(),
+                Some(Op::Member {
+                    program: "7".into(),
+                    by_user: true,
+                    id: "u/1".into()
+                })
+            )
+        );
+        assert_eq!(
+            op("/admin/v1/tenants/acme/loyalty/7/members/import"),
+            ("acme".into(), Some(Op::ImportMembers("7".into())))
+        );
+        assert_eq!(op("/admin/v1/tenants/acme/bogus"), ("acme".into(), None));
+        assert_eq!(
+            Endpoint::parse("/admin/v1/tenants"),
+            Endpoint::Admin(AdminPath::Unknown)
+        );
+    }
+}
