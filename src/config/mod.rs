@@ -9,7 +9,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::loyalty::{Program, ProgramSpec};
-use crate::voucher::{match_key, valid_id, Campaign, CampaignSpec, CodeMatch};
+use crate::voucher::{match_key, Campaign, CampaignSpec, CodeMatch};
+use crate::wire::valid_id;
 
 pub const DEFAULT_TOML: &str = include_str!("default.toml");
 pub const DEFAULT_ORIGIN: &str = "<embedded default config>";

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::voucher::{FieldError, StrOrInt};
+use crate::wire::{valid_id, FieldError, StrOrInt};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -84,7 +84,7 @@ pub const MAX_EARN_POINTS: i64 = 1_000_000;
 /// A bonus or the signup bonus at most.
 pub const MAX_CONFIG_POINTS: i64 = 1_000_000_000_000;
 pub use super::account::MAX_POINTS;
-pub use crate::voucher::MAX_CONFIG_CENTS;
+pub use crate::wire::MAX_CONFIG_CENTS;
 
 #[derive(Debug, Clone)]
 pub struct Program {
@@ -98,7 +98,7 @@ pub struct Program {
 impl Program {
     pub fn from_spec(spec: ProgramSpec) -> Result<Program, FieldError> {
         let id = spec.program_id.clone().into_text();
-        if !crate::voucher::valid_id(&id) {
+        if !valid_id(&id) {
             return Err(FieldError::new(
                 "program_id",
                 "must be an integer or 1-64 of A-Z a-z 0-9 - _ .",
@@ -139,7 +139,7 @@ impl Program {
         let mut tiers = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for (i, t) in spec.tiers.iter().enumerate() {
-            if !crate::voucher::valid_id(&t.id) || !seen.insert(t.id.clone()) {
+            if !valid_id(&t.id) || !seen.insert(t.id.clone()) {
                 return Err(FieldError::new(
                     format!("tiers[{i}].id"),
                     "must be a unique id of A-Z a-z 0-9 - _ .",
@@ -178,7 +178,7 @@ impl Program {
         let mut rids = std::collections::HashSet::new();
         for (i, r) in spec.rewards.iter().enumerate() {
             let k = |f: &str| format!("rewards[{i}].{f}");
-            if !crate::voucher::valid_id(&r.id) || !rids.insert(r.id.clone()) {
+            if !valid_id(&r.id) || !rids.insert(r.id.clone()) {
                 return Err(FieldError::new(
                     k("id"),
                     "must be a unique id of A-Z a-z 0-9 - _ .",

@@ -23,18 +23,7 @@ use serde_json::{json, Value};
 
 use matcher::{compare, substitute, Mismatch};
 
-pub const CALLS: [&str; 10] = [
-    "voucher.check",
-    "voucher.commit",
-    "voucher.reactivate",
-    "loyalty.lookup",
-    "loyalty.enroll",
-    "loyalty.award",
-    "loyalty.account",
-    "loyalty.rewards",
-    "loyalty.redeem",
-    "webhook",
-];
+pub use crate::karma_urls::CALLS;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]

@@ -583,7 +583,7 @@ fn reward_code(
 // ---- operator tools (admin API) -------------------------------------------------------
 
 fn operation_id(id: &str) -> Result<(), ApiError> {
-    if !crate::voucher::valid_id(id) {
+    if !crate::wire::valid_id(id) {
         return Err(ApiError::invalid("id", "a caller-chosen id for this operation (1-64 of A-Z a-z 0-9 - _ .), used to make retries safe"));
     }
     Ok(())
