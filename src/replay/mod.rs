@@ -16,8 +16,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -250,41 +248,35 @@ fn url_for(o: &ReplayOptions, call: &str) -> Result<String, String> {
 }
 
 struct Http {
-    client: crate::client::HttpsClient,
+    client: crate::client::Client,
 }
+
+/// How long replay waits for a provider's answer, and the longest answer it reads.
+const ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
+const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
 
 /// `Err` only when the request could not be made at all (unreachable).
 impl Http {
+    fn new(extra_roots: &[Vec<u8>]) -> Result<Http, String> {
+        Ok(Http {
+            client: crate::client::Client::new(extra_roots)?
+                .timeout(ANSWER_WITHIN)
+                .body_limit(MAX_ANSWER_BYTES),
+        })
+    }
+
     async fn post(
         &self,
         url: &str,
         headers: &[(String, String)],
         body: Vec<u8>,
     ) -> Result<(u16, Vec<u8>), String> {
-        let mut b = hyper::Request::builder()
-            .method("POST")
-            .uri(url)
-            .header("content-type", "application/json");
-        for (k, v) in headers {
-            b = b.header(k.as_str(), v.as_str());
+        let req = crate::client::Request::post_json(url, body).headers(headers.iter().cloned());
+        match self.client.send(req).await {
+            Ok(a) => Ok((a.status, a.body)),
+            Err(crate::client::Error::Timeout(_)) => Err(format!("{url}: no answer within 30 s")),
+            Err(e) => Err(format!("{url}: {e}")),
         }
-        let req = b
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| format!("{url}: {e}"))?;
-        let resp =
-            tokio::time::timeout(std::time::Duration::from_secs(30), self.client.request(req))
-                .await
-                .map_err(|_| format!("{url}: no answer within 30 s"))?
-                .map_err(|e| format!("{url}: {e}"))?;
-        let status = resp.status().as_u16();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| format!("{url}: {e}"))?
-            .to_bytes()
-            .to_vec();
-        Ok((status, bytes))
     }
 }
 
@@ -307,9 +299,7 @@ pub async fn run(o: &ReplayOptions) -> Result<Report, String> {
     } else {
         None
     };
-    let http = Http {
-        client: crate::client::https_client(&o.extra_roots)?,
-    };
+    let http = Http::new(&o.extra_roots)?;
     let chosen: Vec<&(PathBuf, Fixture)> = fixtures
         .iter()
         .filter(|(_, fx)| {
@@ -507,8 +497,7 @@ async fn scenario(
                     &body,
                 )),
                 (_, Some(secret)) => {
-                    let key = crate::webhook::secret_bytes(&o.webhook_scheme, secret)
-                        .unwrap_or_else(|_| secret.as_bytes().to_vec());
+                    let key = crate::webhook::signing_key(&o.webhook_scheme, secret);
                     headers.extend(crate::webhook::sign_headers(
                         &o.webhook_scheme,
                         &key,

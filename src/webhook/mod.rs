@@ -195,6 +195,12 @@ pub fn secret_bytes(scheme: &Scheme, s: &str) -> Result<Vec<u8>, String> {
     }
 }
 
+/// The key to sign with: [`secret_bytes`], or the text itself when it is not in the
+/// scheme's form (a sender signs with whatever it was given; only the receiver refuses).
+pub fn signing_key(scheme: &Scheme, s: &str) -> Vec<u8> {
+    secret_bytes(scheme, s).unwrap_or_else(|_| s.as_bytes().to_vec())
+}
+
 /// With `max_age` set: the envelope's own `timestamp` (signed as part of the body) must be
 /// present and within `max_age_ms` of `now`, either way. `Err(message)` names the rule.
 pub fn check_max_age(v: &serde_json::Value, now: Millis, max_age_ms: i64) -> Result<(), String> {
