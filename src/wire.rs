@@ -128,15 +128,13 @@ pub fn opaque_id<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
         return serde_json::from_str::<String>(text).map_err(D::Error::custom);
     }
     if text.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
-        if let Some(v) = exact_integer(text)
-            .filter(|v| i64::try_from(*v).is_ok() || u64::try_from(*v).is_ok())
+        if let Some(v) =
+            exact_integer(text).filter(|v| i64::try_from(*v).is_ok() || u64::try_from(*v).is_ok())
         {
             return Ok(v.to_string());
         }
     }
-    Err(D::Error::custom(ours(
-        "must be a string or an integer id",
-    )))
+    Err(D::Error::custom(ours("must be a string or an integer id")))
 }
 
 pub fn opt_opaque_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {

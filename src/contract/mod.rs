@@ -10,8 +10,8 @@ pub mod voucher;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::wire::{ours_at, OURS};
 pub use crate::wire::{opaque_id, opt_opaque_id};
+use crate::wire::{ours_at, OURS};
 
 /// A transport or protocol fault: an HTTP status other than 200 and a JSON body.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -32,4 +32,3 @@ pub fn check_cents(path: &str, v: i64) -> Result<(), ApiError> {
         ))
     }
 }
-

@@ -338,8 +338,9 @@ pub fn parse_envelope(v: &serde_json::Value) -> Result<Envelope, (&'static str, 
         .ok_or(("", "the envelope must be a JSON object".to_string()))?;
     let text = |f: &'static str| -> Result<String, (&'static str, String)> {
         match obj.get(f) {
-            Some(serde_json::Value::String(s)) => crate::wire::text_rule_broken(f, s)
-                .map_or(Ok(s.clone()), |why| Err((f, why))),
+            Some(serde_json::Value::String(s)) => {
+                crate::wire::text_rule_broken(f, s).map_or(Ok(s.clone()), |why| Err((f, why)))
+            }
             Some(_) => Err((f, "must be a string".into())),
             None => Err((f, "is required".into())),
         }
