@@ -175,28 +175,40 @@ fn create_member(
     let mut entries = Vec::new();
     let bonus = prog.spec.signup_bonus;
     if bonus > 0 {
-        let why = Why {
-            reason: "signup bonus".into(),
-            ..Why::default()
-        };
-        // A fresh account and a bonus bounded at load: the credit cannot be refused.
-        entries.extend(
-            m.account
-                .credit(
-                    now,
-                    Credit {
-                        kind: EntryKind::SignupBonus,
-                        points: bonus,
-                        pending_ms: 0,
-                        expire_ms: prog.expire_ms(),
-                        counts_lifetime: true,
-                    },
-                    why,
-                )
-                .ok(),
-        );
+        // A bonus bounded at load.
+        let e = credit_fresh(&mut m.account, prog, now, EntryKind::SignupBonus, bonus);
+        entries.extend(e);
     }
     Ok((m, entries, bonus))
+}
+
+/// Credit a new member's account with `points` that are available now: the signup bonus
+/// (counts toward the lifetime total) or an imported balance (does not: the import sets
+/// the lifetime total itself). The account is fresh and the points bounded by the caller,
+/// so the credit cannot be refused (`None` would only mean a broken bound).
+fn credit_fresh(
+    account: &mut Account,
+    prog: &Program,
+    now: Millis,
+    kind: EntryKind,
+    points: i64,
+) -> Option<Entry> {
+    let (reason, counts_lifetime) = match kind {
+        EntryKind::SignupBonus => ("signup bonus", true),
+        _ => ("imported balance", false),
+    };
+    let why = Why {
+        reason: reason.into(),
+        ..Why::default()
+    };
+    let credit = Credit {
+        kind,
+        points,
+        pending_ms: 0,
+        expire_ms: prog.expire_ms(),
+        counts_lifetime,
+    };
+    account.credit(now, credit, why).ok()
 }
 
 /// The member for a Karma user, enrolling them when the program says `auto_enroll`.
@@ -1136,26 +1148,9 @@ fn import_member(
         return Ok(false);
     }
     let (mut m, mut entries, _) = create_member(txn, t, prog, r.user.as_deref(), &r.ids, now)?;
-    let why = Why {
-        reason: "imported balance".into(),
-        ..Why::default()
-    };
-    // A fresh account and a balance of at most 10^9 (checked at parse): cannot be refused.
-    entries.extend(
-        m.account
-            .credit(
-                now,
-                Credit {
-                    kind: EntryKind::Import,
-                    points: r.balance,
-                    pending_ms: 0,
-                    expire_ms: prog.expire_ms(),
-                    counts_lifetime: false,
-                },
-                why,
-            )
-            .ok(),
-    );
+    // A balance of at most 10^9 (checked at parse).
+    let e = credit_fresh(&mut m.account, prog, now, EntryKind::Import, r.balance);
+    entries.extend(e);
     m.account.lifetime_total = r.lifetime;
     save(txn, t, p, &m, &entries);
     if let Some(u) = &r.user {
