@@ -37,8 +37,7 @@ impl std::error::Error for StartError {}
 /// The HTTP rules client of one `rules` table.
 fn http_rules(r: &RulesConfig) -> Result<Rules, StartError> {
     let secret =
-        crate::webhook::secret_bytes(&crate::webhook::Scheme::StandardWebhooks, r.secret.expose())
-            .unwrap_or_else(|_| r.secret.expose().as_bytes().to_vec());
+        crate::webhook::signing_key(&crate::webhook::Scheme::StandardWebhooks, r.secret.expose());
     Ok(Arc::new(
         crate::rules::HttpRules::new(r.url.clone(), secret, r.timeout).map_err(StartError::Bind)?,
     ))
