@@ -37,7 +37,7 @@ async fn the_full_suite_passes_against_this_service() {
     let report = replay::run(&options(&h.base(), dir.path())).await.unwrap();
     assert_eq!(report.failed, 0, "{}", replay::summary(&report));
     // every fixture ran and passed: the count is pinned so a fixture that stops loading fails
-    assert_eq!(report.passed, 37, "{}", replay::summary(&report));
+    assert_eq!(report.passed, 40, "{}", replay::summary(&report));
     let junit = std::fs::read_to_string(dir.path().join("junit.xml")).unwrap();
     assert!(junit.contains(&format!(
         "tests=\"{}\" failures=\"0\" skipped=\"0\"",
@@ -250,7 +250,7 @@ async fn contract_only_skips_the_scenarios_that_pin_our_decisions() {
     let report = replay::run(&o).await.unwrap();
     assert_eq!(
         (report.passed, report.failed, report.skipped.len()),
-        (29, 0, 8),
+        (32, 0, 8),
         "{}",
         replay::summary(&report)
     );
@@ -271,10 +271,10 @@ async fn contract_only_skips_the_scenarios_that_pin_our_decisions() {
     );
     let text = replay::summary(&report);
     assert!(text.contains("SKIP voucher-bad-requests (pins one of our decisions, not Karma's contract (--contract-only))"), "{text}");
-    assert!(text.contains("29 passed, 0 failed, 8 skipped"), "{text}");
+    assert!(text.contains("32 passed, 0 failed, 8 skipped"), "{text}");
     let junit = std::fs::read_to_string(dir.path().join("junit.xml")).unwrap();
     assert!(
-        junit.contains("tests=\"37\" failures=\"0\" skipped=\"8\""),
+        junit.contains("tests=\"40\" failures=\"0\" skipped=\"8\""),
         "{junit}"
     );
 }
@@ -288,7 +288,7 @@ async fn scenarios_that_need_states_without_a_state_url_fail_in_one_line() {
     let err = replay::run(&o).await.unwrap_err();
     assert_eq!(
         err,
-        "29 of the selected scenarios need provider states (campaign, member, program) and no \
+        "32 of the selected scenarios need provider states (campaign, member, program) and no \
          --state-url was given: give --state-url (fixtures/README.md, \"Provider states\"), or \
          select scenarios without states with --filter"
     );
@@ -320,7 +320,7 @@ async fn an_endpoints_file_without_a_webhook_url_skips_the_webhook_scenarios() {
     let report = replay::run(&o).await.unwrap();
     assert_eq!(
         (report.passed, report.failed, report.skipped.len()),
-        (34, 0, 3),
+        (37, 0, 3),
         "{}",
         replay::summary(&report)
     );

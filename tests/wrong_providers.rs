@@ -258,7 +258,7 @@ async fn caught(m: Mistake, expected: &[(&str, &str)]) {
     }
     assert_eq!(
         passed + failed.len(),
-        37,
+        40,
         "{m:?}: every other scenario passes"
     );
 }
@@ -289,6 +289,12 @@ async fn answers_that_change_on_retry_are_caught() {
             "loyalty-enroll-and-lookup",
             retry("enroll again", "loyalty.enroll", "enroll"),
         ),
+        (
+            "voucher-concurrent-identical-commits",
+            "five identical commits at once (voucher.commit): set.identical: expected 5 \
+             byte-identical answers, got 2 distinct answers"
+                .into(),
+        ),
     ];
     let expected: Vec<(&str, &str)> = expected.iter().map(|(n, l)| (*n, l.as_str())).collect();
     caught(Mistake::BytesChangeOnRetry, &expected).await;
@@ -298,10 +304,17 @@ async fn answers_that_change_on_retry_are_caught() {
 async fn a_single_use_code_taken_twice_is_caught() {
     caught(
         Mistake::SingleUseTakenTwice,
-        &[(
-            "voucher-single-use-held-then-used",
-            "while held (voucher.check): body.error: expected \"VOUCHER_HELD\"",
-        )],
+        &[
+            (
+                "voucher-single-use-held-then-used",
+                "while held (voucher.check): body.error: expected \"VOUCHER_HELD\"",
+            ),
+            (
+                "voucher-concurrent-checks-single-use",
+                "five checks at once (voucher.check): set.okTrue: expected 1 of 5 answers \
+                 with ok:true, got 5",
+            ),
+        ],
     )
     .await;
 }
@@ -364,10 +377,17 @@ async fn a_discount_above_the_cart_total_is_caught() {
 async fn a_redeem_without_enough_points_is_caught() {
     caught(
         Mistake::InsufficientPointsAllowed,
-        &[(
-            "loyalty-redeem-insufficient-points",
-            "step 1 (loyalty.redeem): body.error: expected \"INSUFFICIENT_POINTS\"",
-        )],
+        &[
+            (
+                "loyalty-redeem-insufficient-points",
+                "step 1 (loyalty.redeem): body.error: expected \"INSUFFICIENT_POINTS\"",
+            ),
+            (
+                "loyalty-concurrent-redeems",
+                "five redeems at once (loyalty.redeem): set.okTrue: expected 2 of 5 answers \
+                 with ok:true, got 5",
+            ),
+        ],
     )
     .await;
 }

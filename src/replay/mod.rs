@@ -11,6 +11,7 @@
 //! `capture: {"name": "/json/pointer"}`). Matchers: see [`matcher`].
 
 pub mod matcher;
+pub mod parallel;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -48,6 +49,9 @@ pub struct Fixture {
     /// silent (skipped by `--contract-only`).
     #[serde(default)]
     pub tags: Vec<String>,
+    /// Latency budget of the whole scenario (its steps, not its provider states), in ms.
+    #[serde(default, rename = "budgetMs")]
+    pub budget_ms: Option<u64>,
     pub steps: Vec<Step>,
 }
 
@@ -73,6 +77,12 @@ pub struct Step {
     /// name → JSON pointer into the answer body.
     #[serde(default)]
     pub capture: BTreeMap<String, String>,
+    /// Send this many copies at once (`${copy}`: each copy's index as 4 hex digits).
+    #[serde(default)]
+    pub parallel: Option<usize>,
+    /// Every answer of this step must arrive within this many ms.
+    #[serde(default, rename = "budgetMs")]
+    pub budget_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -90,8 +100,12 @@ pub struct StepRequest {
 #[serde(deny_unknown_fields)]
 pub struct Expect {
     pub status: u16,
+    /// Of a parallel step: every answer must match it.
     #[serde(default)]
     pub body: Option<Value>,
+    /// Of a parallel step: expectations on the set of answers.
+    #[serde(default)]
+    pub set: Option<parallel::SetExpect>,
 }
 
 /// How a provider authenticates Karma's calls.
@@ -123,7 +137,7 @@ impl ReplayAuth {
         }
     }
 
-    fn header(&self) -> (String, String) {
+    pub(crate) fn header(&self) -> (String, String) {
         use base64::Engine;
         match self {
             ReplayAuth::Basic { user, pass } => (
@@ -180,6 +194,26 @@ pub struct ScenarioResult {
     pub duration_ms: u64,
     /// Readable differences, one per line, prefixed with the step.
     pub failures: Vec<String>,
+    /// Every request sent and answer received, in order (the `--json` report).
+    pub exchanges: Vec<Exchange>,
+}
+
+/// One request of a scenario and its answer.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Exchange {
+    pub step: String,
+    pub call: String,
+    /// The copy of a parallel step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub copy: Option<usize>,
+    pub url: String,
+    /// The body sent (headers are left out: they carry the credentials).
+    pub request: Value,
+    pub status: u16,
+    /// The answer's JSON, or its text when it is not JSON.
+    pub answer: Value,
+    pub ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -215,13 +249,8 @@ pub fn load(paths: &[PathBuf]) -> Result<Vec<(PathBuf, Fixture)>, String> {
         let fx: Fixture = serde_path_to_error::deserialize(&mut de)
             .map_err(|e| format!("{}: at {}: {}", f.display(), e.path(), e.inner()))?;
         for (i, s) in fx.steps.iter().enumerate() {
-            if !CALLS.contains(&s.call.as_str()) {
-                return Err(format!(
-                    "{}: steps[{i}].call {:?} is not one of {}",
-                    f.display(),
-                    s.call,
-                    CALLS.join(", ")
-                ));
+            if let Some(e) = step_error(s) {
+                return Err(format!("{}: steps[{i}].{e}", f.display()));
             }
         }
         if out
@@ -242,7 +271,29 @@ pub fn load(paths: &[PathBuf]) -> Result<Vec<(PathBuf, Fixture)>, String> {
     Ok(out)
 }
 
-fn url_for(o: &ReplayOptions, call: &str) -> Result<String, String> {
+/// What is wrong with a step, naming the field.
+fn step_error(s: &Step) -> Option<String> {
+    if !CALLS.contains(&s.call.as_str()) {
+        return Some(format!(
+            "call {:?} is not one of {}",
+            s.call,
+            CALLS.join(", ")
+        ));
+    }
+    match (s.parallel, &s.expect.set) {
+        (Some(n), _) if !(2..=MAX_COPIES).contains(&n) => {
+            Some(format!("parallel: {n} copies; give 2 to {MAX_COPIES}"))
+        }
+        (None, Some(_)) => Some("expect.set: only a parallel step has a set of answers".into()),
+        (Some(n), Some(set)) => set.invalid_for(n).map(|e| format!("expect.set: {e}")),
+        _ => None,
+    }
+}
+
+/// The most copies a parallel step sends.
+pub const MAX_COPIES: usize = 64;
+
+pub(crate) fn url_for(o: &ReplayOptions, call: &str) -> Result<String, String> {
     if let Some(map) = &o.endpoints {
         return map
             .get(call)
@@ -260,13 +311,21 @@ fn url_for(o: &ReplayOptions, call: &str) -> Result<String, String> {
     })
 }
 
-struct Http {
+/// The client of replay and simulate.
+#[derive(Clone)]
+pub(crate) struct Http {
     client: crate::client::HttpsClient,
 }
 
 /// `Err` only when the request could not be made at all (unreachable).
 impl Http {
-    async fn post(
+    pub(crate) fn new(extra_roots: &[Vec<u8>]) -> Result<Http, String> {
+        Ok(Http {
+            client: crate::client::https_client(extra_roots)?,
+        })
+    }
+
+    pub(crate) async fn post(
         &self,
         url: &str,
         headers: &[(String, String)],
@@ -318,9 +377,7 @@ pub async fn run(o: &ReplayOptions) -> Result<Report, String> {
     } else {
         None
     };
-    let http = Http {
-        client: crate::client::https_client(&o.extra_roots)?,
-    };
+    let http = Http::new(&o.extra_roots)?;
     let chosen: Vec<&(PathBuf, Fixture)> = fixtures
         .iter()
         .filter(|(_, fx)| {
@@ -343,7 +400,7 @@ pub async fn run(o: &ReplayOptions) -> Result<Report, String> {
     let mut results = Vec::new();
     for (file, fx) in to_run {
         let started = Instant::now();
-        let failures = scenario(o, &http, fx, &run_id).await?;
+        let (failures, exchanges) = scenario(o, &http, fx, &run_id).await?;
         let passed = failures.is_empty();
         results.push(ScenarioResult {
             name: fx.name.clone(),
@@ -351,6 +408,7 @@ pub async fn run(o: &ReplayOptions) -> Result<Report, String> {
             passed,
             duration_ms: started.elapsed().as_millis() as u64,
             failures,
+            exchanges,
         });
         if !passed && o.fail_fast {
             break;
@@ -451,24 +509,31 @@ async fn post_state(
     ))
 }
 
-/// One scenario; returns its failures. `Err`: the provider is unreachable.
+/// The placeholders every scenario starts with: `${run}` and `${runNumber}`.
+fn run_vars(run_id: &str, scenario: &str) -> BTreeMap<String, Value> {
+    // Unique per run *and* scenario, so transaction ids never meet an earlier record.
+    let unique = {
+        use sha2::Digest;
+        hex::encode(&sha2::Sha256::digest(format!("{run_id}/{scenario}").as_bytes())[..8])
+    };
+    // The same uniqueness as a JSON integer below 2^48, for ids Karma sends as numbers.
+    let number = u64::from_str_radix(&unique[..12], 16).unwrap_or(0) + 1;
+    let mut vars = BTreeMap::new();
+    vars.insert("run".into(), Value::String(unique));
+    vars.insert("runNumber".into(), json!(number));
+    vars
+}
+
+/// One scenario; returns its failures and its exchanges. `Err`: the provider is unreachable.
 async fn scenario(
     o: &ReplayOptions,
     http: &Http,
     fx: &Fixture,
     run_id: &str,
-) -> Result<Vec<String>, String> {
-    let mut vars: BTreeMap<String, Value> = BTreeMap::new();
-    // Unique per run *and* scenario, so transaction ids never meet an earlier record.
-    let unique = {
-        use sha2::Digest;
-        hex::encode(&sha2::Sha256::digest(format!("{run_id}/{}", fx.name).as_bytes())[..8])
-    };
-    // The same uniqueness as a JSON integer below 2^48, for ids Karma sends as numbers.
-    let number = u64::from_str_radix(&unique[..12], 16).unwrap_or(0) + 1;
-    vars.insert("run".into(), Value::String(unique));
-    vars.insert("runNumber".into(), json!(number));
+) -> Result<(Vec<String>, Vec<Exchange>), String> {
+    let mut vars = run_vars(run_id, &fx.name);
     let mut failures = Vec::new();
+    let mut log = Vec::new();
     let states: Vec<(StateSpec, Value)> = fx
         .state
         .iter()
@@ -477,116 +542,26 @@ async fn scenario(
     for (st, params) in &states {
         if let Some(f) = post_state(o, http, st, params, "setup").await? {
             failures.push(f);
-            return Ok(failures);
+            return Ok((failures, log));
         }
     }
+    let started = Instant::now();
     let mut bodies: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     for (i, step) in fx.steps.iter().enumerate() {
         let label = step
             .name
             .clone()
             .unwrap_or_else(|| format!("step {}", i + 1));
-        let url = url_for(o, &step.call)?;
-        let body_v = substitute(&step.request.body, &vars);
-        let body = serde_json::to_vec(&body_v).unwrap_or_default();
-        let mut headers: Vec<(String, String)> = step
-            .request
-            .headers
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.clone(),
-                    match substitute(&Value::String(v.clone()), &vars) {
-                        Value::String(s) => s,
-                        other => other.to_string(),
-                    },
-                )
-            })
-            .collect();
-        if step.call == "webhook" {
-            let id = body_v["id"].as_str().unwrap_or("").to_owned();
-            match (
-                step.request.signature.as_deref().unwrap_or("valid"),
-                &o.webhook_secret,
-            ) {
-                ("none", _) => {}
-                ("invalid", _) => headers.extend(crate::webhook::sign_headers(
-                    &o.webhook_scheme,
-                    b"not-the-secret",
-                    &id,
-                    now_secs(),
-                    &body,
-                )),
-                (_, Some(secret)) => {
-                    let key = crate::webhook::secret_bytes(&o.webhook_scheme, secret)
-                        .unwrap_or_else(|_| secret.as_bytes().to_vec());
-                    headers.extend(crate::webhook::sign_headers(
-                        &o.webhook_scheme,
-                        &key,
-                        &id,
-                        now_secs(),
-                        &body,
-                    ));
-                }
-                (_, None) => {}
-            }
-        } else if let Some(a) = &o.auth {
-            headers.push(a.header());
-        }
-        let (status, bytes) = http
-            .post(&url, &headers, body)
-            .await
-            .map_err(|e| format!("target unreachable: {e}"))?;
-        let mut mism: Vec<Mismatch> = Vec::new();
-        if status != step.expect.status {
-            mism.push(Mismatch {
-                path: "status".into(),
-                expected: step.expect.status.to_string(),
-                actual: status.to_string(),
-            });
-        }
-        let actual: Value = serde_json::from_slice(&bytes)
-            .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-        if let Some(expected) = &step.expect.body {
-            if let Some(prev) = expected
-                .get("$sameAs")
-                .and_then(Value::as_str)
-                .filter(|_| expected.as_object().is_some_and(|m| m.len() == 1))
-            {
-                match bodies.get(prev) {
-                    Some(b) if *b == bytes => {}
-                    Some(b) => mism.push(Mismatch {
-                        path: "body".into(),
-                        expected: format!(
-                            "the bytes of step {prev:?}: {}",
-                            String::from_utf8_lossy(b)
-                        ),
-                        actual: String::from_utf8_lossy(&bytes).into_owned(),
-                    }),
-                    None => mism.push(Mismatch {
-                        path: "body".into(),
-                        expected: format!("$sameAs an earlier step named {prev:?}"),
-                        actual: "(no such step)".into(),
-                    }),
-                }
-            } else {
-                let expected = substitute(expected, &vars);
-                compare(&expected, &actual, "body", &mut vars, &mut mism);
-            }
-        }
-        for (name, pointer) in &step.capture {
-            match actual.pointer(pointer) {
-                Some(v) => {
-                    vars.insert(name.clone(), v.clone());
-                }
-                None => mism.push(Mismatch {
-                    path: format!("body{}", pointer.replace('/', ".")),
-                    expected: format!("a value to capture as {name}"),
-                    actual: "(missing)".into(),
-                }),
-            }
-        }
-        bodies.insert(label.clone(), bytes);
+        let mut ctx = StepCtx {
+            label: &label,
+            vars: &mut vars,
+            bodies: &mut bodies,
+            log: &mut log,
+        };
+        let mism = match step.parallel {
+            Some(n) => parallel_step(o, http, step, n, &mut ctx).await?,
+            None => single_step(o, http, step, &mut ctx).await?,
+        };
         for m in mism {
             failures.push(format!(
                 "{label} ({}): {}: expected {}, got {}",
@@ -597,12 +572,263 @@ async fn scenario(
             break; // later steps depend on this one
         }
     }
+    let ms = started.elapsed().as_millis() as u64;
+    if let Some(budget) = fx.budget_ms.filter(|b| failures.is_empty() && ms > *b) {
+        failures.push(format!(
+            "scenario: latency: expected within {budget} ms, got {ms} ms"
+        ));
+    }
     for (st, params) in &states {
         if let Some(f) = post_state(o, http, st, params, "teardown").await? {
             failures.push(f);
         }
     }
-    Ok(failures)
+    Ok((failures, log))
+}
+
+/// What a step reads and adds to: placeholders, earlier answers, the exchange log.
+struct StepCtx<'a> {
+    label: &'a str,
+    vars: &'a mut BTreeMap<String, Value>,
+    bodies: &'a mut BTreeMap<String, Vec<u8>>,
+    log: &'a mut Vec<Exchange>,
+}
+
+/// A request ready to send.
+struct Prepared {
+    url: String,
+    body_v: Value,
+    body: Vec<u8>,
+    headers: Vec<(String, String)>,
+}
+
+/// Substitute placeholders, sign webhooks, add the provider's auth.
+fn prepare(
+    o: &ReplayOptions,
+    step: &Step,
+    vars: &BTreeMap<String, Value>,
+) -> Result<Prepared, String> {
+    let url = url_for(o, &step.call)?;
+    let body_v = substitute(&step.request.body, vars);
+    let body = serde_json::to_vec(&body_v).unwrap_or_default();
+    let mut headers: Vec<(String, String)> = step
+        .request
+        .headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                match substitute(&Value::String(v.clone()), vars) {
+                    Value::String(s) => s,
+                    other => other.to_string(),
+                },
+            )
+        })
+        .collect();
+    if step.call == "webhook" {
+        let id = body_v["id"].as_str().unwrap_or("").to_owned();
+        let key = match (
+            step.request.signature.as_deref().unwrap_or("valid"),
+            &o.webhook_secret,
+        ) {
+            ("none", _) | (_, None) => None,
+            ("invalid", _) => Some(b"not-the-secret".to_vec()),
+            (_, Some(secret)) => Some(
+                crate::webhook::secret_bytes(&o.webhook_scheme, secret)
+                    .unwrap_or_else(|_| secret.as_bytes().to_vec()),
+            ),
+        };
+        if let Some(key) = key {
+            headers.extend(crate::webhook::sign_headers(
+                &o.webhook_scheme,
+                &key,
+                &id,
+                now_secs(),
+                &body,
+            ));
+        }
+    } else if let Some(a) = &o.auth {
+        headers.push(a.header());
+    }
+    Ok(Prepared {
+        url,
+        body_v,
+        body,
+        headers,
+    })
+}
+
+/// Send one prepared request; its answer and how long it took.
+async fn send(http: &Http, p: &Prepared) -> Result<(u16, Vec<u8>, u64), String> {
+    let t = Instant::now();
+    let (status, bytes) = http
+        .post(&p.url, &p.headers, p.body.clone())
+        .await
+        .map_err(|e| format!("target unreachable: {e}"))?;
+    Ok((status, bytes, t.elapsed().as_millis() as u64))
+}
+
+fn exchange(
+    step: &Step,
+    label: &str,
+    copy: Option<usize>,
+    p: Prepared,
+    a: &(u16, Vec<u8>, u64),
+) -> Exchange {
+    Exchange {
+        step: label.to_owned(),
+        call: step.call.clone(),
+        copy,
+        url: p.url,
+        request: p.body_v,
+        status: a.0,
+        answer: serde_json::from_slice(&a.1)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&a.1).into_owned())),
+        ms: a.2,
+    }
+}
+
+fn over_budget(step: &Step, ms: u64, path: &str) -> Option<Mismatch> {
+    step.budget_ms.filter(|b| ms > *b).map(|b| Mismatch {
+        path: path.to_owned(),
+        expected: format!("within {b} ms"),
+        actual: format!("{ms} ms"),
+    })
+}
+
+/// One request and its expectation.
+async fn single_step(
+    o: &ReplayOptions,
+    http: &Http,
+    step: &Step,
+    ctx: &mut StepCtx<'_>,
+) -> Result<Vec<Mismatch>, String> {
+    let p = prepare(o, step, ctx.vars)?;
+    let answer = send(http, &p).await?;
+    ctx.log.push(exchange(step, ctx.label, None, p, &answer));
+    let (status, bytes, ms) = answer;
+    let mut mism = expect_one(step, status, &bytes, ctx, "");
+    mism.extend(over_budget(step, ms, "latency"));
+    capture(step, &bytes, ctx, &mut mism);
+    ctx.bodies.insert(ctx.label.to_owned(), bytes);
+    Ok(mism)
+}
+
+/// Status and body of one answer against `expect` (paths prefixed with `prefix`).
+fn expect_one(
+    step: &Step,
+    status: u16,
+    bytes: &[u8],
+    ctx: &mut StepCtx<'_>,
+    prefix: &str,
+) -> Vec<Mismatch> {
+    let mut mism: Vec<Mismatch> = Vec::new();
+    if status != step.expect.status {
+        mism.push(Mismatch {
+            path: format!("{prefix}status"),
+            expected: step.expect.status.to_string(),
+            actual: status.to_string(),
+        });
+    }
+    let Some(expected) = &step.expect.body else {
+        return mism;
+    };
+    let same_as = expected
+        .get("$sameAs")
+        .and_then(Value::as_str)
+        .filter(|_| expected.as_object().is_some_and(|m| m.len() == 1));
+    if let Some(prev) = same_as {
+        match ctx.bodies.get(prev) {
+            Some(b) if b == bytes => {}
+            Some(b) => mism.push(Mismatch {
+                path: format!("{prefix}body"),
+                expected: format!("the bytes of step {prev:?}: {}", String::from_utf8_lossy(b)),
+                actual: String::from_utf8_lossy(bytes).into_owned(),
+            }),
+            None => mism.push(Mismatch {
+                path: format!("{prefix}body"),
+                expected: format!("$sameAs an earlier step named {prev:?}"),
+                actual: "(no such step)".into(),
+            }),
+        }
+    } else {
+        let actual = answer_value(bytes);
+        let expected = substitute(expected, ctx.vars);
+        compare(
+            &expected,
+            &actual,
+            &format!("{prefix}body"),
+            ctx.vars,
+            &mut mism,
+        );
+    }
+    mism
+}
+
+fn answer_value(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
+}
+
+/// The step's `capture` pointers into `bytes`.
+fn capture(step: &Step, bytes: &[u8], ctx: &mut StepCtx<'_>, mism: &mut Vec<Mismatch>) {
+    let actual = answer_value(bytes);
+    for (name, pointer) in &step.capture {
+        match actual.pointer(pointer) {
+            Some(v) => {
+                ctx.vars.insert(name.clone(), v.clone());
+            }
+            None => mism.push(Mismatch {
+                path: format!("body{}", pointer.replace('/', ".")),
+                expected: format!("a value to capture as {name}"),
+                actual: "(missing)".into(),
+            }),
+        }
+    }
+}
+
+/// `n` copies sent at once; each answer against `expect`, the set against `expect.set`.
+/// Captures and `$sameAs` later refer to the first `ok: true` answer (else the first).
+async fn parallel_step(
+    o: &ReplayOptions,
+    http: &Http,
+    step: &Step,
+    n: usize,
+    ctx: &mut StepCtx<'_>,
+) -> Result<Vec<Mismatch>, String> {
+    let mut prepared = Vec::with_capacity(n);
+    for copy in 0..n {
+        let mut vars = ctx.vars.clone();
+        vars.insert("copy".into(), Value::String(format!("{copy:04x}")));
+        prepared.push(std::sync::Arc::new(prepare(o, step, &vars)?));
+    }
+    let mut set = tokio::task::JoinSet::new();
+    for (copy, p) in prepared.iter().enumerate() {
+        let (http, p) = (http.clone(), p.clone());
+        set.spawn(async move { (copy, send(&http, &p).await) });
+    }
+    let mut answers: Vec<Option<(u16, Vec<u8>, u64)>> = vec![None; n];
+    while let Some(done) = set.join_next().await {
+        let (copy, answer) = done.map_err(|e| format!("a parallel copy stopped: {e}"))?;
+        answers[copy] = Some(answer?);
+    }
+    let answers: Vec<(u16, Vec<u8>, u64)> = answers.into_iter().flatten().collect();
+    let mut mism = Vec::new();
+    for (copy, (p, a)) in prepared.into_iter().zip(&answers).enumerate() {
+        let p = std::sync::Arc::try_unwrap(p).map_err(|_| "a parallel copy is still running")?;
+        ctx.log.push(exchange(step, ctx.label, Some(copy), p, a));
+        let prefix = format!("copy[{copy}].");
+        mism.extend(expect_one(step, a.0, &a.1, ctx, &prefix));
+        mism.extend(over_budget(step, a.2, &format!("{prefix}latency")));
+    }
+    let mut pairs: Vec<(u16, Vec<u8>)> = answers.iter().map(|(s, b, _)| (*s, b.clone())).collect();
+    if let Some(want) = &step.expect.set {
+        mism.extend(parallel::judge(want, &pairs));
+    }
+    let rep = pairs.swap_remove(parallel::representative(&pairs));
+    capture(step, &rep.1, ctx, &mut mism);
+    ctx.bodies.insert(ctx.label.to_owned(), rep.1);
+    Ok(mism)
 }
 
 fn now_secs() -> i64 {
