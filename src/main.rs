@@ -237,6 +237,10 @@ enum Command {
         #[arg(long)]
         ca_file: Option<PathBuf>,
     },
+    /// Karma's side of orders (files or generated) against a provider: lookup/enroll,
+    /// check, commit/reactivate, award, account, with Karma's retries; every contract
+    /// violation reported. Exit 0: none; 1: violations; 2: the run could not happen.
+    Simulate(karma_provider::simulate::cli::SimulateArgs),
     /// Exit 0 when URL answers 2xx (for container health checks; no shell or curl needed).
     Healthcheck {
         #[arg(long, default_value = "http://127.0.0.1:8080/readyz")]
@@ -538,6 +542,7 @@ fn main() -> ExitCode {
                 Err(e) => fail(e),
             }
         }
+        Command::Simulate(args) => karma_provider::simulate::cli::main(args),
         Command::Healthcheck { url } => {
             let Some(rt) = runtime(false) else {
                 return ExitCode::FAILURE;

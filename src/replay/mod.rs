@@ -484,7 +484,7 @@ fn states_reachable(o: &ReplayOptions, to_run: &[(&PathBuf, &Fixture)]) -> Resul
     ))
 }
 
-async fn post_state(
+pub(crate) async fn post_state(
     o: &ReplayOptions,
     http: &Http,
     st: &StateSpec,
