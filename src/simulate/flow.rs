@@ -167,7 +167,10 @@ async fn check_all(
                 "voucher.check",
                 format!("{code}: {e}"),
             ),
-            Ok(None) => {}
+            Ok(None) => {
+                let code = v["error"].as_str().unwrap_or("").to_owned();
+                *sh.lock().refusals.entry(code).or_default() += 1;
+            }
             Ok(Some(hold)) => {
                 judge_hold(sh, id, code, &hold, total);
                 held.push(Held {

@@ -115,6 +115,7 @@ pub(crate) struct Recorder {
     pub outcomes: BTreeMap<String, usize>,
     pub expiry_assumed: usize,
     pub clamped: usize,
+    pub refusals: BTreeMap<String, usize>,
 }
 
 impl Shared {
@@ -366,6 +367,7 @@ fn finish(sh: &Shared, orders: usize) -> Report {
         calls,
         expiry_assumed: rec.expiry_assumed,
         discounts_clamped: rec.clamped,
+        refusals: rec.refusals.clone(),
         retries: rec.retries.clone(),
         violations: rec.violations.clone(),
     }

@@ -83,6 +83,8 @@ pub struct Report {
     pub expiry_assumed: usize,
     /// Orders whose discounts Karma clamped to the cart total.
     pub discounts_clamped: usize,
+    /// Checks the provider refused, by error code.
+    pub refusals: BTreeMap<String, usize>,
     pub retries: Vec<Retry>,
     pub violations: Vec<Violation>,
 }
@@ -133,6 +135,14 @@ pub fn human(r: &Report) -> String {
         r.expiry_assumed,
         r.discounts_clamped
     ));
+    if !r.refusals.is_empty() {
+        let shown: Vec<String> = r
+            .refusals
+            .iter()
+            .map(|(k, v)| format!("{k} ×{v}"))
+            .collect();
+        out.push_str(&format!("checks refused: {}\n\n", shown.join(", ")));
+    }
     for (class, vs) in r.by_class() {
         let verdict = if vs.is_empty() { "PASS" } else { "FAIL" };
         out.push_str(&format!("{verdict} {} ({})\n", class.name(), vs.len()));
@@ -223,6 +233,7 @@ mod tests {
             calls: vec![],
             expiry_assumed: 0,
             discounts_clamped: 0,
+            refusals: BTreeMap::new(),
             retries: vec![],
             violations: vec![Violation {
                 class: Class::DiscountAboveTotal,
