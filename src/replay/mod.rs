@@ -8,7 +8,10 @@
 //! scenario, so ids never meet an earlier run's or scenario's idempotency records),
 //! `${runNumber}` (the same, as a JSON integer, for ids Karma sends as numbers) and `${name}` for values
 //! captured by earlier steps (`{"$capture": "name"}` in an expected body, or
-//! `capture: {"name": "/json/pointer"}`). Matchers: see [`matcher`].
+//! `capture: {"name": "/json/pointer"}`). Matchers: see [`matcher`]. A step with
+//! `parallel: N` sends N copies at once (`${copy}`: each copy's index) and `expect.set`
+//! judges the set of answers ([`parallel`]); `budgetMs` on a step or a fixture bounds its
+//! latency. Every exchange is kept for the JSON report.
 
 pub mod matcher;
 pub mod parallel;
