@@ -120,30 +120,7 @@ async fn provider_states_are_off_unless_enabled() {
 
 /// A provider that answers `{"ok":true}` to everything.
 async fn wrong_provider() -> std::net::SocketAddr {
-    use http_body_util::Full;
-    use hyper::body::Bytes;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    |_req: hyper::Request<hyper::body::Incoming>| async {
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
-                            Bytes::from_static(b"{\"ok\":true}"),
-                        )))
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    addr
+    slow_provider(0).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -581,7 +558,7 @@ async fn fixture_errors_in_parallel_steps_name_the_field() {
         )
         .unwrap();
         assert_eq!(
-            replay::load(&[p.clone()]).unwrap_err(),
+            replay::load(std::slice::from_ref(&p)).unwrap_err(),
             format!("{}: {want}", p.display())
         );
     }

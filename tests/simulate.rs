@@ -10,9 +10,8 @@ use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::proxy::{self, Answer};
 use common::*;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
 use serde_json::{json, Value};
 
 fn states_config() -> String {
@@ -155,8 +154,6 @@ struct Memory {
     failed_once: bool,
 }
 
-type Answer = (u16, Vec<u8>);
-
 /// Answer without forwarding, or wait, before the request reaches the service.
 async fn before(m: Mistake, path: &str, mem: &Mutex<Memory>) -> Option<Answer> {
     let first =
@@ -217,80 +214,32 @@ fn after(m: Mistake, path: &str, req: &Value, repeat: bool, ans: &mut Answer) {
 
 /// A proxy in front of `target` that adds `m`; its memory (for the request log).
 async fn wrong_provider(target: String, m: Mistake) -> (String, Arc<Mutex<Memory>>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let mem: Arc<Mutex<Memory>> = Arc::default();
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Full<Bytes>>();
     let memory = mem.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let (mem, client, target) = (mem.clone(), client.clone(), target.clone());
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    move |req: hyper::Request<hyper::body::Incoming>| {
-                        let (mem, client, target) = (mem.clone(), client.clone(), target.clone());
-                        async move {
-                            let ans = exchange(m, &mem, &client, &target, req).await;
-                            let mut r = hyper::Response::new(Full::new(Bytes::from(ans.1)));
-                            *r.status_mut() = hyper::StatusCode::from_u16(ans.0).unwrap();
-                            Ok::<_, std::convert::Infallible>(r)
-                        }
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    (format!("http://{addr}"), memory)
+    let url = proxy::start(
+        target,
+        Arc::new(move |ex| {
+            let mem = mem.clone();
+            Box::pin(async move { exchange(m, &mem, ex).await })
+        }),
+    )
+    .await;
+    (url, memory)
 }
 
-type ProxyClient = hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
-    Full<Bytes>,
->;
-
-async fn exchange(
-    m: Mistake,
-    mem: &Mutex<Memory>,
-    client: &ProxyClient,
-    target: &str,
-    req: hyper::Request<hyper::body::Incoming>,
-) -> Answer {
-    let (parts, body) = req.into_parts();
-    let bytes = body.collect().await.unwrap().to_bytes().to_vec();
-    let path = parts.uri.path().to_string();
-    let req: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+async fn exchange(m: Mistake, mem: &Mutex<Memory>, ex: proxy::Exchange) -> Answer {
+    let path = ex.path.clone();
+    let req: Value = serde_json::from_slice(&ex.body).unwrap_or(Value::Null);
     let repeat = {
         let mut g = mem.lock().unwrap();
         let tx = req["transactionId"].as_str().unwrap_or("").to_string();
         g.log.push((path.clone(), tx));
-        !g.seen.insert((path.clone(), bytes.clone()))
+        !g.seen.insert((path.clone(), ex.body.clone()))
     };
     if let Some(ans) = before(m, &path, mem).await {
         return ans;
     }
-    let mut b = hyper::Request::builder()
-        .method(parts.method)
-        .uri(format!("{target}{path}"));
-    for (k, v) in parts.headers.iter() {
-        b = b.header(k, v);
-    }
-    let resp = client
-        .request(b.body(Full::new(Bytes::from(bytes))).unwrap())
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .unwrap()
-        .to_bytes()
-        .to_vec();
-    let mut ans = (status, body);
+    let mut ans = ex.forward(ex.body.clone()).await;
     after(m, &path, &req, repeat, &mut ans);
     ans
 }

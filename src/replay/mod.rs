@@ -838,7 +838,7 @@ fn now_secs() -> i64 {
     crate::clock::Clock::System.now_ms() / 1000
 }
 
-fn xml(s: &str) -> String {
+pub(crate) fn xml(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

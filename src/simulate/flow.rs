@@ -117,21 +117,22 @@ async fn account(sh: &Shared, id: &str, user: &str) -> Option<()> {
         sh.violation(Class::UnexpectedAnswer, id, "loyalty.account", detail);
         return None;
     };
-    let wrong = sh
-        .lock()
-        .balances
-        .entry(user.to_owned())
-        .or_default()
-        .shown(balance);
-    if let Some(d) = wrong {
-        sh.violation(
-            Class::BalanceDoesNotAddUp,
-            id,
-            "loyalty.account",
-            format!("{user}: {d}"),
-        );
-    }
+    follow(sh, id, "loyalty.account", user, |b| b.shown(balance));
     Some(())
+}
+
+/// Follow `user`'s balance with `step`; a mismatch is a violation of `call`.
+fn follow(
+    sh: &Shared,
+    id: &str,
+    call: &str,
+    user: &str,
+    step: impl FnOnce(&mut checks::Balance) -> Option<String>,
+) {
+    let wrong = step(sh.lock().balances.entry(user.to_owned()).or_default());
+    if let Some(d) = wrong {
+        sh.violation(Class::BalanceDoesNotAddUp, id, call, format!("{user}: {d}"));
+    }
 }
 
 /// Check each voucher once (a check is not retried: it has no transactionId).
@@ -245,19 +246,8 @@ async fn award(sh: &Shared, id: &str, o: &Order, user: &str, amount: i64) -> Opt
         sh.violation(Class::UnexpectedAnswer, id, "loyalty.award", detail);
         return None;
     };
-    let wrong = sh
-        .lock()
-        .balances
-        .entry(user.to_owned())
-        .or_default()
-        .awarded(points, new_balance);
-    if let Some(d) = wrong {
-        sh.violation(
-            Class::BalanceDoesNotAddUp,
-            id,
-            "loyalty.award",
-            format!("{user}: {d}"),
-        );
-    }
+    follow(sh, id, "loyalty.award", user, |b| {
+        b.awarded(points, new_balance)
+    });
     Some(())
 }

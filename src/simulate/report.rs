@@ -8,6 +8,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::checks::{Class, Violation};
+use crate::replay::xml;
 
 /// Latencies of one call, one sample per attempt.
 #[derive(Debug, Default)]
@@ -162,14 +163,6 @@ pub fn human(r: &Report) -> String {
         }
     ));
     out
-}
-
-fn xml(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&apos;")
 }
 
 /// JUnit XML: one testcase per violation class.
