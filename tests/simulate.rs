@@ -471,6 +471,61 @@ async fn order_files_and_bad_input() {
             .any(|l| l.starts_with("voucher.reactivate") && l.contains(" 2 ")),
         "{text}"
     );
+    // the absolute URLs of an --endpoints file (here the voucher calls of tenant "basic")
+    // with HTTP Basic; a --program needs the loyalty URLs too
+    let endpoints = dir.path().join("endpoints.json");
+    let map: serde_json::Map<String, Value> = ["check", "commit", "reactivate"]
+        .iter()
+        .map(|op| {
+            (
+                format!("voucher.{op}"),
+                json!(format!("{}/v1/basic/voucher/{op}", h.base())),
+            )
+        })
+        .collect();
+    std::fs::write(&endpoints, serde_json::to_vec(&map).unwrap()).unwrap();
+    let basic = dir.path().join("basic.json");
+    std::fs::write(
+        &basic,
+        r#"{"location_id": 1, "vouchers": ["BASIC5"], "then": "refunded",
+        "items": [{"id": 1, "quantity_cents": 100, "price_cents": 900}]}"#,
+    )
+    .unwrap();
+    let with = |extra: &[&str]| {
+        let mut a: Vec<String> = vec![
+            "--endpoints".into(),
+            endpoints.display().to_string(),
+            "--auth".into(),
+            "basic:karma:s3cret".into(),
+            basic.display().to_string(),
+        ];
+        a.extend(extra.iter().map(|x| x.to_string()));
+        a
+    };
+    let args = with(&[]);
+    let out = tokio::task::spawn_blocking(move || run(args))
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("1 orders (1 refunded)") && text.contains("no violations"),
+        "{text}"
+    );
+    let args = with(&["--program", "42"]);
+    let out = tokio::task::spawn_blocking(move || run(args))
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "simulate: no URL for loyalty.lookup: give --target, or --endpoints with every call a run makes\n"
+    );
     // a bad order file names the field; no target at all; exit 2
     let bad = dir.path().join("bad.json");
     std::fs::write(&bad, r#"{"location_id": 1, "items": [{"id": 1, "quantity_cents": 0, "price_cents": 5}], "then": "paid"}"#).unwrap();

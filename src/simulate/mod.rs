@@ -223,12 +223,19 @@ pub async fn run(o: SimOptions) -> Result<Report, String> {
         Some(n) => generate::orders(n, o.seed, o.location, &world(&o, &run)),
         None => order::read(&o.files)?,
     };
-    for call in ["voucher.check", "voucher.commit", "voucher.reactivate"] {
-        if !urls.contains_key(call) {
-            return Err(format!(
-                "no URL for {call}: give --target or --endpoints with it"
-            ));
-        }
+    let mut needed = vec!["voucher.check", "voucher.commit", "voucher.reactivate"];
+    if o.program.is_some() {
+        needed.extend([
+            "loyalty.lookup",
+            "loyalty.enroll",
+            "loyalty.award",
+            "loyalty.account",
+        ]);
+    }
+    if let Some(call) = needed.iter().find(|c| !urls.contains_key(**c)) {
+        return Err(format!(
+            "no URL for {call}: give --target, or --endpoints with every call a run makes"
+        ));
     }
     let program = o.program.as_ref().map(|p| match p.parse::<u64>() {
         Ok(n) => json!(n),
