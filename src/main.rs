@@ -236,6 +236,9 @@ enum Command {
         /// behind a private CA).
         #[arg(long)]
         ca_file: Option<PathBuf>,
+        /// Latency budget in ms of every step without its own `budgetMs`.
+        #[arg(long)]
+        budget_ms: Option<u64>,
     },
     /// Karma's side of orders (files or generated) against a provider: lookup/enroll,
     /// check, commit/reactivate, award, account, with Karma's retries; every contract
@@ -466,6 +469,7 @@ fn main() -> ExitCode {
             json,
             contract_only,
             ca_file,
+            budget_ms,
         } => {
             use karma_provider::replay;
             let fail = |m: String| {
@@ -526,6 +530,7 @@ fn main() -> ExitCode {
                 run_id: None,
                 contract_only,
                 extra_roots,
+                budget_ms,
             };
             let Some(rt) = runtime(false) else {
                 return ExitCode::from(2);

@@ -530,6 +530,20 @@ async fn step_and_scenario_budgets_fail_slow_answers() {
     let c = &report.scenarios[2];
     assert_eq!(c.failures.len(), 3, "{:?}", c.failures);
     assert!(c.duration_ms < 330, "{} ms", c.duration_ms);
+    // a run budget (--budget-ms) holds every step without its own
+    let o = ReplayOptions {
+        budget_ms: Some(50),
+        ..o
+    };
+    let report = replay::run(&o).await.unwrap();
+    let b = &report.scenarios[1];
+    assert_eq!(b.name, "b-slow-scenario");
+    assert!(
+        b.failures[0].starts_with("one (voucher.check): latency: expected within 50 ms, got 1"),
+        "{:?}",
+        b.failures
+    );
+    assert!(report.scenarios[3].passed, "{:?}", report.scenarios[3]);
 }
 
 #[tokio::test]

@@ -180,6 +180,8 @@ pub struct ReplayOptions {
     pub contract_only: bool,
     /// DER certificates trusted besides the public web roots (`--ca-file`).
     pub extra_roots: Vec<Vec<u8>>,
+    /// The latency budget of every step without its own `budgetMs` (`--budget-ms`).
+    pub budget_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -691,8 +693,10 @@ fn exchange(
     }
 }
 
-fn over_budget(step: &Step, ms: u64, path: &str) -> Option<Mismatch> {
-    step.budget_ms.filter(|b| ms > *b).map(|b| Mismatch {
+/// The step's own budget, else the run's (`--budget-ms`).
+fn over_budget(o: &ReplayOptions, step: &Step, ms: u64, path: &str) -> Option<Mismatch> {
+    let budget = step.budget_ms.or(o.budget_ms);
+    budget.filter(|b| ms > *b).map(|b| Mismatch {
         path: path.to_owned(),
         expected: format!("within {b} ms"),
         actual: format!("{ms} ms"),
@@ -711,7 +715,7 @@ async fn single_step(
     ctx.log.push(exchange(step, ctx.label, None, p, &answer));
     let (status, bytes, ms) = answer;
     let mut mism = expect_one(step, status, &bytes, ctx, "");
-    mism.extend(over_budget(step, ms, "latency"));
+    mism.extend(over_budget(o, step, ms, "latency"));
     capture(step, &bytes, ctx, &mut mism);
     ctx.bodies.insert(ctx.label.to_owned(), bytes);
     Ok(mism)
@@ -822,7 +826,7 @@ async fn parallel_step(
         ctx.log.push(exchange(step, ctx.label, Some(copy), p, a));
         let prefix = format!("copy[{copy}].");
         mism.extend(expect_one(step, a.0, &a.1, ctx, &prefix));
-        mism.extend(over_budget(step, a.2, &format!("{prefix}latency")));
+        mism.extend(over_budget(o, step, a.2, &format!("{prefix}latency")));
     }
     let mut pairs: Vec<(u16, Vec<u8>)> = answers.iter().map(|(s, b, _)| (*s, b.clone())).collect();
     if let Some(want) = &step.expect.set {
