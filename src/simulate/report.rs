@@ -108,7 +108,8 @@ impl Report {
 
 /// The human report.
 pub fn human(r: &Report) -> String {
-    let mut out = format!("simulate run {}: {} orders", r.run, r.orders);
+    let plural = if r.orders == 1 { "" } else { "s" };
+    let mut out = format!("simulate run {}: {} order{plural}", r.run, r.orders);
     let ends: Vec<String> = r.outcomes.iter().map(|(k, v)| format!("{v} {k}")).collect();
     out.push_str(&format!(" ({})\n\n", ends.join(", ")));
     out.push_str(&format!(
