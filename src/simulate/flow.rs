@@ -22,7 +22,11 @@ pub(crate) async fn order(sh: &Shared, o: &Order) {
     let id = o.id.clone().unwrap_or_default();
     let member = identify(sh, &id, o).await;
     let (cart, total) = voucher_cart(o);
-    let held = check_all(sh, &id, o, &cart, total, member.as_deref()).await;
+    // Karma sends its guest's user id with a check, loyalty program or not
+    let guest = member
+        .clone()
+        .or_else(|| o.ordering_member.as_ref().and_then(|m| m.user_id()));
+    let held = check_all(sh, &id, o, &cart, total, guest.as_deref()).await;
     let discounts: Vec<i64> = held.iter().map(|h| h.hold.discount).collect();
     let applied = checks::applied(&discounts, total);
     if discounts.iter().fold(0i64, |a, d| a.saturating_add(*d)) > total {
