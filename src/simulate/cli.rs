@@ -20,6 +20,7 @@ pub struct SimulateArgs {
     /// How many orders run at once (one guest's orders always run in turn).
     #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
+    /// Seed of the generated stream: the same seed, the same orders.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// location_id of generated orders.
@@ -58,8 +59,10 @@ pub struct SimulateArgs {
     /// The average latency allowed per call, in ms.
     #[arg(long, default_value_t = DEFAULT_BUDGET_MS)]
     pub budget_ms: u64,
+    /// Write the report as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Write the report as JUnit XML here (one testcase per violation class).
     #[arg(long)]
     pub junit: Option<PathBuf>,
     /// PEM file of CA certificates to trust besides the public roots.
