@@ -23,6 +23,7 @@ pub mod simulate;
 pub mod store;
 pub mod voucher;
 pub mod webhook;
+pub mod wire;
 
 pub use clock::Clock;
 pub use config::Config;
