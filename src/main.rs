@@ -526,28 +526,12 @@ fn replay_options(a: ReplayArgs) -> Result<karma_provider::replay::ReplayOptions
     if a.target.is_none() && a.endpoints.is_none() {
         return Err("give --target URL or --endpoints FILE".into());
     }
-    let endpoints = a
-        .endpoints
-        .map(|p| replay::read_endpoints(&p))
-        .transpose()?;
-    let auth = a
-        .auth
-        .map(|a| replay::ReplayAuth::parse(&a))
-        .transpose()
-        .map_err(|e| format!("--auth: {e}"))?;
-    let extra_roots = a
-        .ca_file
-        .map(|p| replay::read_ca_file(&p))
-        .transpose()
-        .map_err(|e| format!("--ca-file: {e}"))?
-        .unwrap_or_default();
-    let mut state_headers = Vec::new();
-    for h in a.state_header {
-        match h.split_once(':') {
-            Some((k, v)) => state_headers.push((k.trim().to_string(), v.trim().to_string())),
-            None => return Err(format!("--state-header {h:?}: use NAME:VALUE")),
-        }
-    }
+    let t = replay::target_args(
+        a.endpoints.as_deref(),
+        a.auth.as_deref(),
+        a.ca_file.as_deref(),
+        &a.state_header,
+    )?;
     let webhook_scheme = karma_provider::webhook::Scheme::parse(
         &a.webhook_scheme,
         a.webhook_header.as_deref(),
@@ -561,10 +545,10 @@ fn replay_options(a: ReplayArgs) -> Result<karma_provider::replay::ReplayOptions
             a.paths
         },
         target: a.target,
-        endpoints,
-        auth,
+        endpoints: t.endpoints,
+        auth: t.auth,
         state_url: a.state_url,
-        state_headers,
+        state_headers: t.state_headers,
         webhook_secret: a.webhook_secret,
         webhook_scheme,
         filter: a.filter,
@@ -575,7 +559,7 @@ fn replay_options(a: ReplayArgs) -> Result<karma_provider::replay::ReplayOptions
         json: a.json,
         run_id: None,
         contract_only: a.contract_only,
-        extra_roots,
+        extra_roots: t.extra_roots,
         budget_ms: a.budget_ms,
     })
 }

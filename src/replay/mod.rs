@@ -906,6 +906,47 @@ pub fn summary(r: &Report) -> String {
     out
 }
 
+/// The provider-side arguments `replay` and `simulate` share, read and checked.
+pub struct TargetArgs {
+    pub endpoints: Option<BTreeMap<String, String>>,
+    pub auth: Option<ReplayAuth>,
+    pub extra_roots: Vec<Vec<u8>>,
+    pub state_headers: Vec<(String, String)>,
+}
+
+/// Read `--endpoints`, `--auth`, `--ca-file` and every `--state-header`; `Err` names the
+/// argument at fault.
+pub fn target_args(
+    endpoints: Option<&Path>,
+    auth: Option<&str>,
+    ca_file: Option<&Path>,
+    state_header: &[String],
+) -> Result<TargetArgs, String> {
+    let endpoints = endpoints.map(read_endpoints).transpose()?;
+    let auth = auth
+        .map(ReplayAuth::parse)
+        .transpose()
+        .map_err(|e| format!("--auth: {e}"))?;
+    let extra_roots = ca_file
+        .map(read_ca_file)
+        .transpose()
+        .map_err(|e| format!("--ca-file: {e}"))?
+        .unwrap_or_default();
+    let mut state_headers = Vec::new();
+    for h in state_header {
+        let (k, v) = h
+            .split_once(':')
+            .ok_or_else(|| format!("--state-header {h:?}: use NAME:VALUE"))?;
+        state_headers.push((k.trim().to_string(), v.trim().to_string()));
+    }
+    Ok(TargetArgs {
+        endpoints,
+        auth,
+        extra_roots,
+        state_headers,
+    })
+}
+
 /// Read an `--endpoints` file: JSON or TOML map from call to absolute URL.
 pub fn read_endpoints(p: &Path) -> Result<BTreeMap<String, String>, String> {
     let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;

@@ -94,25 +94,12 @@ fn options(a: SimulateArgs) -> Result<SimOptions, String> {
     if a.concurrency == 0 || a.concurrency > 1024 {
         return Err("--concurrency: 1 to 1024".into());
     }
-    let endpoints = a
-        .endpoints
-        .map(|p| replay::read_endpoints(&p))
-        .transpose()?;
-    let auth = a
-        .auth
-        .map(|s| replay::ReplayAuth::parse(&s).map_err(|e| format!("--auth: {e}")))
-        .transpose()?;
-    let extra_roots = match a.ca_file {
-        Some(p) => replay::read_ca_file(&p).map_err(|e| format!("--ca-file: {e}"))?,
-        None => Vec::new(),
-    };
-    let mut state_headers = Vec::new();
-    for h in a.state_header {
-        let (k, v) = h
-            .split_once(':')
-            .ok_or_else(|| format!("--state-header {h:?}: use NAME:VALUE"))?;
-        state_headers.push((k.trim().to_string(), v.trim().to_string()));
-    }
+    let t = replay::target_args(
+        a.endpoints.as_deref(),
+        a.auth.as_deref(),
+        a.ca_file.as_deref(),
+        &a.state_header,
+    )?;
     Ok(SimOptions {
         files: a.files,
         generate: a.orders,
@@ -120,10 +107,10 @@ fn options(a: SimulateArgs) -> Result<SimOptions, String> {
         concurrency: a.concurrency,
         location: a.location,
         target: a.target,
-        endpoints,
-        auth,
+        endpoints: t.endpoints,
+        auth: t.auth,
         state_url: a.state_url,
-        state_headers,
+        state_headers: t.state_headers,
         program: a.program,
         codes: a.codes,
         single_use: a.single_use,
@@ -133,7 +120,7 @@ fn options(a: SimulateArgs) -> Result<SimOptions, String> {
         json: a.json,
         junit: a.junit,
         run_id: None,
-        extra_roots,
+        extra_roots: t.extra_roots,
     })
 }
 
