@@ -273,10 +273,25 @@ async fn a_discount_above_the_cart_total_is_reported() {
     let (r, _, junit) = against(Mistake::DiscountAboveTotal, &[]).await;
     let v = of(&r, "discount-above-total");
     assert!(!v.is_empty(), "{r:#}");
-    let d = v[0]["detail"].as_str().unwrap();
-    assert!(
-        d.contains("is above cart.totalCents") && d.ends_with(")"),
-        "{d}"
+    // every one exact: the code, the offer, the total, what Karma applies
+    let re = regex::Regex::new(
+        r"^(?:PCT|FIX|ONE)[0-9A-F]+: discountAmountCents (\d+) is above cart.totalCents (\d+) \(Karma applies (\d+)\)$",
+    )
+    .unwrap();
+    for x in &v {
+        let d = x["detail"].as_str().unwrap();
+        let c = re.captures(d).unwrap_or_else(|| panic!("{d}"));
+        let n = |i: usize| c[i].parse::<i64>().unwrap();
+        assert_eq!((n(1), n(3)), (n(2) + 500, n(2)), "{d}");
+    }
+    // the provider then refuses to commit the amount it offered
+    assert_eq!(
+        classes(&r),
+        [
+            "discount-above-total".to_string(),
+            "unexpected-answer".to_string()
+        ]
+        .into()
     );
     assert_eq!(v[0]["call"], json!("voucher.check"));
     assert!(
@@ -323,10 +338,23 @@ async fn a_second_success_for_a_single_use_code_is_reported() {
     let (r, _, _) = against(Mistake::SingleUseTwice, &[]).await;
     let v = of(&r, "single-use-code-used-twice");
     assert!(!v.is_empty(), "{r:#}");
-    let d = v[0]["detail"].as_str().unwrap();
-    assert!(
-        d.starts_with("single-use ONE") && d.contains("checked ok:true while order order-"),
-        "{d}"
+    let re = regex::Regex::new(
+        r"^single-use (ONE[0-9A-F]+) checked ok:true while order (order-\d{5}) holds or used it$",
+    )
+    .unwrap();
+    for x in &v {
+        let d = x["detail"].as_str().unwrap();
+        let c = re.captures(d).unwrap_or_else(|| panic!("{d}"));
+        assert_ne!(&c[2], x["order"].as_str().unwrap(), "{d}");
+    }
+    // the fake hold's providerRef is then refused at commit
+    assert_eq!(
+        classes(&r),
+        [
+            "single-use-code-used-twice".to_string(),
+            "unexpected-answer".to_string()
+        ]
+        .into()
     );
 }
 
