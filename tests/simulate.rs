@@ -164,7 +164,7 @@ async fn before(m: Mistake, path: &str, mem: &Mutex<Memory>) -> Option<Answer> {
             Some((503, br#"{"ok":false,"error":"UNAVAILABLE"}"#.to_vec()))
         }
         Mistake::AwardTimesOutOnce if path.ends_with("/loyalty/award") && first(mem) => {
-            tokio::time::sleep(Duration::from_millis(700)).await;
+            tokio::time::sleep(Duration::from_millis(1500)).await;
             None
         }
         Mistake::SlowCheck if path.ends_with("/voucher/check") => {
@@ -426,14 +426,14 @@ async fn a_5xx_once_recovers_with_the_same_transaction_id() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timeout_once_recovers_with_the_same_transaction_id() {
-    let (r, mem, _) = against(Mistake::AwardTimesOutOnce, &["--timeout-ms", "300"]).await;
+    let (r, mem, _) = against(Mistake::AwardTimesOutOnce, &["--timeout-ms", "800"]).await;
     assert_eq!(r["violations"], json!([]), "{r:#}");
     let (retries, seen) = retried(&r, &mem, "/loyalty/award");
     assert_eq!(retries.len(), 1, "{retries:#?}");
     assert_eq!(retries[0]["call"], json!("loyalty.award"));
     assert_eq!(
         retries[0]["attempts"],
-        json!(["timeout after 300 ms", "HTTP 200"])
+        json!(["timeout after 800 ms", "HTTP 200"])
     );
     assert!(retries[0]["transactionId"]
         .as_str()
