@@ -20,6 +20,7 @@ pub mod replay;
 pub mod rules;
 pub mod service;
 pub mod setup_cli;
+pub mod simulate;
 pub mod store;
 pub mod voucher;
 pub mod webhook;
