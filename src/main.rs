@@ -184,25 +184,31 @@ struct AdminArgs {
 
 #[derive(clap::Args)]
 struct BenchArgs {
-    /// Scenarios: check-commit, check-reactivate, award, redeem, reads, webhook.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "check-commit,check-reactivate,award,redeem,reads,webhook"
-    )]
+    /// Scenarios (default: every flow): check-commit, check-reactivate, award, award-hot,
+    /// enroll, redeem, reads (the three in turn), account, rewards, lookup, webhook; and
+    /// check-small, check-bulk (with --bulk-codes).
+    #[arg(long, value_delimiter = ',', default_value = karma_provider::bench::DEFAULT_SCENARIOS)]
     scenarios: Vec<String>,
     #[arg(long, default_value_t = 32)]
     connections: usize,
     /// Seconds per run.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Length of each run as a duration (`300ms`, `20s`), instead of --seconds.
+    #[arg(long, conflicts_with = "seconds", value_parser = karma_provider::config::parse_duration)]
+    duration: Option<std::time::Duration>,
+    /// Import this many members (each with a balance) through the admin API first; award,
+    /// redeem and the reads then spread over them (large-state runs).
+    #[arg(long)]
+    members: Option<u64>,
     /// Arrival rate of the open-loop webhook run.
     #[arg(long, default_value_t = 100)]
     webhook_rate: u64,
     /// Also write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Import this many unique codes first (for the check-bulk scenario).
+    /// Import this many unique codes first, offline with `codes import`'s path before the
+    /// service starts: the check-bulk campaign, and a large store for large-state runs.
     #[arg(long)]
     bulk_codes: Option<u64>,
     /// Arrival rate of the open-loop check-small and check-bulk runs.
@@ -627,13 +633,16 @@ fn bench(a: BenchArgs) -> ExitCode {
     let opts = bench::BenchOptions {
         scenarios: a.scenarios,
         connections: a.connections,
-        duration: std::time::Duration::from_secs(a.seconds),
+        duration: a
+            .duration
+            .unwrap_or(std::time::Duration::from_secs(a.seconds)),
         webhook_rate: a.webhook_rate,
         json_out: a.json,
         bulk_codes: a.bulk_codes,
         check_rate: a.check_rate,
         cache_mb: a.cache_mb,
         rounds: a.rounds,
+        members: a.members,
     };
     match rt.block_on(bench::run(opts)) {
         Ok(_) => ExitCode::SUCCESS,

@@ -6,6 +6,7 @@
 //! sending its next request when the last answer arrives. Open loop: a fixed arrival rate,
 //! latency measured from each request's *intended* send time (no coordinated omission).
 
+pub mod setup;
 pub mod yardstick;
 
 use std::collections::BTreeMap;
@@ -38,9 +39,12 @@ pub struct BenchOptions {
     pub cache_mb: u64,
     /// Slices per run (see `bench --rounds`); 1: each scenario once, for the whole duration.
     pub rounds: u32,
+    /// Import this many members (with a balance to spend) through the admin API before the
+    /// runs; award, redeem and the reads then spread over them.
+    pub members: Option<u64>,
 }
 
-pub const SCENARIOS: [&str; 8] = [
+pub const SCENARIOS: [&str; 13] = [
     "check-commit",
     "check-reactivate",
     "award",
@@ -49,7 +53,17 @@ pub const SCENARIOS: [&str; 8] = [
     "webhook",
     "check-small",
     "check-bulk",
+    "award-hot",
+    "enroll",
+    "account",
+    "rewards",
+    "lookup",
 ];
+
+/// What `bench` runs when no `--scenarios` are given: every flow (check-small and
+/// check-bulk compare campaigns and need `--bulk-codes`).
+pub const DEFAULT_SCENARIOS: &str =
+    "check-commit,check-reactivate,award,award-hot,enroll,redeem,reads,account,rewards,lookup,webhook";
 
 const WEBHOOK_SECRET: &str = "bench-webhook-secret";
 
@@ -65,6 +79,8 @@ pub struct RunResult {
     pub rps: f64,
     /// Latency percentiles in microseconds, per operation of the flow and for all.
     pub latency_us: BTreeMap<String, BTreeMap<String, u64>>,
+    /// The target process's peak resident set (VmHWM) right after this run, in KiB.
+    pub peak_rss_kib: Option<u64>,
 }
 
 fn service_config(dir: &std::path::Path, cache_mb: u64) -> String {
@@ -100,6 +116,8 @@ discount = {{ amount_cents = 100 }}
 max_uses_per_code = 1
 [tenants.webhooks]
 verify = {{ scheme = "hmac-sha256-hex", secrets_env = ["KP_BENCH_WEBHOOK_SECRET"] }}
+[admin]
+token_env = "KP_BENCH_ADMIN_TOKEN"
 "#,
         dir.join("data").display(),
         cache_mb
@@ -138,6 +156,7 @@ fn spawn(name: &'static str, args: &[&str]) -> Result<Target, String> {
     let mut child = Command::new(exe)
         .args(args)
         .env("KP_BENCH_WEBHOOK_SECRET", WEBHOOK_SECRET)
+        .env("KP_BENCH_ADMIN_TOKEN", setup::ADMIN_TOKEN)
         .env("KP_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -214,44 +233,9 @@ fn flow(scenario: &str, w: usize, i: u64, step: usize, prev: Option<&Value>) -> 
             j(json!({"code": next_bulk_code(), "cart": {"items": [], "totalCents": 5000}})),
             vec![],
         )),
-        ("award", 0) => Some((
-            "award",
-            "/v1/bench/loyalty/award".into(),
-            j(
-                json!({"userId": format!("u{w}-{}", i % 5000), "loyaltyProgramId": 1, "purchaseId": format!("p{id:x}"), "purchaseAmountCents": 4250, "itemIds": ["1001"], "transactionId": loy(id)}),
-            ),
-            vec![],
-        )),
-        ("redeem", 0) => Some((
-            "redeem",
-            "/v1/bench/loyalty/redeem".into(),
-            j(
-                json!({"userId": format!("rich{w}"), "loyaltyProgramId": 1, "rewardId": "r", "transactionId": loy(id)}),
-            ),
-            vec![],
-        )),
-        ("reads", 0) => Some(match i % 3 {
-            0 => (
-                "account",
-                "/v1/bench/loyalty/account".into(),
-                j(json!({"userId": format!("rich{w}"), "loyaltyProgramId": 1})),
-                vec![],
-            ),
-            1 => (
-                "rewards",
-                "/v1/bench/loyalty/rewards".into(),
-                j(json!({"loyaltyProgramId": 1})),
-                vec![],
-            ),
-            _ => (
-                "lookup",
-                "/v1/bench/loyalty/lookup".into(),
-                j(
-                    json!({"loyaltyProgramId": 1, "identifier": format!("rich{w}"), "identifierType": "userId", "locationId": 42}),
-                ),
-                vec![],
-            ),
-        }),
+        ("award" | "award-hot" | "enroll" | "redeem", 0) => Some(loyalty_write(scenario, w, i, id)),
+        ("reads", 0) => Some(read(["account", "rewards", "lookup"][(i % 3) as usize], w, i)),
+        ("account" | "rewards" | "lookup", 0) => Some(read(scenario, w, i)),
         ("webhook", 0) => {
             let body = j(
                 json!({"id": format!("evt_{id:x}"), "event": "inventory.updated", "resource": "inventory", "resourceId": "42", "timestamp": "2026-11-23T10:00:00Z", "apiVersion": "v1"}),
@@ -268,6 +252,76 @@ fn flow(scenario: &str, w: usize, i: u64, step: usize, prev: Option<&Value>) -> 
             Some(("webhook", "/v1/bench/webhooks".into(), body, headers))
         }
         _ => None,
+    }
+}
+
+/// The durable loyalty writes. Award spreads over 5 000 members per connection (or over
+/// the imported members); award-hot puts every award on one member; enroll signs up a new
+/// member with an email each time; redeem spends from members with a balance.
+fn loyalty_write(scenario: &str, w: usize, i: u64, id: u64) -> Req {
+    let j = |v: Value| serde_json::to_vec(&v).unwrap_or_default();
+    match scenario {
+        "award" => (
+            "award",
+            "/v1/bench/loyalty/award".into(),
+            j(
+                json!({"userId": setup::member_or(w, i, || format!("u{w}-{}", i % 5000)), "loyaltyProgramId": 1, "purchaseId": format!("p{id:x}"), "purchaseAmountCents": 4250, "itemIds": ["1001"], "transactionId": loy(id)}),
+            ),
+            vec![],
+        ),
+        // Its own transaction and purchase ids (the top bit), so it never replays an award.
+        "award-hot" => (
+            "award",
+            "/v1/bench/loyalty/award".into(),
+            j(
+                json!({"userId": "hot", "loyaltyProgramId": 1, "purchaseId": format!("hot{id:x}"), "purchaseAmountCents": 4250, "itemIds": ["1001"], "transactionId": loy(id | 1 << 63)}),
+            ),
+            vec![],
+        ),
+        "enroll" => (
+            "enroll",
+            "/v1/bench/loyalty/enroll".into(),
+            j(
+                json!({"userId": format!("en{id:x}"), "loyaltyProgramId": 1, "locationId": 42, "email": format!("en{id:x}@bench.example")}),
+            ),
+            vec![],
+        ),
+        _ => (
+            "redeem",
+            "/v1/bench/loyalty/redeem".into(),
+            j(
+                json!({"userId": setup::member_or(w, i, || format!("rich{w}")), "loyaltyProgramId": 1, "rewardId": "r", "transactionId": loy(id)}),
+            ),
+            vec![],
+        ),
+    }
+}
+
+/// One of the three reads, for a member with a balance (an imported one if any).
+fn read(op: &str, w: usize, i: u64) -> Req {
+    let j = |v: Value| serde_json::to_vec(&v).unwrap_or_default();
+    let user = setup::member_or(w, i, || format!("rich{w}"));
+    match op {
+        "account" => (
+            "account",
+            "/v1/bench/loyalty/account".into(),
+            j(json!({"userId": user, "loyaltyProgramId": 1})),
+            vec![],
+        ),
+        "rewards" => (
+            "rewards",
+            "/v1/bench/loyalty/rewards".into(),
+            j(json!({"loyaltyProgramId": 1})),
+            vec![],
+        ),
+        _ => (
+            "lookup",
+            "/v1/bench/loyalty/lookup".into(),
+            j(
+                json!({"loyaltyProgramId": 1, "identifier": user, "identifierType": "userId", "locationId": 42}),
+            ),
+            vec![],
+        ),
     }
 }
 
@@ -438,11 +492,14 @@ fn percentiles(h: &Histogram<u64>) -> BTreeMap<String, u64> {
 }
 
 /// Closed loop: `connections` workers, each running the flow back to back for `duration`.
+/// Slice `round` of a run numbers its iterations from `round << 32`, so a later slice sends
+/// new transactions rather than replays of an earlier one's.
 async fn closed(
     base: &str,
     scenario: &str,
     connections: usize,
     duration: Duration,
+    round: u32,
 ) -> Result<(Tally, f64), String> {
     let tally = Arc::new(Mutex::new(Tally::default()));
     let start = Instant::now();
@@ -452,7 +509,7 @@ async fn closed(
         let (base, scenario, tally) = (base.to_string(), scenario.to_string(), tally.clone());
         tasks.push(tokio::spawn(async move {
             let mut s = connect(&base).await?;
-            let mut i = 0u64;
+            let mut i = u64::from(round) << 32;
             while Instant::now() < deadline {
                 let mut prev: Option<Value> = None;
                 let mut step = 0;
@@ -548,7 +605,7 @@ async fn open(
     Ok((t, secs))
 }
 
-fn result(scenario: &str, target: &str, mode: &str, t: Tally, secs: f64) -> RunResult {
+fn result(scenario: &str, target: &str, mode: &str, t: Tally, secs: f64, rss: Option<u64>) -> RunResult {
     let mut latency_us = BTreeMap::new();
     for (op, h) in &t.hist {
         latency_us.insert(op.to_string(), percentiles(h));
@@ -565,6 +622,7 @@ fn result(scenario: &str, target: &str, mode: &str, t: Tally, secs: f64) -> RunR
         seconds: secs,
         rps: t.requests as f64 / secs.max(1e-9),
         latency_us,
+        peak_rss_kib: rss,
     }
 }
 
@@ -592,17 +650,29 @@ pub async fn run(opts: BenchOptions) -> Result<Vec<RunResult>, String> {
     let service = spawn("service", &["serve", "--config", &cfg_s])?;
     let yard = spawn("yardstick", &["bench-yardstick"])?;
     prepare(&service.base, opts.connections).await?;
+    let members = match opts.members {
+        Some(n) => Some(setup::import_members(&service.base, n).await?),
+        None => None,
+    };
+    let setup_rss = peak_rss_kib(service.child.id());
+    println!(
+        "peak RSS after setup: service {} MiB",
+        setup_rss.map(|k| k >> 10).unwrap_or(0)
+    );
     // (scenario, target, mode) → what its slices measured, in first-round order.
-    let mut acc: Vec<((String, &str, String), Tally, f64)> = Vec::new();
-    let mut add = |key: (String, &'static str, String), t: Tally, secs: f64| match acc
+    // The peak RSS is read after each slice (it only grows).
+    type Key = (String, &'static str, String);
+    let mut acc: Vec<(Key, Tally, f64, Option<u64>)> = Vec::new();
+    let mut add = |key: Key, t: Tally, secs: f64, rss: Option<u64>| match acc
         .iter_mut()
-        .find(|(k, _, _)| *k == key)
+        .find(|(k, _, _, _)| *k == key)
     {
-        Some((_, mine, s)) => {
+        Some((_, mine, s, r)) => {
             mine.merge(t);
             *s += secs;
+            *r = rss;
         }
-        None => acc.push((key, t, secs)),
+        None => acc.push((key, t, secs, rss)),
     };
     let rounds = opts.rounds.max(1);
     let slice = opts.duration / rounds;
@@ -613,8 +683,9 @@ pub async fn run(opts: BenchOptions) -> Result<Vec<RunResult>, String> {
         }
         for sc in order {
             for t in [&yard, &service] {
-                let (tally, secs) = closed(&t.base, sc, opts.connections, slice).await?;
-                add((sc.clone(), t.name, "closed".into()), tally, secs);
+                let (tally, secs) = closed(&t.base, sc, opts.connections, slice, round).await?;
+                let rss = peak_rss_kib(t.child.id());
+                add((sc.clone(), t.name, "closed".into()), tally, secs, rss);
             }
             // Latency at a fixed arrival rate, below saturation: for the webhook ack and the
             // bulk-versus-small check comparison.
@@ -627,21 +698,24 @@ pub async fn run(opts: BenchOptions) -> Result<Vec<RunResult>, String> {
                 for t in [&yard, &service] {
                     let (tally, secs) =
                         open(&t.base, sc, opts.connections.min(16), rate, slice).await?;
-                    add((sc.clone(), t.name, format!("open@{rate}/s")), tally, secs);
+                    let rss = peak_rss_kib(t.child.id());
+                    add((sc.clone(), t.name, format!("open@{rate}/s")), tally, secs, rss);
                 }
             }
         }
     }
     let out: Vec<RunResult> = acc
         .into_iter()
-        .map(|((sc, name, mode), t, secs)| result(&sc, name, &mode, t, secs))
+        .map(|((sc, name, mode), t, secs, rss)| result(&sc, name, &mode, t, secs, rss))
         .collect();
     let rss = json!({
         "servicePeakRssKib": peak_rss_kib(service.child.id()),
         "yardstickPeakRssKib": peak_rss_kib(yard.child.id()),
+        "serviceAfterSetupPeakRssKib": setup_rss,
+        "source": "VmHWM in /proc/<pid>/status of the service and yardstick processes this bench started",
     });
     println!(
-        "peak RSS: service {} MiB, yardstick {} MiB",
+        "peak RSS: service {} MiB, yardstick {} MiB (VmHWM of the processes this bench started, pids {} and {})",
         rss["servicePeakRssKib"]
             .as_u64()
             .map(|k| k >> 10)
@@ -649,14 +723,16 @@ pub async fn run(opts: BenchOptions) -> Result<Vec<RunResult>, String> {
         rss["yardstickPeakRssKib"]
             .as_u64()
             .map(|k| k >> 10)
-            .unwrap_or(0)
+            .unwrap_or(0),
+        service.child.id(),
+        yard.child.id()
     );
     drop(service);
     drop(yard);
     let _ = std::fs::remove_dir_all(&dir);
     print_table(&out);
     if let Some(p) = &opts.json_out {
-        let doc = json!({"connections": opts.connections, "durationSeconds": opts.duration.as_secs_f64(), "rounds": opts.rounds.max(1), "bulkImport": bulk, "memory": rss, "results": out});
+        let doc = json!({"connections": opts.connections, "durationSeconds": opts.duration.as_secs_f64(), "rounds": opts.rounds.max(1), "bulkImport": bulk, "membersImport": members, "memory": rss, "results": out});
         std::fs::write(p, serde_json::to_vec_pretty(&doc).unwrap_or_default())
             .map_err(|e| format!("{}: {e}", p.display()))?;
     }
@@ -665,7 +741,7 @@ pub async fn run(opts: BenchOptions) -> Result<Vec<RunResult>, String> {
 
 fn print_table(rs: &[RunResult]) {
     println!(
-        "{:<17} {:<10} {:<11} {:>9} {:>10} {:>7} {:>8} {:>8} {:>8} {:>8} {:>7}",
+        "{:<17} {:<10} {:<11} {:>9} {:>10} {:>7} {:>8} {:>8} {:>8} {:>8} {:>7} {:>9}",
         "scenario",
         "target",
         "mode",
@@ -676,7 +752,8 @@ fn print_table(rs: &[RunResult]) {
         "p99 µs",
         "p99.9",
         "max",
-        "errors"
+        "errors",
+        "peak MiB"
     );
     for r in rs {
         let yard = rs
@@ -689,7 +766,7 @@ fn print_table(rs: &[RunResult]) {
         let all = r.latency_us.get("all").cloned().unwrap_or_default();
         let g = |k: &str| all.get(k).copied().unwrap_or(0);
         println!(
-            "{:<17} {:<10} {:<11} {:>9} {:>10.0} {:>7} {:>8} {:>8} {:>8} {:>8} {:>7}",
+            "{:<17} {:<10} {:<11} {:>9} {:>10.0} {:>7} {:>8} {:>8} {:>8} {:>8} {:>7} {:>9}",
             r.scenario,
             r.target,
             r.mode,
@@ -700,7 +777,8 @@ fn print_table(rs: &[RunResult]) {
             g("p99"),
             g("p99.9"),
             g("max"),
-            r.errors
+            r.errors,
+            r.peak_rss_kib.map(|k| (k >> 10).to_string()).unwrap_or_default()
         );
         for (op, p) in &r.latency_us {
             if op != "all" && r.latency_us.len() > 2 {
