@@ -55,19 +55,32 @@ fn every_flow_runs_against_both_targets_with_no_errors() {
                 .iter()
                 .find(|r| r["scenario"] == sc && r["target"] == target && r["mode"] == "closed")
                 .unwrap_or_else(|| panic!("no closed run of {sc} on {target}: {stdout}"));
-            assert!(r["requests"].as_u64().unwrap_or(0) > 0, "{sc} {target}: {r}");
+            assert!(
+                r["requests"].as_u64().unwrap_or(0) > 0,
+                "{sc} {target}: {r}"
+            );
             assert_eq!(r["errors"], 0, "{sc} {target}: {r}");
-            assert!(r["peak_rss_kib"].as_u64().unwrap_or(0) > 0, "{sc} {target}: {r}");
+            assert!(
+                r["peak_rss_kib"].as_u64().unwrap_or(0) > 0,
+                "{sc} {target}: {r}"
+            );
         }
         assert!(
-            stdout.lines().any(|l| l.starts_with(sc) && l.contains("service")),
+            stdout
+                .lines()
+                .any(|l| l.starts_with(sc) && l.contains("service")),
             "{sc} not in the table: {stdout}"
         );
     }
     // The webhook's open-loop run at the fixed arrival rate (100/s × 0.3 s).
     let open = results
         .iter()
-        .find(|r| r["scenario"] == "webhook" && r["target"] == "service" && r["mode"] == "open@100/s")
+        .find(|r| {
+            r["scenario"] == "webhook" && r["target"] == "service" && r["mode"] == "open@100/s"
+        })
         .expect("open-loop webhook run");
-    assert_eq!((open["requests"].as_u64(), &open["errors"]), (Some(30), &Value::from(0)));
+    assert_eq!(
+        (open["requests"].as_u64(), &open["errors"]),
+        (Some(30), &Value::from(0))
+    );
 }

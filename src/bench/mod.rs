@@ -234,7 +234,11 @@ fn flow(scenario: &str, w: usize, i: u64, step: usize, prev: Option<&Value>) -> 
             vec![],
         )),
         ("award" | "award-hot" | "enroll" | "redeem", 0) => Some(loyalty_write(scenario, w, i, id)),
-        ("reads", 0) => Some(read(["account", "rewards", "lookup"][(i % 3) as usize], w, i)),
+        ("reads", 0) => Some(read(
+            ["account", "rewards", "lookup"][(i % 3) as usize],
+            w,
+            i,
+        )),
         ("account" | "rewards" | "lookup", 0) => Some(read(scenario, w, i)),
         ("webhook", 0) => {
             let body = j(
@@ -605,7 +609,14 @@ async fn open(
     Ok((t, secs))
 }
 
-fn result(scenario: &str, target: &str, mode: &str, t: Tally, secs: f64, rss: Option<u64>) -> RunResult {
+fn result(
+    scenario: &str,
+    target: &str,
+    mode: &str,
+    t: Tally,
+    secs: f64,
+    rss: Option<u64>,
+) -> RunResult {
     let mut latency_us = BTreeMap::new();
     for (op, h) in &t.hist {
         latency_us.insert(op.to_string(), percentiles(h));
@@ -699,7 +710,12 @@ pub async fn run(opts: BenchOptions) -> Result<Vec<RunResult>, String> {
                     let (tally, secs) =
                         open(&t.base, sc, opts.connections.min(16), rate, slice).await?;
                     let rss = peak_rss_kib(t.child.id());
-                    add((sc.clone(), t.name, format!("open@{rate}/s")), tally, secs, rss);
+                    add(
+                        (sc.clone(), t.name, format!("open@{rate}/s")),
+                        tally,
+                        secs,
+                        rss,
+                    );
                 }
             }
         }
@@ -778,7 +794,9 @@ fn print_table(rs: &[RunResult]) {
             g("p99.9"),
             g("max"),
             r.errors,
-            r.peak_rss_kib.map(|k| (k >> 10).to_string()).unwrap_or_default()
+            r.peak_rss_kib
+                .map(|k| (k >> 10).to_string())
+                .unwrap_or_default()
         );
         for (op, p) in &r.latency_us {
             if op != "all" && r.latency_us.len() > 2 {

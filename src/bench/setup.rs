@@ -53,7 +53,12 @@ pub async fn import_members(base: &str, n: u64) -> Result<Value, String> {
         for k in from..to {
             csv.push_str(&format!("{},{BALANCE},{BALANCE}\n", member(k)));
         }
-        let answer = post_csv(base, "/admin/v1/tenants/bench/loyalty/1/members/import", csv).await?;
+        let answer = post_csv(
+            base,
+            "/admin/v1/tenants/bench/loyalty/1/members/import",
+            csv,
+        )
+        .await?;
         imported = imported.saturating_add(answer["imported"].as_u64().unwrap_or(0));
         requests += 1;
         from = to;
