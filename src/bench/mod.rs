@@ -405,13 +405,21 @@ async fn connect(base: &str) -> Result<Sender, String> {
     Ok(sender)
 }
 
+/// POST a request (JSON unless its headers name another content type); the answer's JSON
+/// when it is 2xx and `ok`.
 async fn send(s: &mut Sender, base: &str, r: &Req) -> Result<Value, String> {
     s.ready().await.map_err(|e| e.to_string())?;
     let mut b = hyper::Request::builder()
         .method("POST")
         .uri(&r.1)
-        .header("host", base.trim_start_matches("http://"))
-        .header("content-type", "application/json");
+        .header("host", base.trim_start_matches("http://"));
+    if !r
+        .3
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+    {
+        b = b.header("content-type", "application/json");
+    }
     for (k, v) in &r.3 {
         b = b.header(k.as_str(), v.as_str());
     }

@@ -6,8 +6,6 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
 use serde_json::{json, Value};
 
 /// The admin token the bench gives the service it starts (`[admin] token_env`).
@@ -78,28 +76,14 @@ pub async fn import_members(base: &str, n: u64) -> Result<Value, String> {
 /// POST a CSV body to the admin API; the answer's JSON when it is 2xx and `ok`.
 async fn post_csv(base: &str, path: &str, csv: String) -> Result<Value, String> {
     let mut s = super::connect(base).await?;
-    let req = hyper::Request::builder()
-        .method("POST")
-        .uri(path)
-        .header("host", base.trim_start_matches("http://"))
-        .header("content-type", "text/csv")
-        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
-        .body(Full::new(Bytes::from(csv)))
-        .map_err(|e| e.to_string())?;
-    let resp = s.send_request(req).await.map_err(|e| e.to_string())?;
-    let status = resp.status();
-    let body = resp
-        .into_body()
-        .collect()
+    let headers = vec![
+        ("content-type".to_string(), "text/csv".to_string()),
+        ("authorization".to_string(), format!("Bearer {ADMIN_TOKEN}")),
+    ];
+    let req: super::Req = ("import", path.to_string(), csv.into_bytes(), headers);
+    super::send(&mut s, base, &req)
         .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    let v: Value = serde_json::from_slice(&body)
-        .map_err(|e| format!("members import: HTTP {status}, not JSON: {e}"))?;
-    if !status.is_success() || v["ok"] != json!(true) {
-        return Err(format!("members import: HTTP {status}: {v}"));
-    }
-    Ok(v)
+        .map_err(|e| format!("members import: {e}"))
 }
 
 #[cfg(test)]
