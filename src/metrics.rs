@@ -1,5 +1,5 @@
 //! Prometheus text metrics: requests by endpoint and outcome, a latency histogram per
-//! endpoint, holds in flight, and the store's group-commit counters.
+//! endpoint, holds in flight, injected faults, and the store's group-commit counters.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -35,6 +35,7 @@ pub struct Metrics {
     requests: Mutex<BTreeMap<(&'static str, String), u64>>,
     latency: Mutex<BTreeMap<&'static str, Hist>>,
     onward: Mutex<BTreeMap<(String, String, &'static str), u64>>,
+    injected: Mutex<BTreeMap<(String, &'static str, &'static str), u64>>,
     pub gauges: Arc<Gauges>,
 }
 
@@ -61,6 +62,13 @@ impl Metrics {
         if let Ok(mut m) = self.onward.lock() {
             *m.entry((tenant.to_owned(), route.to_owned(), outcome))
                 .or_insert(0) += 1;
+        }
+    }
+
+    /// One injected fault (`app::chaos`): tenant, endpoint label, kind.
+    pub fn injected(&self, tenant: &str, endpoint: &'static str, kind: &'static str) {
+        if let Ok(mut m) = self.injected.lock() {
+            *m.entry((tenant.to_owned(), endpoint, kind)).or_insert(0) += 1;
         }
     }
 
@@ -110,6 +118,12 @@ impl Metrics {
         if let Ok(m) = self.onward.lock() {
             for ((t, r, o), n) in m.iter() {
                 let _ = writeln!(out, "kp_webhook_onward_attempts_total{{tenant=\"{t}\",route=\"{r}\",outcome=\"{o}\"}} {n}");
+            }
+        }
+        out.push_str("# HELP kp_injected_faults_total Faults injected on purpose (admin API injected-faults) by tenant, endpoint and kind (latency, error, timeout, drop, forget).\n# TYPE kp_injected_faults_total counter\n");
+        if let Ok(m) = self.injected.lock() {
+            for ((t, e, k), n) in m.iter() {
+                let _ = writeln!(out, "kp_injected_faults_total{{tenant=\"{t}\",endpoint=\"{e}\",kind=\"{k}\"}} {n}");
             }
         }
         let _ = writeln!(out, "# HELP kp_store_groups_total Write groups applied by the store writer.\n# TYPE kp_store_groups_total counter\nkp_store_groups_total {}", store.groups.load(Ordering::Relaxed));

@@ -8,6 +8,7 @@
 //! an operator console calls the same operations.
 
 pub mod admin;
+pub mod chaos;
 mod start;
 
 use std::collections::HashMap;
@@ -91,6 +92,8 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// Test-only fault injection (see [`crate::faults`]).
     pub faults: Arc<Faults>,
+    /// Injected faults for Karma-side QA, set at run time (see [`chaos`]).
+    chaos: chaos::Chaos,
     store: Arc<Store<State>>,
     draining: AtomicBool,
     /// Wake-up per (tenant, route) for the onward-delivery tasks.

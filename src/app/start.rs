@@ -95,6 +95,7 @@ impl App {
             clock,
             metrics,
             faults: Arc::default(),
+            chaos: Default::default(),
             store: Arc::new(store),
             draining: AtomicBool::new(false),
             route_wake,

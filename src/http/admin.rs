@@ -15,6 +15,7 @@ use crate::app::admin::{
     AdjustRequest, CampaignSpec, GenerateRequest, MemberRef, RedemptionReversalRequest,
     ReversalRequest, StateRequest,
 };
+use crate::app::chaos::FaultSpec;
 use crate::app::{App, InboxFilter, Reply};
 use crate::contract::{parse, ApiError};
 
@@ -65,6 +66,8 @@ pub(crate) enum Op {
     /// `webhooks/dead-letters/{…}`: `[action]` or `[route, seq, action]`.
     DeadLetterAction(Vec<String>),
     ProviderStates,
+    /// `injected-faults`: the tenant's injected faults (`app::chaos`).
+    InjectedFaults,
 }
 
 impl AdminPath {
@@ -116,6 +119,7 @@ impl Op {
                 Op::DeadLetterAction(rest.iter().map(s).collect())
             }
             ["provider-states"] => Op::ProviderStates,
+            ["injected-faults"] => Op::InjectedFaults,
             _ => return None,
         })
     }
@@ -125,6 +129,7 @@ impl Op {
         match self {
             Op::Campaigns | Op::Codes(_) => "GET, POST",
             Op::Campaign(_) => "PUT",
+            Op::InjectedFaults => "GET, PUT, DELETE",
             Op::GenerateCodes(_)
             | Op::ReleaseHold(_)
             | Op::Adjust { .. }
@@ -222,6 +227,9 @@ async fn tenant_op(app: &App, req: Request<Incoming>, t: &str, op: &Op) -> Out {
         }
         (Op::DeadLetterAction(_), _) => return not_found(),
         (Op::ProviderStates, &Method::POST) => return provider_state(app, req, t).await,
+        (Op::InjectedFaults, &Method::GET) => Ok(app.injected_faults(t)),
+        (Op::InjectedFaults, &Method::PUT) => set_faults(app, req, t).await,
+        (Op::InjectedFaults, &Method::DELETE) => Ok(app.clear_injected_faults(t)),
         (op, _) => return method_not_allowed(op.allow()),
     };
     Out::from(reply.unwrap_or_else(|e| Reply::error(&e)))
@@ -247,6 +255,11 @@ async fn read_json<T: serde::de::DeserializeOwned>(
 async fn put_campaign(app: &App, req: Request<Incoming>, t: &str, id: Option<String>) -> Handled {
     let spec: CampaignSpec = read_json(app, req).await?;
     Ok(app.put_campaign(t, id, spec).await)
+}
+
+async fn set_faults(app: &App, req: Request<Incoming>, t: &str) -> Handled {
+    let spec: FaultSpec = read_json(app, req).await?;
+    Ok(app.set_injected_faults(t, spec))
 }
 
 async fn import_codes(app: &App, req: Request<Incoming>, t: &str, c: &str) -> Handled {

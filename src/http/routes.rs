@@ -70,6 +70,16 @@ impl Endpoint {
         }
     }
 
+    /// The tenant and endpoint label injected faults may apply to: provider calls and the
+    /// webhook receiver only (never admin, health, readiness or metrics).
+    pub(super) fn fault_target(&self) -> Option<(&str, &'static str)> {
+        match self {
+            Endpoint::Provider { tenant, call } => Some((tenant, call.label())),
+            Endpoint::Webhook { tenant } => Some((tenant, "webhook")),
+            _ => None,
+        }
+    }
+
     /// The metrics label.
     pub(super) fn label(&self) -> &'static str {
         match self {
@@ -323,7 +333,12 @@ mod tests {
             ("/", "other"),
         ];
         for (path, label) in cases {
-            assert_eq!(Endpoint::parse(path).label(), label, "{path}");
+            let e = Endpoint::parse(path);
+            assert_eq!(e.label(), label, "{path}");
+            let faultable = label.starts_with("voucher.") || label.starts_with("loyalty.");
+            let target = e.fault_target().map(|(t, l)| (t.to_owned(), l));
+            let want = (faultable || label == "webhook").then(|| ("acme".to_owned(), label));
+            assert_eq!(target, want, "{path}");
         }
         assert_eq!(
             Endpoint::parse("/v1/acme/voucher/commit"),
