@@ -123,7 +123,10 @@ impl Metrics {
         out.push_str("# HELP kp_injected_faults_total Faults injected on purpose (admin API injected-faults) by tenant, endpoint and kind (latency, error, timeout, drop, forget).\n# TYPE kp_injected_faults_total counter\n");
         if let Ok(m) = self.injected.lock() {
             for ((t, e, k), n) in m.iter() {
-                let _ = writeln!(out, "kp_injected_faults_total{{tenant=\"{t}\",endpoint=\"{e}\",kind=\"{k}\"}} {n}");
+                let _ = writeln!(
+                    out,
+                    "kp_injected_faults_total{{tenant=\"{t}\",endpoint=\"{e}\",kind=\"{k}\"}} {n}"
+                );
             }
         }
         let _ = writeln!(out, "# HELP kp_store_groups_total Write groups applied by the store writer.\n# TYPE kp_store_groups_total counter\nkp_store_groups_total {}", store.groups.load(Ordering::Relaxed));

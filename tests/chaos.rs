@@ -77,7 +77,12 @@ async fn raw(h: &Harness, path: &str, body: &Value) -> (Vec<u8>, Duration) {
 
 async fn hold(h: &Harness, code: &str) -> String {
     let r = h.call("voucher/check", &check_body(code, 2000)).await;
-    assert_eq!(r.json()["ok"], json!(true), "{}", String::from_utf8_lossy(&r.bytes));
+    assert_eq!(
+        r.json()["ok"],
+        json!(true),
+        "{}",
+        String::from_utf8_lossy(&r.bytes)
+    );
     r.json()["providerRef"].as_str().unwrap().to_string()
 }
 
@@ -85,38 +90,68 @@ async fn hold(h: &Harness, code: &str) -> String {
 async fn off_by_default_only_with_the_admin_token_and_bad_input_names_the_field() {
     let h = harness().await;
     let r = h.admin("GET", "injected-faults", None).await;
-    assert_eq!(r.json(), json!({"ok": true, "tenant": "acme", "faults": null}));
+    assert_eq!(
+        r.json(),
+        json!({"ok": true, "tenant": "acme", "faults": null})
+    );
     let spec = serde_json::to_vec(&json!({"error_share": 1.0})).unwrap();
     for auth in [vec![], vec![("authorization", "Bearer wrong")]] {
         let mut headers = auth.clone();
         headers.push(("content-type", "application/json"));
         let r = h
-            .request("PUT", "/admin/v1/tenants/acme/injected-faults", &headers, spec.clone())
+            .request(
+                "PUT",
+                "/admin/v1/tenants/acme/injected-faults",
+                &headers,
+                spec.clone(),
+            )
             .await;
-        assert_eq!((r.status, r.json()["error"].clone()), (401, json!("UNAUTHORIZED")));
+        assert_eq!(
+            (r.status, r.json()["error"].clone()),
+            (401, json!("UNAUTHORIZED"))
+        );
     }
     let bad = [
         (json!({"error_share": 1.5}), "error_share"),
-        (json!({"drop_share": 0.5, "forget_share": 0.6}), "forget_share"),
+        (
+            json!({"drop_share": 0.5, "forget_share": 0.6}),
+            "forget_share",
+        ),
         (json!({"error_status": 404}), "error_status"),
         (json!({"timeout_ms": 0}), "timeout_ms"),
         (json!({"endpoints": ["admin"]}), "endpoints"),
-        (json!({"latency": {"uniform_ms": [50, 10]}}), "latency.uniform_ms"),
-        (json!({"latency": {"percentiles_ms": [[50, 5], [100, 9]]}}), "latency.percentiles_ms"),
+        (
+            json!({"latency": {"uniform_ms": [50, 10]}}),
+            "latency.uniform_ms",
+        ),
+        (
+            json!({"latency": {"percentiles_ms": [[50, 5], [100, 9]]}}),
+            "latency.percentiles_ms",
+        ),
         (json!({"error_share": "all"}), "error_share"),
         (json!({"errors": 1}), "errors"),
     ];
     for (spec, field) in bad {
         let r = h.admin("PUT", "injected-faults", Some(&spec)).await;
-        assert_eq!(r.status, 400, "{spec}: {}", String::from_utf8_lossy(&r.bytes));
+        assert_eq!(
+            r.status,
+            400,
+            "{spec}: {}",
+            String::from_utf8_lossy(&r.bytes)
+        );
         assert_eq!(r.json()["field"], json!(field), "{spec}");
     }
     let r = h.admin("POST", "injected-faults", Some(&json!({}))).await;
-    assert_eq!((r.status, r.headers["allow"].to_str().unwrap()), (405, "GET, PUT, DELETE"));
+    assert_eq!(
+        (r.status, r.headers["allow"].to_str().unwrap()),
+        (405, "GET, PUT, DELETE")
+    );
     // nothing was switched on by any of that
     let r = h.admin("GET", "injected-faults", None).await;
     assert_eq!(r.json()["faults"], json!(null));
-    let r = h.call("loyalty/rewards", &json!({"loyaltyProgramId": 7})).await;
+    let r = h
+        .call("loyalty/rewards", &json!({"loyaltyProgramId": 7}))
+        .await;
     assert_eq!(r.status, 200);
 }
 
@@ -125,23 +160,45 @@ async fn a_5xx_share_answers_unserved_counted_never_on_admin_or_health_and_off_w
     let h = harness().await;
     set(&h, json!({"error_share": 1.0, "error_status": 502, "endpoints": ["voucher.check", "loyalty.rewards"]})).await;
     let r = h.call("voucher/check", &check_body("A1", 2000)).await;
-    assert_eq!((r.status, r.json()["error"].clone()), (502, json!("INJECTED_FAULT")));
-    let r = h.call("loyalty/rewards", &json!({"loyaltyProgramId": 7})).await;
+    assert_eq!(
+        (r.status, r.json()["error"].clone()),
+        (502, json!("INJECTED_FAULT"))
+    );
+    let r = h
+        .call("loyalty/rewards", &json!({"loyaltyProgramId": 7}))
+        .await;
     assert_eq!(r.status, 502);
     // unserved: no hold was made
-    assert_eq!(h.admin("GET", "holds", None).await.json()["count"], json!(0));
+    assert_eq!(
+        h.admin("GET", "holds", None).await.json()["count"],
+        json!(0)
+    );
     // other endpoints, admin, health, readiness, metrics and the other tenant: untouched
-    let r = h.call("loyalty/account", &json!({"userId": "u", "loyaltyProgramId": 7})).await;
+    let r = h
+        .call(
+            "loyalty/account",
+            &json!({"userId": "u", "loyaltyProgramId": 7}),
+        )
+        .await;
     assert_eq!(r.status, 200);
     for path in ["/healthz", "/readyz", "/metrics"] {
-        assert_eq!(h.request("GET", path, &[], vec![]).await.status, 200, "{path}");
+        assert_eq!(
+            h.request("GET", path, &[], vec![]).await.status,
+            200,
+            "{path}"
+        );
     }
     assert_eq!(h.admin("GET", "campaigns", None).await.status, 200);
     let basic = h
-        .request("POST", "/v1/basic/voucher/check", &[
-            ("content-type", "application/json"),
-            ("authorization", "Basic a2FybWE6czNjcmV0"),
-        ], serde_json::to_vec(&check_body("BASIC5", 2000)).unwrap())
+        .request(
+            "POST",
+            "/v1/basic/voucher/check",
+            &[
+                ("content-type", "application/json"),
+                ("authorization", "Basic a2FybWE6czNjcmV0"),
+            ],
+            serde_json::to_vec(&check_body("BASIC5", 2000)).unwrap(),
+        )
         .await;
     assert_eq!(basic.json()["ok"], json!(true));
     assert_eq!(injected(&h, "voucher.check", "error").await, 1);
@@ -149,7 +206,10 @@ async fn a_5xx_share_answers_unserved_counted_never_on_admin_or_health_and_off_w
     assert_eq!(injected(&h, "loyalty.account", "error").await, 0);
     // off means off
     let r = h.admin("DELETE", "injected-faults", None).await;
-    assert_eq!(r.json(), json!({"ok": true, "tenant": "acme", "faults": null}));
+    assert_eq!(
+        r.json(),
+        json!({"ok": true, "tenant": "acme", "faults": null})
+    );
     hold(&h, "A1").await;
     assert_eq!(injected(&h, "voucher.check", "error").await, 1);
 }
@@ -157,15 +217,35 @@ async fn a_5xx_share_answers_unserved_counted_never_on_admin_or_health_and_off_w
 #[tokio::test]
 async fn latency_is_added_fixed_and_within_a_uniform_range() {
     let h = harness().await;
-    set(&h, json!({"latency": {"fixed_ms": 300}, "endpoints": ["loyalty.rewards"]})).await;
+    set(
+        &h,
+        json!({"latency": {"fixed_ms": 300}, "endpoints": ["loyalty.rewards"]}),
+    )
+    .await;
     let t = Instant::now();
-    let r = h.call("loyalty/rewards", &json!({"loyaltyProgramId": 7})).await;
-    assert!(t.elapsed() >= Duration::from_millis(300), "{:?}", t.elapsed());
+    let r = h
+        .call("loyalty/rewards", &json!({"loyaltyProgramId": 7}))
+        .await;
+    assert!(
+        t.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        t.elapsed()
+    );
     assert_eq!((r.status, r.json()["ok"].clone()), (200, json!(true)));
-    set(&h, json!({"latency": {"uniform_ms": [200, 250]}, "endpoints": ["loyalty.rewards"], "seed": 3})).await;
+    set(
+        &h,
+        json!({"latency": {"uniform_ms": [200, 250]}, "endpoints": ["loyalty.rewards"], "seed": 3}),
+    )
+    .await;
     let t = Instant::now();
-    let r = h.call("loyalty/rewards", &json!({"loyaltyProgramId": 7})).await;
-    assert!(t.elapsed() >= Duration::from_millis(200), "{:?}", t.elapsed());
+    let r = h
+        .call("loyalty/rewards", &json!({"loyaltyProgramId": 7}))
+        .await;
+    assert!(
+        t.elapsed() >= Duration::from_millis(200),
+        "{:?}",
+        t.elapsed()
+    );
     assert_eq!(r.status, 200);
     assert_eq!(injected(&h, "loyalty.rewards", "latency").await, 2);
     let t = Instant::now();
@@ -176,10 +256,18 @@ async fn latency_is_added_fixed_and_within_a_uniform_range() {
 #[tokio::test]
 async fn a_dropped_connection_and_a_timeout_close_without_a_byte_unserved() {
     let h = harness().await;
-    set(&h, json!({"drop_share": 1.0, "endpoints": ["voucher.check"]})).await;
+    set(
+        &h,
+        json!({"drop_share": 1.0, "endpoints": ["voucher.check"]}),
+    )
+    .await;
     let (bytes, _) = raw(&h, "voucher/check", &check_body("A1", 2000)).await;
     assert_eq!(bytes, b"");
-    set(&h, json!({"timeout_share": 1.0, "timeout_ms": 400, "endpoints": ["voucher.check"]})).await;
+    set(
+        &h,
+        json!({"timeout_share": 1.0, "timeout_ms": 400, "endpoints": ["voucher.check"]}),
+    )
+    .await;
     let (bytes, took) = raw(&h, "voucher/check", &check_body("A1", 2000)).await;
     assert_eq!(bytes, b"");
     assert!(took >= Duration::from_millis(400), "{took:?}");
@@ -187,7 +275,10 @@ async fn a_dropped_connection_and_a_timeout_close_without_a_byte_unserved() {
     assert_eq!(injected(&h, "voucher.check", "timeout").await, 1);
     // neither was served: the single-use code is still free
     h.admin("DELETE", "injected-faults", None).await;
-    assert_eq!(h.admin("GET", "holds", None).await.json()["count"], json!(0));
+    assert_eq!(
+        h.admin("GET", "holds", None).await.json()["count"],
+        json!(0)
+    );
     hold(&h, "A1").await;
 }
 
@@ -195,11 +286,20 @@ async fn a_dropped_connection_and_a_timeout_close_without_a_byte_unserved() {
 async fn answer_then_forget_applies_the_effect_and_the_retry_gets_the_same_answer() {
     let h = harness().await;
     let pref = hold(&h, "A2").await;
-    set(&h, json!({"forget_share": 1.0, "endpoints": ["voucher.commit", "loyalty.award"]})).await;
+    set(
+        &h,
+        json!({"forget_share": 1.0, "endpoints": ["voucher.commit", "loyalty.award"]}),
+    )
+    .await;
     let commit = commit_body(500, &res_id(1), &pref);
     let (bytes, _) = raw(&h, "voucher/commit", &commit).await;
     assert_eq!(bytes, b"");
-    let r = h.call("loyalty/enroll", &json!({"userId": "u1", "loyaltyProgramId": 7})).await;
+    let r = h
+        .call(
+            "loyalty/enroll",
+            &json!({"userId": "u1", "loyaltyProgramId": 7}),
+        )
+        .await;
     assert_eq!(r.json()["pointsAwarded"], json!(50));
     let award = json!({"userId": "u1", "loyaltyProgramId": 7, "purchaseId": "p1",
         "purchaseAmountCents": 1000, "itemIds": [], "transactionId": format!("loy_{:032x}", 1)});
@@ -213,7 +313,12 @@ async fn answer_then_forget_applies_the_effect_and_the_retry_gets_the_same_answe
     h.admin("DELETE", "injected-faults", None).await;
     // Karma's retries with the same transactionId get the answers that were lost, once
     let first = h.call("voucher/commit", &commit).await;
-    assert_eq!(first.json()["ok"], json!(true), "{}", String::from_utf8_lossy(&first.bytes));
+    assert_eq!(
+        first.json()["ok"],
+        json!(true),
+        "{}",
+        String::from_utf8_lossy(&first.bytes)
+    );
     assert_eq!(h.call("voucher/commit", &commit).await.bytes, first.bytes);
     let a = h.call("loyalty/award", &award).await;
     assert_eq!(a.json()["pointsAwarded"], json!(10));
@@ -230,12 +335,20 @@ async fn a_seed_makes_the_draws_repeat_and_a_restart_forgets_the_faults() {
         set(&h, spec.clone()).await; // a new setting restarts the draws
         let mut statuses = Vec::new();
         for _ in 0..20 {
-            statuses.push(h.call("loyalty/rewards", &json!({"loyaltyProgramId": 7})).await.status);
+            statuses.push(
+                h.call("loyalty/rewards", &json!({"loyaltyProgramId": 7}))
+                    .await
+                    .status,
+            );
         }
         runs.push(statuses);
     }
     assert_eq!(runs[0], runs[1]);
-    assert!(runs[0].contains(&200) && runs[0].contains(&503), "{:?}", runs[0]);
+    assert!(
+        runs[0].contains(&200) && runs[0].contains(&503),
+        "{:?}",
+        runs[0]
+    );
     let errors = runs[0].iter().filter(|s| **s == 503).count() as u64;
     assert_eq!(injected(&h, "loyalty.rewards", "error").await, 2 * errors);
     h.restart().await;
@@ -253,26 +366,46 @@ fn states_config() -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulate_recovers_from_5xx_and_forgotten_answers_on_commit_and_award() {
     let h = Harness::start(&states_config()).await;
-    set(&h, json!({"error_share": 0.2, "forget_share": 0.2, "seed": 11,
-        "endpoints": ["voucher.commit", "loyalty.award"]})).await;
+    set(
+        &h,
+        json!({"error_share": 0.2, "forget_share": 0.2, "seed": 11,
+        "endpoints": ["voucher.commit", "loyalty.award"]}),
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let json_path = dir.path().join("r.json");
     let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_karma-provider"));
     c.args(["simulate", "--target", &format!("{}/v1/acme", h.base())])
         .args(["--auth", &format!("header:X-Provider-Key:{KEY}")])
-        .args(["--state-url", &format!("{}/admin/v1/tenants/acme/provider-states", h.base())])
-        .args(["--state-header", &format!("Authorization:Bearer {ADMIN_TOKEN}")])
+        .args([
+            "--state-url",
+            &format!("{}/admin/v1/tenants/acme/provider-states", h.base()),
+        ])
+        .args([
+            "--state-header",
+            &format!("Authorization:Bearer {ADMIN_TOKEN}"),
+        ])
         .args(["--retry-ms", "5,5,5,5,5,5,5,5,5,5,5,5,5,5"])
         .args(["--orders", "40", "--concurrency", "4", "--seed", "5"])
         .arg("--json")
         .arg(&json_path);
-    let out = tokio::task::spawn_blocking(move || c.output().unwrap()).await.unwrap();
+    let out = tokio::task::spawn_blocking(move || c.output().unwrap())
+        .await
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert_eq!(out.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let r: Value = serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
     assert_eq!(r["violations"], json!([]), "{stdout}");
     let retries = r["retries"].as_array().unwrap();
-    assert!(retries.iter().all(|x| x["recovered"] == json!(true)), "{retries:#?}");
+    assert!(
+        retries.iter().all(|x| x["recovered"] == json!(true)),
+        "{retries:#?}"
+    );
     // every failed attempt the simulator saw is one injected fault, and the other way round
     let failed = |prefix: &str, call: &str| {
         retries

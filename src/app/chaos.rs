@@ -165,9 +165,15 @@ fn latency_points(l: &Latency) -> Result<(Vec<(u32, u64)>, bool), ApiError> {
             Ok((vec![(0, v), (PPM, v)], false))
         }
         Latency::UniformMs((lo, hi)) => {
-            let (lo, hi) = (ms("latency.uniform_ms", *lo)?, ms("latency.uniform_ms", *hi)?);
+            let (lo, hi) = (
+                ms("latency.uniform_ms", *lo)?,
+                ms("latency.uniform_ms", *hi)?,
+            );
             if lo > hi {
-                return Err(ApiError::invalid("latency.uniform_ms", "[min, max] with min ≤ max"));
+                return Err(ApiError::invalid(
+                    "latency.uniform_ms",
+                    "[min, max] with min ≤ max",
+                ));
             }
             Ok((vec![(0, lo), (PPM, hi)], true))
         }
@@ -201,19 +207,32 @@ impl Injector {
         let endpoints = match &spec.endpoints {
             None => ENDPOINTS.to_vec(),
             Some(list) if list.is_empty() => {
-                return Err(ApiError::invalid("endpoints", "at least one endpoint, or leave it out for all"))
+                return Err(ApiError::invalid(
+                    "endpoints",
+                    "at least one endpoint, or leave it out for all",
+                ))
             }
             Some(list) => list
                 .iter()
                 .map(|e| {
-                    ENDPOINTS.iter().find(|k| **k == e.as_str()).copied().ok_or_else(|| {
-                        ApiError::invalid("endpoints", format!("{e:?} is none of {}", ENDPOINTS.join(", ")))
-                    })
+                    ENDPOINTS
+                        .iter()
+                        .find(|k| **k == e.as_str())
+                        .copied()
+                        .ok_or_else(|| {
+                            ApiError::invalid(
+                                "endpoints",
+                                format!("{e:?} is none of {}", ENDPOINTS.join(", ")),
+                            )
+                        })
                 })
                 .collect::<Result<_, _>>()?,
         };
         if !(500..=599).contains(&spec.error_status) {
-            return Err(ApiError::invalid("error_status", "a status from 500 to 599"));
+            return Err(ApiError::invalid(
+                "error_status",
+                "a status from 500 to 599",
+            ));
         }
         if spec.timeout_ms == 0 {
             return Err(ApiError::invalid("timeout_ms", "from 1 ms"));
@@ -230,7 +249,10 @@ impl Injector {
         for (i, (field, share)) in shares.into_iter().enumerate() {
             sum = sum.saturating_add(ppm(field, share)?);
             if sum > PPM {
-                return Err(ApiError::invalid(field, "error, timeout, drop and forget shares add up to more than 1"));
+                return Err(ApiError::invalid(
+                    field,
+                    "error, timeout, drop and forget shares add up to more than 1",
+                ));
             }
             bounds[i] = sum;
         }
@@ -243,7 +265,14 @@ impl Injector {
             None => StdRng::try_from_os_rng()
                 .map_err(|e| ApiError::new(500, "INTERNAL", format!("no OS randomness: {e}")))?,
         };
-        Ok(Injector { spec, endpoints, bounds, latency, uniform, rng: Mutex::new(rng) })
+        Ok(Injector {
+            spec,
+            endpoints,
+            bounds,
+            latency,
+            uniform,
+            rng: Mutex::new(rng),
+        })
     }
 
     fn draw(&self, endpoint: &str) -> Option<Injected> {
@@ -264,13 +293,20 @@ impl Injector {
             Some(_) => Some(Kind::Forget),
             None => None,
         };
-        Some(Injected { delay: Duration::from_millis(delay), kind })
+        Some(Injected {
+            delay: Duration::from_millis(delay),
+            kind,
+        })
     }
 }
 
 /// The ms at `u` ppm on the piecewise-linear inverse distribution `points`.
 fn interpolate(points: &[(u32, u64)], u: u32) -> u64 {
-    let i = points.iter().position(|&(at, _)| at > u).unwrap_or(points.len() - 1).max(1);
+    let i = points
+        .iter()
+        .position(|&(at, _)| at > u)
+        .unwrap_or(points.len() - 1)
+        .max(1);
     let ((a0, m0), (a1, m1)) = (points[i - 1], points[i]);
     if a1 <= a0 {
         return m1;
@@ -292,7 +328,12 @@ impl Chaos {
         if !self.any.load(Ordering::Relaxed) {
             return None;
         }
-        let inj = self.tenants.read().unwrap_or_else(|e| e.into_inner()).get(tenant).cloned()?;
+        let inj = self
+            .tenants
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(tenant)
+            .cloned()?;
         inj.draw(endpoint)
     }
 
@@ -362,7 +403,11 @@ impl App {
 }
 
 fn unknown_tenant(tenant: &str) -> Reply {
-    Reply::error(&ApiError::new(404, "UNKNOWN_TENANT", format!("no tenant {tenant:?}")))
+    Reply::error(&ApiError::new(
+        404,
+        "UNKNOWN_TENANT",
+        format!("no tenant {tenant:?}"),
+    ))
 }
 
 fn faults_reply(tenant: &str, spec: Option<FaultSpec>) -> Reply {
@@ -382,7 +427,10 @@ mod tests {
     fn shares_one_and_zero_are_exact_and_a_seed_repeats_its_draws() {
         let always = spec(r#"{"forget_share":1.0,"endpoints":["voucher.commit"]}"#).unwrap();
         for _ in 0..100 {
-            assert_eq!(always.draw("voucher.commit").unwrap().kind, Some(Kind::Forget));
+            assert_eq!(
+                always.draw("voucher.commit").unwrap().kind,
+                Some(Kind::Forget)
+            );
             assert_eq!(always.draw("voucher.check"), None);
         }
         let never = spec(r#"{"error_share":0.0}"#).unwrap();
@@ -399,7 +447,9 @@ mod tests {
     #[test]
     fn every_provider_call_can_be_faulted() {
         use crate::app::Call::*;
-        for c in [Check, Commit, Reactivate, Lookup, Enroll, Award, Account, Rewards, Redeem] {
+        for c in [
+            Check, Commit, Reactivate, Lookup, Enroll, Award, Account, Rewards, Redeem,
+        ] {
             assert!(ENDPOINTS.contains(&c.label()), "{c:?}");
         }
     }
@@ -418,12 +468,24 @@ mod tests {
     fn bad_specs_name_their_field() {
         let field = |j: &str| spec(j).err().and_then(|e| e.field).unwrap();
         assert_eq!(field(r#"{"error_share":1.5}"#), "error_share");
-        assert_eq!(field(r#"{"error_share":0.6,"forget_share":0.6}"#), "forget_share");
+        assert_eq!(
+            field(r#"{"error_share":0.6,"forget_share":0.6}"#),
+            "forget_share"
+        );
         assert_eq!(field(r#"{"error_status":404}"#), "error_status");
         assert_eq!(field(r#"{"timeout_ms":0}"#), "timeout_ms");
         assert_eq!(field(r#"{"endpoints":["admin"]}"#), "endpoints");
-        assert_eq!(field(r#"{"latency":{"uniform_ms":[50,10]}}"#), "latency.uniform_ms");
-        assert_eq!(field(r#"{"latency":{"fixed_ms":600001}}"#), "latency.fixed_ms");
-        assert_eq!(field(r#"{"latency":{"percentiles_ms":[[10,5],[100,9]]}}"#), "latency.percentiles_ms");
+        assert_eq!(
+            field(r#"{"latency":{"uniform_ms":[50,10]}}"#),
+            "latency.uniform_ms"
+        );
+        assert_eq!(
+            field(r#"{"latency":{"fixed_ms":600001}}"#),
+            "latency.fixed_ms"
+        );
+        assert_eq!(
+            field(r#"{"latency":{"percentiles_ms":[[10,5],[100,9]]}}"#),
+            "latency.percentiles_ms"
+        );
     }
 }

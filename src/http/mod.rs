@@ -26,9 +26,9 @@ use tokio::sync::{oneshot, Semaphore};
 
 use crate::app::chaos::{Injected, Kind};
 use crate::app::{App, Reply};
-use crate::contract::ApiError;
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::contract::ApiError;
 
 pub use crate::app::StartError;
 pub use auth::TenantAuth;
@@ -187,7 +187,9 @@ async fn handle(
         None => Some(routes::route(&front, &endpoint, req).await),
         Some(f) => inject(&front, &endpoint, req, f).await,
     };
-    let outcome = resp.as_ref().map_or("no_answer", |r| r.reply.outcome.as_str());
+    let outcome = resp
+        .as_ref()
+        .map_or("no_answer", |r| r.reply.outcome.as_str());
     front
         .app
         .metrics
@@ -198,13 +200,22 @@ async fn handle(
 /// Enact an injected fault (`app::chaos`) around a request; `None`: close the connection
 /// without an answer. A request that is not served has its body read (within the limits)
 /// first, so the client sees the connection end rather than a reset.
-async fn inject(front: &Front, endpoint: &routes::Endpoint, req: Request<Incoming>, f: Injected) -> Option<Out> {
+async fn inject(
+    front: &Front,
+    endpoint: &routes::Endpoint,
+    req: Request<Incoming>,
+    f: Injected,
+) -> Option<Out> {
     tokio::time::sleep(f.delay).await;
     match f.kind {
         None => Some(routes::route(front, endpoint, req).await),
         Some(Kind::Error(status)) => {
             drain(&front.app, req).await;
-            let e = ApiError::new(status, "INJECTED_FAULT", "an injected fault (admin API injected-faults): retry");
+            let e = ApiError::new(
+                status,
+                "INJECTED_FAULT",
+                "an injected fault (admin API injected-faults): retry",
+            );
             Some(routes::err(e))
         }
         Some(Kind::Timeout(hold)) => {
