@@ -11,29 +11,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::sim::{simulate_with, states_config};
 use common::*;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const CONFIG: &str = r#"
-[[tenants.campaigns]]
-id = "once"
-codes = ["A1", "A2", "A3"]
-discount = { amount_cents = 500 }
-max_uses_per_code = 1
-
-[[tenants.loyalty]]
-program_id = 7
-earn = { points = 1, per_cents = 100 }
-signup_bonus = 50
-[[tenants.loyalty.rewards]]
-id = "coffee"
-title = "Free coffee"
-points_cost = 100
-"#;
-
 async fn harness() -> Harness {
-    Harness::start(&config_with(CONFIG)).await
+    Harness::start(&config_with(ONCE_AND_PROGRAM_7)).await
 }
 
 /// Switch acme's injected faults to `spec`; the answer must be 200 and echo it.
@@ -217,37 +201,26 @@ async fn a_5xx_share_answers_unserved_counted_never_on_admin_or_health_and_off_w
 #[tokio::test]
 async fn latency_is_added_fixed_and_within_a_uniform_range() {
     let h = harness().await;
-    set(
-        &h,
-        json!({"latency": {"fixed_ms": 300}, "endpoints": ["loyalty.rewards"]}),
-    )
-    .await;
-    let t = Instant::now();
-    let r = h
-        .call("loyalty/rewards", &json!({"loyaltyProgramId": 7}))
-        .await;
-    assert!(
-        t.elapsed() >= Duration::from_millis(300),
-        "{:?}",
-        t.elapsed()
-    );
-    assert_eq!((r.status, r.json()["ok"].clone()), (200, json!(true)));
-    set(
-        &h,
-        json!({"latency": {"uniform_ms": [200, 250]}, "endpoints": ["loyalty.rewards"], "seed": 3}),
-    )
-    .await;
-    let t = Instant::now();
-    let r = h
-        .call("loyalty/rewards", &json!({"loyaltyProgramId": 7}))
-        .await;
-    assert!(
-        t.elapsed() >= Duration::from_millis(200),
-        "{:?}",
-        t.elapsed()
-    );
-    assert_eq!(r.status, 200);
-    assert_eq!(injected(&h, "loyalty.rewards", "latency").await, 2);
+    let specs = [
+        (json!({"fixed_ms": 300}), 300),
+        (json!({"uniform_ms": [200, 250]}), 200),
+        (json!({"percentiles_ms": [[0, 150], [100, 160]]}), 150),
+    ];
+    for (latency, at_least) in specs {
+        let spec = json!({"latency": latency, "endpoints": ["loyalty.rewards"], "seed": 3});
+        set(&h, spec).await;
+        let t = Instant::now();
+        let r = h
+            .call("loyalty/rewards", &json!({"loyaltyProgramId": 7}))
+            .await;
+        let took = t.elapsed();
+        assert!(
+            took >= Duration::from_millis(at_least),
+            "{latency}: {took:?}"
+        );
+        assert_eq!((r.status, r.json()["ok"].clone()), (200, json!(true)));
+    }
+    assert_eq!(injected(&h, "loyalty.rewards", "latency").await, 3);
     let t = Instant::now();
     assert_eq!(h.admin("GET", "injected-faults", None).await.status, 200);
     assert!(t.elapsed() < Duration::from_millis(200), "admin delayed");
@@ -356,51 +329,16 @@ async fn a_seed_makes_the_draws_repeat_and_a_restart_forgets_the_faults() {
     assert_eq!(r.json()["faults"], json!(null));
 }
 
-fn states_config() -> String {
-    config_with("").replace(
-        "token_env = \"ADMIN_TOKEN\"",
-        "token_env = \"ADMIN_TOKEN\"\nprovider_states = true",
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulate_recovers_from_5xx_and_forgotten_answers_on_commit_and_award() {
     let h = Harness::start(&states_config()).await;
-    set(
-        &h,
-        json!({"error_share": 0.2, "forget_share": 0.2, "seed": 11,
-        "endpoints": ["voucher.commit", "loyalty.award"]}),
-    )
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let json_path = dir.path().join("r.json");
-    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_karma-provider"));
-    c.args(["simulate", "--target", &format!("{}/v1/acme", h.base())])
-        .args(["--auth", &format!("header:X-Provider-Key:{KEY}")])
-        .args([
-            "--state-url",
-            &format!("{}/admin/v1/tenants/acme/provider-states", h.base()),
-        ])
-        .args([
-            "--state-header",
-            &format!("Authorization:Bearer {ADMIN_TOKEN}"),
-        ])
-        .args(["--retry-ms", "5,5,5,5,5,5,5,5,5,5,5,5,5,5"])
-        .args(["--orders", "40", "--concurrency", "4", "--seed", "5"])
-        .arg("--json")
-        .arg(&json_path);
-    let out = tokio::task::spawn_blocking(move || c.output().unwrap())
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: Value = serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
-    assert_eq!(r["violations"], json!([]), "{stdout}");
+    let spec = json!({"error_share": 0.2, "forget_share": 0.2, "seed": 11,
+        "endpoints": ["voucher.commit", "loyalty.award"]});
+    set(&h, spec).await;
+    let retry = "5,5,5,5,5,5,5,5,5,5,5,5,5,5";
+    let args = ["--orders", "40", "--concurrency", "4", "--seed", "5"];
+    let (code, r, _, stdout) = simulate_with(&h, &h.base(), retry, &args).await;
+    assert_eq!((code, r["violations"].clone()), (0, json!([])), "{stdout}");
     let retries = r["retries"].as_array().unwrap();
     assert!(
         retries.iter().all(|x| x["recovered"] == json!(true)),

@@ -33,19 +33,9 @@ const PPM: u32 = 1_000_000;
 /// Longest latency or timeout hold accepted, in ms (10 minutes).
 const MAX_MS: u64 = 600_000;
 
-/// The endpoints faults can apply to: the nine provider calls and the webhook receiver.
-pub const ENDPOINTS: [&str; 10] = [
-    "voucher.check",
-    "voucher.commit",
-    "voucher.reactivate",
-    "loyalty.lookup",
-    "loyalty.enroll",
-    "loyalty.award",
-    "loyalty.account",
-    "loyalty.rewards",
-    "loyalty.redeem",
-    "webhook",
-];
+/// The endpoints faults can apply to: the nine provider calls and the webhook receiver,
+/// by their metrics labels (the names replay fixtures use).
+pub const ENDPOINTS: [&str; 10] = crate::karma_urls::CALLS;
 
 /// What a tenant's requests suffer, as written by the caller (JSON, snake_case keys).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
