@@ -19,6 +19,7 @@ pub mod replay;
 pub mod rules;
 pub mod service;
 pub mod setup_cli;
+pub mod sources;
 pub mod store;
 pub mod voucher;
 pub mod webhook;

@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub mod sources;
+pub use sources::{SourceConfig, SourceKind};
+
 use crate::loyalty::{Program, ProgramSpec};
 use crate::voucher::{match_key, valid_id, Campaign, CampaignSpec, CodeMatch};
 
@@ -117,6 +120,8 @@ pub struct TenantConfig {
     pub campaign_rules: std::collections::HashMap<String, RulesConfig>,
     /// The webhook receiver; `None`: `/v1/{tenant}/webhooks` answers 404.
     pub webhooks: Option<WebhookConfig>,
+    /// Order sources (LOKE, Olympus) of the tenant's programs.
+    pub sources: Vec<SourceConfig>,
 }
 
 /// A vendor rules service (see `crate::rules`).
@@ -667,8 +672,10 @@ impl Config {
                 }
             }
             let mut programs: Vec<Program> = Vec::new();
-            for (pi, spec) in t.loyalty.into_iter().enumerate() {
+            let mut srcs: Vec<SourceConfig> = Vec::new();
+            for (pi, mut spec) in t.loyalty.into_iter().enumerate() {
                 let pk = format!("{tk}.loyalty[{pi}]");
+                srcs.extend(sources::parse(origin, &pk, &spec.program_id.clone().into_text(), std::mem::take(&mut spec.sources), &srcs, &secret, &dur)?);
                 if let (Some(e), p) = (spec.expire_days, spec.pending_days) {
                     if p >= e {
                         return Err(err(
@@ -839,6 +846,7 @@ impl Config {
                 code_match,
                 campaigns,
                 programs,
+                sources: srcs,
             });
         }
         Ok(Config {

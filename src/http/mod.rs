@@ -218,6 +218,7 @@ impl Server {
                     })
                     .collect::<Vec<_>>(),
             )
+            .chain(crate::sources::poll::spawn_all(&app))
             .collect();
         let (stop_tx, stop_rx) = oneshot::channel();
         let task = tokio::spawn(serve(app.clone(), listener, stop_rx, dispatchers));

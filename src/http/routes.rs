@@ -879,6 +879,19 @@ async fn admin_call(app: &Arc<App>, req: Request<Incoming>, rest: Vec<String>) -
                 _ => return not_found(),
             }
         }
+        (["sources", rest @ ..], m) => {
+            if let Some(allow) = crate::sources::not_allowed(rest, m) {
+                return method_not_allowed(allow);
+            }
+            let body = match *m == Method::POST {
+                true => match read_json_body(app, req).await {
+                    Ok(b) => Some(b),
+                    Err(e) => return err(e),
+                },
+                false => None,
+            };
+            crate::sources::admin(app, &tenant, rest, m, &query, body).await
+        }
         (["provider-states"], &Method::POST) => {
             if !app.config.admin.provider_states {
                 return err(ApiError::new(

@@ -26,6 +26,11 @@ pub struct ProgramSpec {
     pub tiers: Vec<TierSpec>,
     #[serde(default)]
     pub rewards: Vec<RewardSpec>,
+    /// Order sources earning in this program (`[[tenants.loyalty.sources]]`), as written:
+    /// validated by `config::sources`, taken out before the program is built, never
+    /// stored with a program.
+    #[serde(default, skip_serializing)]
+    pub sources: Vec<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

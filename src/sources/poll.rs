@@ -1,0 +1,355 @@
+//! The poller: one background task per order source. Each poll reads the platform's
+//! list-orders pages from the durable position onwards and hands every page, with the
+//! position after it, to one writer job (`jobs::apply_page`), so what is awarded and
+//! where to resume are written together. LOKE pages follow the cursor of the response
+//! headers, and open or awarded orders are fetched again by id while watched; Olympus reads
+//! `status=completed` (awards) and `status=cancelled` / `status=refunded` (reversals) with
+//! `limit`/`offset`. A failed request ends the poll; the next one waits the backoff
+//! (doubling with jitter) or the `Retry-After` of a 429/503.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::HttpsClient;
+use crate::config::{SourceConfig, SourceKind};
+use crate::http::App;
+use crate::store::StoreError;
+
+use super::jobs::{self, Advance, SourceRef, SourceStatus};
+use super::order::{loke_next_cursor, loke_page, olympus_page, LokeOrder, Order};
+
+/// Pages one poll reads at most per list (a guard against a cursor that never ends).
+const MAX_PAGES: usize = 10_000;
+/// Watched LOKE orders fetched again per poll.
+const WATCH_BATCH: usize = 50;
+/// The largest list answer read (a page of 500 LOKE orders with carts fits easily).
+const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+/// The Olympus lists read, in order.
+const OLYMPUS_LISTS: [&str; 3] = ["completed", "cancelled", "refunded"];
+
+/// A failed poll: why, and how long the platform asked us to wait.
+#[derive(Debug)]
+struct Failure {
+    why: String,
+    retry_after: Option<Duration>,
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Failure {
+        Failure {
+            why: format!("store: {e}"),
+            retry_after: None,
+        }
+    }
+}
+
+/// The source's identity for writer jobs.
+pub fn source_ref(tenant: &str, c: &SourceConfig) -> SourceRef {
+    SourceRef {
+        tenant: tenant.to_owned(),
+        name: c.name.clone(),
+        program: c.program.clone(),
+        watch_ms: match c.kind {
+            SourceKind::Loke { .. } => i64::try_from(c.watch.as_millis()).unwrap_or(i64::MAX),
+            SourceKind::Olympus { .. } => 0,
+        },
+    }
+}
+
+/// Start one poller per configured source.
+pub fn spawn_all(app: &Arc<App>) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut out = Vec::new();
+    for t in &app.config.tenants {
+        for s in &t.sources {
+            out.push(tokio::spawn(run(
+                app.clone(),
+                t.id.clone(),
+                s.clone(),
+                app.cancel.clone(),
+            )));
+        }
+    }
+    out
+}
+
+/// Poll one source until `cancel` fires.
+pub async fn run(app: Arc<App>, tenant: String, src: SourceConfig, cancel: CancellationToken) {
+    let client = match crate::client::https_client(&[]) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(tenant = %tenant, source = %src.name, error = %e, "cannot build the HTTP client; this source will not be polled");
+            return;
+        }
+    };
+    let sref = source_ref(&tenant, &src);
+    let r = sref.clone();
+    if let Ok(st) = app.store.run(move |txn, _| jobs::status(txn, &r)).await {
+        publish(&app, &sref, &st);
+    }
+    let mut failures: u32 = 0;
+    loop {
+        let result = tokio::select! {
+            r = poll_once(&app, &client, &sref, &src) => r,
+            _ = cancel.cancelled() => return,
+        };
+        let (outcome, wait) = match result {
+            Ok(()) => {
+                failures = 0;
+                (Ok(()), src.poll_every)
+            }
+            Err(f) => {
+                failures = failures.saturating_add(1);
+                let seed = format!("{tenant}/{}/{failures}", src.name);
+                let d = f.retry_after.unwrap_or_else(|| {
+                    crate::webhook::backoff(failures, src.backoff, src.backoff_max, seed.as_bytes())
+                });
+                tracing::warn!(tenant = %tenant, source = %src.name, error = %f.why, retry_in = ?d, "order source poll failed");
+                (Err(f.why), d)
+            }
+        };
+        app.metrics
+            .source_poll(&tenant, &src.name, if outcome.is_ok() { "ok" } else { "failed" });
+        let (r, now) = (sref.clone(), app.clock.now_ms());
+        match app
+            .store
+            .run(move |txn, _| jobs::finish_poll(txn, &r, outcome, now))
+            .await
+        {
+            Ok(st) => publish(&app, &sref, &st),
+            Err(StoreError::Closed) => return,
+            Err(e) => tracing::warn!(error = %e, "cannot record an order source poll"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = cancel.cancelled() => return,
+        }
+    }
+}
+
+fn publish(app: &App, s: &SourceRef, st: &SourceStatus) {
+    let counts: Vec<(&'static str, u64)> = jobs::OrderState::ALL
+        .iter()
+        .map(|x| (x.name(), st.count(*x)))
+        .collect();
+    app.metrics
+        .source_counts(&s.tenant, &s.name, st.seen, &counts, st.last_poll_at);
+}
+
+async fn poll_once(
+    app: &Arc<App>,
+    client: &HttpsClient,
+    s: &SourceRef,
+    c: &SourceConfig,
+) -> Result<(), Failure> {
+    let r = s.clone();
+    let st = app.store.run(move |txn, _| jobs::status(txn, &r)).await?;
+    match &c.kind {
+        SourceKind::Loke {
+            organization_id,
+            location_id,
+        } => {
+            let base = format!(
+                "{}/organizations/{}/locations/{}/orders",
+                c.base_url,
+                enc(organization_id),
+                enc(location_id)
+            );
+            poll_loke(app, client, s, c, &base, st.after).await?;
+            if s.watch_ms > 0 {
+                poll_watched(app, client, s, c, &base).await?;
+            }
+            Ok(())
+        }
+        SourceKind::Olympus { location_id } => {
+            for list in OLYMPUS_LISTS {
+                let from = st.offsets.get(list).copied().unwrap_or(0);
+                poll_olympus(app, client, s, c, location_id.as_deref(), list, from).await?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn enc(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+/// Read pages from cursor `after` on. The last page's cursor stays the position, so the
+/// next poll reads that page again (orders added to it, or changed on it, are seen).
+async fn poll_loke(
+    app: &Arc<App>,
+    client: &HttpsClient,
+    s: &SourceRef,
+    c: &SourceConfig,
+    base: &str,
+    mut after: Option<String>,
+) -> Result<(), Failure> {
+    for _ in 0..MAX_PAGES {
+        let url = match &after {
+            None => base.to_owned(),
+            Some(a) => format!("{base}?after={}", enc(a)),
+        };
+        let (headers, body) = get(client, &url, c).await?;
+        let orders = loke_page(&body).map_err(|why| Failure {
+            why: format!("LOKE orders page: {why}"),
+            retry_after: None,
+        })?;
+        let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+        let next = loke_next_cursor(h("link"), h("x-next-cursor"));
+        let done = next.is_none() || next == after;
+        let position = if done { after.clone() } else { next.clone() };
+        let orders: Vec<Order> = orders.iter().map(LokeOrder::to_order).collect();
+        apply(app, s, orders, Advance::Loke { after: position }).await?;
+        if done {
+            return Ok(());
+        }
+        after = next;
+    }
+    Ok(())
+}
+
+/// Fetch watched orders by id (`GET …/orders/{id}`); a 404 ends nothing (the watch
+/// simply runs out).
+async fn poll_watched(
+    app: &Arc<App>,
+    client: &HttpsClient,
+    s: &SourceRef,
+    c: &SourceConfig,
+    base: &str,
+) -> Result<(), Failure> {
+    let (r, now) = (s.clone(), app.clock.now_ms());
+    let ids = app
+        .store
+        .run(move |txn, _| jobs::due_watches(txn, &r, WATCH_BATCH, now))
+        .await?;
+    let mut orders = Vec::new();
+    for id in ids {
+        let (_, body) = match get(client, &format!("{base}/{}", enc(&id)), c).await {
+            Err(f) if f.why == "HTTP 404" => continue,
+            r => r?,
+        };
+        let o: LokeOrder = serde_json::from_slice(&body).map_err(|e| Failure {
+            why: format!("LOKE order {id}: {e}"),
+            retry_after: None,
+        })?;
+        orders.push(o.to_order());
+    }
+    if !orders.is_empty() {
+        apply(app, s, orders, Advance::Stay).await?;
+    }
+    Ok(())
+}
+
+/// Read one status list from `from` on (minus one page: an order leaving the list
+/// shifts the rest back, and a re-read order is a no-op).
+async fn poll_olympus(
+    app: &Arc<App>,
+    client: &HttpsClient,
+    s: &SourceRef,
+    c: &SourceConfig,
+    location: Option<&str>,
+    list: &str,
+    from: u64,
+) -> Result<(), Failure> {
+    let limit = u64::from(c.page_size);
+    let mut offset = from.saturating_sub(limit);
+    for _ in 0..MAX_PAGES {
+        let mut url = format!(
+            "{}/v1/commerce/orders?status={list}&limit={limit}&offset={offset}",
+            c.base_url
+        );
+        if let Some(l) = location {
+            url.push_str(&format!("&location_id={}", enc(l)));
+        }
+        let (_, body) = get(client, &url, c).await?;
+        let page = olympus_page(&body).map_err(|why| Failure {
+            why: format!("Olympus orders page: {why}"),
+            retry_after: None,
+        })?;
+        let n = u64::try_from(page.len()).unwrap_or(u64::MAX);
+        let next = offset.saturating_add(n).max(from);
+        let orders: Vec<Order> = page.iter().map(|o| o.to_order()).collect();
+        apply(
+            app,
+            s,
+            orders,
+            Advance::Olympus {
+                list: list.to_owned(),
+                offset: next,
+            },
+        )
+        .await?;
+        if n < limit {
+            return Ok(());
+        }
+        offset = offset.saturating_add(n);
+    }
+    Ok(())
+}
+
+async fn apply(
+    app: &Arc<App>,
+    s: &SourceRef,
+    orders: Vec<Order>,
+    advance: Advance,
+) -> Result<(), Failure> {
+    let (r, now) = (s.clone(), app.clock.now_ms());
+    let st = app
+        .store
+        .run(move |txn, state| jobs::apply_page(txn, state, &r, &orders, advance, now))
+        .await?;
+    publish(app, s, &st);
+    Ok(())
+}
+
+/// One authenticated GET: the headers and body of a 2xx, else a failure carrying the
+/// `Retry-After` of a 429 or 503.
+async fn get(
+    client: &HttpsClient,
+    url: &str,
+    c: &SourceConfig,
+) -> Result<(hyper::HeaderMap, Bytes), Failure> {
+    let fail = |why: String| Failure {
+        why,
+        retry_after: None,
+    };
+    let req = hyper::Request::builder()
+        .method("GET")
+        .uri(url)
+        .header("authorization", format!("Bearer {}", c.token.expose()))
+        .header("accept", "application/json")
+        .header("user-agent", "karma-provider")
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| fail(format!("request {url}: {e}")))?;
+    let resp = match tokio::time::timeout(c.timeout, client.request(req)).await {
+        Err(_) => return Err(fail(format!("timed out after {:?}", c.timeout))),
+        Ok(Err(e)) => return Err(fail(format!("cannot reach {}: {e}", c.base_url))),
+        Ok(Ok(r)) => r,
+    };
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    if !status.is_success() {
+        let retry_after = match status.as_u16() {
+            429 | 503 => headers
+                .get(hyper::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(crate::webhook::retry_after),
+            _ => None,
+        };
+        return Err(Failure {
+            why: format!("HTTP {}", status.as_u16()),
+            retry_after,
+        });
+    }
+    let limited = http_body_util::Limited::new(resp.into_body(), MAX_BODY_BYTES);
+    let body = tokio::time::timeout(c.timeout, limited.collect())
+        .await
+        .map_err(|_| fail(format!("body timed out after {:?}", c.timeout)))?
+        .map_err(|e| fail(format!("body: {e}")))?
+        .to_bytes();
+    Ok((headers, body))
+}
