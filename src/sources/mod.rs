@@ -89,9 +89,16 @@ pub async fn admin(
                 Err(e) => return Ok(Reply::error(&ApiError::invalid("memberId", format!("the body is {{\"memberId\": \"mbr_…\"}}: {e}")))),
             };
             let (r, order) = (poll::source_ref(tenant, s), order.to_string());
-            app.store
-                .run(move |txn, st| jobs::operator_award(txn, st, &r, &order, &b.member_id, now))
-                .await
+            let r2 = r.clone();
+            let (reply, status) = app
+                .store
+                .run(move |txn, st| {
+                    let reply = jobs::operator_award(txn, st, &r2, &order, &b.member_id, now)?;
+                    Ok((reply, jobs::status(txn, &r2)?))
+                })
+                .await?;
+            poll::publish(app, &r, &status);
+            Ok(reply)
         }
         _ => Ok(Reply::not_found("no such admin path")),
     }

@@ -334,18 +334,21 @@ impl OlympusOrder {
 /// A list answer: a JSON array of orders, or an object holding it under `orders`, `data`
 /// or `items` (Olympus does not document the list's envelope).
 pub fn olympus_page(body: &[u8]) -> Result<Vec<OlympusOrder>, String> {
-    let v: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
-    let list = match v {
-        serde_json::Value::Array(_) => v,
-        serde_json::Value::Object(mut m) => ["orders", "data", "items"]
+    use serde_json::value::RawValue;
+    // Raw values throughout: a number is never parsed into a float on the way.
+    let raw: &RawValue = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+    let list: &RawValue = if raw.get().starts_with('[') {
+        raw
+    } else {
+        let mut m: std::collections::HashMap<String, &RawValue> =
+            serde_json::from_str(raw.get()).map_err(|_| "neither an array nor an object")?;
+        ["orders", "data", "items"]
             .iter()
-            .find_map(|k| m.remove(*k).filter(|v| v.is_array()))
-            .ok_or("an object without an orders, data or items array")?,
-        _ => return Err("neither an array nor an object".into()),
+            .find_map(|k| m.remove(*k).filter(|v| v.get().starts_with('[')))
+            .ok_or("an object without an orders, data or items array")?
     };
-    // Numbers keep their literal: re-read from text into the raw-value shapes.
-    serde_json::from_str(&list.to_string()).map_err(|e| format!("order shape: {e}"))
+    let de = &mut serde_json::Deserializer::from_str(list.get());
+    serde_path_to_error::deserialize(de).map_err(|e| format!("at {}: {}", e.path(), e.inner()))
 }
 
 /// A LOKE list answer: `Order[]`.

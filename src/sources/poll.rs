@@ -130,7 +130,8 @@ pub async fn run(app: Arc<App>, tenant: String, src: SourceConfig, cancel: Cance
     }
 }
 
-fn publish(app: &App, s: &SourceRef, st: &SourceStatus) {
+/// Hand a source's durable counts to `/metrics`.
+pub fn publish(app: &App, s: &SourceRef, st: &SourceStatus) {
     let counts: Vec<(&'static str, u64)> = jobs::OrderState::ALL
         .iter()
         .map(|x| (x.name(), st.count(*x)))

@@ -1,0 +1,542 @@
+//! Order sources (issue 18) against local fake LOKE and Olympus servers serving the
+//! documented shapes (seeds 003 and 004): paging across several pages, an order that
+//! changes status between polls, a refund after the award, a duplicate order in two
+//! pages, a 429 with Retry-After, a 500, a restart of the service mid-poll (no award lost,
+//! none twice), the operator's award of an unmatched order; and each platform's
+//! documented example order (tests/data/, copied from the seeds) parsed exactly.
+
+mod common;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use http_body_util::Full;
+use hyper::body::Bytes;
+use karma_provider::sources::order::{
+    loke_page, Decimal, LokeOrder, OlympusOrder, Order, Status,
+};
+use serde_json::{json, Value};
+
+// ---- the fake platforms ----------------------------------------------------------------
+
+#[derive(Default)]
+struct FakeState {
+    /// LOKE: orders by id, and the list's pages of order ids (an id may be on two pages).
+    loke: HashMap<String, Value>,
+    pages: Vec<Vec<String>>,
+    /// Olympus: orders in the order they reached their current status.
+    olympus: Vec<Value>,
+    /// Answers sent before any real one: (status, Retry-After).
+    failures: VecDeque<(u16, Option<&'static str>)>,
+    /// Every request: when, path?query, status answered.
+    log: Vec<(Instant, String, u16)>,
+    delay: Duration,
+}
+
+#[derive(Clone)]
+struct Fake {
+    addr: SocketAddr,
+    st: Arc<Mutex<FakeState>>,
+}
+
+impl Fake {
+    async fn start() -> Fake {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let fake = Fake {
+            addr: listener.local_addr().unwrap(),
+            st: Arc::default(),
+        };
+        let f = fake.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let f = f.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let f = f.clone();
+                        async move { Ok::<_, std::convert::Infallible>(f.answer(req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        fake
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut FakeState) -> R) -> R {
+        f(&mut self.st.lock().unwrap())
+    }
+
+    async fn answer(
+        &self,
+        req: hyper::Request<hyper::body::Incoming>,
+    ) -> hyper::Response<Full<Bytes>> {
+        let delay = self.with(|s| s.delay);
+        tokio::time::sleep(delay).await;
+        let path = req.uri().path().to_owned();
+        let query = req.uri().query().unwrap_or("").to_owned();
+        let auth = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let (status, headers, body) = self.with(|s| {
+            let out = route(s, self.addr, &path, &query, &auth);
+            s.log.push((Instant::now(), format!("{path}?{query}"), out.0));
+            out
+        });
+        let mut resp = hyper::Response::new(Full::new(Bytes::from(body)));
+        *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+        for (k, v) in headers {
+            resp.headers_mut()
+                .insert(hyper::header::HeaderName::from_static(k), v.parse().unwrap());
+        }
+        resp
+    }
+}
+
+type Answer = (u16, Vec<(&'static str, String)>, String);
+
+fn route(s: &mut FakeState, addr: SocketAddr, path: &str, query: &str, auth: &str) -> Answer {
+    if auth != format!("Bearer {KEY}") {
+        return (401, vec![], r#"{"error":"unauthorized"}"#.into());
+    }
+    if let Some((status, after)) = s.failures.pop_front() {
+        let h = after.map(|a| vec![("retry-after", a.to_string())]).unwrap_or_default();
+        return (status, h, r#"{"error":"try later"}"#.into());
+    }
+    let q = |k: &str| {
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+            .map(str::to_owned)
+    };
+    const LOKE: &str = "/organizations/org1/locations/loc1/orders";
+    if path == LOKE {
+        let page: usize = q("after")
+            .and_then(|a| a.strip_prefix('p').and_then(|n| n.parse().ok()))
+            .unwrap_or(0);
+        let ids = s.pages.get(page).cloned().unwrap_or_default();
+        let orders: Vec<Value> = ids.iter().map(|id| s.loke[id].clone()).collect();
+        let mut h = vec![];
+        if page + 1 < s.pages.len() {
+            let next = format!("<http://{addr}{LOKE}?after=p{}>; rel=\"next\"", page + 1);
+            h.push(("link", next));
+        }
+        return (200, h, Value::Array(orders).to_string());
+    }
+    if let Some(id) = path.strip_prefix(&format!("{LOKE}/")) {
+        return match s.loke.get(id) {
+            Some(o) => (200, vec![], o.to_string()),
+            None => (404, vec![], r#"{"code":"not_found"}"#.into()),
+        };
+    }
+    if path == "/v1/commerce/orders" {
+        let status = q("status").unwrap_or_default();
+        let limit: usize = q("limit").and_then(|l| l.parse().ok()).unwrap_or(50);
+        let offset: usize = q("offset").and_then(|l| l.parse().ok()).unwrap_or(0);
+        let list: Vec<Value> = s
+            .olympus
+            .iter()
+            .filter(|o| o["status"] == status.as_str())
+            .skip(offset)
+            .take(limit)
+            .cloned()
+            .collect();
+        return (200, vec![], json!({ "data": list }).to_string());
+    }
+    (404, vec![], "{}".into())
+}
+
+fn loke_order(id: &str, state: &str, total: i64, discount: i64, phone: &str, email: &str) -> Value {
+    json!({
+        "id": id,
+        "state": state,
+        "createdAt": "2026-06-01T09:00:00Z",
+        "cart": {"currency": "AUD", "total": total, "adjustments": [],
+                 "items": [{"id": "FOOD001", "title": "Burger", "quantity": 1, "amount": total}]},
+        "payment": {"id": format!("pay-{id}"), "state": "completed", "currency": "AUD",
+                    "total": total, "discountAmount": discount, "creditAmount": 0,
+                    "chargedAmount": total - discount, "tipAmount": 0, "deliveryAmount": 0,
+                    "feeAmount": 0, "payoutAmount": total - discount,
+                    "completedAt": "2026-06-01T09:10:00Z"},
+        "customer": {"id": format!("c-{id}"), "firstName": "A", "lastName": "B",
+                     "email": if email.is_empty() { Value::Null } else { email.into() },
+                     "phoneNumber": if phone.is_empty() { Value::Null } else { phone.into() }},
+    })
+}
+
+fn olympus_order(id: &str, status: &str, total: Value, meta: Value) -> Value {
+    json!({
+        "id": id, "tenant_id": "t", "location_id": "loc", "source": "pos", "status": status,
+        "currency": "USD", "subtotal": total.clone(), "tax_total": 0.00, "discount_total": 0.00,
+        "total": total, "metadata": meta,
+        "items": [{"id": format!("i-{id}"), "order_id": id, "name": "Pizza", "quantity": 1,
+                   "unit_price": 1.00, "total_price": 1.00, "modifiers": {}, "notes": null}],
+        "created_at": "2026-06-01T09:00:00Z", "updated_at": "2026-06-01T09:00:00Z",
+    })
+}
+
+/// Move an Olympus order to a new status (and to the end of that status's list).
+fn olympus_set(s: &mut FakeState, id: &str, status: &str) {
+    let i = s.olympus.iter().position(|o| o["id"] == id).unwrap();
+    let mut o = s.olympus.remove(i);
+    o["status"] = status.into();
+    s.olympus.push(o);
+}
+
+// ---- the service -----------------------------------------------------------------------
+
+fn source_toml(name: &str, kind: &str, fake: &Fake, extra: &str) -> String {
+    format!(
+        r#"
+[[tenants.loyalty.sources]]
+name = "{name}"
+kind = "{kind}"
+base_url = "{}"
+token_env = "ACME_KEY"
+poll_every = "50ms"
+backoff = "50ms"
+backoff_max = "100ms"
+{extra}
+"#,
+        fake.url()
+    )
+}
+
+fn config(sources: &str) -> String {
+    config_with(&format!(
+        "[[tenants.loyalty]]\nprogram_id = 7\nearn = {{ points = 1, per_cents = 100 }}\n{sources}"
+    ))
+}
+
+const LOKE_KEYS: &str = "organization_id = \"org1\"\nlocation_id = \"loc1\"";
+
+async fn enroll(h: &Harness, user: &str, contact: Value) -> String {
+    let mut body = json!({"userId": user, "loyaltyProgramId": 7, "locationId": 42});
+    for (k, v) in contact.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    let r = h.call("loyalty/enroll", &body).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.bytes));
+    r.json()["memberId"].as_str().unwrap().to_owned()
+}
+
+async fn balance(h: &Harness, user: &str) -> i64 {
+    let r = h
+        .call("loyalty/account", &json!({"userId": user, "loyaltyProgramId": 7}))
+        .await;
+    r.json()["currentBalance"].as_i64().unwrap()
+}
+
+/// The admin view of one source, once `done` holds (or a panic naming the last view).
+async fn wait_source(h: &Harness, name: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let start = Instant::now();
+    loop {
+        let v = h.admin("GET", "sources", None).await.json();
+        let s = v["sources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .cloned()
+            .unwrap();
+        if done(&s) {
+            return s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "waited too long: {s}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn orders(s: &Value, state: &str) -> i64 {
+    s["orders"][state].as_i64().unwrap()
+}
+
+/// Polls that ran after now: wait until the fake has answered `n` more requests.
+async fn wait_requests(fake: &Fake, n: usize) {
+    let base = fake.with(|s| s.log.len());
+    let start = Instant::now();
+    while fake.with(|s| s.log.len()) < base + n {
+        assert!(start.elapsed() < Duration::from_secs(20));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn loke_pages_status_changes_refunds_duplicates_and_the_operator() {
+    let fake = Fake::start().await;
+    let mut h = Harness::start(&config(&source_toml("loke", "loke", &fake, LOKE_KEYS))).await;
+    let m1 = enroll(&h, "u-1", json!({"phone": "+61 411 222 333"})).await;
+    let m2 = enroll(&h, "u-2", json!({"email": "Jane@Example.com"})).await;
+    fake.with(|s| {
+        for o in [
+            loke_order("l1", "completed", 1000, 300, "+61411222333", ""),
+            loke_order("l2", "accepted", 2000, 0, "", "jane@example.com"),
+            loke_order("l3", "completed", 5000, 0, "+61400000000", ""),
+            loke_order("l4", "completed", 2500, 0, "", "JANE@example.com"),
+            loke_order("l5", "rejected", 900, 0, "+61411222333", ""),
+        ] {
+            s.loke.insert(o["id"].as_str().unwrap().to_owned(), o);
+        }
+        // l4 is on two pages.
+        s.pages = vec![
+            vec!["l1".into(), "l2".into()],
+            vec!["l3".into(), "l4".into()],
+            vec!["l4".into(), "l5".into()],
+        ];
+    });
+    let s = wait_source(&h, "loke", |s| s["seen"] == 5).await;
+    assert_eq!(
+        (orders(&s, "awarded"), orders(&s, "open"), orders(&s, "unmatched")),
+        (2, 1, 1)
+    );
+    assert_eq!((orders(&s, "cancelled"), orders(&s, "failed")), (1, 0));
+    assert_eq!(s["position"]["after"], "p2");
+    // 1000 - 300 LOKE discount = 7.00; 25.00.
+    assert_eq!((balance(&h, "u-1").await, balance(&h, "u-2").await), (7, 25));
+
+    // l2 completes after its page was read: fetched again by id, it earns.
+    fake.with(|s| {
+        s.loke.get_mut("l2").unwrap()["state"] = "completed".into();
+    });
+    wait_source(&h, "loke", |s| orders(s, "awarded") == 3).await;
+    assert_eq!(balance(&h, "u-2").await, 45);
+
+    // l1 is refunded after its award: reversed.
+    fake.with(|s| {
+        s.loke.get_mut("l1").unwrap()["payment"]["state"] = "refunded".into();
+    });
+    let s = wait_source(&h, "loke", |s| orders(s, "reversed") == 1).await;
+    assert_eq!(orders(&s, "awarded"), 2);
+    assert_eq!(balance(&h, "u-1").await, 0);
+
+    // Re-polling the same pages changes nothing.
+    wait_requests(&fake, 8).await;
+    assert_eq!((balance(&h, "u-1").await, balance(&h, "u-2").await), (0, 45));
+
+    // The unmatched order, visible to the operator, is awarded by hand once.
+    let list = h
+        .admin("GET", "sources/loke/orders?state=unmatched", None)
+        .await
+        .json();
+    let ids: Vec<_> = list["orders"].as_array().unwrap().iter().map(|o| o["orderId"].clone()).collect();
+    assert_eq!(ids, [json!("l3")]);
+    assert_eq!(list["orders"][0]["phone"], "61400000000");
+    assert_eq!(list["orders"][0]["amountCents"], 5000);
+    let award = json!({"memberId": m1});
+    let r = h.admin("POST", "sources/loke/orders/l3/award", Some(&award)).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.bytes));
+    assert_eq!(r.json()["order"]["state"], "awarded");
+    assert_eq!(r.json()["order"]["awardedBy"], "operator");
+    assert_eq!(r.json()["order"]["points"], 50);
+    let again = h.admin("POST", "sources/loke/orders/l3/award", Some(&award)).await;
+    assert_eq!(again.status, 200);
+    let other = json!({"memberId": m2});
+    let r = h.admin("POST", "sources/loke/orders/l3/award", Some(&other)).await;
+    assert_eq!(r.status, 409);
+    assert_eq!(r.json()["error"], "ORDER_NOT_UNMATCHED");
+    let r = h.admin("POST", "sources/loke/orders/l4/award", Some(&award)).await;
+    assert_eq!(r.status, 409);
+    let r = h.admin("POST", "sources/loke/orders/nope/award", Some(&award)).await;
+    assert_eq!(r.status, 404);
+    let r = h.admin("GET", "sources/loke/orders/l3/award", None).await;
+    assert_eq!(r.status, 405);
+    assert_eq!(balance(&h, "u-1").await, 50);
+    let s = wait_source(&h, "loke", |s| orders(s, "unmatched") == 0).await;
+    assert_eq!(orders(&s, "awarded"), 3);
+
+    // The ledger: one earn per order, the reversal, the operator's award.
+    let m = h.admin("GET", "loyalty/7/users/u-1", None).await.json();
+    let reasons: Vec<_> = m["ledger"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["kind"].clone(), e["points"].clone()))
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            (json!("earn"), json!(7)),
+            (json!("reversal"), json!(-7)),
+            (json!("earn"), json!(50))
+        ]
+    );
+    let metrics = h.request("GET", "/metrics", &[], vec![]).await;
+    let text = String::from_utf8_lossy(&metrics.bytes).into_owned();
+    assert!(text.contains("kp_source_orders_seen_total{tenant=\"acme\",source=\"loke\"} 5"), "{text}");
+    assert!(text.contains("kp_source_orders{tenant=\"acme\",source=\"loke\",state=\"awarded\"} 3"), "{text}");
+    assert!(text.contains("kp_source_polls_total{tenant=\"acme\",source=\"loke\",outcome=\"ok\"}"), "{text}");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn loke_honours_retry_after_on_429_and_backs_off_on_500() {
+    let fake = Fake::start().await;
+    fake.with(|s| {
+        s.loke.insert("l1".into(), loke_order("l1", "completed", 1200, 0, "+61411222333", ""));
+        s.pages = vec![vec!["l1".into()]];
+        s.failures = VecDeque::from([(429, Some("1")), (500, None)]);
+    });
+    let h = Harness::start(&config(&source_toml("loke", "loke", &fake, LOKE_KEYS))).await;
+    let s = wait_source(&h, "loke", |s| orders(s, "unmatched") == 1).await;
+    assert_eq!(s["lastError"], Value::Null);
+    let log = fake.with(|s| s.log.clone());
+    let statuses: Vec<u16> = log.iter().take(3).map(|l| l.2).collect();
+    assert_eq!(statuses, [429, 500, 200]);
+    // The 429 asked for a second; the 500 got the backoff (50-100 ms with jitter).
+    assert!(log[1].0 - log[0].0 >= Duration::from_secs(1), "{:?}", log[1].0 - log[0].0);
+    assert!(log[2].0 - log[1].0 < Duration::from_millis(900), "{:?}", log[2].0 - log[1].0);
+    let metrics = h.request("GET", "/metrics", &[], vec![]).await;
+    let text = String::from_utf8_lossy(&metrics.bytes).into_owned();
+    assert!(text.contains("kp_source_polls_total{tenant=\"acme\",source=\"loke\",outcome=\"failed\"} 2"), "{text}");
+    // A failure is visible until the next good poll.
+    fake.with(|s| s.failures = VecDeque::from([(500, None); 50]));
+    let s = wait_source(&h, "loke", |s| s["lastError"] == "HTTP 500").await;
+    assert!(s["lastErrorAt"].is_string());
+}
+
+#[tokio::test]
+async fn olympus_completed_cancelled_refunded_and_exact_decimals() {
+    let fake = Fake::start().await;
+    let h = Harness::start(&config(&source_toml("pos", "olympus", &fake, "page_size = 2"))).await;
+    enroll(&h, "u-1", json!({"phone": "+1 (415) 555-0100"})).await;
+    enroll(&h, "u-2", json!({"email": "ann@example.com"})).await;
+    fake.with(|s| {
+        s.olympus = vec![
+            olympus_order("o1", "completed", json!(16.19), json!({"phone": "14155550100"})),
+            olympus_order("o2", "pending", json!("20.00"), json!({"email": "ann@example.com"})),
+            olympus_order("o3", "completed", json!("12.345"), json!({"email": "ann@example.com"})),
+            olympus_order("o4", "completed", json!(30), json!({"email": "Ann@Example.com"})),
+            olympus_order("o5", "cancelled", json!(5.00), json!({})),
+            olympus_order("o6", "completed", json!("7.5"), json!({"phone": "+14155550100"})),
+        ];
+    });
+    let s = wait_source(&h, "pos", |s| s["seen"] == 5).await;
+    assert_eq!(
+        (orders(&s, "awarded"), orders(&s, "failed"), orders(&s, "cancelled")),
+        (3, 1, 1)
+    );
+    assert_eq!(s["position"]["offsets"]["completed"], 4);
+    assert_eq!((balance(&h, "u-1").await, balance(&h, "u-2").await), (16 + 7, 30));
+    let failed = h
+        .admin("GET", "sources/pos/orders?state=failed", None)
+        .await
+        .json();
+    assert_eq!(failed["orders"][0]["orderId"], "o3");
+    assert_eq!(
+        failed["orders"][0]["failure"],
+        "total: \"12.345\" has more than 2 decimals; cents cannot hold it exactly"
+    );
+
+    // o2 completes between polls; o4 is refunded after its award.
+    fake.with(|s| olympus_set(s, "o2", "completed"));
+    wait_source(&h, "pos", |s| orders(s, "awarded") == 4).await;
+    assert_eq!(balance(&h, "u-2").await, 50);
+    fake.with(|s| olympus_set(s, "o4", "refunded"));
+    let s = wait_source(&h, "pos", |s| orders(s, "reversed") == 1).await;
+    assert_eq!(orders(&s, "awarded"), 3);
+    assert_eq!(balance(&h, "u-2").await, 20);
+    wait_requests(&fake, 12).await;
+    assert_eq!((balance(&h, "u-1").await, balance(&h, "u-2").await), (23, 20));
+}
+
+#[tokio::test]
+async fn a_restart_mid_poll_loses_no_award_and_repeats_none() {
+    let fake = Fake::start().await;
+    let mut h = Harness::start(&config(&source_toml("loke", "loke", &fake, LOKE_KEYS))).await;
+    enroll(&h, "u-1", json!({"phone": "+61411222333"})).await;
+    fake.with(|s| {
+        s.delay = Duration::from_millis(60);
+        for i in 1..=20 {
+            let id = format!("r{i:02}");
+            s.loke.insert(id.clone(), loke_order(&id, "completed", 100 * i, 0, "+61411222333", ""));
+        }
+        let ids: Vec<String> = (1..=20).map(|i| format!("r{i:02}")).collect();
+        s.pages = ids.chunks(2).map(<[String]>::to_vec).collect();
+    });
+    let mid = wait_source(&h, "loke", |s| s["seen"].as_i64().unwrap() >= 6).await;
+    assert!(mid["seen"].as_i64().unwrap() < 20, "{mid}");
+    h.restart().await;
+    let s = wait_source(&h, "loke", |s| orders(s, "awarded") == 20).await;
+    assert_eq!(s["seen"], 20);
+    wait_requests(&fake, 4).await;
+    // 1 + 2 + … + 20 points, each order once.
+    assert_eq!(balance(&h, "u-1").await, 210);
+    let m = h.admin("GET", "loyalty/7/users/u-1", None).await.json();
+    assert_eq!(m["ledger"].as_array().unwrap().len(), 20);
+    h.stop().await;
+}
+
+// ---- the documented examples -----------------------------------------------------------
+
+#[test]
+fn loke_documented_order_parses_exactly() {
+    let text = std::fs::read_to_string("tests/data/loke-order.json").unwrap();
+    let o: LokeOrder = serde_json::from_str(&text).unwrap();
+    assert_eq!(o.id, "642b791d-124f-41d6-a137-009f1fe84f77");
+    assert_eq!(o.state, "rejected");
+    assert_eq!(o.completed_at.as_deref(), Some("2021-08-04T04:38:00Z"));
+    let cart = o.cart.as_ref().unwrap();
+    assert_eq!((cart.total, cart.currency.as_deref()), (Some(10000), Some("AUD")));
+    assert_eq!(cart.items.len(), 2);
+    assert_eq!(cart.adjustments[0].amount, -500);
+    let p = o.payment.as_ref().unwrap();
+    assert_eq!(
+        (p.total, p.discount_amount, p.credit_amount, p.charged_amount, p.tip_amount),
+        (1000, 300, 200, 600, 100)
+    );
+    assert_eq!((p.state.as_str(), p.currency.as_str()), ("completed", "SGD"));
+    assert_eq!(
+        o.to_order(),
+        Order {
+            id: "642b791d-124f-41d6-a137-009f1fe84f77".into(),
+            status: Status::Reversed("rejected".into()),
+            state: "rejected".into(),
+            amount_cents: Ok(700),
+            phone: Some("61411222333".into()),
+            email: Some("john@example.com".into()),
+            item_ids: vec!["FOOD001".into(), "FOOD001".into()],
+        }
+    );
+    let list = std::fs::read_to_string("tests/data/loke-orders.json").unwrap();
+    let page = loke_page(list.as_bytes()).unwrap();
+    assert_eq!(page.len(), 2);
+    assert!(page.iter().all(|o| o.to_order().amount_cents == Ok(700)));
+}
+
+#[test]
+fn olympus_documented_order_parses_exactly() {
+    let text = std::fs::read_to_string("tests/data/olympus-order.json").unwrap();
+    let o: OlympusOrder = serde_json::from_str(&text).unwrap();
+    assert_eq!(o.id, "b2c3d4e5-f6a7-8901-bcde-f12345678901");
+    assert_eq!(o.status, "pending");
+    assert_eq!(o.total, Decimal("16.19".into()));
+    assert_eq!(o.subtotal, Some(Decimal("14.99".into())));
+    // The literal as written, not a float's rendering.
+    assert_eq!(o.tax_total, Some(Decimal("1.20".into())));
+    assert_eq!(o.discount_total, Some(Decimal("0.00".into())));
+    assert_eq!(o.items[0].unit_price, Decimal("14.99".into()));
+    assert_eq!(o.items[0].quantity, 1);
+    assert_eq!(
+        o.to_order(),
+        Order {
+            id: "b2c3d4e5-f6a7-8901-bcde-f12345678901".into(),
+            status: Status::Open,
+            state: "pending".into(),
+            amount_cents: Ok(1619),
+            phone: None,
+            email: None,
+            item_ids: vec![],
+        }
+    );
+}
