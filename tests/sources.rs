@@ -540,3 +540,34 @@ fn olympus_documented_order_parses_exactly() {
         }
     );
 }
+
+#[test]
+fn source_config_errors_name_the_key() {
+    let env = |k: &str| (k == "TOKEN").then(|| "t".to_string());
+    let load = |source: &str| {
+        let text = format!(
+            "[[tenants]]\nid = \"a\"\nauth = {{ mode = \"none\" }}\n[[tenants.loyalty]]\nprogram_id = 7\nearn = {{ points = 1, per_cents = 100 }}\n[[tenants.loyalty.sources]]\n{source}\n"
+        );
+        karma_provider::Config::from_toml(&text, "t.toml", &env).map(|c| c.tenants[0].sources.len())
+    };
+    let ok = "name = \"pos\"\nkind = \"olympus\"\nbase_url = \"https://o.example\"\ntoken_env = \"TOKEN\"";
+    assert_eq!(load(ok), Ok(1));
+    for (source, key, message) in [
+        (ok.replace("olympus", "square"), "kind", "\"square\" is not one of \"loke\", \"olympus\""),
+        (ok.replace("TOKEN", "UNSET"), "token_env", "names no token that is set (token_env or token_file)"),
+        (ok.replace("https://o.example", "ftp://o"), "base_url", "must be an http:// or https:// URL"),
+        (ok.replace("kind = \"olympus\"", "kind = \"loke\""), "organization_id", "is required for this kind"),
+        (format!("{ok}\npage_size = 0"), "page_size", "must be 1..=500"),
+        (format!("{ok}\npoll_every = \"soon\""), "poll_every", "does not start with a whole number"),
+    ] {
+        let e = load(&source).unwrap_err();
+        assert_eq!(e.key, format!("tenants[0].loyalty[0].sources[0].{key}"), "{e}");
+        assert!(e.message.contains(message), "{e}");
+    }
+    let e = load(&format!("{ok}\nsurprise = 1")).unwrap_err();
+    assert!(e.key.starts_with("tenants[0].loyalty[0].sources[0]"), "{e}");
+    assert!(e.message.contains("unknown field `surprise`"), "{e}");
+    let twice = format!("{ok}\n[[tenants.loyalty.sources]]\n{ok}");
+    let e = load(&twice).unwrap_err();
+    assert_eq!(e.key, "tenants[0].loyalty[0].sources[1].name");
+}
