@@ -100,7 +100,10 @@ impl Metrics {
         out.push_str("# HELP kp_source_polls_total Polls of an order source (LOKE, Olympus) by outcome.\n# TYPE kp_source_polls_total counter\n");
         if let Ok(m) = self.source_polls.lock() {
             for ((t, s, o), n) in m.iter() {
-                let _ = writeln!(out, "kp_source_polls_total{{tenant=\"{t}\",source=\"{s}\",outcome=\"{o}\"}} {n}");
+                let _ = writeln!(
+                    out,
+                    "kp_source_polls_total{{tenant=\"{t}\",source=\"{s}\",outcome=\"{o}\"}} {n}"
+                );
             }
         }
         let Ok(m) = self.source_orders.lock() else {
@@ -108,18 +111,28 @@ impl Metrics {
         };
         out.push_str("# HELP kp_source_orders_seen_total Distinct orders an order source has recorded.\n# TYPE kp_source_orders_seen_total counter\n");
         for ((t, s), (seen, _, _)) in m.iter() {
-            let _ = writeln!(out, "kp_source_orders_seen_total{{tenant=\"{t}\",source=\"{s}\"}} {seen}");
+            let _ = writeln!(
+                out,
+                "kp_source_orders_seen_total{{tenant=\"{t}\",source=\"{s}\"}} {seen}"
+            );
         }
         out.push_str("# HELP kp_source_orders An order source's orders by state (open, awarded, unmatched, failed, reversed, cancelled).\n# TYPE kp_source_orders gauge\n");
         for ((t, s), (_, states, _)) in m.iter() {
             for (st, n) in states {
-                let _ = writeln!(out, "kp_source_orders{{tenant=\"{t}\",source=\"{s}\",state=\"{st}\"}} {n}");
+                let _ = writeln!(
+                    out,
+                    "kp_source_orders{{tenant=\"{t}\",source=\"{s}\",state=\"{st}\"}} {n}"
+                );
             }
         }
         out.push_str("# HELP kp_source_last_poll_timestamp_seconds When an order source's last good poll ended.\n# TYPE kp_source_last_poll_timestamp_seconds gauge\n");
         for ((t, s), (_, _, at)) in m.iter() {
             if let Some(ms) = at {
-                let _ = writeln!(out, "kp_source_last_poll_timestamp_seconds{{tenant=\"{t}\",source=\"{s}\"}} {}", ms.div_euclid(1000));
+                let _ = writeln!(
+                    out,
+                    "kp_source_last_poll_timestamp_seconds{{tenant=\"{t}\",source=\"{s}\"}} {}",
+                    ms.div_euclid(1000)
+                );
             }
         }
     }

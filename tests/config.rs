@@ -22,7 +22,11 @@ fn example_config_documents_valid_keys() {
     assert_eq!(c.server.max_body_bytes, 65_536);
     assert_eq!(c.tenants[0].webhooks.as_ref().unwrap().secrets.len(), 1);
     assert_eq!(c.tenants[0].webhooks.as_ref().unwrap().routes.len(), 2);
-    let names: Vec<_> = c.tenants[0].sources.iter().map(|s| (s.name.as_str(), s.kind.name(), s.program.as_str())).collect();
+    let names: Vec<_> = c.tenants[0]
+        .sources
+        .iter()
+        .map(|s| (s.name.as_str(), s.kind.name(), s.program.as_str()))
+        .collect();
     assert_eq!(names, [("loke", "loke", "7"), ("pos", "olympus", "7")]);
     assert_eq!(c.tenants[0].sources[1].page_size, 50);
 }

@@ -15,9 +15,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use http_body_util::Full;
 use hyper::body::Bytes;
-use karma_provider::sources::order::{
-    loke_page, Decimal, LokeOrder, OlympusOrder, Order, Status,
-};
+use karma_provider::sources::order::{loke_page, Decimal, LokeOrder, OlympusOrder, Order, Status};
 use serde_json::{json, Value};
 
 // ---- the fake platforms ----------------------------------------------------------------
@@ -91,14 +89,17 @@ impl Fake {
             .to_owned();
         let (status, headers, body) = self.with(|s| {
             let out = route(s, self.addr, &path, &query, &auth);
-            s.log.push((Instant::now(), format!("{path}?{query}"), out.0));
+            s.log
+                .push((Instant::now(), format!("{path}?{query}"), out.0));
             out
         });
         let mut resp = hyper::Response::new(Full::new(Bytes::from(body)));
         *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
         for (k, v) in headers {
-            resp.headers_mut()
-                .insert(hyper::header::HeaderName::from_static(k), v.parse().unwrap());
+            resp.headers_mut().insert(
+                hyper::header::HeaderName::from_static(k),
+                v.parse().unwrap(),
+            );
         }
         resp
     }
@@ -111,7 +112,9 @@ fn route(s: &mut FakeState, addr: SocketAddr, path: &str, query: &str, auth: &st
         return (401, vec![], r#"{"error":"unauthorized"}"#.into());
     }
     if let Some((status, after)) = s.failures.pop_front() {
-        let h = after.map(|a| vec![("retry-after", a.to_string())]).unwrap_or_default();
+        let h = after
+            .map(|a| vec![("retry-after", a.to_string())])
+            .unwrap_or_default();
         return (status, h, r#"{"error":"try later"}"#.into());
     }
     let q = |k: &str| {
@@ -233,7 +236,10 @@ async fn enroll(h: &Harness, user: &str, contact: Value) -> String {
 
 async fn balance(h: &Harness, user: &str) -> i64 {
     let r = h
-        .call("loyalty/account", &json!({"userId": user, "loyaltyProgramId": 7}))
+        .call(
+            "loyalty/account",
+            &json!({"userId": user, "loyaltyProgramId": 7}),
+        )
         .await;
     r.json()["currentBalance"].as_i64().unwrap()
 }
@@ -253,7 +259,10 @@ async fn wait_source(h: &Harness, name: &str, done: impl Fn(&Value) -> bool) -> 
         if done(&s) {
             return s;
         }
-        assert!(start.elapsed() < Duration::from_secs(20), "waited too long: {s}");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "waited too long: {s}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -297,13 +306,20 @@ async fn loke_pages_status_changes_refunds_duplicates_and_the_operator() {
     });
     let s = wait_source(&h, "loke", |s| s["seen"] == 5).await;
     assert_eq!(
-        (orders(&s, "awarded"), orders(&s, "open"), orders(&s, "unmatched")),
+        (
+            orders(&s, "awarded"),
+            orders(&s, "open"),
+            orders(&s, "unmatched")
+        ),
         (2, 1, 1)
     );
     assert_eq!((orders(&s, "cancelled"), orders(&s, "failed")), (1, 0));
     assert_eq!(s["position"]["after"], "p2");
     // 1000 - 300 LOKE discount = 7.00; 25.00.
-    assert_eq!((balance(&h, "u-1").await, balance(&h, "u-2").await), (7, 25));
+    assert_eq!(
+        (balance(&h, "u-1").await, balance(&h, "u-2").await),
+        (7, 25)
+    );
 
     // l2 completes after its page was read: fetched again by id, it earns.
     fake.with(|s| {
@@ -322,32 +338,50 @@ async fn loke_pages_status_changes_refunds_duplicates_and_the_operator() {
 
     // Re-polling the same pages changes nothing.
     wait_requests(&fake, 8).await;
-    assert_eq!((balance(&h, "u-1").await, balance(&h, "u-2").await), (0, 45));
+    assert_eq!(
+        (balance(&h, "u-1").await, balance(&h, "u-2").await),
+        (0, 45)
+    );
 
     // The unmatched order, visible to the operator, is awarded by hand once.
     let list = h
         .admin("GET", "sources/loke/orders?state=unmatched", None)
         .await
         .json();
-    let ids: Vec<_> = list["orders"].as_array().unwrap().iter().map(|o| o["orderId"].clone()).collect();
+    let ids: Vec<_> = list["orders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["orderId"].clone())
+        .collect();
     assert_eq!(ids, [json!("l3")]);
     assert_eq!(list["orders"][0]["phone"], "61400000000");
     assert_eq!(list["orders"][0]["amountCents"], 5000);
     let award = json!({"memberId": m1});
-    let r = h.admin("POST", "sources/loke/orders/l3/award", Some(&award)).await;
+    let r = h
+        .admin("POST", "sources/loke/orders/l3/award", Some(&award))
+        .await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.bytes));
     assert_eq!(r.json()["order"]["state"], "awarded");
     assert_eq!(r.json()["order"]["awardedBy"], "operator");
     assert_eq!(r.json()["order"]["points"], 50);
-    let again = h.admin("POST", "sources/loke/orders/l3/award", Some(&award)).await;
+    let again = h
+        .admin("POST", "sources/loke/orders/l3/award", Some(&award))
+        .await;
     assert_eq!(again.status, 200);
     let other = json!({"memberId": m2});
-    let r = h.admin("POST", "sources/loke/orders/l3/award", Some(&other)).await;
+    let r = h
+        .admin("POST", "sources/loke/orders/l3/award", Some(&other))
+        .await;
     assert_eq!(r.status, 409);
     assert_eq!(r.json()["error"], "ORDER_NOT_UNMATCHED");
-    let r = h.admin("POST", "sources/loke/orders/l4/award", Some(&award)).await;
+    let r = h
+        .admin("POST", "sources/loke/orders/l4/award", Some(&award))
+        .await;
     assert_eq!(r.status, 409);
-    let r = h.admin("POST", "sources/loke/orders/nope/award", Some(&award)).await;
+    let r = h
+        .admin("POST", "sources/loke/orders/nope/award", Some(&award))
+        .await;
     assert_eq!(r.status, 404);
     let r = h.admin("GET", "sources/loke/orders/l3/award", None).await;
     assert_eq!(r.status, 405);
@@ -373,9 +407,18 @@ async fn loke_pages_status_changes_refunds_duplicates_and_the_operator() {
     );
     let metrics = h.request("GET", "/metrics", &[], vec![]).await;
     let text = String::from_utf8_lossy(&metrics.bytes).into_owned();
-    assert!(text.contains("kp_source_orders_seen_total{tenant=\"acme\",source=\"loke\"} 5"), "{text}");
-    assert!(text.contains("kp_source_orders{tenant=\"acme\",source=\"loke\",state=\"awarded\"} 3"), "{text}");
-    assert!(text.contains("kp_source_polls_total{tenant=\"acme\",source=\"loke\",outcome=\"ok\"}"), "{text}");
+    assert!(
+        text.contains("kp_source_orders_seen_total{tenant=\"acme\",source=\"loke\"} 5"),
+        "{text}"
+    );
+    assert!(
+        text.contains("kp_source_orders{tenant=\"acme\",source=\"loke\",state=\"awarded\"} 3"),
+        "{text}"
+    );
+    assert!(
+        text.contains("kp_source_polls_total{tenant=\"acme\",source=\"loke\",outcome=\"ok\"}"),
+        "{text}"
+    );
     h.stop().await;
 }
 
@@ -383,7 +426,10 @@ async fn loke_pages_status_changes_refunds_duplicates_and_the_operator() {
 async fn loke_honours_retry_after_on_429_and_backs_off_on_500() {
     let fake = Fake::start().await;
     fake.with(|s| {
-        s.loke.insert("l1".into(), loke_order("l1", "completed", 1200, 0, "+61411222333", ""));
+        s.loke.insert(
+            "l1".into(),
+            loke_order("l1", "completed", 1200, 0, "+61411222333", ""),
+        );
         s.pages = vec![vec!["l1".into()]];
         s.failures = VecDeque::from([(429, Some("1")), (500, None)]);
     });
@@ -394,11 +440,24 @@ async fn loke_honours_retry_after_on_429_and_backs_off_on_500() {
     let statuses: Vec<u16> = log.iter().take(3).map(|l| l.2).collect();
     assert_eq!(statuses, [429, 500, 200]);
     // The 429 asked for a second; the 500 got the backoff (50-100 ms with jitter).
-    assert!(log[1].0 - log[0].0 >= Duration::from_secs(1), "{:?}", log[1].0 - log[0].0);
-    assert!(log[2].0 - log[1].0 < Duration::from_millis(900), "{:?}", log[2].0 - log[1].0);
+    assert!(
+        log[1].0 - log[0].0 >= Duration::from_secs(1),
+        "{:?}",
+        log[1].0 - log[0].0
+    );
+    assert!(
+        log[2].0 - log[1].0 < Duration::from_millis(900),
+        "{:?}",
+        log[2].0 - log[1].0
+    );
     let metrics = h.request("GET", "/metrics", &[], vec![]).await;
     let text = String::from_utf8_lossy(&metrics.bytes).into_owned();
-    assert!(text.contains("kp_source_polls_total{tenant=\"acme\",source=\"loke\",outcome=\"failed\"} 2"), "{text}");
+    assert!(
+        text.contains(
+            "kp_source_polls_total{tenant=\"acme\",source=\"loke\",outcome=\"failed\"} 2"
+        ),
+        "{text}"
+    );
     // A failure is visible until the next good poll.
     fake.with(|s| s.failures = VecDeque::from([(500, None); 50]));
     let s = wait_source(&h, "loke", |s| s["lastError"] == "HTTP 500").await;
@@ -408,26 +467,64 @@ async fn loke_honours_retry_after_on_429_and_backs_off_on_500() {
 #[tokio::test]
 async fn olympus_completed_cancelled_refunded_and_exact_decimals() {
     let fake = Fake::start().await;
-    let h = Harness::start(&config(&source_toml("pos", "olympus", &fake, "page_size = 2"))).await;
+    let h = Harness::start(&config(&source_toml(
+        "pos",
+        "olympus",
+        &fake,
+        "page_size = 2",
+    )))
+    .await;
     enroll(&h, "u-1", json!({"phone": "+1 (415) 555-0100"})).await;
     enroll(&h, "u-2", json!({"email": "ann@example.com"})).await;
     fake.with(|s| {
         s.olympus = vec![
-            olympus_order("o1", "completed", json!(16.19), json!({"phone": "14155550100"})),
-            olympus_order("o2", "pending", json!("20.00"), json!({"email": "ann@example.com"})),
-            olympus_order("o3", "completed", json!("12.345"), json!({"email": "ann@example.com"})),
-            olympus_order("o4", "completed", json!(30), json!({"email": "Ann@Example.com"})),
+            olympus_order(
+                "o1",
+                "completed",
+                json!(16.19),
+                json!({"phone": "14155550100"}),
+            ),
+            olympus_order(
+                "o2",
+                "pending",
+                json!("20.00"),
+                json!({"email": "ann@example.com"}),
+            ),
+            olympus_order(
+                "o3",
+                "completed",
+                json!("12.345"),
+                json!({"email": "ann@example.com"}),
+            ),
+            olympus_order(
+                "o4",
+                "completed",
+                json!(30),
+                json!({"email": "Ann@Example.com"}),
+            ),
             olympus_order("o5", "cancelled", json!(5.00), json!({})),
-            olympus_order("o6", "completed", json!("7.5"), json!({"phone": "+14155550100"})),
+            olympus_order(
+                "o6",
+                "completed",
+                json!("7.5"),
+                json!({"phone": "+14155550100"}),
+            ),
         ];
     });
     let s = wait_source(&h, "pos", |s| s["seen"] == 5).await;
     assert_eq!(
-        (orders(&s, "awarded"), orders(&s, "failed"), orders(&s, "cancelled")),
+        (
+            orders(&s, "awarded"),
+            orders(&s, "failed"),
+            orders(&s, "cancelled")
+        ),
         (3, 1, 1)
     );
     assert_eq!(s["position"]["offsets"]["completed"], 4);
-    assert_eq!((balance(&h, "u-1").await, balance(&h, "u-2").await), (16 + 7, 30));
+    assert_eq!(
+        (balance(&h, "u-1").await, balance(&h, "u-2").await),
+        (16 + 7, 30)
+    );
     let failed = h
         .admin("GET", "sources/pos/orders?state=failed", None)
         .await
@@ -447,7 +544,10 @@ async fn olympus_completed_cancelled_refunded_and_exact_decimals() {
     assert_eq!(orders(&s, "awarded"), 3);
     assert_eq!(balance(&h, "u-2").await, 20);
     wait_requests(&fake, 12).await;
-    assert_eq!((balance(&h, "u-1").await, balance(&h, "u-2").await), (23, 20));
+    assert_eq!(
+        (balance(&h, "u-1").await, balance(&h, "u-2").await),
+        (23, 20)
+    );
 }
 
 #[tokio::test]
@@ -459,7 +559,10 @@ async fn a_restart_mid_poll_loses_no_award_and_repeats_none() {
         s.delay = Duration::from_millis(60);
         for i in 1..=20 {
             let id = format!("r{i:02}");
-            s.loke.insert(id.clone(), loke_order(&id, "completed", 100 * i, 0, "+61411222333", ""));
+            s.loke.insert(
+                id.clone(),
+                loke_order(&id, "completed", 100 * i, 0, "+61411222333", ""),
+            );
         }
         let ids: Vec<String> = (1..=20).map(|i| format!("r{i:02}")).collect();
         s.pages = ids.chunks(2).map(<[String]>::to_vec).collect();
@@ -487,15 +590,27 @@ fn loke_documented_order_parses_exactly() {
     assert_eq!(o.state, "rejected");
     assert_eq!(o.completed_at.as_deref(), Some("2021-08-04T04:38:00Z"));
     let cart = o.cart.as_ref().unwrap();
-    assert_eq!((cart.total, cart.currency.as_deref()), (Some(10000), Some("AUD")));
+    assert_eq!(
+        (cart.total, cart.currency.as_deref()),
+        (Some(10000), Some("AUD"))
+    );
     assert_eq!(cart.items.len(), 2);
     assert_eq!(cart.adjustments[0].amount, -500);
     let p = o.payment.as_ref().unwrap();
     assert_eq!(
-        (p.total, p.discount_amount, p.credit_amount, p.charged_amount, p.tip_amount),
+        (
+            p.total,
+            p.discount_amount,
+            p.credit_amount,
+            p.charged_amount,
+            p.tip_amount
+        ),
         (1000, 300, 200, 600, 100)
     );
-    assert_eq!((p.state.as_str(), p.currency.as_str()), ("completed", "SGD"));
+    assert_eq!(
+        (p.state.as_str(), p.currency.as_str()),
+        ("completed", "SGD")
+    );
     assert_eq!(
         o.to_order(),
         Order {
@@ -553,15 +668,43 @@ fn source_config_errors_name_the_key() {
     let ok = "name = \"pos\"\nkind = \"olympus\"\nbase_url = \"https://o.example\"\ntoken_env = \"TOKEN\"";
     assert_eq!(load(ok), Ok(1));
     for (source, key, message) in [
-        (ok.replace("olympus", "square"), "kind", "\"square\" is not one of \"loke\", \"olympus\""),
-        (ok.replace("TOKEN", "UNSET"), "token_env", "names no token that is set (token_env or token_file)"),
-        (ok.replace("https://o.example", "ftp://o"), "base_url", "must be an http:// or https:// URL"),
-        (ok.replace("kind = \"olympus\"", "kind = \"loke\""), "organization_id", "is required for this kind"),
-        (format!("{ok}\npage_size = 0"), "page_size", "must be 1..=500"),
-        (format!("{ok}\npoll_every = \"soon\""), "poll_every", "does not start with a whole number"),
+        (
+            ok.replace("olympus", "square"),
+            "kind",
+            "\"square\" is not one of \"loke\", \"olympus\"",
+        ),
+        (
+            ok.replace("TOKEN", "UNSET"),
+            "token_env",
+            "names no token that is set (token_env or token_file)",
+        ),
+        (
+            ok.replace("https://o.example", "ftp://o"),
+            "base_url",
+            "must be an http:// or https:// URL",
+        ),
+        (
+            ok.replace("kind = \"olympus\"", "kind = \"loke\""),
+            "organization_id",
+            "is required for this kind",
+        ),
+        (
+            format!("{ok}\npage_size = 0"),
+            "page_size",
+            "must be 1..=500",
+        ),
+        (
+            format!("{ok}\npoll_every = \"soon\""),
+            "poll_every",
+            "does not start with a whole number",
+        ),
     ] {
         let e = load(&source).unwrap_err();
-        assert_eq!(e.key, format!("tenants[0].loyalty[0].sources[0].{key}"), "{e}");
+        assert_eq!(
+            e.key,
+            format!("tenants[0].loyalty[0].sources[0].{key}"),
+            "{e}"
+        );
         assert!(e.message.contains(message), "{e}");
     }
     let e = load(&format!("{ok}\nsurprise = 1")).unwrap_err();

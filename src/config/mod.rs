@@ -675,7 +675,15 @@ impl Config {
             let mut srcs: Vec<SourceConfig> = Vec::new();
             for (pi, mut spec) in t.loyalty.into_iter().enumerate() {
                 let pk = format!("{tk}.loyalty[{pi}]");
-                srcs.extend(sources::parse(origin, &pk, &spec.program_id.clone().into_text(), std::mem::take(&mut spec.sources), &srcs, &secret, &dur)?);
+                srcs.extend(sources::parse(
+                    origin,
+                    &pk,
+                    &spec.program_id.clone().into_text(),
+                    std::mem::take(&mut spec.sources),
+                    &srcs,
+                    &secret,
+                    &dur,
+                )?);
                 if let (Some(e), p) = (spec.expire_days, spec.pending_days) {
                     if p >= e {
                         return Err(err(

@@ -103,7 +103,11 @@ pub fn parse(
         let sk = format!("{pk}.sources[{i}]");
         let r: RawSource = serde_path_to_error::deserialize(v).map_err(|e| {
             let path = e.path().to_string();
-            let key = if path == "." { sk.clone() } else { format!("{sk}.{path}") };
+            let key = if path == "." {
+                sk.clone()
+            } else {
+                format!("{sk}.{path}")
+            };
             err(key, e.into_inner().to_string())
         })?;
         if !crate::voucher::valid_id(&r.name)
@@ -123,8 +127,8 @@ pub fn parse(
                 "must be an http:// or https:// URL".into(),
             ));
         }
-        let token = secret(&format!("{sk}.token_env"), &r.token_env, &r.token_file)?
-            .ok_or_else(|| {
+        let token =
+            secret(&format!("{sk}.token_env"), &r.token_env, &r.token_file)?.ok_or_else(|| {
                 err(
                     format!("{sk}.token_env"),
                     "names no token that is set (token_env or token_file)".into(),
@@ -140,12 +144,28 @@ pub fn parse(
             kind,
             base_url: r.base_url.trim_end_matches('/').to_owned(),
             token,
-            poll_every: dur(&format!("{sk}.poll_every"), &r.poll_every, Duration::from_secs(60))?,
-            timeout: dur(&format!("{sk}.timeout"), &r.timeout, Duration::from_secs(10))?,
+            poll_every: dur(
+                &format!("{sk}.poll_every"),
+                &r.poll_every,
+                Duration::from_secs(60),
+            )?,
+            timeout: dur(
+                &format!("{sk}.timeout"),
+                &r.timeout,
+                Duration::from_secs(10),
+            )?,
             backoff: dur(&format!("{sk}.backoff"), &r.backoff, Duration::from_secs(1))?,
-            backoff_max: dur(&format!("{sk}.backoff_max"), &r.backoff_max, Duration::from_secs(300))?,
+            backoff_max: dur(
+                &format!("{sk}.backoff_max"),
+                &r.backoff_max,
+                Duration::from_secs(300),
+            )?,
             page_size,
-            watch: dur(&format!("{sk}.watch"), &r.watch, Duration::from_secs(86_400))?,
+            watch: dur(
+                &format!("{sk}.watch"),
+                &r.watch,
+                Duration::from_secs(86_400),
+            )?,
         });
     }
     Ok(out)
@@ -160,7 +180,10 @@ fn kind_of(r: &RawSource, sk: &str) -> Result<SourceKind, (String, String)> {
             format!("{sk}.{key}"),
             "must be 1-128 characters without / ? # %".to_string(),
         )),
-        None => Err((format!("{sk}.{key}"), "is required for this kind".to_string())),
+        None => Err((
+            format!("{sk}.{key}"),
+            "is required for this kind".to_string(),
+        )),
     };
     match r.kind.as_str() {
         "loke" => Ok(SourceKind::Loke {

@@ -344,11 +344,9 @@ fn credit_purchase(
 
     // A purchase already awarded under another transaction id credits nothing.
     if let Some(orig_tx) = txn.get(&keys::purchase(t, p, &req.purchase_id))? {
-        if let Some(a) = txn.get_json::<AwardRecord>(&keys::award(
-            t,
-            p,
-            &String::from_utf8_lossy(&orig_tx),
-        ))? {
+        if let Some(a) =
+            txn.get_json::<AwardRecord>(&keys::award(t, p, &String::from_utf8_lossy(&orig_tx)))?
+        {
             return Ok(Reply {
                 status: 200,
                 body: a.reply,

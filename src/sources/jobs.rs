@@ -132,8 +132,13 @@ pub struct SourceRef {
 pub enum Advance {
     /// Orders fetched by id (the watch list): the position stays.
     Stay,
-    Loke { after: Option<String> },
-    Olympus { list: String, offset: u64 },
+    Loke {
+        after: Option<String>,
+    },
+    Olympus {
+        list: String,
+        offset: u64,
+    },
 }
 
 pub fn status(txn: &Txn<'_>, s: &SourceRef) -> Result<SourceStatus, StoreError> {
@@ -284,7 +289,10 @@ fn watch(
     let k = keys::source_watch(&s.tenant, &s.name, order);
     if matches!(to, OrderState::Open | OrderState::Awarded) {
         if txn.get(&k)?.is_none() {
-            txn.put_u64(k, u64::try_from(now.saturating_add(s.watch_ms)).unwrap_or(0));
+            txn.put_u64(
+                k,
+                u64::try_from(now.saturating_add(s.watch_ms)).unwrap_or(0),
+            );
         }
     } else if txn.get(&k)?.is_some() {
         txn.delete(k);
@@ -427,7 +435,10 @@ pub fn operator_award(
     match rec.state {
         OrderState::Unmatched => {}
         OrderState::Awarded if rec.member_id.as_deref() == Some(member) => {
-            return Ok(Reply::json(200, serde_json::json!({"ok": true, "order": rec})));
+            return Ok(Reply::json(
+                200,
+                serde_json::json!({"ok": true, "order": rec}),
+            ));
         }
         other => {
             return Ok(Reply::error(&crate::contract::ApiError::new(
@@ -454,7 +465,10 @@ pub fn operator_award(
     st.moved(Some(OrderState::Unmatched), to);
     txn.put_json(keys::source_status(&s.tenant, &s.name), &st);
     watch(txn, s, order, to, now)?;
-    Ok(Reply::json(200, serde_json::json!({"ok": true, "order": rec})))
+    Ok(Reply::json(
+        200,
+        serde_json::json!({"ok": true, "order": rec}),
+    ))
 }
 
 /// One source in the admin view.

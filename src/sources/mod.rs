@@ -50,7 +50,10 @@ pub async fn admin(
                     for (r, kind) in &refs {
                         out.push(jobs::view(r, kind, &jobs::status(txn, r)?));
                     }
-                    Ok(Reply::json(200, serde_json::json!({"ok": true, "sources": out})))
+                    Ok(Reply::json(
+                        200,
+                        serde_json::json!({"ok": true, "sources": out}),
+                    ))
                 })
                 .await
         }
@@ -62,13 +65,23 @@ pub async fn admin(
                 None => None,
                 Some(v) => match jobs::OrderState::parse(&v) {
                     Some(x) => Some(x),
-                    None => return Ok(Reply::error(&ApiError::invalid("state", "one of open, awarded, unmatched, failed, reversed, cancelled"))),
+                    None => {
+                        return Ok(Reply::error(&ApiError::invalid(
+                            "state",
+                            "one of open, awarded, unmatched, failed, reversed, cancelled",
+                        )))
+                    }
                 },
             };
             let limit = match q("limit").map(|l| l.parse::<usize>()) {
                 None => 100,
                 Some(Ok(n)) if (1..=MAX_LIST).contains(&n) => n,
-                Some(_) => return Ok(Reply::error(&ApiError::invalid("limit", format!("an integer 1..={MAX_LIST}")))),
+                Some(_) => {
+                    return Ok(Reply::error(&ApiError::invalid(
+                        "limit",
+                        format!("an integer 1..={MAX_LIST}"),
+                    )))
+                }
             };
             let (r, after) = (poll::source_ref(tenant, s), q("after"));
             app.store
@@ -86,7 +99,12 @@ pub async fn admin(
             }
             let b: AwardBody = match serde_json::from_slice(&body.unwrap_or_default()) {
                 Ok(b) => b,
-                Err(e) => return Ok(Reply::error(&ApiError::invalid("memberId", format!("the body is {{\"memberId\": \"mbr_…\"}}: {e}")))),
+                Err(e) => {
+                    return Ok(Reply::error(&ApiError::invalid(
+                        "memberId",
+                        format!("the body is {{\"memberId\": \"mbr_…\"}}: {e}"),
+                    )))
+                }
             };
             let (r, order) = (poll::source_ref(tenant, s), order.to_string());
             let r2 = r.clone();

@@ -168,7 +168,10 @@ impl LokeOrder {
             status,
             state: self.state.clone(),
             amount_cents,
-            phone: normalized(IdentifierType::Phone, c.and_then(|c| c.phone_number.as_deref())),
+            phone: normalized(
+                IdentifierType::Phone,
+                c.and_then(|c| c.phone_number.as_deref()),
+            ),
             email: normalized(IdentifierType::Email, c.and_then(|c| c.email.as_deref())),
             item_ids: self
                 .cart
@@ -383,8 +386,8 @@ mod tests {
     #[test]
     fn olympus_numbers_keep_their_literal() {
         // 0.29 * 100 is 28.999999999999996 as a float.
-        let page = olympus_page(br#"{"orders":[{"id":"o1","status":"completed","total":0.29}]}"#)
-            .unwrap();
+        let page =
+            olympus_page(br#"{"orders":[{"id":"o1","status":"completed","total":0.29}]}"#).unwrap();
         assert_eq!(page[0].to_order().amount_cents, Ok(29));
         let page = olympus_page(br#"[{"id":"o1","status":"completed","total":"1.234"}]"#).unwrap();
         assert!(page[0].to_order().amount_cents.is_err());

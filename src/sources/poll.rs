@@ -111,8 +111,11 @@ pub async fn run(app: Arc<App>, tenant: String, src: SourceConfig, cancel: Cance
                 (Err(f.why), d)
             }
         };
-        app.metrics
-            .source_poll(&tenant, &src.name, if outcome.is_ok() { "ok" } else { "failed" });
+        app.metrics.source_poll(
+            &tenant,
+            &src.name,
+            if outcome.is_ok() { "ok" } else { "failed" },
+        );
         let (r, now) = (sref.clone(), app.clock.now_ms());
         match app
             .store

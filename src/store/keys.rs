@@ -50,7 +50,10 @@ pub const PREFIXES: &[(&str, &str)] = &[
     ("whdl", "a dead letter"),
     ("srcp", "an order source's position, last poll and counts"),
     ("srco", "an order seen from an order source (LOKE, Olympus)"),
-    ("srcw", "an order source's order fetched again until its watch ends"),
+    (
+        "srcw",
+        "an order source's order fetched again until its watch ends",
+    ),
 ];
 
 /// Whether `first` is a registered record prefix.
