@@ -5,6 +5,8 @@
 //! the lowest denomination, Olympus's decimals (JSON numbers or strings) are read from
 //! their literal text and converted exactly, refusing more than two decimals.
 
+#![warn(clippy::arithmetic_side_effects)]
+
 use serde::{Deserialize, Deserializer};
 
 use crate::loyalty::{normalize_identifier, IdentifierType};
