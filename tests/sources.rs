@@ -386,6 +386,61 @@ async fn loke_pages_status_changes_refunds_duplicates_and_the_operator() {
     let r = h.admin("GET", "sources/loke/orders/l3/award", None).await;
     assert_eq!(r.status, 405);
     assert_eq!(balance(&h, "u-1").await, 50);
+    for (path, field) in [
+        ("sources/loke/orders?state=lost", "state"),
+        ("sources/loke/orders?limit=0", "limit"),
+    ] {
+        let r = h.admin("GET", path, None).await;
+        assert_eq!(
+            (r.status, r.json()["field"].clone()),
+            (400, json!(field)),
+            "{path}"
+        );
+    }
+    let r = h
+        .admin(
+            "POST",
+            "sources/loke/orders/l3/award",
+            Some(&json!({"member": "m"})),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json()["field"].clone()),
+        (400, json!("memberId"))
+    );
+    assert_eq!(
+        h.admin("GET", "sources/nope/orders", None).await.status,
+        404
+    );
+    // The listing pages by order id.
+    let page = h
+        .admin("GET", "sources/loke/orders?limit=2", None)
+        .await
+        .json();
+    let ids: Vec<_> = page["orders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["orderId"].clone())
+        .collect();
+    assert_eq!(
+        (ids, page["next"].clone()),
+        (vec![json!("l1"), json!("l2")], json!("l2"))
+    );
+    let rest = h
+        .admin("GET", "sources/loke/orders?after=l2", None)
+        .await
+        .json();
+    let ids: Vec<_> = rest["orders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["orderId"].clone())
+        .collect();
+    assert_eq!(
+        (ids, rest["next"].clone()),
+        (vec![json!("l3"), json!("l4"), json!("l5")], Value::Null)
+    );
     let s = wait_source(&h, "loke", |s| orders(s, "unmatched") == 0).await;
     assert_eq!(orders(&s, "awarded"), 3);
 

@@ -34,9 +34,12 @@ pub async fn admin(
     let Some(t) = app.config.tenant(tenant) else {
         return Ok(Reply::not_found("no such tenant"));
     };
-    let find = |name: &str| t.sources.iter().find(|s| s.name == name);
-    let q = |k: &str| query.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-    let now = app.clock.now_ms();
+    let find = |name: &str| {
+        t.sources
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| poll::source_ref(tenant, s))
+    };
     match (tail, method.as_str()) {
         ([], "GET") => {
             let refs: Vec<_> = t
@@ -57,69 +60,82 @@ pub async fn admin(
                 })
                 .await
         }
-        ([name, "orders"], "GET") => {
-            let Some(s) = find(name) else {
-                return Ok(Reply::not_found("no such order source"));
-            };
-            let only = match q("state") {
-                None => None,
-                Some(v) => match jobs::OrderState::parse(&v) {
-                    Some(x) => Some(x),
-                    None => {
-                        return Ok(Reply::error(&ApiError::invalid(
-                            "state",
-                            "one of open, awarded, unmatched, failed, reversed, cancelled",
-                        )))
-                    }
-                },
-            };
-            let limit = match q("limit").map(|l| l.parse::<usize>()) {
-                None => 100,
-                Some(Ok(n)) if (1..=MAX_LIST).contains(&n) => n,
-                Some(_) => {
-                    return Ok(Reply::error(&ApiError::invalid(
-                        "limit",
-                        format!("an integer 1..={MAX_LIST}"),
-                    )))
-                }
-            };
-            let (r, after) = (poll::source_ref(tenant, s), q("after"));
-            app.store
-                .run(move |txn, _| jobs::list_orders(txn, &r, only, after.as_deref(), limit))
-                .await
-        }
-        ([name, "orders", order, "award"], "POST") => {
-            let Some(s) = find(name) else {
-                return Ok(Reply::not_found("no such order source"));
-            };
-            #[derive(serde::Deserialize)]
-            #[serde(deny_unknown_fields, rename_all = "camelCase")]
-            struct AwardBody {
-                member_id: String,
-            }
-            let b: AwardBody = match serde_json::from_slice(&body.unwrap_or_default()) {
-                Ok(b) => b,
-                Err(e) => {
-                    return Ok(Reply::error(&ApiError::invalid(
-                        "memberId",
-                        format!("the body is {{\"memberId\": \"mbr_…\"}}: {e}"),
-                    )))
-                }
-            };
-            let (r, order) = (poll::source_ref(tenant, s), order.to_string());
-            let r2 = r.clone();
-            let (reply, status) = app
-                .store
-                .run(move |txn, st| {
-                    let reply = jobs::operator_award(txn, st, &r2, &order, &b.member_id, now)?;
-                    Ok((reply, jobs::status(txn, &r2)?))
-                })
-                .await?;
-            poll::publish(app, &r, &status);
-            Ok(reply)
-        }
+        ([name, "orders"], "GET") => match find(name) {
+            Some(r) => list(app, r, query).await,
+            None => Ok(Reply::not_found("no such order source")),
+        },
+        ([name, "orders", order, "award"], "POST") => match find(name) {
+            Some(r) => award(app, r, order, &body.unwrap_or_default()).await,
+            None => Ok(Reply::not_found("no such order source")),
+        },
         _ => Ok(Reply::not_found("no such admin path")),
     }
+}
+
+async fn list(
+    app: &Arc<App>,
+    r: jobs::SourceRef,
+    query: &[(String, String)],
+) -> Result<Reply, StoreError> {
+    let q = |k: &str| query.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let only = match q("state") {
+        None => None,
+        Some(v) => match jobs::OrderState::parse(&v) {
+            Some(x) => Some(x),
+            None => {
+                return Ok(Reply::error(&ApiError::invalid(
+                    "state",
+                    "one of open, awarded, unmatched, failed, reversed, cancelled",
+                )))
+            }
+        },
+    };
+    let limit = match q("limit").map(|l| l.parse::<usize>()) {
+        None => 100,
+        Some(Ok(n)) if (1..=MAX_LIST).contains(&n) => n,
+        Some(_) => {
+            return Ok(Reply::error(&ApiError::invalid(
+                "limit",
+                format!("an integer 1..={MAX_LIST}"),
+            )))
+        }
+    };
+    let after = q("after");
+    app.store
+        .run(move |txn, _| jobs::list_orders(txn, &r, only, after.as_deref(), limit))
+        .await
+}
+
+async fn award(
+    app: &Arc<App>,
+    r: jobs::SourceRef,
+    order: &str,
+    body: &[u8],
+) -> Result<Reply, StoreError> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    struct AwardBody {
+        member_id: String,
+    }
+    let b: AwardBody = match serde_json::from_slice(body) {
+        Ok(b) => b,
+        Err(e) => {
+            return Ok(Reply::error(&ApiError::invalid(
+                "memberId",
+                format!("the body is {{\"memberId\": \"mbr_…\"}}: {e}"),
+            )))
+        }
+    };
+    let (r2, order, now) = (r.clone(), order.to_owned(), app.clock.now_ms());
+    let (reply, status) = app
+        .store
+        .run(move |txn, st| {
+            let reply = jobs::operator_award(txn, st, &r2, &order, &b.member_id, now)?;
+            Ok((reply, jobs::status(txn, &r2)?))
+        })
+        .await?;
+    poll::publish(app, &r, &status);
+    Ok(reply)
 }
 
 /// The methods a sources admin path takes, when `method` is not one of them (a 405).
