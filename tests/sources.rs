@@ -489,8 +489,12 @@ async fn loke_honours_retry_after_on_429_and_backs_off_on_500() {
         s.failures = VecDeque::from([(429, Some("1")), (500, None)]);
     });
     let h = Harness::start(&config(&source_toml("loke", "loke", &fake, LOKE_KEYS))).await;
-    let s = wait_source(&h, "loke", |s| orders(s, "unmatched") == 1).await;
-    assert_eq!(s["lastError"], Value::Null);
+    // The page's job, then the poll's end (which clears the 500 it recovered from).
+    let s = wait_source(&h, "loke", |s| s["lastPollAt"].is_string()).await;
+    assert_eq!(
+        (orders(&s, "unmatched"), s["lastError"].clone()),
+        (1, Value::Null)
+    );
     let log = fake.with(|s| s.log.clone());
     let statuses: Vec<u16> = log.iter().take(3).map(|l| l.2).collect();
     assert_eq!(statuses, [429, 500, 200]);
