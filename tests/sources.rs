@@ -610,32 +610,40 @@ async fn olympus_completed_cancelled_refunded_and_exact_decimals() {
 }
 
 #[tokio::test]
-async fn a_restart_mid_poll_loses_no_award_and_repeats_none() {
+async fn restarts_mid_poll_lose_no_award_and_repeat_none() {
     let fake = Fake::start().await;
     let mut h = Harness::start(&config(&source_toml("loke", "loke", &fake, LOKE_KEYS))).await;
     enroll(&h, "u-1", json!({"phone": "+61411222333"})).await;
+    let ids: Vec<String> = (1..=30).map(|i| format!("r{i:02}")).collect();
     fake.with(|s| {
-        s.delay = Duration::from_millis(60);
-        for i in 1..=20 {
-            let id = format!("r{i:02}");
-            s.loke.insert(
-                id.clone(),
-                loke_order(&id, "completed", 100 * i, 0, "+61411222333", ""),
-            );
+        s.delay = Duration::from_millis(40);
+        for (i, id) in (1..).zip(&ids) {
+            let o = loke_order(id, "completed", 100 * i, 0, "+61411222333", "");
+            s.loke.insert(id.clone(), o);
         }
-        let ids: Vec<String> = (1..=20).map(|i| format!("r{i:02}")).collect();
         s.pages = ids.chunks(2).map(<[String]>::to_vec).collect();
     });
-    let mid = wait_source(&h, "loke", |s| s["seen"].as_i64().unwrap() >= 6).await;
-    assert!(mid["seen"].as_i64().unwrap() < 20, "{mid}");
-    h.restart().await;
-    let s = wait_source(&h, "loke", |s| orders(s, "awarded") == 20).await;
-    assert_eq!(s["seen"], 20);
+    // Stopped three times while the pages are being read, started again on the same data.
+    for at in [4, 12, 20] {
+        let mid = wait_source(&h, "loke", |s| s["seen"].as_i64().unwrap() >= at).await;
+        assert!(mid["seen"].as_i64().unwrap() < 30, "{mid}");
+        h.restart().await;
+    }
+    let s = wait_source(&h, "loke", |s| orders(s, "awarded") == 30).await;
+    assert_eq!(s["seen"], 30);
     wait_requests(&fake, 4).await;
-    // 1 + 2 + … + 20 points, each order once.
-    assert_eq!(balance(&h, "u-1").await, 210);
+    // 1 + 2 + … + 30 points, each order once.
+    assert_eq!(balance(&h, "u-1").await, 465);
     let m = h.admin("GET", "loyalty/7/users/u-1", None).await.json();
-    assert_eq!(m["ledger"].as_array().unwrap().len(), 20);
+    let earned: Vec<_> = m["ledger"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["purchaseId"].as_str().unwrap().to_owned())
+        .collect();
+    let want: Vec<_> = ids.iter().map(|id| format!("loke:{id}")).collect();
+    assert_eq!(earned, want);
+    assert_eq!(m["ledgerSum"], 465);
     h.stop().await;
 }
 
@@ -772,4 +780,15 @@ fn source_config_errors_name_the_key() {
     let twice = format!("{ok}\n[[tenants.loyalty.sources]]\n{ok}");
     let e = load(&twice).unwrap_err();
     assert_eq!(e.key, "tenants[0].loyalty[0].sources[1].name");
+}
+
+#[test]
+fn a_program_made_outside_the_config_file_cannot_carry_sources() {
+    let spec: karma_provider::loyalty::ProgramSpec = serde_json::from_value(json!({
+        "program_id": 9, "earn": {"points": 1, "per_cents": 100},
+        "sources": [{"name": "loke", "kind": "loke"}]
+    }))
+    .unwrap();
+    let e = karma_provider::loyalty::Program::from_spec(spec).unwrap_err();
+    assert_eq!(e.key, "sources");
 }

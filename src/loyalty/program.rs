@@ -109,6 +109,12 @@ impl Program {
                 "must be an integer or 1-64 of A-Z a-z 0-9 - _ .",
             ));
         }
+        if !spec.sources.is_empty() {
+            return Err(FieldError::new(
+                "sources",
+                "order sources are configured in the config file ([[tenants.loyalty.sources]])",
+            ));
+        }
         let within = |key: String, v: i64, lo: i64, hi: i64| {
             if (lo..=hi).contains(&v) {
                 Ok(())
