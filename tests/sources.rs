@@ -607,6 +607,27 @@ async fn olympus_completed_cancelled_refunded_and_exact_decimals() {
         (balance(&h, "u-1").await, balance(&h, "u-2").await),
         (23, 20)
     );
+
+    // The operator reverses o6 by hand (purchase id "{source}:{order}"); the platform's
+    // refund later finds nothing left to take back.
+    let rev = json!({"id": "by-hand-1", "purchaseId": "pos:o6", "reason": "refunded at the till"});
+    let r = h.admin("POST", "loyalty/7/reversals", Some(&rev)).await;
+    assert_eq!(r.json()["pointsReversed"], 7);
+    fake.with(|s| olympus_set(s, "o6", "refunded"));
+    let s = wait_source(&h, "pos", |s| orders(s, "reversed") == 2).await;
+    assert_eq!(orders(&s, "awarded"), 2);
+    let list = h
+        .admin("GET", "sources/pos/orders?state=reversed", None)
+        .await
+        .json();
+    let rev: Vec<_> = list["orders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| (o["orderId"].clone(), o["pointsReversed"].clone()))
+        .collect();
+    assert_eq!(rev, [(json!("o4"), json!(30)), (json!("o6"), json!(0))]);
+    assert_eq!(balance(&h, "u-1").await, 16);
 }
 
 #[tokio::test]

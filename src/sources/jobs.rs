@@ -380,6 +380,10 @@ fn reverse(
     if v["ok"] == true {
         rec.points_reversed = v["pointsReversed"].as_i64();
         Ok(OrderState::Reversed)
+    } else if v["error"] == "ALREADY_REVERSED" {
+        // The operator reversed the award by hand already: nothing is left to take back.
+        rec.points_reversed = Some(0);
+        Ok(OrderState::Reversed)
     } else {
         rec.failure = Some(format!(
             "reversal refused: {}",
@@ -515,4 +519,43 @@ pub fn list_orders(
             "next": next.map(|k| crate::store::keys::last(&k).to_owned()),
         }),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The stored forms, pinned: a change here is a change of the record format.
+    #[test]
+    fn golden_records() {
+        let rec = OrderRecord {
+            order_id: "o1".into(),
+            state: OrderState::Awarded,
+            platform_state: "completed".into(),
+            amount_cents: Some(1619),
+            phone: Some("14155550100".into()),
+            email: None,
+            item_ids: vec!["m1".into()],
+            member_id: Some("mbr_1".into()),
+            points: Some(16),
+            points_reversed: None,
+            awarded_by: Some("match".into()),
+            failure: None,
+            first_seen: 5,
+            updated: 6,
+        };
+        let golden = r#"{"orderId":"o1","state":"awarded","platformState":"completed","amountCents":1619,"phone":"14155550100","email":null,"itemIds":["m1"],"memberId":"mbr_1","points":16,"pointsReversed":null,"awardedBy":"match","failure":null,"firstSeen":5,"updated":6}"#;
+        assert_eq!(serde_json::to_string(&rec).unwrap(), golden);
+        assert_eq!(serde_json::from_str::<OrderRecord>(golden).unwrap(), rec);
+        let mut st = SourceStatus {
+            after: Some("p2".into()),
+            ..SourceStatus::default()
+        };
+        st.offsets.insert("completed".into(), 4);
+        st.moved(None, OrderState::Open);
+        st.moved(Some(OrderState::Open), OrderState::Awarded);
+        let golden = r#"{"after":"p2","offsets":{"completed":4},"watchAfter":null,"lastPollAt":null,"lastError":null,"lastErrorAt":null,"seen":1,"counts":{"open":0,"awarded":1},"invalid":0}"#;
+        assert_eq!(serde_json::to_string(&st).unwrap(), golden);
+        assert_eq!(serde_json::from_str::<SourceStatus>(golden).unwrap(), st);
+    }
 }
