@@ -244,6 +244,11 @@ async fn balance(h: &Harness, user: &str) -> i64 {
     r.json()["currentBalance"].as_i64().unwrap()
 }
 
+/// The balances of u-1 and u-2.
+async fn balances(h: &Harness) -> (i64, i64) {
+    (balance(h, "u-1").await, balance(h, "u-2").await)
+}
+
 /// The admin view of one source, once `done` holds (or a panic naming the last view).
 async fn wait_source(h: &Harness, name: &str, done: impl Fn(&Value) -> bool) -> Value {
     let start = Instant::now();
@@ -269,6 +274,17 @@ async fn wait_source(h: &Harness, name: &str, done: impl Fn(&Value) -> bool) -> 
 
 fn orders(s: &Value, state: &str) -> i64 {
     s["orders"][state].as_i64().unwrap()
+}
+
+/// A source's order listing (`path` below `/admin/v1/tenants/acme/`): each order's
+/// `field`, and the cursor of the next page.
+async fn listed(h: &Harness, path: &str, field: &str) -> (Vec<Value>, Value) {
+    let v = h.admin("GET", path, None).await.json();
+    let orders = v["orders"].as_array().unwrap();
+    (
+        orders.iter().map(|o| o[field].clone()).collect(),
+        v["next"].clone(),
+    )
 }
 
 /// Polls that ran after now: wait until the fake has answered `n` more requests.
@@ -305,21 +321,11 @@ async fn loke_pages_status_changes_refunds_duplicates_and_the_operator() {
         ];
     });
     let s = wait_source(&h, "loke", |s| s["seen"] == 5).await;
-    assert_eq!(
-        (
-            orders(&s, "awarded"),
-            orders(&s, "open"),
-            orders(&s, "unmatched")
-        ),
-        (2, 1, 1)
-    );
-    assert_eq!((orders(&s, "cancelled"), orders(&s, "failed")), (1, 0));
+    let by_state = json!({"open": 1, "awarded": 2, "unmatched": 1, "failed": 0, "reversed": 0, "cancelled": 1});
+    assert_eq!(s["orders"], by_state);
     assert_eq!(s["position"]["after"], "p2");
     // 1000 - 300 LOKE discount = 7.00; 25.00.
-    assert_eq!(
-        (balance(&h, "u-1").await, balance(&h, "u-2").await),
-        (7, 25)
-    );
+    assert_eq!(balances(&h).await, (7, 25));
 
     // l2 completes after its page was read: fetched again by id, it earns.
     fake.with(|s| {
@@ -338,25 +344,16 @@ async fn loke_pages_status_changes_refunds_duplicates_and_the_operator() {
 
     // Re-polling the same pages changes nothing.
     wait_requests(&fake, 8).await;
-    assert_eq!(
-        (balance(&h, "u-1").await, balance(&h, "u-2").await),
-        (0, 45)
-    );
+    assert_eq!(balances(&h).await, (0, 45));
 
     // The unmatched order, visible to the operator, is awarded by hand once.
-    let list = h
-        .admin("GET", "sources/loke/orders?state=unmatched", None)
-        .await
-        .json();
-    let ids: Vec<_> = list["orders"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| o["orderId"].clone())
-        .collect();
-    assert_eq!(ids, [json!("l3")]);
-    assert_eq!(list["orders"][0]["phone"], "61400000000");
-    assert_eq!(list["orders"][0]["amountCents"], 5000);
+    let unmatched = "sources/loke/orders?state=unmatched";
+    assert_eq!(listed(&h, unmatched, "orderId").await.0, [json!("l3")]);
+    assert_eq!(
+        listed(&h, unmatched, "phone").await.0,
+        [json!("61400000000")]
+    );
+    assert_eq!(listed(&h, unmatched, "amountCents").await.0, [json!(5000)]);
     let award = json!({"memberId": m1});
     let r = h
         .admin("POST", "sources/loke/orders/l3/award", Some(&award))
@@ -413,34 +410,11 @@ async fn loke_pages_status_changes_refunds_duplicates_and_the_operator() {
         404
     );
     // The listing pages by order id.
-    let page = h
-        .admin("GET", "sources/loke/orders?limit=2", None)
-        .await
-        .json();
-    let ids: Vec<_> = page["orders"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| o["orderId"].clone())
-        .collect();
-    assert_eq!(
-        (ids, page["next"].clone()),
-        (vec![json!("l1"), json!("l2")], json!("l2"))
-    );
-    let rest = h
-        .admin("GET", "sources/loke/orders?after=l2", None)
-        .await
-        .json();
-    let ids: Vec<_> = rest["orders"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| o["orderId"].clone())
-        .collect();
-    assert_eq!(
-        (ids, rest["next"].clone()),
-        (vec![json!("l3"), json!("l4"), json!("l5")], Value::Null)
-    );
+    let page = listed(&h, "sources/loke/orders?limit=2", "orderId").await;
+    assert_eq!(page, (vec![json!("l1"), json!("l2")], json!("l2")));
+    let rest = listed(&h, "sources/loke/orders?after=l2", "orderId").await;
+    let want = vec![json!("l3"), json!("l4"), json!("l5")];
+    assert_eq!(rest, (want, Value::Null));
     let s = wait_source(&h, "loke", |s| orders(s, "unmatched") == 0).await;
     assert_eq!(orders(&s, "awarded"), 3);
 
@@ -571,19 +545,10 @@ async fn olympus_completed_cancelled_refunded_and_exact_decimals() {
         ];
     });
     let s = wait_source(&h, "pos", |s| s["seen"] == 5).await;
-    assert_eq!(
-        (
-            orders(&s, "awarded"),
-            orders(&s, "failed"),
-            orders(&s, "cancelled")
-        ),
-        (3, 1, 1)
-    );
+    let by_state = json!({"open": 0, "awarded": 3, "unmatched": 0, "failed": 1, "reversed": 0, "cancelled": 1});
+    assert_eq!(s["orders"], by_state);
     assert_eq!(s["position"]["offsets"]["completed"], 4);
-    assert_eq!(
-        (balance(&h, "u-1").await, balance(&h, "u-2").await),
-        (16 + 7, 30)
-    );
+    assert_eq!(balances(&h).await, (16 + 7, 30));
     let failed = h
         .admin("GET", "sources/pos/orders?state=failed", None)
         .await
@@ -603,10 +568,7 @@ async fn olympus_completed_cancelled_refunded_and_exact_decimals() {
     assert_eq!(orders(&s, "awarded"), 3);
     assert_eq!(balance(&h, "u-2").await, 20);
     wait_requests(&fake, 12).await;
-    assert_eq!(
-        (balance(&h, "u-1").await, balance(&h, "u-2").await),
-        (23, 20)
-    );
+    assert_eq!(balances(&h).await, (23, 20));
 
     // The operator reverses o6 by hand (purchase id "{source}:{order}"); the platform's
     // refund later finds nothing left to take back.
@@ -616,26 +578,21 @@ async fn olympus_completed_cancelled_refunded_and_exact_decimals() {
     fake.with(|s| olympus_set(s, "o6", "refunded"));
     let s = wait_source(&h, "pos", |s| orders(s, "reversed") == 2).await;
     assert_eq!(orders(&s, "awarded"), 2);
-    let list = h
-        .admin("GET", "sources/pos/orders?state=reversed", None)
-        .await
-        .json();
-    let rev: Vec<_> = list["orders"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| (o["orderId"].clone(), o["pointsReversed"].clone()))
-        .collect();
-    assert_eq!(rev, [(json!("o4"), json!(30)), (json!("o6"), json!(0))]);
+    let reversed = "sources/pos/orders?state=reversed";
+    assert_eq!(
+        listed(&h, reversed, "orderId").await.0,
+        [json!("o4"), json!("o6")]
+    );
+    assert_eq!(
+        listed(&h, reversed, "pointsReversed").await.0,
+        [json!(30), json!(0)]
+    );
     assert_eq!(balance(&h, "u-1").await, 16);
 }
 
-#[tokio::test]
-async fn restarts_mid_poll_lose_no_award_and_repeat_none() {
-    let fake = Fake::start().await;
-    let mut h = Harness::start(&config(&source_toml("loke", "loke", &fake, LOKE_KEYS))).await;
-    enroll(&h, "u-1", json!({"phone": "+61411222333"})).await;
-    let ids: Vec<String> = (1..=30).map(|i| format!("r{i:02}")).collect();
+/// 30 completed orders for u-1 (1.00 … 30.00) on 15 pages answered 40 ms apart.
+fn thirty_slow_orders(fake: &Fake, prefix: &str) -> Vec<String> {
+    let ids: Vec<String> = (1..=30).map(|i| format!("{prefix}{i:02}")).collect();
     fake.with(|s| {
         s.delay = Duration::from_millis(40);
         for (i, id) in (1..).zip(&ids) {
@@ -644,6 +601,15 @@ async fn restarts_mid_poll_lose_no_award_and_repeat_none() {
         }
         s.pages = ids.chunks(2).map(<[String]>::to_vec).collect();
     });
+    ids
+}
+
+#[tokio::test]
+async fn restarts_mid_poll_lose_no_award_and_repeat_none() {
+    let fake = Fake::start().await;
+    let mut h = Harness::start(&config(&source_toml("loke", "loke", &fake, LOKE_KEYS))).await;
+    enroll(&h, "u-1", json!({"phone": "+61411222333"})).await;
+    let ids = thirty_slow_orders(&fake, "r");
     // Stopped three times while the pages are being read, started again on the same data.
     for at in [4, 12, 20] {
         let mid = wait_source(&h, "loke", |s| s["seen"].as_i64().unwrap() >= at).await;
@@ -666,6 +632,92 @@ async fn restarts_mid_poll_lose_no_award_and_repeat_none() {
     assert_eq!(earned, want);
     assert_eq!(m["ledgerSum"], 465);
     h.stop().await;
+}
+
+/// The real binary, killed with SIGKILL three times while it reads the pages: a page's
+/// awards and the position after it are one write, so each order earns exactly once.
+#[tokio::test]
+async fn kill_9_mid_poll_loses_no_award_and_repeats_none() {
+    use karma_provider::client::{admin_request, post};
+    let fake = Fake::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("kp.toml");
+    let text = config(&source_toml("loke", "loke", &fake, LOKE_KEYS))
+        .replace("@DATA@", &dir.path().join("data").display().to_string());
+    std::fs::write(&cfg, text).unwrap();
+    let env = [
+        ("ADMIN_TOKEN", ADMIN_TOKEN),
+        ("ACME_KEY", KEY),
+        ("BASIC_PASS", "s3cret"),
+    ];
+    let (mut child, mut base) = spawn_serve(&cfg, &env);
+    let key = [("x-provider-key".to_string(), KEY.to_string())];
+    let enroll =
+        json!({"userId": "u-1", "loyaltyProgramId": 7, "locationId": 42, "phone": "+61411222333"});
+    let url = |base: &str, call: &str| format!("{base}/v1/acme/loyalty/{call}");
+    let r = post(&url(&base, "enroll"), &key, enroll.to_string().into_bytes())
+        .await
+        .unwrap();
+    assert_eq!(r.0, 200);
+    let ids = thirty_slow_orders(&fake, "k");
+    let view = |base: String| async move {
+        let (_, body) = admin_request(&base, ADMIN_TOKEN, "GET", "tenants/acme/sources", None)
+            .await
+            .unwrap();
+        serde_json::from_slice::<Value>(&body).unwrap()["sources"][0].clone()
+    };
+    for at in [4, 12, 20] {
+        let start = Instant::now();
+        let seen = loop {
+            let seen = view(base.clone()).await["seen"].as_i64().unwrap();
+            if seen >= at {
+                break seen;
+            }
+            assert!(start.elapsed() < Duration::from_secs(20));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert!(seen < 30, "killed after the last page: {seen}");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        (child, base) = spawn_serve(&cfg, &env);
+    }
+    let start = Instant::now();
+    while view(base.clone()).await["orders"]["awarded"] != 30 {
+        assert!(start.elapsed() < Duration::from_secs(20));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let account = json!({"userId": "u-1", "loyaltyProgramId": 7});
+    let r = post(
+        &url(&base, "account"),
+        &key,
+        account.to_string().into_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        serde_json::from_slice::<Value>(&r.1).unwrap()["currentBalance"],
+        465
+    );
+    let (_, body) = admin_request(
+        &base,
+        ADMIN_TOKEN,
+        "GET",
+        "tenants/acme/loyalty/7/users/u-1",
+        None,
+    )
+    .await
+    .unwrap();
+    let m: Value = serde_json::from_slice(&body).unwrap();
+    let earned: Vec<_> = m["ledger"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["purchaseId"].clone())
+        .collect();
+    let want: Vec<_> = ids.iter().map(|id| json!(format!("loke:{id}"))).collect();
+    assert_eq!(earned, want);
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
 
 // ---- the documented examples -----------------------------------------------------------
