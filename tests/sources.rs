@@ -590,6 +590,35 @@ async fn olympus_completed_cancelled_refunded_and_exact_decimals() {
     assert_eq!(balance(&h, "u-1").await, 16);
 }
 
+#[tokio::test]
+async fn an_olympus_list_that_shrinks_by_more_than_a_page_is_read_again() {
+    let fake = Fake::start().await;
+    let h = Harness::start(&config(&source_toml(
+        "pos",
+        "olympus",
+        &fake,
+        "page_size = 2",
+    )))
+    .await;
+    fake.with(|s| {
+        s.olympus = (1..=6)
+            .map(|i| olympus_order(&format!("o{i}"), "completed", json!(1), json!({})))
+            .collect();
+    });
+    wait_source(&h, "pos", |s| s["position"]["offsets"]["completed"] == 6).await;
+    // Four refunds leave two completed orders; a seventh completes after them.
+    fake.with(|s| {
+        for i in 1..=4 {
+            olympus_set(s, &format!("o{i}"), "refunded");
+        }
+        s.olympus
+            .push(olympus_order("o7", "completed", json!(2), json!({})));
+    });
+    let s = wait_source(&h, "pos", |s| s["seen"] == 7 && orders(s, "cancelled") == 4).await;
+    assert_eq!(orders(&s, "unmatched"), 3);
+    assert_eq!(s["position"]["offsets"]["completed"], 3);
+}
+
 /// 30 completed orders for u-1 (1.00 … 30.00) on 15 pages answered 40 ms apart.
 fn thirty_slow_orders(fake: &Fake, prefix: &str) -> Vec<String> {
     let ids: Vec<String> = (1..=30).map(|i| format!("{prefix}{i:02}")).collect();

@@ -248,8 +248,9 @@ async fn poll_watched(
     Ok(())
 }
 
-/// Read one status list from `from` on (minus one page: an order leaving the list
-/// shifts the rest back, and a re-read order is a no-op).
+/// Read one status list from `from` on, starting one page earlier: an order leaving the
+/// list (a refund) shifts the rest back, and a re-read order changes nothing. If even that
+/// page is empty, the list shrank by more than a page: it is read again from the start.
 async fn poll_olympus(
     app: &Arc<App>,
     client: &HttpsClient,
@@ -261,6 +262,7 @@ async fn poll_olympus(
 ) -> Result<(), Failure> {
     let limit = u64::from(c.page_size);
     let mut offset = from.saturating_sub(limit);
+    let mut first = true;
     for _ in 0..MAX_PAGES {
         let mut url = format!(
             "{}/v1/commerce/orders?status={list}&limit={limit}&offset={offset}",
@@ -275,22 +277,18 @@ async fn poll_olympus(
             retry_after: None,
         })?;
         let n = u64::try_from(page.len()).unwrap_or(u64::MAX);
-        let next = offset.saturating_add(n).max(from);
+        if std::mem::take(&mut first) && n == 0 && offset > 0 {
+            offset = 0;
+            continue;
+        }
+        let next = offset.saturating_add(n);
         let orders: Vec<Order> = page.iter().map(|o| o.to_order()).collect();
-        apply(
-            app,
-            s,
-            orders,
-            Advance::Olympus {
-                list: list.to_owned(),
-                offset: next,
-            },
-        )
-        .await?;
+        let list = list.to_owned();
+        apply(app, s, orders, Advance::Olympus { list, offset: next }).await?;
         if n < limit {
             return Ok(());
         }
-        offset = offset.saturating_add(n);
+        offset = next;
     }
     Ok(())
 }
