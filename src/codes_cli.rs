@@ -13,8 +13,10 @@ use std::time::Instant;
 
 use crate::config::Config;
 use crate::service::codes::{
-    check_generation, export_line, generate, is_header, parse_row, BulkCode, CodeStore, GenTarget,
+    check_generation, export_line, generate, is_header, parse_row, BulkCode, CodeRow, CodeStore,
+    GenTarget,
 };
+use crate::store::codeindex::IndexBuilder;
 use crate::store::{Offline, StoreError, StoreOptions};
 use crate::voucher::{match_key, CampaignSpec, CodeMatch};
 
@@ -129,10 +131,7 @@ pub struct ImportSummary {
 }
 
 /// Start the tenant's new code index (see [`Offline::code_index_builder`]).
-fn start_code_index(
-    store: &Offline,
-    tenant: &str,
-) -> Result<crate::store::codeindex::IndexBuilder, String> {
+fn start_code_index(store: &Offline, tenant: &str) -> Result<IndexBuilder, String> {
     use crate::service::keys;
     store
         .code_index_builder(
@@ -150,6 +149,29 @@ fn index_size(cfg: &Config, tenant: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// A CSV reader over `file`: no header handling (the first row is looked at by
+/// [`is_header`]), rows of any length.
+fn csv_reader(file: &Path) -> Result<csv::Reader<std::fs::File>, String> {
+    let f = std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    Ok(csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .buffer_capacity(1 << 20)
+        .from_reader(f))
+}
+
+/// What the import is about: the file, its campaign and tenant, how codes match there,
+/// and the match keys of the tenant's shared codes (never imported as bulk codes).
+struct Import<'a> {
+    file: &'a Path,
+    total_bytes: u64,
+    tenant: &'a str,
+    campaign: &'a str,
+    mode: CodeMatch,
+    shared: HashSet<String>,
+    quiet: bool,
+}
+
 pub fn import(
     cfg: &Config,
     tenant: &str,
@@ -162,23 +184,48 @@ pub fn import(
     if !campaigns.contains(campaign) {
         return Err(format!("tenant {tenant:?} has no campaign {campaign:?}"));
     }
-    let total = std::fs::metadata(file)
+    let total_bytes = std::fs::metadata(file)
         .map_err(|e| format!("{}: {e}", file.display()))?
         .len();
-    let reader = || -> Result<csv::Reader<std::fs::File>, String> {
-        let f = std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
-        Ok(csv::ReaderBuilder::new()
-            .has_headers(false)
-            .flexible(true)
-            .buffer_capacity(1 << 20)
-            .from_reader(f))
+    let job = Import {
+        file,
+        total_bytes,
+        tenant,
+        campaign,
+        mode,
+        shared,
+        quiet,
     };
     let started = Instant::now();
-    // Pass 1: every row must be valid, or nothing is written.
+    let invalid = check_pass(&job)?;
+    if !invalid.is_empty() {
+        return Ok(ImportSummary {
+            invalid,
+            ..ImportSummary::default()
+        });
+    }
+    let (store, done) = insert_pass(&job, store)?;
+    let store_bytes = store.size_on_disk();
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(ImportSummary {
+        imported: done.imported,
+        duplicates: done.duplicates,
+        invalid: Vec::new(),
+        seconds,
+        codes_per_second: done.imported as f64 / seconds.max(1e-9),
+        store_bytes,
+        indexed: done.indexed,
+        index_seconds: done.index_seconds,
+        index_bytes: index_size(cfg, tenant),
+    })
+}
+
+/// Pass 1: every row must be valid, or nothing is written. The invalid rows by line.
+fn check_pass(job: &Import<'_>) -> Result<Vec<(u64, String)>, String> {
     let mut invalid = Vec::new();
-    let mut p = Progress::new("checking", total);
+    let mut p = Progress::new("checking", job.total_bytes);
     let mut rec = csv::StringRecord::new();
-    let mut rdr = reader()?;
+    let mut rdr = csv_reader(job.file)?;
     let mut n = 0u64;
     loop {
         match rdr.read_record(&mut rec) {
@@ -186,7 +233,7 @@ pub fn import(
             Ok(true) => {
                 n += 1;
                 if !(n == 1 && is_header(&rec)) {
-                    if let Err(m) = parse_row(campaign, mode, &rec) {
+                    if let Err(m) = parse_row(job.campaign, job.mode, &rec) {
                         invalid.push((rec.position().map(|p| p.line()).unwrap_or(n), m));
                     }
                 }
@@ -196,28 +243,84 @@ pub fn import(
                 e.to_string(),
             )),
         }
-        if !quiet && n % 100_000 == 0 {
+        if !job.quiet && n % 100_000 == 0 {
             p.tick(n, rdr.position().byte(), false);
         }
     }
-    if !quiet {
-        p.done(n, total);
+    if !job.quiet {
+        p.done(n, job.total_bytes);
     }
-    if !invalid.is_empty() {
-        return Ok(ImportSummary {
-            invalid,
-            ..ImportSummary::default()
-        });
+    Ok(invalid)
+}
+
+/// What pass 2 did.
+struct Inserted {
+    imported: u64,
+    duplicates: u64,
+    indexed: u64,
+    index_seconds: f64,
+}
+
+/// A batch of parsed rows, the rows read so far and the byte position after them.
+type Batch = Result<(Vec<CodeRow>, u64, u64), String>;
+
+/// Pass 2: insert each code unless it exists (one atomic insert-if-absent per code, so
+/// duplicates in the file or the store are found without a separate read). The tenant's
+/// bulk-code generation is bumped first (and made visible before any code), so a crash
+/// part-way leaves any code index marked old. The new code index starts from every code
+/// the tenant has; this import's codes are added as they are written, on a thread of
+/// its own, while a reader thread parses the next batch.
+fn insert_pass(job: &Import<'_>, mut store: Offline) -> Result<(Offline, Inserted), String> {
+    let (to_index, indexer) = spawn_indexer(start_code_index(&store, job.tenant)?);
+    let generation = crate::service::codes::bump_generation(&mut store, job.tenant)
+        .map_err(|e| e.to_string())?;
+    store.apply().map_err(|e| e.to_string())?;
+    let mut p = Progress::new("importing", job.total_bytes);
+    let (mut imported, mut duplicates, mut rows_seen) = (0u64, 0u64, 0u64);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 8);
+    let (batches, parser) = spawn_parser(csv_reader(job.file)?, job.campaign, job.mode);
+    for next in batches {
+        let (rows, seen, pos) = next?;
+        rows_seen = seen;
+        for part in insert_batch(&store, &job.shared, job.tenant, &rows, threads) {
+            let (i, d, written_codes) = part?;
+            imported += i;
+            duplicates += d;
+            // A failed index thread reports its error when joined, below.
+            let _ = to_index.send(written_codes);
+        }
+        if !job.quiet {
+            p.tick(rows_seen, pos, false);
+        }
     }
-    // Pass 2: insert each code unless it exists (one atomic insert-if-absent per code, so
-    // duplicates in the file or the store are found without a separate read). The tenant's
-    // bulk-code generation is bumped first (and made visible before any code), so a crash
-    // part-way leaves any code index marked old.
-    // The new code index starts from every code the tenant has; this import's codes are
-    // added as they are written.
-    let mut store = store;
-    let index = start_code_index(&store, tenant)?;
-    // The index takes the written codes on a thread of its own, beside the inserts.
+    let _ = parser.join();
+    drop(to_index);
+    let index = indexer
+        .join()
+        .unwrap_or_else(|_| Err("the code index thread panicked".into()))?;
+    let (indexed, index_seconds) = make_durable(&mut store, index, generation)?;
+    if !job.quiet {
+        p.done(rows_seen, job.total_bytes);
+    }
+    let done = Inserted {
+        imported,
+        duplicates,
+        indexed,
+        index_seconds,
+    };
+    Ok((store, done))
+}
+
+/// A thread adding written codes (encoded) to the code index; join it for the index.
+fn spawn_indexer(
+    index: IndexBuilder,
+) -> (
+    std::sync::mpsc::SyncSender<Vec<u8>>,
+    std::thread::JoinHandle<Result<IndexBuilder, String>>,
+) {
     let (to_index, index_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
     let indexer = std::thread::spawn(move || -> Result<_, String> {
         let mut index = index;
@@ -228,19 +331,20 @@ pub fn import(
         }
         Ok(index)
     });
-    let generation =
-        crate::service::codes::bump_generation(&mut store, tenant).map_err(|e| e.to_string())?;
-    store.apply().map_err(|e| e.to_string())?;
-    let mut p = Progress::new("importing", total);
-    let (mut imported, mut duplicates, mut rows_seen) = (0u64, 0u64, 0u64);
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .clamp(1, 8);
-    // A reader thread parses the next batch while this one is inserted.
-    let mut rdr = reader()?;
-    let (campaign_id, tenant_id) = (campaign.to_owned(), tenant.to_owned());
-    type Batch = Result<(Vec<crate::service::codes::CodeRow>, u64, u64), String>;
+    (to_index, indexer)
+}
+
+/// A thread reading and parsing `rdr` in batches of [`BATCH`] rows; the first invalid
+/// row (the file changed since pass 1) ends it with an error.
+fn spawn_parser(
+    mut rdr: csv::Reader<std::fs::File>,
+    campaign: &str,
+    mode: CodeMatch,
+) -> (
+    std::sync::mpsc::Receiver<Batch>,
+    std::thread::JoinHandle<()>,
+) {
+    let campaign_id = campaign.to_owned();
     let (to_insert, batches) = std::sync::mpsc::sync_channel::<Batch>(2);
     let parser = std::thread::spawn(move || {
         let (mut rec, mut first, mut seen) = (csv::StringRecord::new(), true, 0u64);
@@ -279,73 +383,69 @@ pub fn import(
             }
         }
     });
-    for next in batches {
-        let (rows, seen, pos) = next?;
-        rows_seen = seen;
-        // Insert the batch from as many threads as there are cores (sled takes concurrent
-        // writers; each insert-if-absent is atomic on its own).
-        let chunk = rows.len().div_ceil(threads);
-        type Part = Result<(u64, u64, Vec<u8>), String>;
-        let results: Vec<Part> = std::thread::scope(|sc| {
-            let handles: Vec<_> = rows
-                .chunks(chunk.max(1))
-                .map(|part| {
-                    let (store, shared, tenant) = (&store, &shared, tenant_id.as_str());
-                    sc.spawn(move || -> Part {
-                        let (mut i, mut d) = (0u64, 0u64);
-                        // The written codes, encoded for the code index.
-                        let mut written_codes = Vec::with_capacity(part.len() * 64);
-                        for r in part {
-                            let value = serde_json::to_vec(&r.code).unwrap_or_default();
-                            let written = !shared.contains(&r.match_key)
-                                && store
-                                    .insert_new(
-                                        &crate::service::keys::bulk_code(tenant, &r.match_key),
-                                        &value,
-                                    )
-                                    .map_err(|e| e.to_string())?;
-                            if written {
-                                i += 1;
-                                crate::store::codeindex::encode(
-                                    &mut written_codes,
-                                    r.match_key.as_bytes(),
-                                    &value,
-                                )
-                                .map_err(|e| e.to_string())?;
-                            } else {
-                                d += 1;
-                            }
-                        }
-                        Ok((i, d, written_codes))
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err("an import thread panicked".into()))
-                })
-                .collect()
-        });
-        for r in results {
-            let (i, d, written_codes) = r?;
-            imported += i;
-            duplicates += d;
-            // A failed index thread reports its error when joined, below.
-            let _ = to_index.send(written_codes);
-        }
-        if !quiet {
-            p.tick(rows_seen, pos, false);
+    (batches, parser)
+}
+
+/// One thread's share of a batch: codes inserted, duplicates, the inserted codes encoded
+/// for the code index.
+type Part = Result<(u64, u64, Vec<u8>), String>;
+
+/// Insert a batch from `threads` threads (as many as there are cores, up to 8: sled takes
+/// concurrent writers; each insert-if-absent is atomic on its own).
+fn insert_batch(
+    store: &Offline,
+    shared: &HashSet<String>,
+    tenant: &str,
+    rows: &[CodeRow],
+    threads: usize,
+) -> Vec<Part> {
+    let chunk = rows.len().div_ceil(threads);
+    std::thread::scope(|sc| {
+        let handles: Vec<_> = rows
+            .chunks(chunk.max(1))
+            .map(|part| sc.spawn(move || insert_part(store, shared, tenant, part)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("an import thread panicked".into()))
+            })
+            .collect()
+    })
+}
+
+fn insert_part(store: &Offline, shared: &HashSet<String>, tenant: &str, part: &[CodeRow]) -> Part {
+    let (mut i, mut d) = (0u64, 0u64);
+    let mut written_codes = Vec::with_capacity(part.len() * 64);
+    for r in part {
+        let value = serde_json::to_vec(&r.code).unwrap_or_default();
+        let written = !shared.contains(&r.match_key)
+            && store
+                .insert_new(
+                    &crate::service::keys::bulk_code(tenant, &r.match_key),
+                    &value,
+                )
+                .map_err(|e| e.to_string())?;
+        if written {
+            i += 1;
+            crate::store::codeindex::encode(&mut written_codes, r.match_key.as_bytes(), &value)
+                .map_err(|e| e.to_string())?;
+        } else {
+            d += 1;
         }
     }
-    let _ = parser.join();
-    // The store is made durable while the index file is written beside it; the file is put
-    // in place only once the codes it names are durable.
-    drop(to_index);
-    let index = indexer
-        .join()
-        .unwrap_or_else(|_| Err("the code index thread panicked".into()))?;
+    Ok((i, d, written_codes))
+}
+
+/// The store is made durable while the index file is written beside it; the file is put
+/// in place only once the codes it names are durable. Returns the codes in the new index
+/// and the seconds spent writing it.
+fn make_durable(
+    store: &mut Offline,
+    index: IndexBuilder,
+    generation: u64,
+) -> Result<(u64, f64), String> {
     let (synced, written) = std::thread::scope(|sc| {
         let w = sc.spawn(move || {
             let t = Instant::now();
@@ -366,23 +466,7 @@ pub fn import(
         .publish()
         .map_err(|e| format!("writing the code index: {e}"))?
         .entries();
-    if !quiet {
-        p.done(rows_seen, total);
-    }
-    let store_bytes = store.size_on_disk();
-    let index_bytes = index_size(cfg, tenant);
-    let seconds = started.elapsed().as_secs_f64();
-    Ok(ImportSummary {
-        imported,
-        duplicates,
-        invalid: Vec::new(),
-        seconds,
-        codes_per_second: imported as f64 / seconds.max(1e-9),
-        store_bytes,
-        indexed,
-        index_seconds,
-        index_bytes,
-    })
+    Ok((indexed, index_seconds))
 }
 
 /// Generate `count` codes into a campaign and write them (one per line) to `out`.

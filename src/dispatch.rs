@@ -9,8 +9,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::Full;
-use hyper::body::Bytes;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -21,15 +19,20 @@ use crate::service::webhook::{
     next_for_route, record_attempt, AttemptOutcome, AttemptRecord, InboxRecord,
 };
 use crate::store::StoreError;
-use crate::webhook::{backoff, retry_after, secret_bytes, sign_headers, Scheme};
+use crate::webhook::{backoff, retry_after, sign_headers, signing_key, Scheme};
 
-type HttpClient = crate::client::HttpsClient;
+use crate::client::{Client, Request};
 
-/// A client for a route's sink (HTTPS also trusts the route's `ca_file`).
-fn client_for(route: &RouteConfig) -> Result<HttpClient, String> {
+/// A client for a route's sink (HTTPS also trusts the route's `ca_file`), bounded by the
+/// sink's timeout.
+fn client_for(route: &RouteConfig) -> Result<Client, String> {
     match &route.sink {
-        Sink::Http { extra_roots, .. } => crate::client::https_client(extra_roots),
-        Sink::File { .. } => crate::client::https_client(&[]),
+        Sink::Http {
+            extra_roots,
+            timeout,
+            ..
+        } => Ok(Client::new(extra_roots)?.timeout(*timeout)),
+        Sink::File { .. } => Client::new(&[]),
     }
 }
 
@@ -145,7 +148,7 @@ pub async fn run_route(
 /// One attempt. `Err((why, retry_after))`.
 async fn deliver(
     app: &App,
-    client: &HttpClient,
+    client: &Client,
     route: &RouteConfig,
     e: &InboxRecord,
 ) -> Result<String, (String, Option<Duration>)> {
@@ -175,41 +178,35 @@ async fn deliver(
             timeout,
             ..
         } => {
-            let key = secret_bytes(&Scheme::StandardWebhooks, secret.expose())
-                .unwrap_or_else(|_| secret.expose().as_bytes().to_vec());
+            let key = signing_key(&Scheme::StandardWebhooks, secret.expose());
             let ts = app.clock.now_ms().div_euclid(1000);
-            let mut b = hyper::Request::builder()
-                .method("POST")
-                .uri(url.as_str())
-                .header("content-type", "application/json")
-                .header("user-agent", "karma-provider");
-            for (k, v) in sign_headers(
+            let signed = sign_headers(
                 &Scheme::StandardWebhooks,
                 &key,
                 &e.id,
                 ts,
                 e.body.as_bytes(),
-            ) {
-                b = b.header(k, v);
-            }
-            let req = b
-                .body(Full::new(Bytes::from(e.body.clone())))
-                .map_err(|err| (format!("request: {err}"), None))?;
-            match tokio::time::timeout(*timeout, client.request(req)).await {
-                Err(_) => Err((format!("timed out after {timeout:?}"), None)),
-                Ok(Err(err)) => Err((format!("{err}"), None)),
-                Ok(Ok(resp)) => {
-                    let status = resp.status();
-                    if status.is_success() {
-                        Ok(format!("HTTP {}", status.as_u16()))
-                    } else {
-                        let after = resp
-                            .headers()
-                            .get(hyper::header::RETRY_AFTER)
-                            .and_then(|v| v.to_str().ok())
-                            .and_then(retry_after);
-                        Err((format!("HTTP {}", status.as_u16()), after))
-                    }
+            );
+            let req = Request::post_json(url, e.body.clone().into_bytes())
+                .header("user-agent", "karma-provider")
+                .headers(signed);
+            // A sink's word is its status: its body is not read.
+            match client.send_head(req).await {
+                Err(crate::client::Error::Timeout(_)) => {
+                    Err((format!("timed out after {timeout:?}"), None))
+                }
+                Err(crate::client::Error::Request(err)) => Err((format!("request: {err}"), None)),
+                Err(err) => Err((format!("{err}"), None)),
+                Ok(answer) if (200..300).contains(&answer.status) => {
+                    Ok(format!("HTTP {}", answer.status))
+                }
+                Ok(answer) => {
+                    let after = answer
+                        .headers
+                        .get(hyper::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(retry_after);
+                    Err((format!("HTTP {}", answer.status), after))
                 }
             }
         }

@@ -6,7 +6,20 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use crate::replay::CALLS;
+/// Every call Karma makes to a provider, by the names replay fixtures use: the nine
+/// provider calls, then the webhook receiver.
+pub const CALLS: [&str; 10] = [
+    "voucher.check",
+    "voucher.commit",
+    "voucher.reactivate",
+    "loyalty.lookup",
+    "loyalty.enroll",
+    "loyalty.award",
+    "loyalty.account",
+    "loyalty.rewards",
+    "loyalty.redeem",
+    "webhook",
+];
 
 /// The nine provider calls Karma makes (the replay call names without `webhook`), each
 /// with its absolute URL under `base` (this service's public root, e.g.
@@ -62,7 +75,7 @@ impl Target {
 
 /// Check a URL's shape (absolute, `https`, with a host); `Err` says what to do.
 pub fn parse_https(url: &str) -> Result<Target, String> {
-    let uri: hyper::Uri = url
+    let uri: http::Uri = url
         .parse()
         .map_err(|e| format!("{url} is not a valid absolute URL ({e}); give https://host/…"))?;
     match uri.scheme_str() {

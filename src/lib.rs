@@ -23,6 +23,7 @@ pub mod sources;
 pub mod store;
 pub mod voucher;
 pub mod webhook;
+pub mod wire;
 
 pub use clock::Clock;
 pub use config::Config;

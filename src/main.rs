@@ -1,6 +1,6 @@
 //! The `karma-provider` command line: parses arguments and hands over to the library.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -56,27 +56,30 @@ enum WebhookAction {
     },
 }
 
+/// Which campaign a `codes` command works on, and the config naming its data directory.
+#[derive(clap::Args)]
+struct CodesTarget {
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    tenant: String,
+    #[arg(long)]
+    campaign: String,
+}
+
 #[derive(Subcommand)]
 enum CodesAction {
     /// Import FILE.csv (`code[,valid_until][,assigned_user]`) into a campaign.
     Import {
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-        #[arg(long)]
-        tenant: String,
-        #[arg(long)]
-        campaign: String,
+        #[command(flatten)]
+        to: CodesTarget,
         file: PathBuf,
     },
     /// Generate COUNT new codes from a pattern (# digit 2-9, ? letter without I/L/O), drawn from
     /// the OS random source; at most 1 % of the pattern's space is ever issued (README).
     Generate {
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-        #[arg(long)]
-        tenant: String,
-        #[arg(long)]
-        campaign: String,
+        #[command(flatten)]
+        to: CodesTarget,
         #[arg(long)]
         pattern: String,
         #[arg(long)]
@@ -87,12 +90,8 @@ enum CodesAction {
     },
     /// Export a campaign's bulk codes with their state as CSV.
     Export {
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-        #[arg(long)]
-        tenant: String,
-        #[arg(long)]
-        campaign: String,
+        #[command(flatten)]
+        to: CodesTarget,
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -109,23 +108,7 @@ enum Command {
     /// Call the admin API of a running server (operator tools: campaigns, holds, members,
     /// reversals, adjustments, imports). PATH is relative to /admin/v1/, e.g.
     /// `admin POST tenants/demo/loyalty/1/reversals --data '{"id":"r1","purchaseId":"p1"}'`.
-    Admin {
-        /// GET, POST or PUT.
-        method: String,
-        path: String,
-        /// Base URL of the server.
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
-        url: String,
-        /// Environment variable holding the admin token.
-        #[arg(long, default_value = "KP_ADMIN_TOKEN")]
-        token_env: String,
-        /// JSON body.
-        #[arg(long, conflicts_with = "csv")]
-        data: Option<String>,
-        /// A CSV file to send as the body (member import).
-        #[arg(long)]
-        csv: Option<PathBuf>,
-    },
+    Admin(AdminArgs),
     /// Produce signed webhook deliveries by hand (QA): `sign` prints the headers a valid
     /// delivery of FILE needs for the tenant's scheme; `send` signs and POSTs it.
     Webhook {
@@ -134,51 +117,10 @@ enum Command {
     },
     /// Benchmark: start this service and a bare-hyper yardstick, drive the same flows
     /// against both, print a table (and JSON). Run it from a release build.
-    Bench {
-        /// Scenarios: check-commit, check-reactivate, award, redeem, reads, webhook.
-        #[arg(
-            long,
-            value_delimiter = ',',
-            default_value = "check-commit,check-reactivate,award,redeem,reads,webhook"
-        )]
-        scenarios: Vec<String>,
-        #[arg(long, default_value_t = 32)]
-        connections: usize,
-        /// Seconds per run.
-        #[arg(long, default_value_t = 10)]
-        seconds: u64,
-        /// Arrival rate of the open-loop webhook run.
-        #[arg(long, default_value_t = 100)]
-        webhook_rate: u64,
-        /// Also write the results as JSON here.
-        #[arg(long)]
-        json: Option<PathBuf>,
-        /// Import this many unique codes first (for the check-bulk scenario).
-        #[arg(long)]
-        bulk_codes: Option<u64>,
-        /// Arrival rate of the open-loop check-small and check-bulk runs.
-        #[arg(long, default_value_t = 2000)]
-        check_rate: u64,
-        /// The service's `storage.cache_capacity_mb` for the run.
-        #[arg(long, default_value_t = 64)]
-        cache_mb: u64,
-        /// Split each run into this many slices and go through the scenarios once per
-        /// slice, in reverse order every other time (ABBA): scenarios measured on the same
-        /// service then see the same store growth and machine drift.
-        #[arg(long, default_value_t = 1)]
-        rounds: u32,
-    },
+    Bench(BenchArgs),
     /// Back up a running server: all state as JSON lines (admin API), read page by page; a
     /// consistent snapshot when nothing is written meanwhile (README "Backup and restore").
-    Export {
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
-        url: String,
-        #[arg(long, default_value = "KP_ADMIN_TOKEN")]
-        token_env: String,
-        /// Write here instead of stdout.
-        #[arg(long)]
-        out: Option<PathBuf>,
-    },
+    Export(ExportArgs),
     /// Restore an export into the (empty) data directory of a config, with the server stopped.
     Import {
         #[arg(long, short)]
@@ -187,56 +129,7 @@ enum Command {
     },
     /// Run contract fixtures against a provider (this one or any other). Exit 0: all
     /// passed; 1: some failed; 2: the run could not happen (bad fixture, unreachable target).
-    Replay {
-        /// Fixture files or directories (default: fixtures/).
-        paths: Vec<PathBuf>,
-        /// Base URL such as http://host:port/v1/acme (calls map to …/voucher/check etc.).
-        #[arg(long, conflicts_with = "endpoints")]
-        target: Option<String>,
-        /// JSON or TOML map from each call (voucher.check … webhook) to an absolute URL.
-        #[arg(long)]
-        endpoints: Option<PathBuf>,
-        /// basic:USER:PASS or header:NAME:VALUE
-        #[arg(long)]
-        auth: Option<String>,
-        /// Provider-state endpoint (Pact style); POSTed before and after each scenario.
-        #[arg(long)]
-        state_url: Option<String>,
-        /// NAME:VALUE header for the state endpoint (repeatable), e.g. "Authorization:Bearer …".
-        #[arg(long)]
-        state_header: Vec<String>,
-        /// Sign webhook fixtures with this secret at send time.
-        #[arg(long)]
-        webhook_secret: Option<String>,
-        /// hmac-sha256-hex (default), stripe or standard-webhooks.
-        #[arg(long, default_value = "hmac-sha256-hex")]
-        webhook_scheme: String,
-        /// Signature header for hmac-sha256-hex / stripe.
-        #[arg(long)]
-        webhook_header: Option<String>,
-        /// Only scenarios whose name matches this glob.
-        #[arg(long)]
-        filter: Option<String>,
-        #[arg(long)]
-        fail_fast: bool,
-        /// Re-run only what failed last time.
-        #[arg(long)]
-        last_failed: bool,
-        /// Where the names of failed scenarios are kept between runs.
-        #[arg(long, default_value = ".karma-replay-last-failed")]
-        last_failed_file: PathBuf,
-        #[arg(long)]
-        junit: Option<PathBuf>,
-        #[arg(long)]
-        json: Option<PathBuf>,
-        /// Skip scenarios tagged `decision` (our decisions where Karma's contract is silent).
-        #[arg(long)]
-        contract_only: bool,
-        /// PEM file of CA certificates to trust besides the public roots (HTTPS targets
-        /// behind a private CA).
-        #[arg(long)]
-        ca_file: Option<PathBuf>,
-    },
+    Replay(ReplayArgs),
     /// Exit 0 when URL answers 2xx (for container health checks; no shell or curl needed).
     Healthcheck {
         #[arg(long, default_value = "http://127.0.0.1:8080/readyz")]
@@ -256,28 +149,151 @@ enum Command {
     /// Karma's rules (https only; no name resolving to a loopback, private, link-local or
     /// unspecified address or an IPv4-mapped form of one), and with --admin-url whether the
     /// tenant is safe to switch now. Exit 0: all good; 1: one line per problem on stderr.
-    KarmaSetup {
-        /// The tenant id (the `{tenant}` in /v1/{tenant}/…).
-        #[arg(long)]
-        tenant: String,
-        /// This service's public root, e.g. https://provider.example.com.
-        #[arg(long)]
-        base_url: String,
-        /// The config holding the tenant (for the auth lines).
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-        /// The admin API's base URL, to check switch readiness.
-        #[arg(long)]
-        admin_url: Option<String>,
-        /// Environment variable holding the admin token.
-        #[arg(long, default_value = "KP_ADMIN_TOKEN")]
-        admin_token_env: String,
-    },
+    KarmaSetup(SetupArgs),
     /// Check a config file and exit (non-zero with the key at fault when invalid).
     CheckConfig {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+}
+
+// The arguments of the larger subcommands (their help text is the variant's doc comment).
+
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// GET, POST or PUT.
+    method: String,
+    path: String,
+    /// Base URL of the server.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Environment variable holding the admin token.
+    #[arg(long, default_value = "KP_ADMIN_TOKEN")]
+    token_env: String,
+    /// JSON body.
+    #[arg(long, conflicts_with = "csv")]
+    data: Option<String>,
+    /// A CSV file to send as the body (member import).
+    #[arg(long)]
+    csv: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Scenarios: check-commit, check-reactivate, award, redeem, reads, webhook.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "check-commit,check-reactivate,award,redeem,reads,webhook"
+    )]
+    scenarios: Vec<String>,
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// Seconds per run.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Arrival rate of the open-loop webhook run.
+    #[arg(long, default_value_t = 100)]
+    webhook_rate: u64,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Import this many unique codes first (for the check-bulk scenario).
+    #[arg(long)]
+    bulk_codes: Option<u64>,
+    /// Arrival rate of the open-loop check-small and check-bulk runs.
+    #[arg(long, default_value_t = 2000)]
+    check_rate: u64,
+    /// The service's `storage.cache_capacity_mb` for the run.
+    #[arg(long, default_value_t = 64)]
+    cache_mb: u64,
+    /// Split each run into this many slices and go through the scenarios once per
+    /// slice, in reverse order every other time (ABBA): scenarios measured on the same
+    /// service then see the same store growth and machine drift.
+    #[arg(long, default_value_t = 1)]
+    rounds: u32,
+}
+
+#[derive(clap::Args)]
+struct ExportArgs {
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    #[arg(long, default_value = "KP_ADMIN_TOKEN")]
+    token_env: String,
+    /// Write here instead of stdout.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct ReplayArgs {
+    /// Fixture files or directories (default: fixtures/).
+    paths: Vec<PathBuf>,
+    /// Base URL such as http://host:port/v1/acme (calls map to …/voucher/check etc.).
+    #[arg(long, conflicts_with = "endpoints")]
+    target: Option<String>,
+    /// JSON or TOML map from each call (voucher.check … webhook) to an absolute URL.
+    #[arg(long)]
+    endpoints: Option<PathBuf>,
+    /// basic:USER:PASS or header:NAME:VALUE
+    #[arg(long)]
+    auth: Option<String>,
+    /// Provider-state endpoint (Pact style); POSTed before and after each scenario.
+    #[arg(long)]
+    state_url: Option<String>,
+    /// NAME:VALUE header for the state endpoint (repeatable), e.g. "Authorization:Bearer …".
+    #[arg(long)]
+    state_header: Vec<String>,
+    /// Sign webhook fixtures with this secret at send time.
+    #[arg(long)]
+    webhook_secret: Option<String>,
+    /// hmac-sha256-hex (default), stripe or standard-webhooks.
+    #[arg(long, default_value = "hmac-sha256-hex")]
+    webhook_scheme: String,
+    /// Signature header for hmac-sha256-hex / stripe.
+    #[arg(long)]
+    webhook_header: Option<String>,
+    /// Only scenarios whose name matches this glob.
+    #[arg(long)]
+    filter: Option<String>,
+    #[arg(long)]
+    fail_fast: bool,
+    /// Re-run only what failed last time.
+    #[arg(long)]
+    last_failed: bool,
+    /// Where the names of failed scenarios are kept between runs.
+    #[arg(long, default_value = ".karma-replay-last-failed")]
+    last_failed_file: PathBuf,
+    #[arg(long)]
+    junit: Option<PathBuf>,
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Skip scenarios tagged `decision` (our decisions where Karma's contract is silent).
+    #[arg(long)]
+    contract_only: bool,
+    /// PEM file of CA certificates to trust besides the public roots (HTTPS targets
+    /// behind a private CA).
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct SetupArgs {
+    /// The tenant id (the `{tenant}` in /v1/{tenant}/…).
+    #[arg(long)]
+    tenant: String,
+    /// This service's public root, e.g. https://provider.example.com.
+    #[arg(long)]
+    base_url: String,
+    /// The config holding the tenant (for the auth lines).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// The admin API's base URL, to check switch readiness.
+    #[arg(long)]
+    admin_url: Option<String>,
+    /// Environment variable holding the admin token.
+    #[arg(long, default_value = "KP_ADMIN_TOKEN")]
+    admin_token_env: String,
 }
 
 /// Print a banner line; a closed stdout (a supervisor, a test that stopped reading) must
@@ -307,348 +323,338 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs(cli.log_format);
     match cli.command {
-        Command::CheckConfig { config } => match Config::load(config.as_deref()) {
-            Ok(c) => {
-                println!("{}: ok ({} tenant(s))", c.origin, c.tenants.len());
-                ExitCode::SUCCESS
-            }
+        Command::Serve { config } => serve_cmd(config),
+        Command::CheckConfig { config } => check_config(config),
+        Command::Admin(args) => admin(args),
+        Command::Webhook { action } => webhook_cli(action),
+        Command::Bench(args) => bench(args),
+        Command::BenchYardstick => bench_yardstick(),
+        Command::Export(args) => export(args),
+        Command::Import { config, file } => import(config, file),
+        Command::Replay(args) => replay(args),
+        Command::Healthcheck { url } => healthcheck(url),
+        Command::Codes { action } => codes_cli(action),
+        Command::KarmaSetup(args) => karma_setup(args),
+    }
+}
+
+/// `serve`: load the config, then run the server until SIGTERM or Ctrl-C.
+fn serve_cmd(config: Option<PathBuf>) -> ExitCode {
+    let Some(config) = load_config(config.as_deref()) else {
+        return ExitCode::from(2);
+    };
+    let Some(rt) = runtime(true) else {
+        return ExitCode::FAILURE;
+    };
+    rt.block_on(serve(config))
+}
+
+/// `check-config`: exit 0 with a line when the config loads, 2 naming the key when not.
+fn check_config(config: Option<PathBuf>) -> ExitCode {
+    match Config::load(config.as_deref()) {
+        Ok(c) => {
+            println!("{}: ok ({} tenant(s))", c.origin, c.tenants.len());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("config error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The admin token from the environment variable `token_env`, or the error printed.
+fn admin_token(token_env: &str) -> Option<String> {
+    std::env::var(token_env)
+        .map_err(|_| eprintln!("set {token_env} to the admin token"))
+        .ok()
+}
+
+/// `admin METHOD PATH`: one admin API call; prints the answer's body.
+fn admin(a: AdminArgs) -> ExitCode {
+    let Some(token) = admin_token(&a.token_env) else {
+        return ExitCode::from(2);
+    };
+    let body = match (a.data, a.csv) {
+        (Some(d), _) => Some((d.into_bytes(), "application/json")),
+        (None, Some(p)) => match std::fs::read(&p) {
+            Ok(b) => Some((b, "text/csv")),
             Err(e) => {
-                eprintln!("config error: {e}");
-                ExitCode::from(2)
+                eprintln!("cannot read {}: {e}", p.display());
+                return ExitCode::from(2);
             }
         },
-        Command::Admin {
-            method,
-            path,
-            url,
-            token_env,
-            data,
-            csv,
-        } => {
-            let Ok(token) = std::env::var(&token_env) else {
-                eprintln!("set {token_env} to the admin token");
-                return ExitCode::from(2);
-            };
-            let body = match (data, csv) {
-                (Some(d), _) => Some((d.into_bytes(), "application/json")),
-                (None, Some(p)) => match std::fs::read(&p) {
-                    Ok(b) => Some((b, "text/csv")),
-                    Err(e) => {
-                        eprintln!("cannot read {}: {e}", p.display());
-                        return ExitCode::from(2);
-                    }
-                },
-                (None, None) => None,
-            };
-            let Some(rt) = runtime(false) else {
-                return ExitCode::FAILURE;
-            };
-            match rt.block_on(karma_provider::client::admin_request(
-                &url, &token, &method, &path, body,
-            )) {
-                Ok((status, bytes)) => {
-                    say!("{}", String::from_utf8_lossy(&bytes));
-                    if (200..300).contains(&status) {
-                        ExitCode::SUCCESS
-                    } else {
-                        ExitCode::from(1)
-                    }
-                }
-                Err(e) => {
-                    eprintln!("{e}");
-                    ExitCode::FAILURE
-                }
+        (None, None) => None,
+    };
+    let Some(rt) = runtime(false) else {
+        return ExitCode::FAILURE;
+    };
+    let answer = rt.block_on(karma_provider::client::admin_request(
+        &a.url, &token, &a.method, &a.path, body,
+    ));
+    print_answer(answer, |_, body| say!("{body}"))
+}
+
+/// Print an operator call's answer with `print(status, body)`: exit 0 on a 2xx, 1 on
+/// another status, and failure (the error on stderr) when there was no answer.
+fn print_answer(answer: Result<(u16, Vec<u8>), String>, print: impl Fn(u16, &str)) -> ExitCode {
+    match answer {
+        Ok((status, bytes)) => {
+            print(status, &String::from_utf8_lossy(&bytes));
+            if (200..300).contains(&status) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
             }
         }
-        Command::KarmaSetup {
-            tenant,
-            base_url,
-            config,
-            admin_url,
-            admin_token_env,
-        } => karma_setup(tenant, base_url, config, admin_url, admin_token_env),
-        Command::Webhook { action } => webhook_cli(action),
-        Command::Codes { action } => codes_cli(action),
-        Command::Export {
-            url,
-            token_env,
-            out,
-        } => {
-            let Ok(token) = std::env::var(&token_env) else {
-                eprintln!("set {token_env} to the admin token");
-                return ExitCode::from(2);
-            };
-            let Some(rt) = runtime(false) else {
-                return ExitCode::FAILURE;
-            };
-            match rt.block_on(karma_provider::client::admin_request(
-                &url, &token, "GET", "export", None,
-            )) {
-                Ok((200, bytes)) => {
-                    let written = match &out {
-                        Some(p) => {
-                            std::fs::write(p, &bytes).map_err(|e| format!("{}: {e}", p.display()))
-                        }
-                        None => {
-                            use std::io::Write;
-                            std::io::stdout()
-                                .lock()
-                                .write_all(&bytes)
-                                .map_err(|e| e.to_string())
-                        }
-                    };
-                    match written {
-                        Ok(()) => ExitCode::SUCCESS,
-                        Err(e) => {
-                            eprintln!("{e}");
-                            ExitCode::FAILURE
-                        }
-                    }
-                }
-                Ok((status, bytes)) => {
-                    eprintln!("HTTP {status}: {}", String::from_utf8_lossy(&bytes));
-                    ExitCode::FAILURE
-                }
-                Err(e) => {
-                    eprintln!("{e}");
-                    ExitCode::FAILURE
-                }
-            }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
         }
-        Command::Import { config, file } => {
-            let Some(config) = load_config(config.as_deref()) else {
-                return ExitCode::from(2);
-            };
-            let records = match std::fs::read_to_string(&file)
+    }
+}
+
+/// `export`: the running server's records as JSON lines, to `--out` or stdout.
+fn export(a: ExportArgs) -> ExitCode {
+    let Some(token) = admin_token(&a.token_env) else {
+        return ExitCode::from(2);
+    };
+    let Some(rt) = runtime(false) else {
+        return ExitCode::FAILURE;
+    };
+    let bytes = match rt.block_on(karma_provider::client::admin_request(
+        &a.url, &token, "GET", "export", None,
+    )) {
+        Ok((200, bytes)) => bytes,
+        Ok((status, bytes)) => {
+            eprintln!("HTTP {status}: {}", String::from_utf8_lossy(&bytes));
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let written = match &a.out {
+        Some(p) => std::fs::write(p, &bytes).map_err(|e| format!("{}: {e}", p.display())),
+        None => {
+            use std::io::Write;
+            std::io::stdout()
+                .lock()
+                .write_all(&bytes)
                 .map_err(|e| e.to_string())
-                .and_then(|t| karma_provider::backup::decode(&t))
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("{}: {e}", file.display());
-                    return ExitCode::from(2);
-                }
-            };
-            let opts = karma_provider::store::StoreOptions {
-                path: config.storage.path.clone(),
-                cache_capacity_bytes: config.storage.cache_capacity_mb * 1024 * 1024,
-            };
-            match karma_provider::store::import_records(&opts, records) {
-                Ok(n) => {
-                    say!("imported {n} records into {}", opts.path.display());
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("{e}");
-                    ExitCode::FAILURE
-                }
+        }
+    };
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `import FILE`: restore an export into the config's empty data directory.
+fn import(config: Option<PathBuf>, file: PathBuf) -> ExitCode {
+    let Some(config) = load_config(config.as_deref()) else {
+        return ExitCode::from(2);
+    };
+    let records = match std::fs::read_to_string(&file)
+        .map_err(|e| e.to_string())
+        .and_then(|t| karma_provider::backup::decode(&t))
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{}: {e}", file.display());
+            return ExitCode::from(2);
+        }
+    };
+    let opts = karma_provider::store::StoreOptions {
+        path: config.storage.path.clone(),
+        cache_capacity_bytes: config.storage.cache_capacity_mb * 1024 * 1024,
+    };
+    match karma_provider::store::import_records(&opts, records) {
+        Ok(n) => {
+            say!("imported {n} records into {}", opts.path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `replay`: run fixtures; exit 0 all passed, 1 some failed, 2 the run could not happen.
+fn replay(a: ReplayArgs) -> ExitCode {
+    use karma_provider::replay;
+    let fail = |m: String| {
+        eprintln!("replay: {m}");
+        ExitCode::from(2)
+    };
+    let opts = match replay_options(a) {
+        Ok(o) => o,
+        Err(e) => return fail(e),
+    };
+    let Some(rt) = runtime(false) else {
+        return ExitCode::from(2);
+    };
+    match rt.block_on(replay::run(&opts)) {
+        Ok(report) => {
+            say!("{}", replay::summary(&report));
+            if report.failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
             }
         }
-        Command::Replay {
-            paths,
-            target,
-            endpoints,
-            auth,
-            state_url,
-            state_header,
-            webhook_secret,
-            webhook_scheme,
-            webhook_header,
-            filter,
-            fail_fast,
-            last_failed,
-            last_failed_file,
-            junit,
-            json,
-            contract_only,
-            ca_file,
-        } => {
-            use karma_provider::replay;
-            let fail = |m: String| {
-                eprintln!("replay: {m}");
-                ExitCode::from(2)
-            };
-            if target.is_none() && endpoints.is_none() {
-                return fail("give --target URL or --endpoints FILE".into());
-            }
-            let endpoints = match endpoints.map(|p| replay::read_endpoints(&p)).transpose() {
-                Ok(e) => e,
-                Err(e) => return fail(e),
-            };
-            let auth = match auth.map(|a| replay::ReplayAuth::parse(&a)).transpose() {
-                Ok(a) => a,
-                Err(e) => return fail(format!("--auth: {e}")),
-            };
-            let extra_roots = match ca_file.map(|p| replay::read_ca_file(&p)).transpose() {
-                Ok(r) => r.unwrap_or_default(),
-                Err(e) => return fail(format!("--ca-file: {e}")),
-            };
-            let mut state_headers = Vec::new();
-            for h in state_header {
-                match h.split_once(':') {
-                    Some((k, v)) => {
-                        state_headers.push((k.trim().to_string(), v.trim().to_string()))
-                    }
-                    None => return fail(format!("--state-header {h:?}: use NAME:VALUE")),
-                }
-            }
-            let webhook_scheme = match karma_provider::webhook::Scheme::parse(
-                &webhook_scheme,
-                webhook_header.as_deref(),
-                false,
-            ) {
-                Ok(s) => s,
-                Err(e) => return fail(format!("--webhook-scheme: {e}")),
-            };
-            let opts = replay::ReplayOptions {
-                paths: if paths.is_empty() {
-                    vec![PathBuf::from("fixtures")]
-                } else {
-                    paths
-                },
-                target,
-                endpoints,
-                auth,
-                state_url,
-                state_headers,
-                webhook_secret,
-                webhook_scheme,
-                filter,
-                fail_fast,
-                last_failed,
-                last_failed_file,
-                junit,
-                json,
-                run_id: None,
-                contract_only,
-                extra_roots,
-            };
-            let Some(rt) = runtime(false) else {
-                return ExitCode::from(2);
-            };
-            match rt.block_on(replay::run(&opts)) {
-                Ok(report) => {
-                    say!("{}", replay::summary(&report));
-                    if report.failed == 0 {
-                        ExitCode::SUCCESS
-                    } else {
-                        ExitCode::from(1)
-                    }
-                }
-                Err(e) => fail(e),
-            }
+        Err(e) => fail(e),
+    }
+}
+
+/// The replay run the arguments describe; `Err` names the argument at fault.
+fn replay_options(a: ReplayArgs) -> Result<karma_provider::replay::ReplayOptions, String> {
+    use karma_provider::replay;
+    if a.target.is_none() && a.endpoints.is_none() {
+        return Err("give --target URL or --endpoints FILE".into());
+    }
+    let endpoints = a
+        .endpoints
+        .map(|p| replay::read_endpoints(&p))
+        .transpose()?;
+    let auth = a
+        .auth
+        .map(|a| replay::ReplayAuth::parse(&a))
+        .transpose()
+        .map_err(|e| format!("--auth: {e}"))?;
+    let extra_roots = a
+        .ca_file
+        .map(|p| replay::read_ca_file(&p))
+        .transpose()
+        .map_err(|e| format!("--ca-file: {e}"))?
+        .unwrap_or_default();
+    let mut state_headers = Vec::new();
+    for h in a.state_header {
+        match h.split_once(':') {
+            Some((k, v)) => state_headers.push((k.trim().to_string(), v.trim().to_string())),
+            None => return Err(format!("--state-header {h:?}: use NAME:VALUE")),
         }
-        Command::Healthcheck { url } => {
-            let Some(rt) = runtime(false) else {
-                return ExitCode::FAILURE;
-            };
-            match rt.block_on(async {
-                tokio::time::timeout(
-                    std::time::Duration::from_secs(3),
-                    karma_provider::client::get(&url),
-                )
-                .await
-            }) {
-                Ok(Ok((status, _))) if (200..300).contains(&status) => ExitCode::SUCCESS,
-                Ok(Ok((status, body))) => {
-                    eprintln!("{url}: HTTP {status} {}", String::from_utf8_lossy(&body));
-                    ExitCode::FAILURE
-                }
-                Ok(Err(e)) => {
-                    eprintln!("{e}");
-                    ExitCode::FAILURE
-                }
-                Err(_) => {
-                    eprintln!("{url}: no answer within 3s");
-                    ExitCode::FAILURE
-                }
-            }
+    }
+    let webhook_scheme = karma_provider::webhook::Scheme::parse(
+        &a.webhook_scheme,
+        a.webhook_header.as_deref(),
+        false,
+    )
+    .map_err(|e| format!("--webhook-scheme: {e}"))?;
+    Ok(replay::ReplayOptions {
+        paths: if a.paths.is_empty() {
+            vec![PathBuf::from("fixtures")]
+        } else {
+            a.paths
+        },
+        target: a.target,
+        endpoints,
+        auth,
+        state_url: a.state_url,
+        state_headers,
+        webhook_secret: a.webhook_secret,
+        webhook_scheme,
+        filter: a.filter,
+        fail_fast: a.fail_fast,
+        last_failed: a.last_failed,
+        last_failed_file: a.last_failed_file,
+        junit: a.junit,
+        json: a.json,
+        run_id: None,
+        contract_only: a.contract_only,
+        extra_roots,
+    })
+}
+
+/// `healthcheck`: exit 0 when the URL answers 2xx within 3 s.
+fn healthcheck(url: String) -> ExitCode {
+    let Some(rt) = runtime(false) else {
+        return ExitCode::FAILURE;
+    };
+    match rt.block_on(async {
+        tokio::time::timeout(
+            std::time::Duration::from_secs(3),
+            karma_provider::client::get(&url),
+        )
+        .await
+    }) {
+        Ok(Ok((status, _))) if (200..300).contains(&status) => ExitCode::SUCCESS,
+        Ok(Ok((status, body))) => {
+            eprintln!("{url}: HTTP {status} {}", String::from_utf8_lossy(&body));
+            ExitCode::FAILURE
         }
-        Command::BenchYardstick => {
-            let Some(rt) = runtime(true) else {
-                return ExitCode::FAILURE;
-            };
-            match rt.block_on(karma_provider::bench::yardstick::serve()) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("{e}");
-                    ExitCode::FAILURE
-                }
-            }
+        Ok(Err(e)) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
         }
-        Command::Bench {
-            scenarios,
-            connections,
-            seconds,
-            webhook_rate,
-            json,
-            bulk_codes,
-            check_rate,
-            cache_mb,
-            rounds,
-        } => {
-            if let Some(bad) = scenarios
-                .iter()
-                .find(|s| !karma_provider::bench::SCENARIOS.contains(&s.as_str()))
-            {
-                eprintln!(
-                    "unknown scenario {bad:?}; use {}",
-                    karma_provider::bench::SCENARIOS.join(", ")
-                );
-                return ExitCode::from(2);
-            }
-            // One thread for the load generator; the two servers share the rest.
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            let opts = karma_provider::bench::BenchOptions {
-                scenarios,
-                connections,
-                duration: std::time::Duration::from_secs(seconds),
-                webhook_rate,
-                json_out: json,
-                bulk_codes,
-                check_rate,
-                cache_mb,
-                rounds,
-            };
-            match rt.block_on(karma_provider::bench::run(opts)) {
-                Ok(_) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("bench failed: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+        Err(_) => {
+            eprintln!("{url}: no answer within 3s");
+            ExitCode::FAILURE
         }
-        Command::Serve { config } => {
-            let Some(config) = load_config(config.as_deref()) else {
-                return ExitCode::from(2);
-            };
-            let Some(rt) = runtime(true) else {
-                return ExitCode::FAILURE;
-            };
-            rt.block_on(serve(config))
+    }
+}
+
+/// The benchmark's yardstick server (started by `bench`).
+fn bench_yardstick() -> ExitCode {
+    let Some(rt) = runtime(true) else {
+        return ExitCode::FAILURE;
+    };
+    match rt.block_on(karma_provider::bench::yardstick::serve()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `bench`: check the scenario names, then run them on one load-generator thread.
+fn bench(a: BenchArgs) -> ExitCode {
+    use karma_provider::bench;
+    if let Some(bad) = a
+        .scenarios
+        .iter()
+        .find(|s| !bench::SCENARIOS.contains(&s.as_str()))
+    {
+        eprintln!(
+            "unknown scenario {bad:?}; use {}",
+            bench::SCENARIOS.join(", ")
+        );
+        return ExitCode::from(2);
+    }
+    // One thread for the load generator; the two servers share the rest.
+    let Some(rt) = runtime(false) else {
+        return ExitCode::FAILURE;
+    };
+    let opts = bench::BenchOptions {
+        scenarios: a.scenarios,
+        connections: a.connections,
+        duration: std::time::Duration::from_secs(a.seconds),
+        webhook_rate: a.webhook_rate,
+        json_out: a.json,
+        bulk_codes: a.bulk_codes,
+        check_rate: a.check_rate,
+        cache_mb: a.cache_mb,
+        rounds: a.rounds,
+    };
+    match rt.block_on(bench::run(opts)) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench failed: {e}");
+            ExitCode::FAILURE
         }
     }
 }
 
 /// `karma-setup`: print the report; problems go to stderr, one line each.
-fn karma_setup(
-    tenant: String,
-    base_url: String,
-    config: Option<PathBuf>,
-    admin_url: Option<String>,
-    token_env: String,
-) -> ExitCode {
+fn karma_setup(a: SetupArgs) -> ExitCode {
     use karma_provider::setup_cli;
-    let config = match config {
+    let config = match a.config {
         Some(p) => match Config::load(Some(&p)) {
             Ok(c) => Some(c),
             Err(e) => {
@@ -658,14 +664,15 @@ fn karma_setup(
         },
         None => None,
     };
-    let admin = admin_url.map(|u| {
+    let token_env = a.admin_token_env;
+    let admin = a.admin_url.map(|u| {
         let token = std::env::var(&token_env)
             .map_err(|_| format!("set {token_env} to the admin token to check switch readiness"));
         (u, token)
     });
     let opts = setup_cli::SetupOptions {
-        tenant,
-        base_url,
+        tenant: a.tenant,
+        base_url: a.base_url,
         config,
         admin,
     };
@@ -750,62 +757,37 @@ fn webhook_cli(action: WebhookAction) -> ExitCode {
     let Some(rt) = runtime(false) else {
         return ExitCode::FAILURE;
     };
-    match rt.block_on(karma_provider::client::post(&url, &headers, body)) {
-        Ok((status, bytes)) => {
-            say!("{status} {}", String::from_utf8_lossy(&bytes));
-            if (200..300).contains(&status) {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            }
-        }
-        Err(e) => {
-            eprintln!("{e}");
-            ExitCode::FAILURE
-        }
-    }
+    let answer = rt.block_on(karma_provider::client::post(&url, &headers, body));
+    print_answer(answer, |status, body| say!("{status} {body}"))
 }
 
 fn codes_cli(action: CodesAction) -> ExitCode {
-    use karma_provider::codes_cli;
-    let config = match &action {
-        CodesAction::Import { config, .. }
-        | CodesAction::Generate { config, .. }
-        | CodesAction::Export { config, .. } => config.clone(),
-    };
-    let Some(cfg) = load_config(config.as_deref()) else {
+    let (CodesAction::Import { to, .. }
+    | CodesAction::Generate { to, .. }
+    | CodesAction::Export { to, .. }) = &action;
+    let Some(cfg) = load_config(to.config.as_deref()) else {
         return ExitCode::from(2);
     };
     let result = match action {
-        CodesAction::Import { tenant, campaign, file, .. } => codes_cli::import(&cfg, &tenant, &campaign, &file, false).map(|r| {
-            if r.invalid.is_empty() {
-                say!("imported {} codes, {} duplicates, 0 invalid rows in {:.1} s ({:.0} codes/s); store {} MiB; code index {} codes, {} MiB, written in {:.1} s", r.imported, r.duplicates, r.seconds, r.codes_per_second, r.store_bytes >> 20, r.indexed, r.index_bytes >> 20, r.index_seconds);
-                ExitCode::SUCCESS
-            } else {
-                for (line, m) in r.invalid.iter().take(100) {
-                    eprintln!("line {line}: {m}");
-                }
-                say!("imported 0 codes: {} invalid rows (nothing was written)", r.invalid.len());
-                ExitCode::from(1)
-            }
-        }),
-        CodesAction::Generate { tenant, campaign, pattern, count, out, .. } => codes_cli::generate_cmd(&cfg, &tenant, &campaign, &pattern, count, &out).map(|n| {
+        CodesAction::Import { to, file } => codes_import(&cfg, &to, &file),
+        CodesAction::Generate {
+            to,
+            pattern,
+            count,
+            out,
+        } => karma_provider::codes_cli::generate_cmd(
+            &cfg,
+            &to.tenant,
+            &to.campaign,
+            &pattern,
+            count,
+            &out,
+        )
+        .map(|n| {
             say!("generated {n} codes into {}", out.display());
             ExitCode::SUCCESS
         }),
-        CodesAction::Export { tenant, campaign, out, .. } => {
-            let r = match &out {
-                Some(p) => std::fs::File::create(p).map_err(|e| e.to_string()).and_then(|f| {
-                    let mut w = std::io::BufWriter::new(f);
-                    codes_cli::export(&cfg, &tenant, &campaign, &mut w)
-                }),
-                None => codes_cli::export(&cfg, &tenant, &campaign, &mut std::io::stdout().lock()),
-            };
-            r.map(|n| {
-                eprintln!("exported {n} codes");
-                ExitCode::SUCCESS
-            })
-        }
+        CodesAction::Export { to, out } => codes_export(&cfg, &to, out.as_deref()),
     };
     result.unwrap_or_else(|e| {
         eprintln!("codes: {e}");
@@ -813,8 +795,41 @@ fn codes_cli(action: CodesAction) -> ExitCode {
     })
 }
 
+/// `codes import`: the summary line, or every invalid row (the first 100) and exit 1.
+fn codes_import(cfg: &Config, to: &CodesTarget, file: &Path) -> Result<ExitCode, String> {
+    let r = karma_provider::codes_cli::import(cfg, &to.tenant, &to.campaign, file, false)?;
+    if r.invalid.is_empty() {
+        say!("imported {} codes, {} duplicates, 0 invalid rows in {:.1} s ({:.0} codes/s); store {} MiB; code index {} codes, {} MiB, written in {:.1} s", r.imported, r.duplicates, r.seconds, r.codes_per_second, r.store_bytes >> 20, r.indexed, r.index_bytes >> 20, r.index_seconds);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for (line, m) in r.invalid.iter().take(100) {
+        eprintln!("line {line}: {m}");
+    }
+    say!(
+        "imported 0 codes: {} invalid rows (nothing was written)",
+        r.invalid.len()
+    );
+    Ok(ExitCode::from(1))
+}
+
+/// `codes export`: CSV to `out` or stdout; the count on stderr.
+fn codes_export(cfg: &Config, to: &CodesTarget, out: Option<&Path>) -> Result<ExitCode, String> {
+    use karma_provider::codes_cli::export;
+    let n = match out {
+        Some(p) => std::fs::File::create(p)
+            .map_err(|e| e.to_string())
+            .and_then(|f| {
+                let mut w = std::io::BufWriter::new(f);
+                export(cfg, &to.tenant, &to.campaign, &mut w)
+            })?,
+        None => export(cfg, &to.tenant, &to.campaign, &mut std::io::stdout().lock())?,
+    };
+    eprintln!("exported {n} codes");
+    Ok(ExitCode::SUCCESS)
+}
+
 /// The config (the embedded default without a path); prints the error naming file and key.
-fn load_config(path: Option<&std::path::Path>) -> Option<Config> {
+fn load_config(path: Option<&Path>) -> Option<Config> {
     Config::load(path)
         .map_err(|e| eprintln!("config error: {e}"))
         .ok()

@@ -12,8 +12,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::voucher::Cart;
@@ -75,13 +73,16 @@ pub fn validate(d: RulesDecision) -> Result<RulesDecision, String> {
     Ok(d)
 }
 
+/// The longest answer a vendor may give (a decision is a few hundred bytes).
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
 /// The vendor's rules over HTTP: a POST of the [`RulesRequest`] as JSON, signed in
 /// Standard Webhooks format with the configured secret.
 pub struct HttpRules {
     pub url: String,
     pub secret: Vec<u8>,
     pub timeout: Duration,
-    client: crate::client::HttpsClient,
+    client: crate::client::Client,
 }
 
 impl HttpRules {
@@ -90,11 +91,14 @@ impl HttpRules {
             url,
             secret,
             timeout,
-            client: crate::client::https_client(&[])?,
+            client: crate::client::Client::new(&[])?
+                .timeout(timeout)
+                .body_limit(MAX_ANSWER_BYTES),
         })
     }
 
     async fn call(&self, req: &RulesRequest) -> Result<RulesDecision, String> {
+        use crate::client::{Error, Request};
         let body = serde_json::to_vec(req).map_err(|e| e.to_string())?;
         let id = {
             use sha2::Digest;
@@ -110,50 +114,35 @@ impl HttpRules {
             )
         };
         let ts = crate::clock::Clock::System.now_ms() / 1000;
-        let mut b = hyper::Request::builder()
-            .method("POST")
-            .uri(&self.url)
-            .header("content-type", "application/json");
-        for (k, v) in crate::webhook::sign_headers(
+        let signed = crate::webhook::sign_headers(
             &crate::webhook::Scheme::StandardWebhooks,
             &self.secret,
             &id,
             ts,
             &body,
-        ) {
-            b = b.header(k, v);
-        }
-        let req = b
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| e.to_string())?;
-        let resp = self
+        );
+        let answer = match self
             .client
-            .request(req)
+            .send(Request::post_json(&self.url, body).headers(signed))
             .await
-            .map_err(|e| format!("unreachable: {e}"))?;
-        let status = resp.status();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        if !status.is_success() {
-            return Err(format!("HTTP {}", status.as_u16()));
+        {
+            Ok(a) => a,
+            Err(Error::Unreachable(e)) => return Err(format!("unreachable: {e}")),
+            Err(e @ Error::TooLarge(_)) => return Err(format!("invalid answer: {e}")),
+            Err(e) => return Err(e.to_string()),
+        };
+        if !(200..300).contains(&answer.status) {
+            return Err(format!("HTTP {}", answer.status));
         }
         let d: RulesDecision =
-            serde_json::from_slice(&bytes).map_err(|e| format!("invalid answer: {e}"))?;
+            serde_json::from_slice(&answer.body).map_err(|e| format!("invalid answer: {e}"))?;
         validate(d).map_err(|e| format!("invalid answer: {e}"))
     }
 }
 
 impl VoucherRules for HttpRules {
     fn decide<'a>(&'a self, req: &'a RulesRequest) -> Decision<'a> {
-        Box::pin(async move {
-            match tokio::time::timeout(self.timeout, self.call(req)).await {
-                Ok(r) => r,
-                Err(_) => Err(format!("no answer within {} ms", self.timeout.as_millis())),
-            }
-        })
+        // The client bounds the exchange by `timeout` ("no answer within … ms").
+        Box::pin(self.call(req))
     }
 }

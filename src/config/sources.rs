@@ -1,13 +1,16 @@
 //! Order sources of a loyalty program (`[[tenants.loyalty.sources]]`): LOKE and Olympus
 //! ordering platforms whose completed orders earn points in the program's ledger. This
-//! file turns one program's raw entries into validated [`SourceConfig`]s; the poller is
-//! `crate::sources`.
+//! file takes them out of the tenant's programs as validated [`SourceConfig`]s; the poller
+//! is `crate::sources`.
 
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::loader::Loader;
 use super::{ConfigError, Secret};
+use crate::loyalty::ProgramSpec;
+use crate::wire::valid_id;
 
 /// Which platform, and what addresses its orders.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,100 +78,88 @@ struct RawSource {
     watch: Option<String>,
 }
 
-/// Reads a secret from `*_env` / `*_file` (the config's one reader).
-pub type SecretReader<'a> =
-    &'a dyn Fn(&str, &Option<String>, &Option<String>) -> Result<Option<Secret>, ConfigError>;
-/// Parses a duration key with its default (the config's one parser).
-pub type DurationReader<'a> =
-    &'a dyn Fn(&str, &Option<String>, Duration) -> Result<Duration, ConfigError>;
-
-/// The sources of program `program` (key prefix `pk`, e.g. `tenants[0].loyalty[1]`),
-/// refusing a name already used by `taken` (the tenant's other sources).
-pub fn parse(
-    origin: &str,
-    pk: &str,
-    program: &str,
-    raw: Vec<serde_json::Value>,
-    taken: &[SourceConfig],
-    secret: SecretReader<'_>,
-    dur: DurationReader<'_>,
-) -> Result<Vec<SourceConfig>, ConfigError> {
-    let err = |key: String, message: String| ConfigError {
-        file: origin.to_owned(),
-        key,
-        message,
-    };
+/// Take the sources out of each program (`{tk}.loyalty[i].sources`), validated; names
+/// unique within the tenant. The programs come back without them.
+pub(super) fn take(
+    cx: &Loader<'_>,
+    tk: &str,
+    mut specs: Vec<ProgramSpec>,
+) -> Result<(Vec<ProgramSpec>, Vec<SourceConfig>), ConfigError> {
     let mut out: Vec<SourceConfig> = Vec::new();
-    for (i, v) in raw.into_iter().enumerate() {
-        let sk = format!("{pk}.sources[{i}]");
-        let r: RawSource = serde_path_to_error::deserialize(v).map_err(|e| {
-            let path = e.path().to_string();
-            let key = if path == "." {
-                sk.clone()
-            } else {
-                format!("{sk}.{path}")
-            };
-            err(key, e.into_inner().to_string())
-        })?;
-        if !crate::voucher::valid_id(&r.name)
-            || taken.iter().chain(out.iter()).any(|s| s.name == r.name)
-        {
-            return Err(err(
-                format!("{sk}.name"),
-                "must be an id of A-Z a-z 0-9 - _ . unique within the tenant".into(),
-            ));
+    for (pi, spec) in specs.iter_mut().enumerate() {
+        let program = spec.program_id.clone().into_text();
+        for (i, v) in std::mem::take(&mut spec.sources).into_iter().enumerate() {
+            let sk = format!("{tk}.loyalty[{pi}].sources[{i}]");
+            let s = source(cx, &sk, &program, v)?;
+            if out.iter().any(|o| o.name == s.name) {
+                return Err(cx.err(
+                    &format!("{sk}.name"),
+                    "must be an id of A-Z a-z 0-9 - _ . unique within the tenant",
+                ));
+            }
+            out.push(s);
         }
-        let kind = kind_of(&r, &sk).map_err(|(k, m)| err(k, m))?;
-        if !(r.base_url.starts_with("http://") || r.base_url.starts_with("https://"))
-            || r.base_url.parse::<hyper::Uri>().is_err()
-        {
-            return Err(err(
-                format!("{sk}.base_url"),
-                "must be an http:// or https:// URL".into(),
-            ));
-        }
-        let token =
-            secret(&format!("{sk}.token_env"), &r.token_env, &r.token_file)?.ok_or_else(|| {
-                err(
-                    format!("{sk}.token_env"),
-                    "names no token that is set (token_env or token_file)".into(),
-                )
-            })?;
-        let page_size = r.page_size.unwrap_or(50);
-        if !(1..=500).contains(&page_size) {
-            return Err(err(format!("{sk}.page_size"), "must be 1..=500".into()));
-        }
-        out.push(SourceConfig {
-            name: r.name.clone(),
-            program: program.to_owned(),
-            kind,
-            base_url: r.base_url.trim_end_matches('/').to_owned(),
-            token,
-            poll_every: dur(
-                &format!("{sk}.poll_every"),
-                &r.poll_every,
-                Duration::from_secs(60),
-            )?,
-            timeout: dur(
-                &format!("{sk}.timeout"),
-                &r.timeout,
-                Duration::from_secs(10),
-            )?,
-            backoff: dur(&format!("{sk}.backoff"), &r.backoff, Duration::from_secs(1))?,
-            backoff_max: dur(
-                &format!("{sk}.backoff_max"),
-                &r.backoff_max,
-                Duration::from_secs(300),
-            )?,
-            page_size,
-            watch: dur(
-                &format!("{sk}.watch"),
-                &r.watch,
-                Duration::from_secs(86_400),
-            )?,
-        });
     }
-    Ok(out)
+    Ok((specs, out))
+}
+
+/// One source at key `sk`, earning in `program`.
+fn source(
+    cx: &Loader<'_>,
+    sk: &str,
+    program: &str,
+    v: serde_json::Value,
+) -> Result<SourceConfig, ConfigError> {
+    let r: RawSource = serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        let key = if path == "." {
+            sk.to_owned()
+        } else {
+            format!("{sk}.{path}")
+        };
+        cx.err(&key, e.into_inner().to_string())
+    })?;
+    if !valid_id(&r.name) {
+        return Err(cx.err(
+            &format!("{sk}.name"),
+            "must be an id of A-Z a-z 0-9 - _ . unique within the tenant",
+        ));
+    }
+    let kind = kind_of(&r, sk).map_err(|(k, m)| cx.err(&k, m))?;
+    if !(r.base_url.starts_with("http://") || r.base_url.starts_with("https://"))
+        || r.base_url.parse::<hyper::Uri>().is_err()
+    {
+        return Err(cx.err(
+            &format!("{sk}.base_url"),
+            "must be an http:// or https:// URL",
+        ));
+    }
+    let token = cx.required_secret(
+        &format!("{sk}.token_env"),
+        &r.token_env,
+        &r.token_file,
+        "names no token that is set (token_env or token_file)",
+    )?;
+    let page_size = r.page_size.unwrap_or(50);
+    if !(1..=500).contains(&page_size) {
+        return Err(cx.err(&format!("{sk}.page_size"), "must be 1..=500"));
+    }
+    let dur = |key: &str, v: &Option<String>, secs: u64| {
+        cx.dur(&format!("{sk}.{key}"), v, Duration::from_secs(secs))
+    };
+    Ok(SourceConfig {
+        name: r.name.clone(),
+        program: program.to_owned(),
+        kind,
+        base_url: r.base_url.trim_end_matches('/').to_owned(),
+        token,
+        poll_every: dur("poll_every", &r.poll_every, 60)?,
+        timeout: dur("timeout", &r.timeout, 10)?,
+        backoff: dur("backoff", &r.backoff, 1)?,
+        backoff_max: dur("backoff_max", &r.backoff_max, 300)?,
+        page_size,
+        watch: dur("watch", &r.watch, 86_400)?,
+    })
 }
 
 fn kind_of(r: &RawSource, sk: &str) -> Result<SourceKind, (String, String)> {

@@ -10,6 +10,9 @@ pub mod voucher;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 
+pub use crate::wire::{opaque_id, opt_opaque_id};
+use crate::wire::{ours_at, OURS};
+
 /// A transport or protocol fault: an HTTP status other than 200 and a JSON body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -69,19 +72,6 @@ pub fn rejection_body(code: &str, message: &str) -> Vec<u8> {
         field: None,
     })
     .unwrap_or_default()
-}
-
-/// Marks an error message written by our own deserializers (see [`ours`]).
-const OURS: char = '\u{1}';
-
-/// A deserializer error message that is already our sentence about the value at its path.
-pub(crate) fn ours(sentence: &str) -> String {
-    format!("{OURS}{OURS}{sentence}")
-}
-
-/// Our sentence about `key` inside the object at the error's path.
-fn ours_at(key: &str, sentence: &str) -> String {
-    format!("{OURS}{key}{OURS}{sentence}")
 }
 
 /// A pass over any JSON value refusing an object key written twice (serde_json keeps the
@@ -267,32 +257,6 @@ fn strip_position(s: &str) -> String {
         Some(i) => s[..i].to_owned(),
         None => s.to_owned(),
     }
-}
-
-/// Opaque ids (inventory items, locations, users) may arrive as strings or integers
-/// (an integer may be written `12.0`); we keep their text.
-pub fn opaque_id<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    let raw = rules::raw(d)?;
-    let text = raw.get();
-    if text.starts_with('"') {
-        return serde_json::from_str::<String>(text).map_err(serde::de::Error::custom);
-    }
-    if text.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
-        if let Some(v) = rules::exact_integer(text)
-            .filter(|v| i64::try_from(*v).is_ok() || u64::try_from(*v).is_ok())
-        {
-            return Ok(v.to_string());
-        }
-    }
-    Err(serde::de::Error::custom(ours(
-        "must be a string or an integer id",
-    )))
-}
-
-pub fn opt_opaque_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    #[derive(Deserialize)]
-    struct W(#[serde(deserialize_with = "opaque_id")] String);
-    Ok(Option::<W>::deserialize(d)?.map(|w| w.0))
 }
 
 /// `prefix` + 32 hex digits, as Karma's `res_…` and `loy_…` transaction ids.

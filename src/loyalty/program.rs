@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::voucher::{FieldError, StrOrInt};
+use crate::wire::{valid_id, FieldError, StrOrInt};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -89,7 +89,7 @@ pub const MAX_EARN_POINTS: i64 = 1_000_000;
 /// A bonus or the signup bonus at most.
 pub const MAX_CONFIG_POINTS: i64 = 1_000_000_000_000;
 pub use super::account::MAX_POINTS;
-pub use crate::voucher::MAX_CONFIG_CENTS;
+pub use crate::wire::MAX_CONFIG_CENTS;
 
 #[derive(Debug, Clone)]
 pub struct Program {
@@ -100,10 +100,131 @@ pub struct Program {
     pub tiers: Vec<Tier>,
 }
 
+/// `v` within `lo..=hi`, or an error at `key`.
+fn within(key: String, v: i64, lo: i64, hi: i64) -> Result<(), FieldError> {
+    if (lo..=hi).contains(&v) {
+        Ok(())
+    } else {
+        Err(FieldError::new(key, format!("must be {lo}..={hi}")))
+    }
+}
+
+/// The earn rule, bonuses, and the pending and expiry days.
+fn check_earning(spec: &ProgramSpec) -> Result<(), FieldError> {
+    within("earn.points".into(), spec.earn.points, 0, MAX_EARN_POINTS)?;
+    within(
+        "earn.per_cents".into(),
+        spec.earn.per_cents,
+        1,
+        MAX_CONFIG_CENTS,
+    )?;
+    within(
+        "signup_bonus".into(),
+        spec.signup_bonus,
+        0,
+        MAX_CONFIG_POINTS,
+    )?;
+    for (item, b) in &spec.item_bonus {
+        within(format!("item_bonus.{item}"), *b, 0, MAX_CONFIG_POINTS)?;
+    }
+    if !(0..=3650).contains(&spec.pending_days) {
+        return Err(FieldError::new("pending_days", "must be 0..=3650"));
+    }
+    if matches!(spec.expire_days, Some(d) if !(1..=36500).contains(&d)) {
+        return Err(FieldError::new(
+            "expire_days",
+            "must be 1..=36500 (omit for points that never expire)",
+        ));
+    }
+    Ok(())
+}
+
+/// The tiers, checked and sorted by `min_lifetime` (no two the same).
+fn tiers(specs: &[TierSpec]) -> Result<Vec<Tier>, FieldError> {
+    let mut tiers = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (i, t) in specs.iter().enumerate() {
+        if !valid_id(&t.id) || !seen.insert(t.id.clone()) {
+            return Err(FieldError::new(
+                format!("tiers[{i}].id"),
+                "must be a unique id of A-Z a-z 0-9 - _ .",
+            ));
+        }
+        within(
+            format!("tiers[{i}].min_lifetime"),
+            t.min_lifetime,
+            0,
+            MAX_POINTS,
+        )?;
+        let m = t.multiplier_percent.unwrap_or(100);
+        if !(0..=1000).contains(&m) {
+            return Err(FieldError::new(
+                format!("tiers[{i}].multiplier_percent"),
+                "must be 0..=1000",
+            ));
+        }
+        tiers.push(Tier {
+            id: t.id.clone(),
+            name: t.name.clone(),
+            min_lifetime: t.min_lifetime,
+            multiplier_percent: m,
+        });
+    }
+    tiers.sort_by_key(|t| t.min_lifetime);
+    if tiers
+        .windows(2)
+        .any(|w| w[0].min_lifetime == w[1].min_lifetime)
+    {
+        return Err(FieldError::new(
+            "tiers",
+            "two tiers have the same min_lifetime",
+        ));
+    }
+    Ok(tiers)
+}
+
+/// Reward `i` (its id already checked): cost, stock, code pattern, image.
+fn check_reward(i: usize, r: &RewardSpec) -> Result<(), FieldError> {
+    let k = |f: &str| format!("rewards[{i}].{f}");
+    within(k("points_cost"), r.points_cost, 1, MAX_POINTS)?;
+    if matches!(r.stock, Some(s) if s < 0) {
+        return Err(FieldError::new(
+            k("stock"),
+            "must be >= 0 (omit for unlimited)",
+        ));
+    }
+    if let Some(p) = &r.code_pattern {
+        crate::codegen::check_pattern(p).map_err(|m| FieldError::new(k("code_pattern"), m))?;
+        let cap = crate::codegen::capacity(p);
+        if cap == 0
+            || r.stock
+                .is_some_and(|s| u128::try_from(s).unwrap_or(0) > cap)
+        {
+            return Err(FieldError::new(
+                k("code_pattern"),
+                format!(
+                    "holds {} codes and may issue 1 % of them ({cap}): too few{}; use a longer pattern",
+                    crate::codegen::space(p),
+                    r.stock.map(|s| format!(" for a stock of {s}")).unwrap_or_default()
+                ),
+            ));
+        }
+    }
+    if let Some(u) = &r.image_url {
+        if !u.starts_with("https://") {
+            return Err(FieldError::new(
+                k("image_url"),
+                "must be an absolute https:// URL",
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl Program {
     pub fn from_spec(spec: ProgramSpec) -> Result<Program, FieldError> {
         let id = spec.program_id.clone().into_text();
-        if !crate::voucher::valid_id(&id) {
+        if !valid_id(&id) {
             return Err(FieldError::new(
                 "program_id",
                 "must be an integer or 1-64 of A-Z a-z 0-9 - _ .",
@@ -115,119 +236,17 @@ impl Program {
                 "order sources are configured in the config file ([[tenants.loyalty.sources]])",
             ));
         }
-        let within = |key: String, v: i64, lo: i64, hi: i64| {
-            if (lo..=hi).contains(&v) {
-                Ok(())
-            } else {
-                Err(FieldError::new(key, format!("must be {lo}..={hi}")))
-            }
-        };
-        within("earn.points".into(), spec.earn.points, 0, MAX_EARN_POINTS)?;
-        within(
-            "earn.per_cents".into(),
-            spec.earn.per_cents,
-            1,
-            MAX_CONFIG_CENTS,
-        )?;
-        within(
-            "signup_bonus".into(),
-            spec.signup_bonus,
-            0,
-            MAX_CONFIG_POINTS,
-        )?;
-        for (item, b) in &spec.item_bonus {
-            within(format!("item_bonus.{item}"), *b, 0, MAX_CONFIG_POINTS)?;
-        }
-        if !(0..=3650).contains(&spec.pending_days) {
-            return Err(FieldError::new("pending_days", "must be 0..=3650"));
-        }
-        if matches!(spec.expire_days, Some(d) if !(1..=36500).contains(&d)) {
-            return Err(FieldError::new(
-                "expire_days",
-                "must be 1..=36500 (omit for points that never expire)",
-            ));
-        }
-        let mut tiers = Vec::new();
-        let mut seen = std::collections::HashSet::new();
-        for (i, t) in spec.tiers.iter().enumerate() {
-            if !crate::voucher::valid_id(&t.id) || !seen.insert(t.id.clone()) {
-                return Err(FieldError::new(
-                    format!("tiers[{i}].id"),
-                    "must be a unique id of A-Z a-z 0-9 - _ .",
-                ));
-            }
-            within(
-                format!("tiers[{i}].min_lifetime"),
-                t.min_lifetime,
-                0,
-                MAX_POINTS,
-            )?;
-            let m = t.multiplier_percent.unwrap_or(100);
-            if !(0..=1000).contains(&m) {
-                return Err(FieldError::new(
-                    format!("tiers[{i}].multiplier_percent"),
-                    "must be 0..=1000",
-                ));
-            }
-            tiers.push(Tier {
-                id: t.id.clone(),
-                name: t.name.clone(),
-                min_lifetime: t.min_lifetime,
-                multiplier_percent: m,
-            });
-        }
-        tiers.sort_by_key(|t| t.min_lifetime);
-        if tiers
-            .windows(2)
-            .any(|w| w[0].min_lifetime == w[1].min_lifetime)
-        {
-            return Err(FieldError::new(
-                "tiers",
-                "two tiers have the same min_lifetime",
-            ));
-        }
+        check_earning(&spec)?;
+        let tiers = tiers(&spec.tiers)?;
         let mut rids = std::collections::HashSet::new();
         for (i, r) in spec.rewards.iter().enumerate() {
-            let k = |f: &str| format!("rewards[{i}].{f}");
-            if !crate::voucher::valid_id(&r.id) || !rids.insert(r.id.clone()) {
+            if !valid_id(&r.id) || !rids.insert(r.id.clone()) {
                 return Err(FieldError::new(
-                    k("id"),
+                    format!("rewards[{i}].id"),
                     "must be a unique id of A-Z a-z 0-9 - _ .",
                 ));
             }
-            within(k("points_cost"), r.points_cost, 1, MAX_POINTS)?;
-            if matches!(r.stock, Some(s) if s < 0) {
-                return Err(FieldError::new(
-                    k("stock"),
-                    "must be >= 0 (omit for unlimited)",
-                ));
-            }
-            if let Some(p) = &r.code_pattern {
-                crate::codegen::check_pattern(p)
-                    .map_err(|m| FieldError::new(k("code_pattern"), m))?;
-                let cap = crate::codegen::capacity(p);
-                if cap == 0
-                    || r.stock
-                        .is_some_and(|s| u128::try_from(s).unwrap_or(0) > cap)
-                {
-                    return Err(FieldError::new(
-                        k("code_pattern"),
-                        format!(
-                            "holds {} codes and may issue 1 % of them ({cap}): too few{}; use a longer pattern",
-                            crate::codegen::space(p),
-                            r.stock.map(|s| format!(" for a stock of {s}")).unwrap_or_default()
-                        ),
-                    ));
-                }
-            }
-            if let Some(u) = &r.image_url {
-                if !u.starts_with("https://") {
-                    return Err(FieldError::new(
-                        k("image_url"),
-                        "must be an absolute https:// URL",
-                    ));
-                }
-            }
+            check_reward(i, r)?;
         }
         Ok(Program { id, spec, tiers })
     }

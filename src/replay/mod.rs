@@ -16,25 +16,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use matcher::{compare, substitute, Mismatch};
 
-pub const CALLS: [&str; 10] = [
-    "voucher.check",
-    "voucher.commit",
-    "voucher.reactivate",
-    "loyalty.lookup",
-    "loyalty.enroll",
-    "loyalty.award",
-    "loyalty.account",
-    "loyalty.rewards",
-    "loyalty.redeem",
-    "webhook",
-];
+pub use crate::karma_urls::CALLS;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -261,41 +248,35 @@ fn url_for(o: &ReplayOptions, call: &str) -> Result<String, String> {
 }
 
 struct Http {
-    client: crate::client::HttpsClient,
+    client: crate::client::Client,
 }
+
+/// How long replay waits for a provider's answer, and the longest answer it reads.
+const ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
+const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
 
 /// `Err` only when the request could not be made at all (unreachable).
 impl Http {
+    fn new(extra_roots: &[Vec<u8>]) -> Result<Http, String> {
+        Ok(Http {
+            client: crate::client::Client::new(extra_roots)?
+                .timeout(ANSWER_WITHIN)
+                .body_limit(MAX_ANSWER_BYTES),
+        })
+    }
+
     async fn post(
         &self,
         url: &str,
         headers: &[(String, String)],
         body: Vec<u8>,
     ) -> Result<(u16, Vec<u8>), String> {
-        let mut b = hyper::Request::builder()
-            .method("POST")
-            .uri(url)
-            .header("content-type", "application/json");
-        for (k, v) in headers {
-            b = b.header(k.as_str(), v.as_str());
+        let req = crate::client::Request::post_json(url, body).headers(headers.iter().cloned());
+        match self.client.send(req).await {
+            Ok(a) => Ok((a.status, a.body)),
+            Err(crate::client::Error::Timeout(_)) => Err(format!("{url}: no answer within 30 s")),
+            Err(e) => Err(format!("{url}: {e}")),
         }
-        let req = b
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| format!("{url}: {e}"))?;
-        let resp =
-            tokio::time::timeout(std::time::Duration::from_secs(30), self.client.request(req))
-                .await
-                .map_err(|_| format!("{url}: no answer within 30 s"))?
-                .map_err(|e| format!("{url}: {e}"))?;
-        let status = resp.status().as_u16();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| format!("{url}: {e}"))?
-            .to_bytes()
-            .to_vec();
-        Ok((status, bytes))
     }
 }
 
@@ -318,9 +299,7 @@ pub async fn run(o: &ReplayOptions) -> Result<Report, String> {
     } else {
         None
     };
-    let http = Http {
-        client: crate::client::https_client(&o.extra_roots)?,
-    };
+    let http = Http::new(&o.extra_roots)?;
     let chosen: Vec<&(PathBuf, Fixture)> = fixtures
         .iter()
         .filter(|(_, fx)| {
@@ -458,16 +437,7 @@ async fn scenario(
     fx: &Fixture,
     run_id: &str,
 ) -> Result<Vec<String>, String> {
-    let mut vars: BTreeMap<String, Value> = BTreeMap::new();
-    // Unique per run *and* scenario, so transaction ids never meet an earlier record.
-    let unique = {
-        use sha2::Digest;
-        hex::encode(&sha2::Sha256::digest(format!("{run_id}/{}", fx.name).as_bytes())[..8])
-    };
-    // The same uniqueness as a JSON integer below 2^48, for ids Karma sends as numbers.
-    let number = u64::from_str_radix(&unique[..12], 16).unwrap_or(0) + 1;
-    vars.insert("run".into(), Value::String(unique));
-    vars.insert("runNumber".into(), json!(number));
+    let mut vars = run_vars(run_id, &fx.name);
     let mut failures = Vec::new();
     let states: Vec<(StateSpec, Value)> = fx
         .state
@@ -489,103 +459,12 @@ async fn scenario(
         let url = url_for(o, &step.call)?;
         let body_v = substitute(&step.request.body, &vars);
         let body = serde_json::to_vec(&body_v).unwrap_or_default();
-        let mut headers: Vec<(String, String)> = step
-            .request
-            .headers
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.clone(),
-                    match substitute(&Value::String(v.clone()), &vars) {
-                        Value::String(s) => s,
-                        other => other.to_string(),
-                    },
-                )
-            })
-            .collect();
-        if step.call == "webhook" {
-            let id = body_v["id"].as_str().unwrap_or("").to_owned();
-            match (
-                step.request.signature.as_deref().unwrap_or("valid"),
-                &o.webhook_secret,
-            ) {
-                ("none", _) => {}
-                ("invalid", _) => headers.extend(crate::webhook::sign_headers(
-                    &o.webhook_scheme,
-                    b"not-the-secret",
-                    &id,
-                    now_secs(),
-                    &body,
-                )),
-                (_, Some(secret)) => {
-                    let key = crate::webhook::secret_bytes(&o.webhook_scheme, secret)
-                        .unwrap_or_else(|_| secret.as_bytes().to_vec());
-                    headers.extend(crate::webhook::sign_headers(
-                        &o.webhook_scheme,
-                        &key,
-                        &id,
-                        now_secs(),
-                        &body,
-                    ));
-                }
-                (_, None) => {}
-            }
-        } else if let Some(a) = &o.auth {
-            headers.push(a.header());
-        }
+        let headers = step_headers(o, step, &vars, &body_v, &body);
         let (status, bytes) = http
             .post(&url, &headers, body)
             .await
             .map_err(|e| format!("target unreachable: {e}"))?;
-        let mut mism: Vec<Mismatch> = Vec::new();
-        if status != step.expect.status {
-            mism.push(Mismatch {
-                path: "status".into(),
-                expected: step.expect.status.to_string(),
-                actual: status.to_string(),
-            });
-        }
-        let actual: Value = serde_json::from_slice(&bytes)
-            .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-        if let Some(expected) = &step.expect.body {
-            if let Some(prev) = expected
-                .get("$sameAs")
-                .and_then(Value::as_str)
-                .filter(|_| expected.as_object().is_some_and(|m| m.len() == 1))
-            {
-                match bodies.get(prev) {
-                    Some(b) if *b == bytes => {}
-                    Some(b) => mism.push(Mismatch {
-                        path: "body".into(),
-                        expected: format!(
-                            "the bytes of step {prev:?}: {}",
-                            String::from_utf8_lossy(b)
-                        ),
-                        actual: String::from_utf8_lossy(&bytes).into_owned(),
-                    }),
-                    None => mism.push(Mismatch {
-                        path: "body".into(),
-                        expected: format!("$sameAs an earlier step named {prev:?}"),
-                        actual: "(no such step)".into(),
-                    }),
-                }
-            } else {
-                let expected = substitute(expected, &vars);
-                compare(&expected, &actual, "body", &mut vars, &mut mism);
-            }
-        }
-        for (name, pointer) in &step.capture {
-            match actual.pointer(pointer) {
-                Some(v) => {
-                    vars.insert(name.clone(), v.clone());
-                }
-                None => mism.push(Mismatch {
-                    path: format!("body{}", pointer.replace('/', ".")),
-                    expected: format!("a value to capture as {name}"),
-                    actual: "(missing)".into(),
-                }),
-            }
-        }
+        let mism = check_step(step, status, &bytes, &bodies, &mut vars);
         bodies.insert(label.clone(), bytes);
         for m in mism {
             failures.push(format!(
@@ -603,6 +482,128 @@ async fn scenario(
         }
     }
     Ok(failures)
+}
+
+/// The placeholders every scenario starts with: `run`, unique per run *and* scenario (so
+/// transaction ids never meet an earlier record), and `runNumber`, the same uniqueness as
+/// a JSON integer below 2^48 (for ids Karma sends as numbers).
+fn run_vars(run_id: &str, scenario: &str) -> BTreeMap<String, Value> {
+    let unique = {
+        use sha2::Digest;
+        hex::encode(&sha2::Sha256::digest(format!("{run_id}/{scenario}").as_bytes())[..8])
+    };
+    let number = u64::from_str_radix(&unique[..12], 16).unwrap_or(0) + 1;
+    let mut vars = BTreeMap::new();
+    vars.insert("run".into(), Value::String(unique));
+    vars.insert("runNumber".into(), json!(number));
+    vars
+}
+
+/// A step's headers, placeholders filled in: a webhook step signed as its fixture says
+/// (`valid` with the run's secret, `invalid`, or `none`); another call with the run's auth.
+fn step_headers(
+    o: &ReplayOptions,
+    step: &Step,
+    vars: &BTreeMap<String, Value>,
+    body_v: &Value,
+    body: &[u8],
+) -> Vec<(String, String)> {
+    let mut headers: Vec<(String, String)> = step
+        .request
+        .headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                match substitute(&Value::String(v.clone()), vars) {
+                    Value::String(s) => s,
+                    other => other.to_string(),
+                },
+            )
+        })
+        .collect();
+    if step.call != "webhook" {
+        headers.extend(o.auth.as_ref().map(|a| a.header()));
+        return headers;
+    }
+    let id = body_v["id"].as_str().unwrap_or("");
+    let sign =
+        |key: &[u8]| crate::webhook::sign_headers(&o.webhook_scheme, key, id, now_secs(), body);
+    match (
+        step.request.signature.as_deref().unwrap_or("valid"),
+        &o.webhook_secret,
+    ) {
+        ("none", _) => {}
+        ("invalid", _) => headers.extend(sign(b"not-the-secret")),
+        (_, Some(secret)) => headers.extend(sign(&crate::webhook::signing_key(
+            &o.webhook_scheme,
+            secret,
+        ))),
+        (_, None) => {}
+    }
+    headers
+}
+
+/// How a step's answer differs from what it expects; captures its values into `vars`.
+fn check_step(
+    step: &Step,
+    status: u16,
+    bytes: &[u8],
+    bodies: &BTreeMap<String, Vec<u8>>,
+    vars: &mut BTreeMap<String, Value>,
+) -> Vec<Mismatch> {
+    let mut mism: Vec<Mismatch> = Vec::new();
+    if status != step.expect.status {
+        mism.push(Mismatch {
+            path: "status".into(),
+            expected: step.expect.status.to_string(),
+            actual: status.to_string(),
+        });
+    }
+    let actual: Value = serde_json::from_slice(bytes)
+        .unwrap_or(Value::String(String::from_utf8_lossy(bytes).into_owned()));
+    if let Some(expected) = &step.expect.body {
+        if let Some(prev) = expected
+            .get("$sameAs")
+            .and_then(Value::as_str)
+            .filter(|_| expected.as_object().is_some_and(|m| m.len() == 1))
+        {
+            mism.extend(same_as(prev, bodies.get(prev), bytes));
+        } else {
+            let expected = substitute(expected, vars);
+            compare(&expected, &actual, "body", vars, &mut mism);
+        }
+    }
+    for (name, pointer) in &step.capture {
+        match actual.pointer(pointer) {
+            Some(v) => {
+                vars.insert(name.clone(), v.clone());
+            }
+            None => mism.push(Mismatch {
+                path: format!("body{}", pointer.replace('/', ".")),
+                expected: format!("a value to capture as {name}"),
+                actual: "(missing)".into(),
+            }),
+        }
+    }
+    mism
+}
+
+/// `{"$sameAs": prev}`: the answer's bytes are those of the earlier step `prev`.
+fn same_as(prev: &str, earlier: Option<&Vec<u8>>, bytes: &[u8]) -> Option<Mismatch> {
+    match earlier {
+        Some(b) if b.as_slice() == bytes => None,
+        Some(b) => Some(Mismatch {
+            path: "body".into(),
+            expected: format!("the bytes of step {prev:?}: {}", String::from_utf8_lossy(b)),
+            actual: String::from_utf8_lossy(bytes).into_owned(),
+        }),
+        None => Some(Mismatch {
+            path: "body".into(),
+            expected: format!("$sameAs an earlier step named {prev:?}"),
+            actual: "(no such step)".into(),
+        }),
+    }
 }
 
 fn now_secs() -> i64 {

@@ -175,28 +175,40 @@ fn create_member(
     let mut entries = Vec::new();
     let bonus = prog.spec.signup_bonus;
     if bonus > 0 {
-        let why = Why {
-            reason: "signup bonus".into(),
-            ..Why::default()
-        };
-        // A fresh account and a bonus bounded at load: the credit cannot be refused.
-        entries.extend(
-            m.account
-                .credit(
-                    now,
-                    Credit {
-                        kind: EntryKind::SignupBonus,
-                        points: bonus,
-                        pending_ms: 0,
-                        expire_ms: prog.expire_ms(),
-                        counts_lifetime: true,
-                    },
-                    why,
-                )
-                .ok(),
-        );
+        // A bonus bounded at load.
+        let e = credit_fresh(&mut m.account, prog, now, EntryKind::SignupBonus, bonus);
+        entries.extend(e);
     }
     Ok((m, entries, bonus))
+}
+
+/// Credit a new member's account with `points` that are available now: the signup bonus
+/// (counts toward the lifetime total) or an imported balance (does not: the import sets
+/// the lifetime total itself). The account is fresh and the points bounded by the caller,
+/// so the credit cannot be refused (`None` would only mean a broken bound).
+fn credit_fresh(
+    account: &mut Account,
+    prog: &Program,
+    now: Millis,
+    kind: EntryKind,
+    points: i64,
+) -> Option<Entry> {
+    let (reason, counts_lifetime) = match kind {
+        EntryKind::SignupBonus => ("signup bonus", true),
+        _ => ("imported balance", false),
+    };
+    let why = Why {
+        reason: reason.into(),
+        ..Why::default()
+    };
+    let credit = Credit {
+        kind,
+        points,
+        pending_ms: 0,
+        expire_ms: prog.expire_ms(),
+        counts_lifetime,
+    };
+    account.credit(now, credit, why).ok()
 }
 
 /// The member for a Karma user, enrolling them when the program says `auto_enroll`.
@@ -636,7 +648,7 @@ fn reward_code(
 // ---- operator tools (admin API) -------------------------------------------------------
 
 fn operation_id(id: &str) -> Result<(), ApiError> {
-    if !crate::voucher::valid_id(id) {
+    if !crate::wire::valid_id(id) {
         return Err(ApiError::invalid("id", "a caller-chosen id for this operation (1-64 of A-Z a-z 0-9 - _ .), used to make retries safe"));
     }
     Ok(())
@@ -1017,107 +1029,67 @@ pub fn import_members(
     let Some(prog) = program(st, t, p) else {
         return Ok(Reply::not_found("unknown loyalty program"));
     };
+    let rows = match parse_member_rows(csv_text) {
+        Ok(rows) => rows,
+        Err(refusal) => return Ok(refusal),
+    };
+    // Imported members get no signup bonus.
+    let mut no_bonus = (*prog).clone();
+    no_bonus.spec.signup_bonus = 0;
+    let (mut imported, mut duplicates) = (0u64, 0u64);
+    for r in rows {
+        if import_member(txn, t, p, &no_bonus, r, now)? {
+            imported += 1;
+        } else {
+            duplicates += 1;
+        }
+    }
+    Ok(Reply::json(
+        200,
+        serde_json::json!({"ok": true, "imported": imported, "duplicates": duplicates, "invalid": []}),
+    ))
+}
+
+/// One row of a member import, checked.
+struct MemberRow {
+    user: Option<String>,
+    ids: Vec<(IdentifierType, String)>,
+    balance: i64,
+    lifetime: i64,
+}
+
+/// The member import's columns: where each is in a row, if present.
+struct MemberColumns {
+    user: Option<usize>,
+    card: Option<usize>,
+    phone: Option<usize>,
+    email: Option<usize>,
+    balance: Option<usize>,
+    lifetime: Option<usize>,
+}
+
+/// Pass 1: the header and every row, checked; any problem refuses the whole file (the
+/// refusal names each invalid row by line).
+fn parse_member_rows(csv_text: &[u8]) -> Result<Vec<MemberRow>, Reply> {
     let mut rdr = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
         .flexible(false)
         .from_reader(csv_text);
-    let headers = match rdr.headers() {
-        Ok(h) => h.clone(),
-        Err(e) => {
-            return Ok(Reply::error(&ApiError::new(
-                400,
-                "INVALID_CSV",
-                format!("cannot read the header row: {e}"),
-            )))
-        }
-    };
-    let known = [
-        "user_id",
-        "card",
-        "phone",
-        "email",
-        "balance",
-        "lifetime_earned",
-    ];
-    if let Some(h) = headers.iter().find(|h| !known.contains(h)) {
-        return Ok(Reply::error(&ApiError::new(
-            400,
-            "INVALID_CSV",
-            format!("unknown column {h:?}; use {}", known.join(",")),
-        )));
-    }
-    let col = |name: &str| headers.iter().position(|h| h == name);
-    let (cu, cc, cp, ce, cb, cl) = (
-        col("user_id"),
-        col("card"),
-        col("phone"),
-        col("email"),
-        col("balance"),
-        col("lifetime_earned"),
-    );
-    struct Row {
-        user: Option<String>,
-        ids: Vec<(IdentifierType, String)>,
-        balance: i64,
-        lifetime: i64,
-    }
+    let cols = member_columns(&mut rdr)?;
     let mut rows = Vec::new();
     let mut invalid = Vec::new();
     for (i, rec) in rdr.records().enumerate() {
         let line = i + 2;
-        let rec = match rec {
-            Ok(r) => r,
-            Err(e) => {
-                invalid.push(serde_json::json!({"line": line, "message": e.to_string()}));
-                continue;
-            }
-        };
-        let get = |c: Option<usize>| {
-            c.and_then(|c| rec.get(c))
-                .filter(|v| !v.is_empty())
-                .map(str::to_owned)
-        };
-        let num = |c: Option<usize>, name: &str| -> Result<Option<i64>, String> {
-            match get(c) {
-                None => Ok(None),
-                Some(v) => v
-                    .parse::<i64>()
-                    .ok()
-                    .filter(|n| (0..=1_000_000_000).contains(n))
-                    .map(Some)
-                    .ok_or(format!(
-                        "{name} must be a whole number 0..=1000000000, not {v:?}"
-                    )),
-            }
-        };
-        let row = (|| -> Result<Row, String> {
-            let user = get(cu);
-            if let Some(u) = &user {
-                if u.len() > 128 || u.chars().any(char::is_control) {
-                    return Err("user_id: at most 128 printable characters".into());
-                }
-            }
-            let ids = identifiers(get(cp).as_deref(), get(ce).as_deref(), get(cc).as_deref())
-                .map_err(|e| e.message)?;
-            if user.is_none() && ids.is_empty() {
-                return Err("a row needs user_id or one of card, phone, email".into());
-            }
-            let balance = num(cb, "balance")?.unwrap_or(0);
-            let lifetime = num(cl, "lifetime_earned")?.unwrap_or(balance);
-            Ok(Row {
-                user,
-                ids,
-                balance,
-                lifetime,
-            })
-        })();
+        let row = rec
+            .map_err(|e| e.to_string())
+            .and_then(|rec| member_row(&cols, &rec));
         match row {
             Ok(r) => rows.push(r),
             Err(message) => invalid.push(serde_json::json!({"line": line, "message": message})),
         }
     }
     if !invalid.is_empty() {
-        return Ok(Reply::json(
+        return Err(Reply::json(
             400,
             serde_json::json!({
                 "ok": false,
@@ -1127,59 +1099,117 @@ pub fn import_members(
             }),
         ));
     }
-    let (mut imported, mut duplicates) = (0u64, 0u64);
-    for r in rows {
-        let mut taken = match &r.user {
-            Some(u) => txn.get(&keys::ident(t, p, "user", u))?.is_some(),
-            None => false,
-        };
-        for (kind, v) in &r.ids {
-            taken |= txn.get(&keys::ident(t, p, kind.key(), v))?.is_some();
-        }
-        if taken {
-            duplicates += 1;
-            continue;
-        }
-        let mut no_bonus = (*prog).clone();
-        no_bonus.spec.signup_bonus = 0;
-        let (mut m, mut entries, _) =
-            create_member(txn, t, &no_bonus, r.user.as_deref(), &r.ids, now)?;
-        let why = Why {
-            reason: "imported balance".into(),
-            ..Why::default()
-        };
-        // A fresh account and a balance of at most 10^9 (checked at parse): cannot be refused.
-        entries.extend(
-            m.account
-                .credit(
-                    now,
-                    Credit {
-                        kind: EntryKind::Import,
-                        points: r.balance,
-                        pending_ms: 0,
-                        expire_ms: prog.expire_ms(),
-                        counts_lifetime: false,
-                    },
-                    why,
-                )
-                .ok(),
-        );
-        m.account.lifetime_total = r.lifetime;
-        save(txn, t, p, &m, &entries);
-        if let Some(u) = &r.user {
-            let enrolled = json(&EnrollSuccess {
-                ok: true,
-                member_id: m.member_id.clone(),
-                points_awarded: 0,
-            });
-            txn.put(keys::enrollment(t, p, u), enrolled);
-        }
-        imported += 1;
+    Ok(rows)
+}
+
+fn member_columns(rdr: &mut csv::Reader<&[u8]>) -> Result<MemberColumns, Reply> {
+    let headers = rdr.headers().map_err(|e| {
+        Reply::error(&ApiError::new(
+            400,
+            "INVALID_CSV",
+            format!("cannot read the header row: {e}"),
+        ))
+    })?;
+    let known = [
+        "user_id",
+        "card",
+        "phone",
+        "email",
+        "balance",
+        "lifetime_earned",
+    ];
+    if let Some(h) = headers.iter().find(|h| !known.contains(h)) {
+        return Err(Reply::error(&ApiError::new(
+            400,
+            "INVALID_CSV",
+            format!("unknown column {h:?}; use {}", known.join(",")),
+        )));
     }
-    Ok(Reply::json(
-        200,
-        serde_json::json!({"ok": true, "imported": imported, "duplicates": duplicates, "invalid": []}),
-    ))
+    let col = |name: &str| headers.iter().position(|h| h == name);
+    Ok(MemberColumns {
+        user: col("user_id"),
+        card: col("card"),
+        phone: col("phone"),
+        email: col("email"),
+        balance: col("balance"),
+        lifetime: col("lifetime_earned"),
+    })
+}
+
+fn member_row(cols: &MemberColumns, rec: &csv::StringRecord) -> Result<MemberRow, String> {
+    let get = |c: Option<usize>| {
+        c.and_then(|c| rec.get(c))
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+    };
+    let num = |c: Option<usize>, name: &str| -> Result<Option<i64>, String> {
+        match get(c) {
+            None => Ok(None),
+            Some(v) => v
+                .parse::<i64>()
+                .ok()
+                .filter(|n| (0..=1_000_000_000).contains(n))
+                .map(Some)
+                .ok_or(format!(
+                    "{name} must be a whole number 0..=1000000000, not {v:?}"
+                )),
+        }
+    };
+    let user = get(cols.user);
+    if let Some(u) = &user {
+        if u.len() > 128 || u.chars().any(char::is_control) {
+            return Err("user_id: at most 128 printable characters".into());
+        }
+    }
+    let ids = identifiers(
+        get(cols.phone).as_deref(),
+        get(cols.email).as_deref(),
+        get(cols.card).as_deref(),
+    )
+    .map_err(|e| e.message)?;
+    if user.is_none() && ids.is_empty() {
+        return Err("a row needs user_id or one of card, phone, email".into());
+    }
+    let balance = num(cols.balance, "balance")?.unwrap_or(0);
+    let lifetime = num(cols.lifetime, "lifetime_earned")?.unwrap_or(balance);
+    Ok(MemberRow {
+        user,
+        ids,
+        balance,
+        lifetime,
+    })
+}
+
+/// Pass 2, one row: make the member with its balance, unless its user or an identifier
+/// is a member already (`false`: a duplicate).
+fn import_member(
+    txn: &mut Txn<'_>,
+    t: &str,
+    p: &str,
+    prog: &Program,
+    r: MemberRow,
+    now: Millis,
+) -> Result<bool, StoreError> {
+    let mut taken = match &r.user {
+        Some(u) => txn.get(&keys::ident(t, p, "user", u))?.is_some(),
+        None => false,
+    };
+    for (kind, v) in &r.ids {
+        taken |= txn.get(&keys::ident(t, p, kind.key(), v))?.is_some();
+    }
+    if taken {
+        return Ok(false);
+    }
+    let (mut m, mut entries, _) = create_member(txn, t, prog, r.user.as_deref(), &r.ids, now)?;
+    // A balance of at most 10^9 (checked at parse).
+    let e = credit_fresh(&mut m.account, prog, now, EntryKind::Import, r.balance);
+    entries.extend(e);
+    m.account.lifetime_total = r.lifetime;
+    save(txn, t, p, &m, &entries);
+    if let Some(u) = &r.user {
+        record_enrollment(txn, t, p, u, &m.member_id);
+    }
+    Ok(true)
 }
 
 /// Provider-state setup, idempotent: bring the member of `userId` (or of the first given
@@ -1199,6 +1229,47 @@ pub fn provision_member(
             format!("no loyalty program {p:?}"),
         )));
     };
+    let want = match state_member_params(params) {
+        Ok(w) => w,
+        Err(e) => return Ok(Reply::error(&e)),
+    };
+    let (mut m, mut entries) = find_or_create_state_member(txn, t, p, &prog, &want, now)?;
+    if let Some(refusal) = claim_identifiers(txn, t, p, &mut m, &want.ids)? {
+        return Ok(refusal);
+    }
+    let (balance, lifetime) = (want.balance, want.lifetime);
+    if let Err(e) = reset_balance(&mut m, &prog, balance, lifetime, &mut entries, now) {
+        return Ok(Reply::error(&ApiError::new(
+            409,
+            "STATE_UNREACHABLE",
+            format!("state member: {e}"),
+        )));
+    }
+    save(txn, t, p, &m, &entries);
+    if let Some(u) = &want.user {
+        record_enrollment(txn, t, p, u, &m.member_id);
+    }
+    Ok(Reply::json(
+        200,
+        serde_json::json!({
+            "ok": true,
+            "memberId": m.member_id,
+            "userId": want.user,
+            "balance": m.account.spendable(now),
+            "lifetimeEarned": m.account.lifetime(now),
+        }),
+    ))
+}
+
+/// The member a `member` provider state asks for.
+struct StateMember {
+    user: Option<String>,
+    ids: Vec<(IdentifierType, String)>,
+    balance: i64,
+    lifetime: i64,
+}
+
+fn state_member_params(params: &serde_json::Value) -> Result<StateMember, ApiError> {
     let text = |k: &str| {
         params.get(k).and_then(|v| match v {
             serde_json::Value::String(s) => Some(s.clone()),
@@ -1207,14 +1278,11 @@ pub fn provision_member(
         })
     };
     let user = text("userId");
-    let ids = match identifiers(
+    let ids = identifiers(
         text("phone").as_deref(),
         text("email").as_deref(),
         text("card").as_deref(),
-    ) {
-        Ok(i) => i,
-        Err(e) => return Ok(Reply::error(&e)),
-    };
+    )?;
     let number = |k: &str| match params.get(k) {
         None | Some(serde_json::Value::Null) => Ok(None),
         Some(v) => v
@@ -1230,44 +1298,72 @@ pub fn provision_member(
     };
     let (balance, lifetime) = match (number("balance"), number("lifetimeEarned")) {
         (Ok(b), Ok(l)) => (b.unwrap_or(0), l.unwrap_or(b.unwrap_or(0))),
-        (Err(e), _) | (_, Err(e)) => return Ok(Reply::error(&e)),
+        (Err(e), _) | (_, Err(e)) => return Err(e),
     };
-    let mut found = match &user {
+    Ok(StateMember {
+        user,
+        ids,
+        balance,
+        lifetime,
+    })
+}
+
+/// The member of `userId` (or, without one, of the first given identifier that has one),
+/// settled; or a new member (no signup bonus).
+fn find_or_create_state_member(
+    txn: &mut Txn<'_>,
+    t: &str,
+    p: &str,
+    prog: &Program,
+    want: &StateMember,
+    now: Millis,
+) -> Result<(MemberRecord, Vec<Entry>), StoreError> {
+    let mut found = match &want.user {
         Some(u) => member_by(txn, t, p, "user", u)?,
         None => None,
     };
-    if found.is_none() && user.is_none() {
-        for (kind, v) in &ids {
+    if found.is_none() && want.user.is_none() {
+        for (kind, v) in &want.ids {
             if let Some(m) = member_by(txn, t, p, kind.key(), v)? {
                 found = Some(m);
                 break;
             }
         }
     }
-    let (mut m, mut entries) = match found {
+    Ok(match found {
         Some(mut m) => {
             let entries = m.account.settle(now);
             (m, entries)
         }
         None => {
-            let mut no_bonus = (*prog).clone();
+            let mut no_bonus = prog.clone();
             no_bonus.spec.signup_bonus = 0;
-            let (m, entries, _) = create_member(txn, t, &no_bonus, user.as_deref(), &[], now)?;
+            let (m, entries, _) = create_member(txn, t, &no_bonus, want.user.as_deref(), &[], now)?;
             (m, entries)
         }
-    };
-    for (kind, v) in &ids {
+    })
+}
+
+/// Give `m` the identifiers `ids`; one that belongs to another member is a 409 (returned).
+fn claim_identifiers(
+    txn: &mut Txn<'_>,
+    t: &str,
+    p: &str,
+    m: &mut MemberRecord,
+    ids: &[(IdentifierType, String)],
+) -> Result<Option<Reply>, StoreError> {
+    for (kind, v) in ids {
         let key = keys::ident(t, p, kind.key(), v);
         match txn.get(&key)? {
             Some(owner) if owner != m.member_id.as_bytes() => {
-                return Ok(Reply::error(&ApiError::new(
+                return Ok(Some(Reply::error(&ApiError::new(
                     409,
                     "STATE_UNREACHABLE",
                     format!(
                         "state member: the {} {v:?} belongs to another member",
                         kind.key()
                     ),
-                )))
+                ))))
             }
             Some(_) => {}
             None => txn.put(key, m.member_id.as_bytes().to_vec()),
@@ -1279,32 +1375,18 @@ pub fn provision_member(
             _ => {}
         }
     }
-    if let Err(e) = reset_balance(&mut m, &prog, balance, lifetime, &mut entries, now) {
-        return Ok(Reply::error(&ApiError::new(
-            409,
-            "STATE_UNREACHABLE",
-            format!("state member: {e}"),
-        )));
-    }
-    save(txn, t, p, &m, &entries);
-    if let Some(u) = &user {
-        let enrolled = json(&EnrollSuccess {
-            ok: true,
-            member_id: m.member_id.clone(),
-            points_awarded: 0,
-        });
-        txn.put(keys::enrollment(t, p, u), enrolled);
-    }
-    Ok(Reply::json(
-        200,
-        serde_json::json!({
-            "ok": true,
-            "memberId": m.member_id,
-            "userId": user,
-            "balance": m.account.spendable(now),
-            "lifetimeEarned": m.account.lifetime(now),
-        }),
-    ))
+    Ok(None)
+}
+
+/// The enroll answer for `user`, as if the member had enrolled (no bonus): an enroll call
+/// for this user then answers with this member.
+fn record_enrollment(txn: &mut Txn<'_>, t: &str, p: &str, user: &str, member_id: &str) {
+    let enrolled = json(&EnrollSuccess {
+        ok: true,
+        member_id: member_id.to_owned(),
+        points_awarded: 0,
+    });
+    txn.put(keys::enrollment(t, p, user), enrolled);
 }
 
 /// Make the spendable balance `balance` (one credit or debit for the difference) and the

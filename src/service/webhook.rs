@@ -423,8 +423,7 @@ pub fn prune_dedupe_page(
     let mut n = 0;
     let (page, next) = txn.scan_page(&dedupe_prefix(t), after, limit)?;
     for (k, v) in page {
-        let seen = <[u8; 8]>::try_from(v.as_slice())
-            .map(u64::from_be_bytes)
+        let seen = crate::store::decode_u64(&v)
             .map(|s| i64::try_from(s).unwrap_or(i64::MAX))
             .unwrap_or(0);
         if now.saturating_sub(seen) >= retention_ms {

@@ -10,11 +10,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::HttpsClient;
+use crate::client::{Client as HttpsClient, Request};
 use crate::config::{SourceConfig, SourceKind};
 use crate::http::App;
 use crate::store::StoreError;
@@ -78,8 +76,8 @@ pub fn spawn_all(app: &Arc<App>) -> Vec<tokio::task::JoinHandle<()>> {
 
 /// Poll one source until `cancel` fires.
 pub async fn run(app: Arc<App>, tenant: String, src: SourceConfig, cancel: CancellationToken) {
-    let client = match crate::client::https_client(&[]) {
-        Ok(c) => c,
+    let client = match HttpsClient::new(&[]) {
+        Ok(c) => c.timeout(src.timeout).body_limit(MAX_BODY_BYTES),
         Err(e) => {
             tracing::error!(tenant = %tenant, source = %src.name, error = %e, "cannot build the HTTP client; this source will not be polled");
             return;
@@ -314,44 +312,28 @@ async fn get(
     client: &HttpsClient,
     url: &str,
     c: &SourceConfig,
-) -> Result<(hyper::HeaderMap, Bytes), Failure> {
-    let fail = |why: String| Failure {
-        why,
-        retry_after: None,
-    };
-    let req = hyper::Request::builder()
-        .method("GET")
-        .uri(url)
+) -> Result<(hyper::HeaderMap, Vec<u8>), Failure> {
+    let req = Request::get(url)
         .header("authorization", format!("Bearer {}", c.token.expose()))
         .header("accept", "application/json")
-        .header("user-agent", "karma-provider")
-        .body(Full::new(Bytes::new()))
-        .map_err(|e| fail(format!("request {url}: {e}")))?;
-    let resp = match tokio::time::timeout(c.timeout, client.request(req)).await {
-        Err(_) => return Err(fail(format!("timed out after {:?}", c.timeout))),
-        Ok(Err(e)) => return Err(fail(format!("cannot reach {}: {e}", c.base_url))),
-        Ok(Ok(r)) => r,
-    };
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    if !status.is_success() {
-        let retry_after = match status.as_u16() {
-            429 | 503 => headers
+        .header("user-agent", "karma-provider");
+    let a = client.send(req).await.map_err(|e| Failure {
+        why: format!("{}: {e}", c.base_url),
+        retry_after: None,
+    })?;
+    if !(200..300).contains(&a.status) {
+        let retry_after = match a.status {
+            429 | 503 => a
+                .headers
                 .get(hyper::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(crate::webhook::retry_after),
             _ => None,
         };
         return Err(Failure {
-            why: format!("HTTP {}", status.as_u16()),
+            why: format!("HTTP {}", a.status),
             retry_after,
         });
     }
-    let limited = http_body_util::Limited::new(resp.into_body(), MAX_BODY_BYTES);
-    let body = tokio::time::timeout(c.timeout, limited.collect())
-        .await
-        .map_err(|_| fail(format!("body timed out after {:?}", c.timeout)))?
-        .map_err(|e| fail(format!("body: {e}")))?
-        .to_bytes();
-    Ok((headers, body))
+    Ok((a.headers, a.body))
 }

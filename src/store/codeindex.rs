@@ -459,9 +459,7 @@ impl Unpublished {
         std::fs::rename(&self.tmp, &self.path).map_err(|e| io("renaming", &self.tmp, e))?;
         // (Dropping `self` now finds no temporary file to remove.)
         if let Some(d) = self.path.parent() {
-            File::open(d)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| io("fsync", d, e))?;
+            super::fsync_dir(d)?;
         }
         Segment::open(&self.path)
     }

@@ -340,13 +340,7 @@ impl<S: Journal + Send + 'static> Store<S> {
         opts: &StoreOptions,
         init: impl FnOnce(&mut Txn<'_>) -> Result<S, StoreError> + Send + 'static,
     ) -> Result<Store<S>, StoreError> {
-        std::fs::create_dir_all(&opts.path)
-            .map_err(|e| StoreError::Io(format!("creating {}: {e}", opts.path.display())))?;
-        let db = sled::Config::new()
-            .path(&opts.path)
-            .cache_capacity(opts.cache_capacity_bytes)
-            .open()
-            .map_err(|e| StoreError::Io(format!("opening {}: {e}", opts.path.display())))?;
+        let db = create_and_open(opts)?;
         check_schema(&db, &opts.path)?;
         let mut data_files = DataFiles::new(&opts.path)?;
         let first_id = first_id(&db, &opts.path)?;
@@ -645,8 +639,7 @@ fn commit(
     }
     db.apply_batch(batch)
         .map_err(|e| StoreError::Io(e.to_string()))?;
-    db.flush().map_err(|e| StoreError::Io(e.to_string()))?;
-    let blobs = files.sync()?;
+    let blobs = files.flush_and_sync(db)?;
     stats.blob_files_synced.fetch_add(blobs, Ordering::Relaxed);
     Ok(())
 }
@@ -749,6 +742,13 @@ impl DataFiles {
         Ok(f)
     }
 
+    /// The one way anything written to `db` becomes durable: sled's flush, then the
+    /// fsyncs it leaves out ([`DataFiles::sync`]). Returns how many blob files were fsynced.
+    fn flush_and_sync(&mut self, db: &sled::Db) -> Result<u64, StoreError> {
+        db.flush().map_err(|e| StoreError::Io(e.to_string()))?;
+        self.sync()
+    }
+
     /// fsync new blob files, their directory, then the log. Returns how many blob files
     /// were fsynced. Any failure (the log file cannot even be opened, say) fails the group.
     fn sync(&mut self) -> Result<u64, StoreError> {
@@ -793,6 +793,17 @@ impl DataFiles {
         self.synced = present;
         Ok(new)
     }
+}
+
+/// Create the data directory if needed and open sled there (the server and restore).
+fn create_and_open(opts: &StoreOptions) -> Result<sled::Db, StoreError> {
+    std::fs::create_dir_all(&opts.path)
+        .map_err(|e| StoreError::Io(format!("creating {}: {e}", opts.path.display())))?;
+    sled::Config::new()
+        .path(&opts.path)
+        .cache_capacity(opts.cache_capacity_bytes)
+        .open()
+        .map_err(|e| StoreError::Io(format!("opening {}: {e}", opts.path.display())))
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
@@ -879,13 +890,7 @@ pub fn import_records(
     }
     let version = records.iter().find(|(k, _)| k == SCHEMA_VERSION_KEY);
     schema_readable(version.map(|(_, v)| v.as_slice()), "the backup")?;
-    std::fs::create_dir_all(&opts.path)
-        .map_err(|e| StoreError::Io(format!("creating {}: {e}", opts.path.display())))?;
-    let db = sled::Config::new()
-        .path(&opts.path)
-        .cache_capacity(opts.cache_capacity_bytes)
-        .open()
-        .map_err(|e| StoreError::Io(format!("opening {}: {e}", opts.path.display())))?;
+    let db = create_and_open(opts)?;
     let n = records.len();
     for chunk in records.chunks(10_000) {
         let mut batch = sled::Batch::default();
@@ -895,9 +900,11 @@ pub fn import_records(
         db.apply_batch(batch)
             .map_err(|e| StoreError::Io(e.to_string()))?;
     }
+    // Flushed before `DataFiles::new` fsyncs the directory, so the entries of every file
+    // the records made (`blobs/`) are in it.
     db.flush().map_err(|e| StoreError::Io(e.to_string()))?;
     check_schema(&db, &opts.path)?;
-    DataFiles::new(&opts.path)?.sync()?;
+    DataFiles::new(&opts.path)?.flush_and_sync(&db)?;
     Ok(n)
 }
 
@@ -986,8 +993,7 @@ impl Offline {
     /// Apply what is queued, flush and fsync: everything written so far is durable.
     pub fn sync(&mut self) -> Result<(), StoreError> {
         self.apply()?;
-        self.db.flush().map_err(|e| StoreError::Io(e.to_string()))?;
-        self.files.sync()?;
+        self.files.flush_and_sync(&self.db)?;
         Ok(())
     }
 

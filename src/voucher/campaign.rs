@@ -4,26 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Millis;
-
-/// A problem in a spec, naming the key (relative to the campaign) and what is wrong.
-/// The largest amount of cents a config value may hold (ten trillion: a hundred billion
-/// in currency units), so sums of held and spent cents stay far from overflow.
-pub const MAX_CONFIG_CENTS: i64 = 10_000_000_000_000;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldError {
-    pub key: String,
-    pub message: String,
-}
-
-impl FieldError {
-    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
-        FieldError {
-            key: key.into(),
-            message: message.into(),
-        }
-    }
-}
+use crate::wire::{valid_id, FieldError, StrOrInt, MAX_CONFIG_CENTS};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -74,23 +55,6 @@ pub struct RulesSpec {
     pub secret_file: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
-}
-
-/// Item and location ids are opaque: written as `"1001"` or `1001`, compared as text.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(untagged)]
-pub enum StrOrInt {
-    Str(String),
-    Int(i64),
-}
-
-impl StrOrInt {
-    pub fn into_text(self) -> String {
-        match self {
-            StrOrInt::Str(s) => s,
-            StrOrInt::Int(i) => i.to_string(),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -164,14 +128,6 @@ pub struct Campaign {
     pub max_uses_per_code: Option<u64>,
     pub max_uses_per_guest: Option<u64>,
     pub max_discount_total_cents: Option<i64>,
-}
-
-/// Ids of tenants, campaigns and rewards: what is safe in a URL path and a store key.
-pub fn valid_id(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
 fn parse_time(key: &str, s: &str) -> Result<Millis, FieldError> {

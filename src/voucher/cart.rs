@@ -10,17 +10,17 @@ use serde::{Deserialize, Serialize};
 pub struct Cart {
     #[serde(default)]
     pub items: Vec<CartItem>,
-    #[serde(deserialize_with = "crate::contract::rules::int")]
+    #[serde(deserialize_with = "crate::wire::int")]
     pub total_cents: i64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct CartItem {
-    #[serde(deserialize_with = "crate::contract::opaque_id")]
+    #[serde(deserialize_with = "crate::wire::opaque_id")]
     pub inventory_item_id: String,
     pub quantity: Quantity,
-    #[serde(deserialize_with = "crate::contract::rules::int")]
+    #[serde(deserialize_with = "crate::wire::int")]
     pub price_cents: i64,
 }
 

@@ -9,8 +9,8 @@ mod cart;
 mod holds;
 
 pub use campaign::{
-    match_key, valid_id, Campaign, CampaignSpec, CodeMatch, Discount, DiscountSpec, FieldError,
-    RulesSpec, Schedule, ScheduleSpec, StrOrInt, MAX_CONFIG_CENTS,
+    match_key, Campaign, CampaignSpec, CodeMatch, Discount, DiscountSpec, RulesSpec, Schedule,
+    ScheduleSpec,
 };
 pub use cart::{Cart, CartItem, Quantity};
 pub use holds::{HoldState, LiveHold, LiveHolds};

@@ -195,6 +195,12 @@ pub fn secret_bytes(scheme: &Scheme, s: &str) -> Result<Vec<u8>, String> {
     }
 }
 
+/// The key to sign with: [`secret_bytes`], or the text itself when it is not in the
+/// scheme's form (a sender signs with whatever it was given; only the receiver refuses).
+pub fn signing_key(scheme: &Scheme, s: &str) -> Vec<u8> {
+    secret_bytes(scheme, s).unwrap_or_else(|_| s.as_bytes().to_vec())
+}
+
 /// With `max_age` set: the envelope's own `timestamp` (signed as part of the body) must be
 /// present and within `max_age_ms` of `now`, either way. `Err(message)` names the rule.
 pub fn check_max_age(v: &serde_json::Value, now: Millis, max_age_ms: i64) -> Result<(), String> {
@@ -332,8 +338,9 @@ pub fn parse_envelope(v: &serde_json::Value) -> Result<Envelope, (&'static str, 
         .ok_or(("", "the envelope must be a JSON object".to_string()))?;
     let text = |f: &'static str| -> Result<String, (&'static str, String)> {
         match obj.get(f) {
-            Some(serde_json::Value::String(s)) => crate::contract::rules::text_rule_broken(f, s)
-                .map_or(Ok(s.clone()), |why| Err((f, why))),
+            Some(serde_json::Value::String(s)) => {
+                crate::wire::text_rule_broken(f, s).map_or(Ok(s.clone()), |why| Err((f, why)))
+            }
             Some(_) => Err((f, "must be a string".into())),
             None => Err((f, "is required".into())),
         }
