@@ -222,6 +222,12 @@ fn config(sources: &str) -> String {
     ))
 }
 
+/// The service with one source of `kind` (named `loke` or `pos`) on `fake`.
+async fn serve(extra: &str, kind: &str, fake: &Fake) -> Harness {
+    let name = if kind == "loke" { "loke" } else { "pos" };
+    Harness::start(&config(&source_toml(name, kind, fake, extra))).await
+}
+
 const LOKE_KEYS: &str = "organization_id = \"org1\"\nlocation_id = \"loc1\"";
 
 async fn enroll(h: &Harness, user: &str, contact: Value) -> String {
@@ -300,7 +306,7 @@ async fn wait_requests(fake: &Fake, n: usize) {
 #[tokio::test]
 async fn loke_pages_status_changes_refunds_duplicates_and_the_operator() {
     let fake = Fake::start().await;
-    let mut h = Harness::start(&config(&source_toml("loke", "loke", &fake, LOKE_KEYS))).await;
+    let mut h = serve(LOKE_KEYS, "loke", &fake).await;
     let m1 = enroll(&h, "u-1", json!({"phone": "+61 411 222 333"})).await;
     let m2 = enroll(&h, "u-2", json!({"email": "Jane@Example.com"})).await;
     fake.with(|s| {
@@ -462,7 +468,7 @@ async fn loke_honours_retry_after_on_429_and_backs_off_on_500() {
         s.pages = vec![vec!["l1".into()]];
         s.failures = VecDeque::from([(429, Some("1")), (500, None)]);
     });
-    let h = Harness::start(&config(&source_toml("loke", "loke", &fake, LOKE_KEYS))).await;
+    let h = serve(LOKE_KEYS, "loke", &fake).await;
     // The page's job, then the poll's end (which clears the 500 it recovered from).
     let s = wait_source(&h, "loke", |s| s["lastPollAt"].is_string()).await;
     assert_eq!(
@@ -500,13 +506,7 @@ async fn loke_honours_retry_after_on_429_and_backs_off_on_500() {
 #[tokio::test]
 async fn olympus_completed_cancelled_refunded_and_exact_decimals() {
     let fake = Fake::start().await;
-    let h = Harness::start(&config(&source_toml(
-        "pos",
-        "olympus",
-        &fake,
-        "page_size = 2",
-    )))
-    .await;
+    let h = serve("page_size = 2", "olympus", &fake).await;
     enroll(&h, "u-1", json!({"phone": "+1 (415) 555-0100"})).await;
     enroll(&h, "u-2", json!({"email": "ann@example.com"})).await;
     fake.with(|s| {
@@ -593,13 +593,7 @@ async fn olympus_completed_cancelled_refunded_and_exact_decimals() {
 #[tokio::test]
 async fn an_olympus_list_that_shrinks_by_more_than_a_page_is_read_again() {
     let fake = Fake::start().await;
-    let h = Harness::start(&config(&source_toml(
-        "pos",
-        "olympus",
-        &fake,
-        "page_size = 2",
-    )))
-    .await;
+    let h = serve("page_size = 2", "olympus", &fake).await;
     fake.with(|s| {
         s.olympus = (1..=6)
             .map(|i| olympus_order(&format!("o{i}"), "completed", json!(1), json!({})))
@@ -636,7 +630,7 @@ fn thirty_slow_orders(fake: &Fake, prefix: &str) -> Vec<String> {
 #[tokio::test]
 async fn restarts_mid_poll_lose_no_award_and_repeat_none() {
     let fake = Fake::start().await;
-    let mut h = Harness::start(&config(&source_toml("loke", "loke", &fake, LOKE_KEYS))).await;
+    let mut h = serve(LOKE_KEYS, "loke", &fake).await;
     enroll(&h, "u-1", json!({"phone": "+61411222333"})).await;
     let ids = thirty_slow_orders(&fake, "r");
     // Stopped three times while the pages are being read, started again on the same data.
