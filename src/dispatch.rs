@@ -13,15 +13,26 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::Clock;
 use crate::config::{RouteConfig, Sink};
-use crate::http::App;
+use crate::metrics::Metrics;
 use crate::service::webhook::{
-    next_for_route, record_attempt, AttemptOutcome, AttemptRecord, InboxRecord,
+    next_for_route, record_attempt, AttemptOutcome, AttemptRecord, InboxRecord, QueueState,
 };
-use crate::store::StoreError;
+use crate::service::State;
+use crate::store::{Store, StoreError};
 use crate::webhook::{backoff, retry_after, sign_headers, signing_key, Scheme};
 
 use crate::client::{Client, Request};
+
+/// What the background tasks need of the application, and nothing more.
+pub struct Ctx {
+    pub store: Arc<Store<State>>,
+    pub clock: Clock,
+    pub metrics: Arc<Metrics>,
+    /// `[storage] job_slice_records`: the janitor's slice.
+    pub slice: usize,
+}
 
 /// A client for a route's sink (HTTPS also trusts the route's `ca_file`), bounded by the
 /// sink's timeout.
@@ -39,9 +50,26 @@ fn client_for(route: &RouteConfig) -> Result<Client, String> {
 /// How long an idle route waits before looking at its queue again without a wake-up.
 const IDLE_POLL: Duration = Duration::from_secs(5);
 
+/// One route's delivery loop: where it reads and records, and what it delivers to.
+struct Worker {
+    ctx: Arc<Ctx>,
+    tenant: String,
+    route: RouteConfig,
+    client: Client,
+}
+
+/// What the loop does next.
+enum Next<T> {
+    Go(T),
+    /// Look again (after a wake-up, an idle poll or a pause after an error).
+    Again,
+    /// The store closed or `cancel` fired.
+    Stop,
+}
+
 /// Run one route until `cancel` fires.
 pub async fn run_route(
-    app: Arc<App>,
+    ctx: Arc<Ctx>,
     tenant: String,
     route: RouteConfig,
     wake: Arc<Notify>,
@@ -54,44 +82,81 @@ pub async fn run_route(
             return;
         }
     };
+    let w = Worker {
+        ctx,
+        tenant,
+        route,
+        client,
+    };
     loop {
         if cancel.is_cancelled() {
             return;
         }
-        let (t, r) = (tenant.clone(), route.name.clone());
-        let head = app
-            .store
-            .run(move |txn, _| next_for_route(txn, &t, &r))
-            .await;
-        let (event, queue) = match head {
-            Ok(Some(x)) => x,
-            Ok(None) => {
-                tokio::select! {
-                    _ = wake.notified() => {}
-                    _ = tokio::time::sleep(IDLE_POLL) => {}
-                    _ = cancel.cancelled() => return,
-                }
-                continue;
-            }
-            Err(StoreError::Closed) => return,
-            Err(e) => {
-                tracing::warn!(tenant = %tenant, route = %route.name, error = %e, "cannot read the delivery queue");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                    _ = cancel.cancelled() => return,
-                }
-            }
+        let (event, queue) = match w.head(&wake, &cancel).await {
+            Next::Go(x) => x,
+            Next::Again => continue,
+            Next::Stop => return,
         };
         let n = queue.attempts + 1;
         let result = tokio::select! {
-            r = deliver(&app, &client, &route, &event) => r,
+            r = deliver(&w.ctx, &w.client, &w.route, &event) => r,
             _ = cancel.cancelled() => return,
         };
+        let (outcome, wait) = w.judge(&event, n, result);
+        if !w.record(event.seq, n, outcome).await {
+            return;
+        }
+        if let Some(d) = wait {
+            tokio::select! {
+                _ = tokio::time::sleep(d) => {}
+                _ = cancel.cancelled() => return,
+            }
+        }
+    }
+}
+
+impl Worker {
+    /// The head of the route's queue; when it is empty, wait for a wake-up or the idle poll.
+    async fn head(
+        &self,
+        wake: &Notify,
+        cancel: &CancellationToken,
+    ) -> Next<(InboxRecord, QueueState)> {
+        let (t, r) = (self.tenant.clone(), self.route.name.clone());
+        let head = self
+            .ctx
+            .store
+            .run(move |txn, _| next_for_route(txn, &t, &r))
+            .await;
+        let pause = match head {
+            Ok(Some(x)) => return Next::Go(x),
+            Ok(None) => IDLE_POLL,
+            Err(StoreError::Closed) => return Next::Stop,
+            Err(e) => {
+                tracing::warn!(tenant = %self.tenant, route = %self.route.name, error = %e, "cannot read the delivery queue");
+                Duration::from_secs(1)
+            }
+        };
+        tokio::select! {
+            _ = wake.notified(), if pause == IDLE_POLL => Next::Again,
+            _ = tokio::time::sleep(pause) => Next::Again,
+            _ = cancel.cancelled() => Next::Stop,
+        }
+    }
+
+    /// Attempt `n`'s outcome, counted in the metrics, and how long to wait before the next.
+    fn judge(
+        &self,
+        event: &InboxRecord,
+        n: u32,
+        result: Result<String, (String, Option<Duration>)>,
+    ) -> (AttemptOutcome, Option<Duration>) {
+        let route = &self.route;
         let (outcome, wait) = match result {
             Ok(detail) => (AttemptOutcome::Delivered(detail), None),
             Err((why, _)) if n >= route.max_attempts => (AttemptOutcome::Dead(why), None),
             Err((why, after)) => {
-                let seed = format!("{tenant}/{}/{}/{n}", route.name, event.seq);
+                let seed = format!("{}/{}/{}/{n}", self.tenant, route.name, event.seq);
                 let d = after.unwrap_or_else(|| {
                     backoff(n, route.backoff, route.backoff_max, seed.as_bytes())
                 });
@@ -103,43 +168,37 @@ pub async fn run_route(
             AttemptOutcome::Failed(_) => "failed",
             AttemptOutcome::Dead(_) => "dead",
         };
-        app.metrics.onward(&tenant, &route.name, label);
+        self.ctx.metrics.onward(&self.tenant, &route.name, label);
         if label == "dead" {
-            tracing::warn!(tenant = %tenant, route = %route.name, id = %event.id, attempts = n, "webhook event moved to the dead letters");
+            tracing::warn!(tenant = %self.tenant, route = %route.name, id = %event.id, attempts = n, "webhook event moved to the dead letters");
         }
-        let (t, r, seq, now) = (
-            tenant.clone(),
-            route.name.clone(),
-            event.seq,
-            app.clock.now_ms(),
+        (outcome, wait)
+    }
+
+    /// Record the attempt; `false` when the store has closed.
+    async fn record(&self, seq: u64, n: u32, outcome: AttemptOutcome) -> bool {
+        let (t, route, now) = (
+            self.tenant.clone(),
+            self.route.name.clone(),
+            self.ctx.clock.now_ms(),
         );
-        if let Err(e) = app
+        let attempt = AttemptRecord {
+            route,
+            seq,
+            n,
+            outcome,
+        };
+        match self
+            .ctx
             .store
-            .run(move |txn, st| {
-                record_attempt(
-                    txn,
-                    st,
-                    &t,
-                    AttemptRecord {
-                        route: r,
-                        seq,
-                        n,
-                        outcome,
-                    },
-                    now,
-                )
-            })
+            .run(move |txn, st| record_attempt(txn, st, &t, attempt, now))
             .await
         {
-            if e == StoreError::Closed {
-                return;
-            }
-            tracing::warn!(error = %e, "cannot record a delivery attempt");
-        }
-        if let Some(d) = wait {
-            tokio::select! {
-                _ = tokio::time::sleep(d) => {}
-                _ = cancel.cancelled() => return,
+            Ok(()) => true,
+            Err(StoreError::Closed) => false,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot record a delivery attempt");
+                true
             }
         }
     }
@@ -147,7 +206,7 @@ pub async fn run_route(
 
 /// One attempt. `Err((why, retry_after))`.
 async fn deliver(
-    app: &App,
+    ctx: &Ctx,
     client: &Client,
     route: &RouteConfig,
     e: &InboxRecord,
@@ -179,7 +238,7 @@ async fn deliver(
             ..
         } => {
             let key = signing_key(&Scheme::StandardWebhooks, secret.expose());
-            let ts = app.clock.now_ms().div_euclid(1000);
+            let ts = ctx.clock.now_ms().div_euclid(1000);
             let signed = sign_headers(
                 &Scheme::StandardWebhooks,
                 &key,
@@ -219,21 +278,15 @@ const JANITOR_EVERY: Duration = Duration::from_secs(600);
 /// Periodically drop dedupe records older than the tenant's retention (they no longer
 /// decide anything; this keeps the store from growing with every delivery ever seen).
 pub async fn run_janitor(
-    app: Arc<App>,
+    ctx: Arc<Ctx>,
     tenant: String,
     retention_ms: i64,
     cancel: CancellationToken,
 ) {
     loop {
-        let (t, now) = (tenant.clone(), app.clock.now_ms());
-        match crate::service::sliced::prune_dedupe(
-            &app.store,
-            app.config.storage.job_slice_records,
-            &t,
-            now,
-            retention_ms,
-        )
-        .await
+        let (t, now) = (tenant.clone(), ctx.clock.now_ms());
+        match crate::service::sliced::prune_dedupe(&ctx.store, ctx.slice, &t, now, retention_ms)
+            .await
         {
             Ok(n) if n > 0 => {
                 tracing::info!(tenant = %tenant, forgotten = n, "pruned webhook delivery ids past retention")

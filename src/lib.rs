@@ -1,6 +1,7 @@
 //! karma-provider: the provider side of Karma's custom voucher (and, next, loyalty)
 //! integrations. See ARCHITECTURE.md for the map; each module says what it owns.
 
+pub mod app;
 pub mod backup;
 pub mod bench;
 pub mod client;
@@ -19,6 +20,7 @@ pub mod replay;
 pub mod rules;
 pub mod service;
 pub mod setup_cli;
+pub mod simulate;
 pub mod sources;
 pub mod store;
 pub mod voucher;

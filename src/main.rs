@@ -130,6 +130,10 @@ enum Command {
     /// Run contract fixtures against a provider (this one or any other). Exit 0: all
     /// passed; 1: some failed; 2: the run could not happen (bad fixture, unreachable target).
     Replay(ReplayArgs),
+    /// Karma's side of orders (files or generated) against a provider: lookup/enroll,
+    /// check, commit/reactivate, award, account, with Karma's retries; every contract
+    /// violation reported. Exit 0: none; 1: violations; 2: the run could not happen.
+    Simulate(karma_provider::simulate::cli::SimulateArgs),
     /// Exit 0 when URL answers 2xx (for container health checks; no shell or curl needed).
     Healthcheck {
         #[arg(long, default_value = "http://127.0.0.1:8080/readyz")]
@@ -275,6 +279,9 @@ struct ReplayArgs {
     /// behind a private CA).
     #[arg(long)]
     ca_file: Option<PathBuf>,
+    /// Latency budget in ms of every step without its own `budgetMs`.
+    #[arg(long)]
+    budget_ms: Option<u64>,
 }
 
 #[derive(clap::Args)]
@@ -332,6 +339,7 @@ fn main() -> ExitCode {
         Command::Export(args) => export(args),
         Command::Import { config, file } => import(config, file),
         Command::Replay(args) => replay(args),
+        Command::Simulate(args) => karma_provider::simulate::cli::main(args),
         Command::Healthcheck { url } => healthcheck(url),
         Command::Codes { action } => codes_cli(action),
         Command::KarmaSetup(args) => karma_setup(args),
@@ -518,28 +526,12 @@ fn replay_options(a: ReplayArgs) -> Result<karma_provider::replay::ReplayOptions
     if a.target.is_none() && a.endpoints.is_none() {
         return Err("give --target URL or --endpoints FILE".into());
     }
-    let endpoints = a
-        .endpoints
-        .map(|p| replay::read_endpoints(&p))
-        .transpose()?;
-    let auth = a
-        .auth
-        .map(|a| replay::ReplayAuth::parse(&a))
-        .transpose()
-        .map_err(|e| format!("--auth: {e}"))?;
-    let extra_roots = a
-        .ca_file
-        .map(|p| replay::read_ca_file(&p))
-        .transpose()
-        .map_err(|e| format!("--ca-file: {e}"))?
-        .unwrap_or_default();
-    let mut state_headers = Vec::new();
-    for h in a.state_header {
-        match h.split_once(':') {
-            Some((k, v)) => state_headers.push((k.trim().to_string(), v.trim().to_string())),
-            None => return Err(format!("--state-header {h:?}: use NAME:VALUE")),
-        }
-    }
+    let t = replay::target_args(
+        a.endpoints.as_deref(),
+        a.auth.as_deref(),
+        a.ca_file.as_deref(),
+        &a.state_header,
+    )?;
     let webhook_scheme = karma_provider::webhook::Scheme::parse(
         &a.webhook_scheme,
         a.webhook_header.as_deref(),
@@ -553,10 +545,10 @@ fn replay_options(a: ReplayArgs) -> Result<karma_provider::replay::ReplayOptions
             a.paths
         },
         target: a.target,
-        endpoints,
-        auth,
+        endpoints: t.endpoints,
+        auth: t.auth,
         state_url: a.state_url,
-        state_headers,
+        state_headers: t.state_headers,
         webhook_secret: a.webhook_secret,
         webhook_scheme,
         filter: a.filter,
@@ -567,7 +559,8 @@ fn replay_options(a: ReplayArgs) -> Result<karma_provider::replay::ReplayOptions
         json: a.json,
         run_id: None,
         contract_only: a.contract_only,
-        extra_roots,
+        extra_roots: t.extra_roots,
+        budget_ms: a.budget_ms,
     })
 }
 

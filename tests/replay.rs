@@ -37,7 +37,7 @@ async fn the_full_suite_passes_against_this_service() {
     let report = replay::run(&options(&h.base(), dir.path())).await.unwrap();
     assert_eq!(report.failed, 0, "{}", replay::summary(&report));
     // every fixture ran and passed: the count is pinned so a fixture that stops loading fails
-    assert_eq!(report.passed, 37, "{}", replay::summary(&report));
+    assert_eq!(report.passed, 40, "{}", replay::summary(&report));
     let junit = std::fs::read_to_string(dir.path().join("junit.xml")).unwrap();
     assert!(junit.contains(&format!(
         "tests=\"{}\" failures=\"0\" skipped=\"0\"",
@@ -120,30 +120,7 @@ async fn provider_states_are_off_unless_enabled() {
 
 /// A provider that answers `{"ok":true}` to everything.
 async fn wrong_provider() -> std::net::SocketAddr {
-    use http_body_util::Full;
-    use hyper::body::Bytes;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    |_req: hyper::Request<hyper::body::Incoming>| async {
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
-                            Bytes::from_static(b"{\"ok\":true}"),
-                        )))
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    addr
+    slow_provider(0).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -250,7 +227,7 @@ async fn contract_only_skips_the_scenarios_that_pin_our_decisions() {
     let report = replay::run(&o).await.unwrap();
     assert_eq!(
         (report.passed, report.failed, report.skipped.len()),
-        (29, 0, 8),
+        (32, 0, 8),
         "{}",
         replay::summary(&report)
     );
@@ -271,10 +248,10 @@ async fn contract_only_skips_the_scenarios_that_pin_our_decisions() {
     );
     let text = replay::summary(&report);
     assert!(text.contains("SKIP voucher-bad-requests (pins one of our decisions, not Karma's contract (--contract-only))"), "{text}");
-    assert!(text.contains("29 passed, 0 failed, 8 skipped"), "{text}");
+    assert!(text.contains("32 passed, 0 failed, 8 skipped"), "{text}");
     let junit = std::fs::read_to_string(dir.path().join("junit.xml")).unwrap();
     assert!(
-        junit.contains("tests=\"37\" failures=\"0\" skipped=\"8\""),
+        junit.contains("tests=\"40\" failures=\"0\" skipped=\"8\""),
         "{junit}"
     );
 }
@@ -288,7 +265,7 @@ async fn scenarios_that_need_states_without_a_state_url_fail_in_one_line() {
     let err = replay::run(&o).await.unwrap_err();
     assert_eq!(
         err,
-        "29 of the selected scenarios need provider states (campaign, member, program) and no \
+        "32 of the selected scenarios need provider states (campaign, member, program) and no \
          --state-url was given: give --state-url (fixtures/README.md, \"Provider states\"), or \
          select scenarios without states with --filter"
     );
@@ -320,7 +297,7 @@ async fn an_endpoints_file_without_a_webhook_url_skips_the_webhook_scenarios() {
     let report = replay::run(&o).await.unwrap();
     assert_eq!(
         (report.passed, report.failed, report.skipped.len()),
-        (34, 0, 3),
+        (37, 0, 3),
         "{}",
         replay::summary(&report)
     );
@@ -452,4 +429,186 @@ async fn every_stored_key_has_a_registered_prefix() {
         "the workload reached only {seen:?} of {}",
         PREFIXES.len()
     );
+}
+
+/// A provider that answers `{"ok":true}` to everything after `delay_ms`.
+async fn slow_provider(delay_ms: u64) -> std::net::SocketAddr {
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |_req: hyper::Request<hyper::body::Incoming>| async move {
+                        tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                            Bytes::from_static(b"{\"ok\":true}"),
+                        )))
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn check_step(name: &str, extra: serde_json::Value) -> serde_json::Value {
+    let mut s = serde_json::json!({"name": name, "call": "voucher.check",
+        "request": {"body": {"code": "X", "cart": {"items": [], "totalCents": 100}}},
+        "expect": {"status": 200, "body": {"ok": true}}});
+    for (k, v) in extra.as_object().unwrap() {
+        s[k] = v.clone();
+    }
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn step_and_scenario_budgets_fail_slow_answers() {
+    use serde_json::json;
+    let addr = slow_provider(120).await;
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = [
+        json!({"name": "a-slow-step", "steps": [check_step("slow", json!({"budgetMs": 50}))]}),
+        json!({"name": "b-slow-scenario", "budgetMs": 200,
+               "steps": [check_step("one", json!({})), check_step("two", json!({}))]}),
+        json!({"name": "c-slow-copies", "steps": [check_step("three at once",
+               json!({"parallel": 3, "budgetMs": 50, "expect": {"status": 200, "set": {"okTrue": 3}}}))]}),
+        json!({"name": "d-within", "budgetMs": 5000,
+               "steps": [check_step("fine", json!({"budgetMs": 5000}))]}),
+    ];
+    for f in &fixtures {
+        let p = dir
+            .path()
+            .join(format!("{}.json", f["name"].as_str().unwrap()));
+        std::fs::write(p, serde_json::to_vec(f).unwrap()).unwrap();
+    }
+    let o = ReplayOptions {
+        paths: vec![dir.path().to_path_buf()],
+        target: Some(format!("http://{addr}/v1/acme")),
+        last_failed_file: dir.path().join("last"),
+        ..ReplayOptions::default()
+    };
+    let report = replay::run(&o).await.unwrap();
+    let first: Vec<(String, String)> = report
+        .scenarios
+        .iter()
+        .map(|s| {
+            (
+                s.name.clone(),
+                s.failures.first().cloned().unwrap_or_default(),
+            )
+        })
+        .collect();
+    let starts = [
+        (
+            "a-slow-step",
+            "slow (voucher.check): latency: expected within 50 ms, got ",
+        ),
+        (
+            "b-slow-scenario",
+            "scenario: latency: expected within 200 ms, got ",
+        ),
+        (
+            "c-slow-copies",
+            "three at once (voucher.check): copy[0].latency: expected within 50 ms, got ",
+        ),
+        ("d-within", ""),
+    ];
+    for ((name, line), (want_name, want)) in first.iter().zip(starts) {
+        assert_eq!(name, want_name);
+        assert!(
+            line.starts_with(want) && (want.is_empty() == line.is_empty()),
+            "{name}: {line}"
+        );
+    }
+    // the three copies were sent at once: together well under three delays
+    let c = &report.scenarios[2];
+    assert_eq!(c.failures.len(), 3, "{:?}", c.failures);
+    assert!(c.duration_ms < 350, "{} ms", c.duration_ms);
+    // a run budget (--budget-ms) holds every step without its own
+    let o = ReplayOptions {
+        budget_ms: Some(50),
+        ..o
+    };
+    let report = replay::run(&o).await.unwrap();
+    let b = &report.scenarios[1];
+    assert_eq!(b.name, "b-slow-scenario");
+    assert!(
+        b.failures[0].starts_with("one (voucher.check): latency: expected within 50 ms, got "),
+        "{:?}",
+        b.failures
+    );
+    assert!(report.scenarios[3].passed, "{:?}", report.scenarios[3]);
+}
+
+#[tokio::test]
+async fn fixture_errors_in_parallel_steps_name_the_field() {
+    use serde_json::json;
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            json!({"parallel": 1}),
+            "steps[0].parallel: 1 copies; give 2 to 64",
+        ),
+        (
+            json!({"expect": {"status": 200, "set": {"okTrue": 1}}}),
+            "steps[0].expect.set: only a parallel step has a set of answers",
+        ),
+        (
+            json!({"parallel": 3, "expect": {"status": 200, "set": {"outcomes": {"ok": 2}}}}),
+            "steps[0].expect.set: outcomes add up to 2, not to the 3 copies",
+        ),
+    ];
+    for (extra, want) in cases {
+        let p = dir.path().join("f.json");
+        std::fs::write(
+            &p,
+            serde_json::to_vec(&json!({"name": "f", "steps": [check_step("s", extra)]})).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            replay::load(std::slice::from_ref(&p)).unwrap_err(),
+            format!("{}: {want}", p.display())
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_json_report_holds_every_exchange() {
+    let h = Harness::start(&conformance_config()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = options(&h.base(), dir.path());
+    o.filter = Some("voucher-concurrent-checks-single-use".into());
+    let report = replay::run(&o).await.unwrap();
+    assert_eq!(report.passed, 1, "{}", replay::summary(&report));
+    let j: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("report.json")).unwrap()).unwrap();
+    let ex = j["scenarios"][0]["exchanges"].as_array().unwrap();
+    assert_eq!(ex.len(), 7, "{ex:#?}");
+    let copies: Vec<u64> = ex[..5]
+        .iter()
+        .map(|e| e["copy"].as_u64().unwrap())
+        .collect();
+    assert_eq!(copies, [0, 1, 2, 3, 4]);
+    assert!(ex[..5].iter().all(|e| e["step"] == "five checks at once"
+        && e["status"] == 200
+        && e["request"]["code"].as_str().unwrap().starts_with("RACE")
+        && e["url"]
+            .as_str()
+            .unwrap()
+            .ends_with("/v1/acme/voucher/check")));
+    let oks = ex[..5].iter().filter(|e| e["answer"]["ok"] == true).count();
+    assert_eq!(oks, 1);
+    // the commit carries the winner's providerRef, captured from the set
+    let winner = ex[..5].iter().find(|e| e["answer"]["ok"] == true).unwrap();
+    assert_eq!(
+        ex[5]["request"]["providerRef"],
+        winner["answer"]["providerRef"]
+    );
+    assert!(ex[5].get("copy").is_none() && ex[6]["answer"]["error"] == "USAGE_LIMIT_REACHED");
 }

@@ -9,9 +9,8 @@ mod common;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
+use common::proxy::{self, Answer};
 use common::*;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
 use karma_provider::replay::{self, ReplayAuth, ReplayOptions};
 use serde_json::{json, Value};
 
@@ -45,8 +44,6 @@ struct Memory {
     /// Transaction ids of successful commits.
     committed: HashSet<String>,
 }
-
-type Answer = (u16, Vec<u8>);
 
 /// Rewrite the request before it is forwarded; `Some` answers without forwarding.
 fn before(m: Mistake, path: &str, req: &mut Value, mem: &Memory) -> Option<Answer> {
@@ -114,86 +111,34 @@ fn after(m: Mistake, path: &str, req: &Value, repeat: bool, mem: &Memory, ans: &
 
 /// Start a proxy in front of `target` (the harness base URL) that adds `m`.
 async fn wrong_provider(target: String, m: Mistake) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let mem: Arc<Mutex<Memory>> = Arc::default();
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Full<Bytes>>();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let (mem, client, target) = (mem.clone(), client.clone(), target.clone());
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    move |req: hyper::Request<hyper::body::Incoming>| {
-                        let (mem, client, target) = (mem.clone(), client.clone(), target.clone());
-                        async move {
-                            let (parts, body) = req.into_parts();
-                            let bytes = body.collect().await.unwrap().to_bytes().to_vec();
-                            let path = parts.uri.path().to_string();
-                            let ans =
-                                exchange(m, &mem, &client, &target, parts, &path, bytes).await;
-                            let mut r = hyper::Response::new(Full::new(Bytes::from(ans.1)));
-                            *r.status_mut() = hyper::StatusCode::from_u16(ans.0).unwrap();
-                            Ok::<_, std::convert::Infallible>(r)
-                        }
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    format!("http://{addr}")
+    proxy::start(
+        target,
+        Arc::new(move |ex| {
+            let mem = mem.clone();
+            Box::pin(async move { exchange(m, &mem, ex).await })
+        }),
+    )
+    .await
 }
 
-type ProxyClient = hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
-    Full<Bytes>,
->;
-
-async fn exchange(
-    m: Mistake,
-    mem: &Mutex<Memory>,
-    client: &ProxyClient,
-    target: &str,
-    parts: hyper::http::request::Parts,
-    path: &str,
-    bytes: Vec<u8>,
-) -> Answer {
-    let mut req: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+async fn exchange(m: Mistake, mem: &Mutex<Memory>, ex: proxy::Exchange) -> Answer {
+    let path = ex.path.as_str();
+    let mut req: Value = serde_json::from_slice(&ex.body).unwrap_or(Value::Null);
     let repeat = !mem
         .lock()
         .unwrap()
         .seen
-        .insert((path.to_string(), bytes.clone()));
+        .insert((path.to_string(), ex.body.clone()));
     if let Some(ans) = before(m, path, &mut req, &mem.lock().unwrap()) {
         return ans;
     }
     let out = if req.is_null() {
-        bytes
+        ex.body.clone()
     } else {
         serde_json::to_vec(&req).unwrap()
     };
-    let mut b = hyper::Request::builder()
-        .method(parts.method)
-        .uri(format!("{target}{path}"));
-    for (k, v) in parts.headers.iter().filter(|(k, _)| *k != "content-length") {
-        b = b.header(k, v);
-    }
-    let resp = client
-        .request(b.body(Full::new(Bytes::from(out))).unwrap())
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .unwrap()
-        .to_bytes()
-        .to_vec();
-    let mut ans = (status, body);
+    let mut ans = ex.forward(out).await;
     let mut g = mem.lock().unwrap();
     after(m, path, &req, repeat, &g, &mut ans);
     if let Some(tx) = req["transactionId"].as_str() {
@@ -258,7 +203,7 @@ async fn caught(m: Mistake, expected: &[(&str, &str)]) {
     }
     assert_eq!(
         passed + failed.len(),
-        37,
+        40,
         "{m:?}: every other scenario passes"
     );
 }
@@ -289,6 +234,12 @@ async fn answers_that_change_on_retry_are_caught() {
             "loyalty-enroll-and-lookup",
             retry("enroll again", "loyalty.enroll", "enroll"),
         ),
+        (
+            "voucher-concurrent-identical-commits",
+            "five identical commits at once (voucher.commit): set.identical: expected 5 \
+             byte-identical answers, got 2 distinct answers"
+                .into(),
+        ),
     ];
     let expected: Vec<(&str, &str)> = expected.iter().map(|(n, l)| (*n, l.as_str())).collect();
     caught(Mistake::BytesChangeOnRetry, &expected).await;
@@ -298,10 +249,17 @@ async fn answers_that_change_on_retry_are_caught() {
 async fn a_single_use_code_taken_twice_is_caught() {
     caught(
         Mistake::SingleUseTakenTwice,
-        &[(
-            "voucher-single-use-held-then-used",
-            "while held (voucher.check): body.error: expected \"VOUCHER_HELD\"",
-        )],
+        &[
+            (
+                "voucher-single-use-held-then-used",
+                "while held (voucher.check): body.error: expected \"VOUCHER_HELD\"",
+            ),
+            (
+                "voucher-concurrent-checks-single-use",
+                "five checks at once (voucher.check): set.okTrue: expected 1 of 5 answers \
+                 with ok:true, got 5",
+            ),
+        ],
     )
     .await;
 }
@@ -364,10 +322,17 @@ async fn a_discount_above_the_cart_total_is_caught() {
 async fn a_redeem_without_enough_points_is_caught() {
     caught(
         Mistake::InsufficientPointsAllowed,
-        &[(
-            "loyalty-redeem-insufficient-points",
-            "step 1 (loyalty.redeem): body.error: expected \"INSUFFICIENT_POINTS\"",
-        )],
+        &[
+            (
+                "loyalty-redeem-insufficient-points",
+                "step 1 (loyalty.redeem): body.error: expected \"INSUFFICIENT_POINTS\"",
+            ),
+            (
+                "loyalty-concurrent-redeems",
+                "five redeems at once (loyalty.redeem): set.okTrue: expected 2 of 5 answers \
+                 with ok:true, got 5",
+            ),
+        ],
     )
     .await;
 }

@@ -1,8 +1,11 @@
 //! The hyper server, kept thin: accept connections (with a cap), apply limits (header
-//! size and read time, body size and read time), route, authenticate, parse, hand the
-//! decision to a store job, and turn its [`Reply`] into bytes. Drains in-flight requests
-//! and closes the store on shutdown.
+//! size and read time, body size and read time), parse the path into an
+//! [`Endpoint`](routes::Endpoint), authenticate, parse the body into the typed request of
+//! an application operation ([`crate::app`]), call it, and turn its [`Reply`] into bytes.
+//! Drains in-flight requests and closes the application on shutdown. Nothing here touches
+//! the store.
 
+mod admin;
 mod auth;
 mod lowlevel;
 mod routes;
@@ -10,7 +13,6 @@ mod routes;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -23,81 +25,27 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, Semaphore};
 
+use crate::app::{App, Reply};
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::metrics::Metrics;
-use crate::service::{Reply, State};
-use crate::store::{Store, StoreError, StoreOptions};
 
+pub use crate::app::StartError;
 pub use auth::TenantAuth;
 
-/// Everything a request handler needs.
-pub struct App {
-    pub config: Config,
-    pub store: Store<State>,
-    pub clock: Clock,
-    pub metrics: Metrics,
+/// What the HTTP layer holds: the application, and the credentials it checks.
+pub(crate) struct Front {
+    pub app: Arc<App>,
     pub tenants: HashMap<String, TenantAuth>,
     pub admin_digest: Option<[u8; 32]>,
-    pub shutting_down: AtomicBool,
-    /// Wake-up per (tenant, route) for the onward-delivery tasks.
-    pub route_wake: HashMap<(String, String), Arc<tokio::sync::Notify>>,
-    /// Stops the onward-delivery tasks.
-    pub cancel: tokio_util::sync::CancellationToken,
-    /// Vendor rules by (tenant, campaign); `None` campaign: the tenant's.
-    pub rules: HashMap<(String, Option<String>), Arc<dyn crate::rules::VoucherRules>>,
-    /// Rules given by an embedding program, for every campaign without HTTP rules.
-    pub embedded_rules: Option<Arc<dyn crate::rules::VoucherRules>>,
-    /// Test-only fault injection (see [`crate::faults`]).
-    pub faults: Arc<crate::faults::Faults>,
 }
 
-impl App {
-    /// The rules that decide checks of `campaign`, if any.
-    pub fn rules_for(
-        &self,
-        tenant: &str,
-        campaign: &str,
-    ) -> Option<Arc<dyn crate::rules::VoucherRules>> {
-        self.rules
-            .get(&(tenant.to_owned(), Some(campaign.to_owned())))
-            .or_else(|| self.rules.get(&(tenant.to_owned(), None)))
-            .cloned()
-            .or_else(|| self.embedded_rules.clone())
-    }
-
-    /// Tell a route's dispatcher that its queue has work.
-    pub fn wake_route(&self, tenant: &str, route: &str) {
-        if let Some(n) = self.route_wake.get(&(tenant.to_owned(), route.to_owned())) {
-            n.notify_one();
-        }
-    }
-}
-
-/// A running server: its address, and a handle to stop it.
+/// A running server: its address, the application it serves, and a handle to stop it.
 pub struct Server {
     pub addr: SocketAddr,
     pub app: Arc<App>,
     stop_tx: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
-
-#[derive(Debug)]
-pub enum StartError {
-    Store(StoreError),
-    Bind(String),
-}
-
-impl std::fmt::Display for StartError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            StartError::Store(e) => write!(f, "{e}"),
-            StartError::Bind(e) => write!(f, "{e}"),
-        }
-    }
-}
-
-impl std::error::Error for StartError {}
 
 impl Server {
     /// Open the store, bind the listen address, and start serving.
@@ -112,116 +60,32 @@ impl Server {
         clock: Clock,
         embedded_rules: Option<Arc<dyn crate::rules::VoucherRules>>,
     ) -> Result<Server, StartError> {
-        let mut rules: HashMap<(String, Option<String>), Arc<dyn crate::rules::VoucherRules>> =
-            HashMap::new();
-        for t in &config.tenants {
-            let make = |r: &crate::config::RulesConfig| -> Result<Arc<dyn crate::rules::VoucherRules>, StartError> {
-                let secret = crate::webhook::secret_bytes(&crate::webhook::Scheme::StandardWebhooks, r.secret.expose()).unwrap_or_else(|_| r.secret.expose().as_bytes().to_vec());
-                Ok(Arc::new(crate::rules::HttpRules::new(r.url.clone(), secret, r.timeout).map_err(StartError::Bind)?))
-            };
-            if let Some(r) = &t.rules {
-                rules.insert((t.id.clone(), None), make(r)?);
-            }
-            for (c, r) in &t.campaign_rules {
-                rules.insert((t.id.clone(), Some(c.clone())), make(r)?);
-            }
-        }
-        let metrics = Metrics::default();
-        let gauge = metrics.gauges.clone();
-        let opts = StoreOptions {
-            path: config.storage.path.clone(),
-            cache_capacity_bytes: config.storage.cache_capacity_mb * 1024 * 1024,
-        };
-        let cfg2 = config.clone();
-        let store = tokio::task::spawn_blocking(move || {
-            Store::open(&opts, move |txn| State::load(&cfg2, txn, gauge))
-        })
-        .await
-        .map_err(|e| StartError::Store(StoreError::Io(e.to_string())))?
-        .map_err(StartError::Store)?;
-        let listener = TcpListener::bind(&config.server.listen)
+        let app = App::open(config, clock, embedded_rules).await?;
+        let listen = &app.config.server.listen;
+        let listener = TcpListener::bind(listen)
             .await
-            .map_err(|e| {
-                StartError::Bind(format!("cannot listen on {}: {e}", config.server.listen))
-            })?;
+            .map_err(|e| StartError::Bind(format!("cannot listen on {listen}: {e}")))?;
         let addr = listener
             .local_addr()
             .map_err(|e| StartError::Bind(e.to_string()))?;
-        let tenants = config
-            .tenants
-            .iter()
-            .map(|t| (t.id.clone(), TenantAuth::from_config(&t.auth)))
-            .collect();
-        let admin_digest = config
-            .admin
-            .token
-            .as_ref()
-            .map(|t| auth::admin_digest(t.expose()));
-        let mut route_wake = HashMap::new();
-        let mut webhook_routes = Vec::new();
-        for t in &config.tenants {
-            for r in t.webhooks.iter().flat_map(|w| w.routes.iter()) {
-                let n = Arc::new(tokio::sync::Notify::new());
-                route_wake.insert((t.id.clone(), r.name.clone()), n.clone());
-                webhook_routes.push((t.id.clone(), r.clone(), n));
-            }
-        }
-        // Code index files missing or older than the store are rebuilt in the background.
-        for t in &config.tenants {
-            store.refresh_code_index(
-                &t.id,
-                crate::service::keys::bulk_code_prefix(&t.id),
-                crate::service::keys::bulk_generation(&t.id),
-            );
-        }
-        let app = Arc::new(App {
-            config,
-            store,
-            clock,
-            metrics,
-            tenants,
-            admin_digest,
-            shutting_down: AtomicBool::new(false),
-            route_wake,
-            cancel: tokio_util::sync::CancellationToken::new(),
-            rules,
-            embedded_rules,
-            faults: Arc::default(),
+        let front = Arc::new(Front {
+            tenants: app
+                .config
+                .tenants
+                .iter()
+                .map(|t| (t.id.clone(), TenantAuth::from_config(&t.auth)))
+                .collect(),
+            admin_digest: app
+                .config
+                .admin
+                .token
+                .as_ref()
+                .map(|t| auth::admin_digest(t.expose())),
+            app: app.clone(),
         });
-        let janitors: Vec<_> = app
-            .config
-            .tenants
-            .iter()
-            .filter_map(|t| t.webhooks.as_ref().map(|w| (t.id.clone(), w.retention_ms)))
-            .map(|(t, r)| {
-                tokio::spawn(crate::dispatch::run_janitor(
-                    app.clone(),
-                    t,
-                    r,
-                    app.cancel.clone(),
-                ))
-            })
-            .collect();
-        let dispatchers: Vec<_> = janitors
-            .into_iter()
-            .chain(
-                webhook_routes
-                    .into_iter()
-                    .map(|(t, r, n)| {
-                        tokio::spawn(crate::dispatch::run_route(
-                            app.clone(),
-                            t,
-                            r,
-                            n,
-                            app.cancel.clone(),
-                        ))
-                    })
-                    .collect::<Vec<_>>(),
-            )
-            .chain(crate::sources::poll::spawn_all(&app))
-            .collect();
+        app.start_background();
         let (stop_tx, stop_rx) = oneshot::channel();
-        let task = tokio::spawn(serve(app.clone(), listener, stop_rx, dispatchers));
+        let task = tokio::spawn(serve(front, listener, stop_rx));
         Ok(Server {
             addr,
             app,
@@ -242,12 +106,8 @@ impl Server {
     }
 }
 
-async fn serve(
-    app: Arc<App>,
-    listener: TcpListener,
-    mut stop: oneshot::Receiver<()>,
-    dispatchers: Vec<tokio::task::JoinHandle<()>>,
-) {
+async fn serve(front: Arc<Front>, listener: TcpListener, mut stop: oneshot::Receiver<()>) {
+    let app = front.app.clone();
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(app.config.server.max_connections));
     let mut builder = http1::Builder::new();
@@ -276,11 +136,11 @@ async fn serve(
             _ = &mut stop => break,
         };
         let _ = stream.set_nodelay(true);
-        let app2 = app.clone();
+        let front2 = front.clone();
         let io = lowlevel::JsonErrors::new(stream, app.config.server.max_header_bytes.max(8192));
         let conn = builder.serve_connection(
             TokioIo::new(io),
-            service_fn(move |req| handle(app2.clone(), req)),
+            service_fn(move |req| handle(front2.clone(), req)),
         );
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
@@ -288,7 +148,7 @@ async fn serve(
             drop(permit);
         });
     }
-    app.shutting_down.store(true, Ordering::SeqCst);
+    app.mark_draining();
     drop(listener);
     tokio::select! {
         _ = graceful.shutdown() => {}
@@ -296,22 +156,21 @@ async fn serve(
             tracing::warn!("shutdown grace period over; closing the remaining connections");
         }
     }
-    app.cancel.cancel();
-    for d in dispatchers {
-        let _ = d.await;
-    }
-    app.store.close().await;
+    app.close().await;
     tracing::info!("store flushed and closed");
 }
 
 async fn handle(
-    app: Arc<App>,
+    front: Arc<Front>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let start = Instant::now();
-    let (endpoint, resp) = routes::route(&app, req).await;
-    app.metrics
-        .observe(endpoint, &resp.reply.outcome, start.elapsed());
+    let endpoint = routes::Endpoint::parse(req.uri().path());
+    let resp = routes::route(&front, &endpoint, req).await;
+    front
+        .app
+        .metrics
+        .observe(endpoint.label(), &resp.reply.outcome, start.elapsed());
     Ok(resp.into_response())
 }
 

@@ -8,9 +8,13 @@
 //! scenario, so ids never meet an earlier run's or scenario's idempotency records),
 //! `${runNumber}` (the same, as a JSON integer, for ids Karma sends as numbers) and `${name}` for values
 //! captured by earlier steps (`{"$capture": "name"}` in an expected body, or
-//! `capture: {"name": "/json/pointer"}`). Matchers: see [`matcher`].
+//! `capture: {"name": "/json/pointer"}`). Matchers: see [`matcher`]. A step with
+//! `parallel: N` sends N copies at once (`${copy}`: each copy's index) and `expect.set`
+//! judges the set of answers ([`parallel`]); `budgetMs` on a step or a fixture bounds its
+//! latency. Every exchange is kept for the JSON report.
 
 pub mod matcher;
+pub mod parallel;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -35,6 +39,9 @@ pub struct Fixture {
     /// silent (skipped by `--contract-only`).
     #[serde(default)]
     pub tags: Vec<String>,
+    /// Latency budget of the whole scenario (its steps, not its provider states), in ms.
+    #[serde(default, rename = "budgetMs")]
+    pub budget_ms: Option<u64>,
     pub steps: Vec<Step>,
 }
 
@@ -60,6 +67,12 @@ pub struct Step {
     /// name → JSON pointer into the answer body.
     #[serde(default)]
     pub capture: BTreeMap<String, String>,
+    /// Send this many copies at once (`${copy}`: each copy's index as 4 hex digits).
+    #[serde(default)]
+    pub parallel: Option<usize>,
+    /// Every answer of this step must arrive within this many ms.
+    #[serde(default, rename = "budgetMs")]
+    pub budget_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -77,8 +90,12 @@ pub struct StepRequest {
 #[serde(deny_unknown_fields)]
 pub struct Expect {
     pub status: u16,
+    /// Of a parallel step: every answer must match it.
     #[serde(default)]
     pub body: Option<Value>,
+    /// Of a parallel step: expectations on the set of answers.
+    #[serde(default)]
+    pub set: Option<parallel::SetExpect>,
 }
 
 /// How a provider authenticates Karma's calls.
@@ -110,7 +127,7 @@ impl ReplayAuth {
         }
     }
 
-    fn header(&self) -> (String, String) {
+    pub(crate) fn header(&self) -> (String, String) {
         use base64::Engine;
         match self {
             ReplayAuth::Basic { user, pass } => (
@@ -150,6 +167,8 @@ pub struct ReplayOptions {
     pub contract_only: bool,
     /// DER certificates trusted besides the public web roots (`--ca-file`).
     pub extra_roots: Vec<Vec<u8>>,
+    /// The latency budget of every step without its own `budgetMs` (`--budget-ms`).
+    pub budget_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -167,6 +186,26 @@ pub struct ScenarioResult {
     pub duration_ms: u64,
     /// Readable differences, one per line, prefixed with the step.
     pub failures: Vec<String>,
+    /// Every request sent and answer received, in order (the `--json` report).
+    pub exchanges: Vec<Exchange>,
+}
+
+/// One request of a scenario and its answer.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Exchange {
+    pub step: String,
+    pub call: String,
+    /// The copy of a parallel step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub copy: Option<usize>,
+    pub url: String,
+    /// The body sent (headers are left out: they carry the credentials).
+    pub request: Value,
+    pub status: u16,
+    /// The answer's JSON, or its text when it is not JSON.
+    pub answer: Value,
+    pub ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -202,13 +241,8 @@ pub fn load(paths: &[PathBuf]) -> Result<Vec<(PathBuf, Fixture)>, String> {
         let fx: Fixture = serde_path_to_error::deserialize(&mut de)
             .map_err(|e| format!("{}: at {}: {}", f.display(), e.path(), e.inner()))?;
         for (i, s) in fx.steps.iter().enumerate() {
-            if !CALLS.contains(&s.call.as_str()) {
-                return Err(format!(
-                    "{}: steps[{i}].call {:?} is not one of {}",
-                    f.display(),
-                    s.call,
-                    CALLS.join(", ")
-                ));
+            if let Some(e) = step_error(s) {
+                return Err(format!("{}: steps[{i}].{e}", f.display()));
             }
         }
         if out
@@ -229,7 +263,29 @@ pub fn load(paths: &[PathBuf]) -> Result<Vec<(PathBuf, Fixture)>, String> {
     Ok(out)
 }
 
-fn url_for(o: &ReplayOptions, call: &str) -> Result<String, String> {
+/// What is wrong with a step, naming the field.
+fn step_error(s: &Step) -> Option<String> {
+    if !CALLS.contains(&s.call.as_str()) {
+        return Some(format!(
+            "call {:?} is not one of {}",
+            s.call,
+            CALLS.join(", ")
+        ));
+    }
+    match (s.parallel, &s.expect.set) {
+        (Some(n), _) if !(2..=MAX_COPIES).contains(&n) => {
+            Some(format!("parallel: {n} copies; give 2 to {MAX_COPIES}"))
+        }
+        (None, Some(_)) => Some("expect.set: only a parallel step has a set of answers".into()),
+        (Some(n), Some(set)) => set.invalid_for(n).map(|e| format!("expect.set: {e}")),
+        _ => None,
+    }
+}
+
+/// The most copies a parallel step sends.
+pub const MAX_COPIES: usize = 64;
+
+pub(crate) fn url_for(o: &ReplayOptions, call: &str) -> Result<String, String> {
     if let Some(map) = &o.endpoints {
         return map
             .get(call)
@@ -247,7 +303,9 @@ fn url_for(o: &ReplayOptions, call: &str) -> Result<String, String> {
     })
 }
 
-struct Http {
+/// The client of replay and simulate.
+#[derive(Clone)]
+pub(crate) struct Http {
     client: crate::client::Client,
 }
 
@@ -257,7 +315,7 @@ const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
 
 /// `Err` only when the request could not be made at all (unreachable).
 impl Http {
-    fn new(extra_roots: &[Vec<u8>]) -> Result<Http, String> {
+    pub(crate) fn new(extra_roots: &[Vec<u8>]) -> Result<Http, String> {
         Ok(Http {
             client: crate::client::Client::new(extra_roots)?
                 .timeout(ANSWER_WITHIN)
@@ -265,7 +323,7 @@ impl Http {
         })
     }
 
-    async fn post(
+    pub(crate) async fn post(
         &self,
         url: &str,
         headers: &[(String, String)],
@@ -322,7 +380,7 @@ pub async fn run(o: &ReplayOptions) -> Result<Report, String> {
     let mut results = Vec::new();
     for (file, fx) in to_run {
         let started = Instant::now();
-        let failures = scenario(o, &http, fx, &run_id).await?;
+        let (failures, exchanges) = scenario(o, &http, fx, &run_id).await?;
         let passed = failures.is_empty();
         results.push(ScenarioResult {
             name: fx.name.clone(),
@@ -330,6 +388,7 @@ pub async fn run(o: &ReplayOptions) -> Result<Report, String> {
             passed,
             duration_ms: started.elapsed().as_millis() as u64,
             failures,
+            exchanges,
         });
         if !passed && o.fail_fast {
             break;
@@ -405,7 +464,7 @@ fn states_reachable(o: &ReplayOptions, to_run: &[(&PathBuf, &Fixture)]) -> Resul
     ))
 }
 
-async fn post_state(
+pub(crate) async fn post_state(
     o: &ReplayOptions,
     http: &Http,
     st: &StateSpec,
@@ -430,15 +489,16 @@ async fn post_state(
     ))
 }
 
-/// One scenario; returns its failures. `Err`: the provider is unreachable.
+/// One scenario; returns its failures and its exchanges. `Err`: the provider is unreachable.
 async fn scenario(
     o: &ReplayOptions,
     http: &Http,
     fx: &Fixture,
     run_id: &str,
-) -> Result<Vec<String>, String> {
+) -> Result<(Vec<String>, Vec<Exchange>), String> {
     let mut vars = run_vars(run_id, &fx.name);
     let mut failures = Vec::new();
+    let mut log = Vec::new();
     let states: Vec<(StateSpec, Value)> = fx
         .state
         .iter()
@@ -447,25 +507,26 @@ async fn scenario(
     for (st, params) in &states {
         if let Some(f) = post_state(o, http, st, params, "setup").await? {
             failures.push(f);
-            return Ok(failures);
+            return Ok((failures, log));
         }
     }
+    let started = Instant::now();
     let mut bodies: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     for (i, step) in fx.steps.iter().enumerate() {
         let label = step
             .name
             .clone()
             .unwrap_or_else(|| format!("step {}", i + 1));
-        let url = url_for(o, &step.call)?;
-        let body_v = substitute(&step.request.body, &vars);
-        let body = serde_json::to_vec(&body_v).unwrap_or_default();
-        let headers = step_headers(o, step, &vars, &body_v, &body);
-        let (status, bytes) = http
-            .post(&url, &headers, body)
-            .await
-            .map_err(|e| format!("target unreachable: {e}"))?;
-        let mism = check_step(step, status, &bytes, &bodies, &mut vars);
-        bodies.insert(label.clone(), bytes);
+        let mut ctx = StepCtx {
+            label: &label,
+            vars: &mut vars,
+            bodies: &mut bodies,
+            log: &mut log,
+        };
+        let mism = match step.parallel {
+            Some(n) => parallel_step(o, http, step, n, &mut ctx).await?,
+            None => single_step(o, http, step, &mut ctx).await?,
+        };
         for m in mism {
             failures.push(format!(
                 "{label} ({}): {}: expected {}, got {}",
@@ -476,12 +537,218 @@ async fn scenario(
             break; // later steps depend on this one
         }
     }
+    let ms = started.elapsed().as_millis() as u64;
+    if let Some(budget) = fx.budget_ms.filter(|b| failures.is_empty() && ms > *b) {
+        failures.push(format!(
+            "scenario: latency: expected within {budget} ms, got {ms} ms"
+        ));
+    }
     for (st, params) in &states {
         if let Some(f) = post_state(o, http, st, params, "teardown").await? {
             failures.push(f);
         }
     }
-    Ok(failures)
+    Ok((failures, log))
+}
+
+/// What a step reads and adds to: placeholders, earlier answers, the exchange log.
+struct StepCtx<'a> {
+    label: &'a str,
+    vars: &'a mut BTreeMap<String, Value>,
+    bodies: &'a mut BTreeMap<String, Vec<u8>>,
+    log: &'a mut Vec<Exchange>,
+}
+
+/// A request ready to send.
+struct Prepared {
+    url: String,
+    body_v: Value,
+    body: Vec<u8>,
+    headers: Vec<(String, String)>,
+}
+
+/// Substitute placeholders, sign webhooks, add the provider's auth.
+fn prepare(
+    o: &ReplayOptions,
+    step: &Step,
+    vars: &BTreeMap<String, Value>,
+) -> Result<Prepared, String> {
+    let url = url_for(o, &step.call)?;
+    let body_v = substitute(&step.request.body, vars);
+    let body = serde_json::to_vec(&body_v).unwrap_or_default();
+    let headers = step_headers(o, step, vars, &body_v, &body);
+    Ok(Prepared {
+        url,
+        body_v,
+        body,
+        headers,
+    })
+}
+
+/// Send one prepared request; its answer and how long it took.
+async fn send(http: &Http, p: &Prepared) -> Result<(u16, Vec<u8>, u64), String> {
+    let t = Instant::now();
+    let (status, bytes) = http
+        .post(&p.url, &p.headers, p.body.clone())
+        .await
+        .map_err(|e| format!("target unreachable: {e}"))?;
+    Ok((status, bytes, t.elapsed().as_millis() as u64))
+}
+
+fn exchange(
+    step: &Step,
+    label: &str,
+    copy: Option<usize>,
+    p: Prepared,
+    a: &(u16, Vec<u8>, u64),
+) -> Exchange {
+    Exchange {
+        step: label.to_owned(),
+        call: step.call.clone(),
+        copy,
+        url: p.url,
+        request: p.body_v,
+        status: a.0,
+        answer: serde_json::from_slice(&a.1)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&a.1).into_owned())),
+        ms: a.2,
+    }
+}
+
+/// The step's own budget, else the run's (`--budget-ms`).
+fn over_budget(o: &ReplayOptions, step: &Step, ms: u64, path: &str) -> Option<Mismatch> {
+    let budget = step.budget_ms.or(o.budget_ms);
+    budget.filter(|b| ms > *b).map(|b| Mismatch {
+        path: path.to_owned(),
+        expected: format!("within {b} ms"),
+        actual: format!("{ms} ms"),
+    })
+}
+
+/// One request and its expectation.
+async fn single_step(
+    o: &ReplayOptions,
+    http: &Http,
+    step: &Step,
+    ctx: &mut StepCtx<'_>,
+) -> Result<Vec<Mismatch>, String> {
+    let p = prepare(o, step, ctx.vars)?;
+    let answer = send(http, &p).await?;
+    ctx.log.push(exchange(step, ctx.label, None, p, &answer));
+    let (status, bytes, ms) = answer;
+    let mut mism = expect_one(step, status, &bytes, ctx, "");
+    mism.extend(over_budget(o, step, ms, "latency"));
+    capture(step, &bytes, ctx, &mut mism);
+    ctx.bodies.insert(ctx.label.to_owned(), bytes);
+    Ok(mism)
+}
+
+/// Status and body of one answer against `expect` (paths prefixed with `prefix`).
+fn expect_one(
+    step: &Step,
+    status: u16,
+    bytes: &[u8],
+    ctx: &mut StepCtx<'_>,
+    prefix: &str,
+) -> Vec<Mismatch> {
+    let mut mism: Vec<Mismatch> = Vec::new();
+    if status != step.expect.status {
+        mism.push(Mismatch {
+            path: format!("{prefix}status"),
+            expected: step.expect.status.to_string(),
+            actual: status.to_string(),
+        });
+    }
+    let Some(expected) = &step.expect.body else {
+        return mism;
+    };
+    let same = expected
+        .get("$sameAs")
+        .and_then(Value::as_str)
+        .filter(|_| expected.as_object().is_some_and(|m| m.len() == 1));
+    if let Some(prev) = same {
+        mism.extend(same_as(prev, ctx.bodies.get(prev), bytes).map(|mut m| {
+            m.path = format!("{prefix}{}", m.path);
+            m
+        }));
+    } else {
+        let actual = answer_value(bytes);
+        let expected = substitute(expected, ctx.vars);
+        compare(
+            &expected,
+            &actual,
+            &format!("{prefix}body"),
+            ctx.vars,
+            &mut mism,
+        );
+    }
+    mism
+}
+
+fn answer_value(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
+}
+
+/// The step's `capture` pointers into `bytes`.
+fn capture(step: &Step, bytes: &[u8], ctx: &mut StepCtx<'_>, mism: &mut Vec<Mismatch>) {
+    let actual = answer_value(bytes);
+    for (name, pointer) in &step.capture {
+        match actual.pointer(pointer) {
+            Some(v) => {
+                ctx.vars.insert(name.clone(), v.clone());
+            }
+            None => mism.push(Mismatch {
+                path: format!("body{}", pointer.replace('/', ".")),
+                expected: format!("a value to capture as {name}"),
+                actual: "(missing)".into(),
+            }),
+        }
+    }
+}
+
+/// `n` copies sent at once; each answer against `expect`, the set against `expect.set`.
+/// Captures and `$sameAs` later refer to the first `ok: true` answer (else the first).
+async fn parallel_step(
+    o: &ReplayOptions,
+    http: &Http,
+    step: &Step,
+    n: usize,
+    ctx: &mut StepCtx<'_>,
+) -> Result<Vec<Mismatch>, String> {
+    let mut prepared = Vec::with_capacity(n);
+    for copy in 0..n {
+        let mut vars = ctx.vars.clone();
+        vars.insert("copy".into(), Value::String(format!("{copy:04x}")));
+        prepared.push(std::sync::Arc::new(prepare(o, step, &vars)?));
+    }
+    let mut set = tokio::task::JoinSet::new();
+    for (copy, p) in prepared.iter().enumerate() {
+        let (http, p) = (http.clone(), p.clone());
+        set.spawn(async move { (copy, send(&http, &p).await) });
+    }
+    let mut answers: Vec<Option<(u16, Vec<u8>, u64)>> = vec![None; n];
+    while let Some(done) = set.join_next().await {
+        let (copy, answer) = done.map_err(|e| format!("a parallel copy stopped: {e}"))?;
+        answers[copy] = Some(answer?);
+    }
+    let answers: Vec<(u16, Vec<u8>, u64)> = answers.into_iter().flatten().collect();
+    let mut mism = Vec::new();
+    for (copy, (p, a)) in prepared.into_iter().zip(&answers).enumerate() {
+        let p = std::sync::Arc::try_unwrap(p).map_err(|_| "a parallel copy is still running")?;
+        ctx.log.push(exchange(step, ctx.label, Some(copy), p, a));
+        let prefix = format!("copy[{copy}].");
+        mism.extend(expect_one(step, a.0, &a.1, ctx, &prefix));
+        mism.extend(over_budget(o, step, a.2, &format!("{prefix}latency")));
+    }
+    let mut pairs: Vec<(u16, Vec<u8>)> = answers.iter().map(|(s, b, _)| (*s, b.clone())).collect();
+    if let Some(want) = &step.expect.set {
+        mism.extend(parallel::judge(want, &pairs));
+    }
+    let rep = pairs.swap_remove(parallel::representative(&pairs));
+    capture(step, &rep.1, ctx, &mut mism);
+    ctx.bodies.insert(ctx.label.to_owned(), rep.1);
+    Ok(mism)
 }
 
 /// The placeholders every scenario starts with: `run`, unique per run *and* scenario (so
@@ -544,51 +811,6 @@ fn step_headers(
     headers
 }
 
-/// How a step's answer differs from what it expects; captures its values into `vars`.
-fn check_step(
-    step: &Step,
-    status: u16,
-    bytes: &[u8],
-    bodies: &BTreeMap<String, Vec<u8>>,
-    vars: &mut BTreeMap<String, Value>,
-) -> Vec<Mismatch> {
-    let mut mism: Vec<Mismatch> = Vec::new();
-    if status != step.expect.status {
-        mism.push(Mismatch {
-            path: "status".into(),
-            expected: step.expect.status.to_string(),
-            actual: status.to_string(),
-        });
-    }
-    let actual: Value = serde_json::from_slice(bytes)
-        .unwrap_or(Value::String(String::from_utf8_lossy(bytes).into_owned()));
-    if let Some(expected) = &step.expect.body {
-        if let Some(prev) = expected
-            .get("$sameAs")
-            .and_then(Value::as_str)
-            .filter(|_| expected.as_object().is_some_and(|m| m.len() == 1))
-        {
-            mism.extend(same_as(prev, bodies.get(prev), bytes));
-        } else {
-            let expected = substitute(expected, vars);
-            compare(&expected, &actual, "body", vars, &mut mism);
-        }
-    }
-    for (name, pointer) in &step.capture {
-        match actual.pointer(pointer) {
-            Some(v) => {
-                vars.insert(name.clone(), v.clone());
-            }
-            None => mism.push(Mismatch {
-                path: format!("body{}", pointer.replace('/', ".")),
-                expected: format!("a value to capture as {name}"),
-                actual: "(missing)".into(),
-            }),
-        }
-    }
-    mism
-}
-
 /// `{"$sameAs": prev}`: the answer's bytes are those of the earlier step `prev`.
 fn same_as(prev: &str, earlier: Option<&Vec<u8>>, bytes: &[u8]) -> Option<Mismatch> {
     match earlier {
@@ -610,7 +832,7 @@ fn now_secs() -> i64 {
     crate::clock::Clock::System.now_ms() / 1000
 }
 
-fn xml(s: &str) -> String {
+pub(crate) fn xml(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -682,6 +904,47 @@ pub fn summary(r: &Report) -> String {
         r.run
     ));
     out
+}
+
+/// The provider-side arguments `replay` and `simulate` share, read and checked.
+pub struct TargetArgs {
+    pub endpoints: Option<BTreeMap<String, String>>,
+    pub auth: Option<ReplayAuth>,
+    pub extra_roots: Vec<Vec<u8>>,
+    pub state_headers: Vec<(String, String)>,
+}
+
+/// Read `--endpoints`, `--auth`, `--ca-file` and every `--state-header`; `Err` names the
+/// argument at fault.
+pub fn target_args(
+    endpoints: Option<&Path>,
+    auth: Option<&str>,
+    ca_file: Option<&Path>,
+    state_header: &[String],
+) -> Result<TargetArgs, String> {
+    let endpoints = endpoints.map(read_endpoints).transpose()?;
+    let auth = auth
+        .map(ReplayAuth::parse)
+        .transpose()
+        .map_err(|e| format!("--auth: {e}"))?;
+    let extra_roots = ca_file
+        .map(read_ca_file)
+        .transpose()
+        .map_err(|e| format!("--ca-file: {e}"))?
+        .unwrap_or_default();
+    let mut state_headers = Vec::new();
+    for h in state_header {
+        let (k, v) = h
+            .split_once(':')
+            .ok_or_else(|| format!("--state-header {h:?}: use NAME:VALUE"))?;
+        state_headers.push((k.trim().to_string(), v.trim().to_string()));
+    }
+    Ok(TargetArgs {
+        endpoints,
+        auth,
+        extra_roots,
+        state_headers,
+    })
 }
 
 /// Read an `--endpoints` file: JSON or TOML map from call to absolute URL.

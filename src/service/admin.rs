@@ -36,7 +36,7 @@ pub fn list_campaigns(
     tenant: &str,
     now: Millis,
 ) -> Result<Reply, StoreError> {
-    st.prune(txn, now)?;
+    super::voucher::prune(txn, st, now)?;
     let Some(t) = st.tenant(tenant) else {
         return Ok(Reply::not_found("unknown tenant"));
     };
@@ -139,7 +139,7 @@ pub fn code_state(
     typed: &str,
     now: Millis,
 ) -> Result<Reply, StoreError> {
-    st.prune(txn, now)?;
+    super::voucher::prune(txn, st, now)?;
     let Some(t) = st.tenant(tenant) else {
         return Ok(Reply::not_found("unknown tenant"));
     };
@@ -166,7 +166,7 @@ pub fn code_state(
         .map(|(r, _)| r.clone())
         .collect();
     for r in live {
-        if let Some(h) = txn.get_json::<super::HoldRecord>(&keys::hold(tenant, &r))? {
+        if let Some(h) = txn.get_json::<super::voucher::HoldRecord>(&keys::hold(tenant, &r))? {
             if h.held_unlogged {
                 history.push(HistoryEvent::held(&h));
             }
@@ -210,7 +210,7 @@ pub fn list_holds(
     tenant: &str,
     now: Millis,
 ) -> Result<Reply, StoreError> {
-    st.prune(txn, now)?;
+    super::voucher::prune(txn, st, now)?;
     let mut items: Vec<_> = st
         .holds()
         .iter()
@@ -221,7 +221,7 @@ pub fn list_holds(
     let mut out = Vec::with_capacity(items.len());
     for (exp, r, h) in items {
         let amount = txn
-            .get_json::<super::HoldRecord>(&keys::hold(tenant, &r))?
+            .get_json::<super::voucher::HoldRecord>(&keys::hold(tenant, &r))?
             .map(|x| x.amount_cents);
         out.push(json!({
             "providerRef": r,
@@ -246,8 +246,9 @@ pub fn get_hold(
     provider_ref: &str,
     now: Millis,
 ) -> Result<Reply, StoreError> {
-    st.prune(txn, now)?;
-    let Some(h) = txn.get_json::<super::HoldRecord>(&keys::hold(tenant, provider_ref))? else {
+    super::voucher::prune(txn, st, now)?;
+    let Some(h) = txn.get_json::<super::voucher::HoldRecord>(&keys::hold(tenant, provider_ref))?
+    else {
         return Ok(Reply::not_found("no hold with this providerRef"));
     };
     let live = st.holds().get(provider_ref).is_some();
@@ -308,7 +309,7 @@ pub fn hold_summary(
     tenant: &str,
     now: Millis,
 ) -> Result<HoldSummary, StoreError> {
-    st.prune(txn, now)?;
+    super::voucher::prune(txn, st, now)?;
     let mut s = HoldSummary::default();
     for (_, h) in st.holds().iter().filter(|(_, h)| h.tenant == tenant) {
         s.live += 1;

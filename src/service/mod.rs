@@ -23,13 +23,10 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use crate::clock::Millis;
 use crate::config::Config;
 use crate::contract::ApiError;
-use crate::store::{key, last, prefix, StoreError, Txn};
-use crate::voucher::{
-    match_key, Campaign, CampaignSpec, CodeMatch, HoldState, LiveHold, LiveHolds,
-};
+use crate::store::{key, prefix, StoreError, Txn};
+use crate::voucher::{match_key, Campaign, CampaignSpec, CodeMatch};
 
 pub use state::State;
 
@@ -154,33 +151,6 @@ impl TenantState {
         }
         Some(old)
     }
-}
-
-/// A hold as stored: everything needed to commit, reactivate or explain it later.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct HoldRecord {
-    pub provider_ref: String,
-    pub campaign: String,
-    pub code: String,
-    pub guest: Option<String>,
-    pub location: Option<String>,
-    pub amount_cents: i64,
-    pub created_at: Millis,
-    pub expires_at: Millis,
-    #[serde(with = "records::hold_state")]
-    pub state: HoldState,
-    pub transaction_id: Option<String>,
-    pub updated_at: Millis,
-    /// Its "held" history event is not written yet. A check writes nothing keyed by the
-    /// code (for a bulk campaign that would be a write at a random place in the store); the
-    /// event is written, dated `created_at`, with the hold's next transition: commit,
-    /// release or expiry. Until then the admin view makes it from this record.
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub held_unlogged: bool,
-}
-
-fn is_false(b: &bool) -> bool {
-    !*b
 }
 
 pub mod keys {
@@ -405,49 +375,10 @@ impl State {
             }
             tenants.insert(t.id.clone(), ts);
         }
-        let mut holds = LiveHolds::default();
-        for (k, _) in txn.scan_prefix(b"live\x1f")? {
-            let r = last(&k).to_owned();
-            let tenant = std::str::from_utf8(&k[5..k.len() - r.len() - 1])
-                .unwrap_or("")
-                .to_owned();
-            if let Some(h) = txn.get_json::<HoldRecord>(&keys::hold(&tenant, &r))? {
-                if h.state == HoldState::Held {
-                    holds.insert(
-                        r,
-                        LiveHold {
-                            tenant,
-                            campaign: h.campaign,
-                            code: h.code,
-                            guest: h.guest,
-                            expires_at: h.expires_at,
-                            amount_cents: h.amount_cents,
-                        },
-                    );
-                    continue;
-                }
-            }
-            txn.delete(k);
-        }
+        let holds = voucher::load_live_holds(txn)?;
         let queued = txn.scan_prefix(b"whq\x1f")?.len() as u64;
         let dead = txn.scan_prefix(b"whdl\x1f")?.len() as u64;
         Ok(State::new(tenants, holds, (queued, dead), gauges))
-    }
-
-    /// Let expired holds go: they stop counting, their `live` markers are deleted and
-    /// their deferred "held" history events written.
-    pub fn prune(&mut self, txn: &mut Txn<'_>, now: Millis) -> Result<(), StoreError> {
-        for (tenant, r) in self.prune_holds(now) {
-            txn.delete(keys::live(&tenant, &r));
-            let hk = keys::hold(&tenant, &r);
-            if let Some(mut h) = txn.get_json::<HoldRecord>(&hk)? {
-                if h.held_unlogged {
-                    voucher::log_held(txn, &tenant, &mut h)?;
-                    txn.put_json(hk, &h);
-                }
-            }
-        }
-        Ok(())
     }
 }
 

@@ -269,7 +269,7 @@ mod tests {
 
     use super::*;
     use crate::service::loyalty::{MemberRecord, RedemptionRecord};
-    use crate::service::HoldRecord;
+    use crate::service::voucher::HoldRecord;
 
     fn roundtrip<T: Serialize + serde::de::DeserializeOwned>(golden: &str) {
         let v: T = serde_json::from_str(golden).expect("golden record reads");

@@ -18,7 +18,7 @@ use std::collections::HashSet;
 
 use serde_json::json;
 
-use crate::store::{Pairs, Store, StoreError};
+use crate::store::{Store, StoreError};
 
 use super::codes::{self, CodeRow, GenTarget};
 use super::{Reply, State};
@@ -26,23 +26,6 @@ use super::{Reply, State};
 /// The default of `[storage] job_slice_records`: the most records one writer job reads or
 /// writes for a long operation.
 pub const SLICE: usize = 1_000;
-
-/// Every record of the store (the admin export), page by page.
-pub async fn export_all(store: &Store<State>, slice: usize) -> Result<Pairs, StoreError> {
-    let mut records = Vec::new();
-    let mut after: Option<Vec<u8>> = None;
-    loop {
-        let a = after.take();
-        let (page, next) = store
-            .run(move |txn, _| txn.scan_page(b"", a.as_deref(), slice))
-            .await?;
-        records.extend(page);
-        match next {
-            Some(n) => after = Some(n),
-            None => return Ok(records),
-        }
-    }
-}
 
 /// A campaign's bulk codes as CSV (`code,valid_until,assigned_user,state`), page by page.
 pub async fn export_codes(

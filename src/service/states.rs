@@ -18,7 +18,8 @@ use crate::loyalty::{Program, ProgramSpec};
 use crate::store::{StoreError, Txn};
 use crate::voucher::{CampaignSpec, HoldState};
 
-use super::{admin, fingerprint, keys, loyalty, voucher, HoldRecord, Reply, State};
+use super::voucher::HoldRecord;
+use super::{admin, fingerprint, keys, loyalty, voucher, Reply, State};
 
 type R = Result<Reply, StoreError>;
 
@@ -188,7 +189,7 @@ fn hold(txn: &mut Txn<'_>, st: &mut State, t: &str, params: &Value, now: Millis)
         Ok(r) => r,
         Err(reply) => return Ok(reply),
     };
-    st.prune(txn, now)?;
+    super::voucher::prune(txn, st, now)?;
     let key = keys::provider_state(t, "hold", &hex::encode(fingerprint(&req)));
     if let Some(r) = txn.get(&key)? {
         let r = String::from_utf8_lossy(&r).into_owned();

@@ -1,15 +1,18 @@
-//! check, commit and reactivate, as writer jobs.
+//! check, commit and reactivate, as writer jobs, with everything a hold needs on the way:
+//! its stored form ([`HoldRecord`]), the pruning of expired holds every job does first,
+//! the live-hold index rebuilt at start, and the code's history events. A voucher commit
+//! runs in this file from the prune to the answer (plus the shared `idempotent` wrapper).
 
 use crate::clock::{rfc3339, Millis};
 use crate::contract::voucher::{
     CheckRequest, CheckSuccess, CommitRequest, CommitSuccess, ReactivateSuccess,
 };
-use crate::store::{StoreError, Txn};
+use crate::store::{last, StoreError, Txn};
 use crate::voucher::{
-    capacity, match_key, price, CheckInput, HoldState, LiveHold, Rejection, Usage,
+    capacity, match_key, price, CheckInput, HoldState, LiveHold, LiveHolds, Rejection, Usage,
 };
 
-use super::{fingerprint, idempotent, keys, HoldRecord, Reply, State};
+use super::{fingerprint, idempotent, keys, records, Reply, State};
 
 fn reject(r: Rejection) -> Reply {
     Reply::rejected(r.code(), &r.message())
@@ -17,6 +20,80 @@ fn reject(r: Rejection) -> Reply {
 
 fn json<T: serde::Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).unwrap_or_default()
+}
+
+/// A hold as stored: everything needed to commit, reactivate or explain it later.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct HoldRecord {
+    pub provider_ref: String,
+    pub campaign: String,
+    pub code: String,
+    pub guest: Option<String>,
+    pub location: Option<String>,
+    pub amount_cents: i64,
+    pub created_at: Millis,
+    pub expires_at: Millis,
+    #[serde(with = "records::hold_state")]
+    pub state: HoldState,
+    pub transaction_id: Option<String>,
+    pub updated_at: Millis,
+    /// Its "held" history event is not written yet. A check writes nothing keyed by the
+    /// code (for a bulk campaign that would be a write at a random place in the store); the
+    /// event is written, dated `created_at`, with the hold's next transition: commit,
+    /// release or expiry. Until then the admin view makes it from this record.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub held_unlogged: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// Rebuild the live holds at start from their `live` markers (a marker whose hold is no
+/// longer held is deleted).
+pub(super) fn load_live_holds(txn: &mut Txn<'_>) -> Result<LiveHolds, StoreError> {
+    let mut holds = LiveHolds::default();
+    for (k, _) in txn.scan_prefix(b"live\x1f")? {
+        let r = last(&k).to_owned();
+        let tenant = std::str::from_utf8(&k[5..k.len() - r.len() - 1])
+            .unwrap_or("")
+            .to_owned();
+        if let Some(h) = txn.get_json::<HoldRecord>(&keys::hold(&tenant, &r))? {
+            if h.state == HoldState::Held {
+                holds.insert(
+                    r,
+                    LiveHold {
+                        tenant,
+                        campaign: h.campaign,
+                        code: h.code,
+                        guest: h.guest,
+                        expires_at: h.expires_at,
+                        amount_cents: h.amount_cents,
+                    },
+                );
+                continue;
+            }
+        }
+        txn.delete(k);
+    }
+    Ok(holds)
+}
+
+/// Let expired holds go: they stop counting, their `live` markers are deleted and their
+/// deferred "held" history events written. Every job that reads or changes holds runs
+/// this first.
+pub fn prune(txn: &mut Txn<'_>, st: &mut State, now: Millis) -> Result<(), StoreError> {
+    for (tenant, r) in st.prune_holds(now) {
+        txn.delete(keys::live(&tenant, &r));
+        let hk = keys::hold(&tenant, &r);
+        if let Some(mut h) = txn.get_json::<HoldRecord>(&hk)? {
+            if h.held_unlogged {
+                log_held(txn, &tenant, &mut h)?;
+                txn.put_json(hk, &h);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// One event in a code's history, for the admin API.
@@ -239,32 +316,91 @@ pub fn check(
     indexed: Option<Resolved>,
     now: Millis,
 ) -> Result<Reply, StoreError> {
-    st.prune(txn, now)?;
-    let Some(t) = st.tenant(tenant) else {
+    prune(txn, st, now)?;
+    let offer = match offer(txn, st, tenant, req, vendor, indexed, now)? {
+        Ok(o) => o,
+        Err(r) => return Ok(reject(r)),
+    };
+    let Some(hold_ttl_ms) = st.tenant(tenant).map(|t| t.hold_ttl_ms) else {
         return Ok(reject(Rejection::UnknownCode));
     };
-    let hold_ttl_ms = t.hold_ttl_ms;
+    let expires_at = now + hold_ttl_ms;
+    let provider_ref = format!("kph_{:016x}", txn.next_id()?);
+    let hold = HoldRecord {
+        provider_ref: provider_ref.clone(),
+        campaign: offer.campaign.clone(),
+        code: offer.code.clone(),
+        guest: req.user_id.clone(),
+        location: req.location_id.clone(),
+        amount_cents: offer.discount,
+        created_at: now,
+        expires_at,
+        state: HoldState::Held,
+        transaction_id: None,
+        updated_at: now,
+        held_unlogged: true,
+    };
+    txn.put_json(keys::hold(tenant, &provider_ref), &hold);
+    txn.put(keys::live(tenant, &provider_ref), Vec::new());
+    st.add_hold(
+        provider_ref.clone(),
+        LiveHold {
+            tenant: tenant.to_owned(),
+            campaign: offer.campaign,
+            code: offer.code,
+            guest: req.user_id.clone(),
+            expires_at,
+            amount_cents: offer.discount,
+        },
+    );
+    Ok(Reply::ok(json(&CheckSuccess {
+        ok: true,
+        voucher_nr: offer.voucher_nr,
+        discount_amount_cents: offer.discount,
+        expires_at: rfc3339(expires_at),
+        provider_ref,
+    })))
+}
+
+/// What a check may hold: the code as configured, its campaign, the discount and the
+/// voucher number to answer.
+struct Offer {
+    campaign: String,
+    code: String,
+    discount: i64,
+    voucher_nr: String,
+}
+
+/// Decide a check without changing anything: the code, its validity and owner, the price
+/// (ours, or the vendor's decision) and the capacity left.
+fn offer(
+    txn: &Txn<'_>,
+    st: &State,
+    tenant: &str,
+    req: &CheckRequest,
+    vendor: Option<&VendorDecision>,
+    indexed: Option<Resolved>,
+    now: Millis,
+) -> Result<Result<Offer, Rejection>, StoreError> {
     let Some(found) = resolve_code(txn, st, tenant, &req.code, indexed)? else {
-        return Ok(reject(Rejection::UnknownCode));
+        return Ok(Err(Rejection::UnknownCode));
     };
-    let (cid, code) = (found.campaign.clone(), found.code.clone());
-    if let Some(until) = found.valid_until {
-        if now > until {
-            return Ok(reject(Rejection::Expired { until }));
-        }
+    if let Some(until) = found.valid_until.filter(|u| now > *u) {
+        return Ok(Err(Rejection::Expired { until }));
     }
     if let Some(owner) = &found.assigned_user {
         if req.user_id.as_deref() != Some(owner.as_str()) {
-            return Ok(reject(Rejection::CodeAssignedToAnotherGuest));
+            return Ok(Err(Rejection::CodeAssignedToAnotherGuest));
         }
     }
-    let Some(t) = st.tenant(tenant) else {
-        return Ok(reject(Rejection::UnknownCode));
+    let (cid, code) = (found.campaign, found.code);
+    let Some(c) = st
+        .tenant(tenant)
+        .and_then(|t| t.campaigns.get(&cid))
+        .map(|e| e.campaign.clone())
+    else {
+        return Ok(Err(Rejection::UnknownCode));
     };
-    let Some(entry) = t.campaigns.get(&cid) else {
-        return Ok(reject(Rejection::UnknownCode));
-    };
-    let c = entry.campaign.clone();
     let guest = req.user_id.as_deref();
     let input = CheckInput {
         cart: &req.cart,
@@ -280,49 +416,19 @@ pub fn check(
         ),
         None => match price(&c, &input) {
             Ok(d) => (d, code.clone()),
-            Err(r) => return Ok(reject(r)),
+            Err(r) => return Ok(Err(r)),
         },
     };
     let u = usage(txn, st, tenant, &cid, &code, guest)?;
     if let Err(r) = capacity(&c, &u, guest.is_some(), discount) {
-        return Ok(reject(r));
+        return Ok(Err(r));
     }
-    let expires_at = now + hold_ttl_ms;
-    let provider_ref = format!("kph_{:016x}", txn.next_id()?);
-    let hold = HoldRecord {
-        provider_ref: provider_ref.clone(),
-        campaign: cid.clone(),
-        code: code.clone(),
-        guest: req.user_id.clone(),
-        location: req.location_id.clone(),
-        amount_cents: discount,
-        created_at: now,
-        expires_at,
-        state: HoldState::Held,
-        transaction_id: None,
-        updated_at: now,
-        held_unlogged: true,
-    };
-    txn.put_json(keys::hold(tenant, &provider_ref), &hold);
-    txn.put(keys::live(tenant, &provider_ref), Vec::new());
-    st.add_hold(
-        provider_ref.clone(),
-        LiveHold {
-            tenant: tenant.to_owned(),
-            campaign: cid,
-            code: code.clone(),
-            guest: req.user_id.clone(),
-            expires_at,
-            amount_cents: discount,
-        },
-    );
-    Ok(Reply::ok(json(&CheckSuccess {
-        ok: true,
+    Ok(Ok(Offer {
+        campaign: cid,
+        code,
+        discount,
         voucher_nr,
-        discount_amount_cents: discount,
-        expires_at: rfc3339(expires_at),
-        provider_ref,
-    })))
+    }))
 }
 
 fn load_hold(
@@ -343,7 +449,7 @@ pub fn commit(
     req: &CommitRequest,
     now: Millis,
 ) -> Result<Reply, StoreError> {
-    st.prune(txn, now)?;
+    prune(txn, st, now)?;
     let ik = keys::idem(tenant, "commit", &req.transaction_id);
     idempotent(txn, ik, fingerprint(req), |txn| {
         let Some(mut h) = load_hold(txn, tenant, req)? else {
@@ -400,7 +506,7 @@ pub fn reactivate(
     req: &CommitRequest,
     now: Millis,
 ) -> Result<Reply, StoreError> {
-    st.prune(txn, now)?;
+    prune(txn, st, now)?;
     let ik = keys::idem(tenant, "reactivate", &req.transaction_id);
     idempotent(txn, ik, fingerprint(req), |txn| {
         let done = |status: &'static str| {
@@ -457,7 +563,7 @@ pub fn release_hold(
     provider_ref: &str,
     now: Millis,
 ) -> Result<bool, StoreError> {
-    st.prune(txn, now)?;
+    prune(txn, st, now)?;
     let Some(mut h) = txn.get_json::<HoldRecord>(&keys::hold(tenant, provider_ref))? else {
         return Ok(false);
     };

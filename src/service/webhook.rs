@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::clock::{rfc3339, Millis};
+use crate::contract::ApiError;
 use crate::store::{last, StoreError, Txn};
 
 use super::{Reply, State};
@@ -58,6 +59,78 @@ pub struct Delivery {
     pub headers: Vec<(String, String)>,
     /// Names of the routes whose pattern matches the event.
     pub routes: Vec<String>,
+}
+
+/// Headers kept with an inbox event: the signature headers and the content type.
+const KEPT_HEADERS: [&str; 6] = [
+    "content-type",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+    "stripe-signature",
+    "user-agent",
+];
+
+fn signature_header(s: &crate::webhook::Scheme) -> Option<&str> {
+    match s {
+        crate::webhook::Scheme::HmacSha256Hex { header }
+        | crate::webhook::Scheme::Stripe { header } => Some(header),
+        _ => None,
+    }
+}
+
+/// Admit a delivery before it reaches the writer: its signature (401), its body and
+/// envelope (400 naming the field), its age; then the headers kept with it and the routes
+/// whose patterns match its event.
+pub fn admit(
+    cfg: &crate::config::WebhookConfig,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    now: Millis,
+) -> Result<Delivery, ApiError> {
+    let lookup = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    crate::webhook::verify(
+        &cfg.scheme,
+        &cfg.secrets,
+        &lookup,
+        &body,
+        now,
+        cfg.tolerance_ms,
+    )
+    .map_err(|e| ApiError::new(401, "BAD_SIGNATURE", e.message()))?;
+    let value: serde_json::Value = crate::contract::parse(&body)?;
+    let env = crate::webhook::parse_envelope(&value).map_err(|e| match e {
+        ("", msg) => ApiError::new(400, "INVALID_BODY", msg),
+        (field, msg) => ApiError::invalid(field, msg),
+    })?;
+    if let Some(max_age) = cfg.max_age_ms {
+        crate::webhook::check_max_age(&value, now, max_age)
+            .map_err(|msg| ApiError::invalid("timestamp", msg))?;
+    }
+    let kept: Vec<(String, String)> = headers
+        .into_iter()
+        .filter(|(k, _)| {
+            KEPT_HEADERS.contains(&k.as_str()) || Some(k.as_str()) == signature_header(&cfg.scheme)
+        })
+        .collect();
+    let routes = cfg
+        .routes
+        .iter()
+        .filter(|r| crate::webhook::glob_match(&r.events, &env.event))
+        .map(|r| r.name.clone())
+        .collect();
+    Ok(Delivery {
+        id: env.id,
+        event: env.event,
+        body,
+        headers: kept,
+        routes,
+    })
 }
 
 pub fn receive(

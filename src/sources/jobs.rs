@@ -9,54 +9,13 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::clock::Millis;
+use crate::config::{SourceConfig, SourceKind};
 use crate::contract::loyalty::AwardRequest;
 use crate::service::loyalty as loy;
 use crate::service::{keys, Reply, State};
 use crate::store::{StoreError, Txn};
 
-use super::order::{Order, Status};
-
-/// An order's standing in this service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord)]
-#[serde(rename_all = "snake_case")]
-pub enum OrderState {
-    /// Seen, not final yet.
-    Open,
-    /// Points credited (to a matched guest, or by the operator).
-    Awarded,
-    /// Completed, but no member has its phone or email: waits for the operator.
-    Unmatched,
-    /// Completed, but its amount could not be read exactly: never awarded.
-    Failed,
-    /// Awarded, then refunded / cancelled / rejected: the award was reversed.
-    Reversed,
-    /// Refunded / cancelled / rejected before any award: nothing to do.
-    Cancelled,
-}
-
-impl OrderState {
-    pub const ALL: [OrderState; 6] = [
-        OrderState::Open,
-        OrderState::Awarded,
-        OrderState::Unmatched,
-        OrderState::Failed,
-        OrderState::Reversed,
-        OrderState::Cancelled,
-    ];
-    pub fn name(self) -> &'static str {
-        match self {
-            OrderState::Open => "open",
-            OrderState::Awarded => "awarded",
-            OrderState::Unmatched => "unmatched",
-            OrderState::Failed => "failed",
-            OrderState::Reversed => "reversed",
-            OrderState::Cancelled => "cancelled",
-        }
-    }
-    pub fn parse(s: &str) -> Option<OrderState> {
-        OrderState::ALL.into_iter().find(|x| x.name() == s)
-    }
-}
+use super::order::{Order, OrderState, Status};
 
 /// `srco/{t}/{source}/{order}`: what this service knows and did about one order.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -125,6 +84,21 @@ pub struct SourceRef {
     pub program: String,
     /// LOKE: how long an open or awarded order is fetched again (0: never).
     pub watch_ms: i64,
+}
+
+impl SourceRef {
+    /// The source `c` of `tenant`, for writer jobs.
+    pub fn new(tenant: &str, c: &SourceConfig) -> SourceRef {
+        SourceRef {
+            tenant: tenant.to_owned(),
+            name: c.name.clone(),
+            program: c.program.clone(),
+            watch_ms: match c.kind {
+                SourceKind::Loke { .. } => i64::try_from(c.watch.as_millis()).unwrap_or(i64::MAX),
+                SourceKind::Olympus { .. } => 0,
+            },
+        }
+    }
 }
 
 /// How a page moves the position.

@@ -3,11 +3,12 @@
 //! reversed (refunded, cancelled, rejected), the amount in cents after discounts, the
 //! guest's phone and email. Amounts never pass through a float: LOKE's are integers in
 //! the lowest denomination, Olympus's decimals (JSON numbers or strings) are read from
-//! their literal text and converted exactly, refusing more than two decimals.
+//! their literal text and converted exactly, refusing more than two decimals. Also the
+//! standing of an order in this service ([`OrderState`]), which records and listings name.
 
 #![warn(clippy::arithmetic_side_effects)]
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::loyalty::{normalize_identifier, IdentifierType};
 
@@ -20,6 +21,48 @@ pub enum Status {
     Completed,
     /// Refunded, cancelled or rejected: an award made for it is reversed.
     Reversed(String),
+}
+
+/// An order's standing in this service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderState {
+    /// Seen, not final yet.
+    Open,
+    /// Points credited (to a matched guest, or by the operator).
+    Awarded,
+    /// Completed, but no member has its phone or email: waits for the operator.
+    Unmatched,
+    /// Completed, but its amount could not be read exactly: never awarded.
+    Failed,
+    /// Awarded, then refunded / cancelled / rejected: the award was reversed.
+    Reversed,
+    /// Refunded / cancelled / rejected before any award: nothing to do.
+    Cancelled,
+}
+
+impl OrderState {
+    pub const ALL: [OrderState; 6] = [
+        OrderState::Open,
+        OrderState::Awarded,
+        OrderState::Unmatched,
+        OrderState::Failed,
+        OrderState::Reversed,
+        OrderState::Cancelled,
+    ];
+    pub fn name(self) -> &'static str {
+        match self {
+            OrderState::Open => "open",
+            OrderState::Awarded => "awarded",
+            OrderState::Unmatched => "unmatched",
+            OrderState::Failed => "failed",
+            OrderState::Reversed => "reversed",
+            OrderState::Cancelled => "cancelled",
+        }
+    }
+    pub fn parse(s: &str) -> Option<OrderState> {
+        OrderState::ALL.into_iter().find(|x| x.name() == s)
+    }
 }
 
 /// One order, whatever its platform.

@@ -5,7 +5,9 @@
 //! headers, and open or awarded orders are fetched again by id while watched; Olympus reads
 //! `status=completed` (awards) and `status=cancelled` / `status=refunded` (reversals) with
 //! `limit`/`offset`. A failed request ends the poll; the next one waits the backoff
-//! (doubling with jitter) or the `Retry-After` of a 429/503.
+//! (doubling with jitter) or the `Retry-After` of a 429/503. `app::start` starts one
+//! [`run`] per source with the other background tasks, given a [`Ctx`] (not the `App`),
+//! and stops it with them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,12 +15,21 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{Client as HttpsClient, Request};
+use crate::clock::Clock;
 use crate::config::{SourceConfig, SourceKind};
-use crate::http::App;
-use crate::store::StoreError;
+use crate::metrics::Metrics;
+use crate::service::State;
+use crate::store::{Store, StoreError};
 
 use super::jobs::{self, Advance, SourceRef, SourceStatus};
-use super::order::{loke_next_cursor, loke_page, olympus_page, LokeOrder, Order};
+use super::order::{loke_next_cursor, loke_page, olympus_page, LokeOrder, Order, OrderState};
+
+/// What a poller needs of the application, and nothing more.
+pub struct Ctx {
+    pub store: Arc<Store<State>>,
+    pub clock: Clock,
+    pub metrics: Arc<Metrics>,
+}
 
 /// Pages one poll reads at most per list (a guard against a cursor that never ends).
 const MAX_PAGES: usize = 10_000;
@@ -45,37 +56,8 @@ impl From<StoreError> for Failure {
     }
 }
 
-/// The source's identity for writer jobs.
-pub fn source_ref(tenant: &str, c: &SourceConfig) -> SourceRef {
-    SourceRef {
-        tenant: tenant.to_owned(),
-        name: c.name.clone(),
-        program: c.program.clone(),
-        watch_ms: match c.kind {
-            SourceKind::Loke { .. } => i64::try_from(c.watch.as_millis()).unwrap_or(i64::MAX),
-            SourceKind::Olympus { .. } => 0,
-        },
-    }
-}
-
-/// Start one poller per configured source.
-pub fn spawn_all(app: &Arc<App>) -> Vec<tokio::task::JoinHandle<()>> {
-    let mut out = Vec::new();
-    for t in &app.config.tenants {
-        for s in &t.sources {
-            out.push(tokio::spawn(run(
-                app.clone(),
-                t.id.clone(),
-                s.clone(),
-                app.cancel.clone(),
-            )));
-        }
-    }
-    out
-}
-
 /// Poll one source until `cancel` fires.
-pub async fn run(app: Arc<App>, tenant: String, src: SourceConfig, cancel: CancellationToken) {
+pub async fn run(ctx: Arc<Ctx>, tenant: String, src: SourceConfig, cancel: CancellationToken) {
     let client = match HttpsClient::new(&[]) {
         Ok(c) => c.timeout(src.timeout).body_limit(MAX_BODY_BYTES),
         Err(e) => {
@@ -83,15 +65,15 @@ pub async fn run(app: Arc<App>, tenant: String, src: SourceConfig, cancel: Cance
             return;
         }
     };
-    let sref = source_ref(&tenant, &src);
+    let sref = SourceRef::new(&tenant, &src);
     let r = sref.clone();
-    if let Ok(st) = app.store.run(move |txn, _| jobs::status(txn, &r)).await {
-        publish(&app, &sref, &st);
+    if let Ok(st) = ctx.store.run(move |txn, _| jobs::status(txn, &r)).await {
+        publish(&ctx.metrics, &sref, &st);
     }
     let mut failures: u32 = 0;
     loop {
         let result = tokio::select! {
-            r = poll_once(&app, &client, &sref, &src) => r,
+            r = poll_once(&ctx, &client, &sref, &src) => r,
             _ = cancel.cancelled() => return,
         };
         let (outcome, wait) = match result {
@@ -109,18 +91,18 @@ pub async fn run(app: Arc<App>, tenant: String, src: SourceConfig, cancel: Cance
                 (Err(f.why), d)
             }
         };
-        app.metrics.source_poll(
+        ctx.metrics.source_poll(
             &tenant,
             &src.name,
             if outcome.is_ok() { "ok" } else { "failed" },
         );
-        let (r, now) = (sref.clone(), app.clock.now_ms());
-        match app
+        let (r, now) = (sref.clone(), ctx.clock.now_ms());
+        match ctx
             .store
             .run(move |txn, _| jobs::finish_poll(txn, &r, outcome, now))
             .await
         {
-            Ok(st) => publish(&app, &sref, &st),
+            Ok(st) => publish(&ctx.metrics, &sref, &st),
             Err(StoreError::Closed) => return,
             Err(e) => tracing::warn!(error = %e, "cannot record an order source poll"),
         }
@@ -132,23 +114,22 @@ pub async fn run(app: Arc<App>, tenant: String, src: SourceConfig, cancel: Cance
 }
 
 /// Hand a source's durable counts to `/metrics`.
-pub fn publish(app: &App, s: &SourceRef, st: &SourceStatus) {
-    let counts: Vec<(&'static str, u64)> = jobs::OrderState::ALL
+pub fn publish(metrics: &Metrics, s: &SourceRef, st: &SourceStatus) {
+    let counts: Vec<(&'static str, u64)> = OrderState::ALL
         .iter()
         .map(|x| (x.name(), st.count(*x)))
         .collect();
-    app.metrics
-        .source_counts(&s.tenant, &s.name, st.seen, &counts, st.last_poll_at);
+    metrics.source_counts(&s.tenant, &s.name, st.seen, &counts, st.last_poll_at);
 }
 
 async fn poll_once(
-    app: &Arc<App>,
+    ctx: &Ctx,
     client: &HttpsClient,
     s: &SourceRef,
     c: &SourceConfig,
 ) -> Result<(), Failure> {
     let r = s.clone();
-    let st = app.store.run(move |txn, _| jobs::status(txn, &r)).await?;
+    let st = ctx.store.run(move |txn, _| jobs::status(txn, &r)).await?;
     match &c.kind {
         SourceKind::Loke {
             organization_id,
@@ -160,16 +141,16 @@ async fn poll_once(
                 enc(organization_id),
                 enc(location_id)
             );
-            poll_loke(app, client, s, c, &base, st.after).await?;
+            poll_loke(ctx, client, s, c, &base, st.after).await?;
             if s.watch_ms > 0 {
-                poll_watched(app, client, s, c, &base).await?;
+                poll_watched(ctx, client, s, c, &base).await?;
             }
             Ok(())
         }
         SourceKind::Olympus { location_id } => {
             for list in OLYMPUS_LISTS {
                 let from = st.offsets.get(list).copied().unwrap_or(0);
-                poll_olympus(app, client, s, c, location_id.as_deref(), list, from).await?;
+                poll_olympus(ctx, client, s, c, location_id.as_deref(), list, from).await?;
             }
             Ok(())
         }
@@ -183,7 +164,7 @@ fn enc(s: &str) -> String {
 /// Read pages from cursor `after` on. The last page's cursor stays the position, so the
 /// next poll reads that page again (orders added to it, or changed on it, are seen).
 async fn poll_loke(
-    app: &Arc<App>,
+    ctx: &Ctx,
     client: &HttpsClient,
     s: &SourceRef,
     c: &SourceConfig,
@@ -205,7 +186,7 @@ async fn poll_loke(
         let done = next.is_none() || next == after;
         let position = if done { after.clone() } else { next.clone() };
         let orders: Vec<Order> = orders.iter().map(LokeOrder::to_order).collect();
-        apply(app, s, orders, Advance::Loke { after: position }).await?;
+        apply(ctx, s, orders, Advance::Loke { after: position }).await?;
         if done {
             return Ok(());
         }
@@ -217,14 +198,14 @@ async fn poll_loke(
 /// Fetch watched orders by id (`GET …/orders/{id}`); a 404 ends nothing (the watch
 /// simply runs out).
 async fn poll_watched(
-    app: &Arc<App>,
+    ctx: &Ctx,
     client: &HttpsClient,
     s: &SourceRef,
     c: &SourceConfig,
     base: &str,
 ) -> Result<(), Failure> {
-    let (r, now) = (s.clone(), app.clock.now_ms());
-    let ids = app
+    let (r, now) = (s.clone(), ctx.clock.now_ms());
+    let ids = ctx
         .store
         .run(move |txn, _| jobs::due_watches(txn, &r, WATCH_BATCH, now))
         .await?;
@@ -241,7 +222,7 @@ async fn poll_watched(
         orders.push(o.to_order());
     }
     if !orders.is_empty() {
-        apply(app, s, orders, Advance::Stay).await?;
+        apply(ctx, s, orders, Advance::Stay).await?;
     }
     Ok(())
 }
@@ -250,7 +231,7 @@ async fn poll_watched(
 /// list (a refund) shifts the rest back, and a re-read order changes nothing. If even that
 /// page is empty, the list shrank by more than a page: it is read again from the start.
 async fn poll_olympus(
-    app: &Arc<App>,
+    ctx: &Ctx,
     client: &HttpsClient,
     s: &SourceRef,
     c: &SourceConfig,
@@ -282,7 +263,7 @@ async fn poll_olympus(
         let next = offset.saturating_add(n);
         let orders: Vec<Order> = page.iter().map(|o| o.to_order()).collect();
         let list = list.to_owned();
-        apply(app, s, orders, Advance::Olympus { list, offset: next }).await?;
+        apply(ctx, s, orders, Advance::Olympus { list, offset: next }).await?;
         if n < limit {
             return Ok(());
         }
@@ -292,17 +273,17 @@ async fn poll_olympus(
 }
 
 async fn apply(
-    app: &Arc<App>,
+    ctx: &Ctx,
     s: &SourceRef,
     orders: Vec<Order>,
     advance: Advance,
 ) -> Result<(), Failure> {
-    let (r, now) = (s.clone(), app.clock.now_ms());
-    let st = app
+    let (r, now) = (s.clone(), ctx.clock.now_ms());
+    let st = ctx
         .store
         .run(move |txn, state| jobs::apply_page(txn, state, &r, &orders, advance, now))
         .await?;
-    publish(app, s, &st);
+    publish(&ctx.metrics, s, &st);
     Ok(())
 }
 

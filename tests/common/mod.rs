@@ -2,6 +2,8 @@
 //! clock, and a small HTTP client.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 
