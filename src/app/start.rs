@@ -156,7 +156,12 @@ impl App {
                 )));
             }
         }
-        let sources = Arc::new(poll::Ctx {
+        self.start_pollers(&mut tasks);
+    }
+
+    /// One poller per order source, given what it needs (not the `App`).
+    fn start_pollers(&self, tasks: &mut Vec<tokio::task::JoinHandle<()>>) {
+        let ctx = Arc::new(poll::Ctx {
             store: self.store.clone(),
             clock: self.clock.clone(),
             metrics: self.metrics.clone(),
@@ -164,7 +169,7 @@ impl App {
         for t in &self.config.tenants {
             for s in &t.sources {
                 tasks.push(tokio::spawn(poll::run(
-                    sources.clone(),
+                    ctx.clone(),
                     t.id.clone(),
                     s.clone(),
                     self.cancel.clone(),
