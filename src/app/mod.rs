@@ -1,14 +1,16 @@
 //! The application core: what the service does, independent of how a request arrived.
 //! [`App`] owns the running program (config, store, clock, metrics, vendor rules, the
 //! webhook routes' wake-ups and background tasks; built in [`start`]) and exposes typed
-//! async operations — the provider calls here, the admin operations in [`admin`] — each
-//! taking a typed, validated request and answering a [`Reply`]. Every store job closure
-//! lives here or in `service/`; the HTTP layer (`http/`) only maps requests to these
+//! async operations — the provider calls here, the admin operations in [`admin`] and, for
+//! the order sources, in [`sources`] — each taking a typed, validated request and
+//! answering a [`Reply`]. Every store job closure lives here, in `service/` or in the
+//! order sources' poller (`sources::poll`); the HTTP layer (`http/`) only maps requests to these
 //! calls and answers to responses, and never sees the store. A second storage engine or
 //! an operator console calls the same operations.
 
 pub mod admin;
 pub mod chaos;
+pub mod sources;
 mod start;
 
 use std::collections::HashMap;

@@ -16,6 +16,7 @@ use crate::app::admin::{
     ReversalRequest, StateRequest,
 };
 use crate::app::chaos::FaultSpec;
+use crate::app::sources::{OrderAwardRequest, OrderQuery, OrderState, MAX_LIST};
 use crate::app::{App, InboxFilter, Reply};
 use crate::contract::{parse, ApiError};
 
@@ -68,6 +69,15 @@ pub(crate) enum Op {
     ProviderStates,
     /// `injected-faults`: the tenant's injected faults (`app::chaos`).
     InjectedFaults,
+    /// `sources`: every order source's last poll, position and counts.
+    Sources,
+    /// `sources/{s}/orders`
+    SourceOrders(String),
+    /// `sources/{s}/orders/{order}/award`
+    AwardSourceOrder {
+        source: String,
+        order: String,
+    },
 }
 
 impl AdminPath {
@@ -120,6 +130,12 @@ impl Op {
             }
             ["provider-states"] => Op::ProviderStates,
             ["injected-faults"] => Op::InjectedFaults,
+            ["sources"] => Op::Sources,
+            ["sources", src, "orders"] => Op::SourceOrders(s(src)),
+            ["sources", src, "orders", order, "award"] => Op::AwardSourceOrder {
+                source: s(src),
+                order: s(order),
+            },
             _ => return None,
         })
     }
@@ -136,7 +152,8 @@ impl Op {
             | Op::Reversals(_)
             | Op::ReverseRedemption { .. }
             | Op::ProviderStates
-            | Op::DeadLetterAction(_) => "POST",
+            | Op::DeadLetterAction(_)
+            | Op::AwardSourceOrder { .. } => "POST",
             _ => "GET",
         }
     }
@@ -230,6 +247,11 @@ async fn tenant_op(app: &App, req: Request<Incoming>, t: &str, op: &Op) -> Out {
         (Op::InjectedFaults, &Method::GET) => Ok(app.injected_faults(t)),
         (Op::InjectedFaults, &Method::PUT) => set_faults(app, req, t).await,
         (Op::InjectedFaults, &Method::DELETE) => Ok(app.clear_injected_faults(t)),
+        (Op::Sources, &Method::GET) => Ok(app.sources(t).await),
+        (Op::SourceOrders(s), &Method::GET) => source_orders(app, &req, t, s).await,
+        (Op::AwardSourceOrder { source, order }, &Method::POST) => {
+            award_source_order(app, req, t, source, order).await
+        }
         (op, _) => return method_not_allowed(op.allow()),
     };
     Out::from(reply.unwrap_or_else(|e| Reply::error(&e)))
@@ -341,6 +363,55 @@ async fn provider_state(app: &App, req: Request<Incoming>, t: &str) -> Out {
         Ok(r) => Out::from(app.provider_state(t, r).await),
         Err(e) => err(e),
     }
+}
+
+async fn source_orders(app: &App, req: &Request<Incoming>, t: &str, source: &str) -> Handled {
+    let q = order_query(&query_pairs(req.uri().query()))?;
+    Ok(app.source_orders(t, source, q).await)
+}
+
+async fn award_source_order(
+    app: &App,
+    req: Request<Incoming>,
+    t: &str,
+    source: &str,
+    order: &str,
+) -> Handled {
+    let body = read_json_body(app, req).await?;
+    let r: OrderAwardRequest = parse(&body).map_err(|e| {
+        ApiError::invalid(
+            "memberId",
+            format!("the body is {{\"memberId\": \"mbr_…\"}}: {}", e.message),
+        )
+    })?;
+    Ok(app.award_source_order(t, source, order, r).await)
+}
+
+/// `state`, `after` and `limit` of an order listing (other parameters are ignored).
+fn order_query(q: &[(String, String)]) -> Result<OrderQuery, ApiError> {
+    let get = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let state = match get("state") {
+        None => None,
+        Some(v) => Some(OrderState::parse(v).ok_or_else(|| {
+            ApiError::invalid(
+                "state",
+                "one of open, awarded, unmatched, failed, reversed, cancelled",
+            )
+        })?),
+    };
+    let limit = match get("limit") {
+        None => 100,
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_LIST).contains(n))
+            .ok_or_else(|| ApiError::invalid("limit", format!("an integer 1..={MAX_LIST}")))?,
+    };
+    Ok(OrderQuery {
+        state,
+        after: get("after").map(str::to_owned),
+        limit,
+    })
 }
 
 /// `?a=1&b=x` → pairs, percent-decoded.

@@ -329,6 +329,12 @@ mod tests {
             ("/v1/acme/webhooks", "webhook"),
             ("/admin/v1/export", "admin"),
             ("/admin/v1/nothing", "admin"),
+            ("/admin/v1/tenants/acme/sources", "admin"),
+            ("/admin/v1/tenants/acme/sources/loke/orders", "admin"),
+            (
+                "/admin/v1/tenants/acme/sources/loke/orders/l1/award",
+                "admin",
+            ),
             ("/v2/acme/voucher/check", "other"),
             ("/", "other"),
         ];
@@ -373,6 +379,28 @@ mod tests {
         assert_eq!(
             op("/admin/v1/tenants/acme/loyalty/7/members/import"),
             ("acme".into(), Some(Op::ImportMembers("7".into())))
+        );
+        assert_eq!(
+            op("/admin/v1/tenants/acme/sources"),
+            ("acme".into(), Some(Op::Sources))
+        );
+        assert_eq!(
+            op("/admin/v1/tenants/acme/sources/pos/orders"),
+            ("acme".into(), Some(Op::SourceOrders("pos".into())))
+        );
+        assert_eq!(
+            op("/admin/v1/tenants/acme/sources/loke/orders/o%2F7/award"),
+            (
+                "acme".into(),
+                Some(Op::AwardSourceOrder {
+                    source: "loke".into(),
+                    order: "o/7".into()
+                })
+            )
+        );
+        assert_eq!(
+            op("/admin/v1/tenants/acme/sources/loke/orders/o1"),
+            ("acme".into(), None)
         );
         assert_eq!(op("/admin/v1/tenants/acme/bogus"), ("acme".into(), None));
         assert_eq!(

@@ -389,3 +389,32 @@ impl TestSink {
         panic!("timed out waiting for {what}");
     }
 }
+
+/// Start the real binary (`serve --config`) with `env` set (and `KP_LOG=warn`); the base
+/// URL comes from the first line it prints.
+pub fn spawn_serve(
+    config: &std::path::Path,
+    env: &[(&str, &str)],
+) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_karma-provider"));
+    cmd.args(["serve", "--config"])
+        .arg(config)
+        .env("KP_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("binary starts");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("karma-provider listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    (child, base)
+}
