@@ -9,6 +9,7 @@ pub mod clock;
 pub mod codegen;
 pub mod codes_cli;
 pub mod config;
+pub mod console;
 pub mod contract;
 pub mod dispatch;
 pub mod faults;

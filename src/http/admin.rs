@@ -8,7 +8,8 @@ use percent_encoding::percent_decode_str;
 
 use super::auth::check_bearer;
 use super::routes::{
-    err, method_not_allowed, not_found, read_body, read_json_body, typed_out, MAX_IMPORT_BYTES,
+    err, method_not_allowed, not_found, read_body, read_json_body, typed_out, BodyKind,
+    MAX_IMPORT_BYTES,
 };
 use super::{Front, Out};
 use crate::app::admin::{
@@ -250,7 +251,7 @@ async fn put_campaign(app: &App, req: Request<Incoming>, t: &str, id: Option<Str
 }
 
 async fn import_codes(app: &App, req: Request<Incoming>, t: &str, c: &str) -> Handled {
-    let csv = read_body(app, req, MAX_IMPORT_BYTES, true).await?;
+    let csv = read_body(app, req, MAX_IMPORT_BYTES, BodyKind::Csv).await?;
     Ok(app.import_codes(t, c, csv).await)
 }
 
@@ -260,7 +261,7 @@ async fn generate(app: &App, req: Request<Incoming>, t: &str, c: &str) -> Handle
 }
 
 async fn import_members(app: &App, req: Request<Incoming>, t: &str, p: &str) -> Handled {
-    let csv = read_body(app, req, MAX_IMPORT_BYTES, true).await?;
+    let csv = read_body(app, req, MAX_IMPORT_BYTES, BodyKind::Csv).await?;
     Ok(app.import_members(t, p, csv).await)
 }
 
@@ -331,7 +332,7 @@ async fn provider_state(app: &App, req: Request<Incoming>, t: &str) -> Out {
 }
 
 /// `?a=1&b=x` → pairs, percent-decoded.
-fn query_pairs(q: Option<&str>) -> Vec<(String, String)> {
+pub(super) fn query_pairs(q: Option<&str>) -> Vec<(String, String)> {
     q.unwrap_or("")
         .split('&')
         .filter(|p| !p.is_empty())
