@@ -141,7 +141,7 @@ pub fn member_page(p: &MemberPage<'_>, s: &Active) -> Markup {
                 button type="submit" { "Find" }
             }
             (banner(&p.outcome))
-            @if let Some(m) = &p.member { (member(p, m, s)) }
+            @if let Some(m) = &p.member { (new_lines(p, m)) (member(p, m, s)) }
         },
     )
 }
@@ -210,6 +210,27 @@ fn actions(p: &MemberPage<'_>, id: &str, s: &Active) -> Markup {
                 label for="rreason" { "Reason" }
                 input #rreason name="reason" required;
                 button type="submit" { "Reverse" }
+            }
+        }
+    }
+}
+
+/// The ledger lines the action just made, right under its outcome.
+fn new_lines(p: &MemberPage<'_>, m: &Value) -> Markup {
+    let empty = Vec::new();
+    let new: Vec<&Value> = m["ledger"]
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .filter(|e| p.new_ref.is_some() && e["reference"].as_str() == p.new_ref)
+        .collect();
+    html! {
+        @if !new.is_empty() {
+            ul.new-lines aria-label="New ledger lines" {
+                @for e in new {
+                    li { "New ledger line #" (text(&e["seq"])) ": " (text(&e["kind"])) " "
+                         (text(&e["points"])) " points, balance " (text(&e["balanceAfter"])) }
+                }
             }
         }
     }
