@@ -246,12 +246,14 @@ async fn driver() -> Driver {
         .stderr(Stdio::null())
         .spawn()
         .expect("chromedriver (apt-get install chromium chromium-driver; .ci/run does)");
+    // Killed and waited for by its Drop, whatever happens next.
+    let d = Driver { child, port };
     for _ in 0..100 {
         if tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .is_ok()
         {
-            return Driver { child, port };
+            return d;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

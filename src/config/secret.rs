@@ -62,7 +62,7 @@ pub const DEMO_ADMIN_TOKEN_ENV: &str = "KP_ADMIN_TOKEN";
 /// CSPRNG (so the console is on, and `serve` prints it), `None` if the OS source fails.
 pub fn demo_admin_token() -> Option<String> {
     static TOKEN: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    TOKEN.get_or_init(crate::console::random_token).clone()
+    TOKEN.get_or_init(crate::codegen::os_token).clone()
 }
 
 /// The process env, with the demo's webhook secret and admin token defaulted (embedded

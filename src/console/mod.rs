@@ -12,7 +12,6 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::app::App;
-pub use session::random_token;
 use session::{Active, Sessions};
 
 /// The session cookie's name.

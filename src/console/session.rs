@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use rand::TryRngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -16,12 +15,7 @@ pub const SESSION_MS: Millis = 8 * 60 * 60 * 1000;
 /// The most sessions kept at once; the oldest goes first beyond it.
 const MAX_SESSIONS: usize = 10_000;
 
-/// 32 random bytes from the OS, hex-encoded; `None` when the OS source fails.
-pub fn random_token() -> Option<String> {
-    let mut b = [0u8; 32];
-    rand::rngs::OsRng.try_fill_bytes(&mut b).ok()?;
-    Some(hex::encode(b))
-}
+pub use crate::codegen::os_token as random_token;
 
 fn digest(s: &str) -> [u8; 32] {
     Sha256::digest(s.as_bytes()).into()
