@@ -5,8 +5,8 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
-/// Milliseconds since the Unix epoch, UTC.
-pub type Millis = i64;
+/// Milliseconds since the Unix epoch, UTC, and their RFC 3339 text: the domain's own.
+pub use karma_domain::clock::{rfc3339, Millis};
 
 #[derive(Clone, Debug)]
 pub enum Clock {
@@ -46,14 +46,5 @@ impl Clock {
         if let Clock::Manual(v) = self {
             v.fetch_add(delta, Ordering::SeqCst);
         }
-    }
-}
-
-/// RFC 3339 text for an instant, in UTC (`2026-11-23T10:00:00Z`, with milliseconds only
-/// when they are not zero).
-pub fn rfc3339(ms: Millis) -> String {
-    match jiff::Timestamp::from_millisecond(ms) {
-        Ok(ts) => ts.to_string(),
-        Err(_) => ms.to_string(),
     }
 }

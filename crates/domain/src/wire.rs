@@ -72,8 +72,8 @@ pub fn exact_integer(literal: &str) -> Option<i128> {
         Some(r) => (true, r),
         None => (false, literal),
     };
-    let (mantissa, exp) = match rest.find(['e', 'E']) {
-        Some(i) => (&rest[..i], rest[i + 1..].parse::<i64>().ok()?),
+    let (mantissa, exp) = match rest.split_once(['e', 'E']) {
+        Some((m, e)) => (m, e.parse::<i64>().ok()?),
         None => (rest, 0),
     };
     let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
@@ -84,16 +84,16 @@ pub fn exact_integer(literal: &str) -> Option<i128> {
     let digits = digits.trim_start_matches('0');
     let mut exp10 = exp.checked_sub(i64::try_from(frac.len()).ok()?)?;
     let trimmed = digits.trim_end_matches('0');
-    exp10 = exp10.checked_add(i64::try_from(digits.len() - trimmed.len()).ok()?)?;
+    exp10 = exp10.checked_add(i64::try_from(digits.len().checked_sub(trimmed.len())?).ok()?)?;
     if trimmed.is_empty() {
         return Some(0);
     }
-    if exp10 < 0 || exp10 + trimmed.len() as i64 > 20 {
+    if exp10 < 0 || exp10.checked_add(i64::try_from(trimmed.len()).ok()?)? > 20 {
         return None;
     }
-    let text = format!("{trimmed}{}", "0".repeat(exp10 as usize));
+    let text = format!("{trimmed}{}", "0".repeat(usize::try_from(exp10).ok()?));
     let v: i128 = text.parse().ok()?;
-    Some(if neg { -v } else { v })
+    Some(if neg { v.checked_neg()? } else { v })
 }
 
 /// The text of a JSON value as written: numbers keep their literal.

@@ -98,10 +98,10 @@ impl Schedule {
             return false;
         };
         let local = ts.to_zoned(self.tz.clone());
-        let minute = (local.hour() as u32)
+        let minute = u32::from(local.hour().unsigned_abs())
             .saturating_mul(60)
-            .saturating_add(local.minute() as u32);
-        let day = local.weekday().to_monday_zero_offset() as u8;
+            .saturating_add(u32::from(local.minute().unsigned_abs()));
+        let day = local.weekday().to_monday_zero_offset().unsigned_abs();
         let prev = day.checked_sub(1).unwrap_or(6);
         let on = |d: u8| self.days & (1 << d) != 0;
         if self.from_min <= self.until_min {

@@ -96,7 +96,9 @@ fn mac_ok(secret: &[u8], parts: &[&[u8]], sig: &[u8]) -> bool {
 }
 
 fn within(now: Millis, ts_secs: i64, tolerance_ms: i64) -> bool {
-    (now - ts_secs.saturating_mul(1000)).abs() <= tolerance_ms
+    now.saturating_sub(ts_secs.saturating_mul(1000))
+        .saturating_abs()
+        <= tolerance_ms
 }
 
 /// Check a delivery. `header` looks a header up by lowercase name.
@@ -222,6 +224,10 @@ pub fn check_max_age(v: &serde_json::Value, now: Millis, max_age_ms: i64) -> Res
 }
 
 /// Glob on event names: `*` matches any run of characters (dots included), `?` one.
+#[expect(
+    clippy::arithmetic_side_effects,
+    reason = "each index stays below its slice's length, which fits a usize"
+)]
 pub fn glob_match(pattern: &str, s: &str) -> bool {
     let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), s.chars().collect());
     let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
@@ -311,8 +317,9 @@ pub fn backoff(
         .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
         .min(max);
     let h = <Sha256 as sha2::Digest>::digest(seed);
-    let jitter_permille = 500 + (u16::from_be_bytes([h[0], h[1]]) as u64 % 501);
-    std::time::Duration::from_millis(exp.as_millis() as u64 * jitter_permille / 1000)
+    let jitter_permille = (u64::from(u16::from_be_bytes([h[0], h[1]])) % 501).saturating_add(500);
+    let exp_ms = u64::try_from(exp.as_millis()).unwrap_or(u64::MAX);
+    std::time::Duration::from_millis(exp_ms.saturating_mul(jitter_permille) / 1000)
 }
 
 /// `Retry-After` in seconds (the HTTP-date form is not honoured).

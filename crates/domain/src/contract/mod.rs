@@ -261,7 +261,7 @@ fn strip_position(s: &str) -> String {
 
 /// `prefix` + 32 hex digits, as Karma's `res_…` and `loy_…` transaction ids.
 pub fn check_transaction_id(field: &str, id: &str, prefix: &str) -> Result<(), ApiError> {
-    let ok = id.len() == prefix.len() + 32
+    let ok = Some(id.len()) == prefix.len().checked_add(32)
         && id.starts_with(prefix)
         && id[prefix.len()..].bytes().all(|b| b.is_ascii_hexdigit());
     if ok {

@@ -10,8 +10,6 @@
 //! ([`capacity`]), so a guess that fits the pattern hits a live code with odds below 1 in
 //! 100. [`check_room`] enforces it against a running count of the codes issued per pattern.
 
-#![warn(clippy::arithmetic_side_effects)]
-
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 

@@ -80,7 +80,9 @@ impl<'de> Deserialize<'de> for Quantity {
                 if v == 0 || v > MAX_UNITS as u64 {
                     return Err(E::invalid_value(de::Unexpected::Unsigned(v), &self));
                 }
-                Ok(Quantity::from_units(v as i64))
+                let units = i64::try_from(v)
+                    .map_err(|_| E::invalid_value(de::Unexpected::Unsigned(v), &self))?;
+                Ok(Quantity::from_units(units))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Quantity, E> {
                 // JSON has no decimal type; a decimal literal is turned into exact
@@ -94,6 +96,10 @@ impl<'de> Deserialize<'de> for Quantity {
                 {
                     return Err(E::invalid_value(de::Unexpected::Float(v), &self));
                 }
+                #[expect(
+                    clippy::cast_possible_truncation,
+                    reason = "milli is a whole number in (0, MAX_UNITS * 1000], checked above"
+                )]
                 Ok(Quantity {
                     milli: milli as i64,
                 })

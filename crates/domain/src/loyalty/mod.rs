@@ -3,8 +3,6 @@
 //! oldest first), every change as a ledger entry, reversals, and identifier normalisation.
 //! The store and the clock are the caller's.
 
-#![warn(clippy::arithmetic_side_effects)]
-
 mod account;
 mod ids;
 mod program;
