@@ -219,6 +219,29 @@ async fn a_post_without_the_sessions_csrf_token_is_refused_and_with_it_acts() {
     );
 }
 
+#[tokio::test]
+async fn the_demo_has_the_console_on_with_a_token_made_for_the_run() {
+    use karma_provider::config::{demo_admin_token, DemoEnv, DEFAULT_ORIGIN, DEFAULT_TOML};
+    let cfg = karma_provider::Config::from_toml(DEFAULT_TOML, DEFAULT_ORIGIN, &DemoEnv).unwrap();
+    let token = cfg
+        .admin
+        .token
+        .as_ref()
+        .expect("the demo's admin API is on")
+        .expose();
+    if let Some(chosen) = std::env::var("KP_ADMIN_TOKEN")
+        .ok()
+        .filter(|v| !v.is_empty())
+    {
+        assert_eq!(token, chosen); // a token the user chose wins (and is never printed)
+        return;
+    }
+    assert_eq!(token.len(), 64);
+    assert!(token.bytes().all(|b| b.is_ascii_hexdigit()));
+    // One token per run: every load of the demo config in this process has the same.
+    assert_eq!(Some(token.to_owned()), demo_admin_token());
+}
+
 // ---------------------------------------------------------------- in a real browser
 
 /// chromedriver on a free port, killed when dropped.

@@ -182,6 +182,15 @@ fn member(p: &MemberPage<'_>, m: &Value, s: &Active) -> Markup {
     }
 }
 
+/// What every action form carries: the CSRF token, the program, the operation id.
+fn hidden(p: &MemberPage<'_>, s: &Active) -> Markup {
+    html! {
+        input type="hidden" name="csrf" value=(s.csrf);
+        input type="hidden" name="program" value=(p.program);
+        input type="hidden" name="opid" value=(p.opid);
+    }
+}
+
 fn actions(p: &MemberPage<'_>, id: &str, s: &Active) -> Markup {
     let base = format!("/console/{}/members/{}", p.tenant, id);
     html! {
@@ -189,9 +198,7 @@ fn actions(p: &MemberPage<'_>, id: &str, s: &Active) -> Markup {
             h2 #act { "Actions" }
             form method="post" action={ (base) "/adjust" } {
                 h3 { "Adjust points" }
-                input type="hidden" name="csrf" value=(s.csrf);
-                input type="hidden" name="program" value=(p.program);
-                input type="hidden" name="opid" value=(p.opid);
+                (hidden(p, s))
                 label for="points" { "Points (negative to take away)" }
                 input #points name="points" type="number" step="1" required;
                 label for="reason" { "Reason (kept in the ledger)" }
@@ -200,9 +207,7 @@ fn actions(p: &MemberPage<'_>, id: &str, s: &Active) -> Markup {
             }
             form method="post" action={ (base) "/reverse" } {
                 h3 { "Reverse an award" }
-                input type="hidden" name="csrf" value=(s.csrf);
-                input type="hidden" name="program" value=(p.program);
-                input type="hidden" name="opid" value=(p.opid);
+                (hidden(p, s))
                 label for="award" { "Purchase id, or the award's loy_ transaction id" }
                 input #award name="award" required;
                 label for="amount" { "Refunded cents (empty: all that is left)" }
