@@ -1,10 +1,11 @@
-//! The one outgoing HTTP client: every request this program makes goes through [`Client`]
-//! — vendor rules (`rules.rs`), onward webhook delivery (`dispatch.rs`), `replay`, and the
-//! CLI's operator commands (`karma-provider admin …`, `webhook send`, `healthcheck`,
-//! `karma-setup`). It speaks `http://` and `https://` (rustls through hyper-rustls,
-//! verified against Mozilla's roots, bundled, plus any extra roots a caller trusts), bounds
-//! an exchange by a timeout and an answer's body by a size limit, and reports failures as
-//! an [`Error`] each caller words for its own audience. The store belongs to the running
+//! The one outgoing HTTP client: every request this program makes goes through
+//! [`Client`] — vendor rules (`rules.rs`), onward webhook delivery (`dispatch.rs`), the
+//! order sources' pollers (`sources/poll.rs`), `replay`, and the CLI's operator
+//! commands (`karma-provider admin …`, `webhook send`, `healthcheck`, `karma-setup`).
+//! It speaks `http://` and `https://` (rustls through hyper-rustls, verified against
+//! Mozilla's roots, bundled, plus any extra roots a caller trusts), bounds an exchange
+//! by a timeout and an answer's body by a size limit, and reports failures as an
+//! [`Error`] each caller words for its own audience. The store belongs to the running
 //! server, so operator tools go through its admin API rather than opening the data
 //! directory.
 

@@ -18,6 +18,7 @@ pub mod rules;
 pub mod service;
 pub mod setup_cli;
 pub mod simulate;
+pub mod sources;
 pub mod store;
 
 // The pure domain lives in crates/domain (no I/O: checked by its dependency list); each of

@@ -1,5 +1,5 @@
 //! Prometheus text metrics: requests by endpoint and outcome, a latency histogram per
-//! endpoint, holds in flight, and the store's group-commit counters.
+//! endpoint, holds in flight, injected faults, and the store's group-commit counters.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -35,8 +35,16 @@ pub struct Metrics {
     requests: Mutex<BTreeMap<(&'static str, String), u64>>,
     latency: Mutex<BTreeMap<&'static str, Hist>>,
     onward: Mutex<BTreeMap<(String, String, &'static str), u64>>,
+    injected: Mutex<BTreeMap<(String, &'static str, &'static str), u64>>,
+    /// Order sources: polls by (tenant, source, outcome).
+    source_polls: Mutex<BTreeMap<(String, String, &'static str), u64>>,
+    /// Order sources: (seen, orders by state, last good poll in ms) by (tenant, source),
+    /// as durably recorded.
+    source_orders: Mutex<SourceOrders>,
     pub gauges: Arc<Gauges>,
 }
+
+type SourceOrders = BTreeMap<(String, String), (u64, Vec<(&'static str, u64)>, Option<i64>)>;
 
 impl Metrics {
     pub fn observe(&self, endpoint: &'static str, outcome: &str, took: Duration) {
@@ -61,6 +69,79 @@ impl Metrics {
         if let Ok(mut m) = self.onward.lock() {
             *m.entry((tenant.to_owned(), route.to_owned(), outcome))
                 .or_insert(0) += 1;
+        }
+    }
+
+    /// One injected fault (`app::chaos`): tenant, endpoint label, kind.
+    pub fn injected(&self, tenant: &str, endpoint: &'static str, kind: &'static str) {
+        if let Ok(mut m) = self.injected.lock() {
+            *m.entry((tenant.to_owned(), endpoint, kind)).or_insert(0) += 1;
+        }
+    }
+
+    /// One poll of an order source: `ok` or `failed`.
+    pub fn source_poll(&self, tenant: &str, source: &str, outcome: &'static str) {
+        if let Ok(mut m) = self.source_polls.lock() {
+            *m.entry((tenant.to_owned(), source.to_owned(), outcome))
+                .or_insert(0) += 1;
+        }
+    }
+
+    /// An order source's durable counts, after each of its writes.
+    pub fn source_counts(
+        &self,
+        tenant: &str,
+        source: &str,
+        seen: u64,
+        by_state: &[(&'static str, u64)],
+        last_poll_ms: Option<i64>,
+    ) {
+        if let Ok(mut m) = self.source_orders.lock() {
+            m.insert(
+                (tenant.to_owned(), source.to_owned()),
+                (seen, by_state.to_vec(), last_poll_ms),
+            );
+        }
+    }
+
+    fn render_sources(&self, out: &mut String) {
+        out.push_str("# HELP kp_source_polls_total Polls of an order source (LOKE, Olympus) by outcome.\n# TYPE kp_source_polls_total counter\n");
+        if let Ok(m) = self.source_polls.lock() {
+            for ((t, s, o), n) in m.iter() {
+                let _ = writeln!(
+                    out,
+                    "kp_source_polls_total{{tenant=\"{t}\",source=\"{s}\",outcome=\"{o}\"}} {n}"
+                );
+            }
+        }
+        let Ok(m) = self.source_orders.lock() else {
+            return;
+        };
+        out.push_str("# HELP kp_source_orders_seen_total Distinct orders an order source has recorded.\n# TYPE kp_source_orders_seen_total counter\n");
+        for ((t, s), (seen, _, _)) in m.iter() {
+            let _ = writeln!(
+                out,
+                "kp_source_orders_seen_total{{tenant=\"{t}\",source=\"{s}\"}} {seen}"
+            );
+        }
+        out.push_str("# HELP kp_source_orders An order source's orders by state (open, awarded, unmatched, failed, reversed, cancelled).\n# TYPE kp_source_orders gauge\n");
+        for ((t, s), (_, states, _)) in m.iter() {
+            for (st, n) in states {
+                let _ = writeln!(
+                    out,
+                    "kp_source_orders{{tenant=\"{t}\",source=\"{s}\",state=\"{st}\"}} {n}"
+                );
+            }
+        }
+        out.push_str("# HELP kp_source_last_poll_timestamp_seconds When an order source's last good poll ended.\n# TYPE kp_source_last_poll_timestamp_seconds gauge\n");
+        for ((t, s), (_, _, at)) in m.iter() {
+            if let Some(ms) = at {
+                let _ = writeln!(
+                    out,
+                    "kp_source_last_poll_timestamp_seconds{{tenant=\"{t}\",source=\"{s}\"}} {}",
+                    ms.div_euclid(1000)
+                );
+            }
         }
     }
 
@@ -112,6 +193,16 @@ impl Metrics {
                 let _ = writeln!(out, "kp_webhook_onward_attempts_total{{tenant=\"{t}\",route=\"{r}\",outcome=\"{o}\"}} {n}");
             }
         }
+        out.push_str("# HELP kp_injected_faults_total Faults injected on purpose (admin API injected-faults) by tenant, endpoint and kind (latency, error, timeout, drop, forget).\n# TYPE kp_injected_faults_total counter\n");
+        if let Ok(m) = self.injected.lock() {
+            for ((t, e, k), n) in m.iter() {
+                let _ = writeln!(
+                    out,
+                    "kp_injected_faults_total{{tenant=\"{t}\",endpoint=\"{e}\",kind=\"{k}\"}} {n}"
+                );
+            }
+        }
+        self.render_sources(&mut out);
         let _ = writeln!(out, "# HELP kp_store_groups_total Write groups applied by the store writer.\n# TYPE kp_store_groups_total counter\nkp_store_groups_total {}", store.groups.load(Ordering::Relaxed));
         let _ = writeln!(out, "# HELP kp_store_jobs_total Jobs run by the store writer.\n# TYPE kp_store_jobs_total counter\nkp_store_jobs_total {}", store.jobs.load(Ordering::Relaxed));
         out.push_str("# HELP kp_code_index_codes Bulk codes in a tenant's code index file.\n# TYPE kp_code_index_codes gauge\n");

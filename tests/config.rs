@@ -10,6 +10,7 @@ fn example_config_documents_valid_keys() {
         "ACME_KEY" => Some("k".to_string()),
         "WH_SECRET" => Some("w".to_string()),
         "FWD_SECRET" => Some("f".to_string()),
+        "LOKE_TOKEN" | "OLYMPUS_TOKEN" => Some("t".to_string()),
         _ => None,
     };
     let c = Config::from_toml(&text, "deploy/config.example.toml", &env).unwrap();
@@ -21,6 +22,13 @@ fn example_config_documents_valid_keys() {
     assert_eq!(c.server.max_body_bytes, 65_536);
     assert_eq!(c.tenants[0].webhooks.as_ref().unwrap().secrets.len(), 1);
     assert_eq!(c.tenants[0].webhooks.as_ref().unwrap().routes.len(), 2);
+    let names: Vec<_> = c.tenants[0]
+        .sources
+        .iter()
+        .map(|s| (s.name.as_str(), s.kind.name(), s.program.as_str()))
+        .collect();
+    assert_eq!(names, [("loke", "loke", "7"), ("pos", "olympus", "7")]);
+    assert_eq!(c.tenants[0].sources[1].page_size, 50);
 }
 
 #[test]

@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,27 +19,14 @@ use serde_json::{json, Value};
 const TOKEN: &str = "crash-admin-token";
 
 fn start(config: &std::path::Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_karma-provider"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("KP_CRASH_TOKEN", TOKEN)
-        .env("KP_WH_SECRET", "crash-wh-secret")
-        .env("KP_FWD_SECRET", "whsec_ZndkLWtleQ==")
-        .env("KP_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("binary starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("karma-provider listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
-    (child, base)
+    common::spawn_serve(
+        config,
+        &[
+            ("KP_CRASH_TOKEN", TOKEN),
+            ("KP_WH_SECRET", "crash-wh-secret"),
+            ("KP_FWD_SECRET", "whsec_ZndkLWtleQ=="),
+        ],
+    )
 }
 
 type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;

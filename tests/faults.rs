@@ -12,30 +12,10 @@ use common::*;
 use karma_provider::faults::Fault;
 use serde_json::{json, Value};
 
-const CONFIG: &str = r#"
-[[tenants.campaigns]]
-id = "once"
-codes = ["A1", "A2", "A3"]
-discount = { amount_cents = 500 }
-max_uses_per_code = 1
-max_discount_total_cents = 100000
-
-[[tenants.loyalty]]
-program_id = 7
-earn = { points = 1, per_cents = 100 }
-signup_bonus = 50
-[[tenants.loyalty.rewards]]
-id = "coffee"
-title = "Free coffee"
-points_cost = 100
-stock = 5
-code_pattern = "CF-######"
-"#;
-
 const FAULTS: [Fault; 3] = [Fault::Error, Fault::Panic, Fault::FailFlush];
 
 async fn harness() -> Harness {
-    Harness::start(&config_with(CONFIG)).await
+    Harness::start(&config_with(ONCE_AND_PROGRAM_7)).await
 }
 
 /// Send `body` to `path` with `fault` armed on `endpoint`: the answer is an error (500 for

@@ -11,52 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::proxy::{self, Answer};
+use common::sim::*;
 use common::*;
 use serde_json::{json, Value};
-
-fn states_config() -> String {
-    config_with("").replace(
-        "token_env = \"ADMIN_TOKEN\"",
-        "token_env = \"ADMIN_TOKEN\"\nprovider_states = true",
-    )
-}
-
-/// Run `simulate` with a generated stream against `target` (base of tenant acme); the
-/// exit code, the JSON report, the JUnit text and stdout.
-async fn simulate(h: &Harness, target: &str, extra: &[&str]) -> (i32, Value, String, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let (json_path, junit_path) = (dir.path().join("r.json"), dir.path().join("j.xml"));
-    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_karma-provider"));
-    c.args(["simulate", "--target", &format!("{target}/v1/acme")])
-        .args(["--auth", &format!("header:X-Provider-Key:{KEY}")])
-        .args([
-            "--state-url",
-            &format!("{}/admin/v1/tenants/acme/provider-states", h.base()),
-        ])
-        .args([
-            "--state-header",
-            &format!("Authorization:Bearer {ADMIN_TOKEN}"),
-        ])
-        .args(["--retry-ms", "20,50"])
-        .arg("--json")
-        .arg(&json_path)
-        .arg("--junit")
-        .arg(&junit_path)
-        .args(extra);
-    let out = tokio::task::spawn_blocking(move || c.output().unwrap())
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let code = out.status.code().unwrap_or(-1);
-    assert!(
-        code == 0 || code == 1,
-        "exit {code}: {}{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
-    let junit = std::fs::read_to_string(&junit_path).unwrap();
-    (code, report, junit, stdout)
-}
 
 fn classes(report: &Value) -> BTreeSet<String> {
     report["violations"]

@@ -47,7 +47,7 @@ pub struct MemberRef {
 
 impl App {
     /// Run `f` as one job on the store's writer and answer its reply.
-    async fn run<F>(&self, f: F) -> Reply
+    pub(super) async fn run<F>(&self, f: F) -> Reply
     where
         F: FnOnce(&mut Txn<'_>, &mut State) -> Result<Reply, StoreError> + Send + 'static,
     {

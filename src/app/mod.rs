@@ -1,13 +1,16 @@
 //! The application core: what the service does, independent of how a request arrived.
 //! [`App`] owns the running program (config, store, clock, metrics, vendor rules, the
 //! webhook routes' wake-ups and background tasks; built in [`start`]) and exposes typed
-//! async operations — the provider calls here, the admin operations in [`admin`] — each
-//! taking a typed, validated request and answering a [`Reply`]. Every store job closure
-//! lives here or in `service/`; the HTTP layer (`http/`) only maps requests to these
+//! async operations — the provider calls here, the admin operations in [`admin`] and, for
+//! the order sources, in [`sources`] — each taking a typed, validated request and
+//! answering a [`Reply`]. Every store job closure lives here, in `service/` or in the
+//! order sources' poller (`sources::poll`); the HTTP layer (`http/`) only maps requests to these
 //! calls and answers to responses, and never sees the store. A second storage engine or
 //! an operator console calls the same operations.
 
 pub mod admin;
+pub mod chaos;
+pub mod sources;
 mod start;
 
 use std::collections::HashMap;
@@ -91,6 +94,8 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// Test-only fault injection (see [`crate::faults`]).
     pub faults: Arc<Faults>,
+    /// Injected faults for Karma-side QA, set at run time (see [`chaos`]).
+    chaos: chaos::Chaos,
     store: Arc<Store<State>>,
     draining: AtomicBool,
     /// Wake-up per (tenant, route) for the onward-delivery tasks.

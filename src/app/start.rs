@@ -1,6 +1,7 @@
 //! Start-up and shutdown of the application: vendor rules from the config, the store and
 //! the writer's state, the code-index refresh, the background tasks (one onward-delivery
-//! task per webhook route, one janitor per tenant with webhooks), and their orderly end.
+//! task per webhook route, one janitor per tenant with webhooks, one poller per order
+//! source), and their orderly end.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,6 +16,7 @@ use crate::config::{Config, RulesConfig};
 use crate::dispatch;
 use crate::metrics::Metrics;
 use crate::service::State;
+use crate::sources::poll;
 use crate::store::{Store, StoreError, StoreOptions};
 
 #[derive(Debug)]
@@ -95,6 +97,7 @@ impl App {
             clock,
             metrics,
             faults: Arc::default(),
+            chaos: Default::default(),
             store: Arc::new(store),
             draining: AtomicBool::new(false),
             route_wake,
@@ -121,7 +124,8 @@ impl App {
         );
     }
 
-    /// Start one janitor per tenant with webhooks and one delivery task per route.
+    /// Start one janitor per tenant with webhooks, one delivery task per route and one
+    /// poller per order source.
     pub fn start_background(&self) {
         let ctx = Arc::new(dispatch::Ctx {
             store: self.store.clone(),
@@ -149,6 +153,26 @@ impl App {
                     t.id.clone(),
                     r.clone(),
                     wake.clone(),
+                    self.cancel.clone(),
+                )));
+            }
+        }
+        self.start_pollers(&mut tasks);
+    }
+
+    /// One poller per order source, given what it needs (not the `App`).
+    fn start_pollers(&self, tasks: &mut Vec<tokio::task::JoinHandle<()>>) {
+        let ctx = Arc::new(poll::Ctx {
+            store: self.store.clone(),
+            clock: self.clock.clone(),
+            metrics: self.metrics.clone(),
+        });
+        for t in &self.config.tenants {
+            for s in &t.sources {
+                tasks.push(tokio::spawn(poll::run(
+                    ctx.clone(),
+                    t.id.clone(),
+                    s.clone(),
                     self.cancel.clone(),
                 )));
             }

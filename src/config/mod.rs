@@ -12,6 +12,7 @@ mod loader;
 mod rules;
 mod secret;
 mod server;
+mod sources;
 mod storage;
 mod tenant;
 mod webhooks;
@@ -29,6 +30,7 @@ pub use secret::{
     DEMO_WEBHOOK_SECRET_DEFAULT, DEMO_WEBHOOK_SECRET_ENV,
 };
 pub use server::ServerConfig;
+pub use sources::{SourceConfig, SourceKind};
 pub use storage::StorageConfig;
 pub use tenant::{Auth, TenantConfig};
 pub use webhooks::{RouteConfig, Sink, WebhookConfig};

@@ -29,6 +29,8 @@ pub struct TenantConfig {
     pub campaign_rules: HashMap<String, RulesConfig>,
     /// The webhook receiver; `None`: `/v1/{tenant}/webhooks` answers 404.
     pub webhooks: Option<WebhookConfig>,
+    /// Order sources (LOKE, Olympus) of the tenant's programs.
+    pub sources: Vec<super::SourceConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -118,7 +120,8 @@ fn tenant(cx: &Loader<'_>, tk: &str, t: RawTenant) -> Result<TenantConfig, Confi
         .map(|r| rules(cx, &format!("{tk}.rules"), r))
         .transpose()?;
     let campaign_rules = campaign_rules(cx, tk, &campaigns)?;
-    let programs = programs(cx, tk, t.loyalty)?;
+    let (loyalty, sources) = super::sources::take(cx, tk, t.loyalty)?;
+    let programs = programs(cx, tk, loyalty)?;
     let webhooks = t
         .webhooks
         .map(|w| webhooks(cx, &format!("{tk}.webhooks"), &t.id, w))
@@ -133,6 +136,7 @@ fn tenant(cx: &Loader<'_>, tk: &str, t: RawTenant) -> Result<TenantConfig, Confi
         code_match,
         campaigns,
         programs,
+        sources,
     })
 }
 

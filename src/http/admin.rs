@@ -16,6 +16,8 @@ use crate::app::admin::{
     AdjustRequest, CampaignSpec, GenerateRequest, MemberRef, RedemptionReversalRequest,
     ReversalRequest, StateRequest,
 };
+use crate::app::chaos::FaultSpec;
+use crate::app::sources::{OrderAwardRequest, OrderQuery, OrderState, MAX_LIST};
 use crate::app::{App, InboxFilter, Reply};
 use crate::contract::{parse, ApiError};
 
@@ -66,6 +68,17 @@ pub(crate) enum Op {
     /// `webhooks/dead-letters/{…}`: `[action]` or `[route, seq, action]`.
     DeadLetterAction(Vec<String>),
     ProviderStates,
+    /// `injected-faults`: the tenant's injected faults (`app::chaos`).
+    InjectedFaults,
+    /// `sources`: every order source's last poll, position and counts.
+    Sources,
+    /// `sources/{s}/orders`
+    SourceOrders(String),
+    /// `sources/{s}/orders/{order}/award`
+    AwardSourceOrder {
+        source: String,
+        order: String,
+    },
 }
 
 impl AdminPath {
@@ -117,6 +130,13 @@ impl Op {
                 Op::DeadLetterAction(rest.iter().map(s).collect())
             }
             ["provider-states"] => Op::ProviderStates,
+            ["injected-faults"] => Op::InjectedFaults,
+            ["sources"] => Op::Sources,
+            ["sources", src, "orders"] => Op::SourceOrders(s(src)),
+            ["sources", src, "orders", order, "award"] => Op::AwardSourceOrder {
+                source: s(src),
+                order: s(order),
+            },
             _ => return None,
         })
     }
@@ -126,13 +146,15 @@ impl Op {
         match self {
             Op::Campaigns | Op::Codes(_) => "GET, POST",
             Op::Campaign(_) => "PUT",
+            Op::InjectedFaults => "GET, PUT, DELETE",
             Op::GenerateCodes(_)
             | Op::ReleaseHold(_)
             | Op::Adjust { .. }
             | Op::Reversals(_)
             | Op::ReverseRedemption { .. }
             | Op::ProviderStates
-            | Op::DeadLetterAction(_) => "POST",
+            | Op::DeadLetterAction(_)
+            | Op::AwardSourceOrder { .. } => "POST",
             _ => "GET",
         }
     }
@@ -223,6 +245,14 @@ async fn tenant_op(app: &App, req: Request<Incoming>, t: &str, op: &Op) -> Out {
         }
         (Op::DeadLetterAction(_), _) => return not_found(),
         (Op::ProviderStates, &Method::POST) => return provider_state(app, req, t).await,
+        (Op::InjectedFaults, &Method::GET) => Ok(app.injected_faults(t)),
+        (Op::InjectedFaults, &Method::PUT) => set_faults(app, req, t).await,
+        (Op::InjectedFaults, &Method::DELETE) => Ok(app.clear_injected_faults(t)),
+        (Op::Sources, &Method::GET) => Ok(app.sources(t).await),
+        (Op::SourceOrders(s), &Method::GET) => source_orders(app, &req, t, s).await,
+        (Op::AwardSourceOrder { source, order }, &Method::POST) => {
+            award_source_order(app, req, t, source, order).await
+        }
         (op, _) => return method_not_allowed(op.allow()),
     };
     Out::from(reply.unwrap_or_else(|e| Reply::error(&e)))
@@ -248,6 +278,11 @@ async fn read_json<T: serde::de::DeserializeOwned>(
 async fn put_campaign(app: &App, req: Request<Incoming>, t: &str, id: Option<String>) -> Handled {
     let spec: CampaignSpec = read_json(app, req).await?;
     Ok(app.put_campaign(t, id, spec).await)
+}
+
+async fn set_faults(app: &App, req: Request<Incoming>, t: &str) -> Handled {
+    let spec: FaultSpec = read_json(app, req).await?;
+    Ok(app.set_injected_faults(t, spec))
 }
 
 async fn import_codes(app: &App, req: Request<Incoming>, t: &str, c: &str) -> Handled {
@@ -329,6 +364,55 @@ async fn provider_state(app: &App, req: Request<Incoming>, t: &str) -> Out {
         Ok(r) => Out::from(app.provider_state(t, r).await),
         Err(e) => err(e),
     }
+}
+
+async fn source_orders(app: &App, req: &Request<Incoming>, t: &str, source: &str) -> Handled {
+    let q = order_query(&query_pairs(req.uri().query()))?;
+    Ok(app.source_orders(t, source, q).await)
+}
+
+async fn award_source_order(
+    app: &App,
+    req: Request<Incoming>,
+    t: &str,
+    source: &str,
+    order: &str,
+) -> Handled {
+    let body = read_json_body(app, req).await?;
+    let r: OrderAwardRequest = parse(&body).map_err(|e| {
+        ApiError::invalid(
+            "memberId",
+            format!("the body is {{\"memberId\": \"mbr_…\"}}: {}", e.message),
+        )
+    })?;
+    Ok(app.award_source_order(t, source, order, r).await)
+}
+
+/// `state`, `after` and `limit` of an order listing (other parameters are ignored).
+fn order_query(q: &[(String, String)]) -> Result<OrderQuery, ApiError> {
+    let get = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let state = match get("state") {
+        None => None,
+        Some(v) => Some(OrderState::parse(v).ok_or_else(|| {
+            ApiError::invalid(
+                "state",
+                "one of open, awarded, unmatched, failed, reversed, cancelled",
+            )
+        })?),
+    };
+    let limit = match get("limit") {
+        None => 100,
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_LIST).contains(n))
+            .ok_or_else(|| ApiError::invalid("limit", format!("an integer 1..={MAX_LIST}")))?,
+    };
+    Ok(OrderQuery {
+        state,
+        after: get("after").map(str::to_owned),
+        limit,
+    })
 }
 
 /// `?a=1&b=x` → pairs, percent-decoded.

@@ -12,7 +12,6 @@ mod lowlevel;
 mod routes;
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -26,9 +25,11 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, Semaphore};
 
+use crate::app::chaos::{Injected, Kind};
 use crate::app::{App, Reply};
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::contract::ApiError;
 
 pub use crate::app::StartError;
 pub use auth::TenantAuth;
@@ -169,18 +170,85 @@ async fn serve(front: Arc<Front>, listener: TcpListener, mut stop: oneshot::Rece
     tracing::info!("store flushed and closed");
 }
 
+/// The connection is closed without an answer (an injected fault): hyper closes a
+/// connection whose service fails, writing nothing.
+#[derive(Debug)]
+struct NoAnswer;
+
+impl std::fmt::Display for NoAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("closed without an answer (injected fault)")
+    }
+}
+
+impl std::error::Error for NoAnswer {}
+
 async fn handle(
     front: Arc<Front>,
     req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<Full<Bytes>>, NoAnswer> {
     let start = Instant::now();
     let endpoint = routes::Endpoint::parse(req.uri().path());
-    let resp = routes::route(&front, &endpoint, req).await;
+    let fault = endpoint
+        .fault_target()
+        .and_then(|(tenant, label)| front.app.draw_fault(tenant, label));
+    let resp = match fault {
+        None => Some(routes::route(&front, &endpoint, req).await),
+        Some(f) => inject(&front, &endpoint, req, f).await,
+    };
+    let outcome = resp
+        .as_ref()
+        .map_or("no_answer", |r| r.reply.outcome.as_str());
     front
         .app
         .metrics
-        .observe(endpoint.label(), &resp.reply.outcome, start.elapsed());
-    Ok(resp.into_response())
+        .observe(endpoint.label(), outcome, start.elapsed());
+    resp.map(Out::into_response).ok_or(NoAnswer)
+}
+
+/// Enact an injected fault (`app::chaos`) around a request; `None`: close the connection
+/// without an answer. A request that is not served has its body read (within the limits)
+/// first, so the client sees the connection end rather than a reset.
+async fn inject(
+    front: &Front,
+    endpoint: &routes::Endpoint,
+    req: Request<Incoming>,
+    f: Injected,
+) -> Option<Out> {
+    tokio::time::sleep(f.delay).await;
+    match f.kind {
+        None => Some(routes::route(front, endpoint, req).await),
+        Some(Kind::Error(status)) => {
+            drain(&front.app, req).await;
+            let e = ApiError::new(
+                status,
+                "INJECTED_FAULT",
+                "an injected fault (admin API injected-faults): retry",
+            );
+            Some(routes::err(e))
+        }
+        Some(Kind::Timeout(hold)) => {
+            drain(&front.app, req).await;
+            tokio::time::sleep(hold).await;
+            None
+        }
+        Some(Kind::Drop) => {
+            drain(&front.app, req).await;
+            None
+        }
+        Some(Kind::Forget) => {
+            let served = routes::route(front, endpoint, req).await;
+            tracing::debug!(outcome = %served.reply.outcome, "answer forgotten (injected fault)");
+            None
+        }
+    }
+}
+
+/// Read and discard a request's body within the size and time limits.
+async fn drain(app: &App, req: Request<Incoming>) {
+    use http_body_util::{BodyExt, Limited};
+    let body = Limited::new(req.into_body(), app.config.server.max_body_bytes);
+    let _ = tokio::time::timeout(app.config.server.body_read_timeout, body.collect()).await;
 }
 
 /// A reply plus the headers some statuses need.

@@ -78,6 +78,16 @@ impl Endpoint {
         }
     }
 
+    /// The tenant and endpoint label injected faults may apply to: provider calls and the
+    /// webhook receiver only (never admin, health, readiness or metrics).
+    pub(super) fn fault_target(&self) -> Option<(&str, &'static str)> {
+        match self {
+            Endpoint::Provider { tenant, call } => Some((tenant, call.label())),
+            Endpoint::Webhook { tenant } => Some((tenant, "webhook")),
+            _ => None,
+        }
+    }
+
     /// The metrics label.
     pub(super) fn label(&self) -> &'static str {
         match self {
@@ -343,11 +353,22 @@ mod tests {
             ("/v1/acme/webhooks", "webhook"),
             ("/admin/v1/export", "admin"),
             ("/admin/v1/nothing", "admin"),
+            ("/admin/v1/tenants/acme/sources", "admin"),
+            ("/admin/v1/tenants/acme/sources/loke/orders", "admin"),
+            (
+                "/admin/v1/tenants/acme/sources/loke/orders/l1/award",
+                "admin",
+            ),
             ("/v2/acme/voucher/check", "other"),
             ("/", "other"),
         ];
         for (path, label) in cases {
-            assert_eq!(Endpoint::parse(path).label(), label, "{path}");
+            let e = Endpoint::parse(path);
+            assert_eq!(e.label(), label, "{path}");
+            let faultable = label.starts_with("voucher.") || label.starts_with("loyalty.");
+            let target = e.fault_target().map(|(t, l)| (t.to_owned(), l));
+            let want = (faultable || label == "webhook").then(|| ("acme".to_owned(), label));
+            assert_eq!(target, want, "{path}");
         }
         assert_eq!(
             Endpoint::parse("/v1/acme/voucher/commit"),
@@ -382,6 +403,28 @@ mod tests {
         assert_eq!(
             op("/admin/v1/tenants/acme/loyalty/7/members/import"),
             ("acme".into(), Some(Op::ImportMembers("7".into())))
+        );
+        assert_eq!(
+            op("/admin/v1/tenants/acme/sources"),
+            ("acme".into(), Some(Op::Sources))
+        );
+        assert_eq!(
+            op("/admin/v1/tenants/acme/sources/pos/orders"),
+            ("acme".into(), Some(Op::SourceOrders("pos".into())))
+        );
+        assert_eq!(
+            op("/admin/v1/tenants/acme/sources/loke/orders/o%2F7/award"),
+            (
+                "acme".into(),
+                Some(Op::AwardSourceOrder {
+                    source: "loke".into(),
+                    order: "o/7".into()
+                })
+            )
+        );
+        assert_eq!(
+            op("/admin/v1/tenants/acme/sources/loke/orders/o1"),
+            ("acme".into(), None)
         );
         assert_eq!(op("/admin/v1/tenants/acme/bogus"), ("acme".into(), None));
         assert_eq!(

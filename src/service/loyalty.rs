@@ -332,95 +332,148 @@ pub fn award(txn: &mut Txn<'_>, st: &mut State, t: &str, req: &AwardRequest, now
         keys::idem(t, "award", &req.transaction_id),
         fingerprint(req),
         |txn| {
-            let (prog, mut m, mut entries) = match subject(txn, t, prog, &req.user_id, now)? {
+            let (prog, m, entries) = match subject(txn, t, prog, &req.user_id, now)? {
                 Ok(s) => s,
                 Err(refusal) => return Ok(refusal),
             };
-            let p = prog.id.as_str();
-            // A purchase already awarded under another transaction id credits nothing.
-            if let Some(orig_tx) = txn.get(&keys::purchase(t, p, &req.purchase_id))? {
-                if let Some(a) = txn.get_json::<AwardRecord>(&keys::award(
-                    t,
-                    p,
-                    &String::from_utf8_lossy(&orig_tx),
-                ))? {
-                    return Ok(Reply {
-                        status: 200,
-                        body: a.reply,
-                        outcome: "duplicate_purchase".into(),
-                    });
-                }
-            }
-            entries.extend(m.account.settle(now));
-            let before = prog.tier_for(m.account.lifetime(now)).map(|t| t.id.clone());
-            let Some(points) = prog.award_points(
-                req.purchase_amount_cents,
-                &req.item_ids,
-                m.account.lifetime(now),
-            ) else {
-                return Ok(Reply::error(&ApiError::invalid(
-                    "purchaseAmountCents",
-                    format!(
-                        "the award for this purchase would exceed {} points (the most one award or member may hold)",
-                        crate::loyalty::MAX_POINTS
-                    ),
-                )));
-            };
-            let why = Why {
-                reason: format!("purchase {}", req.purchase_id),
-                transaction_id: Some(req.transaction_id.clone()),
-                purchase_id: Some(req.purchase_id.clone()),
-                ..Why::default()
-            };
-            let e = match m.account.credit(
-                now,
-                Credit {
-                    kind: EntryKind::Earn,
-                    points,
-                    pending_ms: prog.pending_ms(),
-                    expire_ms: prog.expire_ms(),
-                    counts_lifetime: true,
-                },
-                why,
-            ) {
-                Ok(e) => e,
-                Err(too_many) => {
-                    return Ok(Reply::error(&ApiError::invalid(
-                        "purchaseAmountCents",
-                        format!("{points} points: {too_many}"),
-                    )))
-                }
-            };
-            let lot = e.seq;
-            entries.push(e);
-            let after = prog.tier_for(m.account.lifetime(now)).map(|t| t.id.clone());
-            let reply = json(&AwardSuccess {
-                ok: true,
-                points_awarded: points,
-                new_balance: m.account.spendable(now),
-                tier_changed: before != after,
-            });
-            save(txn, t, p, &m, &entries);
-            txn.put_json(
-                keys::award(t, p, &req.transaction_id),
-                &AwardRecord {
-                    member_id: m.member_id.clone(),
-                    purchase_id: req.purchase_id.clone(),
-                    transaction_id: req.transaction_id.clone(),
-                    purchase_amount_cents: req.purchase_amount_cents,
-                    points,
-                    reversed_points: 0,
-                    lot,
-                    reply: reply.clone(),
-                },
-            );
-            txn.put(
-                keys::purchase(t, p, &req.purchase_id),
-                req.transaction_id.as_bytes().to_vec(),
-            );
-            Ok(Reply::ok(reply))
+            credit_purchase(txn, t, &prog, m, entries, req, now)
         },
     )
+}
+
+/// Credit a purchase to member `m` (award's core, shared with order sources): a purchase
+/// already awarded credits nothing and replays the first award's answer.
+fn credit_purchase(
+    txn: &mut Txn<'_>,
+    t: &str,
+    prog: &Program,
+    mut m: MemberRecord,
+    mut entries: Vec<Entry>,
+    req: &AwardRequest,
+    now: Millis,
+) -> R {
+    let p = prog.id.as_str();
+
+    // A purchase already awarded under another transaction id credits nothing.
+    if let Some(orig_tx) = txn.get(&keys::purchase(t, p, &req.purchase_id))? {
+        if let Some(a) =
+            txn.get_json::<AwardRecord>(&keys::award(t, p, &String::from_utf8_lossy(&orig_tx)))?
+        {
+            return Ok(Reply {
+                status: 200,
+                body: a.reply,
+                outcome: "duplicate_purchase".into(),
+            });
+        }
+    }
+    entries.extend(m.account.settle(now));
+    let before = prog.tier_for(m.account.lifetime(now)).map(|t| t.id.clone());
+    let Some(points) = prog.award_points(
+        req.purchase_amount_cents,
+        &req.item_ids,
+        m.account.lifetime(now),
+    ) else {
+        return Ok(Reply::error(&ApiError::invalid(
+            "purchaseAmountCents",
+            format!(
+                "the award for this purchase would exceed {} points (the most one award or member may hold)",
+                crate::loyalty::MAX_POINTS
+            ),
+        )));
+    };
+    let why = Why {
+        reason: format!("purchase {}", req.purchase_id),
+        transaction_id: Some(req.transaction_id.clone()),
+        purchase_id: Some(req.purchase_id.clone()),
+        ..Why::default()
+    };
+    let e = match m.account.credit(
+        now,
+        Credit {
+            kind: EntryKind::Earn,
+            points,
+            pending_ms: prog.pending_ms(),
+            expire_ms: prog.expire_ms(),
+            counts_lifetime: true,
+        },
+        why,
+    ) {
+        Ok(e) => e,
+        Err(too_many) => {
+            return Ok(Reply::error(&ApiError::invalid(
+                "purchaseAmountCents",
+                format!("{points} points: {too_many}"),
+            )))
+        }
+    };
+    let lot = e.seq;
+    entries.push(e);
+    let after = prog.tier_for(m.account.lifetime(now)).map(|t| t.id.clone());
+    let reply = json(&AwardSuccess {
+        ok: true,
+        points_awarded: points,
+        new_balance: m.account.spendable(now),
+        tier_changed: before != after,
+    });
+    save(txn, t, p, &m, &entries);
+    txn.put_json(
+        keys::award(t, p, &req.transaction_id),
+        &AwardRecord {
+            member_id: m.member_id.clone(),
+            purchase_id: req.purchase_id.clone(),
+            transaction_id: req.transaction_id.clone(),
+            purchase_amount_cents: req.purchase_amount_cents,
+            points,
+            reversed_points: 0,
+            lot,
+            reply: reply.clone(),
+        },
+    );
+    txn.put(
+        keys::purchase(t, p, &req.purchase_id),
+        req.transaction_id.as_bytes().to_vec(),
+    );
+    Ok(Reply::ok(reply))
+}
+
+/// Who earns for an order from an order source: the member with this phone, else this
+/// email (both normalised as lookup normalises), in program `p`.
+pub fn member_by_contact(
+    txn: &Txn<'_>,
+    t: &str,
+    p: &str,
+    phone: Option<&str>,
+    email: Option<&str>,
+) -> Result<Option<String>, StoreError> {
+    for (kind, v) in [("phone", phone), ("email", email)] {
+        if let Some(v) = v {
+            if let Some(m) = member_by(txn, t, p, kind, v)? {
+                return Ok(Some(m.member_id));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Award a purchase to member `member_id` of program `p` (order sources: the guest was
+/// matched by phone or email, or chosen by the operator). `purchase_id` dedupes as for
+/// Karma's awards; the answer is award's (`ok`, `pointsAwarded`, …) or a refusal.
+pub fn award_member(
+    txn: &mut Txn<'_>,
+    st: &State,
+    t: &str,
+    p: &str,
+    member_id: &str,
+    req: &AwardRequest,
+    now: Millis,
+) -> R {
+    let Some(prog) = program(st, t, p) else {
+        return Ok(refuse(Refusal::ProgramNotFound));
+    };
+    let Some(m) = member_by_id(txn, t, p, member_id)? else {
+        return Ok(refuse(Refusal::MemberNotFound));
+    };
+    credit_purchase(txn, t, &prog, m, Vec::new(), req, now)
 }
 
 pub fn account(txn: &mut Txn<'_>, st: &mut State, t: &str, req: &AccountRequest, now: Millis) -> R {

@@ -290,6 +290,23 @@ pub mod keys {
     pub fn provider_state(t: &str, state: &str, id: &str) -> Vec<u8> {
         key(&["pstate", t, state, id])
     }
+    /// An order source's position and counts (`crate::sources`).
+    pub fn source_status(t: &str, source: &str) -> Vec<u8> {
+        key(&["srcp", t, source])
+    }
+    pub fn source_order(t: &str, source: &str, order: &str) -> Vec<u8> {
+        key(&["srco", t, source, order])
+    }
+    pub fn source_orders_prefix(t: &str, source: &str) -> Vec<u8> {
+        prefix(&["srco", t, source])
+    }
+    /// A LOKE order to fetch again by id until its watch ends (value: the end, u64 ms).
+    pub fn source_watch(t: &str, source: &str, order: &str) -> Vec<u8> {
+        key(&["srcw", t, source, order])
+    }
+    pub fn source_watch_prefix(t: &str, source: &str) -> Vec<u8> {
+        prefix(&["srcw", t, source])
+    }
 }
 
 impl State {

@@ -48,6 +48,12 @@ pub const PREFIXES: &[(&str, &str)] = &[
     ("whs", "a webhook delivered to a route"),
     ("wha", "an onward delivery attempt"),
     ("whdl", "a dead letter"),
+    ("srcp", "an order source's position, last poll and counts"),
+    ("srco", "an order seen from an order source (LOKE, Olympus)"),
+    (
+        "srcw",
+        "an order source's order fetched again until its watch ends",
+    ),
 ];
 
 /// Whether `first` is a registered record prefix.

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod proxy;
+pub mod sim;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -53,6 +54,28 @@ fn env() -> impl Fn(&str) -> Option<String> {
     m.insert("FWD_SECRET".to_string(), "whsec_ZndkLWtleQ==".to_string());
     move |k: &str| m.get(k).cloned()
 }
+
+/// Campaign `once` (single-use codes A1–A3, 5.00 off) and loyalty program 7 (1 point per
+/// 1.00, 50 signup bonus, reward `coffee` for 100 points, stock 5), for [`config_with`].
+pub const ONCE_AND_PROGRAM_7: &str = r#"
+[[tenants.campaigns]]
+id = "once"
+codes = ["A1", "A2", "A3"]
+discount = { amount_cents = 500 }
+max_uses_per_code = 1
+max_discount_total_cents = 100000
+
+[[tenants.loyalty]]
+program_id = 7
+earn = { points = 1, per_cents = 100 }
+signup_bonus = 50
+[[tenants.loyalty.rewards]]
+id = "coffee"
+title = "Free coffee"
+points_cost = 100
+stock = 5
+code_pattern = "CF-######"
+"#;
 
 /// The server section and one tenant `acme` (header auth); `campaigns` is appended TOML.
 pub fn config_with(campaigns: &str) -> String {
@@ -365,4 +388,33 @@ impl TestSink {
         }
         panic!("timed out waiting for {what}");
     }
+}
+
+/// Start the real binary (`serve --config`) with `env` set (and `KP_LOG=warn`); the base
+/// URL comes from the first line it prints.
+pub fn spawn_serve(
+    config: &std::path::Path,
+    env: &[(&str, &str)],
+) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_karma-provider"));
+    cmd.args(["serve", "--config"])
+        .arg(config)
+        .env("KP_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("binary starts");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("karma-provider listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    (child, base)
 }

@@ -220,7 +220,10 @@ fn map_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
                 return ApiError::invalid(at(&name), "is required");
             }
             if let Some(name) = quoted("unknown field `") {
-                return ApiError::invalid(at(&name), "is not a field of this request");
+                // serde_path_to_error's path already ends at the unknown key
+                let ends_at_key = path == name || path.ends_with(&format!(".{name}"));
+                let field = if ends_at_key { path.clone() } else { at(&name) };
+                return ApiError::invalid(field, "is not a field of this request");
             }
             if let Some(name) = quoted("duplicate field `") {
                 return ApiError::invalid(

@@ -26,6 +26,11 @@ pub struct ProgramSpec {
     pub tiers: Vec<TierSpec>,
     #[serde(default)]
     pub rewards: Vec<RewardSpec>,
+    /// Order sources earning in this program (`[[tenants.loyalty.sources]]`), as written:
+    /// validated by `config::sources`, taken out before the program is built, never
+    /// stored with a program.
+    #[serde(default, skip_serializing)]
+    pub sources: Vec<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -223,6 +228,12 @@ impl Program {
             return Err(FieldError::new(
                 "program_id",
                 "must be an integer or 1-64 of A-Z a-z 0-9 - _ .",
+            ));
+        }
+        if !spec.sources.is_empty() {
+            return Err(FieldError::new(
+                "sources",
+                "order sources are configured in the config file ([[tenants.loyalty.sources]])",
             ));
         }
         check_earning(&spec)?;
