@@ -8,6 +8,7 @@ pub mod client;
 pub mod clock;
 pub mod codes_cli;
 pub mod config;
+pub mod console;
 pub mod dispatch;
 pub mod faults;
 pub mod http;

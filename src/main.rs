@@ -862,6 +862,17 @@ async fn serve(config: Config) -> ExitCode {
         )
     });
     let admin_on = config.admin.token.is_some();
+    // The embedded demo made its own admin token when KP_ADMIN_TOKEN is unset: print it, so
+    // the console can be signed in to at once (a token the user chose is never printed).
+    let demo_token = (config.origin == karma_provider::config::DEFAULT_ORIGIN)
+        .then(|| {
+            let env =
+                std::env::var(karma_provider::config::DEMO_ADMIN_TOKEN_ENV).unwrap_or_default();
+            let token = config.admin.token.as_ref()?.expose().to_owned();
+            (env.is_empty() && Some(&token) == karma_provider::config::demo_admin_token().as_ref())
+                .then_some(token)
+        })
+        .flatten();
     // The embedded demo prints its webhook secret so the README's signed delivery works.
     let demo_webhook = (config.origin == karma_provider::config::DEFAULT_ORIGIN)
         .then(|| {
@@ -893,6 +904,15 @@ async fn serve(config: Config) -> ExitCode {
             "off (set the token named by [admin] token_env)"
         }
     );
+    if admin_on {
+        say!("  console:   http://{addr}/console/");
+    }
+    if let Some(token) = demo_token {
+        say!(
+            "  admin token (made for this run; set {} to choose one): {token}",
+            karma_provider::config::DEMO_ADMIN_TOKEN_ENV
+        );
+    }
     if let Some((tenant, Some(code))) = first {
         say!("Try a voucher check:");
         say!(

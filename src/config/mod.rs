@@ -26,7 +26,8 @@ use loader::Loader;
 pub use loader::{parse_duration, ConfigError};
 pub use rules::RulesConfig;
 pub use secret::{
-    DemoEnv, Env, ProcessEnv, Secret, DEMO_WEBHOOK_SECRET_DEFAULT, DEMO_WEBHOOK_SECRET_ENV,
+    demo_admin_token, DemoEnv, Env, ProcessEnv, Secret, DEMO_ADMIN_TOKEN_ENV,
+    DEMO_WEBHOOK_SECRET_DEFAULT, DEMO_WEBHOOK_SECRET_ENV,
 };
 pub use server::ServerConfig;
 pub use sources::{SourceConfig, SourceKind};

@@ -55,14 +55,30 @@ impl Env for ProcessEnv {
 pub const DEMO_WEBHOOK_SECRET_ENV: &str = "KP_DEMO_WEBHOOK_SECRET";
 pub const DEMO_WEBHOOK_SECRET_DEFAULT: &str = "demo-secret";
 
-/// The process env, with the demo's webhook secret defaulted (embedded config only).
+/// The env var holding the admin token of the embedded demo (and of the example configs).
+pub const DEMO_ADMIN_TOKEN_ENV: &str = "KP_ADMIN_TOKEN";
+
+/// The demo's admin token when `KP_ADMIN_TOKEN` is unset: made once per run from the OS's
+/// CSPRNG (so the console is on, and `serve` prints it), `None` if the OS source fails.
+pub fn demo_admin_token() -> Option<String> {
+    static TOKEN: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    TOKEN.get_or_init(crate::codegen::os_token).clone()
+}
+
+/// The process env, with the demo's webhook secret and admin token defaulted (embedded
+/// config only).
 pub struct DemoEnv;
 
 impl Env for DemoEnv {
     fn var(&self, name: &str) -> Option<String> {
-        ProcessEnv.var(name).filter(|v| !v.is_empty()).or_else(|| {
-            (name == DEMO_WEBHOOK_SECRET_ENV).then(|| DEMO_WEBHOOK_SECRET_DEFAULT.to_string())
-        })
+        ProcessEnv
+            .var(name)
+            .filter(|v| !v.is_empty())
+            .or_else(|| match name {
+                DEMO_WEBHOOK_SECRET_ENV => Some(DEMO_WEBHOOK_SECRET_DEFAULT.to_string()),
+                DEMO_ADMIN_TOKEN_ENV => demo_admin_token(),
+                _ => None,
+            })
     }
 }
 

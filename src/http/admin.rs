@@ -8,7 +8,8 @@ use percent_encoding::percent_decode_str;
 
 use super::auth::check_bearer;
 use super::routes::{
-    err, method_not_allowed, not_found, read_body, read_json_body, typed_out, MAX_IMPORT_BYTES,
+    err, method_not_allowed, not_found, read_body, read_json_body, typed_out, BodyKind,
+    MAX_IMPORT_BYTES,
 };
 use super::{Front, Out};
 use crate::app::admin::{
@@ -285,7 +286,7 @@ async fn set_faults(app: &App, req: Request<Incoming>, t: &str) -> Handled {
 }
 
 async fn import_codes(app: &App, req: Request<Incoming>, t: &str, c: &str) -> Handled {
-    let csv = read_body(app, req, MAX_IMPORT_BYTES, true).await?;
+    let csv = read_body(app, req, MAX_IMPORT_BYTES, BodyKind::Csv).await?;
     Ok(app.import_codes(t, c, csv).await)
 }
 
@@ -295,7 +296,7 @@ async fn generate(app: &App, req: Request<Incoming>, t: &str, c: &str) -> Handle
 }
 
 async fn import_members(app: &App, req: Request<Incoming>, t: &str, p: &str) -> Handled {
-    let csv = read_body(app, req, MAX_IMPORT_BYTES, true).await?;
+    let csv = read_body(app, req, MAX_IMPORT_BYTES, BodyKind::Csv).await?;
     Ok(app.import_members(t, p, csv).await)
 }
 
@@ -415,7 +416,7 @@ fn order_query(q: &[(String, String)]) -> Result<OrderQuery, ApiError> {
 }
 
 /// `?a=1&b=x` → pairs, percent-decoded.
-fn query_pairs(q: Option<&str>) -> Vec<(String, String)> {
+pub(super) fn query_pairs(q: Option<&str>) -> Vec<(String, String)> {
     q.unwrap_or("")
         .split('&')
         .filter(|p| !p.is_empty())

@@ -7,6 +7,7 @@
 
 mod admin;
 mod auth;
+mod console;
 mod lowlevel;
 mod routes;
 
@@ -38,6 +39,8 @@ pub(crate) struct Front {
     pub app: Arc<App>,
     pub tenants: HashMap<String, TenantAuth>,
     pub admin_digest: Option<[u8; 32]>,
+    /// The operator console; on when the admin API is.
+    pub console: Option<crate::console::Console>,
 }
 
 /// A running server: its address, the application it serves, and a handle to stop it.
@@ -82,6 +85,12 @@ impl Server {
                 .token
                 .as_ref()
                 .map(|t| auth::admin_digest(t.expose())),
+            console: app
+                .config
+                .admin
+                .token
+                .as_ref()
+                .map(|t| crate::console::Console::new(auth::admin_digest(t.expose()))),
             app: app.clone(),
         });
         app.start_background();
@@ -248,6 +257,8 @@ pub(crate) struct Out {
     pub content_type: &'static str,
     pub allow: Option<&'static str>,
     pub www_authenticate: bool,
+    /// More headers (the console's cookies, redirects and security headers).
+    pub extra: Vec<(&'static str, String)>,
 }
 
 impl Out {
@@ -257,6 +268,7 @@ impl Out {
             content_type: "application/json",
             allow: None,
             www_authenticate: false,
+            extra: Vec::new(),
         }
     }
 
@@ -286,6 +298,12 @@ impl Out {
                 WWW_AUTHENTICATE,
                 HeaderValue::from_static("Basic realm=\"karma-provider\""),
             );
+        }
+        for (name, value) in self.extra {
+            // Our own names and values; one that is not a valid header value is dropped.
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                h.append(hyper::header::HeaderName::from_static(name), v);
+            }
         }
         if self.reply.status == 503 || self.reply.status == 429 {
             h.insert(RETRY_AFTER, HeaderValue::from_static("1"));

@@ -39,6 +39,8 @@ pub(super) enum Endpoint {
     },
     /// `/admin/v1/…`, segments percent-decoded
     Admin(AdminPath),
+    /// `/console` and `/console/…`, the segments after it percent-decoded
+    Console(Vec<String>),
     Unknown,
 }
 
@@ -66,6 +68,12 @@ impl Endpoint {
                     .collect();
                 Endpoint::Admin(AdminPath::parse(&rest))
             }
+            ["console", rest @ ..] => Endpoint::Console(
+                rest.iter()
+                    .filter(|s| !s.is_empty())
+                    .map(|s| percent_decode_str(s).decode_utf8_lossy().into_owned())
+                    .collect(),
+            ),
             _ => Endpoint::Unknown,
         }
     }
@@ -88,6 +96,7 @@ impl Endpoint {
             Endpoint::Provider { call, .. } => call.label(),
             Endpoint::Webhook { .. } => "webhook",
             Endpoint::Admin(_) => "admin",
+            Endpoint::Console(_) => "console",
             Endpoint::Unknown => "other",
         }
     }
@@ -145,6 +154,7 @@ pub(super) async fn route(front: &Front, endpoint: &Endpoint, req: Request<Incom
         Endpoint::Provider { tenant, call } => provider_call(front, req, tenant, *call).await,
         Endpoint::Webhook { tenant } => webhook_call(app, req, tenant).await,
         Endpoint::Admin(path) => super::admin::call(front, req, path).await,
+        Endpoint::Console(path) => super::console::call(front, req, path).await,
         Endpoint::Unknown => not_found(),
     }
 }
@@ -159,28 +169,42 @@ fn get_only(req: &Request<Incoming>, f: impl FnOnce() -> Out) -> Out {
 
 /// Read the body within the size and time limits, after checking its content type.
 pub(super) async fn read_json_body(app: &App, req: Request<Incoming>) -> Result<Vec<u8>, ApiError> {
-    read_body(app, req, app.config.server.max_body_bytes, false).await
+    read_body(app, req, app.config.server.max_body_bytes, BodyKind::Json).await
 }
 
 /// Largest CSV accepted by the member import.
 pub(super) const MAX_IMPORT_BYTES: usize = 64 * 1024 * 1024;
 
+/// The content types a body may have.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum BodyKind {
+    Json,
+    Csv,
+    /// `application/x-www-form-urlencoded` (the console's forms).
+    Form,
+}
+
 pub(super) async fn read_body(
     app: &App,
     req: Request<Incoming>,
     max: usize,
-    csv: bool,
+    kind: BodyKind,
 ) -> Result<Vec<u8>, ApiError> {
     if let Some(ct) = req.headers().get(hyper::header::CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
         let essence = ct.split(';').next().unwrap_or("").trim();
-        let ok = if csv {
-            essence == "text/csv" || essence == "text/plain"
-        } else {
-            essence == "application/json" || essence.ends_with("+json")
+        let (ok, want) = match kind {
+            BodyKind::Csv => (essence == "text/csv" || essence == "text/plain", "text/csv"),
+            BodyKind::Json => (
+                essence == "application/json" || essence.ends_with("+json"),
+                "application/json",
+            ),
+            BodyKind::Form => (
+                essence == "application/x-www-form-urlencoded",
+                "application/x-www-form-urlencoded",
+            ),
         };
         if !ok {
-            let want = if csv { "text/csv" } else { "application/json" };
             return Err(ApiError::new(
                 415,
                 "UNSUPPORTED_MEDIA_TYPE",

@@ -29,6 +29,15 @@ pub fn os_rng() -> Result<StdRng, String> {
         .map_err(|e| format!("the operating system's random source failed: {e}"))
 }
 
+/// A secret token (console session ids and CSRF tokens, the demo's admin token): 32 bytes
+/// straight from the operating system's CSPRNG, hex-encoded; `None` when the OS refuses.
+pub fn os_token() -> Option<String> {
+    use rand::TryRngCore;
+    let mut b = [0u8; 32];
+    rand::rngs::OsRng.try_fill_bytes(&mut b).ok()?;
+    Some(hex::encode(b))
+}
+
 /// Whether `pattern` can make codes: at least one `#` or `?`, at most 64 printable
 /// characters. `Err` says what is wrong.
 pub fn check_pattern(pattern: &str) -> Result<(), String> {
