@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::pages::{self, MemberPage, Outcome};
 use super::session::{random_token, Active};
-use super::{field, ConsoleRequest};
+use super::{field, vouchers, webhooks, ConsoleRequest, ConsoleResponse};
 use crate::app::admin::{AdjustRequest, MemberRef, ReversalRequest};
 use crate::app::{App, Reply};
 use crate::contract::loyalty::LookupRequest;
@@ -19,30 +19,33 @@ pub async fn tenant_page(
     tenant: &str,
     rest: &[&str],
     s: &Active,
-) -> Option<Markup> {
-    Some(match (rest, req.post) {
+) -> Option<ConsoleResponse> {
+    let page = match (rest, req.post) {
         (["members"], false) => find_member(app, req, tenant, s).await,
         (["members", member, "adjust"], true) => adjust(app, req, tenant, member, s).await,
         (["members", member, "reverse"], true) => reverse(app, req, tenant, member, s).await,
-        _ => return None,
-    })
+        (["transactions"], false) => vouchers::transaction(app, req, tenant, s).await,
+        (["webhooks", ..], _) => return webhooks::page(app, req, tenant, &rest[1..], s).await,
+        _ => return vouchers::page(app, req, tenant, rest, s).await,
+    };
+    Some(ConsoleResponse::html(200, page))
 }
 
 /// A fresh operation id for the forms of a page: submitting the same form twice replays
 /// the first answer instead of acting twice.
-fn opid() -> String {
+pub(super) fn opid() -> String {
     format!(
         "console-{}",
         random_token().unwrap_or_default().get(..24).unwrap_or("")
     )
 }
 
-fn json(r: &Reply) -> Value {
+pub(super) fn json(r: &Reply) -> Value {
     serde_json::from_slice(&r.body).unwrap_or(Value::Null)
 }
 
 /// An error answer's words: its message, and the field it names.
-fn refusal(v: &Value) -> String {
+pub(super) fn refusal(v: &Value) -> String {
     let msg = v["message"].as_str().unwrap_or("the operation failed");
     let code = v["error"].as_str().unwrap_or("ERROR");
     match v["field"].as_str() {

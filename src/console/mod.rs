@@ -7,6 +7,8 @@
 mod actions;
 mod pages;
 mod session;
+mod vouchers;
+mod webhooks;
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -42,7 +44,7 @@ pub struct ConsoleResponse {
 }
 
 impl ConsoleResponse {
-    fn html(status: u16, markup: maud::Markup) -> ConsoleResponse {
+    pub(crate) fn html(status: u16, markup: maud::Markup) -> ConsoleResponse {
         ConsoleResponse {
             status,
             content_type: "text/html; charset=utf-8",
@@ -51,7 +53,7 @@ impl ConsoleResponse {
         }
     }
 
-    fn redirect(to: &str) -> ConsoleResponse {
+    pub(crate) fn redirect(to: &str) -> ConsoleResponse {
         ConsoleResponse {
             status: 303,
             content_type: "text/plain; charset=utf-8",
@@ -123,6 +125,11 @@ impl Console {
         }
     }
 
+    /// Whether `cookie` names a live session (the HTTP layer's body limit depends on it).
+    pub fn has_session(&self, app: &App, cookie: Option<&str>) -> bool {
+        cookie.is_some_and(|id| self.sessions.find(id, app.clock.now_ms()).is_some())
+    }
+
     fn session(&self, app: &App, req: &ConsoleRequest) -> Option<Active> {
         let id = req.cookie.as_deref()?;
         self.sessions.find(id, app.clock.now_ms())
@@ -170,7 +177,7 @@ impl Console {
             }
             ([tenant, rest @ ..], _) if app.config.tenants.iter().any(|t| t.id == *tenant) => {
                 match actions::tenant_page(app, req, tenant, rest, s).await {
-                    Some(m) => ConsoleResponse::html(200, m),
+                    Some(r) => r,
                     None => ConsoleResponse::html(404, pages::problem("No such console page.")),
                 }
             }

@@ -11,7 +11,7 @@ use crate::app::App;
 /// Ledger lines per page.
 pub const LEDGER_PAGE: usize = 20;
 
-fn layout(title: &str, s: Option<&Active>, body: Markup) -> Markup {
+pub(super) fn layout(title: &str, s: Option<&Active>, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -80,6 +80,10 @@ pub fn home(app: &App, s: &Active) -> Markup {
                             a href={ "/console/" (t.id) "/members" } { "Find a member" }
                             " "
                             a href={ "/console/" (t.id) "/transactions" } { "Find a transaction" }
+                            " "
+                            a href={ "/console/" (t.id) "/campaigns" } { "Campaigns and codes" }
+                            " "
+                            a href={ "/console/" (t.id) "/webhooks" } { "Webhooks" }
                         }
                     }
                 }
@@ -94,7 +98,7 @@ pub struct Outcome {
     pub text: String,
 }
 
-fn banner(o: &Option<Outcome>) -> Markup {
+pub(super) fn banner(o: &Option<Outcome>) -> Markup {
     html! {
         @if let Some(o) = o {
             @if o.ok { p.ok role="status" { (o.text) } } @else { p.error role="alert" { (o.text) } }
@@ -146,7 +150,7 @@ pub fn member_page(p: &MemberPage<'_>, s: &Active) -> Markup {
     )
 }
 
-fn text(v: &Value) -> String {
+pub(super) fn text(v: &Value) -> String {
     match v {
         Value::Null => "—".into(),
         Value::String(s) => s.clone(),
@@ -154,7 +158,7 @@ fn text(v: &Value) -> String {
     }
 }
 
-fn time(v: &Value) -> String {
+pub(super) fn time(v: &Value) -> String {
     v.as_i64()
         .map(crate::clock::rfc3339)
         .unwrap_or_else(|| "—".into())

@@ -44,6 +44,8 @@ pub(crate) enum Op {
     Code(String),
     Holds,
     Hold(String),
+    /// `transactions/{id}`: a transaction's timeline.
+    Transaction(String),
     ReleaseHold(String),
     SwitchReadiness,
     /// `loyalty/{p}/members/import` (a GET reads the member whose id is `import`).
@@ -105,6 +107,7 @@ impl Op {
             ["campaigns", c, "codes", "generate"] => Op::GenerateCodes(s(c)),
             ["codes", code] => Op::Code(s(code)),
             ["holds"] => Op::Holds,
+            ["transactions", id] => Op::Transaction(s(id)),
             ["holds", r] => Op::Hold(s(r)),
             ["holds", r, "release"] => Op::ReleaseHold(s(r)),
             ["switch-readiness"] => Op::SwitchReadiness,
@@ -206,6 +209,7 @@ async fn tenant_op(app: &App, req: Request<Incoming>, t: &str, op: &Op) -> Out {
         (Op::GenerateCodes(c), &Method::POST) => generate(app, req, t, c).await,
         (Op::Code(code), &Method::GET) => Ok(app.code_state(t, code).await),
         (Op::Holds, &Method::GET) => Ok(app.list_holds(t).await),
+        (Op::Transaction(id), &Method::GET) => Ok(app.find_transaction(t, id).await),
         (Op::Hold(r), &Method::GET) => Ok(app.get_hold(t, r).await),
         (Op::ReleaseHold(r), &Method::POST) => Ok(app.release_hold(t, r).await),
         (Op::SwitchReadiness, &Method::GET) => Ok(app.switch_readiness(t).await),
@@ -301,7 +305,7 @@ async fn import_members(app: &App, req: Request<Incoming>, t: &str, p: &str) -> 
 }
 
 async fn inbox(app: &App, req: Request<Incoming>, t: &str) -> Handled {
-    let filter = inbox_filter(&query_pairs(req.uri().query()))?;
+    let filter = InboxFilter::from_query(&query_pairs(req.uri().query()))?;
     Ok(app.inbox(t, filter).await)
 }
 
@@ -430,46 +434,4 @@ pub(super) fn query_pairs(q: Option<&str>) -> Vec<(String, String)> {
             (dec(k), dec(v))
         })
         .collect()
-}
-
-fn inbox_filter(q: &[(String, String)]) -> Result<InboxFilter, ApiError> {
-    let mut f = InboxFilter {
-        limit: 100,
-        ..Default::default()
-    };
-    let time = |k: &str, v: &str| {
-        v.parse::<jiff::Timestamp>()
-            .map(|t| t.as_millisecond())
-            .map_err(|_| ApiError::invalid(k.to_owned(), "an RFC 3339 instant"))
-    };
-    for (k, v) in q {
-        match k.as_str() {
-            "event" => f.event = Some(v.clone()),
-            "status" if ["queued", "delivered", "dead"].contains(&v.as_str()) => {
-                f.status = Some(v.clone())
-            }
-            "status" => {
-                return Err(ApiError::invalid(
-                    "status",
-                    "one of queued, delivered, dead",
-                ))
-            }
-            "since" => f.since = Some(time(k, v)?),
-            "until" => f.until = Some(time(k, v)?),
-            "limit" => {
-                f.limit = v
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=10_000).contains(n))
-                    .ok_or_else(|| ApiError::invalid("limit", "1..=10000"))?
-            }
-            other => {
-                return Err(ApiError::invalid(
-                    other.to_owned(),
-                    "unknown filter; use event, status, since, until, limit",
-                ))
-            }
-        }
-    }
-    Ok(f)
 }

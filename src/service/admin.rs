@@ -21,12 +21,20 @@ fn campaign_json(
     let Some(e) = st.tenant(tenant).and_then(|t| t.campaigns.get(id)) else {
         return Ok(serde_json::Value::Null);
     };
-    let (held, _, _) = st.holds().counts(tenant, id, "", None);
+    let u = usage(txn, st, tenant, id, "", None)?;
+    let budget_left = e.campaign.max_discount_total_cents.map(|b| {
+        b.saturating_sub(u.campaign_spent_cents)
+            .saturating_sub(u.campaign_held_cents)
+            .max(0)
+    });
     Ok(json!({
         "source": e.source,
         "spec": e.campaign.spec,
-        "usesConsumed": txn.get_u64(&keys::used(tenant, id))?,
-        "holdsLive": held,
+        "usesConsumed": u.campaign_used,
+        "holdsLive": u.campaign_held,
+        "discountCentsCommitted": u.campaign_spent_cents,
+        "discountCentsHeld": u.campaign_held_cents,
+        "budgetCentsLeft": budget_left,
     }))
 }
 

@@ -311,6 +311,52 @@ pub struct InboxFilter {
     pub limit: usize,
 }
 
+impl InboxFilter {
+    /// The filters of an inbox listing from query pairs (`event`, `status`, `since`,
+    /// `until`, `limit`); an unknown or malformed one is a 400 naming it.
+    pub fn from_query(q: &[(String, String)]) -> Result<InboxFilter, ApiError> {
+        let mut f = InboxFilter {
+            limit: 100,
+            ..Default::default()
+        };
+        let time = |k: &str, v: &str| {
+            v.parse::<jiff::Timestamp>()
+                .map(|t| t.as_millisecond())
+                .map_err(|_| ApiError::invalid(k.to_owned(), "an RFC 3339 instant"))
+        };
+        for (k, v) in q {
+            match k.as_str() {
+                "event" => f.event = Some(v.clone()),
+                "status" if ["queued", "delivered", "dead"].contains(&v.as_str()) => {
+                    f.status = Some(v.clone())
+                }
+                "status" => {
+                    return Err(ApiError::invalid(
+                        "status",
+                        "one of queued, delivered, dead",
+                    ))
+                }
+                "since" => f.since = Some(time(k, v)?),
+                "until" => f.until = Some(time(k, v)?),
+                "limit" => {
+                    f.limit = v
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=10_000).contains(n))
+                        .ok_or_else(|| ApiError::invalid("limit", "1..=10000"))?
+                }
+                other => {
+                    return Err(ApiError::invalid(
+                        other.to_owned(),
+                        "unknown filter; use event, status, since, until, limit",
+                    ))
+                }
+            }
+        }
+        Ok(f)
+    }
+}
+
 /// One page of the inbox in arrival order, filtered: the summaries of the matches among
 /// the next `limit` events after `after`, and the cursor of the next page.
 pub fn inbox_page(
