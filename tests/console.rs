@@ -851,3 +851,123 @@ async fn the_admin_api_finds_a_transaction_by_loy_id_purchase_and_redemption() {
         (404, json!("NOT_FOUND"))
     );
 }
+
+/// Member u1 of program 7 with 50 + 50 points, all spent on a coffee: the redemption id.
+async fn member_with_a_redemption(h: &Harness) -> String {
+    let enroll = json!({"userId": "u1", "loyaltyProgramId": 7, "phone": "+46701234567"});
+    assert_eq!(h.call("loyalty/enroll", &enroll).await.status, 200);
+    let award = json!({"userId": "u1", "loyaltyProgramId": 7, "purchaseId": "p1",
+                       "purchaseAmountCents": 5000, "transactionId": format!("loy_{:032x}", 1)});
+    assert_eq!(h.call("loyalty/award", &award).await.status, 200);
+    let redeem = json!({"userId": "u1", "loyaltyProgramId": 7, "rewardId": "coffee",
+                        "transactionId": format!("loy_{:032x}", 2)});
+    let r = h.call("loyalty/redeem", &redeem).await.json();
+    assert_eq!(r["newBalance"], json!(0));
+    r["redemptionId"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn in_a_browser_reverse_a_redemption_and_page_the_ledger_from_the_server() {
+    let h = Harness::start(&config_with(ONCE_AND_PROGRAM_7)).await;
+    let rdm = member_with_a_redemption(&h).await;
+    let member = h.admin("GET", "loyalty/7/users/u1", None).await.json()["memberId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // 21 adjustments of 1..=21 points: 24 ledger lines in all.
+    for n in 1..=21 {
+        let adj = json!({"id": format!("adj-{n}"), "points": n, "reason": format!("goodwill {n}")});
+        let path = format!("loyalty/7/members/{member}/adjustments");
+        assert_eq!(h.admin("POST", &path, Some(&adj)).await.status, 200);
+    }
+    let d = driver().await;
+    let profile = tempfile::tempdir().unwrap();
+    let c = signed_in_browser(&h, &d, profile.path()).await;
+    c.goto(&format!(
+        "{}/console/acme/members?program=7&type=userId&q=u1",
+        h.base()
+    ))
+    .await
+    .unwrap();
+    assert_eq!(text(&c, "#balance").await, "231");
+    let rows = "#ledger-table tbody td:nth-child(4)";
+    let newest: Vec<String> = (2..=21).rev().map(|n| n.to_string()).collect();
+    assert_eq!(column(&c, rows).await, newest);
+    assert_eq!(text(&c, "nav.pager").await, "Page 1 of 2 Older");
+    follow(&c, "nav.pager a").await;
+    assert_eq!(column(&c, rows).await, ["1", "-100", "50", "50"]);
+    assert_eq!(text(&c, "nav.pager").await, "Newer Page 2 of 2");
+
+    fill(&c, "redemption", &rdm).await;
+    fill(&c, "dreason", "coffee machine broken").await;
+    submit(&c, "/reverse-redemption").await;
+    assert_eq!(
+        text(&c, "p.ok").await,
+        format!("Reversed redemption {rdm}: 100 points returned; the balance is now 331.")
+    );
+    let line = text(&c, "ul.new-lines li").await;
+    assert!(
+        line.ends_with(": redemption_reversal 100 points, balance 331"),
+        "{line}"
+    );
+    assert_eq!(text(&c, "#balance").await, "331");
+    shot(&c, "redemption-reversed", WIDE).await;
+    c.close().await.unwrap();
+    let after = h.admin("GET", "loyalty/7/users/u1", None).await.json();
+    assert_eq!(after["currentBalance"], json!(331));
+}
+
+#[tokio::test]
+async fn the_admin_member_view_pages_its_ledger_newest_first() {
+    let h = Harness::start(&config_with(ONCE_AND_PROGRAM_7)).await;
+    member_with_a_redemption(&h).await;
+    let all = h.admin("GET", "loyalty/7/users/u1", None).await.json();
+    let kinds = |v: &Value| -> Vec<Value> {
+        v["ledger"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["kind"].clone())
+            .collect()
+    };
+    assert_eq!(kinds(&all).len(), 3);
+    assert_eq!(all["ledgerEntries"], json!(3));
+    assert_eq!(all.get("ledgerPage"), None);
+    let page = |q: &str| {
+        let path = format!("loyalty/7/users/u1?{q}");
+        let h = &h;
+        async move { h.admin("GET", &path, None).await }
+    };
+    let p0 = page("ledgerPage=0&ledgerPerPage=2").await.json();
+    assert_eq!(
+        kinds(&p0),
+        [
+            all["ledger"][2]["kind"].clone(),
+            all["ledger"][1]["kind"].clone()
+        ]
+    );
+    assert_eq!(
+        (
+            p0["ledgerEntries"].clone(),
+            p0["ledgerPage"].clone(),
+            p0["ledgerPerPage"].clone()
+        ),
+        (json!(3), json!(0), json!(2))
+    );
+    let p1 = page("ledgerPage=1&ledgerPerPage=2").await.json();
+    assert_eq!(kinds(&p1), [all["ledger"][0]["kind"].clone()]);
+    let p9 = page("ledgerPage=9").await.json();
+    assert_eq!(
+        (kinds(&p9).len(), p9["ledgerPerPage"].clone()),
+        (0, json!(50))
+    );
+    for bad in ["ledgerPerPage=0", "ledgerPerPage=1001", "ledgerPage=-1"] {
+        let r = page(bad).await;
+        let field = bad.split('=').next().unwrap();
+        assert_eq!(
+            (r.status, r.json()["field"].clone()),
+            (400, json!(field)),
+            "{bad}"
+        );
+    }
+}

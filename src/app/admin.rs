@@ -39,11 +39,7 @@ pub struct ExportPage {
     pub next: Option<Vec<u8>>,
 }
 
-/// A member named by memberId or by userId.
-pub struct MemberRef {
-    pub by_user: bool,
-    pub id: String,
-}
+pub use crate::service::loyalty::{LedgerPage, MemberRef, MAX_LEDGER_PAGE};
 
 impl App {
     /// Run `f` as one job on the store's writer and answer its reply.
@@ -209,7 +205,7 @@ impl App {
 
     pub async fn show_member(&self, tenant: &str, program: &str, m: MemberRef) -> Reply {
         let (t, p, now) = (tenant.to_owned(), program.to_owned(), self.clock.now_ms());
-        self.run(move |txn, st| loy::show_member(txn, st, &t, &p, m.by_user, &m.id, now))
+        self.run(move |txn, st| loy::show_member(txn, st, &t, &p, &m, now))
             .await
     }
 

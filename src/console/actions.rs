@@ -8,7 +8,9 @@ use serde_json::Value;
 use super::pages::{self, MemberPage, Outcome};
 use super::session::{random_token, Active};
 use super::{field, vouchers, webhooks, ConsoleRequest, ConsoleResponse};
-use crate::app::admin::{AdjustRequest, MemberRef, ReversalRequest};
+use crate::app::admin::{
+    AdjustRequest, LedgerPage, MemberRef, RedemptionReversalRequest, ReversalRequest,
+};
 use crate::app::{App, Reply};
 use crate::contract::loyalty::LookupRequest;
 
@@ -24,6 +26,9 @@ pub async fn tenant_page(
         (["members"], false) => find_member(app, req, tenant, s).await,
         (["members", member, "adjust"], true) => adjust(app, req, tenant, member, s).await,
         (["members", member, "reverse"], true) => reverse(app, req, tenant, member, s).await,
+        (["members", member, "reverse-redemption"], true) => {
+            reverse_redemption(app, req, tenant, member, s).await
+        }
         (["transactions"], false) => vouchers::transaction(app, req, tenant, s).await,
         (["webhooks", ..], _) => return webhooks::page(app, req, tenant, &rest[1..], s).await,
         _ => return vouchers::page(app, req, tenant, rest, s).await,
@@ -97,7 +102,9 @@ async fn find_member(app: &App, req: &ConsoleRequest, tenant: &str, s: &Active) 
             .await;
         let v = json(&found);
         match v["memberId"].as_str() {
-            Some(id) if found.status == 200 => p.member = show(app, tenant, &program, id).await,
+            Some(id) if found.status == 200 => {
+                p.member = show(app, tenant, &program, id, page).await
+            }
             _ => {
                 p.outcome = Some(Outcome {
                     ok: false,
@@ -109,11 +116,16 @@ async fn find_member(app: &App, req: &ConsoleRequest, tenant: &str, s: &Active) 
     pages::member_page(&p, s)
 }
 
-/// The admin member view (balances, tier, lots, ledger), or `None` if it is gone.
-async fn show(app: &App, tenant: &str, program: &str, member: &str) -> Option<Value> {
+/// The admin member view (balances, tier, lots, one page of the ledger), or `None` if it
+/// is gone.
+async fn show(app: &App, tenant: &str, program: &str, member: &str, page: usize) -> Option<Value> {
     let m = MemberRef {
         by_user: false,
         id: member.to_owned(),
+        ledger_page: Some(LedgerPage {
+            page,
+            per_page: pages::LEDGER_PAGE,
+        }),
     };
     let r = app.show_member(tenant, program, m).await;
     (r.status == 200).then(|| json(&r))
@@ -134,7 +146,7 @@ async fn after_action(
         program,
         kind: "memberId",
         query: member,
-        member: show(app, tenant, program, member).await,
+        member: show(app, tenant, program, member, 0).await,
         outcome: Some(outcome),
         page: 0,
         new_ref: Some(op),
@@ -225,6 +237,42 @@ async fn reverse(
             text: format!(
                 "Reversed {} points ({} already spent, not recovered); the balance is now {}.",
                 v["pointsReversed"], v["pointsUnrecovered"], v["newBalance"]
+            ),
+        }
+    } else {
+        Outcome {
+            ok: false,
+            text: refusal(&v),
+        }
+    };
+    after_action(app, tenant, program, member, op, outcome, s).await
+}
+
+async fn reverse_redemption(
+    app: &App,
+    req: &ConsoleRequest,
+    tenant: &str,
+    member: &str,
+    s: &Active,
+) -> Markup {
+    let f = &req.form;
+    let (program, op) = (
+        field(f, "program").unwrap_or(""),
+        field(f, "opid").unwrap_or(""),
+    );
+    let redemption = field(f, "redemption").unwrap_or("").trim();
+    let r = RedemptionReversalRequest {
+        id: op.to_owned(),
+        reason: field(f, "reason").unwrap_or("").to_owned(),
+    };
+    let reply = app.reverse_redemption(tenant, program, redemption, r).await;
+    let v = json(&reply);
+    let outcome = if reply.status == 200 && v["ok"] == Value::Bool(true) {
+        Outcome {
+            ok: true,
+            text: format!(
+                "Reversed redemption {redemption}: {} points returned; the balance is now {}.",
+                v["pointsReturned"], v["newBalance"]
             ),
         }
     } else {

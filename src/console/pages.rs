@@ -220,6 +220,15 @@ fn actions(p: &MemberPage<'_>, id: &str, s: &Active) -> Markup {
                 input #rreason name="reason" required;
                 button type="submit" { "Reverse" }
             }
+            form method="post" action={ (base) "/reverse-redemption" } {
+                h3 { "Reverse a redemption" }
+                (hidden(p, s))
+                label for="redemption" { "Redemption id (rdm_…, in the ledger)" }
+                input #redemption name="redemption" required;
+                label for="dreason" { "Reason" }
+                input #dreason name="reason" required;
+                button type="submit" { "Reverse redemption" }
+            }
         }
     }
 }
@@ -266,14 +275,14 @@ fn lots(m: &Value) -> Markup {
 
 fn ledger(p: &MemberPage<'_>, m: &Value) -> Markup {
     let empty = Vec::new();
-    let all = m["ledger"].as_array().unwrap_or(&empty);
-    let pages = all.len().div_ceil(LEDGER_PAGE).max(1);
-    let page = p.page.min(pages.saturating_sub(1));
-    let lines = all
-        .iter()
-        .rev()
-        .skip(page.saturating_mul(LEDGER_PAGE))
-        .take(LEDGER_PAGE);
+    // The server sent one page, newest first.
+    let lines = m["ledger"].as_array().unwrap_or(&empty);
+    let total = m["ledgerEntries"].as_u64().unwrap_or(0);
+    let pages = usize::try_from(total)
+        .unwrap_or(usize::MAX)
+        .div_ceil(LEDGER_PAGE)
+        .max(1);
+    let page = p.page;
     let link = |n: usize| {
         format!(
             "/console/{}/members?program={}&type=memberId&q={}&page={n}",

@@ -13,8 +13,8 @@ use super::routes::{
 };
 use super::{Front, Out};
 use crate::app::admin::{
-    AdjustRequest, CampaignSpec, GenerateRequest, MemberRef, RedemptionReversalRequest,
-    ReversalRequest, StateRequest,
+    AdjustRequest, CampaignSpec, GenerateRequest, LedgerPage, MemberRef, RedemptionReversalRequest,
+    ReversalRequest, StateRequest, MAX_LEDGER_PAGE,
 };
 use crate::app::chaos::FaultSpec;
 use crate::app::sources::{OrderAwardRequest, OrderQuery, OrderState, MAX_LIST};
@@ -222,13 +222,7 @@ async fn tenant_op(app: &App, req: Request<Incoming>, t: &str, op: &Op) -> Out {
                 id,
             },
             &Method::GET,
-        ) => {
-            let m = MemberRef {
-                by_user: *by_user,
-                id: id.clone(),
-            };
-            Ok(app.show_member(t, program, m).await)
-        }
+        ) => show_member(app, &req, t, program, *by_user, id).await,
         (Op::Adjust { program, member }, &Method::POST) => {
             adjust(app, req, t, program, member).await
         }
@@ -268,7 +262,46 @@ fn member(id: &str) -> MemberRef {
     MemberRef {
         by_user: false,
         id: id.to_owned(),
+        ledger_page: None,
     }
+}
+
+async fn show_member(
+    app: &App,
+    req: &Request<Incoming>,
+    t: &str,
+    program: &str,
+    by_user: bool,
+    id: &str,
+) -> Handled {
+    let m = MemberRef {
+        by_user,
+        id: id.to_owned(),
+        ledger_page: ledger_page(&query_pairs(req.uri().query()))?,
+    };
+    Ok(app.show_member(t, program, m).await)
+}
+
+/// `ledgerPage` (0: newest) and `ledgerPerPage` of a member view; neither: the whole
+/// ledger, oldest first.
+fn ledger_page(q: &[(String, String)]) -> Result<Option<LedgerPage>, ApiError> {
+    let get = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    if get("ledgerPage").is_none() && get("ledgerPerPage").is_none() {
+        return Ok(None);
+    }
+    let page = get("ledgerPage")
+        .unwrap_or("0")
+        .parse::<usize>()
+        .map_err(|_| ApiError::invalid("ledgerPage", "a page number from 0 (the newest)"))?;
+    let per_page = get("ledgerPerPage")
+        .unwrap_or("50")
+        .parse::<usize>()
+        .ok()
+        .filter(|n| (1..=MAX_LEDGER_PAGE).contains(n))
+        .ok_or_else(|| {
+            ApiError::invalid("ledgerPerPage", format!("an integer 1..={MAX_LEDGER_PAGE}"))
+        })?;
+    Ok(Some(LedgerPage { page, per_page }))
 }
 
 async fn read_json<T: serde::de::DeserializeOwned>(
