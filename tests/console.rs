@@ -971,3 +971,59 @@ async fn the_admin_member_view_pages_its_ledger_newest_first() {
         );
     }
 }
+
+#[tokio::test]
+async fn in_a_browser_the_overview_charts_requests_per_minute_by_outcome() {
+    let h = Harness::start(&config_with(ONCE_AND_PROGRAM_7)).await;
+    for code in ["A1", "A2", "NOPE"] {
+        h.call("voucher/check", &check_body(code, 2000)).await;
+    }
+    // Another tenant's name in the path is not counted (nor kept).
+    let r = h
+        .request(
+            "POST",
+            "/v1/nobody/voucher/check",
+            &[("content-type", "application/json")],
+            b"{}".to_vec(),
+        )
+        .await;
+    assert_eq!(r.status, 404);
+    h.clock.advance_ms(60_000);
+    h.call("voucher/check", &check_body("A3", 2000)).await;
+
+    let d = driver().await;
+    let profile = tempfile::tempdir().unwrap();
+    let c = signed_in_browser(&h, &d, profile.path()).await;
+    follow(&c, r#"a[href="/console/acme/overview"]"#).await;
+    let mut marks = Vec::new();
+    for e in c
+        .find_all(Locator::Css("#requests-chart rect[data-series]"))
+        .await
+        .unwrap()
+    {
+        let mut m = Vec::new();
+        for a in ["data-bar", "data-series", "data-count"] {
+            m.push(e.attr(a).await.unwrap().unwrap());
+        }
+        marks.push(m.join(" "));
+    }
+    assert_eq!(marks, ["10:00 ok 2", "10:00 UNKNOWN_CODE 1", "10:01 ok 1"]);
+    assert_eq!(
+        column(&c, "#by-endpoint tbody td").await,
+        [
+            "voucher.check",
+            "UNKNOWN_CODE",
+            "1",
+            "voucher.check",
+            "ok",
+            "3"
+        ]
+    );
+    assert_eq!(text(&c, "#store").await, "healthy");
+    assert_eq!(text(&c, "#live-holds").await, "3");
+    assert_eq!(text(&c, "#dead-letters").await, "0");
+    assert_eq!(text(&c, "#ready").await, "no");
+    shot(&c, "overview", WIDE).await;
+    shot(&c, "overview-phone", PHONE).await;
+    c.close().await.unwrap();
+}

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::pages::{self, MemberPage, Outcome};
 use super::session::{random_token, Active};
-use super::{field, vouchers, webhooks, ConsoleRequest, ConsoleResponse};
+use super::{field, overview, vouchers, webhooks, ConsoleRequest, ConsoleResponse};
 use crate::app::admin::{
     AdjustRequest, LedgerPage, MemberRef, RedemptionReversalRequest, ReversalRequest,
 };
@@ -30,6 +30,7 @@ pub async fn tenant_page(
             reverse_redemption(app, req, tenant, member, s).await
         }
         (["transactions"], false) => vouchers::transaction(app, req, tenant, s).await,
+        ([] | ["overview"], false) => overview::page(app, tenant, s).await,
         (["webhooks", ..], _) => return webhooks::page(app, req, tenant, &rest[1..], s).await,
         _ => return vouchers::page(app, req, tenant, rest, s).await,
     };

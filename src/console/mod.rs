@@ -5,6 +5,8 @@
 //! cookie) and sends back the [`ConsoleResponse`]; nothing here knows hyper.
 
 mod actions;
+mod chart;
+mod overview;
 mod pages;
 mod session;
 mod vouchers;

@@ -77,6 +77,8 @@ pub fn home(app: &App, s: &Active) -> Markup {
                     li {
                         h2 { (t.id) }
                         nav aria-label={ "Pages of " (t.id) } {
+                            a href={ "/console/" (t.id) "/overview" } { "Overview" }
+                            " "
                             a href={ "/console/" (t.id) "/members" } { "Find a member" }
                             " "
                             a href={ "/console/" (t.id) "/transactions" } { "Find a transaction" }

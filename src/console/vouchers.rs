@@ -336,6 +336,15 @@ fn events(list: &[Value]) -> Markup {
     }
 }
 
+fn kind_name(kind: &Value) -> &'static str {
+    match kind.as_str() {
+        Some("voucher") => "Voucher hold",
+        Some("award") => "Loyalty award",
+        Some("redemption") => "Reward redemption",
+        _ => "Transaction",
+    }
+}
+
 /// Find a transaction: the form, and the timeline when found.
 pub async fn transaction(app: &App, req: &ConsoleRequest, tenant: &str, s: &Active) -> Markup {
     let q = field(&req.query, "q").unwrap_or("").trim();
@@ -365,7 +374,7 @@ pub async fn transaction(app: &App, req: &ConsoleRequest, tenant: &str, s: &Acti
             (banner(&outcome))
             @if let Some((200, v)) = &found {
                 section aria-labelledby="tx" {
-                    h2 #tx { (text(&v["kind"])) " " (q) }
+                    h2 #tx { (kind_name(&v["kind"])) " " (q) }
                     dl.facts {
                         @for k in ["state", "providerRef", "transactionId", "campaign", "code", "guest", "amountCents",
                                    "memberId", "purchaseId", "purchaseAmountCents", "redemptionId", "rewardId", "points", "reversedPoints", "reversed"] {

@@ -199,10 +199,18 @@ async fn handle(
     let outcome = resp
         .as_ref()
         .map_or("no_answer", |r| r.reply.outcome.as_str());
-    front
-        .app
-        .metrics
+    let app = &front.app;
+    app.metrics
         .observe(endpoint.label(), outcome, start.elapsed());
+    // Per tenant for the console's overview; only configured tenants, so a client cannot
+    // grow the counts with made-up names.
+    if let Some((tenant, label)) = endpoint
+        .fault_target()
+        .filter(|(t, _)| front.tenants.contains_key(*t))
+    {
+        app.metrics
+            .observe_tenant(tenant, label, outcome, app.clock.now_ms());
+    }
     resp.map(Out::into_response).ok_or(NoAnswer)
 }
 
