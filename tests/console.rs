@@ -1027,3 +1027,26 @@ async fn in_a_browser_the_overview_charts_requests_per_minute_by_outcome() {
     shot(&c, "overview-phone", PHONE).await;
     c.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn five_wrong_tokens_in_a_minute_lock_sign_in_from_that_address_with_429() {
+    let h = Harness::start(&config_with(ONCE_AND_PROGRAM_7)).await;
+    for _ in 0..5 {
+        assert_eq!(sign_in(&h, "guess", &[]).await.status, 401);
+    }
+    h.clock.advance_ms(30_000);
+    for token in ["guess", ADMIN_TOKEN] {
+        let r = sign_in(&h, token, &[]).await;
+        assert_eq!(r.status, 429, "{token}");
+        assert_eq!(header(&r, "retry-after"), "30");
+        assert_eq!(header(&r, "set-cookie"), "");
+        assert!(String::from_utf8_lossy(&r.bytes)
+            .contains("Too many failed sign-ins from your address: try again in 30 s."));
+    }
+    h.clock.advance_ms(30_000);
+    let r = sign_in(&h, ADMIN_TOKEN, &[]).await;
+    assert_eq!(
+        (r.status, header(&r, "location")),
+        (303, "/console/".into())
+    );
+}

@@ -9,6 +9,7 @@ mod chart;
 mod overview;
 mod pages;
 mod session;
+mod throttle;
 mod vouchers;
 mod webhooks;
 
@@ -35,6 +36,8 @@ pub struct ConsoleRequest {
     pub cookie: Option<String>,
     /// Served over TLS (terminated in front: `X-Forwarded-Proto: https`): cookies get `Secure`.
     pub tls: bool,
+    /// The client's address (the TCP peer), for the limit on failed sign-ins.
+    pub client: Option<std::net::IpAddr>,
 }
 
 /// What to send back.
@@ -84,6 +87,7 @@ impl ConsoleResponse {
 pub struct Console {
     admin_digest: [u8; 32],
     sessions: Sessions,
+    sign_ins: throttle::SignIns,
 }
 
 /// The value of `name` among form or query fields.
@@ -99,6 +103,7 @@ impl Console {
         Console {
             admin_digest,
             sessions: Sessions::default(),
+            sign_ins: throttle::SignIns::default(),
         }
     }
 
@@ -138,9 +143,21 @@ impl Console {
     }
 
     fn sign_in(&self, app: &App, req: &ConsoleRequest) -> ConsoleResponse {
+        let now = app.clock.now_ms();
+        if let Some(wait_s) = self.sign_ins.blocked(req.client, now) {
+            let mut r = ConsoleResponse::html(
+                429,
+                pages::sign_in(Some(&format!(
+                    "Too many failed sign-ins from your address: try again in {wait_s} s."
+                ))),
+            );
+            r.headers.push(("retry-after", wait_s.to_string()));
+            return r;
+        }
         let presented = field(&req.form, "token").unwrap_or("").trim();
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         if !bool::from(digest.ct_eq(&self.admin_digest)) {
+            self.sign_ins.failed(req.client, now);
             return ConsoleResponse::html(
                 401,
                 pages::sign_in(Some("That is not the admin token.")),

@@ -41,6 +41,7 @@ pub(super) async fn call(front: &Front, req: Request<Incoming>, path: &[String])
     let tls = h
         .get("x-forwarded-proto")
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+    let client = req.extensions().get::<super::Peer>().map(|p| p.0.ip());
     let query = query_pairs(req.uri().query());
     let form = if post {
         // A code import may be as large as the admin API's, once the session is known.
@@ -65,6 +66,7 @@ pub(super) async fn call(front: &Front, req: Request<Incoming>, path: &[String])
         form,
         cookie,
         tls,
+        client,
     };
     page(console.handle(&front.app, r).await)
 }
