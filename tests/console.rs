@@ -551,17 +551,6 @@ async fn in_a_browser_find_a_transaction_by_its_res_id_look_up_a_code_and_releas
     c.close().await.unwrap();
 }
 
-fn signed_event(id: &str) -> (Vec<u8>, String) {
-    use hmac::{Hmac, Mac};
-    let body = serde_json::to_vec(&json!({"id": id, "event": "inventory.created",
-        "resource": "inventory", "resourceId": "42", "timestamp": "2026-06-01T09:59:00Z",
-        "apiVersion": "2024-01"}))
-    .unwrap();
-    let mut m = Hmac::<sha2::Sha256>::new_from_slice(b"new-secret").unwrap();
-    m.update(&body);
-    (body, hex::encode(m.finalize().into_bytes()))
-}
-
 #[tokio::test]
 async fn in_a_browser_an_import_with_a_bad_line_shows_it_and_a_dead_letter_is_replayed() {
     let dir = tempfile::tempdir().unwrap();
@@ -581,19 +570,7 @@ backoff = "10ms"
         sink.display()
     );
     let h = Harness::start(&config_with(&format!("{ONCE_AND_PROGRAM_7}{hooks}"))).await;
-    let (body, sig) = signed_event("evt_console");
-    let r = h
-        .request(
-            "POST",
-            "/v1/acme/webhooks",
-            &[
-                ("content-type", "application/json"),
-                ("x-karma-signature", &sig),
-            ],
-            body,
-        )
-        .await;
-    assert_eq!(r.status, 200);
+    deliver_signed(&h, "evt_console").await;
     let mut dead = Value::Null;
     for _ in 0..500 {
         dead = h.admin("GET", "webhooks/dead-letters", None).await.json();

@@ -106,15 +106,18 @@ async fn find_member(app: &App, req: &ConsoleRequest, tenant: &str, s: &Active) 
             Some(id) if found.status == 200 => {
                 p.member = show(app, tenant, &program, id, page).await
             }
-            _ => {
-                p.outcome = Some(Outcome {
-                    ok: false,
-                    text: refusal(&v),
-                })
-            }
+            _ => p.outcome = Some(Outcome::refused(&v)),
         }
     }
     pages::member_page(&p, s)
+}
+
+/// The program and operation id every member action form carries.
+fn program_and_op(f: &[(String, String)]) -> (&str, &str) {
+    (
+        field(f, "program").unwrap_or(""),
+        field(f, "opid").unwrap_or(""),
+    )
 }
 
 /// The admin member view (balances, tier, lots, one page of the ledger), or `None` if it
@@ -158,10 +161,7 @@ async fn after_action(
 
 async fn adjust(app: &App, req: &ConsoleRequest, tenant: &str, member: &str, s: &Active) -> Markup {
     let f = &req.form;
-    let (program, op) = (
-        field(f, "program").unwrap_or(""),
-        field(f, "opid").unwrap_or(""),
-    );
+    let (program, op) = program_and_op(f);
     let outcome = match field(f, "points").unwrap_or("").trim().parse::<i64>() {
         Err(_) => Outcome {
             ok: false,
@@ -175,21 +175,12 @@ async fn adjust(app: &App, req: &ConsoleRequest, tenant: &str, member: &str, s: 
                 counts_toward_lifetime: false,
             };
             let reply = app.adjust(tenant, program, member, r).await;
-            let v = json(&reply);
-            if reply.status == 200 && v["ok"] == Value::Bool(true) {
-                Outcome {
-                    ok: true,
-                    text: format!(
-                        "Adjusted by {points} points; the balance is now {}.",
-                        v["newBalance"]
-                    ),
-                }
-            } else {
-                Outcome {
-                    ok: false,
-                    text: refusal(&v),
-                }
-            }
+            Outcome::of(&reply, |v| {
+                format!(
+                    "Adjusted by {points} points; the balance is now {}.",
+                    v["newBalance"]
+                )
+            })
         }
     };
     after_action(app, tenant, program, member, op, outcome, s).await
@@ -203,10 +194,7 @@ async fn reverse(
     s: &Active,
 ) -> Markup {
     let f = &req.form;
-    let (program, op) = (
-        field(f, "program").unwrap_or(""),
-        field(f, "opid").unwrap_or(""),
-    );
+    let (program, op) = program_and_op(f);
     let award = field(f, "award").unwrap_or("").trim();
     let amount = field(f, "amountCents")
         .map(str::trim)
@@ -231,21 +219,12 @@ async fn reverse(
         reason: field(f, "reason").unwrap_or("").to_owned(),
     };
     let reply = app.reverse_award(tenant, program, r).await;
-    let v = json(&reply);
-    let outcome = if reply.status == 200 && v["ok"] == Value::Bool(true) {
-        Outcome {
-            ok: true,
-            text: format!(
-                "Reversed {} points ({} already spent, not recovered); the balance is now {}.",
-                v["pointsReversed"], v["pointsUnrecovered"], v["newBalance"]
-            ),
-        }
-    } else {
-        Outcome {
-            ok: false,
-            text: refusal(&v),
-        }
-    };
+    let outcome = Outcome::of(&reply, |v| {
+        format!(
+            "Reversed {} points ({} already spent, not recovered); the balance is now {}.",
+            v["pointsReversed"], v["pointsUnrecovered"], v["newBalance"]
+        )
+    });
     after_action(app, tenant, program, member, op, outcome, s).await
 }
 
@@ -257,30 +236,18 @@ async fn reverse_redemption(
     s: &Active,
 ) -> Markup {
     let f = &req.form;
-    let (program, op) = (
-        field(f, "program").unwrap_or(""),
-        field(f, "opid").unwrap_or(""),
-    );
+    let (program, op) = program_and_op(f);
     let redemption = field(f, "redemption").unwrap_or("").trim();
     let r = RedemptionReversalRequest {
         id: op.to_owned(),
         reason: field(f, "reason").unwrap_or("").to_owned(),
     };
     let reply = app.reverse_redemption(tenant, program, redemption, r).await;
-    let v = json(&reply);
-    let outcome = if reply.status == 200 && v["ok"] == Value::Bool(true) {
-        Outcome {
-            ok: true,
-            text: format!(
-                "Reversed redemption {redemption}: {} points returned; the balance is now {}.",
-                v["pointsReturned"], v["newBalance"]
-            ),
-        }
-    } else {
-        Outcome {
-            ok: false,
-            text: refusal(&v),
-        }
-    };
+    let outcome = Outcome::of(&reply, |v| {
+        format!(
+            "Reversed redemption {redemption}: {} points returned; the balance is now {}.",
+            v["pointsReturned"], v["newBalance"]
+        )
+    });
     after_action(app, tenant, program, member, op, outcome, s).await
 }

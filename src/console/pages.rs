@@ -66,6 +66,28 @@ pub fn problem(text: &str) -> Markup {
     )
 }
 
+/// A page about one thing an operation answered: a link back, then the refusal if the
+/// operation failed, else `body` of its answer.
+pub(super) fn detail(
+    title: &str,
+    s: &Active,
+    (back, back_text): (&str, &str),
+    reply: &crate::app::Reply,
+    body: impl FnOnce(&Value) -> Markup,
+) -> Markup {
+    let v = super::actions::json(reply);
+    let outcome = (reply.status != 200).then(|| Outcome::refused(&v));
+    layout(
+        title,
+        Some(s),
+        html! {
+            p { a href=(back) { "← " (back_text) } }
+            (banner(&outcome))
+            @if reply.status == 200 { (body(&v)) }
+        },
+    )
+}
+
 /// The start page: each tenant's pages.
 pub fn home(app: &App, s: &Active) -> Markup {
     layout(
@@ -98,6 +120,30 @@ pub fn home(app: &App, s: &Active) -> Markup {
 pub struct Outcome {
     pub ok: bool,
     pub text: String,
+}
+
+impl Outcome {
+    /// A refusal's words (its code, field and message).
+    pub fn refused(v: &Value) -> Outcome {
+        Outcome {
+            ok: false,
+            text: super::actions::refusal(v),
+        }
+    }
+
+    /// An operation's outcome: `done`'s words for its answer when it succeeded (200, and
+    /// not `ok: false`), its refusal otherwise.
+    pub fn of(reply: &crate::app::Reply, done: impl FnOnce(&Value) -> String) -> Outcome {
+        let v = super::actions::json(reply);
+        if reply.status == 200 && v["ok"] != Value::Bool(false) {
+            Outcome {
+                ok: true,
+                text: done(&v),
+            }
+        } else {
+            Outcome::refused(&v)
+        }
+    }
 }
 
 pub(super) fn banner(o: &Option<Outcome>) -> Markup {

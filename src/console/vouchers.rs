@@ -8,7 +8,7 @@ use maud::{html, Markup};
 use serde_json::Value;
 
 use super::actions::{json, refusal};
-use super::pages::{banner, layout, text, Outcome};
+use super::pages::{banner, detail, layout, text, Outcome};
 use super::session::Active;
 use super::{field, ConsoleRequest, ConsoleResponse};
 use crate::app::admin::GenerateRequest;
@@ -46,21 +46,17 @@ struct Done {
     generated: Option<(String, Vec<String>)>,
 }
 
-fn failed(v: &Value) -> Done {
-    Done {
-        outcome: Some(Outcome {
-            ok: false,
-            text: refusal(v),
-        }),
-        ..Done::default()
+impl From<Outcome> for Done {
+    fn from(o: Outcome) -> Done {
+        Done {
+            outcome: Some(o),
+            ..Done::default()
+        }
     }
 }
 
-fn ok(text: String) -> Done {
-    Done {
-        outcome: Some(Outcome { ok: true, text }),
-        ..Done::default()
-    }
+fn failed(v: &Value) -> Done {
+    Outcome::refused(v).into()
 }
 
 async fn import(app: &App, tenant: &str, f: &[(String, String)]) -> Done {
@@ -68,13 +64,12 @@ async fn import(app: &App, tenant: &str, f: &[(String, String)]) -> Done {
     let csv = field(f, "csv").unwrap_or("").replace("\r\n", "\n");
     let r = app.import_codes(tenant, campaign, csv.into_bytes()).await;
     let v = json(&r);
-    if r.status == 200 {
-        return ok(format!(
+    let mut d = Done::from(Outcome::of(&r, |v| {
+        format!(
             "Imported {} code(s) into {campaign} ({} duplicate(s) skipped).",
             v["imported"], v["duplicates"]
-        ));
-    }
-    let mut d = failed(&v);
+        )
+    }));
     d.invalid = v["invalid"]
         .as_array()
         .map(|a| {
@@ -114,18 +109,17 @@ async fn generate(app: &App, tenant: &str, f: &[(String, String)]) -> Done {
                 .collect()
         })
         .unwrap_or_default();
-    let mut d = ok(format!("Generated {} code(s) for {campaign}.", codes.len()));
+    let mut d = Done::from(Outcome {
+        ok: true,
+        text: format!("Generated {} code(s) for {campaign}.", codes.len()),
+    });
     d.generated = Some((campaign, codes));
     d
 }
 
 async fn release(app: &App, tenant: &str, provider_ref: &str) -> Done {
     let r = app.release_hold(tenant, provider_ref).await;
-    if r.status == 200 {
-        ok(format!("Released hold {provider_ref}."))
-    } else {
-        failed(&json(&r))
-    }
+    Outcome::of(&r, |_| format!("Released hold {provider_ref}.")).into()
 }
 
 async fn export(app: &App, tenant: &str, campaign: &str) -> ConsoleResponse {
@@ -286,34 +280,24 @@ fn code_forms(base: &str, ids: &[String], s: &Active) -> Markup {
 async fn code(app: &App, req: &ConsoleRequest, tenant: &str, s: &Active) -> ConsoleResponse {
     let typed = field(&req.query, "code").unwrap_or("").trim();
     let r = app.code_state(tenant, typed).await;
-    let v = json(&r);
-    let outcome = (r.status != 200).then(|| Outcome {
-        ok: false,
-        text: refusal(&v),
-    });
-    let empty = Vec::new();
-    let history = v["history"].as_array().unwrap_or(&empty);
-    let m = layout(
-        &format!("Code · {tenant}"),
-        Some(s),
+    let back = format!("/console/{tenant}/campaigns");
+    let title = format!("Code · {tenant}");
+    let m = detail(&title, s, (&back, "Campaigns and codes"), &r, |v| {
+        let empty = Vec::new();
         html! {
-            p { a href={ "/console/" (tenant) "/campaigns" } { "← Campaigns and codes" } }
-            (banner(&outcome))
-            @if r.status == 200 {
-                dl.facts {
-                    dt { "Code" } dd #code-name { (text(&v["code"])) }
-                    dt { "Campaign" } dd { (text(&v["campaign"])) }
-                    dt { "State" } dd #code-state { (text(&v["state"])) }
-                    dt { "Uses" } dd { (text(&v["usesConsumed"])) " of " (text(&v["maxUsesPerCode"])) }
-                    dt { "Live holds" } dd { (text(&v["holdsLive"])) }
-                    dt { "Valid until" } dd { (text(&v["validUntil"])) }
-                    dt { "Assigned to" } dd { (text(&v["assignedUser"])) }
-                }
-                h2 { "History (" (text(&v["historyEvents"])) " events, last 100 shown)" }
-                (events(history))
+            dl.facts {
+                dt { "Code" } dd #code-name { (text(&v["code"])) }
+                dt { "Campaign" } dd { (text(&v["campaign"])) }
+                dt { "State" } dd #code-state { (text(&v["state"])) }
+                dt { "Uses" } dd { (text(&v["usesConsumed"])) " of " (text(&v["maxUsesPerCode"])) }
+                dt { "Live holds" } dd { (text(&v["holdsLive"])) }
+                dt { "Valid until" } dd { (text(&v["validUntil"])) }
+                dt { "Assigned to" } dd { (text(&v["assignedUser"])) }
             }
-        },
-    );
+            h2 { "History (" (text(&v["historyEvents"])) " events, last 100 shown)" }
+            (events(v["history"].as_array().unwrap_or(&empty)))
+        }
+    });
     ConsoleResponse::html(200, m)
 }
 
@@ -355,10 +339,7 @@ pub async fn transaction(app: &App, req: &ConsoleRequest, tenant: &str, s: &Acti
         Some((r.status, json(&r)))
     };
     let outcome = match &found {
-        Some((status, v)) if *status != 200 => Some(Outcome {
-            ok: false,
-            text: refusal(v),
-        }),
+        Some((status, v)) if *status != 200 => Some(Outcome::refused(v)),
         _ => None,
     };
     let empty = Vec::new();

@@ -5,8 +5,8 @@
 use maud::{html, Markup};
 use serde_json::Value;
 
-use super::actions::{json, refusal};
-use super::pages::{banner, layout, text, Outcome};
+use super::actions::json;
+use super::pages::{banner, detail, layout, text, Outcome};
 use super::session::Active;
 use super::{field, ConsoleRequest, ConsoleResponse};
 use crate::app::{App, InboxFilter, Reply};
@@ -48,18 +48,9 @@ async fn dead_action(
         "purge" => (app.purge_dead(tenant, only).await, "Purged", "purged"),
         _ => return None,
     };
-    let v = json(&r);
-    Some(if r.status == 200 {
-        Outcome {
-            ok: true,
-            text: format!("{word} {} dead letter(s).", v[key]),
-        }
-    } else {
-        Outcome {
-            ok: false,
-            text: refusal(&v),
-        }
-    })
+    Some(Outcome::of(&r, |v| {
+        format!("{word} {} dead letter(s).", v[key])
+    }))
 }
 
 /// The inbox (filtered by the query) and the dead letters.
@@ -83,10 +74,7 @@ async fn inbox(
     let events = match InboxFilter::from_query(&q) {
         Ok(f) => json(&app.inbox(tenant, f).await),
         Err(e) => {
-            outcome = Some(Outcome {
-                ok: false,
-                text: refusal(&json(&Reply::error(&e))),
-            });
+            outcome = Some(Outcome::refused(&json(&Reply::error(&e))));
             Value::Null
         }
     };
@@ -164,44 +152,36 @@ fn dead_letters(base: &str, list: &[Value], s: &Active) -> Markup {
     }
 }
 
-/// One event: its headers, body and each route's attempts.
+/// One event: its body and each route's attempts (its headers, which may carry
+/// signatures, are not shown).
 async fn event(app: &App, tenant: &str, seq: &str, s: &Active) -> ConsoleResponse {
     let r = match seq.parse::<u64>() {
         Ok(n) => app.inbox_event(tenant, n).await,
         Err(_) => Reply::not_found("no inbox event with this seq"),
     };
-    let v = json(&r);
-    let outcome = (r.status != 200).then(|| Outcome {
-        ok: false,
-        text: refusal(&v),
-    });
-    let empty = Vec::new();
-    let m = layout(
-        &format!("Webhook event {seq} · {tenant}"),
-        Some(s),
+    let back = format!("/console/{tenant}/webhooks");
+    let title = format!("Webhook event {seq} · {tenant}");
+    let m = detail(&title, s, (&back, "Webhooks"), &r, |v| {
+        let empty = Vec::new();
         html! {
-            p { a href={ "/console/" (tenant) "/webhooks" } { "← Webhooks" } }
-            (banner(&outcome))
-            @if r.status == 200 {
-                dl.facts {
-                    dt { "Id" } dd { (text(&v["id"])) }
-                    dt { "Event" } dd { (text(&v["event"])) }
-                    dt { "Received" } dd { (text(&v["receivedAt"])) }
-                    dt { "Status" } dd #event-status { (text(&v["status"])) }
-                }
-                h2 { "Delivery" }
-                table #attempts {
-                    thead { tr { th { "Route" } th { "Status" } th { "Attempts" } } }
-                    tbody { @for d in v["delivery"].as_array().unwrap_or(&empty) {
-                        tr { td { (text(&d["route"])) } td { (text(&d["status"])) }
-                             td { ul { @for a in d["attempts"].as_array().unwrap_or(&empty) {
-                                 li { code { (a.to_string()) } } } } } }
-                    } }
-                }
-                h2 { "Body" }
-                pre { code { (serde_json::to_string_pretty(&v["body"]).unwrap_or_default()) } }
+            dl.facts {
+                dt { "Id" } dd { (text(&v["id"])) }
+                dt { "Event" } dd { (text(&v["event"])) }
+                dt { "Received" } dd { (text(&v["receivedAt"])) }
+                dt { "Status" } dd #event-status { (text(&v["status"])) }
             }
-        },
-    );
+            h2 { "Delivery" }
+            table #attempts {
+                thead { tr { th { "Route" } th { "Status" } th { "Attempts" } } }
+                tbody { @for d in v["delivery"].as_array().unwrap_or(&empty) {
+                    tr { td { (text(&d["route"])) } td { (text(&d["status"])) }
+                         td { ul { @for a in d["attempts"].as_array().unwrap_or(&empty) {
+                             li { code { (a.to_string()) } } } } } }
+                } }
+            }
+            h2 { "Body" }
+            pre { code { (serde_json::to_string_pretty(&v["body"]).unwrap_or_default()) } }
+        }
+    });
     ConsoleResponse::html(200, m)
 }

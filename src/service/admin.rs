@@ -260,30 +260,7 @@ pub fn get_hold(
         return Ok(Reply::not_found("no hold with this providerRef"));
     };
     let live = st.holds().get(provider_ref).is_some();
-    let state = match h.state {
-        crate::voucher::HoldState::Held if !live => "expired",
-        crate::voucher::HoldState::Held => "held",
-        crate::voucher::HoldState::Committed => "committed",
-        crate::voucher::HoldState::Released => "released",
-        crate::voucher::HoldState::Reactivated => "reactivated",
-    };
-    Ok(Reply::json(
-        200,
-        json!({
-            "ok": true,
-            "providerRef": h.provider_ref,
-            "campaign": h.campaign,
-            "code": h.code,
-            "guest": h.guest,
-            "locationId": h.location,
-            "amountCents": h.amount_cents,
-            "state": state,
-            "transactionId": h.transaction_id,
-            "createdAt": rfc3339(h.created_at),
-            "expiresAt": rfc3339(h.expires_at),
-            "updatedAt": rfc3339(h.updated_at),
-        }),
-    ))
+    Ok(Reply::json(200, h.to_json(live)))
 }
 
 pub fn release(

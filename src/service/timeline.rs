@@ -96,16 +96,6 @@ fn answers(txn: &Txn<'_>, tenant: &str, ops: &[&str], id: &str) -> Result<Vec<Va
     Ok(out)
 }
 
-fn hold_state(h: &HoldRecord, live: bool) -> &'static str {
-    match h.state {
-        HoldState::Held if !live => "expired",
-        HoldState::Held => "held",
-        HoldState::Committed => "committed",
-        HoldState::Released => "released",
-        HoldState::Reactivated => "reactivated",
-    }
-}
-
 /// A hold's timeline: its code's history events for this hold, the "held" event not yet
 /// written, and its expiry if it ran out.
 fn voucher(
@@ -142,25 +132,12 @@ fn voucher(
                    "amountCents": e.amount_cents})
         })
         .collect();
-    Ok(Reply::json(
-        200,
-        json!({
-            "ok": true,
-            "query": query,
-            "kind": "voucher",
-            "providerRef": h.provider_ref,
-            "campaign": h.campaign,
-            "code": h.code,
-            "guest": h.guest,
-            "locationId": h.location,
-            "amountCents": h.amount_cents,
-            "state": hold_state(h, live),
-            "transactionId": h.transaction_id,
-            "expiresAt": rfc3339(h.expires_at),
-            "timeline": timeline,
-            "answers": answers,
-        }),
-    ))
+    let mut body = h.to_json(live);
+    body["query"] = json!(query);
+    body["kind"] = json!("voucher");
+    body["timeline"] = json!(timeline);
+    body["answers"] = json!(answers);
+    Ok(Reply::json(200, body))
 }
 
 /// The award or redemption of program `p` that `id` names (a loy_ id, a purchaseId or a
