@@ -348,6 +348,11 @@ async fn follow(c: &Client, css: &str) {
         .click()
         .await
         .unwrap();
+    new_page(c, old, css).await;
+}
+
+/// Wait until the page whose root was `old` has been replaced.
+async fn new_page(c: &Client, old: fantoccini::elements::Element, what: &str) {
     for _ in 0..200 {
         if old.tag_name().await.is_err() {
             c.wait().for_element(Locator::Css("main")).await.unwrap();
@@ -355,7 +360,7 @@ async fn follow(c: &Client, css: &str) {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("{css} led to no new page");
+    panic!("{what} led to no new page");
 }
 
 #[tokio::test]
@@ -471,15 +476,22 @@ async fn committed_and_live_holds(h: &Harness) -> (String, String) {
     (r1, r2)
 }
 
-/// A signed-in browser on the start page.
+/// A browser signed in with the keyboard alone (the token field has the focus: type the
+/// token, press Enter), on the start page.
 async fn signed_in_browser(h: &Harness, d: &Driver, profile: &std::path::Path) -> Client {
     let c = browser(d, profile).await;
     c.set_window_size(WIDE.0, WIDE.1).await.unwrap();
     c.goto(&format!("{}/console/login", h.base()))
         .await
         .unwrap();
-    fill(&c, "token", ADMIN_TOKEN).await;
-    submit(&c, "/console/login").await;
+    let old = c.find(Locator::Css("html")).await.unwrap();
+    let focused = c.active_element().await.unwrap();
+    assert_eq!(focused.attr("id").await.unwrap().as_deref(), Some("token"));
+    focused
+        .send_keys(&format!("{ADMIN_TOKEN}\u{E007}"))
+        .await
+        .unwrap();
+    new_page(&c, old, "Enter in the token field").await;
     assert_eq!(text(&c, "h1").await, "Tenants");
     c
 }
@@ -873,6 +885,16 @@ async fn in_a_browser_reverse_a_redemption_and_page_the_ledger_from_the_server()
     assert_eq!(text(&c, "nav.pager").await, "Page 1 of 2 Older");
     follow(&c, "nav.pager a").await;
     assert_eq!(column(&c, rows).await, ["1", "-100", "50", "50"]);
+    // The balance chart draws the page's lines, oldest first (a zero balance has no bar).
+    let mut bars = Vec::new();
+    for e in c
+        .find_all(Locator::Css("#balance-chart rect[data-count]"))
+        .await
+        .unwrap()
+    {
+        bars.push(e.attr("data-count").await.unwrap().unwrap());
+    }
+    assert_eq!(bars, ["50", "100", "1"]);
     assert_eq!(text(&c, "nav.pager").await, "Newer Page 2 of 2");
 
     fill(&c, "redemption", &rdm).await;

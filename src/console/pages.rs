@@ -229,6 +229,7 @@ fn member(p: &MemberPage<'_>, m: &Value, s: &Active) -> Markup {
             }
         }
         (actions(p, &id, s))
+        (balance_chart(m))
         (lots(m))
         (ledger(p, m))
     }
@@ -297,6 +298,29 @@ fn new_lines(p: &MemberPage<'_>, m: &Value) -> Markup {
                     li { "New ledger line #" (text(&e["seq"])) ": " (text(&e["kind"])) " "
                          (text(&e["points"])) " points, balance " (text(&e["balanceAfter"])) }
                 }
+            }
+        }
+    }
+}
+
+/// The balance after each ledger line of the page shown, oldest first.
+fn balance_chart(m: &Value) -> Markup {
+    let empty = Vec::new();
+    let bars: Vec<super::chart::Bar> = m["ledger"]
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .rev()
+        .map(|e| super::chart::Bar {
+            label: format!("#{}", text(&e["seq"])),
+            values: vec![e["balanceAfter"].as_u64().unwrap_or(0)],
+        })
+        .collect();
+    html! {
+        @if !bars.is_empty() {
+            section aria-labelledby="balance-h" {
+                h2 #balance-h { "Balance over time (the ledger lines below)" }
+                (super::chart::stacked_bars("balance-chart", "Balance after each ledger line", &["balance".into()], &bars))
             }
         }
     }
