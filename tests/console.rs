@@ -539,7 +539,7 @@ async fn in_a_browser_find_a_transaction_by_its_res_id_look_up_a_code_and_releas
     );
     assert_eq!(
         column(&c, "#holds tbody td:first-child").await,
-        [r2.clone()]
+        std::slice::from_ref(&r2)
     );
     shot(&c, "campaigns", WIDE).await;
     shot(&c, "campaigns-phone", PHONE).await;
