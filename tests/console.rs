@@ -1049,3 +1049,51 @@ async fn five_wrong_tokens_in_a_minute_lock_sign_in_from_that_address_with_429()
         (303, "/console/".into())
     );
 }
+
+/// At a phone's width no console page is wider than the screen: nothing to scroll sideways
+/// to, tables and forms included.
+#[tokio::test]
+async fn in_a_browser_every_page_fits_a_phone_screen() {
+    let h = Harness::start(&config_with(ONCE_AND_PROGRAM_7)).await;
+    let e = h
+        .call(
+            "loyalty/enroll",
+            &json!({"userId": "u1", "loyaltyProgramId": 7, "phone": "+46 70-123 45 67"}),
+        )
+        .await;
+    assert_eq!(e.status, 200);
+    let (committed, _held) = committed_and_live_holds(&h).await;
+    let d = driver().await;
+    let profile = tempfile::tempdir().unwrap();
+    let c = signed_in_browser(&h, &d, profile.path()).await;
+    c.set_window_size(PHONE.0, PHONE.1).await.unwrap();
+    let pages = [
+        String::new(),
+        "acme/overview".into(),
+        "acme/members?type=phone&q=%2B46701234567".into(),
+        "acme/campaigns".into(),
+        "acme/codes?code=A1".into(),
+        format!("acme/transactions?q={committed}"),
+        "acme/webhooks".into(),
+    ];
+    for page in pages {
+        c.goto(&format!("{}/console/{page}", h.base()))
+            .await
+            .unwrap();
+        c.wait().for_element(Locator::Css("main")).await.unwrap();
+        let widths = c
+            .execute(
+                "return [document.documentElement.scrollWidth, window.innerWidth]",
+                vec![],
+            )
+            .await
+            .unwrap();
+        let (page_w, screen_w) = (widths[0].as_u64().unwrap(), widths[1].as_u64().unwrap());
+        assert!(screen_w <= u64::from(PHONE.0), "{page}: window {screen_w}");
+        assert!(
+            page_w <= screen_w,
+            "/console/{page} is {page_w} px wide on a {screen_w} px screen"
+        );
+    }
+    c.close().await.unwrap();
+}
