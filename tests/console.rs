@@ -1050,10 +1050,27 @@ async fn five_wrong_tokens_in_a_minute_lock_sign_in_from_that_address_with_429()
     );
 }
 
-/// At a phone's width no console page is wider than the screen: nothing to scroll sideways
-/// to, tables and forms included.
+/// WCAG's contrast ratio of each element's own text against the background it is drawn
+/// on (the nearest ancestor with one), for the elements below 4.5:1 (the chart's SVG aside).
+const LOW_CONTRAST_JS: &str = r#"
+const lum = c => { const [r, g, b] = c.match(/[\d.]+/g).map(Number).slice(0, 3).map(v => {
+  v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); });
+  return 0.2126 * r + 0.7152 * g + 0.0722 * b; };
+const bg = e => { for (; e; e = e.parentElement) { const c = getComputedStyle(e).backgroundColor;
+  const m = c.match(/[\d.]+/g); if (m.length < 4 || +m[3] > 0) return c; } return 'rgb(255,255,255)'; };
+const low = [];
+for (const e of document.querySelectorAll('body *')) {
+  if (e.closest('svg') || ![...e.childNodes].some(n => n.nodeType === 3 && n.textContent.trim())) continue;
+  const a = lum(getComputedStyle(e).color), b = lum(bg(e));
+  const r = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+  if (r < 4.5) low.push(e.tagName + ' "' + e.textContent.trim().slice(0, 30) + '" ' + r.toFixed(2));
+}
+return low;"#;
+
+/// At a phone's width no console page is wider than the screen (nothing to scroll sideways
+/// to, tables and forms included), and all text keeps WCAG AA contrast (4.5:1).
 #[tokio::test]
-async fn in_a_browser_every_page_fits_a_phone_screen() {
+async fn in_a_browser_every_page_fits_a_phone_screen_with_readable_contrast() {
     let h = Harness::start(&config_with(ONCE_AND_PROGRAM_7)).await;
     let e = h
         .call(
@@ -1094,6 +1111,8 @@ async fn in_a_browser_every_page_fits_a_phone_screen() {
             page_w <= screen_w,
             "/console/{page} is {page_w} px wide on a {screen_w} px screen"
         );
+        let low = c.execute(LOW_CONTRAST_JS, vec![]).await.unwrap();
+        assert_eq!(low, json!([]), "/console/{page}: text below 4.5:1");
     }
     c.close().await.unwrap();
 }
