@@ -598,12 +598,19 @@ backoff = "10ms"
     let profile = tempfile::tempdir().unwrap();
     let c = signed_in_browser(&h, &d, profile.path()).await;
     follow(&c, r#"a[href="/console/acme/campaigns"]"#).await;
-    fill(
-        &c,
-        "csv",
-        "code,valid_until\nNEW-1\nNEW-2,not-a-date\nNEW-3\n",
+    // Uploaded as a file (the form is multipart); the second import is pasted.
+    let file = dir.path().join("codes.csv");
+    std::fs::write(
+        &file,
+        "code,valid_until\r\nNEW-1\r\nNEW-2,not-a-date\r\nNEW-3\r\n",
     )
-    .await;
+    .unwrap();
+    c.find(Locator::Id("csv-file"))
+        .await
+        .unwrap()
+        .send_keys(&file.display().to_string())
+        .await
+        .unwrap();
     submit(&c, "/campaigns/import").await;
     assert_eq!(
         text(&c, "p.error").await,

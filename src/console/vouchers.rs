@@ -61,7 +61,9 @@ fn failed(v: &Value) -> Done {
 
 async fn import(app: &App, tenant: &str, f: &[(String, String)]) -> Done {
     let campaign = field(f, "campaign").unwrap_or("");
-    let csv = field(f, "csv").unwrap_or("").replace("\r\n", "\n");
+    let file = field(f, "file").unwrap_or("");
+    let pasted = field(f, "csv").unwrap_or("");
+    let csv = if file.is_empty() { pasted } else { file }.replace("\r\n", "\n");
     let r = app.import_codes(tenant, campaign, csv.into_bytes()).await;
     let v = json(&r);
     let mut d = Done::from(Outcome::of(&r, |v| {
@@ -252,13 +254,15 @@ fn code_forms(base: &str, ids: &[String], s: &Active) -> Markup {
     html! {
         section.actions aria-labelledby="codes-h" {
             h2 #codes-h { "Add codes" }
-            form method="post" action={ (base) "/campaigns/import" } {
+            form method="post" action={ (base) "/campaigns/import" } enctype="multipart/form-data" {
                 h3 { "Import a CSV" }
                 input type="hidden" name="csrf" value=(s.csrf);
                 label for="import-campaign" { "Campaign" }
                 (campaign_select("import-campaign", ids))
-                label for="csv" { "CSV: code[,valid_until][,assigned_user], one per line" }
-                textarea #csv name="csv" rows="6" required {}
+                label for="csv-file" { "A CSV file: code[,valid_until][,assigned_user], one per line" }
+                input #csv-file type="file" name="file" accept=".csv,text/csv,text/plain";
+                label for="csv" { "or paste its lines" }
+                textarea #csv name="csv" rows="6" {}
                 button type="submit" { "Import" }
             }
             form method="post" action={ (base) "/campaigns/generate" } {

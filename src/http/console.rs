@@ -52,8 +52,20 @@ pub(super) async fn call(front: &Front, req: Request<Incoming>, path: &[String])
         } else {
             front.app.config.server.max_body_bytes
         };
-        match read_body(&front.app, req, max, BodyKind::Form).await {
-            Ok(b) => query_pairs(Some(&String::from_utf8_lossy(&b))),
+        let boundary = req
+            .headers()
+            .get(hyper::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| multer::parse_boundary(v).ok());
+        let fields = match read_body(&front.app, req, max, BodyKind::Form).await {
+            Ok(b) => match boundary {
+                Some(boundary) => multipart_fields(b, boundary).await,
+                None => Ok(query_pairs(Some(&String::from_utf8_lossy(&b)))),
+            },
+            Err(e) => Err(e),
+        };
+        match fields {
+            Ok(f) => f,
             Err(e) => return err(e),
         }
     } else {
@@ -69,6 +81,30 @@ pub(super) async fn call(front: &Front, req: Request<Incoming>, path: &[String])
         client,
     };
     page(console.handle(&front.app, r).await)
+}
+
+/// The fields of a `multipart/form-data` body (a form with a file), each as text: a file's
+/// content is its field's value, as a text area's would be. Read from memory, the body
+/// already within its limit.
+async fn multipart_fields(
+    body: Vec<u8>,
+    boundary: String,
+) -> Result<Vec<(String, String)>, ApiError> {
+    let bad = |e: multer::Error| {
+        ApiError::new(
+            400,
+            "INVALID_BODY",
+            format!("the form could not be read: {e}"),
+        )
+    };
+    let mut form = multer::Multipart::with_reader(std::io::Cursor::new(body), boundary);
+    let mut fields = Vec::new();
+    while let Some(field) = form.next_field().await.map_err(bad)? {
+        let name = field.name().unwrap_or("").to_owned();
+        let text = field.text().await.map_err(bad)?;
+        fields.push((name, text));
+    }
+    Ok(fields)
 }
 
 /// Our cookie's value among the `Cookie` headers.

@@ -180,7 +180,8 @@ pub(super) const MAX_IMPORT_BYTES: usize = 64 * 1024 * 1024;
 pub(super) enum BodyKind {
     Json,
     Csv,
-    /// `application/x-www-form-urlencoded` (the console's forms).
+    /// `application/x-www-form-urlencoded`, or `multipart/form-data` for a file (the
+    /// console's forms).
     Form,
 }
 
@@ -200,8 +201,8 @@ pub(super) async fn read_body(
                 "application/json",
             ),
             BodyKind::Form => (
-                essence == "application/x-www-form-urlencoded",
-                "application/x-www-form-urlencoded",
+                essence == "application/x-www-form-urlencoded" || essence == "multipart/form-data",
+                "application/x-www-form-urlencoded or multipart/form-data",
             ),
         };
         if !ok {
