@@ -4,8 +4,9 @@
 //! points came from, a hold's state) is written and read through a mirror type here,
 //! converted field by field. Renaming or reshaping a domain field therefore changes a
 //! conversion, which the compiler points at, never the bytes on disk; the golden tests
-//! below pin the format of schema version 1 (`store::SCHEMA_VERSION`). A change to these
-//! formats that an older build could not read bumps that version.
+//! below pin the format of schema version 2 (`store::SCHEMA_VERSION`; version 1 kept a
+//! member's lots inside the member record: `AccountV1` reads it for the migration). A
+//! change to these formats that an older build could not read bumps that version.
 //!
 //! The service's own record structs (`HoldRecord`, `MemberRecord`, `AwardRecord`,
 //! `RedemptionRecord`, history events, webhook records, bulk codes) are record types
@@ -307,8 +308,9 @@ pub mod hold_state {
 
 #[cfg(test)]
 mod tests {
-    //! Golden records of schema version 1: what a store written by this version holds must
-    //! stay readable, and what it writes must not change without a version bump.
+    //! Golden records of schema version 2: what a store written by this version holds must
+    //! stay readable, and what it writes must not change without a version bump; and a
+    //! schema-1 member record, which the migration must read.
 
     use super::*;
     use crate::service::loyalty::{MemberRecord, RedemptionRecord};

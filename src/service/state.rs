@@ -43,7 +43,10 @@ enum Undo {
 /// The loyalty programs as of the last durable group, for reads beside the writer
 /// (`App`'s read calls): replaced whole when a group that installed a program is durable.
 #[derive(Debug, Default)]
-pub struct Programs(std::sync::RwLock<Arc<HashMap<(String, String), Arc<Program>>>>);
+pub struct Programs(std::sync::RwLock<Arc<ProgramMap>>);
+
+/// Programs by (tenant, program id).
+type ProgramMap = HashMap<(String, String), Arc<Program>>;
 
 impl Programs {
     /// Tenant `t`'s program `id`, if it has one.
