@@ -96,6 +96,21 @@ impl<R: Read> LotRead for MemberLots<'_, R> {
         let lo = before(&prefix, after.saturating_add(1));
         self.indexed(&lo, &before(&prefix, now.saturating_add(1)))
     }
+
+    fn first_expiry(&self) -> Result<Option<Millis>, StoreError> {
+        let prefix = keys::lot_expiry_prefix(self.t, self.p, self.m);
+        let first = self.r.range(&prefix, &prefix_end(&prefix), 1)?;
+        first
+            .first()
+            .map(|(k, _)| {
+                k.get(prefix.len()..prefix.len() + 16)
+                    .and_then(|t| std::str::from_utf8(t).ok())
+                    .and_then(|t| u64::from_str_radix(t, 16).ok())
+                    .and_then(|t| Millis::try_from(t).ok())
+                    .ok_or_else(|| StoreError::Io("corrupt lot expiry key".into()))
+            })
+            .transpose()
+    }
 }
 
 impl LotStore for MemberLots<'_, &mut Txn<'_>> {

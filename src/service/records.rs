@@ -65,6 +65,7 @@ struct AccountRecord {
     matured_at: Millis,
     lifetime_total: i64,
     next_seq: u64,
+    next_expiry: Option<Millis>,
 }
 
 impl From<&Account> for AccountRecord {
@@ -76,6 +77,7 @@ impl From<&Account> for AccountRecord {
             matured_at: a.matured_at,
             lifetime_total: a.lifetime_total,
             next_seq: a.next_seq,
+            next_expiry: a.next_expiry,
         }
     }
 }
@@ -89,6 +91,7 @@ impl From<AccountRecord> for Account {
             matured_at: r.matured_at,
             lifetime_total: r.lifetime_total,
             next_seq: r.next_seq,
+            next_expiry: r.next_expiry,
         }
     }
 }
@@ -128,6 +131,7 @@ impl AccountV1 {
             matured_at: now,
             lifetime_total: self.lifetime_total,
             next_seq: self.next_seq,
+            next_expiry: lots.iter().filter_map(|l| l.expires_at).min(),
         };
         (lots, account)
     }
@@ -324,7 +328,7 @@ mod tests {
     #[test]
     fn member_and_lot_records_keep_their_format() {
         roundtrip::<MemberRecord>(
-            r#"{"member_id":"mbr_1","user_id":"u1","phone":null,"email":null,"card":null,"created_at":5,"account":{"total":57,"pending":7,"pending_lifetime":0,"matured_at":6,"lifetime_total":50,"next_seq":2}}"#,
+            r#"{"member_id":"mbr_1","user_id":"u1","phone":null,"email":null,"card":null,"created_at":5,"account":{"total":57,"pending":7,"pending_lifetime":0,"matured_at":6,"lifetime_total":50,"next_seq":2,"next_expiry":99}}"#,
         );
         roundtrip::<LotRecord>(
             r#"{"seq":1,"remaining":7,"lifetime_part":0,"available_at":9,"expires_at":99}"#,
@@ -349,6 +353,7 @@ mod tests {
             (57, 7, 7, 6)
         );
         assert_eq!((a.spendable(), a.lifetime(), a.next_seq), (50, 50, 2));
+        assert_eq!(a.next_expiry, Some(99));
     }
 
     #[test]

@@ -134,6 +134,8 @@ pub trait LotRead {
     fn expired(&self, now: Millis) -> Result<Vec<Lot>, Self::Error>;
     /// Every lot inserted as pending whose `available_at` is in (`after`, `now`].
     fn matured(&self, after: Millis, now: Millis) -> Result<Vec<Lot>, Self::Error>;
+    /// The earliest `expires_at` of the lots (`None`: no lot expires).
+    fn first_expiry(&self) -> Result<Option<Millis>, Self::Error>;
 }
 
 /// The writes on a member's lots.
@@ -179,6 +181,9 @@ impl LotRead for MemLots {
             .cloned()
             .collect())
     }
+    fn first_expiry(&self) -> Result<Option<Millis>, Self::Error> {
+        Ok(self.lots.values().filter_map(|l| l.expires_at).min())
+    }
 }
 
 impl LotStore for MemLots {
@@ -217,6 +222,9 @@ pub struct Account {
     /// Everything ever counted toward lifetime, pending included, less reversals.
     pub lifetime_total: i64,
     pub next_seq: u64,
+    /// No lot expires before this (`None`: no lot expires): expiry reads the lots only
+    /// once it is due. Kept by every change that makes a lot, renewed by each settle.
+    pub next_expiry: Option<Millis>,
 }
 
 /// A ledger change's outcome: the store's error outside, the rule's refusal inside.
@@ -247,9 +255,27 @@ impl Account {
         self.lifetime_total.saturating_sub(self.pending_lifetime)
     }
 
-    /// Lots pending until `now` become spendable: out of the pending sums.
+    /// Whether a lot may have expired at `now`.
+    fn expiry_due(&self, now: Millis) -> bool {
+        self.next_expiry.is_some_and(|e| e <= now)
+    }
+
+    /// A lot expiring at `e` exists.
+    fn note_expiry(&mut self, e: Option<Millis>) {
+        if let Some(e) = e {
+            self.next_expiry = Some(self.next_expiry.map_or(e, |n| n.min(e)));
+        }
+    }
+
+    /// Lots pending until `now` become spendable: out of the pending sums. With nothing
+    /// pending there is nothing to read.
     pub fn mature<L: LotRead>(&mut self, lots: &L, now: Millis) -> Result<(), L::Error> {
         if now <= self.matured_at {
+            return Ok(());
+        }
+        if self.pending == 0 && self.pending_lifetime == 0 {
+            // Every lot made pending since `matured_at` is spent or gone.
+            self.matured_at = now;
             return Ok(());
         }
         for l in lots.matured(self.matured_at, now)? {
@@ -276,7 +302,11 @@ impl Account {
     pub fn view<L: LotRead>(&self, lots: &L, now: Millis) -> Result<(Account, i64), L::Error> {
         let mut a = self.clone();
         a.mature(lots, now)?;
-        let expired = lots.expired(now)?;
+        let expired = if a.expiry_due(now) {
+            lots.expired(now)?
+        } else {
+            Vec::new()
+        };
         a.drop_expired(&expired);
         Ok((a, expired.iter().map(|l| l.remaining).sum()))
     }
@@ -306,6 +336,9 @@ impl Account {
         now: Millis,
     ) -> Result<Vec<Entry>, L::Error> {
         self.mature(lots, now)?;
+        if !self.expiry_due(now) {
+            return Ok(Vec::new());
+        }
         let mut expired = lots.expired(now)?;
         expired.sort_by_key(|l| l.seq);
         self.drop_expired(&expired);
@@ -318,6 +351,7 @@ impl Account {
             };
             out.push(self.entry(now, EntryKind::Expiry, l.remaining.saturating_neg(), why));
         }
+        self.next_expiry = lots.first_expiry()?;
         Ok(out)
     }
 
@@ -364,6 +398,7 @@ impl Account {
                 self.pending_lifetime = self.pending_lifetime.saturating_add(lot.lifetime_part);
             }
             lots.insert(&lot, pending)?;
+            self.note_expiry(lot.expires_at);
         }
         self.total = total;
         self.lifetime_total = lifetime_total;
@@ -467,6 +502,7 @@ impl Account {
                     l
                 }
             };
+            self.note_expiry(lot.expires_at);
             if self.is_pending(&lot) {
                 self.pending = self.pending.saturating_add(p.points);
             } else if lot.expires_at.is_some_and(|e| e <= now) {
