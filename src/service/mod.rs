@@ -16,6 +16,7 @@ pub mod records;
 pub mod sliced;
 pub mod state;
 pub mod states;
+pub mod timeline;
 pub mod voucher;
 pub mod webhook;
 
