@@ -18,6 +18,12 @@ pub enum Fault {
     Panic,
     /// The job succeeds, and the flush of its group fails (nothing of the group is written).
     FailFlush,
+    /// The job succeeds, and its group waits this long between being applied to sled and
+    /// being flushed (the window a read beside the writer must not see into).
+    SlowFlush(std::time::Duration),
+    /// Like `SlowFlush`, then the flush fails: the group was in sled's memory, never
+    /// durable, and the store stops (fail-stop; what reached the disk is unknown).
+    SlowFailedFlush(std::time::Duration),
 }
 
 /// Faults armed per endpoint label (`voucher.check`, `loyalty.award`, …), each fired once.
@@ -55,6 +61,15 @@ impl Faults {
             ))),
             Fault::Panic => panic!("injected panic after {endpoint} decided (test)"),
             Fault::FailFlush => {
+                txn.inject_flush_failure();
+                Ok(())
+            }
+            Fault::SlowFlush(d) => {
+                txn.inject_flush_delay(d);
+                Ok(())
+            }
+            Fault::SlowFailedFlush(d) => {
+                txn.inject_flush_delay(d);
                 txn.inject_flush_failure();
                 Ok(())
             }

@@ -278,3 +278,88 @@ async fn a_failed_redeem_spends_nothing() {
         "{v}"
     );
 }
+
+/// An account call for `user`, timed: (when its answer came, status, body).
+async fn timed_account(h: &Harness, user: &str) -> (std::time::Instant, u16, Value) {
+    let r = h
+        .call(
+            "loyalty/account",
+            &json!({"userId": user, "loyaltyProgramId": 7}),
+        )
+        .await;
+    let v = serde_json::from_slice(&r.bytes).unwrap_or(Value::Null);
+    (std::time::Instant::now(), r.status, v)
+}
+
+/// Issue 13 §2: reads run beside the writer, yet a read never shows a group before it is
+/// durable. An award's group waits 400 ms between being applied to sled and its flush; an
+/// account read of that member, sent meanwhile, answers with the award only after that
+/// wait (it met the member in flight and ran on the writer, after the award's group),
+/// while a read of another member answers during the wait (served beside the writer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_read_racing_an_award_never_sees_it_before_its_answer() {
+    use std::time::{Duration, Instant};
+    let h = std::sync::Arc::new(harness().await);
+    enroll(&h, "u1").await;
+    enroll(&h, "u2").await;
+    let app = &h.server.as_ref().unwrap().app;
+    app.faults.arm(
+        "loyalty.award",
+        Fault::SlowFlush(Duration::from_millis(400)),
+    );
+    let h2 = h.clone();
+    let sent = Instant::now();
+    let award = tokio::spawn(async move {
+        let v = loyalty(&h2, "award", award_body("u1", "p1", 1_000, 1)).await;
+        (Instant::now(), v)
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let (other_at, status, other) = timed_account(&h, "u2").await;
+    assert_eq!((status, other["currentBalance"].clone()), (200, json!(50)));
+    let (read_at, status, read) = timed_account(&h, "u1").await;
+    let (award_at, award) = award.await.unwrap();
+    assert_eq!(award["newBalance"], json!(60), "{award}");
+    assert_eq!(status, 200, "{read}");
+    assert!(
+        other_at < award_at,
+        "the other member's read waited for the writer"
+    );
+    // The award's effect is visible only once its group is durable (the group was held
+    // 400 ms after being applied to sled), when its answer goes out.
+    assert_eq!(read["currentBalance"], json!(60), "{read}");
+    assert!(
+        read_at.duration_since(sent) >= Duration::from_millis(400),
+        "a read showed the award before its group was durable"
+    );
+    let m = String::from_utf8(h.request("GET", "/metrics", &[], vec![]).await.bytes).unwrap();
+    assert!(
+        m.contains("kp_store_reads_beside_total{result=\"deferred\"} 1\n"),
+        "{m}"
+    );
+}
+
+/// A group applied to sled and then failing its flush was never visible: a read sent
+/// while it waited gets the store's refusal (503, fail-stop), never the failed award.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_read_never_sees_a_group_whose_flush_failed() {
+    use std::time::Duration;
+    let h = std::sync::Arc::new(harness().await);
+    enroll(&h, "u1").await;
+    let app = &h.server.as_ref().unwrap().app;
+    app.faults.arm(
+        "loyalty.award",
+        Fault::SlowFailedFlush(Duration::from_millis(400)),
+    );
+    let h2 = h.clone();
+    let award = tokio::spawn(async move {
+        h2.call("loyalty/award", &award_body("u1", "p1", 1_000, 1))
+            .await
+            .status
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let (_, status, read) = timed_account(&h, "u1").await;
+    assert_eq!(award.await.unwrap(), 503);
+    assert_eq!(status, 503, "{read}");
+    let (_, status, read) = timed_account(&h, "u1").await;
+    assert_eq!(status, 503, "fail-stop, reads included: {read}");
+}

@@ -1014,3 +1014,139 @@ async fn identifier_syntax_is_checked_before_the_program_is_looked_up() {
     .await;
     assert_eq!(found["memberId"], r["memberId"]);
 }
+
+/// Records the writer's jobs have read and written so far (`kp_store_records_total`).
+async fn records(h: &Harness) -> (u64, u64) {
+    let m = String::from_utf8(h.request("GET", "/metrics", &[], vec![]).await.bytes).unwrap();
+    let get = |op: &str| -> u64 {
+        let prefix = format!("kp_store_records_total{{op=\"{op}\"}} ");
+        m.lines()
+            .find_map(|l| l.strip_prefix(&prefix)?.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in {m}"))
+    };
+    (get("read"), get("written"))
+}
+
+/// The records one call read and wrote, and its answer.
+async fn cost(h: &Harness, op: &str, body: Value) -> ((u64, u64), Value) {
+    let before = records(h).await;
+    let v = call(h, op, body).await;
+    let after = records(h).await;
+    ((after.0 - before.0, after.1 - before.1), v)
+}
+
+/// Issue 13 §1: a member's history does not make their next call dearer. Award #5000 and
+/// a redeem after it read and write exactly as many records as award #1 and a redeem
+/// after that (counted by the store, not timed): the member record keeps totals, and the
+/// lots are records of their own, spent oldest first from the front.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn award_5000_on_one_member_costs_the_records_of_award_1() {
+    let h = std::sync::Arc::new(harness().await);
+    enroll(&h, "hot").await; // 50, expiring
+    let (award_1, v) = cost(&h, "award", award_body("hot", "p1", 1_000, json!([]), 1)).await;
+    let mut points = v["pointsAwarded"].as_i64().unwrap();
+    let (redeem_1, v) = cost(&h, "redeem", redeem_body("hot", "cake", 10_001)).await;
+    assert_eq!(v["ok"], json!(true), "{v}");
+    let mut tasks = Vec::new();
+    for w in 0..25u64 {
+        let h = h.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut sum = 0;
+            for n in (2 + w * 200)..(2 + (w + 1) * 200).min(5_000) {
+                let body = award_body("hot", &format!("p{n}"), 1_000, json!([]), n);
+                sum += call(&h, "award", body).await["pointsAwarded"]
+                    .as_i64()
+                    .unwrap();
+            }
+            sum
+        }));
+    }
+    for t in tasks {
+        points += t.await.unwrap();
+    }
+    let (award_5000, v) = cost(
+        &h,
+        "award",
+        award_body("hot", "p5000", 1_000, json!([]), 5_000),
+    )
+    .await;
+    points += v["pointsAwarded"].as_i64().unwrap();
+    let (redeem_2, v) = cost(&h, "redeem", redeem_body("hot", "cake", 10_002)).await;
+    assert_eq!(v["ok"], json!(true), "{v}");
+    assert_eq!(
+        award_5000, award_1,
+        "records (read, written) of award #5000 vs #1"
+    );
+    assert_eq!(redeem_2, redeem_1, "records (read, written) of a redeem");
+    assert_eq!(
+        account(&h, "hot", 7).await["currentBalance"],
+        json!(50 + points - 20)
+    );
+}
+
+/// A member record as schema 1 wrote it (every lot inside it), for user `old` of program 7:
+/// 50 points spendable, 7 pending until a day after T0, 3 expired long ago.
+fn schema_1_member(t0: i64) -> String {
+    let day = 86_400_000;
+    format!(
+        r#"{{"member_id":"mbr_old","user_id":"old","phone":null,"email":null,"card":null,"created_at":5,"account":{{"lots":[{{"seq":0,"remaining":50,"lifetime_part":50,"available_at":5,"expires_at":null}},{{"seq":1,"remaining":7,"lifetime_part":7,"available_at":{},"expires_at":null}},{{"seq":2,"remaining":3,"lifetime_part":3,"available_at":5,"expires_at":99}}],"lifetime_total":60,"next_seq":3}}}}"#,
+        t0 + day
+    )
+}
+
+/// Schema 1 → 2: a store written by the earlier format (golden bytes put straight into
+/// sled, version 1) is migrated at start — balances, pending and expiry unchanged, the
+/// lots records of their own — and marked version 2.
+#[tokio::test]
+async fn a_schema_1_store_is_migrated_at_start() {
+    let mut h = harness().await;
+    let t0 = h.clock.now_ms();
+    h.stop().await;
+    {
+        let db = sled::open(h.data_path()).unwrap();
+        db.insert(b"meta\x1fschema_version", &1u64.to_be_bytes())
+            .unwrap();
+        db.insert(
+            b"lmem\x1facme\x1f7\x1fmbr_old",
+            schema_1_member(t0).as_bytes(),
+        )
+        .unwrap();
+        db.insert(b"lid\x1facme\x1f7\x1fuser\x1fold", b"mbr_old".as_slice())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    h.boot().await;
+    let a = account(&h, "old", 7).await;
+    assert_eq!(
+        (a["currentBalance"].clone(), a["lifetimeEarned"].clone()),
+        (json!(50), json!(53))
+    );
+    // The next write records the expired 3 and adds its own lot.
+    let v = call(&h, "award", award_body("old", "p1", 1_000, json!([]), 1)).await;
+    assert_eq!(v["newBalance"], json!(60), "{v}");
+    let view = h
+        .admin("GET", "loyalty/7/members/mbr_old", None)
+        .await
+        .json();
+    let seqs: Vec<i64> = view["lots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(seqs, vec![0, 1, 4], "{view}");
+    assert_eq!(view["ledger"][0]["kind"], json!("expiry"), "{view}");
+    h.clock.advance_ms(86_400_000);
+    let a = account(&h, "old", 7).await;
+    assert_eq!(
+        (a["currentBalance"].clone(), a["lifetimeEarned"].clone()),
+        (json!(67), json!(70))
+    );
+    h.stop().await;
+    let db = sled::open(h.data_path()).unwrap();
+    let v = db.get(b"meta\x1fschema_version").unwrap().unwrap();
+    assert_eq!(v.as_ref(), 2u64.to_be_bytes().as_slice());
+    let m = db.get(b"lmem\x1facme\x1f7\x1fmbr_old").unwrap().unwrap();
+    let m: Value = serde_json::from_slice(&m).unwrap();
+    assert!(m["account"].get("lots").is_none(), "{m}");
+}

@@ -97,6 +97,8 @@ pub struct App {
     /// Injected faults for Karma-side QA, set at run time (see [`chaos`]).
     chaos: chaos::Chaos,
     store: Arc<Store<State>>,
+    /// The loyalty programs as of the last durable group, for the reads beside the writer.
+    programs: Arc<crate::service::Programs>,
     draining: AtomicBool,
     /// Wake-up per (tenant, route) for the onward-delivery tasks.
     route_wake: HashMap<(String, String), Arc<tokio::sync::Notify>>,
@@ -247,10 +249,21 @@ impl App {
         .await
     }
 
+    /// The program a read names, as the writer's state has it.
+    fn program_of(st: &State, t: &str, id: &str) -> Option<Arc<crate::loyalty::Program>> {
+        st.tenant(t).and_then(|ts| ts.programs.get(id)).cloned()
+    }
+
     pub async fn lookup(&self, tenant: &str, req: LookupRequest) -> Reply {
+        use crate::service::loyalty::lookup;
+        let prog = self.programs.get(tenant, &req.loyalty_program_id);
+        if let Some(r) = self.store.read(|v| lookup(v, prog, tenant, &req)) {
+            return answer(r);
+        }
         let t = tenant.to_owned();
         self.job(Call::Lookup.label(), move |txn, st| {
-            crate::service::loyalty::lookup(txn, st, &t, &req)
+            let prog = Self::program_of(st, &t, &req.loyalty_program_id);
+            lookup(&*txn, prog, &t, &req)
         })
         .await
     }
@@ -271,18 +284,33 @@ impl App {
         .await
     }
 
+    /// A read: on this thread beside the writer, unless what it read is in the group the
+    /// writer is making durable — then on the writer, after that group (see `store::read`).
     pub async fn account(&self, tenant: &str, req: AccountRequest) -> Reply {
-        let (t, now) = (tenant.to_owned(), self.clock.now_ms());
+        use crate::service::loyalty::account;
+        let now = self.clock.now_ms();
+        let prog = self.programs.get(tenant, &req.loyalty_program_id);
+        if let Some(r) = self.store.read(|v| account(v, prog, tenant, &req, now)) {
+            return answer(r);
+        }
+        let t = tenant.to_owned();
         self.job(Call::Account.label(), move |txn, st| {
-            crate::service::loyalty::account(txn, st, &t, &req, now)
+            let prog = Self::program_of(st, &t, &req.loyalty_program_id);
+            account(&*txn, prog, &t, &req, now)
         })
         .await
     }
 
     pub async fn rewards(&self, tenant: &str, req: RewardsRequest) -> Reply {
+        use crate::service::loyalty::rewards;
+        let prog = self.programs.get(tenant, &req.loyalty_program_id);
+        if let Some(r) = self.store.read(|v| rewards(v, prog, tenant, &req)) {
+            return answer(r);
+        }
         let t = tenant.to_owned();
         self.job(Call::Rewards.label(), move |txn, st| {
-            crate::service::loyalty::rewards(txn, st, &t, &req)
+            let prog = Self::program_of(st, &t, &req.loyalty_program_id);
+            rewards(&*txn, prog, &t, &req)
         })
         .await
     }

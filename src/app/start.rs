@@ -75,12 +75,19 @@ impl App {
             cache_capacity_bytes: config.storage.cache_capacity_mb * 1024 * 1024,
         };
         let cfg2 = config.clone();
+        let programs = Arc::new(crate::service::Programs::default());
+        let published = (gauge, programs.clone());
         let store = tokio::task::spawn_blocking(move || {
-            Store::open(&opts, move |txn| State::load(&cfg2, txn, gauge))
+            Store::open(&opts, move |txn| State::load(&cfg2, txn, published))
         })
         .await
         .map_err(|e| StartError::Store(StoreError::Io(e.to_string())))?
         .map_err(StartError::Store)?;
+        // Schema 1 → 2 before anything else runs (a no-op on a current store).
+        let (now, slice) = (clock.now_ms(), config.storage.job_slice_records);
+        crate::service::lots::migrate(&store, now, slice)
+            .await
+            .map_err(StartError::Store)?;
         let route_wake = config
             .tenants
             .iter()
@@ -99,6 +106,7 @@ impl App {
             faults: Arc::default(),
             chaos: Default::default(),
             store: Arc::new(store),
+            programs,
             draining: AtomicBool::new(false),
             route_wake,
             cancel: CancellationToken::new(),

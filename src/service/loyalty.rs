@@ -16,8 +16,9 @@ use crate::loyalty::{
     normalize_identifier, Account, Credit, Entry, EntryKind, IdentifierType, Program, Refusal,
     Spent, Why, IDENTIFIER_TYPES,
 };
-use crate::store::{StoreError, Txn};
+use crate::store::{Read, StoreError, Txn};
 
+use super::lots::MemberLots;
 use super::{fingerprint, idempotent, keys, Reply, State};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -28,8 +29,19 @@ pub struct MemberRecord {
     pub email: Option<String>,
     pub card: Option<String>,
     pub created_at: Millis,
+    /// The totals; the lots are records of their own (`super::lots`).
     #[serde(with = "super::records::account")]
     pub account: Account,
+}
+
+/// Member `m`'s lots, written through the writer's `txn`.
+fn lots_of<'a, 'b>(
+    txn: &'a mut Txn<'b>,
+    t: &'a str,
+    p: &'a str,
+    m: &'a str,
+) -> MemberLots<'a, &'a mut Txn<'b>> {
+    MemberLots::new(txn, t, p, m)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -74,8 +86,8 @@ fn program(st: &State, tenant: &str, id: &str) -> Option<Arc<Program>> {
     st.tenant(tenant).and_then(|t| t.programs.get(id)).cloned()
 }
 
-fn member_by(
-    txn: &Txn<'_>,
+fn member_by<R: Read>(
+    txn: &R,
     t: &str,
     p: &str,
     kind: &str,
@@ -87,13 +99,25 @@ fn member_by(
     txn.get_json(&keys::member(t, p, &String::from_utf8_lossy(&id)))
 }
 
-fn member_by_id(
-    txn: &Txn<'_>,
+fn member_by_id<R: Read>(
+    txn: &R,
     t: &str,
     p: &str,
     id: &str,
 ) -> Result<Option<MemberRecord>, StoreError> {
     txn.get_json(&keys::member(t, p, id))
+}
+
+/// Run the ledger change `f` so that a refusal (any answer but a success) leaves none of
+/// its writes: settling and spending write lot records as they go, and a refused call
+/// must change nothing, as if its member record were not saved.
+fn all_or_nothing(txn: &mut Txn<'_>, f: impl FnOnce(&mut Txn<'_>) -> R) -> R {
+    let sp = txn.savepoint();
+    let reply = f(txn)?;
+    if reply.outcome != "ok" {
+        txn.rollback_to(sp);
+    }
+    Ok(reply)
 }
 
 /// Write the member and its new ledger entries together.
@@ -176,7 +200,15 @@ fn create_member(
     let bonus = prog.spec.signup_bonus;
     if bonus > 0 {
         // A bonus bounded at load.
-        let e = credit_fresh(&mut m.account, prog, now, EntryKind::SignupBonus, bonus);
+        let mut lots = lots_of(txn, t, p, &member_id);
+        let e = credit_fresh(
+            &mut m.account,
+            &mut lots,
+            prog,
+            now,
+            EntryKind::SignupBonus,
+            bonus,
+        )?;
         entries.extend(e);
     }
     Ok((m, entries, bonus))
@@ -188,11 +220,12 @@ fn create_member(
 /// so the credit cannot be refused (`None` would only mean a broken bound).
 fn credit_fresh(
     account: &mut Account,
+    lots: &mut MemberLots<'_, &mut Txn<'_>>,
     prog: &Program,
     now: Millis,
     kind: EntryKind,
     points: i64,
-) -> Option<Entry> {
+) -> Result<Option<Entry>, StoreError> {
     let (reason, counts_lifetime) = match kind {
         EntryKind::SignupBonus => ("signup bonus", true),
         _ => ("imported balance", false),
@@ -208,7 +241,7 @@ fn credit_fresh(
         expire_ms: prog.expire_ms(),
         counts_lifetime,
     };
-    account.credit(now, credit, why).ok()
+    Ok(account.credit(lots, now, credit, why)?.ok())
 }
 
 /// The member for a Karma user, enrolling them when the program says `auto_enroll`.
@@ -257,7 +290,7 @@ fn subject(
 
 /// The identifier's type and its syntax for that type are part of the request's validity:
 /// checked (400) before the program is looked up.
-pub fn lookup(txn: &mut Txn<'_>, st: &mut State, t: &str, req: &LookupRequest) -> R {
+pub fn lookup<Rd: Read>(txn: &Rd, prog: Option<Arc<Program>>, t: &str, req: &LookupRequest) -> R {
     let Some(kind) = IdentifierType::parse(&req.identifier_type) else {
         return Ok(Reply::error(&ApiError::invalid(
             "identifierType",
@@ -268,7 +301,7 @@ pub fn lookup(txn: &mut Txn<'_>, st: &mut State, t: &str, req: &LookupRequest) -
         Ok(v) => v,
         Err(m) => return Ok(Reply::error(&ApiError::invalid("identifier", m))),
     };
-    let Some(prog) = program(st, t, &req.loyalty_program_id) else {
+    let Some(prog) = prog else {
         return Ok(refuse(Refusal::ProgramNotFound));
     };
     let m = match kind {
@@ -347,6 +380,20 @@ fn credit_purchase(
     txn: &mut Txn<'_>,
     t: &str,
     prog: &Program,
+    m: MemberRecord,
+    entries: Vec<Entry>,
+    req: &AwardRequest,
+    now: Millis,
+) -> R {
+    all_or_nothing(txn, |txn| {
+        credit_purchase_once(txn, t, prog, m, entries, req, now)
+    })
+}
+
+fn credit_purchase_once(
+    txn: &mut Txn<'_>,
+    t: &str,
+    prog: &Program,
     mut m: MemberRecord,
     mut entries: Vec<Entry>,
     req: &AwardRequest,
@@ -366,12 +413,13 @@ fn credit_purchase(
             });
         }
     }
-    entries.extend(m.account.settle(now));
-    let before = prog.tier_for(m.account.lifetime(now)).map(|t| t.id.clone());
+    let mid = m.member_id.clone();
+    entries.extend(m.account.settle(&mut lots_of(txn, t, p, &mid), now)?);
+    let before = prog.tier_for(m.account.lifetime()).map(|t| t.id.clone());
     let Some(points) = prog.award_points(
         req.purchase_amount_cents,
         &req.item_ids,
-        m.account.lifetime(now),
+        m.account.lifetime(),
     ) else {
         return Ok(Reply::error(&ApiError::invalid(
             "purchaseAmountCents",
@@ -388,6 +436,7 @@ fn credit_purchase(
         ..Why::default()
     };
     let e = match m.account.credit(
+        &mut lots_of(txn, t, p, &mid),
         now,
         Credit {
             kind: EntryKind::Earn,
@@ -397,7 +446,7 @@ fn credit_purchase(
             counts_lifetime: true,
         },
         why,
-    ) {
+    )? {
         Ok(e) => e,
         Err(too_many) => {
             return Ok(Reply::error(&ApiError::invalid(
@@ -408,11 +457,11 @@ fn credit_purchase(
     };
     let lot = e.seq;
     entries.push(e);
-    let after = prog.tier_for(m.account.lifetime(now)).map(|t| t.id.clone());
+    let after = prog.tier_for(m.account.lifetime()).map(|t| t.id.clone());
     let reply = json(&AwardSuccess {
         ok: true,
         points_awarded: points,
-        new_balance: m.account.spendable(now),
+        new_balance: m.account.spendable(),
         tier_changed: before != after,
     });
     save(txn, t, p, &m, &entries);
@@ -476,26 +525,36 @@ pub fn award_member(
     credit_purchase(txn, t, &prog, m, Vec::new(), req, now)
 }
 
-pub fn account(txn: &mut Txn<'_>, st: &mut State, t: &str, req: &AccountRequest, now: Millis) -> R {
-    let Some(prog) = program(st, t, &req.loyalty_program_id) else {
+/// The account call, a read: expiry and maturing are computed, not written. `prog` is
+/// the program named by the request, if any.
+pub fn account<Rd: Read>(
+    r: &Rd,
+    prog: Option<Arc<Program>>,
+    t: &str,
+    req: &AccountRequest,
+    now: Millis,
+) -> R {
+    let Some(prog) = prog else {
         return Ok(refuse(Refusal::ProgramNotFound));
     };
-    let Some(m) = member_by(txn, t, &prog.id, "user", &req.user_id)? else {
+    let Some(m) = member_by(r, t, &prog.id, "user", &req.user_id)? else {
         return Ok(refuse(Refusal::MemberNotFound));
     };
-    let lifetime = m.account.lifetime(now);
+    let lots = MemberLots::new(r, t, &prog.id, &m.member_id);
+    let (view, _) = m.account.view(&lots, now)?;
+    let lifetime = view.lifetime();
     let tier = prog.tier_for(lifetime);
     Ok(Reply::ok(json(&AccountSuccess {
         ok: true,
-        current_balance: m.account.spendable(now),
+        current_balance: view.spendable(),
         lifetime_earned: lifetime,
         tier_name: tier.map(|t| t.name.clone()),
         tier_id: tier.map(|t| t.id.clone()),
     })))
 }
 
-fn stock_remaining(
-    txn: &Txn<'_>,
+fn stock_remaining<Rd: Read>(
+    txn: &Rd,
     t: &str,
     p: &str,
     r: &crate::loyalty::RewardSpec,
@@ -506,8 +565,10 @@ fn stock_remaining(
     })
 }
 
-pub fn rewards(txn: &mut Txn<'_>, st: &mut State, t: &str, req: &RewardsRequest) -> R {
-    let Some(prog) = program(st, t, &req.loyalty_program_id) else {
+/// The rewards call, a read.
+pub fn rewards<Rd: Read>(r: &Rd, prog: Option<Arc<Program>>, t: &str, _req: &RewardsRequest) -> R {
+    let txn = r;
+    let Some(prog) = prog else {
         return Ok(refuse(Refusal::ProgramNotFound));
     };
     let mut out = Vec::new();
@@ -539,68 +600,74 @@ pub fn redeem(txn: &mut Txn<'_>, st: &mut State, t: &str, req: &RedeemRequest, n
                 Ok(s) => s,
                 Err(refusal) => return Ok(refusal),
             };
-            let p = prog.id.as_str();
-            let Some(reward) = prog.reward(&req.reward_id) else {
-                return Ok(refuse(Refusal::RewardNotFound));
-            };
-            if stock_remaining(txn, t, p, reward)? == Some(0) {
-                return Ok(refuse(Refusal::OutOfStock));
-            }
-            entries.extend(m.account.settle(now));
-            let redemption_id = format!("rdm_{:016x}", txn.next_id()?);
-            let why = Why {
-                reason: format!("reward {}", reward.id),
-                transaction_id: Some(req.transaction_id.clone()),
-                redemption_id: Some(redemption_id.clone()),
-                ..Why::default()
-            };
-            let (spent, e) = match m
-                .account
-                .spend(now, reward.points_cost, EntryKind::Redeem, why)
-            {
-                Ok(x) => x,
-                Err(balance) => {
-                    return Ok(refuse(Refusal::InsufficientPoints {
-                        balance,
-                        needed: reward.points_cost,
-                    }))
+            all_or_nothing(txn, |txn| {
+                let p = prog.id.as_str();
+                let Some(reward) = prog.reward(&req.reward_id) else {
+                    return Ok(refuse(Refusal::RewardNotFound));
+                };
+                if stock_remaining(txn, t, p, reward)? == Some(0) {
+                    return Ok(refuse(Refusal::OutOfStock));
                 }
-            };
-            entries.push(e);
-            let code = match &reward.code_pattern {
-                None => None,
-                Some(pat) => match reward_code(txn, t, p, pat, &redemption_id)? {
-                    Ok(c) => Some(c),
-                    Err(refusal) => return Ok(refusal),
-                },
-            };
-            if reward.stock.is_some() {
-                let k = keys::stock(t, p, &reward.id);
-                let used = txn.get_u64(&k)?;
-                txn.put_u64(k, used + 1);
-            }
-            txn.put_json(
-                keys::redemption(t, p, &redemption_id),
-                &RedemptionRecord {
-                    redemption_id: redemption_id.clone(),
-                    member_id: m.member_id.clone(),
-                    reward_id: reward.id.clone(),
-                    points: reward.points_cost,
-                    spent,
-                    transaction_id: req.transaction_id.clone(),
-                    code: code.clone(),
-                    reversed: false,
-                    at: now,
-                },
-            );
-            let new_balance = m.account.spendable(now);
-            save(txn, t, p, &m, &entries);
-            Ok(Reply::ok(json(&RedeemSuccess {
-                ok: true,
-                redemption_id,
-                generated_code: code,
-                new_balance,
-            })))
+                let mid = m.member_id.clone();
+                entries.extend(m.account.settle(&mut lots_of(txn, t, p, &mid), now)?);
+                let redemption_id = format!("rdm_{:016x}", txn.next_id()?);
+                let why = Why {
+                    reason: format!("reward {}", reward.id),
+                    transaction_id: Some(req.transaction_id.clone()),
+                    redemption_id: Some(redemption_id.clone()),
+                    ..Why::default()
+                };
+                let (spent, e) = match m.account.spend(
+                    &mut lots_of(txn, t, p, &mid),
+                    now,
+                    reward.points_cost,
+                    EntryKind::Redeem,
+                    why,
+                )? {
+                    Ok(x) => x,
+                    Err(balance) => {
+                        return Ok(refuse(Refusal::InsufficientPoints {
+                            balance,
+                            needed: reward.points_cost,
+                        }))
+                    }
+                };
+                entries.push(e);
+                let code = match &reward.code_pattern {
+                    None => None,
+                    Some(pat) => match reward_code(txn, t, p, pat, &redemption_id)? {
+                        Ok(c) => Some(c),
+                        Err(refusal) => return Ok(refusal),
+                    },
+                };
+                if reward.stock.is_some() {
+                    let k = keys::stock(t, p, &reward.id);
+                    let used = txn.get_u64(&k)?;
+                    txn.put_u64(k, used + 1);
+                }
+                txn.put_json(
+                    keys::redemption(t, p, &redemption_id),
+                    &RedemptionRecord {
+                        redemption_id: redemption_id.clone(),
+                        member_id: m.member_id.clone(),
+                        reward_id: reward.id.clone(),
+                        points: reward.points_cost,
+                        spent,
+                        transaction_id: req.transaction_id.clone(),
+                        code: code.clone(),
+                        reversed: false,
+                        at: now,
+                    },
+                );
+                let new_balance = m.account.spendable();
+                save(txn, t, p, &m, &entries);
+                Ok(Reply::ok(json(&RedeemSuccess {
+                    ok: true,
+                    redemption_id,
+                    generated_code: code,
+                    new_balance,
+                })))
+            })
         },
     )
 }
@@ -693,82 +760,86 @@ pub fn reverse_award(
         keys::idem(t, "reversal", &format!("{p}:{}", req.id)),
         fp,
         |txn| {
-            let tx = match (&req.transaction_id, &req.purchase_id) {
-                (Some(tx), _) => Some(tx.clone()),
-                (None, Some(pid)) => txn
-                    .get(&keys::purchase(t, p, pid))?
-                    .map(|v| String::from_utf8_lossy(&v).into_owned()),
-                (None, None) => {
-                    return Ok(Reply::error(&ApiError::invalid(
-                        "purchaseId",
-                        "give purchaseId or transactionId",
-                    )))
+            all_or_nothing(txn, |txn| {
+                let tx = match (&req.transaction_id, &req.purchase_id) {
+                    (Some(tx), _) => Some(tx.clone()),
+                    (None, Some(pid)) => txn
+                        .get(&keys::purchase(t, p, pid))?
+                        .map(|v| String::from_utf8_lossy(&v).into_owned()),
+                    (None, None) => {
+                        return Ok(Reply::error(&ApiError::invalid(
+                            "purchaseId",
+                            "give purchaseId or transactionId",
+                        )))
+                    }
+                };
+                let Some(mut award) = tx
+                    .as_deref()
+                    .map(|tx| txn.get_json::<AwardRecord>(&keys::award(t, p, tx)))
+                    .transpose()?
+                    .flatten()
+                else {
+                    return Ok(refuse(Refusal::AwardNotFound));
+                };
+                let left = award.points - award.reversed_points;
+                let points = match req.amount_cents {
+                    None => left,
+                    Some(a) if a <= 0 || a > award.purchase_amount_cents => {
+                        return Ok(Reply::error(&ApiError::invalid(
+                            "amountCents",
+                            format!(
+                                "must be 1..={} (the purchase amount)",
+                                award.purchase_amount_cents
+                            ),
+                        )));
+                    }
+                    // points × amount can pass i64 (10^15 × 10^10): exact in i128.
+                    Some(a) => i64::try_from(
+                        i128::from(award.points) * i128::from(a)
+                            / i128::from(award.purchase_amount_cents.max(1)),
+                    )
+                    .unwrap_or(left)
+                    .min(left),
+                };
+                if left == 0 {
+                    return Ok(refuse(Refusal::AlreadyReversed));
                 }
-            };
-            let Some(mut award) = tx
-                .as_deref()
-                .map(|tx| txn.get_json::<AwardRecord>(&keys::award(t, p, tx)))
-                .transpose()?
-                .flatten()
-            else {
-                return Ok(refuse(Refusal::AwardNotFound));
-            };
-            let left = award.points - award.reversed_points;
-            let points = match req.amount_cents {
-                None => left,
-                Some(a) if a <= 0 || a > award.purchase_amount_cents => {
-                    return Ok(Reply::error(&ApiError::invalid(
-                        "amountCents",
-                        format!(
-                            "must be 1..={} (the purchase amount)",
-                            award.purchase_amount_cents
-                        ),
-                    )));
-                }
-                // points × amount can pass i64 (10^15 × 10^10): exact in i128.
-                Some(a) => i64::try_from(
-                    i128::from(award.points) * i128::from(a)
-                        / i128::from(award.purchase_amount_cents.max(1)),
-                )
-                .unwrap_or(left)
-                .min(left),
-            };
-            if left == 0 {
-                return Ok(refuse(Refusal::AlreadyReversed));
-            }
-            let Some(mut m) = member_by_id(txn, t, p, &award.member_id)? else {
-                return Ok(refuse(Refusal::MemberNotFound));
-            };
-            let mut entries = m.account.settle(now);
-            let before = prog.tier_for(m.account.lifetime(now)).map(|t| t.id.clone());
-            let why = Why {
-                reason: if req.reason.is_empty() {
-                    format!("refund of purchase {}", award.purchase_id)
-                } else {
-                    req.reason.clone()
-                },
-                transaction_id: Some(award.transaction_id.clone()),
-                purchase_id: Some(award.purchase_id.clone()),
-                reference: Some(req.id.clone()),
-                ..Why::default()
-            };
-            let (e, unrecovered) = m.account.reverse(now, award.lot, points, why);
-            entries.push(e);
-            let after = prog.tier_for(m.account.lifetime(now)).map(|t| t.id.clone());
-            award.reversed_points += points;
-            txn.put_json(keys::award(t, p, &award.transaction_id), &award);
-            save(txn, t, p, &m, &entries);
-            Ok(Reply::json(
-                200,
-                serde_json::json!({
-                    "ok": true,
-                    "reversalId": req.id,
-                    "pointsReversed": points,
-                    "pointsUnrecovered": unrecovered,
-                    "newBalance": m.account.spendable(now),
-                    "tierChanged": before != after,
-                }),
-            ))
+                let Some(mut m) = member_by_id(txn, t, p, &award.member_id)? else {
+                    return Ok(refuse(Refusal::MemberNotFound));
+                };
+                let mid = m.member_id.clone();
+                let mut lots = lots_of(txn, t, p, &mid);
+                let mut entries = m.account.settle(&mut lots, now)?;
+                let before = prog.tier_for(m.account.lifetime()).map(|t| t.id.clone());
+                let why = Why {
+                    reason: if req.reason.is_empty() {
+                        format!("refund of purchase {}", award.purchase_id)
+                    } else {
+                        req.reason.clone()
+                    },
+                    transaction_id: Some(award.transaction_id.clone()),
+                    purchase_id: Some(award.purchase_id.clone()),
+                    reference: Some(req.id.clone()),
+                    ..Why::default()
+                };
+                let (e, unrecovered) = m.account.reverse(&mut lots, now, award.lot, points, why)?;
+                entries.push(e);
+                let after = prog.tier_for(m.account.lifetime()).map(|t| t.id.clone());
+                award.reversed_points += points;
+                txn.put_json(keys::award(t, p, &award.transaction_id), &award);
+                save(txn, t, p, &m, &entries);
+                Ok(Reply::json(
+                    200,
+                    serde_json::json!({
+                        "ok": true,
+                        "reversalId": req.id,
+                        "pointsReversed": points,
+                        "pointsUnrecovered": unrecovered,
+                        "newBalance": m.account.spendable(),
+                        "tierChanged": before != after,
+                    }),
+                ))
+            })
         },
     )
 }
@@ -803,61 +874,65 @@ pub fn reverse_redemption(
         keys::idem(t, "redemption-reversal", &format!("{p}:{}", req.id)),
         fp,
         |txn| {
-            let Some(mut rec) =
-                txn.get_json::<RedemptionRecord>(&keys::redemption(t, p, redemption_id))?
-            else {
-                return Ok(refuse(Refusal::RedemptionNotFound));
-            };
-            if rec.reversed {
-                return Ok(refuse(Refusal::AlreadyReversed));
-            }
-            let Some(mut m) = member_by_id(txn, t, p, &rec.member_id)? else {
-                return Ok(refuse(Refusal::MemberNotFound));
-            };
-            let mut entries = m.account.settle(now);
-            let why = Why {
-                reason: if req.reason.is_empty() {
-                    format!("reversal of redemption {redemption_id}")
-                } else {
-                    req.reason.clone()
-                },
-                transaction_id: Some(rec.transaction_id.clone()),
-                redemption_id: Some(redemption_id.to_owned()),
-                reference: Some(req.id.clone()),
-                ..Why::default()
-            };
-            match m.account.restore(now, &rec.spent, why) {
-                Ok(e) => entries.push(e),
-                Err(too_many) => {
-                    return Ok(Reply::error(&ApiError::invalid(
-                        "redemptionId",
-                        format!("restoring {} points: {too_many}", rec.spent.total()),
-                    )))
+            all_or_nothing(txn, |txn| {
+                let Some(mut rec) =
+                    txn.get_json::<RedemptionRecord>(&keys::redemption(t, p, redemption_id))?
+                else {
+                    return Ok(refuse(Refusal::RedemptionNotFound));
+                };
+                if rec.reversed {
+                    return Ok(refuse(Refusal::AlreadyReversed));
                 }
-            }
-            entries.extend(m.account.settle(now));
-            if prog
-                .spec
-                .rewards
-                .iter()
-                .any(|r| r.id == rec.reward_id && r.stock.is_some())
-            {
-                let k = keys::stock(t, p, &rec.reward_id);
-                let used = txn.get_u64(&k)?;
-                txn.put_u64(k, used.saturating_sub(1));
-            }
-            rec.reversed = true;
-            txn.put_json(keys::redemption(t, p, redemption_id), &rec);
-            save(txn, t, p, &m, &entries);
-            Ok(Reply::json(
-                200,
-                serde_json::json!({
-                    "ok": true,
-                    "redemptionId": redemption_id,
-                    "pointsReturned": rec.spent.total(),
-                    "newBalance": m.account.spendable(now),
-                }),
-            ))
+                let Some(mut m) = member_by_id(txn, t, p, &rec.member_id)? else {
+                    return Ok(refuse(Refusal::MemberNotFound));
+                };
+                let mid = m.member_id.clone();
+                let mut lots = lots_of(txn, t, p, &mid);
+                let mut entries = m.account.settle(&mut lots, now)?;
+                let why = Why {
+                    reason: if req.reason.is_empty() {
+                        format!("reversal of redemption {redemption_id}")
+                    } else {
+                        req.reason.clone()
+                    },
+                    transaction_id: Some(rec.transaction_id.clone()),
+                    redemption_id: Some(redemption_id.to_owned()),
+                    reference: Some(req.id.clone()),
+                    ..Why::default()
+                };
+                match m.account.restore(&mut lots, now, &rec.spent, why)? {
+                    Ok(e) => entries.push(e),
+                    Err(too_many) => {
+                        return Ok(Reply::error(&ApiError::invalid(
+                            "redemptionId",
+                            format!("restoring {} points: {too_many}", rec.spent.total()),
+                        )))
+                    }
+                }
+                entries.extend(m.account.settle(&mut lots, now)?);
+                if prog
+                    .spec
+                    .rewards
+                    .iter()
+                    .any(|r| r.id == rec.reward_id && r.stock.is_some())
+                {
+                    let k = keys::stock(t, p, &rec.reward_id);
+                    let used = txn.get_u64(&k)?;
+                    txn.put_u64(k, used.saturating_sub(1));
+                }
+                rec.reversed = true;
+                txn.put_json(keys::redemption(t, p, redemption_id), &rec);
+                save(txn, t, p, &m, &entries);
+                Ok(Reply::json(
+                    200,
+                    serde_json::json!({
+                        "ok": true,
+                        "redemptionId": redemption_id,
+                        "pointsReturned": rec.spent.total(),
+                        "newBalance": m.account.spendable(),
+                    }),
+                ))
+            })
         },
     )
 }
@@ -906,54 +981,62 @@ pub fn adjust(
         keys::idem(t, "adjust", &format!("{p}:{}", req.id)),
         fp,
         |txn| {
-            let Some(mut m) = member_by_id(txn, t, p, member_id)? else {
-                return Ok(refuse(Refusal::MemberNotFound));
-            };
-            let mut entries = m.account.settle(now);
-            let why = Why {
-                reason: req.reason.clone(),
-                reference: Some(req.id.clone()),
-                ..Why::default()
-            };
-            if req.points > 0 {
-                match m.account.credit(
-                    now,
-                    Credit {
-                        kind: EntryKind::Adjustment,
-                        points: req.points,
-                        pending_ms: 0,
-                        expire_ms: prog.expire_ms(),
-                        counts_lifetime: req.counts_toward_lifetime,
-                    },
-                    why,
-                ) {
-                    Ok(e) => entries.push(e),
-                    Err(too_many) => {
-                        return Ok(Reply::error(&ApiError::invalid(
-                            "points",
-                            too_many.to_string(),
-                        )))
+            all_or_nothing(txn, |txn| {
+                let Some(mut m) = member_by_id(txn, t, p, member_id)? else {
+                    return Ok(refuse(Refusal::MemberNotFound));
+                };
+                let mid = m.member_id.clone();
+                let mut lots = lots_of(txn, t, p, &mid);
+                let mut entries = m.account.settle(&mut lots, now)?;
+                let why = Why {
+                    reason: req.reason.clone(),
+                    reference: Some(req.id.clone()),
+                    ..Why::default()
+                };
+                if req.points > 0 {
+                    match m.account.credit(
+                        &mut lots,
+                        now,
+                        Credit {
+                            kind: EntryKind::Adjustment,
+                            points: req.points,
+                            pending_ms: 0,
+                            expire_ms: prog.expire_ms(),
+                            counts_lifetime: req.counts_toward_lifetime,
+                        },
+                        why,
+                    )? {
+                        Ok(e) => entries.push(e),
+                        Err(too_many) => {
+                            return Ok(Reply::error(&ApiError::invalid(
+                                "points",
+                                too_many.to_string(),
+                            )))
+                        }
+                    }
+                } else {
+                    match m.account.spend(
+                        &mut lots,
+                        now,
+                        -req.points,
+                        EntryKind::Adjustment,
+                        why,
+                    )? {
+                        Ok((_, e)) => entries.push(e),
+                        Err(balance) => {
+                            return Ok(refuse(Refusal::InsufficientPoints {
+                                balance,
+                                needed: -req.points,
+                            }))
+                        }
                     }
                 }
-            } else {
-                match m
-                    .account
-                    .spend(now, -req.points, EntryKind::Adjustment, why)
-                {
-                    Ok((_, e)) => entries.push(e),
-                    Err(balance) => {
-                        return Ok(refuse(Refusal::InsufficientPoints {
-                            balance,
-                            needed: -req.points,
-                        }))
-                    }
-                }
-            }
-            save(txn, t, p, &m, &entries);
-            Ok(Reply::json(
-                200,
-                serde_json::json!({"ok": true, "memberId": member_id, "points": req.points, "newBalance": m.account.spendable(now)}),
-            ))
+                save(txn, t, p, &m, &entries);
+                Ok(Reply::json(
+                    200,
+                    serde_json::json!({"ok": true, "memberId": member_id, "points": req.points, "newBalance": m.account.spendable()}),
+                ))
+            })
         },
     )
 }
@@ -1017,9 +1100,16 @@ pub fn show_member(
     }
     let ledger_sum: i64 = ledger.iter().map(|e| e.points).sum();
     // What the next write will record as expired, shown now.
-    let mut view = m.account.clone();
-    let expiring = view.settle(now);
-    let tier = prog.tier_for(view.lifetime(now));
+    let (view, expiring) = m
+        .account
+        .view(&MemberLots::new(&*txn, t, p, &m.member_id), now)?;
+    let mut lots = Vec::new();
+    for (_, v) in txn.scan_prefix(&keys::lot_prefix(t, p, &m.member_id))? {
+        if let Ok(l) = serde_json::from_slice::<super::records::LotRecord>(&v) {
+            lots.push(crate::loyalty::Lot::from(l));
+        }
+    }
+    let tier = prog.tier_for(view.lifetime());
     let entries = ledger.len();
     let ledger = match who.ledger_page {
         Some(lp) => ledger_page(ledger, lp),
@@ -1033,14 +1123,14 @@ pub fn show_member(
             "email": m.email,
             "card": m.card,
             "createdAt": crate::clock::rfc3339(m.created_at),
-            "currentBalance": view.spendable(now),
-            "pendingPoints": view.pending(now),
-            "lifetimeEarned": view.lifetime(now),
+            "currentBalance": view.spendable(),
+            "pendingPoints": view.pending_points(),
+            "lifetimeEarned": view.lifetime(),
             "tierId": tier.map(|t| t.id.clone()),
             "tierName": tier.map(|t| t.name.clone()),
             "ledgerSum": ledger_sum,
-            "expiredNotYetRecorded": -expiring.iter().map(|e| e.points).sum::<i64>(),
-            "lots": m.account.lots,
+            "expiredNotYetRecorded": expiring,
+            "lots": lots,
             "ledgerEntries": entries,
             "ledger": ledger,
     });
@@ -1240,7 +1330,15 @@ fn import_member(
     }
     let (mut m, mut entries, _) = create_member(txn, t, prog, r.user.as_deref(), &r.ids, now)?;
     // A balance of at most 10^9 (checked at parse).
-    let e = credit_fresh(&mut m.account, prog, now, EntryKind::Import, r.balance);
+    let mid = m.member_id.clone();
+    let e = credit_fresh(
+        &mut m.account,
+        &mut lots_of(txn, t, p, &mid),
+        prog,
+        now,
+        EntryKind::Import,
+        r.balance,
+    )?;
     entries.extend(e);
     m.account.lifetime_total = r.lifetime;
     save(txn, t, p, &m, &entries);
@@ -1271,12 +1369,27 @@ pub fn provision_member(
         Ok(w) => w,
         Err(e) => return Ok(Reply::error(&e)),
     };
-    let (mut m, mut entries) = find_or_create_state_member(txn, t, p, &prog, &want, now)?;
+    all_or_nothing(txn, |txn| provision(txn, t, &prog, &want, now))
+}
+
+/// [`provision_member`] once the parameters are read.
+fn provision(txn: &mut Txn<'_>, t: &str, prog: &Program, want: &StateMember, now: Millis) -> R {
+    let p = prog.id.as_str();
+    let (mut m, mut entries) = find_or_create_state_member(txn, t, p, prog, want, now)?;
     if let Some(refusal) = claim_identifiers(txn, t, p, &mut m, &want.ids)? {
         return Ok(refusal);
     }
     let (balance, lifetime) = (want.balance, want.lifetime);
-    if let Err(e) = reset_balance(&mut m, &prog, balance, lifetime, &mut entries, now) {
+    let mid = m.member_id.clone();
+    let mut lots = lots_of(txn, t, p, &mid);
+    if let Err(e) = reset_balance(
+        &mut m,
+        &mut lots,
+        prog,
+        (balance, lifetime),
+        &mut entries,
+        now,
+    )? {
         return Ok(Reply::error(&ApiError::new(
             409,
             "STATE_UNREACHABLE",
@@ -1293,8 +1406,8 @@ pub fn provision_member(
             "ok": true,
             "memberId": m.member_id,
             "userId": want.user,
-            "balance": m.account.spendable(now),
-            "lifetimeEarned": m.account.lifetime(now),
+            "balance": m.account.spendable(),
+            "lifetimeEarned": m.account.lifetime(),
         }),
     ))
 }
@@ -1370,7 +1483,8 @@ fn find_or_create_state_member(
     }
     Ok(match found {
         Some(mut m) => {
-            let entries = m.account.settle(now);
+            let mid = m.member_id.clone();
+            let entries = m.account.settle(&mut lots_of(txn, t, p, &mid), now)?;
             (m, entries)
         }
         None => {
@@ -1432,17 +1546,17 @@ fn record_enrollment(txn: &mut Txn<'_>, t: &str, p: &str, user: &str, member_id:
 /// member (pending points included) past the most a member may hold.
 fn reset_balance(
     m: &mut MemberRecord,
+    lots: &mut MemberLots<'_, &mut Txn<'_>>,
     prog: &Program,
-    balance: i64,
-    lifetime: i64,
+    (balance, lifetime): (i64, i64),
     entries: &mut Vec<Entry>,
     now: Millis,
-) -> Result<(), crate::loyalty::TooManyPoints> {
+) -> Result<Result<(), crate::loyalty::TooManyPoints>, StoreError> {
     let why = || Why {
         reason: "provider state".into(),
         ..Why::default()
     };
-    let diff = balance - m.account.spendable(now);
+    let diff = balance - m.account.spendable();
     if diff > 0 {
         let credit = Credit {
             kind: EntryKind::Import,
@@ -1451,14 +1565,20 @@ fn reset_balance(
             expire_ms: prog.expire_ms(),
             counts_lifetime: false,
         };
-        entries.push(m.account.credit(now, credit, why())?);
+        match m.account.credit(lots, now, credit, why())? {
+            Ok(e) => entries.push(e),
+            Err(too_many) => return Ok(Err(too_many)),
+        }
     } else if diff < 0 {
         // Spending at most what is spendable cannot fail.
-        if let Ok((_, e)) = m.account.spend(now, -diff, EntryKind::Adjustment, why()) {
+        if let Ok((_, e)) = m
+            .account
+            .spend(lots, now, -diff, EntryKind::Adjustment, why())?
+        {
             entries.push(e);
         }
     }
-    let pending = m.account.lifetime_total - m.account.lifetime(now);
+    let pending = m.account.lifetime_total - m.account.lifetime();
     m.account.lifetime_total = lifetime + pending;
-    Ok(())
+    Ok(Ok(()))
 }

@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod codes;
+pub mod lots;
 pub mod loyalty;
 pub mod records;
 pub mod sliced;
@@ -29,7 +30,7 @@ use crate::contract::ApiError;
 use crate::store::{key, prefix, StoreError, Txn};
 use crate::voucher::{match_key, Campaign, CampaignSpec, CodeMatch};
 
-pub use state::State;
+pub use state::{Programs, State};
 
 /// What a job answers: an HTTP status, the exact body bytes, and an outcome label for
 /// metrics (`ok` or the error code).
@@ -262,6 +263,31 @@ pub mod keys {
     pub fn ident(t: &str, p: &str, kind: &str, v: &str) -> Vec<u8> {
         key(&["lid", t, p, kind, v])
     }
+    /// A time as a fixed-width key component (times before 1970 sort as 1970).
+    pub fn time_key(at: crate::clock::Millis) -> String {
+        seq_key(u64::try_from(at).unwrap_or(0))
+    }
+    /// A member's credit lot, by the seq of the entry that made it (oldest first).
+    pub fn lot(t: &str, p: &str, m: &str, seq: u64) -> Vec<u8> {
+        key(&["llot", t, p, m, &seq_key(seq)])
+    }
+    pub fn lot_prefix(t: &str, p: &str, m: &str) -> Vec<u8> {
+        prefix(&["llot", t, p, m])
+    }
+    /// A lot that expires, by expiry time (value empty).
+    pub fn lot_expiry(t: &str, p: &str, m: &str, at: crate::clock::Millis, seq: u64) -> Vec<u8> {
+        key(&["llexp", t, p, m, &time_key(at), &seq_key(seq)])
+    }
+    pub fn lot_expiry_prefix(t: &str, p: &str, m: &str) -> Vec<u8> {
+        prefix(&["llexp", t, p, m])
+    }
+    /// A lot made pending, by the time it becomes spendable (value empty).
+    pub fn lot_pending(t: &str, p: &str, m: &str, at: crate::clock::Millis, seq: u64) -> Vec<u8> {
+        key(&["llpen", t, p, m, &time_key(at), &seq_key(seq)])
+    }
+    pub fn lot_pending_prefix(t: &str, p: &str, m: &str) -> Vec<u8> {
+        prefix(&["llpen", t, p, m])
+    }
     pub fn ledger_prefix(t: &str, p: &str, m: &str) -> Vec<u8> {
         prefix(&["lled", t, p, m])
     }
@@ -315,7 +341,7 @@ impl State {
     pub fn load(
         cfg: &Config,
         txn: &mut Txn<'_>,
-        gauges: Arc<crate::metrics::Gauges>,
+        published: (Arc<crate::metrics::Gauges>, Arc<state::Programs>),
     ) -> Result<State, StoreError> {
         let mut tenants = HashMap::new();
         for t in &cfg.tenants {
@@ -379,7 +405,7 @@ impl State {
         let holds = voucher::load_live_holds(txn)?;
         let queued = txn.scan_prefix(b"whq\x1f")?.len() as u64;
         let dead = txn.scan_prefix(b"whdl\x1f")?.len() as u64;
-        Ok(State::new(tenants, holds, (queued, dead), gauges))
+        Ok(State::new(tenants, holds, (queued, dead), published))
     }
 }
 

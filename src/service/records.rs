@@ -4,8 +4,9 @@
 //! points came from, a hold's state) is written and read through a mirror type here,
 //! converted field by field. Renaming or reshaping a domain field therefore changes a
 //! conversion, which the compiler points at, never the bytes on disk; the golden tests
-//! below pin the format of schema version 1 (`store::SCHEMA_VERSION`). A change to these
-//! formats that an older build could not read bumps that version.
+//! below pin the format of schema version 2 (`store::SCHEMA_VERSION`; version 1 kept a
+//! member's lots inside the member record: `AccountV1` reads it for the migration). A
+//! change to these formats that an older build could not read bumps that version.
 //!
 //! The service's own record structs (`HoldRecord`, `MemberRecord`, `AwardRecord`,
 //! `RedemptionRecord`, history events, webhook records, bulk codes) are record types
@@ -20,8 +21,10 @@ use crate::clock::Millis;
 use crate::loyalty::{Account, Entry, EntryKind, Lot, Spent};
 use crate::voucher::HoldState;
 
+/// A credit lot as stored, a record of its own (`llot/…`, schema 2; inside the member
+/// record in schema 1).
 #[derive(Serialize, Deserialize)]
-struct LotRecord {
+pub struct LotRecord {
     seq: u64,
     remaining: i64,
     lifetime_part: i64,
@@ -29,29 +32,52 @@ struct LotRecord {
     expires_at: Option<Millis>,
 }
 
+impl From<&Lot> for LotRecord {
+    fn from(l: &Lot) -> LotRecord {
+        LotRecord {
+            seq: l.seq,
+            remaining: l.remaining,
+            lifetime_part: l.lifetime_part,
+            available_at: l.available_at,
+            expires_at: l.expires_at,
+        }
+    }
+}
+
+impl From<LotRecord> for Lot {
+    fn from(l: LotRecord) -> Lot {
+        Lot {
+            seq: l.seq,
+            remaining: l.remaining,
+            lifetime_part: l.lifetime_part,
+            available_at: l.available_at,
+            expires_at: l.expires_at,
+        }
+    }
+}
+
+/// A member's totals as stored in the member record (schema 2).
 #[derive(Serialize, Deserialize)]
 struct AccountRecord {
-    lots: Vec<LotRecord>,
+    total: i64,
+    pending: i64,
+    pending_lifetime: i64,
+    matured_at: Millis,
     lifetime_total: i64,
     next_seq: u64,
+    next_expiry: Option<Millis>,
 }
 
 impl From<&Account> for AccountRecord {
     fn from(a: &Account) -> AccountRecord {
         AccountRecord {
-            lots: a
-                .lots
-                .iter()
-                .map(|l| LotRecord {
-                    seq: l.seq,
-                    remaining: l.remaining,
-                    lifetime_part: l.lifetime_part,
-                    available_at: l.available_at,
-                    expires_at: l.expires_at,
-                })
-                .collect(),
+            total: a.total,
+            pending: a.pending,
+            pending_lifetime: a.pending_lifetime,
+            matured_at: a.matured_at,
             lifetime_total: a.lifetime_total,
             next_seq: a.next_seq,
+            next_expiry: a.next_expiry,
         }
     }
 }
@@ -59,19 +85,13 @@ impl From<&Account> for AccountRecord {
 impl From<AccountRecord> for Account {
     fn from(r: AccountRecord) -> Account {
         Account {
-            lots: r
-                .lots
-                .into_iter()
-                .map(|l| Lot {
-                    seq: l.seq,
-                    remaining: l.remaining,
-                    lifetime_part: l.lifetime_part,
-                    available_at: l.available_at,
-                    expires_at: l.expires_at,
-                })
-                .collect(),
+            total: r.total,
+            pending: r.pending,
+            pending_lifetime: r.pending_lifetime,
+            matured_at: r.matured_at,
             lifetime_total: r.lifetime_total,
             next_seq: r.next_seq,
+            next_expiry: r.next_expiry,
         }
     }
 }
@@ -86,6 +106,34 @@ pub mod account {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Account, D::Error> {
         AccountRecord::deserialize(d).map(Account::from)
+    }
+}
+
+/// A member's account as schema 1 stored it: every open lot inside the member record.
+/// Read only by the migration to schema 2 (`service::lots::migrate_page`).
+#[derive(Deserialize)]
+pub struct AccountV1 {
+    lots: Vec<LotRecord>,
+    lifetime_total: i64,
+    next_seq: u64,
+}
+
+impl AccountV1 {
+    /// The lots, and the schema-2 account holding them, matured at `now`: its pending
+    /// sums are over the lots not spendable at `now`.
+    pub fn upgrade(self, now: Millis) -> (Vec<Lot>, Account) {
+        let lots: Vec<Lot> = self.lots.into_iter().map(Lot::from).collect();
+        let later = || lots.iter().filter(|l| l.available_at > now);
+        let account = Account {
+            total: lots.iter().map(|l| l.remaining).sum(),
+            pending: later().map(|l| l.remaining).sum(),
+            pending_lifetime: later().map(|l| l.lifetime_part).sum(),
+            matured_at: now,
+            lifetime_total: self.lifetime_total,
+            next_seq: self.next_seq,
+            next_expiry: lots.iter().filter_map(|l| l.expires_at).min(),
+        };
+        (lots, account)
     }
 }
 
@@ -264,8 +312,9 @@ pub mod hold_state {
 
 #[cfg(test)]
 mod tests {
-    //! Golden records of schema version 1: what a store written by this version holds must
-    //! stay readable, and what it writes must not change without a version bump.
+    //! Golden records of schema version 2: what a store written by this version holds must
+    //! stay readable, and what it writes must not change without a version bump; and a
+    //! schema-1 member record, which the migration must read.
 
     use super::*;
     use crate::service::loyalty::{MemberRecord, RedemptionRecord};
@@ -277,10 +326,34 @@ mod tests {
     }
 
     #[test]
-    fn member_records_keep_their_format() {
+    fn member_and_lot_records_keep_their_format() {
         roundtrip::<MemberRecord>(
-            r#"{"member_id":"mbr_1","user_id":"u1","phone":null,"email":null,"card":null,"created_at":5,"account":{"lots":[{"seq":0,"remaining":50,"lifetime_part":50,"available_at":5,"expires_at":null},{"seq":1,"remaining":7,"lifetime_part":0,"available_at":9,"expires_at":99}],"lifetime_total":50,"next_seq":2}}"#,
+            r#"{"member_id":"mbr_1","user_id":"u1","phone":null,"email":null,"card":null,"created_at":5,"account":{"total":57,"pending":7,"pending_lifetime":0,"matured_at":6,"lifetime_total":50,"next_seq":2,"next_expiry":99}}"#,
         );
+        roundtrip::<LotRecord>(
+            r#"{"seq":1,"remaining":7,"lifetime_part":0,"available_at":9,"expires_at":99}"#,
+        );
+    }
+
+    /// A schema-1 member record, as that version wrote it.
+    pub(crate) const MEMBER_V1: &str = r#"{"member_id":"mbr_1","user_id":"u1","phone":null,"email":null,"card":null,"created_at":5,"account":{"lots":[{"seq":0,"remaining":50,"lifetime_part":50,"available_at":5,"expires_at":null},{"seq":1,"remaining":7,"lifetime_part":7,"available_at":9,"expires_at":99}],"lifetime_total":57,"next_seq":2}}"#;
+
+    #[test]
+    fn schema_1_accounts_upgrade_with_their_lots() {
+        let v: serde_json::Value = serde_json::from_str(MEMBER_V1).unwrap();
+        let old: AccountV1 = serde_json::from_value(v["account"].clone()).unwrap();
+        let (lots, a) = old.upgrade(6);
+        assert_eq!(lots.len(), 2);
+        assert_eq!(
+            (lots[1].seq, lots[1].remaining, lots[1].expires_at),
+            (1, 7, Some(99))
+        );
+        assert_eq!(
+            (a.total, a.pending, a.pending_lifetime, a.matured_at),
+            (57, 7, 7, 6)
+        );
+        assert_eq!((a.spendable(), a.lifetime(), a.next_seq), (50, 50, 2));
+        assert_eq!(a.next_expiry, Some(99));
     }
 
     #[test]

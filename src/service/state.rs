@@ -40,8 +40,27 @@ enum Undo {
     Webhooks { queued: i64, dead: i64 },
 }
 
+/// The loyalty programs as of the last durable group, for reads beside the writer
+/// (`App`'s read calls): replaced whole when a group that installed a program is durable.
+#[derive(Debug, Default)]
+pub struct Programs(std::sync::RwLock<Arc<ProgramMap>>);
+
+/// Programs by (tenant, program id).
+type ProgramMap = HashMap<(String, String), Arc<Program>>;
+
+impl Programs {
+    /// Tenant `t`'s program `id`, if it has one.
+    pub fn get(&self, t: &str, id: &str) -> Option<Arc<Program>> {
+        let map = self.0.read().unwrap_or_else(|e| e.into_inner()).clone();
+        map.get(&(t.to_owned(), id.to_owned())).cloned()
+    }
+}
+
 pub struct State {
     tenants: HashMap<String, TenantState>,
+    /// Published when a group is durable, if `programs_changed`.
+    programs: Arc<Programs>,
+    programs_changed: bool,
     holds: LiveHolds,
     /// Webhook events waiting for onward delivery (one per event and route).
     webhook_queued: u64,
@@ -59,10 +78,12 @@ impl State {
         tenants: HashMap<String, TenantState>,
         holds: LiveHolds,
         (webhook_queued, webhook_dead): (u64, u64),
-        gauges: Arc<Gauges>,
+        (gauges, programs): (Arc<Gauges>, Arc<Programs>),
     ) -> State {
-        let st = State {
+        let mut st = State {
             tenants,
+            programs,
+            programs_changed: true,
             holds,
             webhook_queued,
             webhook_dead,
@@ -134,6 +155,7 @@ impl State {
         };
         let id = p.id.clone();
         let prev = t.programs.insert(id.clone(), Arc::new(p));
+        self.programs_changed = true;
         self.journal.push(Undo::Program {
             tenant: tenant.to_owned(),
             id,
@@ -149,7 +171,19 @@ impl State {
         self.journal.push(Undo::Webhooks { queued, dead });
     }
 
-    fn publish(&self) {
+    fn publish(&mut self) {
+        if std::mem::take(&mut self.programs_changed) {
+            let map = self
+                .tenants
+                .iter()
+                .flat_map(|(t, ts)| {
+                    ts.programs
+                        .iter()
+                        .map(move |(id, p)| ((t.clone(), id.clone()), p.clone()))
+                })
+                .collect();
+            *self.programs.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(map);
+        }
         let g = &self.gauges;
         g.holds_in_flight
             .store(self.holds.len() as u64, Ordering::Relaxed);
@@ -261,7 +295,7 @@ mod tests {
         let mut holds = LiveHolds::default();
         holds.insert("h1".into(), hold("A", 10));
         let tenants = HashMap::from([("t".to_string(), t)]);
-        State::new(tenants, holds, (2, 1), Arc::default())
+        State::new(tenants, holds, (2, 1), (Arc::default(), Arc::default()))
     }
 
     /// Everything a job can change, as text.

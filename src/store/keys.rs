@@ -33,6 +33,12 @@ pub const PREFIXES: &[(&str, &str)] = &[
     ("lid", "an identifier linked to a member"),
     ("lenr", "an enrollment's answer"),
     ("lled", "a ledger entry"),
+    ("llot", "a member's credit lot, by seq (schema 2)"),
+    ("llexp", "a credit lot by expiry time (index, schema 2)"),
+    (
+        "llpen",
+        "a credit lot by the time it stops pending (index, schema 2)",
+    ),
     ("lawd", "an award"),
     ("lpur", "a purchase awarded (purchaseId dedupe)"),
     ("lred", "a redemption"),

@@ -19,17 +19,20 @@
 
 pub mod codeindex;
 pub mod keys;
+pub mod read;
 
 pub use codeindex::CodeIndex;
 pub use keys::{key, last, prefix};
+pub use read::{InFlight, Read, ReadView};
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsString;
 use std::fs::File;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -104,7 +107,10 @@ impl Journal for () {
 /// The version of the stored record formats (see `service::records`). Bump it when a
 /// stored record changes so that an older build would misread it; a build refuses to open
 /// a data directory marked with a newer version than its own.
-pub const SCHEMA_VERSION: u64 = 1;
+/// Version 2 (issue 13): a member's credit lots are records of their own (`llot`, with
+/// the `llexp` / `llpen` indexes) and the member record keeps totals; a store of version
+/// 1 is migrated at start (`service::lots::migrate`).
+pub const SCHEMA_VERSION: u64 = 2;
 /// Where the data directory's record schema version is kept (8 bytes, big-endian).
 pub const SCHEMA_VERSION_KEY: &[u8] = b"meta\x1fschema_version";
 
@@ -130,6 +136,14 @@ pub struct StoreStats {
     pub jobs_undone: AtomicU64,
     /// Blob files (sled's spilled large messages) fsynced after a flush.
     pub blob_files_synced: AtomicU64,
+    /// Records jobs read (a key read, or each record a range read returned, plus one per
+    /// range) and wrote (a put or delete), counted per job: the cost of a call.
+    pub records_read: AtomicU64,
+    pub records_written: AtomicU64,
+    /// Reads served beside the writer, and those that met a group in flight and ran on
+    /// the writer instead.
+    pub reads_beside: AtomicU64,
+    pub reads_deferred: AtomicU64,
 }
 
 pub struct Store<S> {
@@ -139,7 +153,10 @@ pub struct Store<S> {
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// For the code index's background rebuilds only (every write goes through the writer);
     /// taken at [`Store::close`] so the files close with the writer.
-    db: Mutex<Option<sled::Db>>,
+    /// Also the reads beside the writer ([`Store::read`]).
+    db: RwLock<Option<sled::Db>>,
+    /// The keys of the group being made durable (see `read.rs`).
+    inflight: Arc<InFlight>,
     /// Tells running index rebuilds to give up (at close).
     cancel_rebuilds: Arc<AtomicBool>,
     codes: Arc<CodeIndex>,
@@ -153,19 +170,26 @@ pub struct Store<S> {
 /// Read and write access inside a writer job. Reads see this group's earlier writes.
 pub struct Txn<'a> {
     db: &'a sled::Db,
-    overlay: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     /// Previous overlay entries of keys the current job touched, to undo a panicked job.
     undo: Vec<Undo>,
     /// The next id [`Txn::next_id`] hands out.
     next: u64,
     /// Set by [`Txn::inject_flush_failure`]: the group's commit fails without writing.
     fail_flush: bool,
+    /// Set by [`Txn::inject_flush_delay`]: the group waits this long between applying its
+    /// batch and flushing it.
+    delay_flush: Option<std::time::Duration>,
+    /// Records read and written by the current job ([`StoreStats::records_read`]).
+    reads: Cell<u64>,
+    writes: u64,
 }
 
 const NEXT_ID_KEY: &[u8] = b"meta\x1fnext_id";
 
 impl Txn<'_> {
     pub fn get(&self, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.reads.set(self.reads.get() + 1);
         if let Some(v) = self.overlay.get(k) {
             return Ok(v.clone());
         }
@@ -176,11 +200,13 @@ impl Txn<'_> {
     }
 
     pub fn put(&mut self, k: Vec<u8>, v: Vec<u8>) {
+        self.writes += 1;
         let prev = self.overlay.insert(k.clone(), Some(v));
         self.undo.push((k, prev));
     }
 
     pub fn delete(&mut self, k: Vec<u8>) {
+        self.writes += 1;
         let prev = self.overlay.insert(k.clone(), None);
         self.undo.push((k, prev));
     }
@@ -323,6 +349,43 @@ impl Txn<'_> {
         self.fail_flush = true;
     }
 
+    /// Test fault: hold this group for `d` between applying its batch to sled and
+    /// flushing it (the window a read beside the writer must not see into).
+    #[doc(hidden)]
+    pub fn inject_flush_delay(&mut self, d: std::time::Duration) {
+        self.delay_flush = Some(d);
+    }
+
+    /// A point in the current job to roll its writes back to ([`Txn::rollback_to`]).
+    pub fn savepoint(&self) -> usize {
+        self.undo.len()
+    }
+
+    /// Undo the current job's writes made since `sp` (a refusal after a ledger change
+    /// had begun leaves none of it).
+    pub fn rollback_to(&mut self, sp: usize) {
+        let mut drew_ids = false;
+        while self.undo.len() > sp {
+            let Some((k, prev)) = self.undo.pop() else {
+                break;
+            };
+            drew_ids |= k == NEXT_ID_KEY;
+            match prev {
+                Some(p) => self.overlay.insert(k, p),
+                None => self.overlay.remove(&k),
+            };
+        }
+        if drew_ids {
+            // Ids drawn since `sp` are not handed out again (a gap, never a repeat).
+            self.put(NEXT_ID_KEY.to_vec(), self.next.to_be_bytes().to_vec());
+        }
+    }
+
+    /// This job's record counts, reset.
+    fn take_counts(&mut self) -> (u64, u64) {
+        (self.reads.take(), std::mem::take(&mut self.writes))
+    }
+
     fn rollback_job(&mut self) {
         while let Some((k, prev)) = self.undo.pop() {
             match prev {
@@ -330,6 +393,47 @@ impl Txn<'_> {
                 None => self.overlay.remove(&k),
             };
         }
+    }
+}
+
+impl Read for Txn<'_> {
+    fn get(&self, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Txn::get(self, k)
+    }
+
+    /// Including this group's writes; reads only the records it returns (and those this
+    /// group deleted in the range).
+    fn range(&self, lo: &[u8], hi: &[u8], limit: usize) -> Result<Pairs, StoreError> {
+        if lo >= hi {
+            return Ok(Vec::new());
+        }
+        let mut out: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        for kv in self.db.range(lo..hi) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = kv.map_err(|e| StoreError::Io(e.to_string()))?;
+            match self.overlay.get(k.as_ref()) {
+                Some(None) => {}
+                Some(Some(nv)) => {
+                    out.insert(k.to_vec(), nv.clone());
+                }
+                None => {
+                    out.insert(k.to_vec(), v.to_vec());
+                }
+            }
+        }
+        for (k, v) in self
+            .overlay
+            .range::<[u8], _>((std::ops::Bound::Included(lo), std::ops::Bound::Excluded(hi)))
+        {
+            if let Some(v) = v {
+                out.insert(k.clone(), v.clone());
+            }
+        }
+        let pairs: Pairs = out.into_iter().take(limit).collect();
+        self.reads.set(self.reads.get() + 1 + pairs.len() as u64);
+        Ok(pairs)
     }
 }
 
@@ -352,15 +456,20 @@ impl<S: Journal + Send + 'static> Store<S> {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let f2 = failed.clone();
         let s2 = stats.clone();
+        let inflight = Arc::new(InFlight::default());
+        let in2 = inflight.clone();
         let thread = std::thread::Builder::new()
             .name("kp-store-writer".into())
             .spawn(move || {
                 let mut txn = Txn {
                     db: &db,
-                    overlay: HashMap::new(),
+                    overlay: BTreeMap::new(),
                     undo: Vec::new(),
                     next: first_id,
                     fail_flush: false,
+                    delay_flush: None,
+                    reads: Cell::new(0),
+                    writes: 0,
                 };
                 let state = match init(&mut txn) {
                     Ok(s) => s,
@@ -369,9 +478,15 @@ impl<S: Journal + Send + 'static> Store<S> {
                         return;
                     }
                 };
-                let first = commit(&db, &mut data_files, &mut txn, &s2);
+                let first = commit(&db, &mut data_files, &mut txn, &s2, &in2);
+                in2.clear();
                 let _ = ready_tx.send(first);
-                writer_loop(&db, &mut data_files, txn, state, rx, &f2, &s2);
+                let shared = Shared {
+                    failed: &f2,
+                    stats: &s2,
+                    inflight: &in2,
+                };
+                writer_loop(&db, &mut data_files, txn, state, rx, shared);
             })
             .map_err(|e| StoreError::Io(e.to_string()))?;
         match ready_rx.recv() {
@@ -387,7 +502,8 @@ impl<S: Journal + Send + 'static> Store<S> {
             failed,
             stats,
             thread: Mutex::new(Some(thread)),
-            db: Mutex::new(Some(db_for_index)),
+            db: RwLock::new(Some(db_for_index)),
+            inflight,
             cancel_rebuilds: Arc::new(AtomicBool::new(false)),
             codes,
             rebuilding: Arc::new(Mutex::new(HashMap::new())),
@@ -405,7 +521,7 @@ impl<S: Journal + Send + 'static> Store<S> {
     /// `gen_key`. At most one rebuild per tenant runs; a request during one queues one more.
     /// Until it is done the old file (or none) keeps serving: it is a hint, never needed.
     pub fn refresh_code_index(&self, tenant: &str, prefix: Vec<u8>, gen_key: Vec<u8>) {
-        let Some(db) = self.db.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
+        let Some(db) = self.db.read().unwrap_or_else(|e| e.into_inner()).clone() else {
             return;
         };
         {
@@ -489,6 +605,33 @@ impl<S: Journal + Send + 'static> Store<S> {
         }
     }
 
+    /// Run the read `f` on this thread, beside the writer: `None` when what it read may
+    /// include a group not yet durable (the caller then runs it on the writer, which
+    /// answers after that group); `Some(Err(Failed))` once the store has failed.
+    pub fn read<T>(
+        &self,
+        f: impl FnOnce(&ReadView<'_>) -> Result<T, StoreError>,
+    ) -> Option<Result<T, StoreError>> {
+        if self.failed.load(Ordering::Acquire) {
+            return Some(Err(StoreError::Failed));
+        }
+        let guard = self.db.read().unwrap_or_else(|e| e.into_inner());
+        let db = guard.as_ref()?;
+        let view = ReadView::new(db);
+        let out = f(&view);
+        // After reading: a group applied before (or during) the read is still listed
+        // here unless its answers have gone out.
+        if view.void(&self.inflight) {
+            self.stats.reads_deferred.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        if self.failed.load(Ordering::Acquire) {
+            return Some(Err(StoreError::Failed));
+        }
+        self.stats.reads_beside.fetch_add(1, Ordering::Relaxed);
+        Some(out)
+    }
+
     pub fn is_healthy(&self) -> bool {
         !self.failed.load(Ordering::Relaxed) && !self.tx.is_closed()
     }
@@ -516,8 +659,15 @@ impl<S: Journal + Send + 'static> Store<S> {
         for h in threads {
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
         }
-        self.db.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.db.write().unwrap_or_else(|e| e.into_inner()).take();
     }
+}
+
+/// What the writer shares with the request threads.
+struct Shared<'a> {
+    failed: &'a AtomicBool,
+    stats: &'a StoreStats,
+    inflight: &'a InFlight,
 }
 
 fn writer_loop<S: Journal>(
@@ -526,15 +676,20 @@ fn writer_loop<S: Journal>(
     mut txn: Txn<'_>,
     mut state: S,
     mut rx: mpsc::Receiver<Msg<S>>,
-    failed: &AtomicBool,
-    stats: &StoreStats,
+    shared: Shared<'_>,
 ) {
+    let Shared {
+        failed,
+        stats,
+        inflight,
+    } = shared;
     let mut msgs = Vec::with_capacity(MAX_GROUP);
     let mut dones: Vec<Done> = Vec::with_capacity(MAX_GROUP);
     loop {
         let Some(first) = rx.blocking_recv() else {
-            if commit(db, files, &mut txn, stats).is_ok() {
+            if commit(db, files, &mut txn, stats, inflight).is_ok() {
                 state.group_durable();
+                inflight.clear();
             }
             return;
         };
@@ -561,7 +716,7 @@ fn writer_loop<S: Journal>(
         txn.undo.clear();
         stats.groups.fetch_add(1, Ordering::Relaxed);
         stats.jobs.fetch_add(dones.len() as u64, Ordering::Relaxed);
-        let res = commit(db, files, &mut txn, stats);
+        let res = commit(db, files, &mut txn, stats, inflight);
         match &res {
             Ok(()) => state.group_durable(),
             Err(e) => {
@@ -570,11 +725,16 @@ fn writer_loop<S: Journal>(
                 // restart rebuilds the state from disk.
                 state.undo_group();
                 tracing::error!(error = %e, "flush failed; the store now refuses writes");
-                failed.store(true, Ordering::Relaxed);
+                failed.store(true, Ordering::Release);
             }
         }
         for d in dones.drain(..) {
             d(res.clone());
+        }
+        // Reads beside the writer may now see this group (a failed one stays listed:
+        // the store refuses everything from now on).
+        if res.is_ok() {
+            inflight.clear();
         }
         if let Some(c) = close {
             let _ = db.flush();
@@ -594,7 +754,11 @@ fn run_job<S: Journal>(
     stats: &StoreStats,
 ) {
     txn.undo.clear();
-    match catch_unwind(AssertUnwindSafe(|| job(txn, state))) {
+    let out = catch_unwind(AssertUnwindSafe(|| job(txn, state)));
+    let (reads, writes) = txn.take_counts();
+    stats.records_read.fetch_add(reads, Ordering::Relaxed);
+    stats.records_written.fetch_add(writes, Ordering::Relaxed);
+    match out {
         Ok((true, done)) => {
             state.keep_job();
             dones.push(done);
@@ -621,8 +785,11 @@ fn commit(
     files: &mut DataFiles,
     txn: &mut Txn<'_>,
     stats: &StoreStats,
+    inflight: &InFlight,
 ) -> Result<(), StoreError> {
-    if std::mem::take(&mut txn.fail_flush) {
+    let fail = std::mem::take(&mut txn.fail_flush);
+    let delay = txn.delay_flush.take();
+    if fail && delay.is_none() {
         txn.overlay.clear();
         return Err(StoreError::Io(INJECTED_FLUSH_FAILURE.into()));
     }
@@ -630,8 +797,9 @@ fn commit(
         return Ok(());
     }
     stats.flushes.fetch_add(1, Ordering::Relaxed);
+    inflight.publish(txn.overlay.keys().cloned());
     let mut batch = sled::Batch::default();
-    for (k, v) in txn.overlay.drain() {
+    for (k, v) in std::mem::take(&mut txn.overlay) {
         match v {
             Some(v) => batch.insert(k, v),
             None => batch.remove(k),
@@ -639,6 +807,12 @@ fn commit(
     }
     db.apply_batch(batch)
         .map_err(|e| StoreError::Io(e.to_string()))?;
+    if let Some(d) = delay {
+        std::thread::sleep(d);
+    }
+    if fail {
+        return Err(StoreError::Io(INJECTED_FLUSH_FAILURE.into()));
+    }
     let blobs = files.flush_and_sync(db)?;
     stats.blob_files_synced.fetch_add(blobs, Ordering::Relaxed);
     Ok(())

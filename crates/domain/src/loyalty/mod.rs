@@ -8,7 +8,8 @@ mod ids;
 mod program;
 
 pub use account::{
-    Account, Credit, Entry, EntryKind, Lot, Spent, SpentPart, TooManyPoints, Why, MAX_POINTS,
+    Account, Credit, Entry, EntryKind, Ledger, Lot, LotRead, LotStore, MemLots, Spent, SpentPart,
+    TooManyPoints, Why, MAX_POINTS,
 };
 pub use ids::{normalize_identifier, IdentifierType, IDENTIFIER_TYPES};
 pub use program::{Program, ProgramSpec, RewardSpec, Tier, TierSpec};

@@ -1,0 +1,236 @@
+//! A member's credit lots as records of their own (schema 2): `llot/…/{seq}` in seq order
+//! (oldest-first spending is a range read from the front), `llexp/…/{expires}/{seq}` (the
+//! lots expired at `now` are a range read) and `llpen/…/{available}/{seq}` for lots made
+//! pending (those matured since the account's `matured_at` are a range read). The member
+//! record keeps the totals (`loyalty::Account`), so a call reads and writes only the lots
+//! it consumes or makes, whatever the member's history. Also the migration of schema-1
+//! members (lots inside the member record) at start.
+
+use crate::clock::Millis;
+use crate::loyalty::{Account, Lot, LotRead, LotStore};
+use crate::store::{Read, StoreError, Txn};
+
+use super::keys;
+use super::records::{AccountV1, LotRecord};
+
+/// The lots of member `m` of program `p` of tenant `t`, read (and, on the writer's
+/// `Txn`, written) through `r`.
+pub struct MemberLots<'k, R> {
+    pub r: R,
+    t: &'k str,
+    p: &'k str,
+    m: &'k str,
+}
+
+impl<'k, R> MemberLots<'k, R> {
+    pub fn new(r: R, t: &'k str, p: &'k str, m: &'k str) -> Self {
+        MemberLots { r, t, p, m }
+    }
+}
+
+/// The key just past every key under `prefix` (which ends with the separator).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    end
+}
+
+/// `prefix` + the time key of `at`: every index key under `prefix` for a time < `at`
+/// sorts below it.
+fn before(prefix: &[u8], at: Millis) -> Vec<u8> {
+    let mut k = prefix.to_vec();
+    k.extend_from_slice(keys::time_key(at).as_bytes());
+    k
+}
+
+impl<R: Read> MemberLots<'_, R> {
+    fn read_lot(&self, key: &[u8]) -> Result<Option<Lot>, StoreError> {
+        Ok(self.r.get_json::<LotRecord>(key)?.map(Lot::from))
+    }
+
+    /// The lots named by the index keys in [`lo`, `hi`) (the seq is the key's last part).
+    fn indexed(&self, lo: &[u8], hi: &[u8]) -> Result<Vec<Lot>, StoreError> {
+        let mut out = Vec::new();
+        for (k, _) in self.r.range(lo, hi, usize::MAX)? {
+            let seq = u64::from_str_radix(crate::store::last(&k), 16)
+                .map_err(|_| StoreError::Io("corrupt lot index key".into()))?;
+            if let Some(l) = self.lot(seq)? {
+                out.push(l);
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl<R: Read> LotRead for MemberLots<'_, R> {
+    type Error = StoreError;
+
+    fn lot(&self, seq: u64) -> Result<Option<Lot>, StoreError> {
+        self.read_lot(&keys::lot(self.t, self.p, self.m, seq))
+    }
+
+    fn first_from(&self, from: u64) -> Result<Option<Lot>, StoreError> {
+        let prefix = keys::lot_prefix(self.t, self.p, self.m);
+        let lo = keys::lot(self.t, self.p, self.m, from);
+        let found = self.r.range(&lo, &prefix_end(&prefix), 1)?;
+        found
+            .into_iter()
+            .next()
+            .map(|(_, v)| {
+                serde_json::from_slice::<LotRecord>(&v)
+                    .map(Lot::from)
+                    .map_err(|e| StoreError::Io(format!("corrupt lot record: {e}")))
+            })
+            .transpose()
+    }
+
+    fn expired(&self, now: Millis) -> Result<Vec<Lot>, StoreError> {
+        let prefix = keys::lot_expiry_prefix(self.t, self.p, self.m);
+        self.indexed(&prefix, &before(&prefix, now.saturating_add(1)))
+    }
+
+    fn matured(&self, after: Millis, now: Millis) -> Result<Vec<Lot>, StoreError> {
+        let prefix = keys::lot_pending_prefix(self.t, self.p, self.m);
+        let lo = before(&prefix, after.saturating_add(1));
+        self.indexed(&lo, &before(&prefix, now.saturating_add(1)))
+    }
+
+    fn first_expiry(&self) -> Result<Option<Millis>, StoreError> {
+        let prefix = keys::lot_expiry_prefix(self.t, self.p, self.m);
+        let first = self.r.range(&prefix, &prefix_end(&prefix), 1)?;
+        first
+            .first()
+            .map(|(k, _)| {
+                k.get(prefix.len()..prefix.len() + 16)
+                    .and_then(|t| std::str::from_utf8(t).ok())
+                    .and_then(|t| u64::from_str_radix(t, 16).ok())
+                    .and_then(|t| Millis::try_from(t).ok())
+                    .ok_or_else(|| StoreError::Io("corrupt lot expiry key".into()))
+            })
+            .transpose()
+    }
+}
+
+impl LotStore for MemberLots<'_, &mut Txn<'_>> {
+    fn insert(&mut self, lot: &Lot, pending: bool) -> Result<(), StoreError> {
+        let (t, p, m) = (self.t, self.p, self.m);
+        if let Some(e) = lot.expires_at {
+            self.r
+                .put(keys::lot_expiry(t, p, m, e, lot.seq), Vec::new());
+        }
+        if pending {
+            self.r.put(
+                keys::lot_pending(t, p, m, lot.available_at, lot.seq),
+                Vec::new(),
+            );
+        }
+        self.update(lot)
+    }
+
+    fn update(&mut self, lot: &Lot) -> Result<(), StoreError> {
+        let k = keys::lot(self.t, self.p, self.m, lot.seq);
+        self.r.put_json(k, &LotRecord::from(lot));
+        Ok(())
+    }
+
+    fn remove(&mut self, lot: &Lot) -> Result<(), StoreError> {
+        let (t, p, m) = (self.t, self.p, self.m);
+        if let Some(e) = lot.expires_at {
+            self.r.delete(keys::lot_expiry(t, p, m, e, lot.seq));
+        }
+        // Absent when the lot was never pending: deleting it is harmless.
+        self.r
+            .delete(keys::lot_pending(t, p, m, lot.available_at, lot.seq));
+        self.r.delete(keys::lot(t, p, m, lot.seq));
+        Ok(())
+    }
+}
+
+/// Migrate (at most `limit`) schema-1 member records after `cursor` to schema 2: each
+/// member's lots become records of their own and its record keeps the totals, matured at
+/// `now`. Returns the cursor for the next page (`None`: done). A member already in the
+/// schema-2 format is left as it is, so a migration cut short resumes safely.
+pub fn migrate_page(
+    txn: &mut Txn<'_>,
+    cursor: Option<Vec<u8>>,
+    limit: usize,
+    now: Millis,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    let prefix = crate::store::prefix(&["lmem"]);
+    let (page, next) = txn.scan_page(&prefix, cursor.as_deref(), limit)?;
+    for (k, v) in page {
+        let mut rec: serde_json::Value = serde_json::from_slice(&v)
+            .map_err(|e| StoreError::Io(format!("corrupt member record: {e}")))?;
+        let Some(old) = rec.get("account").filter(|a| a.get("lots").is_some()) else {
+            continue;
+        };
+        let old: AccountV1 = serde_json::from_value(old.clone())
+            .map_err(|e| StoreError::Io(format!("corrupt schema-1 member record: {e}")))?;
+        let (lots, account) = old.upgrade(now);
+        let parts: Vec<String> = String::from_utf8_lossy(&k)
+            .split(crate::store::keys::SEP as char)
+            .map(str::to_owned)
+            .collect();
+        let [_, t, p, m] = parts.as_slice() else {
+            return Err(StoreError::Io("corrupt member key".into()));
+        };
+        let mut store = MemberLots::new(&mut *txn, t, p, m);
+        for l in &lots {
+            store.insert(l, l.available_at > now)?;
+        }
+        rec["account"] = serde_json::to_value(AccountJson(&account))
+            .map_err(|e| StoreError::Io(e.to_string()))?;
+        txn.put_json(k, &rec);
+    }
+    Ok(next)
+}
+
+/// Bring a store of schema 1 to schema 2 before it serves: [`migrate_page`] as one writer
+/// job per `slice` members, then the new version. Returns how many pages ran (0: the
+/// store was of schema 2 already). Safe to cut short: a restart resumes it.
+pub async fn migrate<S: crate::store::Journal + Send + 'static>(
+    store: &crate::store::Store<S>,
+    now: Millis,
+    slice: usize,
+) -> Result<u64, StoreError> {
+    use crate::store::{SCHEMA_VERSION, SCHEMA_VERSION_KEY};
+    let version = store
+        .run(|txn, _| txn.get_u64_opt(SCHEMA_VERSION_KEY))
+        .await?;
+    if version.is_some_and(|v| v >= SCHEMA_VERSION) {
+        return Ok(0);
+    }
+    let (mut cursor, mut pages) = (None, 0u64);
+    loop {
+        let c = cursor.take();
+        pages += 1;
+        cursor = store
+            .run(move |txn, _| migrate_page(txn, c, slice, now))
+            .await?;
+        if cursor.is_none() {
+            break;
+        }
+    }
+    store
+        .run(|txn, _| {
+            txn.put_u64(SCHEMA_VERSION_KEY.to_vec(), SCHEMA_VERSION);
+            Ok(())
+        })
+        .await?;
+    tracing::info!(
+        pages,
+        "member records migrated to schema {SCHEMA_VERSION} (lots as records)"
+    );
+    Ok(pages)
+}
+
+/// An account in its stored (schema-2) form, for the migration's JSON value.
+struct AccountJson<'a>(&'a Account);
+
+impl serde::Serialize for AccountJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        super::records::account::serialize(self.0, s)
+    }
+}
