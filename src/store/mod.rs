@@ -799,11 +799,35 @@ impl DataFiles {
 fn create_and_open(opts: &StoreOptions) -> Result<sled::Db, StoreError> {
     std::fs::create_dir_all(&opts.path)
         .map_err(|e| StoreError::Io(format!("creating {}: {e}", opts.path.display())))?;
-    sled::Config::new()
-        .path(&opts.path)
-        .cache_capacity(opts.cache_capacity_bytes)
-        .open()
+    open_sled(opts, sled::Mode::LowSpace)
         .map_err(|e| StoreError::Io(format!("opening {}: {e}", opts.path.display())))
+}
+
+/// How long opening waits for the data directory's lock file. sled lets go of the lock
+/// from its background threads a moment after the last handle is dropped, so a store
+/// closed (or refused at start) in this process can still hold it briefly; a lock held by
+/// another live process is still refused, after this wait.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Open sled, retrying while its lock file is held (see [`LOCK_WAIT`]).
+fn open_sled(opts: &StoreOptions, mode: sled::Mode) -> sled::Result<sled::Db> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        let opened = sled::Config::new()
+            .path(&opts.path)
+            .cache_capacity(opts.cache_capacity_bytes)
+            .mode(mode)
+            .open();
+        match opened {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
@@ -920,17 +944,12 @@ pub struct Offline {
 
 impl Offline {
     pub fn open(opts: &StoreOptions) -> Result<Offline, StoreError> {
-        let db = sled::Config::new()
-            .path(&opts.path)
-            .cache_capacity(opts.cache_capacity_bytes)
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .map_err(|e| {
-                StoreError::Io(format!(
-                    "opening {} (is the server still running? stop it, or use the admin API): {e}",
-                    opts.path.display()
-                ))
-            })?;
+        let db = open_sled(opts, sled::Mode::HighThroughput).map_err(|e| {
+            StoreError::Io(format!(
+                "opening {} (is the server still running? stop it, or use the admin API): {e}",
+                opts.path.display()
+            ))
+        })?;
         check_schema(&db, &opts.path)?;
         Ok(Offline {
             db,
