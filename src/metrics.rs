@@ -1,7 +1,7 @@
 //! Prometheus text metrics: requests by endpoint and outcome, a latency histogram per
 //! endpoint, holds in flight, injected faults, and the store's group-commit counters.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -42,7 +42,18 @@ pub struct Metrics {
     /// as durably recorded.
     source_orders: Mutex<SourceOrders>,
     pub gauges: Arc<Gauges>,
+    /// The last [`RECENT_MINUTES`] minutes of provider calls and webhooks by tenant, for
+    /// the console's overview: (minute, counts by (tenant, endpoint, outcome)).
+    recent: Mutex<VecDeque<(i64, RecentCounts)>>,
 }
+
+/// Minutes of per-tenant request counts kept in memory (the console's overview chart).
+pub const RECENT_MINUTES: i64 = 60;
+
+type RecentCounts = BTreeMap<(String, &'static str, String), u64>;
+
+/// One minute of a tenant's requests: its start (ms) and counts by (endpoint, outcome).
+pub type RecentMinute = (i64, Vec<(&'static str, String, u64)>);
 
 type SourceOrders = BTreeMap<(String, String), (u64, Vec<(&'static str, u64)>, Option<i64>)>;
 
@@ -62,6 +73,54 @@ impl Metrics {
             h.count += 1;
             h.sum_micros += took.as_micros() as u64;
         }
+    }
+
+    /// A provider call or webhook of a configured tenant, counted in its minute of
+    /// `now_ms` (the app's clock); minutes older than [`RECENT_MINUTES`] are dropped.
+    pub fn observe_tenant(&self, tenant: &str, endpoint: &'static str, outcome: &str, now_ms: i64) {
+        let minute = now_ms.div_euclid(60_000);
+        let Ok(mut r) = self.recent.lock() else {
+            return;
+        };
+        if r.back().is_none_or(|(m, _)| *m < minute) {
+            r.push_back((minute, BTreeMap::new()));
+        }
+        while r
+            .front()
+            .is_some_and(|(m, _)| *m <= minute - RECENT_MINUTES)
+        {
+            r.pop_front();
+        }
+        // A clock set back counts in the newest minute kept.
+        if let Some((_, counts)) = r.back_mut() {
+            *counts
+                .entry((tenant.to_owned(), endpoint, outcome.to_owned()))
+                .or_insert(0) += 1;
+        }
+    }
+
+    /// `tenant`'s requests in each of the `minutes` minutes up to `now_ms`, oldest first
+    /// (a minute without requests has no counts).
+    pub fn recent(&self, tenant: &str, now_ms: i64, minutes: i64) -> Vec<RecentMinute> {
+        let last = now_ms.div_euclid(60_000);
+        let Ok(r) = self.recent.lock() else {
+            return Vec::new();
+        };
+        (last - minutes.clamp(1, RECENT_MINUTES) + 1..=last)
+            .map(|m| {
+                let counts = r
+                    .iter()
+                    .find(|(x, _)| *x == m)
+                    .map(|(_, c)| {
+                        c.iter()
+                            .filter(|((t, _, _), _)| t == tenant)
+                            .map(|((_, e, o), n)| (*e, o.clone(), *n))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                (m * 60_000, counts)
+            })
+            .collect()
     }
 
     /// One onward delivery attempt of a webhook route: `delivered`, `failed` or `dead`.
@@ -219,5 +278,35 @@ impl Metrics {
         let _ = writeln!(out, "# HELP kp_store_jobs_undone_total Jobs that failed (error or panic) and whose writes and memory changes were undone.\n# TYPE kp_store_jobs_undone_total counter\nkp_store_jobs_undone_total {}", store.jobs_undone.load(Ordering::Relaxed));
         let _ = writeln!(out, "# HELP kp_store_blob_files_synced_total Files sled spilled large log messages to, fsynced by the writer.\n# TYPE kp_store_blob_files_synced_total counter\nkp_store_blob_files_synced_total {}", store.blob_files_synced.load(Ordering::Relaxed));
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_counts_are_per_tenant_and_minute_and_forget_old_minutes() {
+        let m = Metrics::default();
+        let min = 60_000;
+        m.observe_tenant("a", "voucher.check", "ok", 10 * min + 5);
+        m.observe_tenant("a", "voucher.check", "ok", 10 * min + 59_999);
+        m.observe_tenant("b", "voucher.check", "ok", 10 * min);
+        m.observe_tenant("a", "loyalty.award", "NOT_ENROLLED", 12 * min);
+        assert_eq!(
+            m.recent("a", 12 * min + 1, 3),
+            [
+                (10 * min, vec![("voucher.check", "ok".to_owned(), 2)]),
+                (11 * min, vec![]),
+                (
+                    12 * min,
+                    vec![("loyalty.award", "NOT_ENROLLED".to_owned(), 1)]
+                ),
+            ]
+        );
+        // An hour later the minute of 10 is gone; 12 is still kept.
+        m.observe_tenant("a", "voucher.check", "ok", (10 + RECENT_MINUTES) * min);
+        let kept: Vec<i64> = m.recent.lock().unwrap().iter().map(|(x, _)| *x).collect();
+        assert_eq!(kept, [12, 10 + RECENT_MINUTES]);
     }
 }

@@ -168,26 +168,6 @@ max_attempts = 1
     )
 }
 
-async fn deliver_signed(h: &Harness, id: &str) {
-    use hmac::{Hmac, Mac};
-    let body = serde_json::to_vec(&json!({"id": id, "event": "inventory.created", "resource": "inventory", "resourceId": "42", "timestamp": "2026-06-01T09:59:00Z", "apiVersion": "2024-01"})).unwrap();
-    let mut m = Hmac::<sha2::Sha256>::new_from_slice(b"new-secret").unwrap();
-    m.update(&body);
-    let sig = hex::encode(m.finalize().into_bytes());
-    let r = h
-        .request(
-            "POST",
-            "/v1/acme/webhooks",
-            &[
-                ("content-type", "application/json"),
-                ("x-karma-signature", &sig),
-            ],
-            body,
-        )
-        .await;
-    assert_eq!(r.status, 200);
-}
-
 /// Wait (polling, no time limit asserted) until the dispatcher has given up on `n` events.
 async fn until_dead(h: &Harness, n: u64) {
     for _ in 0..2000 {

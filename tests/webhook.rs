@@ -383,6 +383,37 @@ async fn exhausted_attempts_go_to_dead_letters_and_replay_delivers() {
         h.admin("GET", "webhooks/dead-letters", None).await.json()["count"],
         json!(0)
     );
+    // The replay's attempt is numbered after the three before it, which are all still there.
+    let seq = h.admin("GET", "webhooks/inbox", None).await.json()["events"][0]["seq"]
+        .as_u64()
+        .unwrap();
+    let mut attempts = Vec::new();
+    for _ in 0..500 {
+        let one = h
+            .admin("GET", &format!("webhooks/inbox/{seq}"), None)
+            .await
+            .json();
+        attempts = one["delivery"][0]["attempts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                (
+                    a["n"].as_u64().unwrap(),
+                    a["outcome"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        if attempts.len() == 4 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let want: Vec<(u64, String)> = [(1, "failed"), (2, "failed"), (3, "dead"), (4, "delivered")]
+        .into_iter()
+        .map(|(n, o)| (n, o.to_owned()))
+        .collect();
+    assert_eq!(attempts, want);
     let r = h
         .admin("POST", "webhooks/dead-letters/inv/999/purge", None)
         .await

@@ -4,7 +4,7 @@
 //! bounded slices (`service::sliced`).
 
 use super::{answer, App, InboxFilter, Reply};
-use crate::service::{admin, loyalty as loy, sliced, webhook, State};
+use crate::service::{admin, loyalty as loy, sliced, timeline, webhook, State};
 use crate::store::{StoreError, Txn};
 
 pub use crate::service::loyalty::{AdjustRequest, RedemptionReversalRequest, ReversalRequest};
@@ -39,11 +39,7 @@ pub struct ExportPage {
     pub next: Option<Vec<u8>>,
 }
 
-/// A member named by memberId or by userId.
-pub struct MemberRef {
-    pub by_user: bool,
-    pub id: String,
-}
+pub use crate::service::loyalty::{LedgerPage, MemberRef, MAX_LEDGER_PAGE};
 
 impl App {
     /// Run `f` as one job on the store's writer and answer its reply.
@@ -138,6 +134,38 @@ impl App {
             .await
     }
 
+    /// A transaction's timeline by `res_`/`loy_` id, providerRef, purchaseId or redemption
+    /// id (`service::timeline`). A `res_` id is looked for among the hold records page by
+    /// page, so commits get the writer between pages.
+    pub async fn find_transaction(&self, tenant: &str, id: &str) -> Reply {
+        let mut hold = None;
+        if id.starts_with("res_") {
+            let mut after: Option<Vec<u8>> = None;
+            loop {
+                let (t, tx, a, slice) =
+                    (tenant.to_owned(), id.to_owned(), after.take(), self.slice());
+                let page = self
+                    .store
+                    .run(move |txn, _| {
+                        timeline::hold_of_transaction_page(txn, &t, &tx, a.as_deref(), slice)
+                    })
+                    .await;
+                match page {
+                    Ok((Some(r), _)) => {
+                        hold = Some(r);
+                        break;
+                    }
+                    Ok((None, Some(next))) => after = Some(next),
+                    Ok((None, None)) => break,
+                    Err(e) => return super::store_reply(e),
+                }
+            }
+        }
+        let (t, id, now) = (tenant.to_owned(), id.to_owned(), self.clock.now_ms());
+        self.run(move |txn, st| timeline::find(txn, st, &t, &id, hold.as_deref(), now))
+            .await
+    }
+
     pub async fn list_holds(&self, tenant: &str) -> Reply {
         let (t, now) = (tenant.to_owned(), self.clock.now_ms());
         self.run(move |txn, st| admin::list_holds(txn, st, &t, now))
@@ -177,7 +205,7 @@ impl App {
 
     pub async fn show_member(&self, tenant: &str, program: &str, m: MemberRef) -> Reply {
         let (t, p, now) = (tenant.to_owned(), program.to_owned(), self.clock.now_ms());
-        self.run(move |txn, st| loy::show_member(txn, st, &t, &p, m.by_user, &m.id, now))
+        self.run(move |txn, st| loy::show_member(txn, st, &t, &p, &m, now))
             .await
     }
 

@@ -7,8 +7,10 @@ use serde_json::Value;
 
 use super::pages::{self, MemberPage, Outcome};
 use super::session::{random_token, Active};
-use super::{field, ConsoleRequest};
-use crate::app::admin::{AdjustRequest, MemberRef, ReversalRequest};
+use super::{field, overview, vouchers, webhooks, ConsoleRequest, ConsoleResponse};
+use crate::app::admin::{
+    AdjustRequest, LedgerPage, MemberRef, RedemptionReversalRequest, ReversalRequest,
+};
 use crate::app::{App, Reply};
 use crate::contract::loyalty::LookupRequest;
 
@@ -19,30 +21,37 @@ pub async fn tenant_page(
     tenant: &str,
     rest: &[&str],
     s: &Active,
-) -> Option<Markup> {
-    Some(match (rest, req.post) {
+) -> Option<ConsoleResponse> {
+    let page = match (rest, req.post) {
         (["members"], false) => find_member(app, req, tenant, s).await,
         (["members", member, "adjust"], true) => adjust(app, req, tenant, member, s).await,
         (["members", member, "reverse"], true) => reverse(app, req, tenant, member, s).await,
-        _ => return None,
-    })
+        (["members", member, "reverse-redemption"], true) => {
+            reverse_redemption(app, req, tenant, member, s).await
+        }
+        (["transactions"], false) => vouchers::transaction(app, req, tenant, s).await,
+        ([] | ["overview"], false) => overview::page(app, tenant, s).await,
+        (["webhooks", ..], _) => return webhooks::page(app, req, tenant, &rest[1..], s).await,
+        _ => return vouchers::page(app, req, tenant, rest, s).await,
+    };
+    Some(ConsoleResponse::html(200, page))
 }
 
 /// A fresh operation id for the forms of a page: submitting the same form twice replays
 /// the first answer instead of acting twice.
-fn opid() -> String {
+pub(super) fn opid() -> String {
     format!(
         "console-{}",
         random_token().unwrap_or_default().get(..24).unwrap_or("")
     )
 }
 
-fn json(r: &Reply) -> Value {
+pub(super) fn json(r: &Reply) -> Value {
     serde_json::from_slice(&r.body).unwrap_or(Value::Null)
 }
 
 /// An error answer's words: its message, and the field it names.
-fn refusal(v: &Value) -> String {
+pub(super) fn refusal(v: &Value) -> String {
     let msg = v["message"].as_str().unwrap_or("the operation failed");
     let code = v["error"].as_str().unwrap_or("ERROR");
     match v["field"].as_str() {
@@ -94,23 +103,33 @@ async fn find_member(app: &App, req: &ConsoleRequest, tenant: &str, s: &Active) 
             .await;
         let v = json(&found);
         match v["memberId"].as_str() {
-            Some(id) if found.status == 200 => p.member = show(app, tenant, &program, id).await,
-            _ => {
-                p.outcome = Some(Outcome {
-                    ok: false,
-                    text: refusal(&v),
-                })
+            Some(id) if found.status == 200 => {
+                p.member = show(app, tenant, &program, id, page).await
             }
+            _ => p.outcome = Some(Outcome::refused(&v)),
         }
     }
     pages::member_page(&p, s)
 }
 
-/// The admin member view (balances, tier, lots, ledger), or `None` if it is gone.
-async fn show(app: &App, tenant: &str, program: &str, member: &str) -> Option<Value> {
+/// The program and operation id every member action form carries.
+fn program_and_op(f: &[(String, String)]) -> (&str, &str) {
+    (
+        field(f, "program").unwrap_or(""),
+        field(f, "opid").unwrap_or(""),
+    )
+}
+
+/// The admin member view (balances, tier, lots, one page of the ledger), or `None` if it
+/// is gone.
+async fn show(app: &App, tenant: &str, program: &str, member: &str, page: usize) -> Option<Value> {
     let m = MemberRef {
         by_user: false,
         id: member.to_owned(),
+        ledger_page: Some(LedgerPage {
+            page,
+            per_page: pages::LEDGER_PAGE,
+        }),
     };
     let r = app.show_member(tenant, program, m).await;
     (r.status == 200).then(|| json(&r))
@@ -131,7 +150,7 @@ async fn after_action(
         program,
         kind: "memberId",
         query: member,
-        member: show(app, tenant, program, member).await,
+        member: show(app, tenant, program, member, 0).await,
         outcome: Some(outcome),
         page: 0,
         new_ref: Some(op),
@@ -142,10 +161,7 @@ async fn after_action(
 
 async fn adjust(app: &App, req: &ConsoleRequest, tenant: &str, member: &str, s: &Active) -> Markup {
     let f = &req.form;
-    let (program, op) = (
-        field(f, "program").unwrap_or(""),
-        field(f, "opid").unwrap_or(""),
-    );
+    let (program, op) = program_and_op(f);
     let outcome = match field(f, "points").unwrap_or("").trim().parse::<i64>() {
         Err(_) => Outcome {
             ok: false,
@@ -159,21 +175,12 @@ async fn adjust(app: &App, req: &ConsoleRequest, tenant: &str, member: &str, s: 
                 counts_toward_lifetime: false,
             };
             let reply = app.adjust(tenant, program, member, r).await;
-            let v = json(&reply);
-            if reply.status == 200 && v["ok"] == Value::Bool(true) {
-                Outcome {
-                    ok: true,
-                    text: format!(
-                        "Adjusted by {points} points; the balance is now {}.",
-                        v["newBalance"]
-                    ),
-                }
-            } else {
-                Outcome {
-                    ok: false,
-                    text: refusal(&v),
-                }
-            }
+            Outcome::of(&reply, |v| {
+                format!(
+                    "Adjusted by {points} points; the balance is now {}.",
+                    v["newBalance"]
+                )
+            })
         }
     };
     after_action(app, tenant, program, member, op, outcome, s).await
@@ -187,10 +194,7 @@ async fn reverse(
     s: &Active,
 ) -> Markup {
     let f = &req.form;
-    let (program, op) = (
-        field(f, "program").unwrap_or(""),
-        field(f, "opid").unwrap_or(""),
-    );
+    let (program, op) = program_and_op(f);
     let award = field(f, "award").unwrap_or("").trim();
     let amount = field(f, "amountCents")
         .map(str::trim)
@@ -215,20 +219,35 @@ async fn reverse(
         reason: field(f, "reason").unwrap_or("").to_owned(),
     };
     let reply = app.reverse_award(tenant, program, r).await;
-    let v = json(&reply);
-    let outcome = if reply.status == 200 && v["ok"] == Value::Bool(true) {
-        Outcome {
-            ok: true,
-            text: format!(
-                "Reversed {} points ({} already spent, not recovered); the balance is now {}.",
-                v["pointsReversed"], v["pointsUnrecovered"], v["newBalance"]
-            ),
-        }
-    } else {
-        Outcome {
-            ok: false,
-            text: refusal(&v),
-        }
+    let outcome = Outcome::of(&reply, |v| {
+        format!(
+            "Reversed {} points ({} already spent, not recovered); the balance is now {}.",
+            v["pointsReversed"], v["pointsUnrecovered"], v["newBalance"]
+        )
+    });
+    after_action(app, tenant, program, member, op, outcome, s).await
+}
+
+async fn reverse_redemption(
+    app: &App,
+    req: &ConsoleRequest,
+    tenant: &str,
+    member: &str,
+    s: &Active,
+) -> Markup {
+    let f = &req.form;
+    let (program, op) = program_and_op(f);
+    let redemption = field(f, "redemption").unwrap_or("").trim();
+    let r = RedemptionReversalRequest {
+        id: op.to_owned(),
+        reason: field(f, "reason").unwrap_or("").to_owned(),
     };
+    let reply = app.reverse_redemption(tenant, program, redemption, r).await;
+    let outcome = Outcome::of(&reply, |v| {
+        format!(
+            "Reversed redemption {redemption}: {} points returned; the balance is now {}.",
+            v["pointsReturned"], v["newBalance"]
+        )
+    });
     after_action(app, tenant, program, member, op, outcome, s).await
 }

@@ -5,8 +5,13 @@
 //! cookie) and sends back the [`ConsoleResponse`]; nothing here knows hyper.
 
 mod actions;
+mod chart;
+mod overview;
 mod pages;
 mod session;
+mod throttle;
+mod vouchers;
+mod webhooks;
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -31,6 +36,8 @@ pub struct ConsoleRequest {
     pub cookie: Option<String>,
     /// Served over TLS (terminated in front: `X-Forwarded-Proto: https`): cookies get `Secure`.
     pub tls: bool,
+    /// The client's address (the TCP peer), for the limit on failed sign-ins.
+    pub client: Option<std::net::IpAddr>,
 }
 
 /// What to send back.
@@ -42,7 +49,7 @@ pub struct ConsoleResponse {
 }
 
 impl ConsoleResponse {
-    fn html(status: u16, markup: maud::Markup) -> ConsoleResponse {
+    pub(crate) fn html(status: u16, markup: maud::Markup) -> ConsoleResponse {
         ConsoleResponse {
             status,
             content_type: "text/html; charset=utf-8",
@@ -51,7 +58,7 @@ impl ConsoleResponse {
         }
     }
 
-    fn redirect(to: &str) -> ConsoleResponse {
+    pub(crate) fn redirect(to: &str) -> ConsoleResponse {
         ConsoleResponse {
             status: 303,
             content_type: "text/plain; charset=utf-8",
@@ -80,6 +87,7 @@ impl ConsoleResponse {
 pub struct Console {
     admin_digest: [u8; 32],
     sessions: Sessions,
+    sign_ins: throttle::SignIns,
 }
 
 /// The value of `name` among form or query fields.
@@ -95,6 +103,7 @@ impl Console {
         Console {
             admin_digest,
             sessions: Sessions::default(),
+            sign_ins: throttle::SignIns::default(),
         }
     }
 
@@ -123,15 +132,32 @@ impl Console {
         }
     }
 
+    /// Whether `cookie` names a live session (the HTTP layer's body limit depends on it).
+    pub fn has_session(&self, app: &App, cookie: Option<&str>) -> bool {
+        cookie.is_some_and(|id| self.sessions.find(id, app.clock.now_ms()).is_some())
+    }
+
     fn session(&self, app: &App, req: &ConsoleRequest) -> Option<Active> {
         let id = req.cookie.as_deref()?;
         self.sessions.find(id, app.clock.now_ms())
     }
 
     fn sign_in(&self, app: &App, req: &ConsoleRequest) -> ConsoleResponse {
+        let now = app.clock.now_ms();
+        if let Some(wait_s) = self.sign_ins.blocked(req.client, now) {
+            let mut r = ConsoleResponse::html(
+                429,
+                pages::sign_in(Some(&format!(
+                    "Too many failed sign-ins from your address: try again in {wait_s} s."
+                ))),
+            );
+            r.headers.push(("retry-after", wait_s.to_string()));
+            return r;
+        }
         let presented = field(&req.form, "token").unwrap_or("").trim();
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         if !bool::from(digest.ct_eq(&self.admin_digest)) {
+            self.sign_ins.failed(req.client, now);
             return ConsoleResponse::html(
                 401,
                 pages::sign_in(Some("That is not the admin token.")),
@@ -170,7 +196,7 @@ impl Console {
             }
             ([tenant, rest @ ..], _) if app.config.tenants.iter().any(|t| t.id == *tenant) => {
                 match actions::tenant_page(app, req, tenant, rest, s).await {
-                    Some(m) => ConsoleResponse::html(200, m),
+                    Some(r) => r,
                     None => ConsoleResponse::html(404, pages::problem("No such console page.")),
                 }
             }

@@ -11,7 +11,7 @@ use crate::app::App;
 /// Ledger lines per page.
 pub const LEDGER_PAGE: usize = 20;
 
-fn layout(title: &str, s: Option<&Active>, body: Markup) -> Markup {
+pub(super) fn layout(title: &str, s: Option<&Active>, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -66,6 +66,28 @@ pub fn problem(text: &str) -> Markup {
     )
 }
 
+/// A page about one thing an operation answered: a link back, then the refusal if the
+/// operation failed, else `body` of its answer.
+pub(super) fn detail(
+    title: &str,
+    s: &Active,
+    (back, back_text): (&str, &str),
+    reply: &crate::app::Reply,
+    body: impl FnOnce(&Value) -> Markup,
+) -> Markup {
+    let v = super::actions::json(reply);
+    let outcome = (reply.status != 200).then(|| Outcome::refused(&v));
+    layout(
+        title,
+        Some(s),
+        html! {
+            p { a href=(back) { "← " (back_text) } }
+            (banner(&outcome))
+            @if reply.status == 200 { (body(&v)) }
+        },
+    )
+}
+
 /// The start page: each tenant's pages.
 pub fn home(app: &App, s: &Active) -> Markup {
     layout(
@@ -77,9 +99,15 @@ pub fn home(app: &App, s: &Active) -> Markup {
                     li {
                         h2 { (t.id) }
                         nav aria-label={ "Pages of " (t.id) } {
+                            a href={ "/console/" (t.id) "/overview" } { "Overview" }
+                            " "
                             a href={ "/console/" (t.id) "/members" } { "Find a member" }
                             " "
                             a href={ "/console/" (t.id) "/transactions" } { "Find a transaction" }
+                            " "
+                            a href={ "/console/" (t.id) "/campaigns" } { "Campaigns and codes" }
+                            " "
+                            a href={ "/console/" (t.id) "/webhooks" } { "Webhooks" }
                         }
                     }
                 }
@@ -94,7 +122,31 @@ pub struct Outcome {
     pub text: String,
 }
 
-fn banner(o: &Option<Outcome>) -> Markup {
+impl Outcome {
+    /// A refusal's words (its code, field and message).
+    pub fn refused(v: &Value) -> Outcome {
+        Outcome {
+            ok: false,
+            text: super::actions::refusal(v),
+        }
+    }
+
+    /// An operation's outcome: `done`'s words for its answer when it succeeded (200, and
+    /// not `ok: false`), its refusal otherwise.
+    pub fn of(reply: &crate::app::Reply, done: impl FnOnce(&Value) -> String) -> Outcome {
+        let v = super::actions::json(reply);
+        if reply.status == 200 && v["ok"] != Value::Bool(false) {
+            Outcome {
+                ok: true,
+                text: done(&v),
+            }
+        } else {
+            Outcome::refused(&v)
+        }
+    }
+}
+
+pub(super) fn banner(o: &Option<Outcome>) -> Markup {
     html! {
         @if let Some(o) = o {
             @if o.ok { p.ok role="status" { (o.text) } } @else { p.error role="alert" { (o.text) } }
@@ -146,7 +198,7 @@ pub fn member_page(p: &MemberPage<'_>, s: &Active) -> Markup {
     )
 }
 
-fn text(v: &Value) -> String {
+pub(super) fn text(v: &Value) -> String {
     match v {
         Value::Null => "—".into(),
         Value::String(s) => s.clone(),
@@ -154,7 +206,7 @@ fn text(v: &Value) -> String {
     }
 }
 
-fn time(v: &Value) -> String {
+pub(super) fn time(v: &Value) -> String {
     v.as_i64()
         .map(crate::clock::rfc3339)
         .unwrap_or_else(|| "—".into())
@@ -177,6 +229,7 @@ fn member(p: &MemberPage<'_>, m: &Value, s: &Active) -> Markup {
             }
         }
         (actions(p, &id, s))
+        (balance_chart(m))
         (lots(m))
         (ledger(p, m))
     }
@@ -216,6 +269,15 @@ fn actions(p: &MemberPage<'_>, id: &str, s: &Active) -> Markup {
                 input #rreason name="reason" required;
                 button type="submit" { "Reverse" }
             }
+            form method="post" action={ (base) "/reverse-redemption" } {
+                h3 { "Reverse a redemption" }
+                (hidden(p, s))
+                label for="redemption" { "Redemption id (rdm_…, in the ledger)" }
+                input #redemption name="redemption" required;
+                label for="dreason" { "Reason" }
+                input #dreason name="reason" required;
+                button type="submit" { "Reverse redemption" }
+            }
         }
     }
 }
@@ -236,6 +298,29 @@ fn new_lines(p: &MemberPage<'_>, m: &Value) -> Markup {
                     li { "New ledger line #" (text(&e["seq"])) ": " (text(&e["kind"])) " "
                          (text(&e["points"])) " points, balance " (text(&e["balanceAfter"])) }
                 }
+            }
+        }
+    }
+}
+
+/// The balance after each ledger line of the page shown, oldest first.
+fn balance_chart(m: &Value) -> Markup {
+    let empty = Vec::new();
+    let bars: Vec<super::chart::Bar> = m["ledger"]
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .rev()
+        .map(|e| super::chart::Bar {
+            label: format!("#{}", text(&e["seq"])),
+            values: vec![e["balanceAfter"].as_u64().unwrap_or(0)],
+        })
+        .collect();
+    html! {
+        @if !bars.is_empty() {
+            section aria-labelledby="balance-h" {
+                h2 #balance-h { "Balance over time (the ledger lines below)" }
+                (super::chart::stacked_bars("balance-chart", "Balance after each ledger line", &["balance".into()], &bars))
             }
         }
     }
@@ -262,14 +347,14 @@ fn lots(m: &Value) -> Markup {
 
 fn ledger(p: &MemberPage<'_>, m: &Value) -> Markup {
     let empty = Vec::new();
-    let all = m["ledger"].as_array().unwrap_or(&empty);
-    let pages = all.len().div_ceil(LEDGER_PAGE).max(1);
-    let page = p.page.min(pages.saturating_sub(1));
-    let lines = all
-        .iter()
-        .rev()
-        .skip(page.saturating_mul(LEDGER_PAGE))
-        .take(LEDGER_PAGE);
+    // The server sent one page, newest first.
+    let lines = m["ledger"].as_array().unwrap_or(&empty);
+    let total = m["ledgerEntries"].as_u64().unwrap_or(0);
+    let pages = usize::try_from(total)
+        .unwrap_or(usize::MAX)
+        .div_ceil(LEDGER_PAGE)
+        .max(1);
+    let page = p.page;
     let link = |n: usize| {
         format!(
             "/console/{}/members?program={}&type=memberId&q={}&page={n}",

@@ -13,8 +13,8 @@ use super::routes::{
 };
 use super::{Front, Out};
 use crate::app::admin::{
-    AdjustRequest, CampaignSpec, GenerateRequest, MemberRef, RedemptionReversalRequest,
-    ReversalRequest, StateRequest,
+    AdjustRequest, CampaignSpec, GenerateRequest, LedgerPage, MemberRef, RedemptionReversalRequest,
+    ReversalRequest, StateRequest, MAX_LEDGER_PAGE,
 };
 use crate::app::chaos::FaultSpec;
 use crate::app::sources::{OrderAwardRequest, OrderQuery, OrderState, MAX_LIST};
@@ -44,6 +44,8 @@ pub(crate) enum Op {
     Code(String),
     Holds,
     Hold(String),
+    /// `transactions/{id}`: a transaction's timeline.
+    Transaction(String),
     ReleaseHold(String),
     SwitchReadiness,
     /// `loyalty/{p}/members/import` (a GET reads the member whose id is `import`).
@@ -105,6 +107,7 @@ impl Op {
             ["campaigns", c, "codes", "generate"] => Op::GenerateCodes(s(c)),
             ["codes", code] => Op::Code(s(code)),
             ["holds"] => Op::Holds,
+            ["transactions", id] => Op::Transaction(s(id)),
             ["holds", r] => Op::Hold(s(r)),
             ["holds", r, "release"] => Op::ReleaseHold(s(r)),
             ["switch-readiness"] => Op::SwitchReadiness,
@@ -206,6 +209,7 @@ async fn tenant_op(app: &App, req: Request<Incoming>, t: &str, op: &Op) -> Out {
         (Op::GenerateCodes(c), &Method::POST) => generate(app, req, t, c).await,
         (Op::Code(code), &Method::GET) => Ok(app.code_state(t, code).await),
         (Op::Holds, &Method::GET) => Ok(app.list_holds(t).await),
+        (Op::Transaction(id), &Method::GET) => Ok(app.find_transaction(t, id).await),
         (Op::Hold(r), &Method::GET) => Ok(app.get_hold(t, r).await),
         (Op::ReleaseHold(r), &Method::POST) => Ok(app.release_hold(t, r).await),
         (Op::SwitchReadiness, &Method::GET) => Ok(app.switch_readiness(t).await),
@@ -218,13 +222,7 @@ async fn tenant_op(app: &App, req: Request<Incoming>, t: &str, op: &Op) -> Out {
                 id,
             },
             &Method::GET,
-        ) => {
-            let m = MemberRef {
-                by_user: *by_user,
-                id: id.clone(),
-            };
-            Ok(app.show_member(t, program, m).await)
-        }
+        ) => show_member(app, &req, t, program, *by_user, id).await,
         (Op::Adjust { program, member }, &Method::POST) => {
             adjust(app, req, t, program, member).await
         }
@@ -264,7 +262,46 @@ fn member(id: &str) -> MemberRef {
     MemberRef {
         by_user: false,
         id: id.to_owned(),
+        ledger_page: None,
     }
+}
+
+async fn show_member(
+    app: &App,
+    req: &Request<Incoming>,
+    t: &str,
+    program: &str,
+    by_user: bool,
+    id: &str,
+) -> Handled {
+    let m = MemberRef {
+        by_user,
+        id: id.to_owned(),
+        ledger_page: ledger_page(&query_pairs(req.uri().query()))?,
+    };
+    Ok(app.show_member(t, program, m).await)
+}
+
+/// `ledgerPage` (0: newest) and `ledgerPerPage` of a member view; neither: the whole
+/// ledger, oldest first.
+fn ledger_page(q: &[(String, String)]) -> Result<Option<LedgerPage>, ApiError> {
+    let get = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    if get("ledgerPage").is_none() && get("ledgerPerPage").is_none() {
+        return Ok(None);
+    }
+    let page = get("ledgerPage")
+        .unwrap_or("0")
+        .parse::<usize>()
+        .map_err(|_| ApiError::invalid("ledgerPage", "a page number from 0 (the newest)"))?;
+    let per_page = get("ledgerPerPage")
+        .unwrap_or("50")
+        .parse::<usize>()
+        .ok()
+        .filter(|n| (1..=MAX_LEDGER_PAGE).contains(n))
+        .ok_or_else(|| {
+            ApiError::invalid("ledgerPerPage", format!("an integer 1..={MAX_LEDGER_PAGE}"))
+        })?;
+    Ok(Some(LedgerPage { page, per_page }))
 }
 
 async fn read_json<T: serde::de::DeserializeOwned>(
@@ -301,7 +338,7 @@ async fn import_members(app: &App, req: Request<Incoming>, t: &str, p: &str) -> 
 }
 
 async fn inbox(app: &App, req: Request<Incoming>, t: &str) -> Handled {
-    let filter = inbox_filter(&query_pairs(req.uri().query()))?;
+    let filter = InboxFilter::from_query(&query_pairs(req.uri().query()))?;
     Ok(app.inbox(t, filter).await)
 }
 
@@ -430,46 +467,4 @@ pub(super) fn query_pairs(q: Option<&str>) -> Vec<(String, String)> {
             (dec(k), dec(v))
         })
         .collect()
-}
-
-fn inbox_filter(q: &[(String, String)]) -> Result<InboxFilter, ApiError> {
-    let mut f = InboxFilter {
-        limit: 100,
-        ..Default::default()
-    };
-    let time = |k: &str, v: &str| {
-        v.parse::<jiff::Timestamp>()
-            .map(|t| t.as_millisecond())
-            .map_err(|_| ApiError::invalid(k.to_owned(), "an RFC 3339 instant"))
-    };
-    for (k, v) in q {
-        match k.as_str() {
-            "event" => f.event = Some(v.clone()),
-            "status" if ["queued", "delivered", "dead"].contains(&v.as_str()) => {
-                f.status = Some(v.clone())
-            }
-            "status" => {
-                return Err(ApiError::invalid(
-                    "status",
-                    "one of queued, delivered, dead",
-                ))
-            }
-            "since" => f.since = Some(time(k, v)?),
-            "until" => f.until = Some(time(k, v)?),
-            "limit" => {
-                f.limit = v
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=10_000).contains(n))
-                    .ok_or_else(|| ApiError::invalid("limit", "1..=10000"))?
-            }
-            other => {
-                return Err(ApiError::invalid(
-                    other.to_owned(),
-                    "unknown filter; use event, status, since, until, limit",
-                ))
-            }
-        }
-    }
-    Ok(f)
 }

@@ -5,7 +5,7 @@ use hyper::body::Incoming;
 use hyper::{Method, Request};
 
 use super::admin::query_pairs;
-use super::routes::{err, method_not_allowed, read_body, BodyKind};
+use super::routes::{err, method_not_allowed, read_body, BodyKind, MAX_IMPORT_BYTES};
 use super::{Front, Out};
 use crate::app::Reply;
 use crate::console::{ConsoleRequest, ConsoleResponse, COOKIE};
@@ -41,9 +41,17 @@ pub(super) async fn call(front: &Front, req: Request<Incoming>, path: &[String])
     let tls = h
         .get("x-forwarded-proto")
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+    let client = req.extensions().get::<super::Peer>().map(|p| p.0.ip());
     let query = query_pairs(req.uri().query());
     let form = if post {
-        let max = front.app.config.server.max_body_bytes;
+        // A code import may be as large as the admin API's, once the session is known.
+        let import = path.last().is_some_and(|p| p == "import")
+            && console.has_session(&front.app, cookie.as_deref());
+        let max = if import {
+            MAX_IMPORT_BYTES
+        } else {
+            front.app.config.server.max_body_bytes
+        };
         match read_body(&front.app, req, max, BodyKind::Form).await {
             Ok(b) => query_pairs(Some(&String::from_utf8_lossy(&b))),
             Err(e) => return err(e),
@@ -58,6 +66,7 @@ pub(super) async fn call(front: &Front, req: Request<Incoming>, path: &[String])
         form,
         cookie,
         tls,
+        client,
     };
     page(console.handle(&front.app, r).await)
 }

@@ -134,7 +134,7 @@ async fn serve(front: Arc<Front>, listener: TcpListener, mut stop: oneshot::Rece
             p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
             _ = &mut stop => break,
         };
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(s) => s,
                 Err(e) => {
@@ -150,7 +150,10 @@ async fn serve(front: Arc<Front>, listener: TcpListener, mut stop: oneshot::Rece
         let io = lowlevel::JsonErrors::new(stream, app.config.server.max_header_bytes.max(8192));
         let conn = builder.serve_connection(
             TokioIo::new(io),
-            service_fn(move |req| handle(front2.clone(), req)),
+            service_fn(move |mut req: Request<Incoming>| {
+                req.extensions_mut().insert(Peer(peer));
+                handle(front2.clone(), req)
+            }),
         );
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
@@ -169,6 +172,11 @@ async fn serve(front: Arc<Front>, listener: TcpListener, mut stop: oneshot::Rece
     app.close().await;
     tracing::info!("store flushed and closed");
 }
+
+/// The client's address (the TCP peer), attached to each request of its connection: the
+/// console limits failed sign-ins per address.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Peer(pub SocketAddr);
 
 /// The connection is closed without an answer (an injected fault): hyper closes a
 /// connection whose service fails, writing nothing.
@@ -199,10 +207,18 @@ async fn handle(
     let outcome = resp
         .as_ref()
         .map_or("no_answer", |r| r.reply.outcome.as_str());
-    front
-        .app
-        .metrics
+    let app = &front.app;
+    app.metrics
         .observe(endpoint.label(), outcome, start.elapsed());
+    // Per tenant for the console's overview; only configured tenants, so a client cannot
+    // grow the counts with made-up names.
+    if let Some((tenant, label)) = endpoint
+        .fault_target()
+        .filter(|(t, _)| front.tenants.contains_key(*t))
+    {
+        app.metrics
+            .observe_tenant(tenant, label, outcome, app.clock.now_ms());
+    }
     resp.map(Out::into_response).ok_or(NoAnswer)
 }
 
@@ -305,7 +321,9 @@ impl Out {
                 h.append(hyper::header::HeaderName::from_static(name), v);
             }
         }
-        if self.reply.status == 503 || self.reply.status == 429 {
+        // A default for our 503s and 429s; an answer that says how long (the console's
+        // sign-in limit) keeps its own.
+        if (self.reply.status == 503 || self.reply.status == 429) && !h.contains_key(RETRY_AFTER) {
             h.insert(RETRY_AFTER, HeaderValue::from_static("1"));
         }
         r

@@ -21,12 +21,20 @@ fn campaign_json(
     let Some(e) = st.tenant(tenant).and_then(|t| t.campaigns.get(id)) else {
         return Ok(serde_json::Value::Null);
     };
-    let (held, _, _) = st.holds().counts(tenant, id, "", None);
+    let u = usage(txn, st, tenant, id, "", None)?;
+    let budget_left = e.campaign.max_discount_total_cents.map(|b| {
+        b.saturating_sub(u.campaign_spent_cents)
+            .saturating_sub(u.campaign_held_cents)
+            .max(0)
+    });
     Ok(json!({
         "source": e.source,
         "spec": e.campaign.spec,
-        "usesConsumed": txn.get_u64(&keys::used(tenant, id))?,
-        "holdsLive": held,
+        "usesConsumed": u.campaign_used,
+        "holdsLive": u.campaign_held,
+        "discountCentsCommitted": u.campaign_spent_cents,
+        "discountCentsHeld": u.campaign_held_cents,
+        "budgetCentsLeft": budget_left,
     }))
 }
 
@@ -240,30 +248,7 @@ pub fn get_hold(
         return Ok(Reply::not_found("no hold with this providerRef"));
     };
     let live = st.holds().contains(provider_ref);
-    let state = match h.state {
-        crate::voucher::HoldState::Held if !live => "expired",
-        crate::voucher::HoldState::Held => "held",
-        crate::voucher::HoldState::Committed => "committed",
-        crate::voucher::HoldState::Released => "released",
-        crate::voucher::HoldState::Reactivated => "reactivated",
-    };
-    Ok(Reply::json(
-        200,
-        json!({
-            "ok": true,
-            "providerRef": h.provider_ref,
-            "campaign": h.campaign,
-            "code": h.code,
-            "guest": h.guest,
-            "locationId": h.location,
-            "amountCents": h.amount_cents,
-            "state": state,
-            "transactionId": h.transaction_id,
-            "createdAt": rfc3339(h.created_at),
-            "expiresAt": rfc3339(h.expires_at),
-            "updatedAt": rfc3339(h.updated_at),
-        }),
-    ))
+    Ok(Reply::json(200, h.to_json(live)))
 }
 
 pub fn release(

@@ -958,16 +958,46 @@ pub fn adjust(
     )
 }
 
-/// A member with identifiers, balances, tier, credit lots and ledger.
+/// A member named by memberId or by userId (the admin API's and the console's view).
+pub struct MemberRef {
+    pub by_user: bool,
+    pub id: String,
+    /// One page of the ledger, newest first (`None`: the whole ledger, oldest first).
+    pub ledger_page: Option<LedgerPage>,
+}
+
+/// Which page of a member's ledger to answer, newest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LedgerPage {
+    /// 0: the newest entries.
+    pub page: usize,
+    pub per_page: usize,
+}
+
+/// The most ledger entries one page holds.
+pub const MAX_LEDGER_PAGE: usize = 1000;
+
+/// The page `lp` of `ledger` (oldest first), newest first.
+fn ledger_page(ledger: Vec<Entry>, lp: LedgerPage) -> Vec<Entry> {
+    ledger
+        .into_iter()
+        .rev()
+        .skip(lp.page.saturating_mul(lp.per_page))
+        .take(lp.per_page)
+        .collect()
+}
+
+/// A member with identifiers, balances, tier, credit lots and ledger (the whole ledger
+/// oldest first, or one page of it newest first).
 pub fn show_member(
     txn: &mut Txn<'_>,
     st: &mut State,
     t: &str,
     p: &str,
-    by_user: bool,
-    id: &str,
+    who: &MemberRef,
     now: Millis,
 ) -> R {
+    let (by_user, id) = (who.by_user, who.id.as_str());
     let Some(prog) = program(st, t, p) else {
         return Ok(Reply::not_found("unknown loyalty program"));
     };
@@ -990,9 +1020,12 @@ pub fn show_member(
     let mut view = m.account.clone();
     let expiring = view.settle(now);
     let tier = prog.tier_for(view.lifetime(now));
-    Ok(Reply::json(
-        200,
-        serde_json::json!({
+    let entries = ledger.len();
+    let ledger = match who.ledger_page {
+        Some(lp) => ledger_page(ledger, lp),
+        None => ledger,
+    };
+    let mut body = serde_json::json!({
             "ok": true,
             "memberId": m.member_id,
             "userId": m.user_id,
@@ -1008,9 +1041,14 @@ pub fn show_member(
             "ledgerSum": ledger_sum,
             "expiredNotYetRecorded": -expiring.iter().map(|e| e.points).sum::<i64>(),
             "lots": m.account.lots,
+            "ledgerEntries": entries,
             "ledger": ledger,
-        }),
-    ))
+    });
+    if let Some(lp) = who.ledger_page {
+        body["ledgerPage"] = serde_json::json!(lp.page);
+        body["ledgerPerPage"] = serde_json::json!(lp.per_page);
+    }
+    Ok(Reply::json(200, body))
 }
 
 /// Import a member base from CSV (`user_id,card,phone,email,balance,lifetime_earned`;

@@ -15,6 +15,7 @@ pub mod records;
 pub mod sliced;
 pub mod state;
 pub mod states;
+pub mod timeline;
 pub mod voucher;
 pub mod webhook;
 

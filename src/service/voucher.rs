@@ -45,6 +45,38 @@ pub struct HoldRecord {
     pub held_unlogged: bool,
 }
 
+impl HoldRecord {
+    /// The hold as the admin API shows it.
+    pub fn to_json(&self, live: bool) -> serde_json::Value {
+        serde_json::json!({
+            "ok": true,
+            "providerRef": self.provider_ref,
+            "campaign": self.campaign,
+            "code": self.code,
+            "guest": self.guest,
+            "locationId": self.location,
+            "amountCents": self.amount_cents,
+            "state": self.state_label(live),
+            "transactionId": self.transaction_id,
+            "createdAt": rfc3339(self.created_at),
+            "expiresAt": rfc3339(self.expires_at),
+            "updatedAt": rfc3339(self.updated_at),
+        })
+    }
+
+    /// Its state as the admin API names it; `live`: still counted among the live holds
+    /// (a held hold that is not has expired).
+    pub fn state_label(&self, live: bool) -> &'static str {
+        match self.state {
+            HoldState::Held if !live => "expired",
+            HoldState::Held => "held",
+            HoldState::Committed => "committed",
+            HoldState::Released => "released",
+            HoldState::Reactivated => "reactivated",
+        }
+    }
+}
+
 fn is_false(b: &bool) -> bool {
     !*b
 }

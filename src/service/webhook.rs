@@ -29,10 +29,21 @@ pub struct InboxRecord {
     pub routes: Vec<String>,
 }
 
+/// An event's place in a route's queue (or among its dead letters).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct QueueState {
+    /// Attempts in this round (since queued or last replayed); the route's `max_attempts`
+    /// applies to them. In a dead letter: every attempt, earlier rounds included.
     pub attempts: u32,
     pub last_error: Option<String>,
+    /// Attempts recorded in earlier rounds, before a replay of the dead letter: this
+    /// round's attempt records are numbered after them, so a replay never overwrites one.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub earlier: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -220,18 +231,22 @@ pub fn record_attempt(
     } = a;
     let route = route.as_str();
     let qk = queue_key(t, route, seq);
-    if txn.get(&qk)?.is_none() {
+    let Some(queued) = txn.get(&qk)? else {
         return Ok(()); // purged or replayed meanwhile
-    }
+    };
+    let earlier = serde_json::from_slice::<QueueState>(&queued)
+        .unwrap_or_default()
+        .earlier;
+    let number = earlier.saturating_add(n);
     let (label, detail) = match &outcome {
         AttemptOutcome::Delivered(d) => ("delivered", d.clone()),
         AttemptOutcome::Failed(e) => ("failed", e.clone()),
         AttemptOutcome::Dead(e) => ("dead", e.clone()),
     };
     txn.put_json(
-        attempt_key(t, seq, route, n),
+        attempt_key(t, seq, route, number),
         &Attempt {
-            n,
+            n: number,
             at: rfc3339(now),
             outcome: label.into(),
             detail: Some(detail.clone()),
@@ -248,6 +263,7 @@ pub fn record_attempt(
             &QueueState {
                 attempts: n,
                 last_error: Some(e),
+                earlier,
             },
         ),
         AttemptOutcome::Dead(e) => {
@@ -255,8 +271,9 @@ pub fn record_attempt(
             txn.put_json(
                 dead_key(t, route, seq),
                 &QueueState {
-                    attempts: n,
+                    attempts: number,
                     last_error: Some(e),
+                    earlier: 0,
                 },
             );
             st.count_webhooks(-1, 1);
@@ -309,6 +326,52 @@ pub struct InboxFilter {
     pub since: Option<Millis>,
     pub until: Option<Millis>,
     pub limit: usize,
+}
+
+impl InboxFilter {
+    /// The filters of an inbox listing from query pairs (`event`, `status`, `since`,
+    /// `until`, `limit`); an unknown or malformed one is a 400 naming it.
+    pub fn from_query(q: &[(String, String)]) -> Result<InboxFilter, ApiError> {
+        let mut f = InboxFilter {
+            limit: 100,
+            ..Default::default()
+        };
+        let time = |k: &str, v: &str| {
+            v.parse::<jiff::Timestamp>()
+                .map(|t| t.as_millisecond())
+                .map_err(|_| ApiError::invalid(k.to_owned(), "an RFC 3339 instant"))
+        };
+        for (k, v) in q {
+            match k.as_str() {
+                "event" => f.event = Some(v.clone()),
+                "status" if ["queued", "delivered", "dead"].contains(&v.as_str()) => {
+                    f.status = Some(v.clone())
+                }
+                "status" => {
+                    return Err(ApiError::invalid(
+                        "status",
+                        "one of queued, delivered, dead",
+                    ))
+                }
+                "since" => f.since = Some(time(k, v)?),
+                "until" => f.until = Some(time(k, v)?),
+                "limit" => {
+                    f.limit = v
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=10_000).contains(n))
+                        .ok_or_else(|| ApiError::invalid("limit", "1..=10000"))?
+                }
+                other => {
+                    return Err(ApiError::invalid(
+                        other.to_owned(),
+                        "unknown filter; use event, status, since, until, limit",
+                    ))
+                }
+            }
+        }
+        Ok(f)
+    }
 }
 
 /// One page of the inbox in arrival order, filtered: the summaries of the matches among
@@ -423,9 +486,14 @@ pub fn replay_dead(
 ) -> Result<(Reply, Vec<String>), StoreError> {
     let mut moved = 0u64;
     let mut routes = Vec::new();
-    for (k, route, seq, _) in dead_entries(txn, t, only.as_ref())? {
+    for (k, route, seq, v) in dead_entries(txn, t, only.as_ref())? {
+        let dead: QueueState = serde_json::from_slice(&v).unwrap_or_default();
         txn.delete(k);
-        txn.put_json(queue_key(t, &route, seq), &QueueState::default());
+        let round = QueueState {
+            earlier: dead.attempts,
+            ..QueueState::default()
+        };
+        txn.put_json(queue_key(t, &route, seq), &round);
         moved += 1;
         if !routes.contains(&route) {
             routes.push(route);

@@ -418,3 +418,25 @@ pub fn spawn_serve(
         .to_string();
     (child, base)
 }
+
+/// Deliver an `inventory.created` webhook event with id `id` to tenant `acme`, signed
+/// with `WH_SECRET` (hex HMAC in `X-Karma-Signature`); it must be accepted.
+pub async fn deliver_signed(h: &Harness, id: &str) {
+    use hmac::{Hmac, Mac};
+    let body = serde_json::to_vec(&serde_json::json!({"id": id, "event": "inventory.created", "resource": "inventory", "resourceId": "42", "timestamp": "2026-06-01T09:59:00Z", "apiVersion": "2024-01"})).unwrap();
+    let mut m = Hmac::<sha2::Sha256>::new_from_slice(b"new-secret").unwrap();
+    m.update(&body);
+    let sig = hex::encode(m.finalize().into_bytes());
+    let r = h
+        .request(
+            "POST",
+            "/v1/acme/webhooks",
+            &[
+                ("content-type", "application/json"),
+                ("x-karma-signature", &sig),
+            ],
+            body,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+}
