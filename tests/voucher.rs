@@ -797,6 +797,15 @@ async fn admin_campaigns_codes_and_holds() {
     assert_eq!(holds["count"], json!(1));
     assert_eq!(holds["holds"][0]["providerRef"], json!(r1));
     assert_eq!(holds["holds"][0]["amountCents"], json!(250));
+    // The live index keeps no text: these come from the hold's record.
+    assert_eq!(
+        [
+            &holds["holds"][0]["campaign"],
+            &holds["holds"][0]["code"],
+            &holds["holds"][0]["guest"]
+        ],
+        [&json!("api-made"), &json!("API-1"), &json!(null)]
+    );
     let one = h.admin("GET", &format!("holds/{r1}"), None).await.json();
     assert_eq!(
         (one["state"].clone(), one["code"].clone()),

@@ -11,9 +11,12 @@ use serde_json::{json, Value};
 /// The admin token the bench gives the service it starts (`[admin] token_env`).
 pub const ADMIN_TOKEN: &str = "bench-admin-token";
 
-/// Rows per import request: far below the admin API's 64 MiB body limit, and one writer
-/// job each, so the import does not hold the writer for long.
-const CHUNK: u64 = 20_000;
+/// Rows per import request: one writer job each (the member import is not sliced), so the
+/// import does not hold the writer for long. 1 000 like `storage.job_slice_records`: a job
+/// of 20 000 members (~100 000 records in one sled batch) took the service's peak RSS to
+/// ~1.6 GiB during a 1 M-member import, 1 000 keeps it near the steady state
+/// (BENCHMARKS.md, "Memory").
+const CHUNK: u64 = 1_000;
 
 /// Points each imported member starts with (redeem costs 1).
 const BALANCE: u64 = 1_000_000;

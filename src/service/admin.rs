@@ -167,13 +167,7 @@ pub fn code_state(
         }
     }
     // Live holds whose "held" event is not written yet (see `HoldRecord::held_unlogged`).
-    let live: Vec<String> = st
-        .holds()
-        .iter()
-        .filter(|(_, h)| h.tenant == tenant && h.campaign == cid && h.code == code)
-        .map(|(r, _)| r.clone())
-        .collect();
-    for r in live {
+    for r in st.holds().refs_of_code(tenant, &cid, &code) {
         if let Some(h) = txn.get_json::<super::voucher::HoldRecord>(&keys::hold(tenant, &r))? {
             if h.held_unlogged {
                 history.push(HistoryEvent::held(&h));
@@ -219,24 +213,18 @@ pub fn list_holds(
     now: Millis,
 ) -> Result<Reply, StoreError> {
     super::voucher::prune(txn, st, now)?;
-    let mut items: Vec<_> = st
-        .holds()
-        .iter()
-        .filter(|(_, h)| h.tenant == tenant)
-        .map(|(r, h)| (h.expires_at, r.clone(), h.clone()))
-        .collect();
-    items.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    let mut items: Vec<_> = st.holds().refs_of_tenant(tenant).collect();
+    items.sort();
     let mut out = Vec::with_capacity(items.len());
-    for (exp, r, h) in items {
-        let amount = txn
-            .get_json::<super::voucher::HoldRecord>(&keys::hold(tenant, &r))?
-            .map(|x| x.amount_cents);
+    for (exp, r) in items {
+        // The live index keeps no text: campaign, code and guest come from the hold's record.
+        let h = txn.get_json::<super::voucher::HoldRecord>(&keys::hold(tenant, &r))?;
         out.push(json!({
             "providerRef": r,
-            "campaign": h.campaign,
-            "code": h.code,
-            "guest": h.guest,
-            "amountCents": amount,
+            "campaign": h.as_ref().map(|h| &h.campaign),
+            "code": h.as_ref().map(|h| &h.code),
+            "guest": h.as_ref().and_then(|h| h.guest.as_ref()),
+            "amountCents": h.as_ref().map(|h| h.amount_cents),
             "expiresAt": rfc3339(exp),
         }));
     }
@@ -259,7 +247,7 @@ pub fn get_hold(
     else {
         return Ok(Reply::not_found("no hold with this providerRef"));
     };
-    let live = st.holds().get(provider_ref).is_some();
+    let live = st.holds().contains(provider_ref);
     Ok(Reply::json(200, h.to_json(live)))
 }
 
@@ -296,10 +284,10 @@ pub fn hold_summary(
 ) -> Result<HoldSummary, StoreError> {
     super::voucher::prune(txn, st, now)?;
     let mut s = HoldSummary::default();
-    for (_, h) in st.holds().iter().filter(|(_, h)| h.tenant == tenant) {
+    for at in st.holds().expiries(tenant) {
         s.live += 1;
-        s.first_expiry = Some(s.first_expiry.map_or(h.expires_at, |f| f.min(h.expires_at)));
-        s.last_expiry = Some(s.last_expiry.map_or(h.expires_at, |l| l.max(h.expires_at)));
+        s.first_expiry = Some(s.first_expiry.map_or(at, |f| f.min(at)));
+        s.last_expiry = Some(s.last_expiry.map_or(at, |l| l.max(at)));
     }
     Ok(s)
 }

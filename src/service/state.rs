@@ -14,7 +14,7 @@ use std::sync::Arc;
 use crate::loyalty::Program;
 use crate::metrics::Gauges;
 use crate::store::Journal;
-use crate::voucher::{Campaign, LiveHold, LiveHolds};
+use crate::voucher::{Campaign, Held, LiveHold, LiveHolds};
 
 use super::{CampaignEntry, Source, TenantState};
 
@@ -23,7 +23,7 @@ enum Undo {
     /// A live hold was added: remove it.
     HoldAdded(String),
     /// A live hold was removed: put it back.
-    HoldRemoved(String, LiveHold),
+    HoldRemoved(String, Held),
     /// A campaign was installed over `prev` (none: it was new).
     Campaign {
         tenant: String,
@@ -105,18 +105,20 @@ impl State {
 
     /// Count a new live hold.
     pub fn add_hold(&mut self, provider_ref: String, h: LiveHold) {
-        if self.holds.get(&provider_ref).is_none() {
+        if !self.holds.contains(&provider_ref) {
             self.holds.insert(provider_ref.clone(), h);
             self.journal.push(Undo::HoldAdded(provider_ref));
         }
     }
 
-    /// Stop counting a live hold; returns it when it was live.
-    pub fn remove_hold(&mut self, provider_ref: &str) -> Option<LiveHold> {
-        let h = self.holds.remove(provider_ref)?;
+    /// Stop counting a live hold; returns whether it was live.
+    pub fn remove_hold(&mut self, provider_ref: &str) -> bool {
+        let Some(h) = self.holds.remove(provider_ref) else {
+            return false;
+        };
         self.journal
-            .push(Undo::HoldRemoved(provider_ref.to_owned(), h.clone()));
-        Some(h)
+            .push(Undo::HoldRemoved(provider_ref.to_owned(), h));
+        true
     }
 
     /// Stop counting the holds expired at `now`; returns their (tenant, ref).
@@ -124,7 +126,7 @@ impl State {
         let gone = self.holds.prune(now);
         let mut out = Vec::with_capacity(gone.len());
         for (r, h) in gone {
-            out.push((h.tenant.clone(), r.clone()));
+            out.push((self.holds.tenant_of(&h).to_owned(), r.clone()));
             self.journal.push(Undo::HoldRemoved(r, h));
         }
         out
@@ -201,7 +203,7 @@ impl State {
                 Undo::HoldAdded(r) => {
                     self.holds.remove(&r);
                 }
-                Undo::HoldRemoved(r, h) => self.holds.insert(r, h),
+                Undo::HoldRemoved(r, h) => self.holds.restore(&r, h),
                 Undo::Campaign { tenant, id, prev } => {
                     if let Some(t) = self.tenants.get_mut(&tenant) {
                         t.uninstall(&id);
@@ -305,11 +307,14 @@ mod tests {
         index.sort();
         let mut programs: Vec<_> = t.programs.keys().collect();
         programs.sort();
-        let holds: Vec<_> = st.holds().iter().map(|(r, h)| (r, &h.code)).collect();
+        let holds: Vec<_> = st.holds().refs().collect();
+        let counts: Vec<_> = ["A", "B", "C"]
+            .map(|k| st.holds().counts("t", "c", k, None))
+            .to_vec();
         format!(
-            "{:?} {index:?} {programs:?} {holds:?} {:?} {} {}",
+            "{:?} {index:?} {programs:?} {holds:?} {counts:?} {:?} {} {}",
             t.campaigns.keys().collect::<Vec<_>>(),
-            st.holds().counts("t", "c", "A", None),
+            st.holds().expiries("t").collect::<Vec<_>>(),
             st.webhook_queued,
             st.webhook_dead
         )

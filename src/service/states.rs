@@ -193,7 +193,7 @@ fn hold(txn: &mut Txn<'_>, st: &mut State, t: &str, params: &Value, now: Millis)
     let key = keys::provider_state(t, "hold", &hex::encode(fingerprint(&req)));
     if let Some(r) = txn.get(&key)? {
         let r = String::from_utf8_lossy(&r).into_owned();
-        if st.holds().get(&r).is_some() {
+        if st.holds().contains(&r) {
             if let Some(h) = txn.get_json::<HoldRecord>(&keys::hold(t, &r))? {
                 let tx = fresh_transaction_id(txn)?;
                 return Ok(Reply::json(200, hold_values(&h, Some(tx))));

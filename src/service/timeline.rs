@@ -50,7 +50,7 @@ pub fn find(
     let provider_ref = hold.or(id.starts_with("kph_").then_some(id));
     if let Some(r) = provider_ref {
         if let Some(h) = txn.get_json::<HoldRecord>(&keys::hold(tenant, r))? {
-            let live = st.holds().get(r).is_some();
+            let live = st.holds().contains(r);
             return voucher(txn, tenant, id, &h, live, voucher_answers, now);
         }
     }

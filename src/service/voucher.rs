@@ -500,7 +500,7 @@ pub fn commit(
                 got: req.amount_cents,
             }));
         }
-        let live = st.remove_hold(&h.provider_ref).is_some();
+        let live = st.remove_hold(&h.provider_ref);
         if !live {
             // Expired: honour it only if the capacity it held is still free.
             let campaign = st
@@ -599,7 +599,7 @@ pub fn release_hold(
     let Some(mut h) = txn.get_json::<HoldRecord>(&keys::hold(tenant, provider_ref))? else {
         return Ok(false);
     };
-    if h.state != HoldState::Held || st.remove_hold(provider_ref).is_none() {
+    if h.state != HoldState::Held || !st.remove_hold(provider_ref) {
         return Ok(false);
     }
     txn.delete(keys::live(tenant, provider_ref));

@@ -11,7 +11,7 @@ pub use campaign::{
     ScheduleSpec,
 };
 pub use cart::{Cart, CartItem, Quantity};
-pub use holds::{HoldState, LiveHold, LiveHolds};
+pub use holds::{Held, HoldState, LiveHold, LiveHolds};
 
 use crate::clock::Millis;
 
