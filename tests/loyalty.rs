@@ -667,9 +667,16 @@ async fn redemption_reversal_adjustments_and_member_view() {
     );
 }
 
+/// A member import is checked whole (an invalid row writes nothing), then written one
+/// slice at a time: with `job_slice_records = 1` each row is its own writer job, and a row
+/// repeating an earlier slice's member is still a duplicate.
 #[tokio::test]
 async fn import_members_all_or_nothing() {
-    let h = harness().await;
+    let toml = config_with(PROGRAMS).replace(
+        "cache_capacity_mb = 16",
+        "cache_capacity_mb = 16\njob_slice_records = 1",
+    );
+    let h = Harness::start(&toml).await;
     enroll(&h, "existing").await;
     let import = |csv: &'static str| {
         let auth = format!("Bearer {ADMIN_TOKEN}");

@@ -198,9 +198,9 @@ impl App {
     }
 
     pub async fn import_members(&self, tenant: &str, program: &str, csv: Vec<u8>) -> Reply {
-        let (t, p, now) = (tenant.to_owned(), program.to_owned(), self.clock.now_ms());
-        self.run(move |txn, st| loy::import_members(txn, st, &t, &p, &csv, now))
-            .await
+        let now = self.clock.now_ms();
+        let slice = self.slice();
+        answer(sliced::import_members(&self.store, slice, tenant, program, csv, now).await)
     }
 
     pub async fn show_member(&self, tenant: &str, program: &str, m: MemberRef) -> Reply {

@@ -1141,45 +1141,42 @@ pub fn show_member(
     Ok(Reply::json(200, body))
 }
 
-/// Import a member base from CSV (`user_id,card,phone,email,balance,lifetime_earned`;
-/// header required, columns in any order, all but one identifier optional). All or
-/// nothing: any invalid row refuses the whole file, listing rows by line number. Rows
-/// whose user or identifier is already a member (or repeats an earlier row) are skipped
-/// and counted as duplicates. Imported members get no signup bonus.
-pub fn import_members(
-    txn: &mut Txn<'_>,
-    st: &mut State,
-    t: &str,
-    p: &str,
-    csv_text: &[u8],
-    now: Millis,
-) -> R {
+/// The program a member import writes with: the tenant's program with no signup bonus
+/// (imported members get none), or the refusal when there is no such program.
+pub fn import_program(st: &State, t: &str, p: &str) -> Result<Program, Reply> {
     let Some(prog) = program(st, t, p) else {
-        return Ok(Reply::not_found("unknown loyalty program"));
+        return Err(Reply::not_found("unknown loyalty program"));
     };
-    let rows = match parse_member_rows(csv_text) {
-        Ok(rows) => rows,
-        Err(refusal) => return Ok(refusal),
-    };
-    // Imported members get no signup bonus.
     let mut no_bonus = (*prog).clone();
     no_bonus.spec.signup_bonus = 0;
+    Ok(no_bonus)
+}
+
+/// One slice of a member import (the rows already checked by [`parse_member_rows`]):
+/// each row becomes a member with its balance, unless its user or an identifier is a
+/// member already — an earlier slice's, an earlier import's, or an earlier row's of this
+/// one — and is counted as a duplicate. Returns (imported, duplicates).
+pub fn import_members_slice(
+    txn: &mut Txn<'_>,
+    t: &str,
+    p: &str,
+    prog: &Program,
+    rows: Vec<MemberRow>,
+    now: Millis,
+) -> Result<(u64, u64), StoreError> {
     let (mut imported, mut duplicates) = (0u64, 0u64);
     for r in rows {
-        if import_member(txn, t, p, &no_bonus, r, now)? {
+        if import_member(txn, t, p, prog, r, now)? {
             imported += 1;
         } else {
             duplicates += 1;
         }
     }
-    Ok(Reply::json(
-        200,
-        serde_json::json!({"ok": true, "imported": imported, "duplicates": duplicates, "invalid": []}),
-    ))
+    Ok((imported, duplicates))
 }
 
 /// One row of a member import, checked.
-struct MemberRow {
+pub struct MemberRow {
     user: Option<String>,
     ids: Vec<(IdentifierType, String)>,
     balance: i64,
@@ -1196,9 +1193,11 @@ struct MemberColumns {
     lifetime: Option<usize>,
 }
 
-/// Pass 1: the header and every row, checked; any problem refuses the whole file (the
-/// refusal names each invalid row by line).
-fn parse_member_rows(csv_text: &[u8]) -> Result<Vec<MemberRow>, Reply> {
+/// Pass 1 of a member import (CSV `user_id,card,phone,email,balance,lifetime_earned`;
+/// header required, columns in any order, all but one identifier optional): the header
+/// and every row, checked; any problem refuses the whole file, naming each invalid row by
+/// its line, and nothing is written.
+pub fn parse_member_rows(csv_text: &[u8]) -> Result<Vec<MemberRow>, Reply> {
     let mut rdr = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
         .flexible(false)
