@@ -672,6 +672,22 @@ backoff = "10ms"
         column(&c, "#attempts tbody td:nth-child(-n+2)").await,
         ["inv", "delivered"]
     );
+    // Both attempts are listed: the one that dead-lettered it, then the replay's.
+    let attempts: Vec<(u64, String)> = column(&c, "#attempts li")
+        .await
+        .iter()
+        .map(|a| serde_json::from_str::<Value>(a).unwrap())
+        .map(|a| {
+            (
+                a["n"].as_u64().unwrap(),
+                a["outcome"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        attempts,
+        [(1, "dead".to_owned()), (2, "delivered".to_owned())]
+    );
     shot(&c, "webhook-event", WIDE).await;
     c.close().await.unwrap();
 }
