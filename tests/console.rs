@@ -26,14 +26,7 @@ tiers = [ { id = "bronze", name = "Bronze", min_lifetime = 0 },
 /// points for purchase `p1` (1300 cents): a balance of 63.
 async fn harness_with_member() -> (Harness, String) {
     let h = Harness::start(&config_with(PROGRAM)).await;
-    let e = h
-        .call(
-            "loyalty/enroll",
-            &json!({"userId": "u1", "loyaltyProgramId": 7, "phone": "+46 70-123 45 67"}),
-        )
-        .await;
-    assert_eq!(e.status, 200);
-    let member = e.json()["memberId"].as_str().unwrap().to_owned();
+    let member = enroll_u1_by_phone(&h).await;
     let a = h
         .call(
             "loyalty/award",
@@ -43,6 +36,18 @@ async fn harness_with_member() -> (Harness, String) {
         .await;
     assert_eq!(a.json()["pointsAwarded"], json!(13));
     (h, member)
+}
+
+/// Enroll user `u1` in program 7 with phone +46 70-123 45 67; the member id.
+async fn enroll_u1_by_phone(h: &Harness) -> String {
+    let e = h
+        .call(
+            "loyalty/enroll",
+            &json!({"userId": "u1", "loyaltyProgramId": 7, "phone": "+46 70-123 45 67"}),
+        )
+        .await;
+    assert_eq!(e.status, 200);
+    e.json()["memberId"].as_str().unwrap().to_owned()
 }
 
 async fn balance(h: &Harness, member: &str) -> Value {
@@ -1095,13 +1100,7 @@ return low;"#;
 #[tokio::test]
 async fn in_a_browser_every_page_fits_a_phone_screen_with_readable_contrast() {
     let h = Harness::start(&config_with(ONCE_AND_PROGRAM_7)).await;
-    let e = h
-        .call(
-            "loyalty/enroll",
-            &json!({"userId": "u1", "loyaltyProgramId": 7, "phone": "+46 70-123 45 67"}),
-        )
-        .await;
-    assert_eq!(e.status, 200);
+    enroll_u1_by_phone(&h).await;
     let (committed, _held) = committed_and_live_holds(&h).await;
     let d = driver().await;
     let profile = tempfile::tempdir().unwrap();
