@@ -617,10 +617,10 @@ impl<S: Journal + Send + 'static> Store<S> {
         }
         let guard = self.db.read().unwrap_or_else(|e| e.into_inner());
         let db = guard.as_ref()?;
-        let view = ReadView::new(db);
+        let view = ReadView::new(db, &self.inflight);
         let out = f(&view);
-        // After reading: a group applied before (or during) the read is still listed
-        // here unless its answers have gone out.
+        // After reading: void if a group the read may have seen partly (unsettled when
+        // it started, or published since) wrote a key it read.
         if view.void(&self.inflight) {
             self.stats.reads_deferred.fetch_add(1, Ordering::Relaxed);
             return None;
