@@ -17,7 +17,8 @@ use crate::dispatch;
 use crate::metrics::Metrics;
 use crate::service::State;
 use crate::sources::poll;
-use crate::store::{Store, StoreError, StoreOptions};
+use crate::config::Engine;
+use crate::store::{PgOptions, Store, StoreError, StoreOptions};
 
 #[derive(Debug)]
 pub enum StartError {
@@ -59,6 +60,42 @@ fn rules_of(config: &Config) -> Result<HashMap<(String, Option<String>), Rules>,
     Ok(rules)
 }
 
+/// Open the configured engine and build the writer's state from what it holds.
+async fn open_store(
+    config: &Config,
+    published: (Arc<crate::metrics::Gauges>, Arc<crate::service::Programs>),
+) -> Result<Store<State>, StartError> {
+    let cfg2 = config.clone();
+    let opened = match &config.storage.engine {
+        Engine::Sled => {
+            let opts = StoreOptions {
+                path: config.storage.path.clone(),
+                cache_capacity_bytes: config.storage.cache_capacity_mb * 1024 * 1024,
+            };
+            tokio::task::spawn_blocking(move || {
+                Store::open(&opts, move |txn| State::load(&cfg2, txn, published))
+            })
+            .await
+        }
+        Engine::Postgres(pg) => {
+            let opts = PgOptions {
+                url: pg.url.expose().to_owned(),
+                connect_timeout: pg.connect_timeout,
+                query_timeout: pg.query_timeout,
+            };
+            tokio::task::spawn_blocking(move || {
+                Store::open_pg(opts, move |txn| {
+                    State::load(&cfg2, txn, published.clone())
+                })
+            })
+            .await
+        }
+    };
+    opened
+        .map_err(|e| StartError::Store(StoreError::Io(e.to_string())))?
+        .map_err(StartError::Store)
+}
+
 impl App {
     /// Open the store and build the writer's state from it; start the background rebuild
     /// of stale code indexes. The delivery tasks start with [`App::start_background`].
@@ -70,19 +107,8 @@ impl App {
         let rules = rules_of(&config)?;
         let metrics = Arc::new(Metrics::default());
         let gauge = metrics.gauges.clone();
-        let opts = StoreOptions {
-            path: config.storage.path.clone(),
-            cache_capacity_bytes: config.storage.cache_capacity_mb * 1024 * 1024,
-        };
-        let cfg2 = config.clone();
         let programs = Arc::new(crate::service::Programs::default());
-        let published = (gauge, programs.clone());
-        let store = tokio::task::spawn_blocking(move || {
-            Store::open(&opts, move |txn| State::load(&cfg2, txn, published))
-        })
-        .await
-        .map_err(|e| StartError::Store(StoreError::Io(e.to_string())))?
-        .map_err(StartError::Store)?;
+        let store = open_store(&config, (gauge, programs.clone())).await?;
         // Schema 1 → 2 before anything else runs (a no-op on a current store).
         let (now, slice) = (clock.now_ms(), config.storage.job_slice_records);
         crate::service::lots::migrate(&store, now, slice)

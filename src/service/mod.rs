@@ -13,6 +13,7 @@ pub mod codes;
 pub mod lots;
 pub mod loyalty;
 pub mod records;
+mod replica;
 pub mod sliced;
 pub mod state;
 pub mod states;
@@ -361,43 +362,13 @@ impl State {
                 ts.install(c.clone(), Source::Config);
             }
             for (_, v) in txn.scan_prefix(&prefix(&["camp", &t.id]))? {
-                let Ok(spec) = serde_json::from_slice::<CampaignSpec>(&v) else {
-                    tracing::warn!(tenant = %t.id, "skipping an unreadable stored campaign");
-                    continue;
-                };
-                if ts
-                    .campaigns
-                    .get(&spec.id)
-                    .is_some_and(|e| e.source == Source::Config)
-                {
-                    tracing::warn!(tenant = %t.id, campaign = %spec.id, "a campaign made through the admin API has the id of a config-file campaign; the config file wins");
-                    continue;
-                }
-                if let Some((code, other)) = ts.code_conflict(&spec) {
-                    tracing::warn!(tenant = %t.id, campaign = %spec.id, code = %code, other = %other, "stored campaign skipped: one of its codes now belongs to another campaign");
-                    continue;
-                }
-                match Campaign::from_spec(spec) {
-                    Ok(c) => ts.install(c, Source::Api),
-                    Err(e) => {
-                        tracing::warn!(tenant = %t.id, key = %e.key, "stored campaign no longer valid: {}", e.message)
-                    }
+                if let Some(c) = replica::stored_campaign(&ts, &t.id, &v) {
+                    ts.install(c, Source::Api);
                 }
             }
             for (_, v) in txn.scan_prefix(&prefix(&["prog", &t.id]))? {
-                let Ok(spec) = serde_json::from_slice::<crate::loyalty::ProgramSpec>(&v) else {
-                    continue;
-                };
-                match crate::loyalty::Program::from_spec(spec) {
-                    Ok(p) if !ts.programs.contains_key(&p.id) => {
-                        ts.programs.insert(p.id.clone(), Arc::new(p));
-                    }
-                    Ok(p) => {
-                        tracing::warn!(tenant = %t.id, program = %p.id, "a stored program has the id of a config-file program; the config file wins")
-                    }
-                    Err(e) => {
-                        tracing::warn!(tenant = %t.id, key = %e.key, "stored program no longer valid: {}", e.message)
-                    }
+                if let Some(p) = replica::stored_program(&ts, &t.id, &v) {
+                    ts.programs.insert(p.id.clone(), Arc::new(p));
                 }
             }
             tenants.insert(t.id.clone(), ts);

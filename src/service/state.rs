@@ -173,6 +173,17 @@ impl State {
         self.journal.push(Undo::Webhooks { queued, dead });
     }
 
+    /// Set the webhook counters to what the store holds (a replica following others).
+    pub fn set_webhook_counts(&mut self, queued: u64, dead: u64) {
+        let d = |new: u64, old: u64| {
+            i64::try_from(new)
+                .unwrap_or(i64::MAX)
+                .saturating_sub(i64::try_from(old).unwrap_or(i64::MAX))
+        };
+        let (dq, dd) = (d(queued, self.webhook_queued), d(dead, self.webhook_dead));
+        self.count_webhooks(dq, dd);
+    }
+
     fn publish(&mut self) {
         if std::mem::take(&mut self.programs_changed) {
             let map = self

@@ -86,29 +86,48 @@ fn is_false(b: &bool) -> bool {
 pub(super) fn load_live_holds(txn: &mut Txn<'_>) -> Result<LiveHolds, StoreError> {
     let mut holds = LiveHolds::default();
     for (k, _) in txn.scan_prefix(b"live\x1f")? {
-        let r = last(&k).to_owned();
-        let tenant = std::str::from_utf8(&k[5..k.len() - r.len() - 1])
-            .unwrap_or("")
-            .to_owned();
-        if let Some(h) = txn.get_json::<HoldRecord>(&keys::hold(&tenant, &r))? {
-            if h.state == HoldState::Held {
-                holds.insert(
-                    r,
-                    LiveHold {
-                        tenant,
-                        campaign: h.campaign,
-                        code: h.code,
-                        guest: h.guest,
-                        expires_at: h.expires_at,
-                        amount_cents: h.amount_cents,
-                    },
-                );
-                continue;
-            }
+        match live_hold(txn, &k)? {
+            Some((r, h)) => holds.insert(r, h),
+            None => txn.delete(k),
         }
-        txn.delete(k);
     }
     Ok(holds)
+}
+
+/// The live hold a `live` marker key stands for: its ref and what the index counts, when
+/// its hold record says it is still held.
+fn live_hold(txn: &Txn<'_>, k: &[u8]) -> Result<Option<(String, LiveHold)>, StoreError> {
+    let r = last(k).to_owned();
+    let tenant = std::str::from_utf8(&k[5..k.len() - r.len() - 1])
+        .unwrap_or("")
+        .to_owned();
+    let Some(h) = txn.get_json::<HoldRecord>(&keys::hold(&tenant, &r))? else {
+        return Ok(None);
+    };
+    if h.state != HoldState::Held {
+        return Ok(None);
+    }
+    let live = LiveHold {
+        tenant,
+        campaign: h.campaign,
+        code: h.code,
+        guest: h.guest,
+        expires_at: h.expires_at,
+        amount_cents: h.amount_cents,
+    };
+    Ok(Some((r, live)))
+}
+
+/// Another replica made or ended the live hold of marker `k`: count it as the store now
+/// says (a marker present and its hold held: live; otherwise gone).
+pub(super) fn observe_live(txn: &mut Txn<'_>, st: &mut State, k: &[u8]) -> Result<(), StoreError> {
+    st.remove_hold(last(k));
+    if txn.get(k)?.is_some() {
+        if let Some((r, h)) = live_hold(txn, k)? {
+            st.add_hold(r, h);
+        }
+    }
+    Ok(())
 }
 
 /// Let expired holds go: they stop counting, their `live` markers are deleted and their

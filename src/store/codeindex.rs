@@ -516,6 +516,18 @@ impl CodeIndex {
         }
     }
 
+    /// No index at all (the PostgreSQL engine: every replica looks codes up in the
+    /// database, which is the truth; a local file per replica would be one more copy to
+    /// keep fresh).
+    pub fn disabled() -> CodeIndex {
+        CodeIndex {
+            dir: PathBuf::new(),
+            segments: RwLock::new(HashMap::new()),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }

@@ -17,12 +17,18 @@
 //! it cannot even be opened), and the files sled spills large log messages to (`blobs/`,
 //! which sled writes without fsync) with their directory.
 
+pub mod backend;
 pub mod codeindex;
 pub mod keys;
+pub mod pg;
+mod pg_writer;
 pub mod read;
 
+pub use backend::Backend;
 pub use codeindex::CodeIndex;
 pub use keys::{key, last, prefix};
+pub use pg::PgOptions;
+pub use pg_writer::Replica;
 pub use read::{InFlight, Read, ReadView};
 
 use std::cell::Cell;
@@ -48,6 +54,9 @@ pub enum StoreError {
     /// The job panicked; nothing it wrote was kept.
     JobPanicked,
     Io(String),
+    /// The database cannot be reached or did not answer in time (PostgreSQL engine):
+    /// nothing of the group was kept; the caller may retry (503 with `Retry-After`).
+    Unavailable(String),
 }
 
 /// A fault a test arms on a job (see [`Txn::inject_flush_failure`]).
@@ -65,6 +74,7 @@ impl std::fmt::Display for StoreError {
                 write!(f, "internal error while deciding; nothing was written")
             }
             StoreError::Io(e) => write!(f, "storage error: {e}"),
+            StoreError::Unavailable(e) => write!(f, "storage unavailable: {e}"),
         }
     }
 }
@@ -159,6 +169,9 @@ pub struct Store<S> {
     inflight: Arc<InFlight>,
     /// Tells running index rebuilds to give up (at close).
     cancel_rebuilds: Arc<AtomicBool>,
+    /// Whether the engine's database answered last time (always on sled; PostgreSQL: the
+    /// last group or idle ping succeeded). `/readyz` fails while it is off.
+    reachable: Arc<AtomicBool>,
     codes: Arc<CodeIndex>,
     /// Tenants whose code index is being rebuilt; `true`: rebuild once more when done.
     rebuilding: Arc<Mutex<HashMap<String, bool>>>,
@@ -169,7 +182,7 @@ pub struct Store<S> {
 
 /// Read and write access inside a writer job. Reads see this group's earlier writes.
 pub struct Txn<'a> {
-    db: &'a sled::Db,
+    db: &'a dyn Backend,
     overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     /// Previous overlay entries of keys the current job touched, to undo a panicked job.
     undo: Vec<Undo>,
@@ -193,10 +206,7 @@ impl Txn<'_> {
         if let Some(v) = self.overlay.get(k) {
             return Ok(v.clone());
         }
-        self.db
-            .get(k)
-            .map(|o| o.map(|v| v.to_vec()))
-            .map_err(|e| StoreError::Io(e.to_string()))
+        self.db.get(k)
     }
 
     pub fn put(&mut self, k: Vec<u8>, v: Vec<u8>) {
@@ -244,11 +254,12 @@ impl Txn<'_> {
 
     /// Every (key, value) under `prefix`, in key order, including this group's writes.
     pub fn scan_prefix(&self, prefix: &[u8]) -> Result<Pairs, StoreError> {
-        let mut out: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
-        for kv in self.db.scan_prefix(prefix) {
-            let (k, v) = kv.map_err(|e| StoreError::Io(e.to_string()))?;
-            out.insert(k.to_vec(), v.to_vec());
-        }
+        let end = backend::prefix_end(prefix);
+        let mut out: BTreeMap<Vec<u8>, Vec<u8>> = self
+            .db
+            .range(prefix, end.as_deref(), usize::MAX)?
+            .into_iter()
+            .collect();
         for (k, v) in &self.overlay {
             if k.starts_with(prefix) {
                 match v {
@@ -258,6 +269,37 @@ impl Txn<'_> {
             }
         }
         Ok(out.into_iter().collect())
+    }
+
+    /// At most `limit` stored pairs in `[lo, hi)` that this group has not deleted (with
+    /// this group's values where it rewrote them), in key order; reads further when
+    /// deletions thin a page out.
+    fn stored_live(&self, lo: &[u8], hi: Option<&[u8]>, limit: usize) -> Result<Pairs, StoreError> {
+        let mut out = Vec::new();
+        let mut from = lo.to_vec();
+        loop {
+            let want = limit.saturating_sub(out.len());
+            let page = self.db.range(&from, hi, want)?;
+            let full = page.len() >= want;
+            let Some(last) = page.last().map(|(k, _)| k.clone()) else {
+                return Ok(out);
+            };
+            for (k, v) in page {
+                match self.overlay.get(&k) {
+                    Some(None) => {}
+                    Some(Some(nv)) => {
+                        let nv = nv.clone();
+                        out.push((k, nv));
+                    }
+                    None => out.push((k, v)),
+                }
+            }
+            if !full || out.len() >= limit {
+                return Ok(out);
+            }
+            from = last;
+            from.push(0);
+        }
     }
 
     /// At most about `limit` (key, value) pairs under `prefix` after the key `after` (or
@@ -279,19 +321,10 @@ impl Txn<'_> {
             }
             None => prefix.to_vec(),
         };
-        let mut out: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
-        let mut last = None;
-        for kv in self.db.range(start.clone()..) {
-            let (k, v) = kv.map_err(|e| StoreError::Io(e.to_string()))?;
-            if !k.starts_with(prefix) {
-                break;
-            }
-            if out.len() >= limit.max(1) {
-                break;
-            }
-            last = Some(k.to_vec());
-            out.insert(k.to_vec(), v.to_vec());
-        }
+        let end = backend::prefix_end(prefix);
+        let page = self.db.range(&start, end.as_deref(), limit.max(1))?;
+        let last = page.last().map(|(k, _)| k.clone());
+        let mut out: BTreeMap<Vec<u8>, Vec<u8>> = page.into_iter().collect();
         // The page covers (after, last]; with fewer than `limit` keys, the rest of the range.
         let full = out.len() >= limit.max(1);
         let bound = if full { last.clone() } else { None };
@@ -312,16 +345,11 @@ impl Txn<'_> {
     /// The first (key, value) under `prefix` in key order, including this group's writes,
     /// without reading the whole range.
     pub fn first_with_prefix(&self, prefix: &[u8]) -> Result<Option<KeyValue>, StoreError> {
-        let mut from_db = None;
-        for kv in self.db.scan_prefix(prefix) {
-            let (k, v) = kv.map_err(|e| StoreError::Io(e.to_string()))?;
-            match self.overlay.get(k.as_ref()) {
-                Some(None) => continue, // deleted in this group
-                Some(Some(nv)) => from_db = Some((k.to_vec(), nv.clone())),
-                None => from_db = Some((k.to_vec(), v.to_vec())),
-            }
-            break;
-        }
+        let end = backend::prefix_end(prefix);
+        let from_db = self
+            .stored_live(prefix, end.as_deref(), 1)?
+            .into_iter()
+            .next();
         let from_overlay = self
             .overlay
             .iter()
@@ -407,22 +435,8 @@ impl Read for Txn<'_> {
         if lo >= hi {
             return Ok(Vec::new());
         }
-        let mut out: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
-        for kv in self.db.range(lo..hi) {
-            if out.len() >= limit {
-                break;
-            }
-            let (k, v) = kv.map_err(|e| StoreError::Io(e.to_string()))?;
-            match self.overlay.get(k.as_ref()) {
-                Some(None) => {}
-                Some(Some(nv)) => {
-                    out.insert(k.to_vec(), nv.clone());
-                }
-                None => {
-                    out.insert(k.to_vec(), v.to_vec());
-                }
-            }
-        }
+        let mut out: BTreeMap<Vec<u8>, Vec<u8>> =
+            self.stored_live(lo, Some(hi), limit)?.into_iter().collect();
         for (k, v) in self
             .overlay
             .range::<[u8], _>((std::ops::Bound::Included(lo), std::ops::Bound::Excluded(hi)))
@@ -505,7 +519,64 @@ impl<S: Journal + Send + 'static> Store<S> {
             db: RwLock::new(Some(db_for_index)),
             inflight,
             cancel_rebuilds: Arc::new(AtomicBool::new(false)),
+            reachable: Arc::new(AtomicBool::new(true)),
             codes,
+            rebuilding: Arc::new(Mutex::new(HashMap::new())),
+            rebuilders: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Open the PostgreSQL engine (see `pg.rs`): connect and migrate, build the writer's
+    /// state with `init` in a first group, and start the writer. `init` runs again whenever
+    /// this replica falls too far behind the others to catch up from the change log.
+    pub fn open_pg(
+        opts: PgOptions,
+        init: impl Fn(&mut Txn<'_>) -> Result<S, StoreError> + Send + 'static,
+    ) -> Result<Store<S>, StoreError>
+    where
+        S: Replica,
+    {
+        let stats = Arc::new(StoreStats::default());
+        let reachable = Arc::new(AtomicBool::new(true));
+        let (tx, rx) = mpsc::channel::<Msg<S>>(4096);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (s2, r2) = (stats.clone(), reachable.clone());
+        let thread = std::thread::Builder::new()
+            .name("kp-store-writer".into())
+            .spawn(move || {
+                let (conn, epoch, state) = match pg_writer::start(opts, &init) {
+                    Ok(x) => x,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                let shared = pg_writer::PgShared {
+                    stats: &s2,
+                    reachable: &r2,
+                };
+                pg_writer::writer_loop(&conn, epoch, state, &init, rx, shared);
+            })
+            .map_err(|e| StoreError::Io(e.to_string()))?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                return Err(e);
+            }
+            Err(_) => return Err(StoreError::JobPanicked),
+        }
+        Ok(Store {
+            tx,
+            failed: Arc::new(AtomicBool::new(false)),
+            stats,
+            thread: Mutex::new(Some(thread)),
+            db: RwLock::new(None),
+            inflight: Arc::new(InFlight::default()),
+            cancel_rebuilds: Arc::new(AtomicBool::new(false)),
+            reachable,
+            codes: Arc::new(CodeIndex::disabled()),
             rebuilding: Arc::new(Mutex::new(HashMap::new())),
             rebuilders: Mutex::new(Vec::new()),
         })
@@ -633,7 +704,9 @@ impl<S: Journal + Send + 'static> Store<S> {
     }
 
     pub fn is_healthy(&self) -> bool {
-        !self.failed.load(Ordering::Relaxed) && !self.tx.is_closed()
+        !self.failed.load(Ordering::Relaxed)
+            && !self.tx.is_closed()
+            && self.reachable.load(Ordering::Relaxed)
     }
 
     pub fn stats(&self) -> &StoreStats {
