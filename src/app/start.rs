@@ -12,12 +12,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::{App, Rules};
 use crate::clock::Clock;
+use crate::config::Engine;
 use crate::config::{Config, RulesConfig};
 use crate::dispatch;
 use crate::metrics::Metrics;
 use crate::service::State;
 use crate::sources::poll;
-use crate::config::Engine;
 use crate::store::{PgOptions, Store, StoreError, StoreOptions};
 
 #[derive(Debug)]
@@ -84,9 +84,7 @@ async fn open_store(
                 query_timeout: pg.query_timeout,
             };
             tokio::task::spawn_blocking(move || {
-                Store::open_pg(opts, move |txn| {
-                    State::load(&cfg2, txn, published.clone())
-                })
+                Store::open_pg(opts, move |txn| State::load(&cfg2, txn, published.clone()))
             })
             .await
         }

@@ -106,7 +106,10 @@ fn postgres(cx: &Loader<'_>, p: &RawPostgres) -> Result<PgConfig, ConfigError> {
         // The driver's message may quote the URL; ours names only where it came from.
         return Err(cx.err(
             key,
-            format!("the URL in {} is not a PostgreSQL connection string", url.origin().unwrap_or("the config")),
+            format!(
+                "the URL in {} is not a PostgreSQL connection string",
+                url.origin().unwrap_or("the config")
+            ),
         ));
     }
     let cfg = PgConfig {

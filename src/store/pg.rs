@@ -167,9 +167,9 @@ impl Conn {
         let Some((client, stmts)) = live.as_ref() else {
             return Err(unavailable(what, "not connected"));
         };
-        let out = self
-            .rt
-            .block_on(tokio::time::timeout(self.opts.query_timeout, f(client, stmts)));
+        let out = self.rt.block_on(async {
+            tokio::time::timeout(self.opts.query_timeout, f(client, stmts)).await
+        });
         drop(live);
         match out {
             Ok(Ok(v)) => Ok(v),
@@ -203,9 +203,9 @@ impl Conn {
             .map_err(|e| StoreError::Io(format!("storage.postgres url: {e}")))?;
         cfg.connect_timeout(self.opts.connect_timeout);
         cfg.application_name("karma-provider");
-        let made = self.rt.block_on(tokio::time::timeout(
-            self.opts.connect_timeout + self.opts.query_timeout,
-            async {
+        let limit = self.opts.connect_timeout + self.opts.query_timeout;
+        let made = self.rt.block_on(async {
+            tokio::time::timeout(limit, async {
                 let (client, connection) = cfg.connect(NoTls).await?;
                 tokio::spawn(async move {
                     if let Err(e) = connection.await {
@@ -226,8 +226,9 @@ impl Conn {
                 }
                 let stmts = prepare(&client).await?;
                 Ok::<_, tokio_postgres::Error>(Ok((client, stmts)))
-            },
-        ));
+            })
+            .await
+        });
         match made {
             Ok(Ok(Ok(pair))) => {
                 *self.live.borrow_mut() = Some(pair);
@@ -264,7 +265,10 @@ impl Conn {
             c.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITER_LOCK])
                 .await?;
             let row = c
-                .query_one("SELECT epoch, changes_from FROM kp_cluster WHERE id = 1", &[])
+                .query_one(
+                    "SELECT epoch, changes_from FROM kp_cluster WHERE id = 1",
+                    &[],
+                )
                 .await?;
             Ok((row.try_get(0)?, row.try_get(1)?))
         })
@@ -319,11 +323,8 @@ impl Conn {
             if !log.is_empty() {
                 c.execute(&s.log, &[&epoch, &log]).await?;
             }
-            c.execute(
-                "UPDATE kp_cluster SET epoch = $1 WHERE id = 1",
-                &[&epoch],
-            )
-            .await?;
+            c.execute("UPDATE kp_cluster SET epoch = $1 WHERE id = 1", &[&epoch])
+                .await?;
             if epoch % 1000 == 0 {
                 let keep = epoch.saturating_sub(CHANGES_KEPT);
                 c.execute("DELETE FROM kp_changes WHERE epoch <= $1", &[&keep])
@@ -362,9 +363,14 @@ impl Conn {
         self.ensure()
     }
 
-    /// Async work on a fresh connection outside the writer (the offline tools: import).
-    pub fn block_on<T>(&self, f: impl std::future::Future<Output = T>) -> T {
-        self.rt.block_on(f)
+    /// Wait for `f` on this connection's runtime, at most `limit` (`None`: it did not end).
+    pub fn block_on_for<T>(
+        &self,
+        limit: Duration,
+        f: impl std::future::Future<Output = T>,
+    ) -> Option<T> {
+        self.rt
+            .block_on(async { tokio::time::timeout(limit, f).await.ok() })
     }
 }
 

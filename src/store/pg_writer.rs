@@ -108,10 +108,10 @@ pub(super) fn writer_loop<S: Replica>(
     let mut follow = Follow { epoch };
     let mut msgs = Vec::with_capacity(MAX_GROUP);
     loop {
-        let first = match conn.block_on(tokio::time::timeout(IDLE_PING, rx.recv())) {
-            Ok(Some(m)) => m,
-            Ok(None) => return,
-            Err(_) => {
+        let first = match conn.block_on_for(IDLE_PING, rx.recv()) {
+            Some(Some(m)) => m,
+            Some(None) => return,
+            None => {
                 let ok = conn.ping();
                 shared.reachable.store(ok, Ordering::Relaxed);
                 continue;

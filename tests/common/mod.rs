@@ -2,6 +2,7 @@
 //! clock, and a small HTTP client.
 #![allow(dead_code)]
 
+pub mod pg;
 pub mod proxy;
 pub mod sim;
 
