@@ -2,7 +2,11 @@
 
 mod common;
 
+use std::sync::Arc;
+
 use common::pg;
+use serde_json::{json, Value};
+use tokio_postgres::types::ToSql;
 
 /// One in-process server on a fresh database answers a check, a commit and its retry, and
 /// the records are readable with SQL.
@@ -41,4 +45,231 @@ async fn a_server_on_postgres_serves_and_its_records_are_readable_with_sql() {
         Some("committed")
     );
     assert!(!row.get::<_, bool>(1));
+}
+
+/// The campaigns and the program of the replica tests: `once` (single-use codes A1–A3),
+/// `capped` (code TWICE, two uses in all), `open` (code OPEN, no limit), and program 7
+/// (1 point per 1.00, 50 at signup, reward `cake` for 10 points).
+const REPLICATED: &str = r#"
+[[tenants.campaigns]]
+id = "once"
+codes = ["A1", "A2", "A3"]
+discount = { amount_cents = 500 }
+max_uses_per_code = 1
+
+[[tenants.campaigns]]
+id = "capped"
+codes = ["TWICE"]
+discount = { amount_cents = 200 }
+max_uses = 2
+
+[[tenants.campaigns]]
+id = "open"
+codes = ["OPEN"]
+discount = { amount_cents = 100 }
+
+[[tenants.loyalty]]
+program_id = 7
+earn = { points = 1, per_cents = 100 }
+signup_bonus = 50
+[[tenants.loyalty.rewards]]
+id = "cake"
+title = "Cake"
+points_cost = 10
+"#;
+
+/// `n` replicas on a fresh database (`None`: PostgreSQL unreachable and not required).
+async fn replicas(test: &str, n: usize) -> Option<(pg::TestDb, pg::Replicas)> {
+    let db = pg::fresh(test).await?;
+    let r = pg::Replicas::start(&common::config_with(REPLICATED), &db.url, n);
+    Some((db, r))
+}
+
+fn refused(v: &Value, code: &str) {
+    assert_eq!(
+        (v["ok"].clone(), v["error"].clone()),
+        (json!(false), json!(code)),
+        "{v}"
+    );
+    assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+}
+
+/// The JSON of a 200 answer (panics on any other status).
+fn ok_json(r: &common::Resp) -> Value {
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.bytes));
+    r.json()
+}
+
+/// `n` copies of the request `f(i)` at once, spread round-robin over the replicas.
+async fn at_once(
+    rs: &Arc<pg::Replicas>,
+    n: u64,
+    path: &'static str,
+    f: impl Fn(u64) -> Value,
+) -> Vec<common::Resp> {
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let (rs, body) = (rs.clone(), f(i));
+            tokio::spawn(async move { rs.call(path, &body).await })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+/// Campaign `id` as replica `i`'s admin API shows it.
+async fn campaign_on(rs: &pg::Replicas, i: usize, id: &str) -> Value {
+    let c = ok_json(&rs.admin_on(i, "GET", "campaigns").await);
+    c["campaigns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["spec"]["id"] == json!(id))
+        .unwrap_or_else(|| panic!("no campaign {id} in {c}"))
+        .clone()
+}
+
+fn loy_tx(n: u64) -> String {
+    format!("loy_{n:032x}")
+}
+
+fn award_body(user: &str, purchase: &str, cents: i64, n: u64) -> Value {
+    json!({"userId": user, "loyaltyProgramId": 7, "purchaseId": purchase, "purchaseAmountCents": cents, "itemIds": [], "transactionId": loy_tx(n)})
+}
+
+fn redeem_body(user: &str, n: u64) -> Value {
+    json!({"userId": user, "loyaltyProgramId": 7, "rewardId": "cake", "transactionId": loy_tx(n)})
+}
+
+async fn enroll(rs: &pg::Replicas, i: usize, user: &str) -> String {
+    let v = ok_json(
+        &rs.call_on(
+            i,
+            "loyalty/enroll",
+            &json!({"userId": user, "loyaltyProgramId": 7, "locationId": 42}),
+        )
+        .await,
+    );
+    v["memberId"].as_str().unwrap().to_string()
+}
+
+async fn balance_on(rs: &pg::Replicas, i: usize, user: &str) -> Value {
+    let body = json!({"userId": user, "loyaltyProgramId": 7});
+    ok_json(&rs.call_on(i, "loyalty/account", &body).await)["currentBalance"].clone()
+}
+
+/// One row's `bigint` from SQL on the test database.
+async fn sql_i64(db: &pg::TestDb, sql: &str, params: &[&(dyn ToSql + Sync)]) -> i64 {
+    db.client().await.query_one(sql, params).await.unwrap().get(0)
+}
+
+/// 32 checks of one single-use code at once over three replicas: one hold, the others
+/// refused; the hold is then seen by every replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn checks_of_a_single_use_code_over_three_replicas_make_one_hold() {
+    let Some((db, rs)) = replicas("replicas_one_hold", 3).await else {
+        return;
+    };
+    let rs = Arc::new(rs);
+    let answers = at_once(&rs, 32, "voucher/check", |_| common::check_body("A1", 1000)).await;
+    let mut held = Vec::new();
+    for r in &answers {
+        let v = ok_json(r);
+        if v["ok"] == json!(true) {
+            held.push(v["providerRef"].as_str().unwrap().to_string());
+        } else {
+            refused(&v, "VOUCHER_HELD");
+        }
+    }
+    assert_eq!(held.len(), 1, "exactly one hold");
+    for i in 0..rs.len() {
+        let again = rs.call_on(i, "voucher/check", &common::check_body("a1", 1000)).await;
+        refused(&ok_json(&again), "VOUCHER_HELD");
+        let holds = ok_json(&rs.admin_on(i, "GET", "holds").await);
+        assert_eq!(holds["count"], json!(1), "replica {i}: {holds}");
+    }
+    let live = "SELECT count(*) FROM kp_holds WHERE live";
+    assert_eq!(sql_i64(&db, live, &[]).await, 1);
+}
+
+/// 50 identical commits at once over three replicas: one use, 50 identical answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn identical_commits_over_three_replicas_take_effect_once() {
+    let Some((db, rs)) = replicas("replicas_commit_once", 3).await else {
+        return;
+    };
+    let rs = Arc::new(rs);
+    let v = ok_json(&rs.call_on(0, "voucher/check", &common::check_body("TWICE", 1000)).await);
+    assert_eq!(v["ok"], json!(true), "{v}");
+    let pref = v["providerRef"].as_str().unwrap().to_string();
+    let body = common::commit_body(200, &common::res_id(5), &pref);
+    let answers = at_once(&rs, 50, "voucher/commit", |_| body.clone()).await;
+    for r in &answers {
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.bytes));
+        assert_eq!(r.bytes, answers[0].bytes);
+    }
+    assert_eq!(answers[0].json()["ok"], json!(true), "{}", answers[0].json());
+    for i in 0..rs.len() {
+        assert_eq!(campaign_on(&rs, i, "capped").await["usesConsumed"], json!(1), "replica {i}");
+    }
+    let committed = "SELECT count(*) FROM kp_holds WHERE doc->>'state' = 'committed'";
+    assert_eq!(sql_i64(&db, committed, &[]).await, 1);
+    // the second use is still there: one more hold and commit succeed, a third check is refused
+    let v = ok_json(&rs.call_on(1, "voucher/check", &common::check_body("TWICE", 1000)).await);
+    assert_eq!(v["ok"], json!(true), "{v}");
+    let v = ok_json(&rs.call_on(2, "voucher/check", &common::check_body("TWICE", 1000)).await);
+    assert_eq!(v["ok"], json!(false), "{v}");
+}
+
+/// 50 identical awards at once over three replicas: one ledger entry, identical answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn identical_awards_over_three_replicas_credit_once() {
+    let Some((db, rs)) = replicas("replicas_award_once", 3).await else {
+        return;
+    };
+    let rs = Arc::new(rs);
+    let member = enroll(&rs, 0, "u1").await;
+    let answers = at_once(&rs, 50, "loyalty/award", |_| award_body("u1", "p1", 10_000, 1)).await;
+    for r in &answers {
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.bytes));
+        assert_eq!(r.bytes, answers[0].bytes);
+    }
+    assert_eq!(answers[0].json()["ok"], json!(true), "{}", answers[0].json());
+    for i in 0..rs.len() {
+        assert_eq!(balance_on(&rs, i, "u1").await, json!(150), "replica {i}");
+    }
+    let entries = "SELECT count(*) FROM kp_ledger WHERE member_id = $1";
+    assert_eq!(sql_i64(&db, entries, &[&member]).await, 2, "signup and one award");
+}
+
+/// 50 redeems at once over three replicas on a balance for exactly ten: ten succeed, the
+/// balance ends at the remainder on every replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redeems_over_three_replicas_spend_a_balance_exactly_once() {
+    let Some((db, rs)) = replicas("replicas_redeem_ten", 3).await else {
+        return;
+    };
+    let rs = Arc::new(rs);
+    let member = enroll(&rs, 0, "u1").await; // 50
+    let v = ok_json(&rs.call_on(1, "loyalty/award", &award_body("u1", "p1", 5_500, 1)).await);
+    assert_eq!(v["ok"], json!(true), "{v}"); // +55 = 105
+    let answers = at_once(&rs, 50, "loyalty/redeem", |i| redeem_body("u1", 100 + i)).await;
+    let mut ok = 0;
+    for r in &answers {
+        let v = ok_json(r);
+        if v["ok"] == json!(true) {
+            ok += 1;
+        } else {
+            refused(&v, "INSUFFICIENT_POINTS");
+        }
+    }
+    assert_eq!(ok, 10);
+    for i in 0..rs.len() {
+        assert_eq!(balance_on(&rs, i, "u1").await, json!(5), "replica {i}");
+    }
+    let entries = "SELECT count(*) FROM kp_ledger WHERE member_id = $1";
+    assert_eq!(sql_i64(&db, entries, &[&member]).await, 12, "signup, award, ten redeems");
 }

@@ -129,3 +129,327 @@ impl Drop for TestDb {
         .join();
     }
 }
+
+/// The PostgreSQL server tests use, as (host, port), from the admin URL.
+pub fn server_addr() -> (String, u16) {
+    let cfg: tokio_postgres::Config = admin_url().parse().expect("a PostgreSQL URL");
+    let host = match cfg.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => "127.0.0.1".to_string(),
+    };
+    (host, cfg.get_ports().first().copied().unwrap_or(5432))
+}
+
+impl TestDb {
+    /// Its connection string (key=value form) with the server at `127.0.0.1:port` instead:
+    /// through a [`PgProxy`].
+    pub fn url_via(&self, port: u16) -> String {
+        let cfg: tokio_postgres::Config = admin_url().parse().expect("a PostgreSQL URL");
+        let mut s = format!("host=127.0.0.1 port={port} dbname={}", self.name);
+        if let Some(u) = cfg.get_user() {
+            s.push_str(&format!(" user={u}"));
+        }
+        if let Some(p) = cfg.get_password() {
+            s.push_str(&format!(" password={}", String::from_utf8_lossy(p)));
+        }
+        s
+    }
+
+    /// End every connection the service holds on this database (what a PostgreSQL
+    /// restart does to them); how many were ended.
+    pub async fn terminate_service_connections(&self) -> i64 {
+        self.client()
+            .await
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE datname = $1 AND application_name = 'karma-provider' \
+                 AND pid <> pg_backend_pid()",
+                &[&self.name],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+}
+
+#[allow(unused_imports)]
+pub use proxy_tcp::{PgProxy, ProxyMode};
+#[allow(unused_imports)]
+pub use replicas::Replicas;
+
+/// A TCP proxy between the service and PostgreSQL that a test can cut (close every
+/// connection, refuse new ones), stall (stop passing bytes, keep the sockets) and
+/// restore — the database going away without touching the shared server.
+mod proxy_tcp {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::sync::watch;
+    use tokio::task::JoinHandle;
+
+    /// What the proxy does with connections.
+    #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+    pub enum ProxyMode {
+        /// Pass bytes both ways.
+        Open,
+        /// Close every connection; accept new ones only to close them at once.
+        Cut,
+        /// Keep every socket open but pass nothing (a network partition): the service hears
+        /// only silence and must time out. Leaving this mode closes the held sockets.
+        Stall,
+    }
+
+    pub struct PgProxy {
+        pub port: u16,
+        mode: watch::Sender<ProxyMode>,
+        accepted: Arc<AtomicU64>,
+        accept: JoinHandle<()>,
+    }
+
+    impl PgProxy {
+        /// Listen on an ephemeral port of 127.0.0.1 and pass connections to `target`.
+        pub async fn start(target: (String, u16)) -> PgProxy {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let (mode, rx) = watch::channel(ProxyMode::Open);
+            let accepted = Arc::new(AtomicU64::new(0));
+            let n = accepted.clone();
+            let accept = tokio::spawn(async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    n.fetch_add(1, Ordering::Relaxed);
+                    tokio::spawn(pipe(client, target.clone(), rx.clone()));
+                }
+            });
+            PgProxy {
+                port,
+                mode,
+                accepted,
+                accept,
+            }
+        }
+
+        /// Switch mode: leaving `Open` ends (cut) or freezes (stall) every connection.
+        pub fn set(&self, mode: ProxyMode) {
+            self.mode.send_replace(mode);
+        }
+
+        /// Connections accepted so far (in any mode).
+        pub fn accepted(&self) -> u64 {
+            self.accepted.load(Ordering::Relaxed)
+        }
+    }
+
+    impl Drop for PgProxy {
+        fn drop(&mut self) {
+            self.accept.abort();
+            self.set(ProxyMode::Cut);
+        }
+    }
+
+    /// One connection: pass bytes while open; hold it silent while stalled; close it
+    /// otherwise.
+    async fn pipe(mut c: TcpStream, target: (String, u16), mut rx: watch::Receiver<ProxyMode>) {
+        if *rx.borrow_and_update() == ProxyMode::Open {
+            if let Ok(mut s) = TcpStream::connect((target.0.as_str(), target.1)).await {
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut c, &mut s) => return,
+                    _ = rx.wait_for(|m| *m != ProxyMode::Open) => {}
+                }
+                if *rx.borrow() == ProxyMode::Stall {
+                    let _ = rx.wait_for(|m| *m != ProxyMode::Stall).await;
+                }
+                return;
+            }
+        }
+        if *rx.borrow() == ProxyMode::Stall {
+            let _ = rx.wait_for(|m| *m != ProxyMode::Stall).await;
+        }
+    }
+}
+
+/// Several real `serve` processes on one database, and an HTTP client that spreads
+/// requests over them round-robin.
+mod replicas {
+    use std::process::Child;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::Bytes;
+    use hyper_util::client::legacy::Client;
+    use serde_json::Value;
+
+    use super::super::{Resp, ADMIN_TOKEN, KEY};
+
+    type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+    /// The environment of the test config (`config_with`) for a `serve` process.
+    const ENV: &[(&str, &str)] = &[
+        ("ADMIN_TOKEN", ADMIN_TOKEN),
+        ("ACME_KEY", KEY),
+        ("BASIC_PASS", "s3cret"),
+        ("WH_SECRET", "new-secret"),
+        ("WH_OLD", "old-secret"),
+        ("WH_STD", "whsec_c3RkLWtleQ=="),
+        ("FWD_SECRET", "whsec_ZndkLWtleQ=="),
+    ];
+
+    /// The longest any one request may take before the test calls it a hang.
+    pub const ANSWER_WITHIN: Duration = Duration::from_secs(10);
+
+    pub struct Replicas {
+        children: Vec<Child>,
+        pub bases: Vec<String>,
+        next: AtomicUsize,
+        client: HttpClient,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Replicas {
+        /// Start `n` replicas of `toml` (a [`super::super::config_with`] config), each with
+        /// its own config file and data directory, on the database at `url` (given through
+        /// `KP_DATABASE_URL`, as `url_env` names it).
+        pub fn start(toml: &str, url: &str, n: usize) -> Replicas {
+            let dir = tempfile::tempdir().unwrap();
+            let mut env = ENV.to_vec();
+            env.push(("KP_DATABASE_URL", url));
+            let (mut children, mut bases) = (Vec::new(), Vec::new());
+            for i in 0..n {
+                let data = dir.path().join(format!("data-{i}"));
+                let storage = format!(
+                    "[storage]\nengine = \"postgres\"\npath = \"{}\"\n\
+                     [storage.postgres]\nurl_env = \"KP_DATABASE_URL\"\n\
+                     connect_timeout = \"1s\"\nquery_timeout = \"2s\"\n",
+                    data.display()
+                );
+                let sled = "[storage]\npath = \"@DATA@\"\ncache_capacity_mb = 16\n";
+                assert!(toml.contains(sled), "a config_with config");
+                let file = dir.path().join(format!("replica-{i}.toml"));
+                std::fs::write(&file, toml.replacen(sled, &storage, 1)).unwrap();
+                let (child, base) = super::super::spawn_serve(&file, &env);
+                children.push(child);
+                bases.push(base);
+            }
+            let client = Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+            Replicas {
+                children,
+                bases,
+                next: AtomicUsize::new(0),
+                client,
+                _dir: dir,
+            }
+        }
+
+        pub fn len(&self) -> usize {
+            self.bases.len()
+        }
+
+        /// The replica the next round-robin request goes to.
+        pub fn pick(&self) -> usize {
+            self.next.fetch_add(1, Ordering::Relaxed) % self.bases.len()
+        }
+
+        /// A request to replica `i`; panics if it takes longer than [`ANSWER_WITHIN`] or
+        /// cannot be sent.
+        pub async fn request(
+            &self,
+            i: usize,
+            method: &str,
+            path: &str,
+            headers: &[(&str, &str)],
+            body: Vec<u8>,
+        ) -> Resp {
+            let mut b = hyper::Request::builder()
+                .method(method)
+                .uri(format!("{}{}", self.bases[i], path));
+            for (k, v) in headers {
+                b = b.header(*k, *v);
+            }
+            let req = b.body(Full::new(Bytes::from(body))).unwrap();
+            let sent = async {
+                let resp = self.client.request(req).await.expect("request sent");
+                let status = resp.status().as_u16();
+                let headers = resp.headers().clone();
+                let bytes = resp.into_body().collect().await.unwrap().to_bytes().to_vec();
+                Resp {
+                    status,
+                    headers,
+                    bytes,
+                }
+            };
+            tokio::time::timeout(ANSWER_WITHIN, sent)
+                .await
+                .unwrap_or_else(|_| panic!("{method} {path} on replica {i}: no answer within {ANSWER_WITHIN:?}"))
+        }
+
+        /// POST JSON to `/v1/acme/{path}` on replica `i`.
+        pub async fn call_on(&self, i: usize, path: &str, body: &Value) -> Resp {
+            self.request(
+                i,
+                "POST",
+                &format!("/v1/acme/{path}"),
+                &[
+                    ("content-type", "application/json"),
+                    ("x-provider-key", KEY),
+                ],
+                serde_json::to_vec(body).unwrap(),
+            )
+            .await
+        }
+
+        /// [`Replicas::call_on`] the next replica round-robin.
+        pub async fn call(&self, path: &str, body: &Value) -> Resp {
+            self.call_on(self.pick(), path, body).await
+        }
+
+        /// An admin request for tenant `acme` on replica `i`.
+        pub async fn admin_on(&self, i: usize, method: &str, path: &str) -> Resp {
+            let auth = format!("Bearer {ADMIN_TOKEN}");
+            self.request(
+                i,
+                method,
+                &format!("/admin/v1/tenants/acme/{path}"),
+                &[("authorization", &auth)],
+                Vec::new(),
+            )
+            .await
+        }
+
+        /// The status of `/readyz` on replica `i`.
+        pub async fn ready(&self, i: usize) -> u16 {
+            self.request(i, "GET", "/readyz", &[], Vec::new())
+                .await
+                .status
+        }
+
+        /// Wait until `/readyz` answers `want` on every replica; panics after `limit`.
+        pub async fn wait_ready(&self, want: bool, limit: Duration) -> Duration {
+            let t0 = std::time::Instant::now();
+            loop {
+                let mut all = true;
+                for i in 0..self.len() {
+                    all &= (self.ready(i).await == 200) == want;
+                }
+                if all {
+                    return t0.elapsed();
+                }
+                assert!(
+                    t0.elapsed() < limit,
+                    "/readyz not {} on every replica within {limit:?}",
+                    if want { "200" } else { "non-200" }
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    impl Drop for Replicas {
+        fn drop(&mut self) {
+            for c in &mut self.children {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
