@@ -240,6 +240,31 @@ impl Conn {
         }
     }
 
+    /// Run SQL text on a connection that does not touch the schema (no migrations): for
+    /// statements on the server itself, such as `CREATE DATABASE`.
+    pub fn plain(&self, sql: &str) -> Result<(), StoreError> {
+        let cfg: tokio_postgres::Config = self
+            .opts
+            .url
+            .parse()
+            .map_err(|e| StoreError::Io(format!("storage.postgres url: {e}")))?;
+        let limit = self.opts.connect_timeout + self.opts.query_timeout;
+        let sql = sql.to_owned();
+        let out = self.rt.block_on(async {
+            tokio::time::timeout(limit, async {
+                let (client, connection) = cfg.connect(NoTls).await?;
+                tokio::spawn(connection);
+                client.batch_execute(&sql).await
+            })
+            .await
+        });
+        match out {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(unavailable("statement", pg_error(&e))),
+            Err(_) => Err(unavailable("statement", "timed out")),
+        }
+    }
+
     /// Run SQL text (no parameters, no rows), e.g. `BEGIN`.
     pub fn execute(&self, sql: &str) -> Result<(), StoreError> {
         let sql = sql.to_owned();
@@ -502,4 +527,68 @@ mod tests {
         assert_eq!(json_doc(b"{not json"), None);
         assert_eq!(json_doc(br#"{"a":"\u0000"}"#), None);
     }
+}
+
+/// A database made for one run (`karma-provider bench` on PostgreSQL) on the server `url`
+/// names, dropped (with its connections) when this goes.
+pub struct TempDatabase {
+    admin: String,
+    name: String,
+    /// Its connection URL.
+    pub url: String,
+}
+
+impl TempDatabase {
+    pub fn create(admin_url: &str) -> Result<TempDatabase, String> {
+        let name = format!("kp_bench_{}", std::process::id());
+        let cfg: tokio_postgres::Config = admin_url
+            .parse()
+            .map_err(|_| "--database-url is not a PostgreSQL connection string".to_string())?;
+        let url = match cfg.get_dbname() {
+            Some(db) if admin_url.contains(&format!("/{db}")) => {
+                admin_url.replacen(&format!("/{db}"), &format!("/{name}"), 1)
+            }
+            _ => {
+                return Err(
+                    "--database-url must be a URL naming a database (postgres://…/db)".into(),
+                )
+            }
+        };
+        admin_sql(
+            admin_url,
+            &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        )?;
+        admin_sql(admin_url, &format!("CREATE DATABASE {name}"))?;
+        Ok(TempDatabase {
+            admin: admin_url.to_owned(),
+            name,
+            url,
+        })
+    }
+}
+
+impl Drop for TempDatabase {
+    fn drop(&mut self) {
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        if let Err(e) = admin_sql(&self.admin, &sql) {
+            eprintln!("could not drop the run's database {}: {e}", self.name);
+        }
+    }
+}
+
+/// Run `sql` on a connection of its own to `url` (on a thread of its own: the caller may
+/// be inside a runtime).
+fn admin_sql(url: &str, sql: &str) -> Result<(), String> {
+    let (url, sql) = (url.to_owned(), sql.to_owned());
+    std::thread::spawn(move || {
+        let conn = Conn::new(PgOptions {
+            url,
+            connect_timeout: Duration::from_secs(5),
+            query_timeout: Duration::from_secs(60),
+        })
+        .map_err(|e| e.to_string())?;
+        conn.plain(&sql).map_err(|e| e.to_string())
+    })
+    .join()
+    .map_err(|_| "the database thread panicked".to_string())?
 }
