@@ -536,29 +536,6 @@ impl super::Backend for Conn {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::json_doc;
-
-    #[test]
-    fn the_group_opening_takes_the_writer_lock_and_reads_the_id_counter() {
-        assert!(
-            super::BEGIN_SQL.contains(&format!("pg_advisory_xact_lock({})", super::WRITER_LOCK))
-        );
-        let key = format!("'\\x{}'", hex::encode(crate::store::NEXT_ID_KEY));
-        assert!(super::BEGIN_SQL.contains(&key), "{key}");
-    }
-
-    #[test]
-    fn only_json_records_get_a_document() {
-        assert_eq!(json_doc(br#"{"a":1}"#).as_deref(), Some(r#"{"a":1}"#));
-        assert_eq!(json_doc(b"[1,2]").as_deref(), Some("[1,2]"));
-        assert_eq!(json_doc(&7u64.to_be_bytes()), None);
-        assert_eq!(json_doc(b"{not json"), None);
-        assert_eq!(json_doc(br#"{"a":"\u0000"}"#), None);
-    }
-}
-
 /// A database made for one run (`karma-provider bench` on PostgreSQL) on the server `url`
 /// names, dropped (with its connections) when this goes.
 pub struct TempDatabase {
@@ -621,4 +598,27 @@ fn admin_sql(url: &str, sql: &str) -> Result<(), String> {
     })
     .join()
     .map_err(|_| "the database thread panicked".to_string())?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::json_doc;
+
+    #[test]
+    fn the_group_opening_takes_the_writer_lock_and_reads_the_id_counter() {
+        assert!(
+            super::BEGIN_SQL.contains(&format!("pg_advisory_xact_lock({})", super::WRITER_LOCK))
+        );
+        let key = format!("'\\x{}'", hex::encode(crate::store::NEXT_ID_KEY));
+        assert!(super::BEGIN_SQL.contains(&key), "{key}");
+    }
+
+    #[test]
+    fn only_json_records_get_a_document() {
+        assert_eq!(json_doc(br#"{"a":1}"#).as_deref(), Some(r#"{"a":1}"#));
+        assert_eq!(json_doc(b"[1,2]").as_deref(), Some("[1,2]"));
+        assert_eq!(json_doc(&7u64.to_be_bytes()), None);
+        assert_eq!(json_doc(b"{not json"), None);
+        assert_eq!(json_doc(br#"{"a":"\u0000"}"#), None);
+    }
 }
