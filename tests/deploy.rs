@@ -14,6 +14,9 @@ fn read(p: &str) -> String {
 }
 
 fn env(k: &str) -> Option<String> {
+    if k == "KP_DATABASE_URL" {
+        return Some("postgres://karma:x@db:5432/karma_provider".to_string());
+    }
     ["ACME_KEY", "KP_ADMIN_TOKEN"]
         .contains(&k)
         .then(|| "x".to_string())
@@ -527,5 +530,32 @@ fn postgres_configs_choose_the_engine_with_the_url_from_the_environment() {
             Some("KP_ADMIN_TOKEN"),
             "{origin}"
         );
+    }
+}
+
+#[test]
+fn postgres_configs_load_with_the_postgres_engine() {
+    let docs = k8s_postgres();
+    let config_map = kind(&docs, "ConfigMap")["data"]["config.toml"]
+        .as_str()
+        .unwrap();
+    for (origin, toml) in [
+        (
+            "deploy/container-postgres.toml",
+            read("deploy/container-postgres.toml"),
+        ),
+        ("ConfigMap config.toml", config_map.to_string()),
+    ] {
+        let c = Config::from_toml(&toml, origin, &env).unwrap_or_else(|e| panic!("{origin}: {e}"));
+        assert!(
+            matches!(
+                c.storage.engine,
+                karma_provider::config::Engine::Postgres(_)
+            ),
+            "{origin}"
+        );
+        assert_eq!(c.server.listen, "0.0.0.0:8080", "{origin}");
+        assert_eq!(c.tenants[0].id, "acme", "{origin}");
+        assert!(c.admin.token.is_some(), "{origin}");
     }
 }

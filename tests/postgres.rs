@@ -272,4 +272,65 @@ async fn redeems_over_three_replicas_spend_a_balance_exactly_once() {
     }
     let entries = "SELECT count(*) FROM kp_ledger WHERE member_id = $1";
     assert_eq!(sql_i64(&db, entries, &[&member]).await, 12, "signup, award, ten redeems");
+/// Two replicas (two servers in this process, each with its own writer and connection) on
+/// one database, one onward route: events received on either replica — each also sent to
+/// the other, as Karma's retries may be — are taken in once and delivered once, by
+/// whichever replica holds the route's lease.
+#[tokio::test]
+async fn two_replicas_deliver_each_webhook_event_onward_once() {
+    let Some(db) = pg::fresh("two_replicas_deliver_each_webhook_event_onward_once").await else {
+        return;
+    };
+    let sink = common::TestSink::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = pg::on_postgres(
+        &common::config_with(&format!(
+            r#"
+[tenants.webhooks]
+verify = {{ scheme = "hmac-sha256-hex", secrets_env = ["WH_SECRET"] }}
+[[tenants.webhooks.routes]]
+name = "inv"
+events = "inventory.*"
+sink = {{ http = "{}", secret_env = "FWD_SECRET", timeout = "2s" }}
+backoff = "10ms"
+backoff_max = "40ms"
+"#,
+            sink.url()
+        )),
+        &db,
+        dir.path(),
+    );
+    let a = common::Harness::start(&toml).await;
+    let b = common::Harness::start(&toml).await;
+    for i in 0..20 {
+        let id = format!("evt_{i:02}");
+        let (first, second) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        common::deliver_signed(first, &id).await;
+        common::deliver_signed(second, &id).await;
+    }
+    sink.wait_until("twenty deliveries", |s| s.successes() >= 20)
+        .await;
+    // Long enough for a second delivery of any event to show (each replica looks at its
+    // queue after every wake-up and at least every 5 s).
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    let mut ids: Vec<String> = sink
+        .got
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.0["webhook-id"].to_str().unwrap_or("").to_string())
+        .collect();
+    ids.sort();
+    let want: Vec<String> = (0..20).map(|i| format!("evt_{i:02}")).collect();
+    assert_eq!(ids, want, "each event delivered once");
+    let c = db.client().await;
+    let inbox: i64 = c
+        .query_one(
+            "SELECT count(*) FROM kp_records WHERE key >= '\\x7768696e1f'::bytea AND key < '\\x7768696e20'::bytea",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(inbox, 20, "one inbox entry per delivery id");
 }

@@ -198,7 +198,7 @@ pub struct Txn<'a> {
     writes: u64,
 }
 
-const NEXT_ID_KEY: &[u8] = b"meta\x1fnext_id";
+pub(crate) const NEXT_ID_KEY: &[u8] = b"meta\x1fnext_id";
 
 impl Txn<'_> {
     pub fn get(&self, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
