@@ -10,7 +10,10 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::pg::{Begun, Conn, PgOptions};
-use super::{run_job, Done, Journal, Msg, StoreError, StoreStats, Txn, MAX_GROUP, NEXT_ID_KEY};
+use super::{
+    run_job, Backend, Done, Journal, Msg, Pairs, StoreError, StoreStats, Txn, MAX_GROUP,
+    NEXT_ID_KEY,
+};
 
 /// The writer's in-memory state as one replica among several: which records it mirrors,
 /// and how it follows another replica's change to one of them.
@@ -65,9 +68,9 @@ pub(super) fn start<S: Replica>(
     Ok((conn, next, state))
 }
 
-fn new_txn(conn: &Conn) -> Txn<'_> {
+fn new_txn(db: &dyn Backend) -> Txn<'_> {
     Txn {
-        db: conn,
+        db,
         overlay: BTreeMap::new(),
         undo: Vec::new(),
         next: 1,
@@ -155,14 +158,27 @@ fn group<S: Replica>(
 ) -> bool {
     let mut txn = new_txn(conn);
     let mut dones: Vec<Done> = Vec::with_capacity(jobs.len());
-    let res = begin(conn, follow, state, init, &mut txn).and_then(|epoch| {
-        for job in jobs {
-            run_job(job, &mut txn, state, &mut dones, stats);
+    let res = match begin(conn, follow, state, init, &mut txn) {
+        Ok(epoch) => {
+            for job in jobs {
+                run_job(job, &mut txn, state, &mut dones, stats);
+            }
+            stats.groups.fetch_add(1, Ordering::Relaxed);
+            stats.jobs.fetch_add(dones.len() as u64, Ordering::Relaxed);
+            finish(conn, &mut txn, epoch, S::watched, stats)
         }
-        stats.groups.fetch_add(1, Ordering::Relaxed);
-        stats.jobs.fetch_add(dones.len() as u64, Ordering::Relaxed);
-        finish(conn, &mut txn, epoch, S::watched, stats)
-    });
+        Err(e) => {
+            // The group never began. Its jobs still run, on a store that answers only this
+            // error, and are undone below as after a failed commit: each caller hears the
+            // error (503), where a job dropped unrun would answer 500.
+            let down = Down(e.clone());
+            let mut txn = new_txn(&down);
+            for job in jobs {
+                run_job(job, &mut txn, state, &mut dones, stats);
+            }
+            Err(e)
+        }
+    };
     let ok = match &res {
         Ok(epoch) => {
             follow.epoch = *epoch;
@@ -183,6 +199,19 @@ fn group<S: Replica>(
         d(res.clone().map(|_| ()));
     }
     ok
+}
+
+/// The records while a group could not begin: every read fails with the error it met.
+struct Down(StoreError);
+
+impl Backend for Down {
+    fn get(&self, _: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Err(self.0.clone())
+    }
+
+    fn range(&self, _: &[u8], _: Option<&[u8]>, _: usize) -> Result<Pairs, StoreError> {
+        Err(self.0.clone())
+    }
 }
 
 /// Open the group's transaction under the writer lock and bring memory up to the cluster's
