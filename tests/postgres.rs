@@ -2,7 +2,9 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use common::pg;
 use serde_json::{json, Value};
@@ -45,6 +47,69 @@ async fn a_server_on_postgres_serves_and_its_records_are_readable_with_sql() {
         Some("committed")
     );
     assert!(!row.get::<_, bool>(1));
+}
+
+/// Two replicas (two servers in this process, each with its own writer and connection) on
+/// one database, one onward route: events received on either replica — each also sent to
+/// the other, as Karma's retries may be — are taken in once and delivered once, by
+/// whichever replica holds the route's lease.
+#[tokio::test]
+async fn two_replicas_deliver_each_webhook_event_onward_once() {
+    let Some(db) = pg::fresh("two_replicas_deliver_each_webhook_event_onward_once").await else {
+        return;
+    };
+    let sink = common::TestSink::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = pg::on_postgres(
+        &common::config_with(&format!(
+            r#"
+[tenants.webhooks]
+verify = {{ scheme = "hmac-sha256-hex", secrets_env = ["WH_SECRET"] }}
+[[tenants.webhooks.routes]]
+name = "inv"
+events = "inventory.*"
+sink = {{ http = "{}", secret_env = "FWD_SECRET", timeout = "2s" }}
+backoff = "10ms"
+backoff_max = "40ms"
+"#,
+            sink.url()
+        )),
+        &db,
+        dir.path(),
+    );
+    let a = common::Harness::start(&toml).await;
+    let b = common::Harness::start(&toml).await;
+    for i in 0..20 {
+        let id = format!("evt_{i:02}");
+        let (first, second) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        common::deliver_signed(first, &id).await;
+        common::deliver_signed(second, &id).await;
+    }
+    sink.wait_until("twenty deliveries", |s| s.successes() >= 20)
+        .await;
+    // Long enough for a second delivery of any event to show (each replica looks at its
+    // queue after every wake-up and at least every 5 s).
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    let mut ids: Vec<String> = sink
+        .got
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.0["webhook-id"].to_str().unwrap_or("").to_string())
+        .collect();
+    ids.sort();
+    let want: Vec<String> = (0..20).map(|i| format!("evt_{i:02}")).collect();
+    assert_eq!(ids, want, "each event delivered once");
+    let c = db.client().await;
+    let inbox: i64 = c
+        .query_one(
+            "SELECT count(*) FROM kp_records WHERE key >= '\\x7768696e1f'::bytea AND key < '\\x7768696e20'::bytea",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(inbox, 20, "one inbox entry per delivery id");
 }
 
 /// The campaigns and the program of the replica tests: `once` (single-use codes A1–A3),
@@ -163,7 +228,12 @@ async fn balance_on(rs: &pg::Replicas, i: usize, user: &str) -> Value {
 
 /// One row's `bigint` from SQL on the test database.
 async fn sql_i64(db: &pg::TestDb, sql: &str, params: &[&(dyn ToSql + Sync)]) -> i64 {
-    db.client().await.query_one(sql, params).await.unwrap().get(0)
+    db.client()
+        .await
+        .query_one(sql, params)
+        .await
+        .unwrap()
+        .get(0)
 }
 
 /// 32 checks of one single-use code at once over three replicas: one hold, the others
@@ -186,7 +256,9 @@ async fn checks_of_a_single_use_code_over_three_replicas_make_one_hold() {
     }
     assert_eq!(held.len(), 1, "exactly one hold");
     for i in 0..rs.len() {
-        let again = rs.call_on(i, "voucher/check", &common::check_body("a1", 1000)).await;
+        let again = rs
+            .call_on(i, "voucher/check", &common::check_body("a1", 1000))
+            .await;
         refused(&ok_json(&again), "VOUCHER_HELD");
         let holds = ok_json(&rs.admin_on(i, "GET", "holds").await);
         assert_eq!(holds["count"], json!(1), "replica {i}: {holds}");
@@ -202,7 +274,10 @@ async fn identical_commits_over_three_replicas_take_effect_once() {
         return;
     };
     let rs = Arc::new(rs);
-    let v = ok_json(&rs.call_on(0, "voucher/check", &common::check_body("TWICE", 1000)).await);
+    let v = ok_json(
+        &rs.call_on(0, "voucher/check", &common::check_body("TWICE", 1000))
+            .await,
+    );
     assert_eq!(v["ok"], json!(true), "{v}");
     let pref = v["providerRef"].as_str().unwrap().to_string();
     let body = common::commit_body(200, &common::res_id(5), &pref);
@@ -211,16 +286,31 @@ async fn identical_commits_over_three_replicas_take_effect_once() {
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.bytes));
         assert_eq!(r.bytes, answers[0].bytes);
     }
-    assert_eq!(answers[0].json()["ok"], json!(true), "{}", answers[0].json());
+    assert_eq!(
+        answers[0].json()["ok"],
+        json!(true),
+        "{}",
+        answers[0].json()
+    );
     for i in 0..rs.len() {
-        assert_eq!(campaign_on(&rs, i, "capped").await["usesConsumed"], json!(1), "replica {i}");
+        assert_eq!(
+            campaign_on(&rs, i, "capped").await["usesConsumed"],
+            json!(1),
+            "replica {i}"
+        );
     }
     let committed = "SELECT count(*) FROM kp_holds WHERE doc->>'state' = 'committed'";
     assert_eq!(sql_i64(&db, committed, &[]).await, 1);
     // the second use is still there: one more hold and commit succeed, a third check is refused
-    let v = ok_json(&rs.call_on(1, "voucher/check", &common::check_body("TWICE", 1000)).await);
+    let v = ok_json(
+        &rs.call_on(1, "voucher/check", &common::check_body("TWICE", 1000))
+            .await,
+    );
     assert_eq!(v["ok"], json!(true), "{v}");
-    let v = ok_json(&rs.call_on(2, "voucher/check", &common::check_body("TWICE", 1000)).await);
+    let v = ok_json(
+        &rs.call_on(2, "voucher/check", &common::check_body("TWICE", 1000))
+            .await,
+    );
     assert_eq!(v["ok"], json!(false), "{v}");
 }
 
@@ -232,17 +322,29 @@ async fn identical_awards_over_three_replicas_credit_once() {
     };
     let rs = Arc::new(rs);
     let member = enroll(&rs, 0, "u1").await;
-    let answers = at_once(&rs, 50, "loyalty/award", |_| award_body("u1", "p1", 10_000, 1)).await;
+    let answers = at_once(&rs, 50, "loyalty/award", |_| {
+        award_body("u1", "p1", 10_000, 1)
+    })
+    .await;
     for r in &answers {
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.bytes));
         assert_eq!(r.bytes, answers[0].bytes);
     }
-    assert_eq!(answers[0].json()["ok"], json!(true), "{}", answers[0].json());
+    assert_eq!(
+        answers[0].json()["ok"],
+        json!(true),
+        "{}",
+        answers[0].json()
+    );
     for i in 0..rs.len() {
         assert_eq!(balance_on(&rs, i, "u1").await, json!(150), "replica {i}");
     }
     let entries = "SELECT count(*) FROM kp_ledger WHERE member_id = $1";
-    assert_eq!(sql_i64(&db, entries, &[&member]).await, 2, "signup and one award");
+    assert_eq!(
+        sql_i64(&db, entries, &[&member]).await,
+        2,
+        "signup and one award"
+    );
 }
 
 /// 50 redeems at once over three replicas on a balance for exactly ten: ten succeed, the
@@ -254,7 +356,10 @@ async fn redeems_over_three_replicas_spend_a_balance_exactly_once() {
     };
     let rs = Arc::new(rs);
     let member = enroll(&rs, 0, "u1").await; // 50
-    let v = ok_json(&rs.call_on(1, "loyalty/award", &award_body("u1", "p1", 5_500, 1)).await);
+    let v = ok_json(
+        &rs.call_on(1, "loyalty/award", &award_body("u1", "p1", 5_500, 1))
+            .await,
+    );
     assert_eq!(v["ok"], json!(true), "{v}"); // +55 = 105
     let answers = at_once(&rs, 50, "loyalty/redeem", |i| redeem_body("u1", 100 + i)).await;
     let mut ok = 0;
@@ -271,66 +376,236 @@ async fn redeems_over_three_replicas_spend_a_balance_exactly_once() {
         assert_eq!(balance_on(&rs, i, "u1").await, json!(5), "replica {i}");
     }
     let entries = "SELECT count(*) FROM kp_ledger WHERE member_id = $1";
-    assert_eq!(sql_i64(&db, entries, &[&member]).await, 12, "signup, award, ten redeems");
-/// Two replicas (two servers in this process, each with its own writer and connection) on
-/// one database, one onward route: events received on either replica — each also sent to
-/// the other, as Karma's retries may be — are taken in once and delivered once, by
-/// whichever replica holds the route's lease.
-#[tokio::test]
-async fn two_replicas_deliver_each_webhook_event_onward_once() {
-    let Some(db) = pg::fresh("two_replicas_deliver_each_webhook_event_onward_once").await else {
+    assert_eq!(
+        sql_i64(&db, entries, &[&member]).await,
+        12,
+        "signup, award, ten redeems"
+    );
+}
+
+/// One request of a load and its answer.
+struct Sent {
+    path: &'static str,
+    body: Value,
+    status: u16,
+    bytes: Vec<u8>,
+    sent: Instant,
+    answered: Instant,
+}
+
+/// Workers sending requests round-robin over the replicas until stopped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<Sent>>>,
+}
+
+/// What one step of a load sends: path and body, given a fresh number.
+type Step = Arc<dyn Fn(u64) -> (&'static str, Value) + Send + Sync>;
+
+impl Load {
+    /// `workers` tasks, each sending `step(n)` for a fresh `n` after the last answer
+    /// (20 ms after a refusal, so a cut database is not hammered).
+    fn start(rs: &Arc<pg::Replicas>, workers: usize, step: Step) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let next = Arc::new(AtomicU64::new(0));
+        let tasks = (0..workers)
+            .map(|_| {
+                let (rs, stop, next, step) = (rs.clone(), stop.clone(), next.clone(), step.clone());
+                tokio::spawn(async move {
+                    let mut out = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        let (path, body) = step(next.fetch_add(1, Ordering::Relaxed));
+                        let sent = Instant::now();
+                        let r = rs.call(path, &body).await;
+                        if r.status != 200 {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        out.push(Sent {
+                            path,
+                            body,
+                            status: r.status,
+                            bytes: r.bytes,
+                            sent,
+                            answered: Instant::now(),
+                        });
+                    }
+                    out
+                })
+            })
+            .collect();
+        Load { stop, tasks }
+    }
+
+    async fn finish(self) -> Vec<Sent> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut all = Vec::new();
+        for t in self.tasks {
+            all.extend(t.await.unwrap());
+        }
+        all
+    }
+}
+
+/// A refusal because the database is away: 503 with a JSON error body.
+fn assert_unavailable(s: &Sent) {
+    assert_eq!(s.status, 503, "{}", String::from_utf8_lossy(&s.bytes));
+    let v: Value = serde_json::from_slice(&s.bytes).expect("a JSON body");
+    assert_eq!(
+        (v["ok"].clone(), v["error"].clone()),
+        (json!(false), json!("UNAVAILABLE")),
+        "{v}"
+    );
+}
+
+/// Send every request of the load again (same transaction ids), eight at a time: a
+/// refused one must now succeed, an acknowledged one must get the same bytes again.
+async fn retry_all(rs: &Arc<pg::Replicas>, sent: &[Sent]) {
+    for chunk in sent.chunks(8) {
+        let tasks: Vec<_> = chunk
+            .iter()
+            .map(|s| {
+                let (rs, path, body) = (rs.clone(), s.path, s.body.clone());
+                tokio::spawn(async move { rs.call(path, &body).await })
+            })
+            .collect();
+        for (s, t) in chunk.iter().zip(tasks) {
+            let r = t.await.unwrap();
+            assert_eq!(
+                r.status,
+                200,
+                "{} retried: {}",
+                s.path,
+                String::from_utf8_lossy(&r.bytes)
+            );
+            if s.status == 200 {
+                assert_eq!(r.bytes, s.bytes, "{} retried: another answer", s.path);
+            } else {
+                assert_eq!(
+                    r.json()["ok"],
+                    json!(true),
+                    "{} retried: {}",
+                    s.path,
+                    r.json()
+                );
+            }
+        }
+    }
+}
+
+/// The load of the outage tests: awards of 1.00 (one point each) to member u1, each its
+/// own purchase and transaction.
+fn award_step() -> Step {
+    Arc::new(|n| {
+        (
+            "loyalty/award",
+            award_body("u1", &format!("p{n}"), 100, 1_000 + n),
+        )
+    })
+}
+
+/// Every award of the load counted once: the balance and the ledger of u1 as SQL sees it.
+async fn assert_awards_counted_once(rs: &pg::Replicas, db: &pg::TestDb, member: &str, n: usize) {
+    let entries = "SELECT count(*) FROM kp_ledger WHERE member_id = $1";
+    assert_eq!(
+        sql_i64(db, entries, &[&member]).await,
+        1 + n as i64,
+        "signup and {n} awards"
+    );
+    for i in 0..rs.len() {
+        assert_eq!(balance_on(rs, i, "u1").await, json!(50 + n), "replica {i}");
+    }
+}
+
+/// Split a load's requests into (answered before `t`, sent after `from` and answered
+/// before `to`).
+fn before_and_within(
+    sent: &[Sent],
+    t: Instant,
+    from: Instant,
+    to: Instant,
+) -> (Vec<&Sent>, Vec<&Sent>) {
+    let before = sent.iter().filter(|s| s.answered < t).collect();
+    let within = sent
+        .iter()
+        .filter(|s| s.sent >= from && s.answered <= to)
+        .collect();
+    (before, within)
+}
+
+/// Two replicas reach PostgreSQL through a proxy, which cuts every connection (and refuses
+/// new ones) for three seconds in the middle of a load of awards: the answers during the
+/// cut are quick 503s, `/readyz` fails, then recovers by itself once the database is back;
+/// every refused award retried with its transaction id succeeds, every acknowledged one
+/// answers the same bytes, and each award counts exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_survive_the_database_going_away_mid_load() {
+    outage(pg::ProxyMode::Cut, "replicas_db_cut").await;
+}
+
+/// The same through a network partition: the proxy keeps the sockets but passes nothing, so
+/// the service hears only silence and must give up by its own timeouts (2 s per statement,
+/// 1 s to connect) — no answer may take longer than ten seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_survive_a_silent_database_mid_load() {
+    outage(pg::ProxyMode::Stall, "replicas_db_stall").await;
+}
+
+async fn outage(mode: pg::ProxyMode, test: &str) {
+    let Some(db) = pg::fresh(test).await else {
         return;
     };
-    let sink = common::TestSink::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let toml = pg::on_postgres(
-        &common::config_with(&format!(
-            r#"
-[tenants.webhooks]
-verify = {{ scheme = "hmac-sha256-hex", secrets_env = ["WH_SECRET"] }}
-[[tenants.webhooks.routes]]
-name = "inv"
-events = "inventory.*"
-sink = {{ http = "{}", secret_env = "FWD_SECRET", timeout = "2s" }}
-backoff = "10ms"
-backoff_max = "40ms"
-"#,
-            sink.url()
-        )),
-        &db,
-        dir.path(),
+    let proxy = pg::PgProxy::start(pg::server_addr()).await;
+    let rs = Arc::new(pg::Replicas::start(
+        &common::config_with(REPLICATED),
+        &db.url_via(proxy.port),
+        2,
+    ));
+    let member = enroll(&rs, 0, "u1").await;
+    let load = Load::start(&rs, 8, award_step());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let cut = Instant::now();
+    proxy.set(mode);
+    let down = rs.wait_ready(false, Duration::from_secs(6)).await;
+    tokio::time::sleep(Duration::from_secs(4).saturating_sub(cut.elapsed())).await;
+    let restored = Instant::now();
+    proxy.set(pg::ProxyMode::Open);
+    let up = rs.wait_ready(true, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let sent = load.finish().await;
+    eprintln!(
+        "{test}: {} requests, {} refused; /readyz failed after {down:?}, recovered {up:?} after restore",
+        sent.len(),
+        sent.iter().filter(|s| s.status != 200).count()
     );
-    let a = common::Harness::start(&toml).await;
-    let b = common::Harness::start(&toml).await;
-    for i in 0..20 {
-        let id = format!("evt_{i:02}");
-        let (first, second) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
-        common::deliver_signed(first, &id).await;
-        common::deliver_signed(second, &id).await;
+    for s in &sent {
+        if s.answered > cut {
+            eprintln!(
+                "DEBUG sent {:?} answered {:?} status {}",
+                s.sent.checked_duration_since(cut),
+                s.answered.duration_since(cut),
+                s.status
+            );
+        }
     }
-    sink.wait_until("twenty deliveries", |s| s.successes() >= 20)
-        .await;
-    // Long enough for a second delivery of any event to show (each replica looks at its
-    // queue after every wake-up and at least every 5 s).
-    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
-    let mut ids: Vec<String> = sink
-        .got
-        .lock()
-        .unwrap()
+    let settle = Duration::from_millis(200);
+    let (before, within) = before_and_within(&sent, cut, cut + settle, restored);
+    assert!(
+        before.iter().filter(|s| s.status == 200).count() >= 10,
+        "acknowledged before the cut"
+    );
+    assert!(
+        within.len() >= 4,
+        "answered during the cut: {}",
+        within.len()
+    );
+    within.iter().for_each(|s| assert_unavailable(s));
+    let after = sent
         .iter()
-        .map(|r| r.0["webhook-id"].to_str().unwrap_or("").to_string())
-        .collect();
-    ids.sort();
-    let want: Vec<String> = (0..20).map(|i| format!("evt_{i:02}")).collect();
-    assert_eq!(ids, want, "each event delivered once");
-    let c = db.client().await;
-    let inbox: i64 = c
-        .query_one(
-            "SELECT count(*) FROM kp_records WHERE key >= '\\x7768696e1f'::bytea AND key < '\\x7768696e20'::bytea",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(inbox, 20, "one inbox entry per delivery id");
+        .filter(|s| s.sent > restored + up && s.status == 200);
+    assert!(after.count() >= 10, "acknowledged after the restore");
+    sent.iter()
+        .filter(|s| s.status != 200)
+        .for_each(assert_unavailable);
+    retry_all(&rs, &sent).await;
+    assert_awards_counted_once(&rs, &db, &member, sent.len()).await;
 }

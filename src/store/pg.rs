@@ -22,15 +22,16 @@
 //!   (`synchronous_commit` as the server is set; on by default).
 //! - A failure (the database unreachable, a timeout, a failed statement, a failed COMMIT)
 //!   undoes the group's state changes, drops the connection and answers the group's callers
-//!   503; the next group reconnects. There is no fail-stop: the transaction either
-//!   committed or did not, and an ambiguous COMMIT is settled by the next catch-up (the
-//!   epoch tells whether it landed). Karma retries with the same transaction id, which the
-//!   idempotency records answer exactly once.
+//!   503; the next group reconnects (never the same group: a new session would run the
+//!   rest of it outside its transaction and without the lock). There is no fail-stop: the
+//!   transaction either committed or did not, and an ambiguous COMMIT is settled by the
+//!   next catch-up (the epoch tells whether it landed). Karma retries with the same
+//!   transaction id, which the idempotency records answer exactly once.
 //!
 //! Every statement runs under `query_timeout` on a current-thread runtime the writer
 //! thread owns (tokio-postgres is async; the writer is a plain thread, as it is for sled).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::time::Duration;
 
 use tokio_postgres::{Client, NoTls, Statement};
@@ -167,6 +168,10 @@ pub struct Conn {
     rt: tokio::runtime::Runtime,
     opts: PgOptions,
     live: RefCell<Option<(Client, Stmts)>>,
+    /// A group's transaction is open. While it is, a lost connection is not made again: a
+    /// new session would run the rest of the group outside its transaction and without
+    /// the writer lock, so every statement fails until the group ends.
+    in_group: Cell<bool>,
 }
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -183,6 +188,7 @@ impl Conn {
             rt,
             opts,
             live: RefCell::new(None),
+            in_group: Cell::new(false),
         })
     }
 
@@ -193,6 +199,12 @@ impl Conn {
         what: &str,
         f: impl AsyncFnOnce(&Client, &Stmts) -> Result<T, tokio_postgres::Error>,
     ) -> Result<T, StoreError> {
+        if self.in_group.get() && self.live.borrow().is_none() {
+            return Err(unavailable(
+                what,
+                "the connection was lost during the group",
+            ));
+        }
         self.ensure()?;
         let live = self.live.borrow();
         let Some((client, stmts)) = live.as_ref() else {
@@ -317,7 +329,8 @@ impl Conn {
     /// cluster's epoch, the oldest epoch whose changes are still listed, and the id counter
     /// record (`meta/next_id`) as it stands.
     pub fn begin_group(&self) -> Result<Begun, StoreError> {
-        self.with("begin", async |c: &Client, _: &Stmts| {
+        self.in_group.set(false);
+        let begun = self.with("begin", async |c: &Client, _: &Stmts| {
             let msgs = c.simple_query(BEGIN_SQL).await?;
             Ok(msgs.iter().find_map(|m| match m {
                 // The lock's row has one column; the cluster's has three.
@@ -326,9 +339,11 @@ impl Conn {
                 }
                 _ => None,
             }))
-        })?
-        .flatten()
-        .ok_or_else(|| StoreError::Io("kp_cluster has no row; the schema is damaged".into()))
+        });
+        self.in_group.set(begun.is_ok());
+        begun?
+            .flatten()
+            .ok_or_else(|| StoreError::Io("kp_cluster has no row; the schema is damaged".into()))
     }
 
     /// The keys changed by groups after epoch `since`.
@@ -370,7 +385,7 @@ impl Conn {
                 None => del.push(k),
             }
         }
-        self.with("commit", async move |c: &Client, s: &Stmts| {
+        let done = self.with("commit", async move |c: &Client, s: &Stmts| {
             c.execute(&s.commit, &[&up_k, &up_v, &up_d, &del, &epoch, &log])
                 .await?;
             if epoch % 1000 == 0 {
@@ -378,17 +393,22 @@ impl Conn {
                 c.execute(&s.trim, &[&keep]).await?;
             }
             c.batch_execute("COMMIT").await
-        })
+        });
+        self.in_group.set(false);
+        done
     }
 
     /// End a group that wrote nothing (releases the lock).
     pub fn end_group(&self) -> Result<(), StoreError> {
-        self.execute("COMMIT")
+        let done = self.execute("COMMIT");
+        self.in_group.set(false);
+        done
     }
 
     /// Roll the open transaction back, if the connection is still there (best effort: a
     /// broken connection is dropped, which rolls back on the server).
     pub fn rollback(&self) {
+        self.in_group.set(false);
         if self.live.borrow().is_some() && self.execute("ROLLBACK").is_err() {
             self.drop_connection();
         }

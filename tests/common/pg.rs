@@ -252,6 +252,8 @@ mod proxy_tcp {
     async fn pipe(mut c: TcpStream, target: (String, u16), mut rx: watch::Receiver<ProxyMode>) {
         if *rx.borrow_and_update() == ProxyMode::Open {
             if let Ok(mut s) = TcpStream::connect((target.0.as_str(), target.1)).await {
+                // As the driver does: no Nagle delay on either leg.
+                let _ = (c.set_nodelay(true), s.set_nodelay(true));
                 tokio::select! {
                     _ = tokio::io::copy_bidirectional(&mut c, &mut s) => return,
                     _ = rx.wait_for(|m| *m != ProxyMode::Open) => {}
@@ -371,7 +373,13 @@ mod replicas {
                 let resp = self.client.request(req).await.expect("request sent");
                 let status = resp.status().as_u16();
                 let headers = resp.headers().clone();
-                let bytes = resp.into_body().collect().await.unwrap().to_bytes().to_vec();
+                let bytes = resp
+                    .into_body()
+                    .collect()
+                    .await
+                    .unwrap()
+                    .to_bytes()
+                    .to_vec();
                 Resp {
                     status,
                     headers,
@@ -380,7 +388,9 @@ mod replicas {
             };
             tokio::time::timeout(ANSWER_WITHIN, sent)
                 .await
-                .unwrap_or_else(|_| panic!("{method} {path} on replica {i}: no answer within {ANSWER_WITHIN:?}"))
+                .unwrap_or_else(|_| {
+                    panic!("{method} {path} on replica {i}: no answer within {ANSWER_WITHIN:?}")
+                })
         }
 
         /// POST JSON to `/v1/acme/{path}` on replica `i`.
