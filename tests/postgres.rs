@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::pg;
+use karma_provider::replay;
 use serde_json::{json, Value};
 use tokio_postgres::types::ToSql;
 
@@ -393,41 +394,75 @@ struct Sent {
     answered: Instant,
 }
 
-/// Workers sending requests round-robin over the replicas until stopped.
+impl Sent {
+    fn acknowledged(&self) -> bool {
+        self.status == 200
+    }
+}
+
+/// Send `body` to `path` on the next replica, timed.
+async fn send(rs: &pg::Replicas, path: &'static str, body: Value) -> Sent {
+    let sent = Instant::now();
+    let r = rs.call(path, &body).await;
+    Sent {
+        path,
+        body,
+        status: r.status,
+        bytes: r.bytes,
+        sent,
+        answered: Instant::now(),
+    }
+}
+
+/// The load of the outage tests, step `n`: an even `n` awards 1.00 (one point) to member
+/// u1 for purchase `p{n}`; an odd `n` holds code OPEN on one replica and commits the hold
+/// on the next. The award or the commit is the step's effect, under its own transaction
+/// id; a step whose check was refused has none.
+async fn step(rs: Arc<pg::Replicas>, n: u64) -> Vec<Sent> {
+    if n % 2 == 0 {
+        let body = award_body("u1", &format!("p{n}"), 100, 1_000 + n);
+        return vec![send(&rs, "loyalty/award", body).await];
+    }
+    let check = send(&rs, "voucher/check", common::check_body("OPEN", 1000)).await;
+    if !check.acknowledged() {
+        return vec![check];
+    }
+    let v: Value = serde_json::from_slice(&check.bytes).unwrap();
+    assert_eq!(v["ok"], json!(true), "{v}");
+    let pref = v["providerRef"].as_str().unwrap();
+    let body = common::commit_body(100, &common::res_id(1_000 + n), pref);
+    vec![check, send(&rs, "voucher/commit", body).await]
+}
+
+/// The requests of a load that have an effect of their own (awards and commits, not
+/// checks).
+fn effects(sent: &[Sent]) -> impl Iterator<Item = &Sent> {
+    sent.iter().filter(|s| s.path != "voucher/check")
+}
+
+/// Workers running [`step`] round-robin over the replicas until stopped.
 struct Load {
     stop: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<Vec<Sent>>>,
 }
 
-/// What one step of a load sends: path and body, given a fresh number.
-type Step = Arc<dyn Fn(u64) -> (&'static str, Value) + Send + Sync>;
-
 impl Load {
-    /// `workers` tasks, each sending `step(n)` for a fresh `n` after the last answer
-    /// (20 ms after a refusal, so a cut database is not hammered).
-    fn start(rs: &Arc<pg::Replicas>, workers: usize, step: Step) -> Load {
+    /// `workers` tasks, each running the next step after the last one ended (20 ms after
+    /// a refusal, so a database that is away is not hammered).
+    fn start(rs: &Arc<pg::Replicas>, workers: usize) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let next = Arc::new(AtomicU64::new(0));
         let tasks = (0..workers)
             .map(|_| {
-                let (rs, stop, next, step) = (rs.clone(), stop.clone(), next.clone(), step.clone());
+                let (rs, stop, next) = (rs.clone(), stop.clone(), next.clone());
                 tokio::spawn(async move {
                     let mut out = Vec::new();
                     while !stop.load(Ordering::Relaxed) {
-                        let (path, body) = step(next.fetch_add(1, Ordering::Relaxed));
-                        let sent = Instant::now();
-                        let r = rs.call(path, &body).await;
-                        if r.status != 200 {
+                        let s = step(rs.clone(), next.fetch_add(1, Ordering::Relaxed)).await;
+                        if !s.iter().all(Sent::acknowledged) {
                             tokio::time::sleep(Duration::from_millis(20)).await;
                         }
-                        out.push(Sent {
-                            path,
-                            body,
-                            status: r.status,
-                            bytes: r.bytes,
-                            sent,
-                            answered: Instant::now(),
-                        });
+                        out.extend(s);
                     }
                     out
                 })
@@ -447,9 +482,10 @@ impl Load {
 }
 
 /// A refusal because the database is away: 503 with a JSON error body.
-fn assert_unavailable(s: &Sent) {
-    assert_eq!(s.status, 503, "{}", String::from_utf8_lossy(&s.bytes));
-    let v: Value = serde_json::from_slice(&s.bytes).expect("a JSON body");
+fn assert_unavailable(status: u16, bytes: &[u8]) {
+    let text = String::from_utf8_lossy(bytes);
+    assert_eq!(status, 503, "{text}");
+    let v: Value = serde_json::from_slice(bytes).unwrap_or_else(|_| panic!("not JSON: {text}"));
     assert_eq!(
         (v["ok"].clone(), v["error"].clone()),
         (json!(false), json!("UNAVAILABLE")),
@@ -457,10 +493,22 @@ fn assert_unavailable(s: &Sent) {
     );
 }
 
-/// Send every request of the load again (same transaction ids), eight at a time: a
-/// refused one must now succeed, an acknowledged one must get the same bytes again.
+/// Every answer of the load was an acknowledgement or a 503 with a JSON body.
+fn assert_acknowledged_or_unavailable(sent: &[Sent]) {
+    for s in sent.iter().filter(|s| !s.acknowledged()) {
+        assert_unavailable(s.status, &s.bytes);
+    }
+    for s in sent.iter().filter(|s| s.acknowledged()) {
+        let v: Value = serde_json::from_slice(&s.bytes).unwrap();
+        assert_eq!(v["ok"], json!(true), "{} {v}", s.path);
+    }
+}
+
+/// Send every step's effect again (same transaction ids), eight at a time: a refused one
+/// must now succeed, an acknowledged one must get the same bytes again.
 async fn retry_all(rs: &Arc<pg::Replicas>, sent: &[Sent]) {
-    for chunk in sent.chunks(8) {
+    let effects: Vec<&Sent> = effects(sent).collect();
+    for chunk in effects.chunks(8) {
         let tasks: Vec<_> = chunk
             .iter()
             .map(|s| {
@@ -470,90 +518,50 @@ async fn retry_all(rs: &Arc<pg::Replicas>, sent: &[Sent]) {
             .collect();
         for (s, t) in chunk.iter().zip(tasks) {
             let r = t.await.unwrap();
-            assert_eq!(
-                r.status,
-                200,
-                "{} retried: {}",
-                s.path,
-                String::from_utf8_lossy(&r.bytes)
-            );
-            if s.status == 200 {
+            let text = String::from_utf8_lossy(&r.bytes);
+            assert_eq!(r.status, 200, "{} retried: {text}", s.path);
+            if s.acknowledged() {
                 assert_eq!(r.bytes, s.bytes, "{} retried: another answer", s.path);
             } else {
-                assert_eq!(
-                    r.json()["ok"],
-                    json!(true),
-                    "{} retried: {}",
-                    s.path,
-                    r.json()
-                );
+                assert_eq!(r.json()["ok"], json!(true), "{} retried: {text}", s.path);
             }
         }
     }
 }
 
-/// The load of the outage tests: awards of 1.00 (one point each) to member u1, each its
-/// own purchase and transaction.
-fn award_step() -> Step {
-    Arc::new(|n| {
-        (
-            "loyalty/award",
-            award_body("u1", &format!("p{n}"), 100, 1_000 + n),
-        )
-    })
-}
-
-/// Every award of the load counted once: the balance and the ledger of u1 as SQL sees it.
-async fn assert_awards_counted_once(rs: &pg::Replicas, db: &pg::TestDb, member: &str, n: usize) {
+/// Every step of the load took effect exactly once: u1's ledger and balance hold one
+/// point per award (as SQL and every replica see them), campaign `open` one use per commit.
+async fn assert_counted_once(rs: &pg::Replicas, db: &pg::TestDb, member: &str, sent: &[Sent]) {
+    let awards = sent.iter().filter(|s| s.path == "loyalty/award").count();
+    let commits = effects(sent).count() - awards;
     let entries = "SELECT count(*) FROM kp_ledger WHERE member_id = $1";
-    assert_eq!(
-        sql_i64(db, entries, &[&member]).await,
-        1 + n as i64,
-        "signup and {n} awards"
-    );
+    let n = sql_i64(db, entries, &[&member]).await;
+    assert_eq!(n, 1 + awards as i64, "signup and {awards} awards");
+    let committed = "SELECT count(*) FROM kp_holds WHERE doc->>'state' = 'committed'";
+    assert_eq!(sql_i64(db, committed, &[]).await, commits as i64);
     for i in 0..rs.len() {
-        assert_eq!(balance_on(rs, i, "u1").await, json!(50 + n), "replica {i}");
+        assert_eq!(
+            balance_on(rs, i, "u1").await,
+            json!(50 + awards),
+            "replica {i}"
+        );
+        let open = campaign_on(rs, i, "open").await;
+        assert_eq!(open["usesConsumed"], json!(commits), "replica {i}");
     }
 }
 
-/// Split a load's requests into (answered before `t`, sent after `from` and answered
-/// before `to`).
-fn before_and_within(
-    sent: &[Sent],
-    t: Instant,
-    from: Instant,
-    to: Instant,
-) -> (Vec<&Sent>, Vec<&Sent>) {
-    let before = sent.iter().filter(|s| s.answered < t).collect();
-    let within = sent
-        .iter()
-        .filter(|s| s.sent >= from && s.answered <= to)
-        .collect();
-    (before, within)
+/// After a load: every answer was an acknowledgement or a 503; retried, each refused step
+/// succeeds and each acknowledged one answers the same; each counts once.
+async fn settle_and_count(rs: &Arc<pg::Replicas>, db: &pg::TestDb, member: &str, sent: &[Sent]) {
+    assert_acknowledged_or_unavailable(sent);
+    retry_all(rs, sent).await;
+    assert_counted_once(rs, db, member, sent).await;
 }
 
-/// Two replicas reach PostgreSQL through a proxy, which cuts every connection (and refuses
-/// new ones) for three seconds in the middle of a load of awards: the answers during the
-/// cut are quick 503s, `/readyz` fails, then recovers by itself once the database is back;
-/// every refused award retried with its transaction id succeeds, every acknowledged one
-/// answers the same bytes, and each award counts exactly once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn replicas_survive_the_database_going_away_mid_load() {
-    outage(pg::ProxyMode::Cut, "replicas_db_cut").await;
-}
-
-/// The same through a network partition: the proxy keeps the sockets but passes nothing, so
-/// the service hears only silence and must give up by its own timeouts (2 s per statement,
-/// 1 s to connect) — no answer may take longer than ten seconds.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn replicas_survive_a_silent_database_mid_load() {
-    outage(pg::ProxyMode::Stall, "replicas_db_stall").await;
-}
-
-async fn outage(mode: pg::ProxyMode, test: &str) {
-    let Some(db) = pg::fresh(test).await else {
-        return;
-    };
+/// Two replicas and a proxy between them and PostgreSQL, on a fresh database with u1
+/// enrolled.
+async fn behind_proxy(test: &str) -> Option<(pg::TestDb, pg::PgProxy, Arc<pg::Replicas>, String)> {
+    let db = pg::fresh(test).await?;
     let proxy = pg::PgProxy::start(pg::server_addr()).await;
     let rs = Arc::new(pg::Replicas::start(
         &common::config_with(REPLICATED),
@@ -561,51 +569,210 @@ async fn outage(mode: pg::ProxyMode, test: &str) {
         2,
     ));
     let member = enroll(&rs, 0, "u1").await;
-    let load = Load::start(&rs, 8, award_step());
+    Some((db, proxy, rs, member))
+}
+
+/// Two replicas reach PostgreSQL through a proxy, which cuts every connection (and refuses
+/// new ones) for four seconds in the middle of a load of awards and voucher commits: the
+/// answers during the cut are quick 503s, `/readyz` fails within a second, then recovers by
+/// itself once the database is back; every refused step retried with its transaction id
+/// succeeds, every acknowledged one answers the same bytes, and each counts exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_survive_the_database_going_away_mid_load() {
+    outage(
+        pg::ProxyMode::Cut,
+        "replicas_db_cut",
+        Duration::from_secs(1),
+    )
+    .await;
+}
+
+/// The same through a network partition: the proxy keeps the sockets but passes nothing, so
+/// the service hears only silence and must give up by its own timeouts (2 s a statement,
+/// 1 s to connect): no answer may take longer than ten seconds, `/readyz` fails within 4 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_survive_a_silent_database_mid_load() {
+    outage(
+        pg::ProxyMode::Stall,
+        "replicas_db_stall",
+        Duration::from_secs(4),
+    )
+    .await;
+}
+
+/// The outage tests: a second of load, then the database away (`mode`) for six seconds —
+/// `/readyz` must fail on every replica within `unready_within` —, then back for a second.
+async fn outage(mode: pg::ProxyMode, test: &str, unready_within: Duration) {
+    let Some((db, proxy, rs, member)) = behind_proxy(test).await else {
+        return;
+    };
+    let load = Load::start(&rs, 8);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let cut = Instant::now();
     proxy.set(mode);
-    let down = rs.wait_ready(false, Duration::from_secs(6)).await;
-    tokio::time::sleep(Duration::from_secs(4).saturating_sub(cut.elapsed())).await;
+    let down = rs.wait_ready(false, unready_within).await;
+    tokio::time::sleep(Duration::from_secs(6).saturating_sub(cut.elapsed())).await;
     let restored = Instant::now();
     proxy.set(pg::ProxyMode::Open);
     let up = rs.wait_ready(true, Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let sent = load.finish().await;
+    let refused = sent.iter().filter(|s| !s.acknowledged()).count();
     eprintln!(
-        "{test}: {} requests, {} refused; /readyz failed after {down:?}, recovered {up:?} after restore",
-        sent.len(),
-        sent.iter().filter(|s| s.status != 200).count()
+        "{test}: {} steps, {refused} refused; /readyz failed {down:?} after the cut, recovered {up:?} after the restore",
+        sent.len()
     );
-    for s in &sent {
-        if s.answered > cut {
-            eprintln!(
-                "DEBUG sent {:?} answered {:?} status {}",
-                s.sent.checked_duration_since(cut),
-                s.answered.duration_since(cut),
-                s.status
-            );
-        }
-    }
-    let settle = Duration::from_millis(200);
-    let (before, within) = before_and_within(&sent, cut, cut + settle, restored);
+    let acked = |s: &&Sent| s.acknowledged();
+    let before = sent.iter().filter(|s| s.answered < cut).filter(acked);
+    assert!(before.count() >= 10, "acknowledged before the cut");
+    // answered once the cut had surely reached every connection, and before the restore
+    let during: Vec<&Sent> = (sent.iter())
+        .filter(|s| s.answered >= cut + Duration::from_millis(200) && s.answered <= restored)
+        .collect();
     assert!(
-        before.iter().filter(|s| s.status == 200).count() >= 10,
-        "acknowledged before the cut"
-    );
-    assert!(
-        within.len() >= 4,
+        during.len() >= 4,
         "answered during the cut: {}",
-        within.len()
+        during.len()
     );
-    within.iter().for_each(|s| assert_unavailable(s));
-    let after = sent
-        .iter()
-        .filter(|s| s.sent > restored + up && s.status == 200);
+    for s in during {
+        assert_unavailable(s.status, &s.bytes);
+    }
+    let after = sent.iter().filter(|s| s.sent > restored + up).filter(acked);
     assert!(after.count() >= 10, "acknowledged after the restore");
-    sent.iter()
-        .filter(|s| s.status != 200)
-        .for_each(assert_unavailable);
-    retry_all(&rs, &sent).await;
-    assert_awards_counted_once(&rs, &db, &member, sent.len()).await;
+    settle_and_count(&rs, &db, &member, &sent).await;
+}
+
+/// `pg_terminate_backend` of every service connection, three times in the middle of the
+/// load (what a PostgreSQL restart does to them): every answer is an acknowledgement or a
+/// 503, each refused step retried succeeds, each acknowledged one answers the same, each
+/// counts exactly once; `/readyz` is back on every replica by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_keep_every_acknowledged_effect_when_their_connections_are_ended() {
+    let Some((db, _proxy, rs, member)) = behind_proxy("replicas_terminated").await else {
+        return;
+    };
+    let load = Load::start(&rs, 8);
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let ended = db.terminate_service_connections().await;
+        assert!(ended >= 2, "one connection per replica at least: {ended}");
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let sent = load.finish().await;
+    let refused = sent.iter().filter(|s| !s.acknowledged()).count();
+    eprintln!(
+        "replicas_terminated: {} steps, {refused} refused",
+        sent.len()
+    );
+    assert!(refused >= 1, "a terminated connection fails its group");
+    assert!(
+        effects(&sent).any(|s| !s.acknowledged()),
+        "a refused effect to retry"
+    );
+    rs.wait_ready(true, Duration::from_secs(5)).await;
+    settle_and_count(&rs, &db, &member, &sent).await;
+}
+
+/// `f` on a thread of its own (the engine's connection drives its own runtime).
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.unwrap()
+}
+
+/// The engine's connection, lost inside a group (its backend ended), is not made again
+/// until the group ends: a new session would run the rest of the group outside its
+/// transaction and without the writer lock, and its writes would commit on their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_lost_inside_a_group_fails_the_rest_of_the_group() {
+    use karma_provider::store::pg::{Conn, PgOptions};
+    use karma_provider::store::{Backend, StoreError};
+    let Some(db) = pg::fresh("connection_lost_inside_a_group").await else {
+        return;
+    };
+    let opts = PgOptions {
+        url: db.url.clone(),
+        connect_timeout: Duration::from_secs(1),
+        query_timeout: Duration::from_secs(2),
+    };
+    let conn = blocking(move || {
+        let c = Conn::new(opts).unwrap();
+        c.migrate().unwrap();
+        c.begin_group().unwrap();
+        assert_eq!(c.get(b"k").unwrap(), None);
+        c
+    })
+    .await;
+    assert_eq!(db.terminate_service_connections().await, 1);
+    blocking(move || {
+        assert!(matches!(conn.get(b"k"), Err(StoreError::Unavailable(_))));
+        // the rest of the group fails at once, without a new session
+        let again = conn.get(b"k").unwrap_err().to_string();
+        assert!(again.contains("lost during the group"), "{again}");
+        let write = vec![(b"k".to_vec(), Some(b"v".to_vec()))];
+        assert!(conn.commit_group(write, |_| false, 1).is_err());
+        conn.rollback();
+        // the next group connects again
+        conn.begin_group().unwrap();
+        assert_eq!(conn.get(b"k").unwrap(), None);
+        conn.end_group().unwrap();
+    })
+    .await;
+    let kept = "SELECT count(*) FROM kp_records WHERE key = 'k'::bytea";
+    assert_eq!(
+        sql_i64(&db, kept, &[]).await,
+        0,
+        "nothing of the lost group"
+    );
+}
+
+/// The fixture count `tests/replay.rs` pins for a full run.
+const FIXTURES_PASSED: usize = 40;
+
+/// The full fixture suite (`replay`, states through the provider-states endpoint) passes
+/// against a server on a fresh PostgreSQL database, twice in a row, as it does on sled.
+#[tokio::test]
+async fn the_full_fixture_suite_passes_on_postgres() {
+    let Some(db) = pg::fresh("replay_on_postgres").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let toml = pg::on_postgres(&common::conformance_config(), &db, dir.path());
+    let h = common::Harness::start(&toml).await;
+    for _ in 0..2 {
+        let o = common::conformance_options(&h.base(), dir.path());
+        let report = replay::run(&o).await.unwrap();
+        assert_eq!(report.failed, 0, "{}", replay::summary(&report));
+        assert_eq!(
+            report.passed,
+            FIXTURES_PASSED,
+            "{}",
+            replay::summary(&report)
+        );
+    }
+}
+
+/// The same suite against three real `serve` processes on one database, behind a front
+/// that sends each request (state setups included) to the next replica: every scenario's
+/// steps land on different replicas, and still all pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_full_fixture_suite_passes_on_three_replicas() {
+    let Some(db) = pg::fresh("replay_on_replicas").await else {
+        return;
+    };
+    let rs = pg::Replicas::start(&common::conformance_config(), &db.url, 3);
+    let front = rs.front().await;
+    let dir = tempfile::tempdir().unwrap();
+    let report = replay::run(&common::conformance_options(&front, dir.path()))
+        .await
+        .unwrap();
+    assert_eq!(report.failed, 0, "{}", replay::summary(&report));
+    assert_eq!(
+        report.passed,
+        FIXTURES_PASSED,
+        "{}",
+        replay::summary(&report)
+    );
+    for i in 0..rs.len() {
+        let jobs = rs.metric(i, "kp_store_jobs_total").await;
+        assert!(jobs >= 20, "replica {i} ran {jobs} jobs");
+    }
 }

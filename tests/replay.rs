@@ -7,34 +7,13 @@ mod common;
 use common::*;
 use karma_provider::replay::{self, ReplayAuth, ReplayOptions};
 
-fn conformance_config() -> String {
-    config_with("[tenants.webhooks]\nverify = { scheme = \"hmac-sha256-hex\", secrets_env = [\"WH_SECRET\"] }\n")
-        .replace("token_env = \"ADMIN_TOKEN\"", "token_env = \"ADMIN_TOKEN\"\nprovider_states = true")
-}
-
-fn options(base: &str, dir: &std::path::Path) -> ReplayOptions {
-    ReplayOptions {
-        paths: vec!["fixtures".into()],
-        target: Some(format!("{base}/v1/acme")),
-        auth: Some(ReplayAuth::Header {
-            name: "X-Provider-Key".into(),
-            value: KEY.into(),
-        }),
-        state_url: Some(format!("{base}/admin/v1/tenants/acme/provider-states")),
-        state_headers: vec![("authorization".into(), format!("Bearer {ADMIN_TOKEN}"))],
-        webhook_secret: Some("new-secret".into()),
-        last_failed_file: dir.join("last-failed"),
-        junit: Some(dir.join("junit.xml")),
-        json: Some(dir.join("report.json")),
-        ..ReplayOptions::default()
-    }
-}
-
 #[tokio::test]
 async fn the_full_suite_passes_against_this_service() {
     let h = Harness::start(&conformance_config()).await;
     let dir = tempfile::tempdir().unwrap();
-    let report = replay::run(&options(&h.base(), dir.path())).await.unwrap();
+    let report = replay::run(&conformance_options(&h.base(), dir.path()))
+        .await
+        .unwrap();
     assert_eq!(report.failed, 0, "{}", replay::summary(&report));
     // every fixture ran and passed: the count is pinned so a fixture that stops loading fails
     assert_eq!(report.passed, 40, "{}", replay::summary(&report));
@@ -44,7 +23,9 @@ async fn the_full_suite_passes_against_this_service() {
         report.passed
     )));
     // a second run on the same provider passes too: ids are unique per run
-    let again = replay::run(&options(&h.base(), dir.path())).await.unwrap();
+    let again = replay::run(&conformance_options(&h.base(), dir.path()))
+        .await
+        .unwrap();
     assert_eq!(again.failed, 0, "{}", replay::summary(&again));
 }
 
@@ -66,7 +47,7 @@ async fn endpoints_map_basic_auth_and_filter() {
         .collect();
     let file = dir.path().join("endpoints.json");
     std::fs::write(&file, serde_json::to_vec(&map).unwrap()).unwrap();
-    let mut o = options(&base, dir.path());
+    let mut o = conformance_options(&base, dir.path());
     o.target = None;
     o.endpoints = Some(replay::read_endpoints(&file).unwrap());
     o.auth = Some(ReplayAuth::parse("basic:karma:s3cret").unwrap());
@@ -221,7 +202,7 @@ async fn a_wrong_provider_is_reported_scenario_by_scenario() {
 async fn contract_only_skips_the_scenarios_that_pin_our_decisions() {
     let h = Harness::start(&conformance_config()).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut o = options(&h.base(), dir.path());
+    let mut o = conformance_options(&h.base(), dir.path());
     o.contract_only = true;
     o.junit = Some(dir.path().join("junit.xml"));
     let report = replay::run(&o).await.unwrap();
@@ -260,7 +241,7 @@ async fn contract_only_skips_the_scenarios_that_pin_our_decisions() {
 async fn scenarios_that_need_states_without_a_state_url_fail_in_one_line() {
     let h = Harness::start(&conformance_config()).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut o = options(&h.base(), dir.path());
+    let mut o = conformance_options(&h.base(), dir.path());
     o.state_url = None;
     let err = replay::run(&o).await.unwrap_err();
     assert_eq!(
@@ -280,7 +261,7 @@ async fn an_endpoints_file_without_a_webhook_url_skips_the_webhook_scenarios() {
     let h = Harness::start(&conformance_config()).await;
     let dir = tempfile::tempdir().unwrap();
     let base = h.base();
-    let mut o = options(&base, dir.path());
+    let mut o = conformance_options(&base, dir.path());
     o.target = None;
     o.endpoints = Some(
         replay::CALLS
@@ -393,7 +374,9 @@ async fn every_stored_key_has_a_registered_prefix() {
     use karma_provider::store::keys::{first, registered, PREFIXES};
     let mut h = Harness::start(&conformance_config()).await;
     let dir = tempfile::tempdir().unwrap();
-    let report = replay::run(&options(&h.base(), dir.path())).await.unwrap();
+    let report = replay::run(&conformance_options(&h.base(), dir.path()))
+        .await
+        .unwrap();
     assert_eq!(report.failed, 0, "{}", replay::summary(&report));
     let r = h
         .admin(
@@ -582,7 +565,7 @@ async fn fixture_errors_in_parallel_steps_name_the_field() {
 async fn the_json_report_holds_every_exchange() {
     let h = Harness::start(&conformance_config()).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut o = options(&h.base(), dir.path());
+    let mut o = conformance_options(&h.base(), dir.path());
     o.filter = Some("voucher-concurrent-checks-single-use".into());
     let report = replay::run(&o).await.unwrap();
     assert_eq!(report.passed, 1, "{}", replay::summary(&report));

@@ -13,6 +13,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use karma_provider::replay::{ReplayAuth, ReplayOptions};
 use karma_provider::{Clock, Config, Server};
 use serde_json::Value;
 
@@ -388,6 +389,33 @@ impl TestSink {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         panic!("timed out waiting for {what}");
+    }
+}
+
+/// The config of the conformance runs: `config_with` plus webhooks verified with
+/// `WH_SECRET` and provider states on.
+pub fn conformance_config() -> String {
+    config_with("[tenants.webhooks]\nverify = { scheme = \"hmac-sha256-hex\", secrets_env = [\"WH_SECRET\"] }\n")
+        .replace("token_env = \"ADMIN_TOKEN\"", "token_env = \"ADMIN_TOKEN\"\nprovider_states = true")
+}
+
+/// Replay options for the whole fixture suite against `base` (tenant `acme`, its states
+/// through the admin API), with the reports in `dir`.
+pub fn conformance_options(base: &str, dir: &std::path::Path) -> ReplayOptions {
+    ReplayOptions {
+        paths: vec!["fixtures".into()],
+        target: Some(format!("{base}/v1/acme")),
+        auth: Some(ReplayAuth::Header {
+            name: "X-Provider-Key".into(),
+            value: KEY.into(),
+        }),
+        state_url: Some(format!("{base}/admin/v1/tenants/acme/provider-states")),
+        state_headers: vec![("authorization".into(), format!("Bearer {ADMIN_TOKEN}"))],
+        webhook_secret: Some("new-secret".into()),
+        last_failed_file: dir.join("last-failed"),
+        junit: Some(dir.join("junit.xml")),
+        json: Some(dir.join("report.json")),
+        ..ReplayOptions::default()
     }
 }
 

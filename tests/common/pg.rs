@@ -433,6 +433,18 @@ mod replicas {
                 .status
         }
 
+        /// The value of the unlabelled metric `name` on replica `i`'s `/metrics`.
+        pub async fn metric(&self, i: usize, name: &str) -> u64 {
+            let r = self.request(i, "GET", "/metrics", &[], Vec::new()).await;
+            let text = String::from_utf8(r.bytes).unwrap();
+            let line = text
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{name} ")));
+            line.unwrap_or_else(|| panic!("no {name} in /metrics"))
+                .parse()
+                .unwrap()
+        }
+
         /// Wait until `/readyz` answers `want` on every replica; panics after `limit`.
         pub async fn wait_ready(&self, want: bool, limit: Duration) -> Duration {
             let t0 = std::time::Instant::now();
@@ -452,6 +464,55 @@ mod replicas {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+
+    impl Replicas {
+        /// An HTTP front (its base URL) that passes each request on to the next replica,
+        /// round-robin — method, path, query, headers and body, and the answer whole —
+        /// so a client of one URL (the replay CLI) spreads over every replica.
+        pub async fn front(&self) -> String {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (bases, client) = (self.bases.clone(), self.client.clone());
+            let next = std::sync::Arc::new(AtomicUsize::new(0));
+            tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    let (bases, client, next) = (bases.clone(), client.clone(), next.clone());
+                    let svc = hyper::service::service_fn(move |req| {
+                        let base =
+                            bases[next.fetch_add(1, Ordering::Relaxed) % bases.len()].clone();
+                        pass_on(client.clone(), base, req)
+                    });
+                    tokio::spawn(async move {
+                        let io = hyper_util::rt::TokioIo::new(stream);
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(io, svc)
+                            .await;
+                    });
+                }
+            });
+            format!("http://{addr}")
+        }
+    }
+
+    /// One request through the front to `base`.
+    async fn pass_on(
+        client: HttpClient,
+        base: String,
+        req: hyper::Request<hyper::body::Incoming>,
+    ) -> Result<hyper::Response<Full<Bytes>>, std::convert::Infallible> {
+        let (mut parts, body) = req.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        parts.uri = format!("{base}{path}").parse().unwrap();
+        parts.headers.remove(hyper::header::HOST);
+        let resp = client
+            .request(hyper::Request::from_parts(parts, Full::new(body)))
+            .await
+            .expect("a replica answers");
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        Ok(hyper::Response::from_parts(parts, Full::new(body)))
     }
 
     impl Drop for Replicas {
