@@ -295,34 +295,9 @@ impl Conn {
         watched: impl Fn(&[u8]) -> bool,
         epoch: i64,
     ) -> Result<(), StoreError> {
-        let mut up_k = Vec::new();
-        let mut up_v = Vec::new();
-        let mut up_d: Vec<Option<String>> = Vec::new();
-        let mut del = Vec::new();
-        let mut log = Vec::new();
-        for (k, v) in writes {
-            if watched(&k) {
-                log.push(k.clone());
-            }
-            match v {
-                Some(v) => {
-                    up_d.push(json_doc(&v));
-                    up_k.push(k);
-                    up_v.push(v);
-                }
-                None => del.push(k),
-            }
-        }
+        let rows = Rows::of(writes, watched);
         self.with("commit", async move |c: &Client, s: &Stmts| {
-            if !up_k.is_empty() {
-                c.execute(&s.upsert, &[&up_k, &up_v, &up_d]).await?;
-            }
-            if !del.is_empty() {
-                c.execute(&s.delete, &[&del]).await?;
-            }
-            if !log.is_empty() {
-                c.execute(&s.log, &[&epoch, &log]).await?;
-            }
+            rows.write(c, s, epoch).await?;
             c.execute("UPDATE kp_cluster SET epoch = $1 WHERE id = 1", &[&epoch])
                 .await?;
             if epoch % 1000 == 0 {
@@ -371,6 +346,113 @@ impl Conn {
     ) -> Option<T> {
         self.rt
             .block_on(async { tokio::time::timeout(limit, f).await.ok() })
+    }
+}
+
+/// How many records one statement of an import writes.
+const IMPORT_CHUNK: usize = 5_000;
+
+/// Restore an export into a database that holds no records (`karma-provider import`, the
+/// servers stopped; `store::import_records` is sled's): connect, which migrates; then, in
+/// one transaction under the writer lock, refuse a database that holds records, write
+/// every record with its `doc` made as a group makes it, and move the cluster's epoch on
+/// with the change log marked trimmed, so that a replica already following this database
+/// rebuilds its state from what was imported. Nothing is kept unless all of it is.
+pub fn import_records(opts: PgOptions, records: Pairs) -> Result<usize, StoreError> {
+    let version = records.iter().find(|(k, _)| k == super::SCHEMA_VERSION_KEY);
+    super::schema_readable(version.map(|(_, v)| v.as_slice()), "the backup")?;
+    let n = records.len();
+    let conn = Conn::new(opts)?;
+    conn.migrate()?;
+    let (epoch, _) = conn.begin_group()?;
+    let imported = conn.import_into_empty(records, epoch + 1);
+    if imported.is_err() {
+        conn.rollback();
+    }
+    imported.map(|()| n)
+}
+
+impl Conn {
+    /// The body of [`import_records`], inside its transaction.
+    fn import_into_empty(&self, records: Pairs, epoch: i64) -> Result<(), StoreError> {
+        let held =
+            self.query_i64("SELECT count(*) FROM (SELECT 1 FROM kp_records LIMIT 1) AS t")?;
+        if held > 0 {
+            return Err(StoreError::Io(
+                "the PostgreSQL database already holds records; import only into a database \
+                 no server has run on (create a new, empty one)"
+                    .into(),
+            ));
+        }
+        let mut left = records.into_iter();
+        loop {
+            let chunk: Vec<_> = left
+                .by_ref()
+                .take(IMPORT_CHUNK)
+                .map(|(k, v)| (k, Some(v)))
+                .collect();
+            if chunk.is_empty() {
+                break;
+            }
+            let rows = Rows::of(chunk, |_| false);
+            self.with("import", async move |c: &Client, s: &Stmts| {
+                rows.write(c, s, epoch).await
+            })?;
+        }
+        self.with("import", async move |c: &Client, _: &Stmts| {
+            c.execute(
+                "UPDATE kp_cluster SET epoch = $1, changes_from = $1 WHERE id = 1",
+                &[&epoch],
+            )
+            .await?;
+            c.batch_execute("COMMIT").await
+        })
+    }
+}
+
+/// A group's writes as the arrays its statements take: the records to upsert (with their
+/// `doc`), the keys to delete, and the watched keys for the change log.
+#[derive(Default)]
+struct Rows {
+    up_k: Vec<Vec<u8>>,
+    up_v: Vec<Vec<u8>>,
+    up_d: Vec<Option<String>>,
+    del: Vec<Vec<u8>>,
+    log: Vec<Vec<u8>>,
+}
+
+impl Rows {
+    fn of(writes: Vec<(Vec<u8>, Option<Vec<u8>>)>, watched: impl Fn(&[u8]) -> bool) -> Rows {
+        let mut rows = Rows::default();
+        for (k, v) in writes {
+            if watched(&k) {
+                rows.log.push(k.clone());
+            }
+            match v {
+                Some(v) => {
+                    rows.up_d.push(json_doc(&v));
+                    rows.up_k.push(k);
+                    rows.up_v.push(v);
+                }
+                None => rows.del.push(k),
+            }
+        }
+        rows
+    }
+
+    /// Run the upsert, delete and change-log statements (those with rows).
+    async fn write(&self, c: &Client, s: &Stmts, epoch: i64) -> Result<(), tokio_postgres::Error> {
+        if !self.up_k.is_empty() {
+            c.execute(&s.upsert, &[&self.up_k, &self.up_v, &self.up_d])
+                .await?;
+        }
+        if !self.del.is_empty() {
+            c.execute(&s.delete, &[&self.del]).await?;
+        }
+        if !self.log.is_empty() {
+            c.execute(&s.log, &[&epoch, &self.log]).await?;
+        }
+        Ok(())
     }
 }
 
