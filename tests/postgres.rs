@@ -3,6 +3,7 @@
 mod common;
 
 use common::pg;
+use serde_json::json;
 
 /// One in-process server on a fresh database answers a check, a commit and its retry, and
 /// the records are readable with SQL.
@@ -41,6 +42,33 @@ async fn a_server_on_postgres_serves_and_its_records_are_readable_with_sql() {
         Some("committed")
     );
     assert!(!row.get::<_, bool>(1));
+
+    // A member enrolled (50 points) and awarded 12.34 (12 points): the view shows 62.
+    let enroll = json!({"userId": "u1", "loyaltyProgramId": 7, "locationId": 42});
+    assert_eq!(h.call("loyalty/enroll", &enroll).await.status, 200);
+    let award = json!({"userId": "u1", "loyaltyProgramId": 7, "purchaseId": "p1", "purchaseAmountCents": 1234, "itemIds": [], "transactionId": format!("loy_{:032x}", 1)});
+    let r = h.call("loyalty/award", &award).await;
+    assert_eq!(
+        r.json()["pointsAwarded"],
+        json!(12),
+        "{}",
+        String::from_utf8_lossy(&r.bytes)
+    );
+    let points: i64 = c
+        .query_one(
+            "SELECT (doc->'account'->>'total')::bigint FROM kp_members WHERE tenant = 'acme' AND program = '7'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(points, 62);
+    let ledger: i64 = c
+        .query_one("SELECT count(*) FROM kp_ledger WHERE tenant = 'acme'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(ledger, 2, "the signup bonus and the award");
 }
 
 /// Two replicas (two servers in this process, each with its own writer and connection) on
