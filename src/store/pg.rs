@@ -167,6 +167,10 @@ pub struct Conn {
     rt: tokio::runtime::Runtime,
     opts: PgOptions,
     live: RefCell<Option<(Client, Stmts)>>,
+    /// A group's transaction is open on `live`. Losing the connection then must not lead
+    /// to a new one: the rest of the group would run outside its transaction and without
+    /// the writer lock. Every call fails instead until the group ends.
+    group_open: std::cell::Cell<bool>,
 }
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -183,6 +187,7 @@ impl Conn {
             rt,
             opts,
             live: RefCell::new(None),
+            group_open: std::cell::Cell::new(false),
         })
     }
 
@@ -226,6 +231,12 @@ impl Conn {
     fn ensure(&self) -> Result<(), StoreError> {
         if self.live.borrow().is_some() {
             return Ok(());
+        }
+        if self.group_open.get() {
+            return Err(unavailable(
+                "transaction",
+                "the connection was lost while the group's transaction was open",
+            ));
         }
         let mut cfg: tokio_postgres::Config = self
             .opts
@@ -317,18 +328,22 @@ impl Conn {
     /// cluster's epoch, the oldest epoch whose changes are still listed, and the id counter
     /// record (`meta/next_id`) as it stands.
     pub fn begin_group(&self) -> Result<Begun, StoreError> {
-        self.with("begin", async |c: &Client, _: &Stmts| {
-            let msgs = c.simple_query(BEGIN_SQL).await?;
-            Ok(msgs.iter().find_map(|m| match m {
-                // The lock's row has one column; the cluster's has three.
-                tokio_postgres::SimpleQueryMessage::Row(r) if r.columns().len() == 3 => {
-                    Some(begun(r))
-                }
-                _ => None,
-            }))
-        })?
-        .flatten()
-        .ok_or_else(|| StoreError::Io("kp_cluster has no row; the schema is damaged".into()))
+        self.group_open.set(false);
+        let begun = self
+            .with("begin", async |c: &Client, _: &Stmts| {
+                let msgs = c.simple_query(BEGIN_SQL).await?;
+                Ok(msgs.iter().find_map(|m| match m {
+                    // The lock's row has one column; the cluster's has three.
+                    tokio_postgres::SimpleQueryMessage::Row(r) if r.columns().len() == 3 => {
+                        Some(begun(r))
+                    }
+                    _ => None,
+                }))
+            })?
+            .flatten()
+            .ok_or_else(|| StoreError::Io("kp_cluster has no row; the schema is damaged".into()))?;
+        self.group_open.set(true);
+        Ok(begun)
     }
 
     /// The keys changed by groups after epoch `since`.
@@ -370,7 +385,7 @@ impl Conn {
                 None => del.push(k),
             }
         }
-        self.with("commit", async move |c: &Client, s: &Stmts| {
+        let done = self.with("commit", async move |c: &Client, s: &Stmts| {
             c.execute(&s.commit, &[&up_k, &up_v, &up_d, &del, &epoch, &log])
                 .await?;
             if epoch % 1000 == 0 {
@@ -378,12 +393,16 @@ impl Conn {
                 c.execute(&s.trim, &[&keep]).await?;
             }
             c.batch_execute("COMMIT").await
-        })
+        });
+        self.group_open.set(false);
+        done
     }
 
     /// End a group that wrote nothing (releases the lock).
     pub fn end_group(&self) -> Result<(), StoreError> {
-        self.execute("COMMIT")
+        let done = self.execute("COMMIT");
+        self.group_open.set(false);
+        done
     }
 
     /// Roll the open transaction back, if the connection is still there (best effort: a
@@ -392,6 +411,7 @@ impl Conn {
         if self.live.borrow().is_some() && self.execute("ROLLBACK").is_err() {
             self.drop_connection();
         }
+        self.group_open.set(false);
     }
 
     /// Whether the database answers (for `/readyz` while the writer is idle).
