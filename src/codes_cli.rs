@@ -59,6 +59,14 @@ fn tenant_view(
 }
 
 fn open(cfg: &Config) -> Result<Offline, String> {
+    if let crate::config::Engine::Postgres(_) = cfg.storage.engine {
+        // The offline path writes sled's files; on PostgreSQL the running replicas take the
+        // same import online (sliced jobs, every replica sees the codes at once).
+        return Err("the offline codes commands work on the sled engine's data directory; \
+             with storage.engine = \"postgres\" use the admin API while the service runs: \
+             POST /admin/v1/tenants/{t}/campaigns/{c}/codes (CSV), POST …/codes/generate, GET …/codes"
+            .into());
+    }
     Offline::open(&StoreOptions {
         path: cfg.storage.path.clone(),
         cache_capacity_bytes: cfg.storage.cache_capacity_mb * 1024 * 1024,

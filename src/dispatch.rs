@@ -17,7 +17,7 @@ use crate::clock::Clock;
 use crate::config::{RouteConfig, Sink};
 use crate::metrics::Metrics;
 use crate::service::webhook::{
-    next_for_route, record_attempt, AttemptOutcome, AttemptRecord, InboxRecord, QueueState,
+    next_for_route, record_attempt, AttemptOutcome, AttemptRecord, InboxRecord, Lease, QueueState,
 };
 use crate::service::State;
 use crate::store::{Store, StoreError};
@@ -32,7 +32,15 @@ pub struct Ctx {
     pub metrics: Arc<Metrics>,
     /// `[storage] job_slice_records`: the janitor's slice.
     pub slice: usize,
+    /// This process's name among the replicas sharing the store (PostgreSQL engine; `None`
+    /// on sled, where one process owns the store): a route's delivery then takes a lease.
+    pub replica: Option<String>,
 }
+
+/// How long a route's lease lasts past each head a replica takes: well beyond one
+/// delivery (a sink's timeout), so two replicas never deliver the same route at once
+/// unless one stalls longer than this.
+const LEASE: Duration = Duration::from_secs(60);
 
 /// A client for a route's sink (HTTPS also trusts the route's `ca_file`), bounded by the
 /// sink's timeout.
@@ -123,10 +131,18 @@ impl Worker {
         cancel: &CancellationToken,
     ) -> Next<(InboxRecord, QueueState)> {
         let (t, r) = (self.tenant.clone(), self.route.name.clone());
+        let (owner, now) = (self.ctx.replica.clone(), self.ctx.clock.now_ms());
         let head = self
             .ctx
             .store
-            .run(move |txn, _| next_for_route(txn, &t, &r))
+            .run(move |txn, _| {
+                let lease = owner.as_deref().map(|owner| Lease {
+                    owner,
+                    now,
+                    ttl_ms: LEASE.as_millis() as i64,
+                });
+                next_for_route(txn, &t, &r, lease)
+            })
             .await;
         let pause = match head {
             Ok(Some(x)) => return Next::Go(x),

@@ -223,6 +223,14 @@ struct BenchArgs {
     /// service then see the same store growth and machine drift.
     #[arg(long, default_value_t = 1)]
     rounds: u32,
+    /// Run the service on the PostgreSQL engine: a fresh database made for the run on the
+    /// server this URL names (its own database is only connected to), dropped afterwards.
+    #[arg(long, env = "KP_BENCH_DATABASE_URL")]
+    database_url: Option<String>,
+    /// Service processes sharing the database (PostgreSQL only); each connection of a run
+    /// talks to one of them, in turn.
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
 }
 
 #[derive(clap::Args)]
@@ -665,6 +673,8 @@ fn bench(a: BenchArgs) -> ExitCode {
         cache_mb: a.cache_mb,
         rounds: a.rounds,
         members: a.members,
+        database_url: a.database_url,
+        replicas: a.replicas,
     };
     match rt.block_on(bench::run(opts)) {
         Ok(_) => ExitCode::SUCCESS,

@@ -60,6 +60,20 @@ fn rules_of(config: &Config) -> Result<HashMap<(String, Option<String>), Rules>,
     Ok(rules)
 }
 
+/// A name for this process among the replicas on one database: the host's name (a pod's
+/// name on Kubernetes) and 8 random bytes, so a restarted process is a new owner.
+fn replica_name() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "replica".into());
+    // Not a secret, only unique: without the OS's random source, the process id and time.
+    let token = crate::codegen::os_token().unwrap_or_else(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        format!("{:08x}{nanos:024x}", std::process::id())
+    });
+    format!("{host}-{}", token.get(..16).unwrap_or(&token))
+}
+
 /// Open the configured engine and build the writer's state from what it holds.
 async fn open_store(
     config: &Config,
@@ -164,6 +178,10 @@ impl App {
             clock: self.clock.clone(),
             metrics: self.metrics.clone(),
             slice: self.config.storage.job_slice_records,
+            replica: match self.config.storage.engine {
+                Engine::Sled => None,
+                Engine::Postgres(_) => Some(replica_name()),
+            },
         });
         let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
         for t in &self.config.tenants {

@@ -42,6 +42,10 @@ pub struct BenchOptions {
     /// Import this many members (with a balance to spend) through the admin API before the
     /// runs; award, redeem and the reads then spread over them.
     pub members: Option<u64>,
+    /// The PostgreSQL server to run on (a database is made for the run); `None`: sled.
+    pub database_url: Option<String>,
+    /// Service processes on the one database (PostgreSQL).
+    pub replicas: usize,
 }
 
 pub const SCENARIOS: [&str; 13] = [
@@ -83,7 +87,12 @@ pub struct RunResult {
     pub peak_rss_kib: Option<u64>,
 }
 
-fn service_config(dir: &std::path::Path, cache_mb: u64) -> String {
+fn service_config(dir: &std::path::Path, cache_mb: u64, postgres: bool) -> String {
+    let engine = if postgres {
+        "engine = \"postgres\"\n[storage.postgres]\nurl_env = \"KP_BENCH_SERVICE_DATABASE_URL\"\n"
+    } else {
+        ""
+    };
     format!(
         r#"
 [server]
@@ -91,6 +100,7 @@ listen = "127.0.0.1:0"
 [storage]
 path = "{}"
 cache_capacity_mb = {}
+{engine}
 [[tenants]]
 id = "bench"
 auth = {{ mode = "none" }}
@@ -141,6 +151,8 @@ struct Target {
     name: &'static str,
     child: Child,
     base: String,
+    /// More replicas of the service (stopped with it).
+    others: Vec<Target>,
 }
 
 impl Drop for Target {
@@ -150,11 +162,12 @@ impl Drop for Target {
     }
 }
 
-fn spawn(name: &'static str, args: &[&str]) -> Result<Target, String> {
+fn spawn(name: &'static str, args: &[&str], env: &[(&str, &str)]) -> Result<Target, String> {
     use std::io::BufRead;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut child = Command::new(exe)
         .args(args)
+        .envs(env.iter().copied())
         .env("KP_BENCH_WEBHOOK_SECRET", WEBHOOK_SECRET)
         .env("KP_BENCH_ADMIN_TOKEN", setup::ADMIN_TOKEN)
         .env("KP_LOG", "warn")
@@ -181,6 +194,7 @@ fn spawn(name: &'static str, args: &[&str]) -> Result<Target, String> {
         name,
         child,
         base: format!("http://{addr}"),
+        others: Vec::new(),
     })
 }
 
@@ -517,8 +531,10 @@ async fn closed(
     let start = Instant::now();
     let deadline = start + duration;
     let mut tasks = Vec::new();
+    let bases: Vec<&str> = base.split(',').collect();
     for w in 0..connections {
-        let (base, scenario, tally) = (base.to_string(), scenario.to_string(), tally.clone());
+        let base = bases[w % bases.len()].to_string();
+        let (scenario, tally) = (scenario.to_string(), tally.clone());
         tasks.push(tokio::spawn(async move {
             let mut s = connect(&base).await?;
             let mut i = u64::from(round) << 32;
@@ -569,9 +585,10 @@ async fn open(
     let (tx, rx) = tokio::sync::mpsc::channel::<(u64, Instant)>(1_000_000);
     let rx = Arc::new(Mutex::new(rx));
     let mut tasks = Vec::new();
+    let bases: Vec<&str> = base.split(',').collect();
     for w in 0..connections {
         let (base, scenario, tally, rx) = (
-            base.to_string(),
+            bases[w % bases.len()].to_string(),
             scenario.to_string(),
             tally.clone(),
             rx.clone(),
@@ -655,22 +672,55 @@ async fn prepare(base: &str, connections: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// The service under test: one process on sled; on PostgreSQL, `replicas` processes on the
+/// run's database, as one target whose base lists every replica (comma-separated; each
+/// connection of a run takes one in turn). Its peak RSS is the first replica's.
+fn spawn_service(
+    cfg: &str,
+    db: Option<&crate::store::pg::TempDatabase>,
+    replicas: usize,
+) -> Result<Target, String> {
+    let Some(db) = db else {
+        return spawn("service", &["serve", "--config", cfg], &[]);
+    };
+    let env = [("KP_BENCH_SERVICE_DATABASE_URL", db.url.as_str())];
+    let mut first = spawn("service", &["serve", "--config", cfg], &env)?;
+    for _ in 1..replicas.max(1) {
+        let more = spawn("service", &["serve", "--config", cfg], &env)?;
+        first.base = format!("{},{}", first.base, more.base);
+        first.others.push(more);
+    }
+    Ok(first)
+}
+
 /// Run the whole suite and print a table; returns the results.
 pub async fn run(opts: BenchOptions) -> Result<Vec<RunResult>, String> {
     let dir = std::env::temp_dir().join(format!("kp-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let cfg = dir.join("bench.toml");
-    std::fs::write(&cfg, service_config(&dir, opts.cache_mb)).map_err(|e| e.to_string())?;
-    let cfg_s = cfg.display().to_string();
-    let bulk = match opts.bulk_codes {
-        Some(n) => Some(import_bulk(&cfg, &dir, n)?),
+    let db = match &opts.database_url {
+        Some(url) => Some(crate::store::pg::TempDatabase::create(url)?),
         None => None,
     };
-    let service = spawn("service", &["serve", "--config", &cfg_s])?;
-    let yard = spawn("yardstick", &["bench-yardstick"])?;
-    prepare(&service.base, opts.connections).await?;
+    std::fs::write(&cfg, service_config(&dir, opts.cache_mb, db.is_some()))
+        .map_err(|e| e.to_string())?;
+    let cfg_s = cfg.display().to_string();
+    let bulk = match (opts.bulk_codes, &db) {
+        (Some(_), Some(_)) => return Err("--bulk-codes imports offline, on sled only".into()),
+        (Some(n), None) => Some(import_bulk(&cfg, &dir, n)?),
+        (None, _) => None,
+    };
+    let service = spawn_service(&cfg_s, db.as_ref(), opts.replicas)?;
+    let yard = spawn("yardstick", &["bench-yardstick"], &[])?;
+    let first = service
+        .base
+        .split(',')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    prepare(&first, opts.connections).await?;
     let members = match opts.members {
-        Some(n) => Some(setup::import_members(&service.base, n).await?),
+        Some(n) => Some(setup::import_members(&first, n).await?),
         None => None,
     };
     let setup_rss = peak_rss_kib(service.child.id());
@@ -753,10 +803,16 @@ pub async fn run(opts: BenchOptions) -> Result<Vec<RunResult>, String> {
     );
     drop(service);
     drop(yard);
+    drop(db);
     let _ = std::fs::remove_dir_all(&dir);
     print_table(&out);
     if let Some(p) = &opts.json_out {
-        let doc = json!({"connections": opts.connections, "durationSeconds": opts.duration.as_secs_f64(), "rounds": opts.rounds.max(1), "bulkImport": bulk, "membersImport": members, "memory": rss, "results": out});
+        let engine = if opts.database_url.is_some() {
+            "postgres"
+        } else {
+            "sled"
+        };
+        let doc = json!({"engine": engine, "replicas": opts.replicas, "connections": opts.connections, "durationSeconds": opts.duration.as_secs_f64(), "rounds": opts.rounds.max(1), "bulkImport": bulk, "membersImport": members, "memory": rss, "results": out});
         std::fs::write(p, serde_json::to_vec_pretty(&doc).unwrap_or_default())
             .map_err(|e| format!("{}: {e}", p.display()))?;
     }

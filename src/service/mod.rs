@@ -181,6 +181,9 @@ pub mod keys {
     pub fn queues_prefix(t: &str) -> Vec<u8> {
         prefix(&["whq", t])
     }
+    pub fn lease_key(t: &str, route: &str) -> Vec<u8> {
+        key(&["whl", t, route])
+    }
     pub fn dead_key(t: &str, route: &str, seq: u64) -> Vec<u8> {
         key(&["whdl", t, route, &seq_key(seq)])
     }

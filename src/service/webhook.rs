@@ -58,7 +58,7 @@ pub struct Attempt {
 
 use super::keys::{
     attempt_key, attempts_prefix, dead_key, dead_prefix, dedupe_key, dedupe_prefix, delivered_key,
-    inbox_key, inbox_prefix, queue_key, queue_prefix, queues_prefix,
+    inbox_key, inbox_prefix, lease_key, queue_key, queue_prefix, queues_prefix,
 };
 
 /// A verified delivery, ready for the inbox.
@@ -180,12 +180,38 @@ pub fn receive(
 }
 
 /// The head of a route's queue: the oldest undelivered event and its attempts so far.
+/// A replica's claim on a route's onward delivery when several replicas share the store
+/// (PostgreSQL engine): only the holder of a route's lease takes its queue head, so each
+/// event is delivered by one replica at a time. The lease lasts `ttl_ms` from each head
+/// taken; a replica that dies lets it lapse, and another takes over (at least once).
+pub struct Lease<'a> {
+    pub owner: &'a str,
+    pub now: Millis,
+    pub ttl_ms: i64,
+}
+
+/// A route's lease as stored (`whl` records).
+#[derive(Serialize, Deserialize)]
+struct LeaseRecord {
+    owner: String,
+    until: Millis,
+}
+
+/// The head of `route`'s queue and its state; `None` when the queue is empty (or, with a
+/// `lease`, while another replica holds the route).
 pub fn next_for_route(
     txn: &mut Txn<'_>,
     t: &str,
     route: &str,
+    lease: Option<Lease<'_>>,
 ) -> Result<Option<(InboxRecord, QueueState)>, StoreError> {
-    let Some((k, v)) = txn.first_with_prefix(&queue_prefix(t, route))? else {
+    let head = txn.first_with_prefix(&queue_prefix(t, route))?;
+    if let Some(l) = lease {
+        if !take_lease(txn, t, route, &l, head.is_some())? {
+            return Ok(None);
+        }
+    }
+    let Some((k, v)) = head else {
         return Ok(None);
     };
     let q: QueueState = serde_json::from_slice(&v).unwrap_or_default();
@@ -198,6 +224,36 @@ pub fn next_for_route(
             Ok(None)
         }
     }
+}
+
+/// Take (or renew) the route's lease for `l.owner` when there is work, let go of it when
+/// the queue is empty; `false` while another replica's lease runs.
+fn take_lease(
+    txn: &mut Txn<'_>,
+    t: &str,
+    route: &str,
+    l: &Lease<'_>,
+    work: bool,
+) -> Result<bool, StoreError> {
+    let k = lease_key(t, route);
+    let held = txn.get_json::<LeaseRecord>(&k)?;
+    let mine = held.as_ref().is_none_or(|h| h.owner == l.owner);
+    if !mine && held.as_ref().is_some_and(|h| h.until > l.now) {
+        return Ok(false);
+    }
+    if work {
+        let until = l.now.saturating_add(l.ttl_ms);
+        txn.put_json(
+            k,
+            &LeaseRecord {
+                owner: l.owner.to_owned(),
+                until,
+            },
+        );
+    } else if held.is_some() {
+        txn.delete(k);
+    }
+    Ok(true)
 }
 
 /// How an onward attempt ended.

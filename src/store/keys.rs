@@ -54,6 +54,10 @@ pub const PREFIXES: &[(&str, &str)] = &[
     ("whs", "a webhook delivered to a route"),
     ("wha", "an onward delivery attempt"),
     ("whdl", "a dead letter"),
+    (
+        "whl",
+        "a webhook route's delivery lease (replicas on PostgreSQL)",
+    ),
     ("srcp", "an order source's position, last poll and counts"),
     ("srco", "an order seen from an order source (LOKE, Olympus)"),
     (

@@ -101,6 +101,36 @@ CREATE VIEW kp_codes AS
     ),
 ];
 
+/// A group's opening, as one simple-protocol round trip (no parameters: the lock number
+/// and the counter's key are constants).
+const BEGIN_SQL: &str = "BEGIN; SELECT pg_advisory_xact_lock(7741813582503437426); \
+    SELECT epoch, changes_from, \
+    (SELECT value FROM kp_records WHERE key = '\\x6d6574611f6e6578745f6964'::bytea) \
+    FROM kp_cluster WHERE id = 1";
+
+/// What a group finds when it begins.
+pub struct Begun {
+    pub epoch: i64,
+    /// Changes after this epoch are all in `kp_changes`.
+    pub changes_from: i64,
+    /// The stored id counter (`meta/next_id`), if any.
+    pub next_id: Option<Vec<u8>>,
+}
+
+/// A row of [`BEGIN_SQL`] (text values; `bytea` as `\x` and hex).
+fn begun(r: &tokio_postgres::SimpleQueryRow) -> Option<Begun> {
+    let int = |i: usize| r.get(i).and_then(|v| v.parse::<i64>().ok());
+    let next_id = match r.get(2) {
+        None => None,
+        Some(hexed) => Some(hex::decode(hexed.strip_prefix("\\x")?).ok()?),
+    };
+    Some(Begun {
+        epoch: int(0)?,
+        changes_from: int(1)?,
+        next_id,
+    })
+}
+
 /// Connection settings (from `[storage.postgres]`).
 #[derive(Clone)]
 pub struct PgOptions {
@@ -125,9 +155,10 @@ struct Stmts {
     get: Statement,
     range_to: Statement,
     range_open: Statement,
-    upsert: Statement,
-    delete: Statement,
-    log: Statement,
+    /// A group's writes, change log and epoch, as one statement.
+    commit: Statement,
+    /// Forget changes up to an epoch.
+    trim: Statement,
 }
 
 /// One connection, owned by a writer thread (or a one-off tool), with the runtime that
@@ -136,6 +167,10 @@ pub struct Conn {
     rt: tokio::runtime::Runtime,
     opts: PgOptions,
     live: RefCell<Option<(Client, Stmts)>>,
+    /// A group's transaction is open on `live`. Losing the connection then must not lead
+    /// to a new one: the rest of the group would run outside its transaction and without
+    /// the writer lock. Every call fails instead until the group ends.
+    group_open: std::cell::Cell<bool>,
 }
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -152,6 +187,7 @@ impl Conn {
             rt,
             opts,
             live: RefCell::new(None),
+            group_open: std::cell::Cell::new(false),
         })
     }
 
@@ -195,6 +231,12 @@ impl Conn {
     fn ensure(&self) -> Result<(), StoreError> {
         if self.live.borrow().is_some() {
             return Ok(());
+        }
+        if self.group_open.get() {
+            return Err(unavailable(
+                "transaction",
+                "the connection was lost while the group's transaction was open",
+            ));
         }
         let mut cfg: tokio_postgres::Config = self
             .opts
@@ -240,6 +282,31 @@ impl Conn {
         }
     }
 
+    /// Run SQL text on a connection that does not touch the schema (no migrations): for
+    /// statements on the server itself, such as `CREATE DATABASE`.
+    pub fn plain(&self, sql: &str) -> Result<(), StoreError> {
+        let cfg: tokio_postgres::Config = self
+            .opts
+            .url
+            .parse()
+            .map_err(|e| StoreError::Io(format!("storage.postgres url: {e}")))?;
+        let limit = self.opts.connect_timeout + self.opts.query_timeout;
+        let sql = sql.to_owned();
+        let out = self.rt.block_on(async {
+            tokio::time::timeout(limit, async {
+                let (client, connection) = cfg.connect(NoTls).await?;
+                tokio::spawn(connection);
+                client.batch_execute(&sql).await
+            })
+            .await
+        });
+        match out {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(unavailable("statement", pg_error(&e))),
+            Err(_) => Err(unavailable("statement", "timed out")),
+        }
+    }
+
     /// Run SQL text (no parameters, no rows), e.g. `BEGIN`.
     pub fn execute(&self, sql: &str) -> Result<(), StoreError> {
         let sql = sql.to_owned();
@@ -257,21 +324,26 @@ impl Conn {
         })
     }
 
-    /// Open the group's transaction and take the writer lock; the cluster's epoch and the
-    /// oldest epoch whose changes are still listed.
-    pub fn begin_group(&self) -> Result<(i64, i64), StoreError> {
-        self.with("begin", async |c: &Client, _: &Stmts| {
-            c.batch_execute("BEGIN").await?;
-            c.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITER_LOCK])
-                .await?;
-            let row = c
-                .query_one(
-                    "SELECT epoch, changes_from FROM kp_cluster WHERE id = 1",
-                    &[],
-                )
-                .await?;
-            Ok((row.try_get(0)?, row.try_get(1)?))
-        })
+    /// Open the group's transaction and take the writer lock, in one round trip; the
+    /// cluster's epoch, the oldest epoch whose changes are still listed, and the id counter
+    /// record (`meta/next_id`) as it stands.
+    pub fn begin_group(&self) -> Result<Begun, StoreError> {
+        self.group_open.set(false);
+        let begun = self
+            .with("begin", async |c: &Client, _: &Stmts| {
+                let msgs = c.simple_query(BEGIN_SQL).await?;
+                Ok(msgs.iter().find_map(|m| match m {
+                    // The lock's row has one column; the cluster's has three.
+                    tokio_postgres::SimpleQueryMessage::Row(r) if r.columns().len() == 3 => {
+                        Some(begun(r))
+                    }
+                    _ => None,
+                }))
+            })?
+            .flatten()
+            .ok_or_else(|| StoreError::Io("kp_cluster has no row; the schema is damaged".into()))?;
+        self.group_open.set(true);
+        Ok(begun)
     }
 
     /// The keys changed by groups after epoch `since`.
@@ -296,27 +368,23 @@ impl Conn {
         epoch: i64,
     ) -> Result<(), StoreError> {
         let rows = Rows::of(writes, watched);
-        self.with("commit", async move |c: &Client, s: &Stmts| {
+        let done = self.with("commit", async move |c: &Client, s: &Stmts| {
             rows.write(c, s, epoch).await?;
-            c.execute("UPDATE kp_cluster SET epoch = $1 WHERE id = 1", &[&epoch])
-                .await?;
             if epoch % 1000 == 0 {
                 let keep = epoch.saturating_sub(CHANGES_KEPT);
-                c.execute("DELETE FROM kp_changes WHERE epoch <= $1", &[&keep])
-                    .await?;
-                c.execute(
-                    "UPDATE kp_cluster SET changes_from = $1 WHERE id = 1",
-                    &[&keep],
-                )
-                .await?;
+                c.execute(&s.trim, &[&keep]).await?;
             }
             c.batch_execute("COMMIT").await
-        })
+        });
+        self.group_open.set(false);
+        done
     }
 
     /// End a group that wrote nothing (releases the lock).
     pub fn end_group(&self) -> Result<(), StoreError> {
-        self.execute("COMMIT")
+        let done = self.execute("COMMIT");
+        self.group_open.set(false);
+        done
     }
 
     /// Roll the open transaction back, if the connection is still there (best effort: a
@@ -325,6 +393,7 @@ impl Conn {
         if self.live.borrow().is_some() && self.execute("ROLLBACK").is_err() {
             self.drop_connection();
         }
+        self.group_open.set(false);
     }
 
     /// Whether the database answers (for `/readyz` while the writer is idle).
@@ -364,8 +433,8 @@ pub fn import_records(opts: PgOptions, records: Pairs) -> Result<usize, StoreErr
     let n = records.len();
     let conn = Conn::new(opts)?;
     conn.migrate()?;
-    let (epoch, _) = conn.begin_group()?;
-    let imported = conn.import_into_empty(records, epoch + 1);
+    let begun = conn.begin_group()?;
+    let imported = conn.import_into_empty(records, begun.epoch + 1);
     if imported.is_err() {
         conn.rollback();
     }
@@ -399,14 +468,13 @@ impl Conn {
                 rows.write(c, s, epoch).await
             })?;
         }
-        self.with("import", async move |c: &Client, _: &Stmts| {
-            c.execute(
-                "UPDATE kp_cluster SET epoch = $1, changes_from = $1 WHERE id = 1",
-                &[&epoch],
-            )
-            .await?;
+        // The change log as trimmed up to the import: a replica behind it rebuilds.
+        let done = self.with("import", async move |c: &Client, s: &Stmts| {
+            c.execute(&s.trim, &[&epoch]).await?;
             c.batch_execute("COMMIT").await
-        })
+        });
+        self.group_open.set(false);
+        done
     }
 }
 
@@ -440,19 +508,12 @@ impl Rows {
         rows
     }
 
-    /// Run the upsert, delete and change-log statements (those with rows).
-    async fn write(&self, c: &Client, s: &Stmts, epoch: i64) -> Result<(), tokio_postgres::Error> {
-        if !self.up_k.is_empty() {
-            c.execute(&s.upsert, &[&self.up_k, &self.up_v, &self.up_d])
-                .await?;
-        }
-        if !self.del.is_empty() {
-            c.execute(&s.delete, &[&self.del]).await?;
-        }
-        if !self.log.is_empty() {
-            c.execute(&s.log, &[&epoch, &self.log]).await?;
-        }
-        Ok(())
+    /// Write the rows, list the changes under `epoch` and move the cluster to it: the
+    /// group's one statement.
+    async fn write(&self, c: &Client, s: &Stmts, epoch: i64) -> Result<u64, tokio_postgres::Error> {
+        let (k, v, d) = (&self.up_k, &self.up_v, &self.up_d);
+        c.execute(&s.commit, &[k, v, d, &self.del, &epoch, &self.log])
+            .await
     }
 }
 
@@ -503,18 +564,22 @@ async fn prepare(c: &Client) -> Result<Stmts, tokio_postgres::Error> {
         range_open: c
             .prepare("SELECT key, value FROM kp_records WHERE key >= $1 ORDER BY key LIMIT $2")
             .await?,
-        upsert: c
+        commit: c
             .prepare(
-                "INSERT INTO kp_records (key, value, doc)
-                 SELECT k, v, d::jsonb FROM unnest($1::bytea[], $2::bytea[], $3::text[]) AS t(k, v, d)
-                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, doc = EXCLUDED.doc",
+                "WITH up AS (
+                    INSERT INTO kp_records (key, value, doc)
+                    SELECT k, v, d::jsonb FROM unnest($1::bytea[], $2::bytea[], $3::text[]) AS t(k, v, d)
+                    ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, doc = EXCLUDED.doc),
+                 del AS (DELETE FROM kp_records WHERE key = ANY($4::bytea[])),
+                 lg AS (INSERT INTO kp_changes (epoch, key) SELECT $5, unnest($6::bytea[]))
+                 UPDATE kp_cluster SET epoch = $5 WHERE id = 1",
             )
             .await?,
-        delete: c
-            .prepare("DELETE FROM kp_records WHERE key = ANY($1::bytea[])")
-            .await?,
-        log: c
-            .prepare("INSERT INTO kp_changes (epoch, key) SELECT $1, unnest($2::bytea[])")
+        trim: c
+            .prepare(
+                "WITH gone AS (DELETE FROM kp_changes WHERE epoch <= $1)
+                 UPDATE kp_cluster SET changes_from = $1 WHERE id = 1",
+            )
             .await?,
     })
 }
@@ -572,9 +637,82 @@ impl super::Backend for Conn {
     }
 }
 
+/// A database made for one run (`karma-provider bench` on PostgreSQL) on the server `url`
+/// names, dropped (with its connections) when this goes.
+pub struct TempDatabase {
+    admin: String,
+    name: String,
+    /// Its connection URL.
+    pub url: String,
+}
+
+impl TempDatabase {
+    pub fn create(admin_url: &str) -> Result<TempDatabase, String> {
+        let name = format!("kp_bench_{}", std::process::id());
+        let cfg: tokio_postgres::Config = admin_url
+            .parse()
+            .map_err(|_| "--database-url is not a PostgreSQL connection string".to_string())?;
+        let url = match cfg.get_dbname() {
+            Some(db) if admin_url.contains(&format!("/{db}")) => {
+                admin_url.replacen(&format!("/{db}"), &format!("/{name}"), 1)
+            }
+            _ => {
+                return Err(
+                    "--database-url must be a URL naming a database (postgres://…/db)".into(),
+                )
+            }
+        };
+        admin_sql(
+            admin_url,
+            &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        )?;
+        admin_sql(admin_url, &format!("CREATE DATABASE {name}"))?;
+        Ok(TempDatabase {
+            admin: admin_url.to_owned(),
+            name,
+            url,
+        })
+    }
+}
+
+impl Drop for TempDatabase {
+    fn drop(&mut self) {
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        if let Err(e) = admin_sql(&self.admin, &sql) {
+            eprintln!("could not drop the run's database {}: {e}", self.name);
+        }
+    }
+}
+
+/// Run `sql` on a connection of its own to `url` (on a thread of its own: the caller may
+/// be inside a runtime).
+fn admin_sql(url: &str, sql: &str) -> Result<(), String> {
+    let (url, sql) = (url.to_owned(), sql.to_owned());
+    std::thread::spawn(move || {
+        let conn = Conn::new(PgOptions {
+            url,
+            connect_timeout: Duration::from_secs(5),
+            query_timeout: Duration::from_secs(60),
+        })
+        .map_err(|e| e.to_string())?;
+        conn.plain(&sql).map_err(|e| e.to_string())
+    })
+    .join()
+    .map_err(|_| "the database thread panicked".to_string())?
+}
+
 #[cfg(test)]
 mod tests {
     use super::json_doc;
+
+    #[test]
+    fn the_group_opening_takes_the_writer_lock_and_reads_the_id_counter() {
+        assert!(
+            super::BEGIN_SQL.contains(&format!("pg_advisory_xact_lock({})", super::WRITER_LOCK))
+        );
+        let key = format!("'\\x{}'", hex::encode(crate::store::NEXT_ID_KEY));
+        assert!(super::BEGIN_SQL.contains(&key), "{key}");
+    }
 
     #[test]
     fn only_json_records_get_a_document() {

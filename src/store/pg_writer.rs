@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::pg::{Conn, PgOptions};
+use super::pg::{Begun, Conn, PgOptions};
 use super::{run_job, Done, Journal, Msg, StoreError, StoreStats, Txn, MAX_GROUP, NEXT_ID_KEY};
 
 /// The writer's in-memory state as one replica among several: which records it mirrors,
@@ -50,7 +50,7 @@ pub(super) fn start<S: Replica>(
         StoreError::Unavailable(m) => StoreError::Io(m),
         e => e,
     })?;
-    let (epoch, _) = conn.begin_group()?;
+    let epoch = conn.begin_group()?.epoch;
     let mut txn = new_txn(&conn);
     txn.next = stored_next_id(&txn)?;
     check_schema(&txn)?;
@@ -194,8 +194,17 @@ fn begin<S: Replica>(
     init: &dyn Fn(&mut Txn<'_>) -> Result<S, StoreError>,
     txn: &mut Txn<'_>,
 ) -> Result<i64, StoreError> {
-    let (epoch, changes_from) = conn.begin_group()?;
-    txn.next = stored_next_id(txn)?;
+    let Begun {
+        epoch,
+        changes_from,
+        next_id,
+    } = conn.begin_group()?;
+    txn.next = match next_id {
+        None => 1,
+        Some(v) => super::decode_u64(&v).ok_or_else(|| {
+            StoreError::Io("the database's meta/next_id is not a counter; ids would repeat".into())
+        })?,
+    };
     if epoch != follow.epoch {
         if follow.epoch < changes_from || follow.epoch > epoch {
             // Too far behind for the change log (or the database was replaced): rebuild.
