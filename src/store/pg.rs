@@ -17,9 +17,10 @@
 //!   its epoch, and the state re-reads those records ([`Replica::observe`]); a replica too
 //!   far behind (its epochs trimmed) rebuilds the state whole with the start-up loader. So
 //!   hold expiry and capacity are decided from what the database holds at that moment.
-//! - The group's writes go in with three statements (upsert, delete, change log) and the
-//!   epoch bump; COMMIT returns once PostgreSQL has made them durable
-//!   (`synchronous_commit` as the server is set; on by default).
+//! - The group opens in one round trip (BEGIN, the lock, the epoch and the id counter, as
+//!   one simple query); its writes go in as one statement (upsert, delete, change log and
+//!   epoch bump as data-modifying CTEs), then COMMIT, which returns once PostgreSQL has made
+//!   them durable (`synchronous_commit` as the server is set; on by default).
 //! - A failure (the database unreachable, a timeout, a failed statement, a failed COMMIT)
 //!   undoes the group's state changes, drops the connection and answers the group's callers
 //!   503; the next group reconnects. There is no fail-stop: the transaction either
