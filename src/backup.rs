@@ -2,7 +2,9 @@
 //! its key and value in base64 (exact bytes) and the key in readable form. `export` reads
 //! every record page by page (`service::sliced`) while the service keeps serving: a
 //! consistent snapshot when nothing is written meanwhile (README "Backup and restore");
-//! `import` writes an export into an empty data directory.
+//! `import` writes an export into the config's engine — an empty sled data directory
+//! (`store::import_records`) or a PostgreSQL database without records
+//! (`store::pg::import_records`) — so the format is also how records move between engines.
 
 use base64::Engine;
 use serde::{Deserialize, Serialize};

@@ -121,7 +121,8 @@ enum Command {
     /// Back up a running server: all state as JSON lines (admin API), read page by page; a
     /// consistent snapshot when nothing is written meanwhile (README "Backup and restore").
     Export(ExportArgs),
-    /// Restore an export into the (empty) data directory of a config, with the server stopped.
+    /// Restore an export into the config's storage, with the servers stopped: an empty sled
+    /// data directory, or a PostgreSQL database that holds no records (moves between engines).
     Import {
         #[arg(long, short)]
         config: Option<PathBuf>,
@@ -476,8 +477,11 @@ fn export(a: ExportArgs) -> ExitCode {
     }
 }
 
-/// `import FILE`: restore an export into the config's empty data directory.
+/// `import FILE`: restore an export into the config's storage engine: sled's empty data
+/// directory, or a PostgreSQL database that holds no records.
 fn import(config: Option<PathBuf>, file: PathBuf) -> ExitCode {
+    use karma_provider::config::Engine;
+    use karma_provider::store;
     let Some(config) = load_config(config.as_deref()) else {
         return ExitCode::from(2);
     };
@@ -491,13 +495,31 @@ fn import(config: Option<PathBuf>, file: PathBuf) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let opts = karma_provider::store::StoreOptions {
-        path: config.storage.path.clone(),
-        cache_capacity_bytes: config.storage.cache_capacity_mb * 1024 * 1024,
+    let done = match &config.storage.engine {
+        Engine::Sled => {
+            let opts = store::StoreOptions {
+                path: config.storage.path.clone(),
+                cache_capacity_bytes: config.storage.cache_capacity_mb * 1024 * 1024,
+            };
+            store::import_records(&opts, records).map(|n| (n, opts.path.display().to_string()))
+        }
+        Engine::Postgres(pg) => {
+            let opts = store::PgOptions {
+                url: pg.url.expose().to_owned(),
+                connect_timeout: pg.connect_timeout,
+                query_timeout: pg.query_timeout,
+            };
+            // Named by where its URL came from: the URL itself may hold a password.
+            let at = format!(
+                "the PostgreSQL database of {}",
+                pg.url.origin().unwrap_or("storage.postgres")
+            );
+            store::pg::import_records(opts, records).map(|n| (n, at))
+        }
     };
-    match karma_provider::store::import_records(&opts, records) {
-        Ok(n) => {
-            say!("imported {n} records into {}", opts.path.display());
+    match done {
+        Ok((n, at)) => {
+            say!("imported {n} records into {at}");
             ExitCode::SUCCESS
         }
         Err(e) => {

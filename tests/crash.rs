@@ -1,8 +1,11 @@
 //! Tests against the real binary. kill -9 under load (shared and single-use codes, loyalty,
-//! concurrent webhook deliveries), SIGTERM/SIGINT drains and the shutdown grace. kill -9: start it as a child, drive check → commit from many
-//! connections, SIGKILL it at an arbitrary moment, restart on the same data dir, and prove
-//! from our own record of acknowledged answers that every acknowledged commit is there
-//! exactly once — several rounds in a row.
+//! concurrent webhook deliveries), SIGTERM/SIGINT drains and the shutdown grace. kill -9:
+//! start it as a child, drive check → commit from many connections, SIGKILL it at an
+//! arbitrary moment, restart on the same data dir, and prove from our own record of
+//! acknowledged answers that every acknowledged commit is there exactly once — several
+//! rounds in a row. On PostgreSQL (issue 15) the same proof holds for replicas: three
+//! processes share one database, the load goes across them, and one at a time is killed
+//! while the others serve.
 
 mod common;
 
@@ -1084,7 +1087,82 @@ struct Seen {
     acked: Vec<(Attempt, Vec<u8>)>,
     attempted: Vec<Attempt>,
     refusals: std::collections::BTreeMap<String, u64>,
+    /// Clean JSON 503s (the service could not decide; the caller retries).
+    unavailable: u64,
     unexpected: Vec<String>,
+}
+
+/// A 200's JSON; `None` for a clean JSON 503 (the service could not decide: retry), and
+/// for anything else, which is recorded as unexpected.
+fn judge(s: u16, b: &[u8], seen: &Mutex<Seen>) -> Option<Value> {
+    let v: Value = match serde_json::from_slice(b) {
+        Ok(v) => v,
+        Err(_) => {
+            seen.lock()
+                .unwrap()
+                .unexpected
+                .push(format!("{s} not JSON"));
+            return None;
+        }
+    };
+    match s {
+        200 => Some(v),
+        503 if v["ok"] == json!(false) => {
+            seen.lock().unwrap().unavailable += 1;
+            None
+        }
+        _ => {
+            seen.lock().unwrap().unexpected.push(format!("{s} {v}"));
+            None
+        }
+    }
+}
+
+/// Check `code` at `base`: the commit to attempt when a hold was taken (recorded as
+/// attempted); `Ok(None)` when the check was refused (counted) or answered 503; `Err`
+/// when the process did not answer.
+async fn reserve(
+    c: &HttpClient,
+    base: &str,
+    code: &str,
+    seq: &std::sync::atomic::AtomicU64,
+    seen: &Mutex<Seen>,
+) -> Result<Option<Attempt>, String> {
+    let check = json!({"code": code, "cart": {"items": [], "totalCents": 1000}});
+    let url = format!("{base}/v1/acme/voucher/check");
+    let (s, b) = send(c, "POST", &url, Some(&check)).await?;
+    let Some(v) = judge(s, &b, seen) else {
+        return Ok(None);
+    };
+    if v["ok"] != json!(true) {
+        let e = v["error"].as_str().unwrap_or("?").to_string();
+        *seen.lock().unwrap().refusals.entry(e).or_default() += 1;
+        return Ok(None);
+    }
+    let n = seq.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let a = Attempt {
+        provider_ref: v["providerRef"].as_str().unwrap().to_string(),
+        tx: format!("res_{n:032x}"),
+        amount: v["discountAmountCents"].as_i64().unwrap(),
+    };
+    seen.lock().unwrap().attempted.push(a.clone());
+    Ok(Some(a))
+}
+
+/// Commit `a` at `base`; an ok answer is recorded as acknowledged, with its bytes. `Err`
+/// when the process did not answer.
+async fn acknowledge(
+    c: &HttpClient,
+    base: &str,
+    a: Attempt,
+    seen: &Mutex<Seen>,
+) -> Result<(), String> {
+    let (s, b) = commit(c, base, &a).await?;
+    if let Some(v) = judge(s, &b, seen) {
+        assert_eq!(v["ok"], json!(true), "{v}");
+        seen.lock().unwrap().acked.push((a, b));
+    }
+    Ok(())
 }
 
 /// One worker: check a code from `codes` (round robin from `start`), commit the hold.
@@ -1098,62 +1176,16 @@ async fn voucher_worker(
     seq: Arc<std::sync::atomic::AtomicU64>,
     seen: Arc<Mutex<Seen>>,
 ) {
-    let judge = |s: u16, b: &[u8], seen: &Mutex<Seen>| -> Option<Value> {
-        let v: Value = match serde_json::from_slice(b) {
-            Ok(v) => v,
-            Err(_) => {
-                seen.lock()
-                    .unwrap()
-                    .unexpected
-                    .push(format!("{s} not JSON"));
-                return None;
-            }
-        };
-        match s {
-            200 => Some(v),
-            503 if v["ok"] == json!(false) => None,
-            _ => {
-                seen.lock().unwrap().unexpected.push(format!("{s} {v}"));
-                None
-            }
-        }
-    };
     for i in start.. {
         let code = &codes[i % codes.len()];
-        let check = json!({"code": code, "cart": {"items": [], "totalCents": 1000}});
-        let Ok((s, b)) = send(
-            &c,
-            "POST",
-            &format!("{base}/v1/acme/voucher/check"),
-            Some(&check),
-        )
-        .await
-        else {
+        let Ok(reserved) = reserve(&c, &base, code, &seq, &seen).await else {
             return;
         };
-        let Some(v) = judge(s, &b, &seen) else {
+        let Some(a) = reserved else {
             continue;
         };
-        if v["ok"] != json!(true) {
-            let e = v["error"].as_str().unwrap_or("?").to_string();
-            *seen.lock().unwrap().refusals.entry(e).or_default() += 1;
-            continue;
-        }
-        let a = Attempt {
-            provider_ref: v["providerRef"].as_str().unwrap().to_string(),
-            tx: format!(
-                "res_{:032x}",
-                seq.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-            ),
-            amount: v["discountAmountCents"].as_i64().unwrap(),
-        };
-        seen.lock().unwrap().attempted.push(a.clone());
-        let Ok((s, b)) = commit(&c, &base, &a).await else {
+        if acknowledge(&c, &base, a, &seen).await.is_err() {
             return;
-        };
-        if let Some(v) = judge(s, &b, &seen) {
-            assert_eq!(v["ok"], json!(true), "{v}");
-            seen.lock().unwrap().acked.push((a, b));
         }
     }
 }
@@ -1507,4 +1539,430 @@ async fn kill_9_while_webhook_deliveries_arrive_concurrently() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+/// How many replicas share the database in the PostgreSQL crash test.
+const REPLICAS: usize = 3;
+/// Loyalty users of the PostgreSQL crash test, each with a worker of its own.
+const REPLICA_USERS: usize = 4;
+
+/// The replicas of one PostgreSQL database: each one's base URL, `None` while it is down.
+/// A load's `i`-th request goes to the first replica up from `i`, round robin.
+#[derive(Clone, Default)]
+struct Pool(Arc<Mutex<Vec<Option<String>>>>);
+
+impl Pool {
+    fn base(&self, i: usize) -> String {
+        let up = self.0.lock().unwrap();
+        (0..up.len())
+            .find_map(|j| up[(i + j) % up.len()].clone())
+            .expect("a replica up")
+    }
+
+    fn set(&self, replica: usize, base: Option<String>) {
+        self.0.lock().unwrap()[replica] = base;
+    }
+}
+
+/// The replicas' processes, killed when this goes (also when an assertion fails, so that
+/// no replica outlives its test).
+struct Replicas(Vec<Child>);
+
+impl Drop for Replicas {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// One replica: the real binary with the database's URL in `KP_DATABASE_URL`.
+fn start_replica(config: &std::path::Path, url: &str) -> (Child, String) {
+    common::spawn_serve(
+        config,
+        &[("KP_CRASH_TOKEN", TOKEN), ("KP_DATABASE_URL", url)],
+    )
+}
+
+/// The PostgreSQL crash test's config: campaigns `big` (one shared code) and `once`
+/// (`codes`, single use), and loyalty program 5 (10 points an award, reward `one` for 1).
+fn replica_config(dir: &std::path::Path, codes: &[String]) -> std::path::PathBuf {
+    let list: Vec<String> = codes.iter().map(|c| format!("\"{c}\"")).collect();
+    let cfg = dir.join("kp.toml");
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[storage]
+engine = "postgres"
+path = "{}"
+[storage.postgres]
+url_env = "KP_DATABASE_URL"
+[admin]
+token_env = "KP_CRASH_TOKEN"
+[[tenants]]
+id = "acme"
+auth = {{ mode = "none" }}
+[[tenants.campaigns]]
+id = "big"
+codes = ["BIG"]
+discount = {{ amount_cents = 100 }}
+max_uses = 1000000
+[[tenants.campaigns]]
+id = "once"
+codes = [{}]
+discount = {{ amount_cents = 100 }}
+max_uses_per_code = 1
+[[tenants.loyalty]]
+program_id = 5
+earn = {{ points = 1, per_cents = 100 }}
+auto_enroll = true
+[[tenants.loyalty.rewards]]
+id = "one"
+title = "One point"
+points_cost = 1
+"#,
+        dir.join("data").display(),
+        list.join(", ")
+    );
+    std::fs::write(&cfg, text).unwrap();
+    cfg
+}
+
+/// What the load of the PostgreSQL crash test shares: the client, the replicas, the
+/// transaction id sequence, what the workers saw, and the signal to stop.
+#[derive(Clone)]
+struct ReplicaLoad {
+    client: HttpClient,
+    pool: Pool,
+    seq: Arc<std::sync::atomic::AtomicU64>,
+    seen: Arc<Mutex<Seen>>,
+    loyalty: Arc<Mutex<Vec<LoyaltyAck>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// An acknowledged loyalty call: user, transactionId, ledger kind, request, answer bytes.
+type LoyaltyAck = (usize, String, &'static str, Value, Vec<u8>);
+
+/// The path of a loyalty call by its ledger kind.
+fn loyalty_path(kind: &str) -> &'static str {
+    match kind {
+        "earn" => "award",
+        _ => "redeem",
+    }
+}
+
+impl ReplicaLoad {
+    /// 6 workers on the shared code, 6 on the single-use codes (starting a few codes apart,
+    /// so they contend for the same ones), one per loyalty user.
+    fn spawn(
+        pool: &Pool,
+        once: &Arc<Vec<String>>,
+    ) -> (ReplicaLoad, Vec<tokio::task::JoinHandle<()>>) {
+        let load = ReplicaLoad {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            pool: pool.clone(),
+            seq: Arc::new(std::sync::atomic::AtomicU64::new(1)),
+            seen: Arc::default(),
+            loyalty: Arc::default(),
+            stop: Arc::default(),
+        };
+        let big = Arc::new(vec!["BIG".to_string()]);
+        let mut workers = Vec::new();
+        for w in 0..12 {
+            let codes = if w % 2 == 0 { &big } else { once };
+            workers.push(tokio::spawn(load.clone().vouchers(codes.clone(), w * 3)));
+        }
+        for u in 0..REPLICA_USERS {
+            workers.push(tokio::spawn(load.clone().loyalty(u)));
+        }
+        (load, workers)
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// A voucher worker: check a code (round robin from `start`) on one replica, commit the
+    /// hold on the next one up — a hold one replica made, committed through another —,
+    /// until stopped. A request without an answer (its replica killed) moves on.
+    async fn vouchers(self, codes: Arc<Vec<String>>, start: usize) {
+        let (c, pool, seen) = (&self.client, &self.pool, &self.seen);
+        for i in start.. {
+            if self.stopped() {
+                return;
+            }
+            let code = &codes[i % codes.len()];
+            if let Ok(Some(a)) = reserve(c, &pool.base(i), code, &self.seq, seen).await {
+                let _ = acknowledge(c, &pool.base(i + 1), a, seen).await;
+            }
+        }
+    }
+
+    /// A loyalty worker for user `u`: an award of 10 points on one replica, then (when it
+    /// was acknowledged) a redeem of one point on the next one up, until stopped.
+    async fn loyalty(self, u: usize) {
+        for i in u.. {
+            if self.stopped() {
+                return;
+            }
+            for (j, kind) in ["earn", "redeem"].into_iter().enumerate() {
+                let n = self.seq.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let tx = format!("loy_{n:032x}");
+                let body = match kind {
+                    "earn" => {
+                        json!({"userId": format!("u{u}"), "loyaltyProgramId": 5, "purchaseId": format!("p{n}"), "purchaseAmountCents": 1000, "itemIds": [], "transactionId": tx})
+                    }
+                    _ => {
+                        json!({"userId": format!("u{u}"), "loyaltyProgramId": 5, "rewardId": "one", "transactionId": tx})
+                    }
+                };
+                let base = self.pool.base(i + j);
+                let url = format!("{base}/v1/acme/loyalty/{}", loyalty_path(kind));
+                let Ok((s, b)) = send(&self.client, "POST", &url, Some(&body)).await else {
+                    break;
+                };
+                let Some(v) = judge(s, &b, &self.seen) else {
+                    break;
+                };
+                let ok = match kind {
+                    "earn" => v["pointsAwarded"] == json!(10),
+                    _ => v["ok"] == json!(true),
+                };
+                assert!(ok, "{kind}: {v}");
+                self.loyalty.lock().unwrap().push((u, tx, kind, body, b));
+            }
+        }
+    }
+
+    /// Acknowledged commits, awards and redeems so far.
+    fn acks(&self) -> usize {
+        self.seen.lock().unwrap().acked.len() + self.loyalty.lock().unwrap().len()
+    }
+
+    /// Stop the workers; what they saw.
+    async fn finish(self, workers: Vec<tokio::task::JoinHandle<()>>) -> (Seen, Vec<LoyaltyAck>) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        for w in workers {
+            w.await.unwrap();
+        }
+        let seen = std::mem::take(&mut *self.seen.lock().unwrap());
+        let loyalty = std::mem::take(&mut *self.loyalty.lock().unwrap());
+        (seen, loyalty)
+    }
+}
+
+/// Several replicas on one PostgreSQL database under kill -9 (issue 15): three real
+/// `serve` processes share it, voucher and loyalty load goes round robin across them (a
+/// hold taken on one replica is committed through another), and one replica at a time is
+/// SIGKILLed — the others keep serving meanwhile — and restarted. At the end every
+/// acknowledged commit, award and redeem is there exactly once, retries answer the
+/// acknowledged bytes, no single-use code is used twice, and every replica answers the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_one_replica_at_a_time_on_postgres_loses_nothing_and_doubles_nothing() {
+    let Some(db) = common::pg::fresh("kill_9_replicas_on_postgres").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let once = Arc::new(codes(100));
+    let cfg = replica_config(dir.path(), &once);
+    let pool = Pool::default();
+    let mut children = Replicas(Vec::new());
+    for _ in 0..REPLICAS {
+        let (child, base) = start_replica(&cfg, &db.url);
+        children.0.push(child);
+        pool.0.lock().unwrap().push(Some(base));
+    }
+    let (load, workers) = ReplicaLoad::spawn(&pool, &once);
+    until("30 acknowledged answers", || load.acks() >= 30).await;
+    for round in 0..rounds(3) {
+        tokio::time::sleep(Duration::from_millis(
+            200 + (round * 137 + nanos() % 300) % 500,
+        ))
+        .await;
+        let victim = round as usize % REPLICAS;
+        children.0[victim].kill().expect("SIGKILL");
+        children.0[victim].wait().unwrap();
+        pool.set(victim, None);
+        let before = load.acks();
+        until("the other replicas keep serving", || {
+            load.acks() >= before + 20
+        })
+        .await;
+        let (child, base) = start_replica(&cfg, &db.url);
+        children.0[victim] = child;
+        pool.set(victim, Some(base));
+    }
+    // the single-use codes run out under contention before the load stops
+    let used_up = || {
+        load.seen
+            .lock()
+            .unwrap()
+            .refusals
+            .contains_key("USAGE_LIMIT_REACHED")
+    };
+    until("every single-use code taken", used_up).await;
+    let (seen, loyalty) = load.finish(workers).await;
+    assert!(seen.unexpected.is_empty(), "{:?}", seen.unexpected);
+    assert!(
+        seen.acked.len() > 50,
+        "too little load: {} commits acked",
+        seen.acked.len()
+    );
+    assert!(
+        loyalty.len() > 20,
+        "too little load: {} loyalty calls acked",
+        loyalty.len()
+    );
+    // A fresh client: the old pool may hold connections to a port the OS has reused.
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let on_disk = replicas_hold_every_commit_once(&client, &pool, &seen, &once, &db).await;
+    replicas_hold_every_loyalty_call_once(&client, &pool, &loyalty).await;
+    drop(children);
+    eprintln!(
+        "PostgreSQL crash test ({} kills, {REPLICAS} replicas): {} commits acked, {} attempted, {on_disk} on the database before retries; {} awards and redeems acked; refusals {:?}; {} answers 503",
+        rounds(3),
+        seen.acked.len(),
+        seen.attempted.len(),
+        loyalty.len(),
+        seen.refusals,
+        seen.unavailable
+    );
+}
+
+/// GET `path` under the tenant's admin API from replica `r`: its JSON.
+async fn admin_get(c: &HttpClient, pool: &Pool, r: usize, path: &str) -> Value {
+    let url = format!("{}/admin/v1/tenants/acme/{path}", pool.base(r));
+    let (s, b) = send(c, "GET", &url, None).await.unwrap();
+    assert_eq!(s, 200, "{path}: {}", String::from_utf8_lossy(&b));
+    serde_json::from_slice(&b).unwrap()
+}
+
+/// The uses the campaigns consumed; every replica lists the same campaigns.
+async fn uses_consumed(c: &HttpClient, pool: &Pool) -> u64 {
+    let listed = admin_get(c, pool, 0, "campaigns").await;
+    for r in 1..REPLICAS {
+        assert_eq!(admin_get(c, pool, r, "campaigns").await, listed);
+    }
+    let campaigns = listed["campaigns"].as_array().unwrap();
+    assert_eq!(campaigns.len(), 2);
+    campaigns
+        .iter()
+        .map(|c| c["usesConsumed"].as_u64().unwrap())
+        .sum()
+}
+
+/// Every acknowledged commit is committed by its own transaction and counted once (by the
+/// service and by SQL on the database); no single-use code is used twice; retrying every
+/// attempted commit answers ok — the acknowledged bytes for an acknowledged one — and
+/// brings the count to exactly the attempts. How many were committed before the retries.
+async fn replicas_hold_every_commit_once(
+    c: &HttpClient,
+    pool: &Pool,
+    seen: &Seen,
+    once: &[String],
+    db: &common::pg::TestDb,
+) -> u64 {
+    let mut committed = 0u64;
+    for (i, a) in seen.attempted.iter().enumerate() {
+        let h = admin_get(c, pool, i, &format!("holds/{}", a.provider_ref)).await;
+        if h["state"] == json!("committed") {
+            assert_eq!(h["transactionId"], json!(a.tx));
+            committed += 1;
+        }
+    }
+    for (a, _) in &seen.acked {
+        let h = admin_get(c, pool, 0, &format!("holds/{}", a.provider_ref)).await;
+        assert_eq!(
+            h["state"],
+            json!("committed"),
+            "acknowledged commit {} lost",
+            a.tx
+        );
+    }
+    assert_eq!(uses_consumed(c, pool).await, committed);
+    let sql = db.client().await;
+    let row = sql
+        .query_one(
+            "SELECT count(*) FROM kp_holds WHERE doc->>'state' = 'committed'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0) as u64, committed);
+    let twice = sql
+        .query("SELECT doc->>'code' FROM kp_holds WHERE doc->>'campaign' = 'once' AND doc->>'state' = 'committed' GROUP BY 1 HAVING count(*) > 1", &[])
+        .await
+        .unwrap();
+    assert!(
+        twice.is_empty(),
+        "{} single-use codes committed twice",
+        twice.len()
+    );
+    for (i, code) in once.iter().enumerate() {
+        let v = admin_get(c, pool, i, &format!("codes/{code}")).await;
+        assert!(
+            v["usesConsumed"].as_u64().unwrap() <= 1,
+            "{code} used twice: {v}"
+        );
+    }
+    let answers: std::collections::HashMap<&str, &Vec<u8>> =
+        seen.acked.iter().map(|(a, b)| (a.tx.as_str(), b)).collect();
+    for (i, a) in seen.attempted.iter().enumerate() {
+        let (s, b) = commit(c, &pool.base(i), a).await.unwrap();
+        assert_eq!(s, 200, "{}", String::from_utf8_lossy(&b));
+        assert_eq!(
+            serde_json::from_slice::<Value>(&b).unwrap()["ok"],
+            json!(true)
+        );
+        if let Some(first) = answers.get(a.tx.as_str()) {
+            assert_eq!(
+                &&b, first,
+                "retried commit {} differs from its acknowledged answer",
+                a.tx
+            );
+        }
+    }
+    assert_eq!(uses_consumed(c, pool).await, seen.attempted.len() as u64);
+    committed
+}
+
+/// Every acknowledged award and redeem is in its member's ledger exactly once, the ledger
+/// adds up to the balance, every replica shows the same member, and retrying each
+/// acknowledged call answers its bytes and changes nothing.
+async fn replicas_hold_every_loyalty_call_once(c: &HttpClient, pool: &Pool, acked: &[LoyaltyAck]) {
+    let mut members = Vec::new();
+    for u in 0..REPLICA_USERS {
+        let m = admin_get(c, pool, 0, &format!("loyalty/5/users/u{u}")).await;
+        for r in 1..REPLICAS {
+            assert_eq!(
+                admin_get(c, pool, r, &format!("loyalty/5/users/u{u}")).await,
+                m
+            );
+        }
+        let ledger = m["ledger"].as_array().unwrap();
+        for (_, tx, kind, _, _) in acked.iter().filter(|a| a.0 == u) {
+            let n = ledger
+                .iter()
+                .filter(|e| e["transactionId"] == json!(tx) && e["kind"] == json!(kind))
+                .count();
+            assert_eq!(n, 1, "acknowledged {kind} {tx} appears {n} times");
+        }
+        let count = |k: &str| ledger.iter().filter(|e| e["kind"] == json!(k)).count() as i64;
+        assert_eq!(m["ledgerSum"], json!(count("earn") * 10 - count("redeem")));
+        assert_eq!(m["currentBalance"], m["ledgerSum"]);
+        members.push(m);
+    }
+    for (i, (_, tx, kind, body, first)) in acked.iter().enumerate() {
+        let url = format!("{}/v1/acme/loyalty/{}", pool.base(i), loyalty_path(kind));
+        let (s, b) = send(c, "POST", &url, Some(body)).await.unwrap();
+        assert_eq!((s, &b), (200, first), "retried {kind} {tx}");
+    }
+    for (u, m) in members.iter().enumerate() {
+        assert_eq!(
+            &admin_get(c, pool, u, &format!("loyalty/5/users/u{u}")).await,
+            m
+        );
+    }
 }

@@ -169,6 +169,9 @@ pub struct Store<S> {
     inflight: Arc<InFlight>,
     /// Tells running index rebuilds to give up (at close).
     cancel_rebuilds: Arc<AtomicBool>,
+    /// How long a caller waits for its job (PostgreSQL: the database may stall; sled: no
+    /// limit, a local disk either answers or fails the store).
+    deadline: Option<std::time::Duration>,
     /// Whether the engine's database answered last time (always on sled; PostgreSQL: the
     /// last group or idle ping succeeded). `/readyz` fails while it is off.
     reachable: Arc<AtomicBool>,
@@ -520,6 +523,7 @@ impl<S: Journal + Send + 'static> Store<S> {
             inflight,
             cancel_rebuilds: Arc::new(AtomicBool::new(false)),
             reachable: Arc::new(AtomicBool::new(true)),
+            deadline: None,
             codes,
             rebuilding: Arc::new(Mutex::new(HashMap::new())),
             rebuilders: Mutex::new(Vec::new()),
@@ -538,6 +542,7 @@ impl<S: Journal + Send + 'static> Store<S> {
     {
         let stats = Arc::new(StoreStats::default());
         let reachable = Arc::new(AtomicBool::new(true));
+        let deadline = Some(opts.connect_timeout + 2 * opts.query_timeout);
         let (tx, rx) = mpsc::channel::<Msg<S>>(4096);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (s2, r2) = (stats.clone(), reachable.clone());
@@ -576,6 +581,7 @@ impl<S: Journal + Send + 'static> Store<S> {
             inflight: Arc::new(InFlight::default()),
             cancel_rebuilds: Arc::new(AtomicBool::new(false)),
             reachable,
+            deadline,
             codes: Arc::new(CodeIndex::disabled()),
             rebuilding: Arc::new(Mutex::new(HashMap::new())),
             rebuilders: Mutex::new(Vec::new()),
@@ -668,7 +674,20 @@ impl<S: Journal + Send + 'static> Store<S> {
             .send(Msg::Job(job))
             .await
             .map_err(|_| StoreError::Closed)?;
-        match orx.await {
+        let answer = match self.deadline {
+            None => orx.await,
+            Some(d) => match tokio::time::timeout(d, orx).await {
+                Ok(a) => a,
+                // The caller hears 503 and retries with the same transaction id; should the
+                // job still commit, its idempotency record answers that retry.
+                Err(_) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "no answer from the database within {d:?}"
+                    )))
+                }
+            },
+        };
+        match answer {
             Ok(r) => r,
             // The writer dropped the job: it panicked, or the store failed meanwhile.
             Err(_) if self.failed.load(Ordering::Relaxed) => Err(StoreError::Failed),

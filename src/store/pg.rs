@@ -17,21 +17,21 @@
 //!   its epoch, and the state re-reads those records ([`Replica::observe`]); a replica too
 //!   far behind (its epochs trimmed) rebuilds the state whole with the start-up loader. So
 //!   hold expiry and capacity are decided from what the database holds at that moment.
-//! - The group's writes go in with three statements (upsert, delete, change log) and the
-//!   epoch bump; COMMIT returns once PostgreSQL has made them durable
-//!   (`synchronous_commit` as the server is set; on by default).
+//! - The group opens in one round trip (BEGIN, the lock, the epoch and the id counter, as
+//!   one simple query); its writes go in as one statement (upsert, delete, change log and
+//!   epoch bump as data-modifying CTEs), then COMMIT, which returns once PostgreSQL has made
+//!   them durable (`synchronous_commit` as the server is set; on by default).
 //! - A failure (the database unreachable, a timeout, a failed statement, a failed COMMIT)
 //!   undoes the group's state changes, drops the connection and answers the group's callers
-//!   503; the next group reconnects (never the same group: a new session would run the
-//!   rest of it outside its transaction and without the lock). There is no fail-stop: the
-//!   transaction either committed or did not, and an ambiguous COMMIT is settled by the
-//!   next catch-up (the epoch tells whether it landed). Karma retries with the same
-//!   transaction id, which the idempotency records answer exactly once.
+//!   503; the next group reconnects. There is no fail-stop: the transaction either
+//!   committed or did not, and an ambiguous COMMIT is settled by the next catch-up (the
+//!   epoch tells whether it landed). Karma retries with the same transaction id, which the
+//!   idempotency records answer exactly once.
 //!
 //! Every statement runs under `query_timeout` on a current-thread runtime the writer
 //! thread owns (tokio-postgres is async; the writer is a plain thread, as it is for sled).
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::time::Duration;
 
 use tokio_postgres::{Client, NoTls, Statement};
@@ -168,10 +168,10 @@ pub struct Conn {
     rt: tokio::runtime::Runtime,
     opts: PgOptions,
     live: RefCell<Option<(Client, Stmts)>>,
-    /// A group's transaction is open. While it is, a lost connection is not made again: a
-    /// new session would run the rest of the group outside its transaction and without
-    /// the writer lock, so every statement fails until the group ends.
-    in_group: Cell<bool>,
+    /// A group's transaction is open on `live`. Losing the connection then must not lead
+    /// to a new one: the rest of the group would run outside its transaction and without
+    /// the writer lock. Every call fails instead until the group ends.
+    group_open: std::cell::Cell<bool>,
 }
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -188,7 +188,7 @@ impl Conn {
             rt,
             opts,
             live: RefCell::new(None),
-            in_group: Cell::new(false),
+            group_open: std::cell::Cell::new(false),
         })
     }
 
@@ -199,12 +199,6 @@ impl Conn {
         what: &str,
         f: impl AsyncFnOnce(&Client, &Stmts) -> Result<T, tokio_postgres::Error>,
     ) -> Result<T, StoreError> {
-        if self.in_group.get() && self.live.borrow().is_none() {
-            return Err(unavailable(
-                what,
-                "the connection was lost during the group",
-            ));
-        }
         self.ensure()?;
         let live = self.live.borrow();
         let Some((client, stmts)) = live.as_ref() else {
@@ -238,6 +232,12 @@ impl Conn {
     fn ensure(&self) -> Result<(), StoreError> {
         if self.live.borrow().is_some() {
             return Ok(());
+        }
+        if self.group_open.get() {
+            return Err(unavailable(
+                "transaction",
+                "the connection was lost while the group's transaction was open",
+            ));
         }
         let mut cfg: tokio_postgres::Config = self
             .opts
@@ -329,21 +329,22 @@ impl Conn {
     /// cluster's epoch, the oldest epoch whose changes are still listed, and the id counter
     /// record (`meta/next_id`) as it stands.
     pub fn begin_group(&self) -> Result<Begun, StoreError> {
-        self.in_group.set(false);
-        let begun = self.with("begin", async |c: &Client, _: &Stmts| {
-            let msgs = c.simple_query(BEGIN_SQL).await?;
-            Ok(msgs.iter().find_map(|m| match m {
-                // The lock's row has one column; the cluster's has three.
-                tokio_postgres::SimpleQueryMessage::Row(r) if r.columns().len() == 3 => {
-                    Some(begun(r))
-                }
-                _ => None,
-            }))
-        });
-        self.in_group.set(begun.is_ok());
-        begun?
+        self.group_open.set(false);
+        let begun = self
+            .with("begin", async |c: &Client, _: &Stmts| {
+                let msgs = c.simple_query(BEGIN_SQL).await?;
+                Ok(msgs.iter().find_map(|m| match m {
+                    // The lock's row has one column; the cluster's has three.
+                    tokio_postgres::SimpleQueryMessage::Row(r) if r.columns().len() == 3 => {
+                        Some(begun(r))
+                    }
+                    _ => None,
+                }))
+            })?
             .flatten()
-            .ok_or_else(|| StoreError::Io("kp_cluster has no row; the schema is damaged".into()))
+            .ok_or_else(|| StoreError::Io("kp_cluster has no row; the schema is damaged".into()))?;
+        self.group_open.set(true);
+        Ok(begun)
     }
 
     /// The keys changed by groups after epoch `since`.
@@ -367,51 +368,33 @@ impl Conn {
         watched: impl Fn(&[u8]) -> bool,
         epoch: i64,
     ) -> Result<(), StoreError> {
-        let mut up_k = Vec::new();
-        let mut up_v = Vec::new();
-        let mut up_d: Vec<Option<String>> = Vec::new();
-        let mut del = Vec::new();
-        let mut log = Vec::new();
-        for (k, v) in writes {
-            if watched(&k) {
-                log.push(k.clone());
-            }
-            match v {
-                Some(v) => {
-                    up_d.push(json_doc(&v));
-                    up_k.push(k);
-                    up_v.push(v);
-                }
-                None => del.push(k),
-            }
-        }
+        let rows = Rows::of(writes, watched);
         let done = self.with("commit", async move |c: &Client, s: &Stmts| {
-            c.execute(&s.commit, &[&up_k, &up_v, &up_d, &del, &epoch, &log])
-                .await?;
+            rows.write(c, s, epoch).await?;
             if epoch % 1000 == 0 {
                 let keep = epoch.saturating_sub(CHANGES_KEPT);
                 c.execute(&s.trim, &[&keep]).await?;
             }
             c.batch_execute("COMMIT").await
         });
-        self.in_group.set(false);
+        self.group_open.set(false);
         done
     }
 
     /// End a group that wrote nothing (releases the lock).
     pub fn end_group(&self) -> Result<(), StoreError> {
         let done = self.execute("COMMIT");
-        self.in_group.set(false);
+        self.group_open.set(false);
         done
     }
 
     /// Roll the open transaction back, if the connection is still there (best effort: a
     /// broken connection is dropped, which rolls back on the server).
     pub fn rollback(&self) {
-        self.in_group.set(false);
         if self.live.borrow().is_some() && self.execute("ROLLBACK").is_err() {
             self.drop_connection();
         }
+        self.group_open.set(false);
     }
 
     /// Whether the database answers (for `/readyz` while the writer is idle).
@@ -433,6 +416,105 @@ impl Conn {
     ) -> Option<T> {
         self.rt
             .block_on(async { tokio::time::timeout(limit, f).await.ok() })
+    }
+}
+
+/// How many records one statement of an import writes.
+const IMPORT_CHUNK: usize = 5_000;
+
+/// Restore an export into a database that holds no records (`karma-provider import`, the
+/// servers stopped; `store::import_records` is sled's): connect, which migrates; then, in
+/// one transaction under the writer lock, refuse a database that holds records, write
+/// every record with its `doc` made as a group makes it, and move the cluster's epoch on
+/// with the change log marked trimmed, so that a replica already following this database
+/// rebuilds its state from what was imported. Nothing is kept unless all of it is.
+pub fn import_records(opts: PgOptions, records: Pairs) -> Result<usize, StoreError> {
+    let version = records.iter().find(|(k, _)| k == super::SCHEMA_VERSION_KEY);
+    super::schema_readable(version.map(|(_, v)| v.as_slice()), "the backup")?;
+    let n = records.len();
+    let conn = Conn::new(opts)?;
+    conn.migrate()?;
+    let begun = conn.begin_group()?;
+    let imported = conn.import_into_empty(records, begun.epoch + 1);
+    if imported.is_err() {
+        conn.rollback();
+    }
+    imported.map(|()| n)
+}
+
+impl Conn {
+    /// The body of [`import_records`], inside its transaction.
+    fn import_into_empty(&self, records: Pairs, epoch: i64) -> Result<(), StoreError> {
+        let held =
+            self.query_i64("SELECT count(*) FROM (SELECT 1 FROM kp_records LIMIT 1) AS t")?;
+        if held > 0 {
+            return Err(StoreError::Io(
+                "the PostgreSQL database already holds records; import only into a database \
+                 no server has run on (create a new, empty one)"
+                    .into(),
+            ));
+        }
+        let mut left = records.into_iter();
+        loop {
+            let chunk: Vec<_> = left
+                .by_ref()
+                .take(IMPORT_CHUNK)
+                .map(|(k, v)| (k, Some(v)))
+                .collect();
+            if chunk.is_empty() {
+                break;
+            }
+            let rows = Rows::of(chunk, |_| false);
+            self.with("import", async move |c: &Client, s: &Stmts| {
+                rows.write(c, s, epoch).await
+            })?;
+        }
+        // The change log as trimmed up to the import: a replica behind it rebuilds.
+        let done = self.with("import", async move |c: &Client, s: &Stmts| {
+            c.execute(&s.trim, &[&epoch]).await?;
+            c.batch_execute("COMMIT").await
+        });
+        self.group_open.set(false);
+        done
+    }
+}
+
+/// A group's writes as the arrays its statements take: the records to upsert (with their
+/// `doc`), the keys to delete, and the watched keys for the change log.
+#[derive(Default)]
+struct Rows {
+    up_k: Vec<Vec<u8>>,
+    up_v: Vec<Vec<u8>>,
+    up_d: Vec<Option<String>>,
+    del: Vec<Vec<u8>>,
+    log: Vec<Vec<u8>>,
+}
+
+impl Rows {
+    fn of(writes: Vec<(Vec<u8>, Option<Vec<u8>>)>, watched: impl Fn(&[u8]) -> bool) -> Rows {
+        let mut rows = Rows::default();
+        for (k, v) in writes {
+            if watched(&k) {
+                rows.log.push(k.clone());
+            }
+            match v {
+                Some(v) => {
+                    rows.up_d.push(json_doc(&v));
+                    rows.up_k.push(k);
+                    rows.up_v.push(v);
+                }
+                None => rows.del.push(k),
+            }
+        }
+        rows
+    }
+
+    /// Write the rows, list the changes under `epoch` and move the cluster to it: the
+    /// group's one statement.
+    async fn write(&self, c: &Client, s: &Stmts, epoch: i64) -> Result<u64, tokio_postgres::Error> {
+        let (k, v, d) = (&self.up_k, &self.up_v, &self.up_d);
+        c.execute(&s.commit, &[k, v, d, &self.del, &epoch, &self.log])
+            .await
     }
 }
 
