@@ -418,6 +418,8 @@ struct Sent {
     path: &'static str,
     body: Value,
     status: u16,
+    /// The answer's `Retry-After` header, if any.
+    retry_after: Option<String>,
     bytes: Vec<u8>,
     sent: Instant,
     answered: Instant,
@@ -437,6 +439,7 @@ async fn send(rs: &pg::Replicas, path: &'static str, body: Value) -> Sent {
         path,
         body,
         status: r.status,
+        retry_after: (r.headers.get("retry-after")).map(|v| v.to_str().unwrap().to_string()),
         bytes: r.bytes,
         sent,
         answered: Instant::now(),
@@ -510,11 +513,12 @@ impl Load {
     }
 }
 
-/// A refusal because the database is away: 503 with a JSON error body.
-fn assert_unavailable(status: u16, bytes: &[u8]) {
-    let text = String::from_utf8_lossy(bytes);
-    assert_eq!(status, 503, "{text}");
-    let v: Value = serde_json::from_slice(bytes).unwrap_or_else(|_| panic!("not JSON: {text}"));
+/// A refusal because the database is away: 503 with `Retry-After: 1` and a JSON error body.
+fn assert_unavailable(s: &Sent) {
+    let text = String::from_utf8_lossy(&s.bytes);
+    assert_eq!(s.status, 503, "{} {text}", s.path);
+    assert_eq!(s.retry_after.as_deref(), Some("1"), "{} {text}", s.path);
+    let v: Value = serde_json::from_slice(&s.bytes).unwrap_or_else(|_| panic!("not JSON: {text}"));
     assert_eq!(
         (v["ok"].clone(), v["error"].clone()),
         (json!(false), json!("UNAVAILABLE")),
@@ -522,10 +526,10 @@ fn assert_unavailable(status: u16, bytes: &[u8]) {
     );
 }
 
-/// Every answer of the load was an acknowledgement or a 503 with a JSON body.
+/// Every answer of the load was an acknowledgement or a 503 (`Retry-After`, a JSON body).
 fn assert_acknowledged_or_unavailable(sent: &[Sent]) {
     for s in sent.iter().filter(|s| !s.acknowledged()) {
-        assert_unavailable(s.status, &s.bytes);
+        assert_unavailable(s);
     }
     for s in sent.iter().filter(|s| s.acknowledged()) {
         let v: Value = serde_json::from_slice(&s.bytes).unwrap();
@@ -602,10 +606,11 @@ async fn behind_proxy(test: &str) -> Option<(pg::TestDb, pg::PgProxy, Arc<pg::Re
 }
 
 /// Two replicas reach PostgreSQL through a proxy, which cuts every connection (and refuses
-/// new ones) for four seconds in the middle of a load of awards and voucher commits: the
-/// answers during the cut are quick 503s, `/readyz` fails within a second, then recovers by
-/// itself once the database is back; every refused step retried with its transaction id
-/// succeeds, every acknowledged one answers the same bytes, and each counts exactly once.
+/// new ones) for six seconds in the middle of a load of awards and voucher commits: the
+/// answers during the cut are quick 503s (with `Retry-After`), `/readyz` fails within a
+/// second, then recovers by itself once the database is back; every refused step retried
+/// with its transaction id succeeds, every acknowledged one answers the same bytes, and
+/// each counts exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replicas_survive_the_database_going_away_mid_load() {
     outage(
@@ -664,7 +669,7 @@ async fn outage(mode: pg::ProxyMode, test: &str, unready_within: Duration) {
         during.len()
     );
     for s in during {
-        assert_unavailable(s.status, &s.bytes);
+        assert_unavailable(s);
     }
     let after = sent.iter().filter(|s| s.sent > restored + up).filter(acked);
     assert!(after.count() >= 10, "acknowledged after the restore");
