@@ -172,7 +172,14 @@ pub struct Conn {
     /// to a new one: the rest of the group would run outside its transaction and without
     /// the writer lock. Every call fails instead until the group ends.
     group_open: std::cell::Cell<bool>,
+    /// Records as this replica last read or wrote them (`None`: known absent), valid only
+    /// while no other replica has written since (see [`Conn::follow`]).
+    cache: RefCell<std::collections::HashMap<Vec<u8>, Option<Vec<u8>>>>,
 }
+
+/// The most records [`Conn`]'s cache keeps; past it, it starts again empty (bounded memory;
+/// the hot records come back with the next reads).
+pub const CACHE_RECORDS: usize = 200_000;
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("PostgreSQL {what}: {e}"))
@@ -189,6 +196,7 @@ impl Conn {
             opts,
             live: RefCell::new(None),
             group_open: std::cell::Cell::new(false),
+            cache: RefCell::new(std::collections::HashMap::new()),
         })
     }
 
@@ -368,6 +376,9 @@ impl Conn {
         watched: impl Fn(&[u8]) -> bool,
         epoch: i64,
     ) -> Result<(), StoreError> {
+        // What the cache will hold if the COMMIT succeeds; on any failure (an ambiguous
+        // COMMIT included) it is dropped whole.
+        let written: Vec<(Vec<u8>, Option<Vec<u8>>)> = writes.clone();
         let rows = Rows::of(writes, watched);
         let done = self.with("commit", async move |c: &Client, s: &Stmts| {
             rows.write(c, s, epoch).await?;
@@ -378,7 +389,33 @@ impl Conn {
             c.batch_execute("COMMIT").await
         });
         self.group_open.set(false);
+        match &done {
+            Ok(()) => {
+                for (k, v) in written {
+                    self.remember(k, v);
+                }
+            }
+            Err(_) => self.cache.borrow_mut().clear(),
+        }
         done
+    }
+
+    /// This replica's records as the database now holds them, if no other replica wrote
+    /// since its last group: `same` is whether the cluster's epoch is the one this replica
+    /// left it at. Otherwise the cache is dropped whole (the change log lists only the keys
+    /// memory mirrors, not every key another replica wrote).
+    pub fn follow(&self, same: bool) {
+        if !same {
+            self.cache.borrow_mut().clear();
+        }
+    }
+
+    fn remember(&self, k: Vec<u8>, v: Option<Vec<u8>>) {
+        let mut c = self.cache.borrow_mut();
+        if c.len() >= CACHE_RECORDS {
+            c.clear();
+        }
+        c.insert(k, v);
     }
 
     /// End a group that wrote nothing (releases the lock).
@@ -395,6 +432,7 @@ impl Conn {
             self.drop_connection();
         }
         self.group_open.set(false);
+        self.cache.borrow_mut().clear();
     }
 
     /// Whether the database answers (for `/readyz` while the writer is idle).
@@ -612,13 +650,18 @@ fn limit_i64(limit: usize) -> i64 {
 
 impl super::Backend for Conn {
     fn get(&self, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let k = k.to_vec();
-        self.with("read", async move |c: &Client, s: &Stmts| {
-            match c.query_opt(&s.get, &[&k]).await? {
+        if let Some(v) = self.cache.borrow().get(k) {
+            return Ok(v.clone());
+        }
+        let key = k.to_vec();
+        let v = self.with("read", async move |c: &Client, s: &Stmts| {
+            match c.query_opt(&s.get, &[&key]).await? {
                 Some(row) => row.try_get::<_, Vec<u8>>(0).map(Some),
                 None => Ok(None),
             }
-        })
+        })?;
+        self.remember(k.to_vec(), v.clone());
+        Ok(v)
     }
 
     fn range(&self, lo: &[u8], hi: Option<&[u8]>, limit: usize) -> Result<Pairs, StoreError> {

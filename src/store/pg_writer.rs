@@ -228,6 +228,7 @@ fn begin<S: Replica>(
         changes_from,
         next_id,
     } = conn.begin_group()?;
+    conn.follow(epoch == follow.epoch);
     txn.next = match next_id {
         None => 1,
         Some(v) => super::decode_u64(&v).ok_or_else(|| {
