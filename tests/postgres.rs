@@ -1097,3 +1097,44 @@ async fn readable_with_sql(db: &pg::TestDb, a: &Answers) {
         .unwrap();
     assert_eq!((cluster.get::<_, i64>(0), cluster.get::<_, i64>(1)), (1, 1));
 }
+
+/// A database migrated by a newer build (a migration this one does not know) is refused at
+/// start, with a message saying so; one this build migrated opens again without change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_of_a_newer_schema_is_refused() {
+    use karma_provider::store::pg::{Conn, PgOptions, MIGRATIONS};
+    let Some(db) = pg::fresh("a_database_of_a_newer_schema_is_refused").await else {
+        return;
+    };
+    let opts = PgOptions {
+        url: db.url.clone(),
+        connect_timeout: Duration::from_secs(2),
+        query_timeout: Duration::from_secs(5),
+    };
+    let o2 = opts.clone();
+    blocking(move || Conn::new(o2).unwrap().migrate().unwrap()).await;
+    let known = MIGRATIONS.last().unwrap().0;
+    let applied = "SELECT count(*) FROM kp_migrations";
+    assert_eq!(sql_i64(&db, applied, &[]).await, i64::from(known));
+    let o3 = opts.clone();
+    blocking(move || Conn::new(o3).unwrap().migrate().unwrap()).await;
+    assert_eq!(sql_i64(&db, applied, &[]).await, i64::from(known));
+    let c = db.client().await;
+    c.execute(
+        "INSERT INTO kp_migrations (version, description) VALUES ($1, 'from the future')",
+        &[&(known + 1)],
+    )
+    .await
+    .unwrap();
+    let refused = blocking(move || Conn::new(opts).unwrap().migrate())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains(&format!(
+            "schema is at migration {}, newer than this build knows ({known})",
+            known + 1
+        )),
+        "{refused}"
+    );
+}
