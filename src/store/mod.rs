@@ -506,14 +506,7 @@ impl<S: Journal + Send + 'static> Store<S> {
                 writer_loop(&db, &mut data_files, txn, state, rx, shared);
             })
             .map_err(|e| StoreError::Io(e.to_string()))?;
-        match ready_rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                let _ = thread.join();
-                return Err(e);
-            }
-            Err(_) => return Err(StoreError::JobPanicked),
-        }
+        let thread = started(thread, &ready_rx)?;
         Ok(Store {
             tx,
             failed,
@@ -564,14 +557,7 @@ impl<S: Journal + Send + 'static> Store<S> {
                 pg_writer::writer_loop(&conn, epoch, state, &init, rx, shared);
             })
             .map_err(|e| StoreError::Io(e.to_string()))?;
-        match ready_rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                let _ = thread.join();
-                return Err(e);
-            }
-            Err(_) => return Err(StoreError::JobPanicked),
-        }
+        let thread = started(thread, &ready_rx)?;
         Ok(Store {
             tx,
             failed: Arc::new(AtomicBool::new(false)),
@@ -752,6 +738,22 @@ impl<S: Journal + Send + 'static> Store<S> {
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
         }
         self.db.write().unwrap_or_else(|e| e.into_inner()).take();
+    }
+}
+
+/// Wait until the writer `thread` says whether it started (its state built, its first
+/// group durable); when it did not, join it and hand back why.
+fn started(
+    thread: std::thread::JoinHandle<()>,
+    ready: &std::sync::mpsc::Receiver<Result<(), StoreError>>,
+) -> Result<std::thread::JoinHandle<()>, StoreError> {
+    match ready.recv() {
+        Ok(Ok(())) => Ok(thread),
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            Err(e)
+        }
+        Err(_) => Err(StoreError::JobPanicked),
     }
 }
 
