@@ -114,7 +114,13 @@ impl Harness {
     pub async fn start(toml: &str) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let clock = Clock::manual_at(T0);
-        let client = Client::builder(TokioExecutor::new()).build_http();
+        let client = Client::builder(TokioExecutor::new())
+            // The test servers close a keep-alive connection after 1 s without a request
+            // (header_read_timeout): never reuse one idle half that long, or a request can be
+            // sent on a connection the server is closing (IncompleteMessage, seen in CI).
+            .pool_idle_timeout(std::time::Duration::from_millis(500))
+            .pool_timer(hyper_util::rt::TokioTimer::new())
+            .build_http();
         let mut h = Harness {
             server: None,
             dir,
