@@ -10,10 +10,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::pg::{Begun, Conn, PgOptions};
-use super::{
-    run_job, Backend, Done, Journal, Msg, Pairs, StoreError, StoreStats, Txn, MAX_GROUP,
-    NEXT_ID_KEY,
-};
+use super::{run_job, Backend, Done, Journal, Msg, Pairs, StoreError, StoreStats, Txn, MAX_GROUP};
 
 /// The writer's in-memory state as one replica among several: which records it mirrors,
 /// and how it follows another replica's change to one of them.
@@ -53,9 +50,9 @@ pub(super) fn start<S: Replica>(
         StoreError::Unavailable(m) => StoreError::Io(m),
         e => e,
     })?;
-    let epoch = conn.begin_group()?.epoch;
+    let Begun { epoch, next_id, .. } = conn.begin_group()?;
     let mut txn = new_txn(&conn);
-    txn.next = stored_next_id(&txn)?;
+    txn.next = next_id_of(next_id)?;
     check_schema(&txn)?;
     let state = init(&mut txn)?;
     let writes = std::mem::take(&mut txn.overlay);
@@ -81,10 +78,10 @@ fn new_txn(db: &dyn Backend) -> Txn<'_> {
     }
 }
 
-/// The id counter as stored (1 on a new database). Read at every group: another replica
-/// may have drawn ids since.
-fn stored_next_id(txn: &Txn<'_>) -> Result<u64, StoreError> {
-    match txn.db.get(NEXT_ID_KEY)? {
+/// The id counter as a group found it stored (1 on a new database). Read at every group:
+/// another replica may have drawn ids since.
+fn next_id_of(stored: Option<Vec<u8>>) -> Result<u64, StoreError> {
+    match stored {
         None => Ok(1),
         Some(v) => super::decode_u64(&v).ok_or_else(|| {
             StoreError::Io("the database's meta/next_id is not a counter; ids would repeat".into())
@@ -229,12 +226,7 @@ fn begin<S: Replica>(
         next_id,
     } = conn.begin_group()?;
     conn.follow(epoch == follow.epoch);
-    txn.next = match next_id {
-        None => 1,
-        Some(v) => super::decode_u64(&v).ok_or_else(|| {
-            StoreError::Io("the database's meta/next_id is not a counter; ids would repeat".into())
-        })?,
-    };
+    txn.next = next_id_of(next_id)?;
     if epoch != follow.epoch {
         if follow.epoch < changes_from || follow.epoch > epoch {
             // Too far behind for the change log (or the database was replaced): rebuild.

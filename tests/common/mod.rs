@@ -22,12 +22,47 @@ pub const KEY: &str = "acme-secret-key";
 /// 2026-06-01 is a Monday.
 pub const T0: &str = "2026-06-01T10:00:00Z";
 
+/// The tests' HTTP client.
+pub type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+/// Send one request with `client` and read the whole answer; panics if it cannot be sent.
+pub async fn send(
+    client: &HttpClient,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Resp {
+    let mut b = hyper::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let resp = client
+        .request(b.body(Full::new(Bytes::from(body))).unwrap())
+        .await
+        .expect("request sent");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .to_vec();
+    Resp {
+        status,
+        headers,
+        bytes,
+    }
+}
+
 pub struct Harness {
     pub server: Option<Server>,
     pub dir: tempfile::TempDir,
     pub clock: Clock,
     pub toml: String,
-    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    client: HttpClient,
 }
 
 pub struct Resp {
@@ -43,17 +78,25 @@ impl Resp {
     }
 }
 
-fn env() -> impl Fn(&str) -> Option<String> {
-    let mut m = HashMap::new();
-    m.insert("ADMIN_TOKEN".to_string(), ADMIN_TOKEN.to_string());
-    m.insert("ACME_KEY".to_string(), KEY.to_string());
-    m.insert("BASIC_PASS".to_string(), "s3cret".to_string());
-    m.insert("WH_SECRET".to_string(), "new-secret".to_string());
-    m.insert("WH_OLD".to_string(), "old-secret".to_string());
+/// The environment of the test config (`config_with`): in-process through [`env`], and
+/// given to `serve` processes.
+pub const ENV: &[(&str, &str)] = &[
+    ("ADMIN_TOKEN", ADMIN_TOKEN),
+    ("ACME_KEY", KEY),
+    ("BASIC_PASS", "s3cret"),
+    ("WH_SECRET", "new-secret"),
+    ("WH_OLD", "old-secret"),
     // "whsec_" + base64("std-key")
-    m.insert("WH_STD".to_string(), "whsec_c3RkLWtleQ==".to_string());
+    ("WH_STD", "whsec_c3RkLWtleQ=="),
     // "whsec_" + base64("fwd-key")
-    m.insert("FWD_SECRET".to_string(), "whsec_ZndkLWtleQ==".to_string());
+    ("FWD_SECRET", "whsec_ZndkLWtleQ=="),
+];
+
+fn env() -> impl Fn(&str) -> Option<String> {
+    let m: HashMap<String, String> = ENV
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     move |k: &str| m.get(k).cloned()
 }
 
@@ -180,32 +223,8 @@ impl Harness {
         headers: &[(&str, &str)],
         body: Vec<u8>,
     ) -> Resp {
-        let mut b =
-            hyper::Request::builder()
-                .method(method)
-                .uri(format!("{}{}", self.base(), path));
-        for (k, v) in headers {
-            b = b.header(*k, *v);
-        }
-        let resp = self
-            .client
-            .request(b.body(Full::new(Bytes::from(body))).unwrap())
-            .await
-            .expect("request sent");
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .to_vec();
-        Resp {
-            status,
-            headers,
-            bytes,
-        }
+        let url = format!("{}{}", self.base(), path);
+        send(&self.client, method, &url, headers, body).await
     }
 
     /// POST JSON to `/v1/acme/{path}` with the tenant key.

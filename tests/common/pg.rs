@@ -282,20 +282,9 @@ mod replicas {
     use hyper_util::client::legacy::Client;
     use serde_json::Value;
 
-    use super::super::{Resp, ADMIN_TOKEN, KEY};
+    use super::super::{Resp, ADMIN_TOKEN, ENV, KEY};
 
-    type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
-
-    /// The environment of the test config (`config_with`) for a `serve` process.
-    const ENV: &[(&str, &str)] = &[
-        ("ADMIN_TOKEN", ADMIN_TOKEN),
-        ("ACME_KEY", KEY),
-        ("BASIC_PASS", "s3cret"),
-        ("WH_SECRET", "new-secret"),
-        ("WH_OLD", "old-secret"),
-        ("WH_STD", "whsec_c3RkLWtleQ=="),
-        ("FWD_SECRET", "whsec_ZndkLWtleQ=="),
-    ];
+    use super::super::HttpClient;
 
     /// The longest any one request may take before the test calls it a hang.
     pub const ANSWER_WITHIN: Duration = Duration::from_secs(10);
@@ -368,30 +357,8 @@ mod replicas {
             headers: &[(&str, &str)],
             body: Vec<u8>,
         ) -> Resp {
-            let mut b = hyper::Request::builder()
-                .method(method)
-                .uri(format!("{}{}", self.bases[i], path));
-            for (k, v) in headers {
-                b = b.header(*k, *v);
-            }
-            let req = b.body(Full::new(Bytes::from(body))).unwrap();
-            let sent = async {
-                let resp = self.client.request(req).await.expect("request sent");
-                let status = resp.status().as_u16();
-                let headers = resp.headers().clone();
-                let bytes = resp
-                    .into_body()
-                    .collect()
-                    .await
-                    .unwrap()
-                    .to_bytes()
-                    .to_vec();
-                Resp {
-                    status,
-                    headers,
-                    bytes,
-                }
-            };
+            let url = format!("{}{}", self.bases[i], path);
+            let sent = super::super::send(&self.client, method, &url, headers, body);
             tokio::time::timeout(ANSWER_WITHIN, sent)
                 .await
                 .unwrap_or_else(|_| {
