@@ -2,7 +2,9 @@
 //! directory, streaming, for millions of codes (the admin API does the same online, for
 //! files that fit in a request). Import reads the file twice: first every row is checked
 //! (invalid rows are listed by line and nothing is written), then each code is inserted
-//! unless it exists (one atomic insert-if-absent), duplicates counted. Progress goes to
+//! unless it exists, duplicates counted: a batch of rows is grouped by the record (bucket)
+//! each code goes to and each bucket read and written once, the buckets shared out among
+//! threads. Progress goes to
 //! stderr. A crash during the second pass leaves a prefix imported; running the same
 //! import again counts those codes as duplicates and imports the rest.
 
@@ -20,7 +22,11 @@ use crate::store::codeindex::IndexBuilder;
 use crate::store::{Offline, StoreError, StoreOptions};
 use crate::voucher::{match_key, CampaignSpec, CodeMatch};
 
+/// Codes generated per batch (each code's bucket is read, changed and queued).
 const BATCH: usize = 50_000;
+/// Rows imported per batch: large, because each batch rewrites every bucket it touches
+/// (at ten million codes a batch of a million touches nearly all 262 144 of them once).
+const IMPORT_BATCH: usize = 1_000_000;
 
 impl CodeStore for Offline {
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
@@ -67,11 +73,26 @@ fn open(cfg: &Config) -> Result<Offline, String> {
              POST /admin/v1/tenants/{t}/campaigns/{c}/codes (CSV), POST …/codes/generate, GET …/codes"
             .into());
     }
-    Offline::open(&StoreOptions {
+    let store = Offline::open(&StoreOptions {
         path: cfg.storage.path.clone(),
         cache_capacity_bytes: cfg.storage.cache_capacity_mb * 1024 * 1024,
     })
-    .map_err(|e| e.to_string())
+    .map_err(|e| e.to_string())?;
+    // An older store keeps its codes in an older layout: `serve` migrates it at start.
+    let version = store
+        .get(crate::store::SCHEMA_VERSION_KEY)
+        .map_err(|e| e.to_string())?
+        .and_then(|v| crate::store::decode_u64(&v))
+        .unwrap_or(1);
+    if version < crate::store::SCHEMA_VERSION {
+        return Err(format!(
+            "{}: the store's records are of schema version {version}; start `karma-provider serve` \
+             on it once (it migrates them to version {}), stop it, then run this command",
+            cfg.storage.path.display(),
+            crate::store::SCHEMA_VERSION
+        ));
+    }
+    Ok(store)
 }
 
 struct Progress {
@@ -144,8 +165,11 @@ fn start_code_index(store: &Offline, tenant: &str) -> Result<IndexBuilder, Strin
     store
         .code_index_builder(
             tenant,
-            &keys::bulk_code_prefix(tenant),
-            &keys::bulk_generation(tenant),
+            (
+                &keys::bulk_code_prefix(tenant),
+                &keys::bulk_generation(tenant),
+                crate::service::codes::index_entries,
+            ),
         )
         .map_err(|e| format!("starting the code index: {e}"))
 }
@@ -293,7 +317,7 @@ fn insert_pass(job: &Import<'_>, mut store: Offline) -> Result<(Offline, Inserte
     for next in batches {
         let (rows, seen, pos) = next?;
         rows_seen = seen;
-        for part in insert_batch(&store, &job.shared, job.tenant, &rows, threads) {
+        for part in insert_batch(&store, &job.shared, job.tenant, rows, threads) {
             let (i, d, written_codes) = part?;
             imported += i;
             duplicates += d;
@@ -342,7 +366,7 @@ fn spawn_indexer(
     (to_index, indexer)
 }
 
-/// A thread reading and parsing `rdr` in batches of [`BATCH`] rows; the first invalid
+/// A thread reading and parsing `rdr` in batches of [`IMPORT_BATCH`] rows; the first invalid
 /// row (the file changed since pass 1) ends it with an error.
 fn spawn_parser(
     mut rdr: csv::Reader<std::fs::File>,
@@ -357,9 +381,9 @@ fn spawn_parser(
     let parser = std::thread::spawn(move || {
         let (mut rec, mut first, mut seen) = (csv::StringRecord::new(), true, 0u64);
         loop {
-            let mut batch = Vec::with_capacity(BATCH);
+            let mut batch = Vec::with_capacity(IMPORT_BATCH);
             let mut more = true;
-            while batch.len() < BATCH {
+            while batch.len() < IMPORT_BATCH {
                 match rdr.read_record(&mut rec) {
                     Ok(true) => {
                         seen += 1;
@@ -398,20 +422,23 @@ fn spawn_parser(
 /// for the code index.
 type Part = Result<(u64, u64, Vec<u8>), String>;
 
-/// Insert a batch from `threads` threads (as many as there are cores, up to 8: sled takes
-/// concurrent writers; each insert-if-absent is atomic on its own).
+/// Insert a batch from `threads` threads (as many as there are cores, up to 8), each
+/// with its own share of the buckets the batch touches, so no two write one record.
 fn insert_batch(
     store: &Offline,
     shared: &HashSet<String>,
     tenant: &str,
-    rows: &[CodeRow],
+    rows: Vec<CodeRow>,
     threads: usize,
 ) -> Vec<Part> {
-    let chunk = rows.len().div_ceil(threads);
+    let groups: Vec<(Vec<u8>, Vec<CodeRow>)> = crate::service::codes::by_bucket(tenant, rows)
+        .into_iter()
+        .collect();
+    let chunk = groups.len().div_ceil(threads);
     std::thread::scope(|sc| {
-        let handles: Vec<_> = rows
+        let handles: Vec<_> = groups
             .chunks(chunk.max(1))
-            .map(|part| sc.spawn(move || insert_part(store, shared, tenant, part)))
+            .map(|part| sc.spawn(move || insert_part(store, shared, part)))
             .collect();
         handles
             .into_iter()
@@ -423,24 +450,37 @@ fn insert_batch(
     })
 }
 
-fn insert_part(store: &Offline, shared: &HashSet<String>, tenant: &str, part: &[CodeRow]) -> Part {
+/// One thread's buckets: each read, given the codes it lacks, and written back.
+fn insert_part(
+    store: &Offline,
+    shared: &HashSet<String>,
+    part: &[(Vec<u8>, Vec<CodeRow>)],
+) -> Part {
+    use crate::service::codes::{decode_bucket, encode_bucket};
     let (mut i, mut d) = (0u64, 0u64);
-    let mut written_codes = Vec::with_capacity(part.len() * 64);
-    for r in part {
-        let value = serde_json::to_vec(&r.code).unwrap_or_default();
-        let written = !shared.contains(&r.match_key)
-            && store
-                .insert_new(
-                    &crate::service::keys::bulk_code(tenant, &r.match_key),
-                    &value,
-                )
-                .map_err(|e| e.to_string())?;
-        if written {
-            i += 1;
+    let mut written_codes = Vec::new();
+    for (key, rows) in part {
+        let stored = store.get(key).map_err(|e| e.to_string())?;
+        let mut bucket = match stored {
+            Some(v) => decode_bucket(&v).map_err(|e| e.to_string())?,
+            None => Default::default(),
+        };
+        let before = i;
+        for r in rows {
+            if shared.contains(&r.match_key) || bucket.contains_key(&r.match_key) {
+                d += 1;
+                continue;
+            }
+            let value = serde_json::to_vec(&r.code).unwrap_or_default();
             crate::store::codeindex::encode(&mut written_codes, r.match_key.as_bytes(), &value)
                 .map_err(|e| e.to_string())?;
-        } else {
-            d += 1;
+            bucket.insert(r.match_key.clone(), r.code.clone());
+            i += 1;
+        }
+        if i > before {
+            store
+                .put_now(key, &encode_bucket(&bucket))
+                .map_err(|e| e.to_string())?;
         }
     }
     Ok((i, d, written_codes))
@@ -566,22 +606,19 @@ pub fn export(
     let mut n = 0;
     for kv in store.scan_prefix(&crate::service::keys::bulk_code_prefix(tenant)) {
         let (_, v) = kv.map_err(|e| e.to_string())?;
-        let Ok(b) = serde_json::from_slice::<BulkCode>(&v) else {
-            continue;
-        };
-        if b.c != campaign {
-            continue;
+        let bucket = crate::service::codes::decode_bucket(&v).map_err(|e| e.to_string())?;
+        for b in bucket.into_values().filter(|b| b.c == campaign) {
+            let used = store
+                .get(&crate::service::keys::used_code(tenant, &b.c, &b.k))
+                .map_err(|e| e.to_string())?
+                .and_then(|v| crate::store::decode_u64(&v))
+                .unwrap_or(0);
+            // Offline there are no live holds to count: a code is used or available.
+            let state = if used >= limit { "used" } else { "available" };
+            out.write_all(export_line(&b, state).as_bytes())
+                .map_err(|e| e.to_string())?;
+            n += 1;
         }
-        let used = store
-            .get(&crate::service::keys::used_code(tenant, &b.c, &b.k))
-            .map_err(|e| e.to_string())?
-            .and_then(|v| crate::store::decode_u64(&v))
-            .unwrap_or(0);
-        // Offline there are no live holds to count: a code is used or available.
-        let state = if used >= limit { "used" } else { "available" };
-        out.write_all(export_line(&b, state).as_bytes())
-            .map_err(|e| e.to_string())?;
-        n += 1;
     }
     Ok(n)
 }

@@ -834,3 +834,115 @@ async fn long_jobs_run_as_bounded_slices_of_the_writer() {
     );
     assert!(metric(&h, jobs).await - before >= 5);
 }
+
+/// Codes whose match keys hash to one bucket share one record: each is found, used and
+/// exported on its own, and a duplicate in the same bucket is still refused.
+#[tokio::test]
+async fn codes_of_one_bucket_share_a_record() {
+    use karma_provider::service::codes::bucket_of;
+    let mut h = Harness::start(&config_with(CAMPAIGNS)).await;
+    // Brute-force three codes of one bucket (the match key of `BK-n` is `BKn`).
+    let first = bucket_of("BK0");
+    let same: Vec<String> = (0u64..)
+        .map(|i| format!("BK-{i}"))
+        .filter(|c| bucket_of(&c.replace('-', "")) == first)
+        .take(3)
+        .collect();
+    let csv = format!("{}\n{}\n{}\n{}\n", same[0], same[1], same[2], same[1]);
+    assert_eq!(
+        import(&h, "bulk", &csv).await.json(),
+        json!({"ok": true, "imported": 3, "duplicates": 1, "invalid": []})
+    );
+    let v = check_as(&h, &same[1], None).await;
+    assert_eq!(v["voucherNr"], json!(same[1]), "{v}");
+    let r = v["providerRef"].as_str().unwrap().to_string();
+    let c = h
+        .call("voucher/commit", &commit_body(300, &res_id(1), &r))
+        .await;
+    assert_eq!(c.json()["ok"], json!(true));
+    assert_eq!(
+        check_as(&h, &same[1], None).await["error"],
+        json!("USAGE_LIMIT_REACHED")
+    );
+    assert_eq!(check_as(&h, &same[2], None).await["ok"], json!(true));
+    let csv = String::from_utf8(h.admin("GET", "campaigns/bulk/codes", None).await.bytes).unwrap();
+    for (code, state) in [
+        (&same[0], "available"),
+        (&same[1], "used"),
+        (&same[2], "held"),
+    ] {
+        assert!(
+            csv.contains(&format!("{code},,,{state}\n")),
+            "{code} {state}: {csv}"
+        );
+    }
+    h.stop().await;
+    let db = sled::open(h.data_path()).unwrap();
+    let records: Vec<_> = db.scan_prefix(b"bcb\x1facme\x1f").collect();
+    assert_eq!(records.len(), 1, "one record for the three codes");
+    assert_eq!(db.scan_prefix(b"bcode").count(), 0);
+}
+
+/// Schema 2 → 3: bulk codes written one to a record (golden keys put straight into sled,
+/// version 2) move into their buckets at start, in slices, and serve as before; the
+/// offline codes commands refuse the older store until then.
+#[tokio::test]
+async fn a_schema_2_store_moves_its_codes_into_buckets_at_start() {
+    let mut h = Harness::start(&config_with(CAMPAIGNS)).await;
+    h.stop().await;
+    {
+        let db = sled::open(h.data_path()).unwrap();
+        db.insert(b"meta\x1fschema_version", &2u64.to_be_bytes())
+            .unwrap();
+        for i in 0..2500 {
+            let key = format!("bcode\x1facme\x1fOLD{i:04}");
+            let mut code = json!({"c": "bulk", "k": format!("OLD-{i:04}")});
+            if i == 7 {
+                code["g"] = json!("guest-7");
+            }
+            db.insert(key.as_bytes(), code.to_string().as_bytes())
+                .unwrap();
+        }
+        db.flush().unwrap();
+    }
+    let text = h
+        .toml
+        .replace("@DATA@", &h.data_path().display().to_string());
+    let cfg =
+        karma_provider::config::Config::from_toml(&text, "test.toml", &common::env()).unwrap();
+    let err = karma_provider::codes_cli::export(&cfg, "acme", "bulk", &mut Vec::new())
+        .expect_err("refused");
+    assert!(
+        err.contains("schema version 2; start `karma-provider serve`"),
+        "{err}"
+    );
+
+    h.boot().await;
+    wait_for_index(&h, 2500).await;
+    let v = check_as(&h, "old-1234", None).await;
+    assert_eq!(v["voucherNr"], json!("OLD-1234"), "{v}");
+    assert_eq!(
+        check_as(&h, "OLD-0007", Some("guest-8")).await["error"],
+        json!("CODE_ASSIGNED_TO_ANOTHER_GUEST")
+    );
+    let csv = String::from_utf8(h.admin("GET", "campaigns/bulk/codes", None).await.bytes).unwrap();
+    assert_eq!(csv.lines().count(), 2501, "a header and every code");
+    h.stop().await;
+    let db = sled::open(h.data_path()).unwrap();
+    assert_eq!(
+        db.scan_prefix(b"bcode").count(),
+        0,
+        "no code left one to a record"
+    );
+    let v = db.get(b"meta\x1fschema_version").unwrap().unwrap();
+    assert_eq!(v.as_ref(), 3u64.to_be_bytes().as_slice());
+    let codes: usize = db
+        .scan_prefix(b"bcb\x1facme\x1f")
+        .map(|kv| {
+            serde_json::from_slice::<serde_json::Map<String, Value>>(&kv.unwrap().1)
+                .unwrap()
+                .len()
+        })
+        .sum();
+    assert_eq!(codes, 2500);
+}

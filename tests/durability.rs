@@ -53,14 +53,14 @@ async fn a_newer_record_schema_refuses_to_start() {
     {
         let db = sled::open(h.data_path()).unwrap();
         let v = db.get(b"meta\x1fschema_version").unwrap().expect("marked");
-        assert_eq!(v.as_ref(), 2u64.to_be_bytes());
+        assert_eq!(v.as_ref(), 3u64.to_be_bytes());
     }
     write_offline(&h, b"meta\x1fschema_version", &99u64.to_be_bytes());
     let e = h.try_boot().await.expect_err("refuses a newer schema");
     let dir = h.data_path().display().to_string();
     assert!(e.contains(&dir), "{e}");
     assert!(
-        e.contains("schema version 99, newer than this build's (2)"),
+        e.contains("schema version 99, newer than this build's (3)"),
         "{e}"
     );
     write_offline(&h, b"meta\x1fschema_version", b"v2");
@@ -120,7 +120,7 @@ async fn a_backup_of_a_newer_record_schema_is_refused_before_anything_is_written
     let records = vec![
         (
             b"meta\x1fschema_version".to_vec(),
-            3u64.to_be_bytes().to_vec(),
+            4u64.to_be_bytes().to_vec(),
         ),
         (b"used\x1facme\x1fbig".to_vec(), 1u64.to_be_bytes().to_vec()),
     ];
@@ -128,7 +128,7 @@ async fn a_backup_of_a_newer_record_schema_is_refused_before_anything_is_written
         .expect_err("refused")
         .to_string();
     assert!(
-        e.contains("schema version 3, newer than this build's (2)"),
+        e.contains("schema version 4, newer than this build's (3)"),
         "{e}"
     );
     assert!(!opts.path.exists(), "nothing written");

@@ -1103,7 +1103,7 @@ fn schema_1_member(t0: i64) -> String {
 
 /// Schema 1 → 2: a store written by the earlier format (golden bytes put straight into
 /// sled, version 1) is migrated at start — balances, pending and expiry unchanged, the
-/// lots records of their own — and marked version 2.
+/// lots records of their own — and marked with the current version (3).
 #[tokio::test]
 async fn a_schema_1_store_is_migrated_at_start() {
     let mut h = harness().await;
@@ -1152,7 +1152,7 @@ async fn a_schema_1_store_is_migrated_at_start() {
     h.stop().await;
     let db = sled::open(h.data_path()).unwrap();
     let v = db.get(b"meta\x1fschema_version").unwrap().unwrap();
-    assert_eq!(v.as_ref(), 2u64.to_be_bytes().as_slice());
+    assert_eq!(v.as_ref(), 3u64.to_be_bytes().as_slice());
     let m = db.get(b"lmem\x1facme\x1f7\x1fmbr_old").unwrap().unwrap();
     let m: Value = serde_json::from_slice(&m).unwrap();
     assert!(m["account"].get("lots").is_none(), "{m}");

@@ -121,9 +121,10 @@ impl App {
         let gauge = metrics.gauges.clone();
         let programs = Arc::new(crate::service::Programs::default());
         let store = open_store(&config, (gauge, programs.clone())).await?;
-        // Schema 1 → 2 before anything else runs (a no-op on a current store).
+        // Older record schemas are migrated before anything else runs (a no-op on a
+        // current store).
         let (now, slice) = (clock.now_ms(), config.storage.job_slice_records);
-        crate::service::lots::migrate(&store, now, slice)
+        crate::service::migrate::run(&store, now, slice)
             .await
             .map_err(StartError::Store)?;
         let route_wake = config
@@ -167,6 +168,7 @@ impl App {
             tenant,
             keys::bulk_code_prefix(tenant),
             keys::bulk_generation(tenant),
+            crate::service::codes::index_entries,
         );
     }
 

@@ -122,6 +122,7 @@ pub struct ImportReport {
 
 // ---- against the store ----------------------------------------------------------------
 
+use std::collections::btree_map::Entry;
 use std::collections::HashSet;
 
 use crate::contract::ApiError;
@@ -134,9 +135,6 @@ use super::{keys, Reply, State};
 pub trait CodeStore {
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     fn put(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<(), StoreError>;
-    fn exists(&mut self, key: &[u8]) -> Result<bool, StoreError> {
-        Ok(self.get(key)?.is_some())
-    }
 }
 
 impl CodeStore for Txn<'_> {
@@ -147,6 +145,125 @@ impl CodeStore for Txn<'_> {
         Txn::put(self, key, value);
         Ok(())
     }
+}
+
+// ---- buckets ----------------------------------------------------------------------------
+//
+// Bulk codes are kept many to a record: the record of bucket `b` (`keys::bulk_bucket`)
+// holds, as one JSON object keyed by match key, every code whose match key hashes to `b`
+// among [`BUCKETS`]. Why: sled's memory grows with its records (each leaf of at most 16
+// records costs a page-table entry and its bookkeeping whether it is cached or not), so
+// ten million codes one to a record took ~310 MiB before a single request; in 262 144
+// buckets they take ~12 MiB. A bucket at ten million codes holds ~38 (~3 KiB); at a
+// hundred million ~380 (~30 KiB), still well under sled's blob threshold.
+
+/// Buckets per tenant. Part of the record layout: changing it moves every code.
+pub const BUCKETS: u64 = 1 << 18;
+
+/// A bucket's codes by match key, as stored.
+pub type Bucket = std::collections::BTreeMap<String, BulkCode>;
+
+/// The bucket of a match key (the code index's hash, order-preserving: a range of hashes
+/// is a range of buckets).
+pub fn bucket_of(match_key: &str) -> u64 {
+    use crate::store::codeindex;
+    codeindex::bucket_of(codeindex::hash(match_key.as_bytes()), BUCKETS)
+}
+
+/// The key of the record holding the code of `match_key`.
+pub fn bucket_key(tenant: &str, match_key: &str) -> Vec<u8> {
+    keys::bulk_bucket(tenant, bucket_of(match_key))
+}
+
+/// Decode a bucket record.
+pub fn decode_bucket(v: &[u8]) -> Result<Bucket, StoreError> {
+    serde_json::from_slice(v).map_err(|e| StoreError::Io(format!("corrupt bulk-code bucket: {e}")))
+}
+
+/// Encode a bucket record.
+pub fn encode_bucket(b: &Bucket) -> Vec<u8> {
+    // String keys and plain fields: encoding cannot fail.
+    serde_json::to_vec(b).unwrap_or_default()
+}
+
+/// The bucket record under `key` (empty when there is none).
+pub fn read_bucket(store: &mut dyn CodeStore, key: &[u8]) -> Result<Bucket, StoreError> {
+    store
+        .get(key)?
+        .map(|v| decode_bucket(&v))
+        .transpose()
+        .map(Option::unwrap_or_default)
+}
+
+/// The stored bulk code of `match_key`, read in a writer job.
+pub fn stored_code(
+    txn: &Txn<'_>,
+    tenant: &str,
+    match_key: &str,
+) -> Result<Option<BulkCode>, StoreError> {
+    Ok(txn
+        .get(&bucket_key(tenant, match_key))?
+        .map(|v| decode_bucket(&v))
+        .transpose()?
+        .and_then(|mut b| b.remove(match_key)))
+}
+
+/// Every code of a stored bucket record, as the code index keeps them: (match key, the
+/// code's own JSON).
+pub fn index_entries(v: &[u8]) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    Ok(decode_bucket(v)?
+        .into_iter()
+        .map(|(mk, c)| (mk, serde_json::to_vec(&c).unwrap_or_default()))
+        .collect())
+}
+
+/// Rows grouped by the record they go to, in key order.
+pub fn by_bucket(
+    tenant: &str,
+    rows: Vec<CodeRow>,
+) -> std::collections::BTreeMap<Vec<u8>, Vec<CodeRow>> {
+    let mut out: std::collections::BTreeMap<Vec<u8>, Vec<CodeRow>> = Default::default();
+    for r in rows {
+        out.entry(bucket_key(tenant, &r.match_key))
+            .or_default()
+            .push(r);
+    }
+    out
+}
+
+/// Move (at most `limit`) schema-2 bulk codes after `cursor` — one to a record under
+/// `bcode/{tenant}/{matchKey}` — into their buckets, deleting the old records. Returns
+/// the cursor of the next page (`None`: done). A code already in its bucket is left
+/// there, so a migration cut short resumes safely.
+pub fn migrate_page(
+    txn: &mut Txn<'_>,
+    cursor: Option<Vec<u8>>,
+    limit: usize,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    let prefix = keys::old_bulk_code_prefix();
+    let (page, next) = txn.scan_page(&prefix, cursor.as_deref(), limit)?;
+    let mut touched: std::collections::BTreeMap<Vec<u8>, Bucket> = Default::default();
+    for (k, v) in page {
+        let rest = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+        let Some((tenant, mk)) = rest.split_once(crate::store::keys::SEP as char) else {
+            return Err(StoreError::Io("corrupt schema-2 bulk-code key".into()));
+        };
+        let code: BulkCode = serde_json::from_slice(&v)
+            .map_err(|e| StoreError::Io(format!("corrupt schema-2 bulk code: {e}")))?;
+        let bucket = match touched.entry(bucket_key(tenant, mk)) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                let b = read_bucket(txn, e.key())?;
+                e.insert(b)
+            }
+        };
+        bucket.entry(mk.to_owned()).or_insert(code);
+        txn.delete(k);
+    }
+    for (k, b) in touched {
+        txn.put(k, encode_bucket(&b));
+    }
+    Ok(next)
 }
 
 /// Mark the tenant's bulk codes as changed, before (or in the same atomic write as) any
@@ -209,14 +326,23 @@ pub fn write_rows(
     if !rows.is_empty() {
         bump_generation(store, tenant)?;
     }
-    for r in rows {
-        let k = keys::bulk_code(tenant, &r.match_key);
-        if shared.contains(&r.match_key) || !seen.insert(r.match_key.clone()) || store.exists(&k)? {
-            duplicates += 1;
-            continue;
+    for (k, part) in by_bucket(tenant, rows) {
+        let mut bucket = read_bucket(store, &k)?;
+        let before = imported;
+        for r in part {
+            if shared.contains(&r.match_key)
+                || !seen.insert(r.match_key.clone())
+                || bucket.contains_key(&r.match_key)
+            {
+                duplicates += 1;
+                continue;
+            }
+            bucket.insert(r.match_key, r.code);
+            imported += 1;
         }
-        store.put(k, serde_json::to_vec(&r.code).unwrap_or_default())?;
-        imported += 1;
+        if imported > before {
+            store.put(k, encode_bucket(&bucket))?;
+        }
     }
     Ok((imported, duplicates))
 }
@@ -302,6 +428,8 @@ pub fn fill_codes<R: Rng + ?Sized>(
     bump_generation(store, tenant)?;
     let mut out = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
     let mut seen = HashSet::new();
+    // Each bucket the codes go to, read once and written once at the end.
+    let mut touched: std::collections::BTreeMap<Vec<u8>, Bucket> = Default::default();
     // At most 1 % of the space is ever taken, so a candidate collides with odds below
     // 1 in 100; running out of attempts means the store is far from what was counted.
     let mut attempts_left = count.saturating_mul(20).saturating_add(1000);
@@ -315,8 +443,17 @@ pub fn fill_codes<R: Rng + ?Sized>(
         attempts_left -= 1;
         let code = codegen::fill(pattern, rng);
         let mk = match_key(mode, &code);
-        let k = keys::bulk_code(tenant, &mk);
-        if shared.contains(&mk) || !seen.insert(mk) || store.exists(&k)? {
+        if shared.contains(&mk) || !seen.insert(mk.clone()) {
+            continue;
+        }
+        let bucket = match touched.entry(bucket_key(tenant, &mk)) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                let b = read_bucket(store, e.key())?;
+                e.insert(b)
+            }
+        };
+        if bucket.contains_key(&mk) {
             continue;
         }
         let b = BulkCode {
@@ -325,8 +462,11 @@ pub fn fill_codes<R: Rng + ?Sized>(
             u: None,
             g: None,
         };
-        store.put(k, serde_json::to_vec(&b).unwrap_or_default())?;
+        bucket.insert(mk, b);
         out.push(code);
+    }
+    for (k, b) in touched {
+        store.put(k, encode_bucket(&b))?;
     }
     Ok(Ok(out))
 }
@@ -446,8 +586,9 @@ pub fn code_state(
 pub type ExportPage = (String, Option<Vec<u8>>);
 
 /// Admin API, one page of an export: the CSV lines of the campaign's bulk codes among
-/// the tenant's next `limit` stored codes after `after`, and the cursor of the next page
-/// (`None`: done). `Err` is the 404 for an unknown campaign.
+/// the tenant's next buckets after `after` (about `limit` codes at ten million codes, one
+/// bucket per 16 of `limit`), and the cursor of the next page (`None`: done). `Err` is
+/// the 404 for an unknown campaign.
 pub fn export_page_job(
     txn: &mut Txn<'_>,
     st: &mut State,
@@ -460,13 +601,13 @@ pub fn export_page_job(
         return Ok(Err(Reply::not_found("unknown campaign")));
     }
     let mut out = String::new();
-    let (page, next) = txn.scan_page(&keys::bulk_code_prefix(tenant), after, limit)?;
+    let buckets = (limit / 16).max(1);
+    let (page, next) = txn.scan_page(&keys::bulk_code_prefix(tenant), after, buckets)?;
     for (_, v) in page {
-        let Ok(b) = serde_json::from_slice::<BulkCode>(&v) else {
-            continue;
-        };
-        if b.c == campaign {
-            out.push_str(&export_line(&b, code_state(txn, st, tenant, &b)?));
+        for b in decode_bucket(&v)?.into_values() {
+            if b.c == campaign {
+                out.push_str(&export_line(&b, code_state(txn, st, tenant, &b)?));
+            }
         }
     }
     Ok(Ok((out, next)))

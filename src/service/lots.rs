@@ -187,45 +187,6 @@ pub fn migrate_page(
     Ok(next)
 }
 
-/// Bring a store of schema 1 to schema 2 before it serves: [`migrate_page`] as one writer
-/// job per `slice` members, then the new version. Returns how many pages ran (0: the
-/// store was of schema 2 already). Safe to cut short: a restart resumes it.
-pub async fn migrate<S: crate::store::Journal + Send + 'static>(
-    store: &crate::store::Store<S>,
-    now: Millis,
-    slice: usize,
-) -> Result<u64, StoreError> {
-    use crate::store::{SCHEMA_VERSION, SCHEMA_VERSION_KEY};
-    let version = store
-        .run(|txn, _| txn.get_u64_opt(SCHEMA_VERSION_KEY))
-        .await?;
-    if version.is_some_and(|v| v >= SCHEMA_VERSION) {
-        return Ok(0);
-    }
-    let (mut cursor, mut pages) = (None, 0u64);
-    loop {
-        let c = cursor.take();
-        pages += 1;
-        cursor = store
-            .run(move |txn, _| migrate_page(txn, c, slice, now))
-            .await?;
-        if cursor.is_none() {
-            break;
-        }
-    }
-    store
-        .run(|txn, _| {
-            txn.put_u64(SCHEMA_VERSION_KEY.to_vec(), SCHEMA_VERSION);
-            Ok(())
-        })
-        .await?;
-    tracing::info!(
-        pages,
-        "member records migrated to schema {SCHEMA_VERSION} (lots as records)"
-    );
-    Ok(pages)
-}
-
 /// An account in its stored (schema-2) form, for the migration's JSON value.
 struct AccountJson<'a>(&'a Account);
 

@@ -12,6 +12,7 @@ pub mod admin;
 pub mod codes;
 pub mod lots;
 pub mod loyalty;
+pub mod migrate;
 pub mod records;
 mod replica;
 pub mod sliced;
@@ -230,13 +231,18 @@ pub mod keys {
     pub fn used_amount(t: &str, c: &str) -> Vec<u8> {
         key(&["useda", t, c])
     }
-    /// A bulk code, by its match key.
-    pub fn bulk_code(t: &str, match_key: &str) -> Vec<u8> {
-        key(&["bcode", t, match_key])
+    /// The record holding a bulk code: its bucket (see `codes::bucket_of`), one record
+    /// for every code whose match key hashes there.
+    pub fn bulk_bucket(t: &str, bucket: u64) -> Vec<u8> {
+        key(&["bcb", t, &format!("{bucket:05x}")])
     }
-    /// Every bulk code of a tenant: [`bulk_code`] is this prefix + the match key.
+    /// Every bulk-code bucket of a tenant.
     pub fn bulk_code_prefix(t: &str) -> Vec<u8> {
-        prefix(&["bcode", t])
+        prefix(&["bcb", t])
+    }
+    /// Bulk codes one to a record (schema 2 and before; moved into buckets at start).
+    pub fn old_bulk_code_prefix() -> Vec<u8> {
+        prefix(&["bcode"])
     }
     /// The tenant's bulk-code generation: bumped with (or, offline, before) every write of
     /// bulk codes; the code index records the generation it was built from.

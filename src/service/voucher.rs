@@ -313,9 +313,7 @@ pub fn resolve_code(
     if indexed.is_some() {
         return Ok(indexed);
     }
-    Ok(txn
-        .get_json::<super::codes::BulkCode>(&keys::bulk_code(tenant, &mk))?
-        .map(Resolved::from))
+    Ok(super::codes::stored_code(txn, tenant, &mk)?.map(Resolved::from))
 }
 
 /// Add (or take back) one use to the consumed counters of a hold's campaign, code and

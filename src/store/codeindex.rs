@@ -68,7 +68,7 @@ fn corrupt(path: &Path, why: &str) -> StoreError {
 /// FNV-1a, then the splitmix64 finaliser to spread the bits. Stable across builds and
 /// platforms: it is part of the file format. (Not for secrets; codes are not adversarial
 /// here: a lookup never changes the table.)
-fn hash(key: &[u8]) -> u64 {
+pub fn hash(key: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in key {
         h ^= u64::from(*b);
@@ -83,7 +83,7 @@ fn hash(key: &[u8]) -> u64 {
 
 /// The bucket of hash `h` among `n`: order-preserving, so a range of hashes (a spill
 /// file) is a range of buckets.
-fn bucket_of(h: u64, n: u64) -> u64 {
+pub fn bucket_of(h: u64, n: u64) -> u64 {
     ((u128::from(h) * u128::from(n)) >> 64) as u64
 }
 

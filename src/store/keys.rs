@@ -23,7 +23,14 @@ pub const PREFIXES: &[(&str, &str)] = &[
     ("usedg", "uses consumed per guest"),
     ("idem", "an idempotency record: fingerprint and answer"),
     ("hist", "a code's history event"),
-    ("bcode", "a bulk code"),
+    (
+        "bcode",
+        "a bulk code, one to a record (schema 2; moved to bcb at start)",
+    ),
+    (
+        "bcb",
+        "bulk codes, many to a record by the hash of their match key (schema 3)",
+    ),
     ("bgen", "a tenant's bulk-code generation"),
     (
         "bgcount",

@@ -119,8 +119,10 @@ impl Journal for () {
 /// a data directory marked with a newer version than its own.
 /// Version 2 (issue 13): a member's credit lots are records of their own (`llot`, with
 /// the `llexp` / `llpen` indexes) and the member record keeps totals; a store of version
-/// 1 is migrated at start (`service::lots::migrate`).
-pub const SCHEMA_VERSION: u64 = 2;
+/// 1 is migrated at start (`service::migrate`).
+/// Version 3 (issue 13 §4): bulk codes are kept many to a record, in buckets by the hash of
+/// their match key (`bcb`), instead of one to a record (`bcode`); migrated at start.
+pub const SCHEMA_VERSION: u64 = 3;
 /// Where the data directory's record schema version is kept (8 bytes, big-endian).
 pub const SCHEMA_VERSION_KEY: &[u8] = b"meta\x1fschema_version";
 
@@ -583,7 +585,13 @@ impl<S: Journal + Send + 'static> Store<S> {
     /// tenant has records under `prefix`) or older than the generation stored under
     /// `gen_key`. At most one rebuild per tenant runs; a request during one queues one more.
     /// Until it is done the old file (or none) keeps serving: it is a hint, never needed.
-    pub fn refresh_code_index(&self, tenant: &str, prefix: Vec<u8>, gen_key: Vec<u8>) {
+    pub fn refresh_code_index(
+        &self,
+        tenant: &str,
+        prefix: Vec<u8>,
+        gen_key: Vec<u8>,
+        entries: IndexEntries,
+    ) {
         let Some(db) = self.db.read().unwrap_or_else(|e| e.into_inner()).clone() else {
             return;
         };
@@ -601,7 +609,8 @@ impl<S: Journal + Send + 'static> Store<S> {
         let spawned = std::thread::Builder::new()
             .name("kp-code-index".into())
             .spawn(move || loop {
-                if let Err(e) = refresh_index(&db, &codes, &name, &prefix, &gen_key, &cancel) {
+                let source = (prefix.as_slice(), gen_key.as_slice(), entries);
+                if let Err(e) = refresh_index(&db, &codes, &name, source, &cancel) {
                     tracing::warn!(tenant = %name, error = %e, "code index rebuild failed; codes are looked up in the store");
                 }
                 let mut r = rebuilding.lock().unwrap_or_else(|e| e.into_inner());
@@ -925,6 +934,13 @@ fn read_u64(db: &sled::Db, k: &[u8]) -> Result<u64, StoreError> {
         .unwrap_or(0))
 }
 
+/// Decodes one stored record into the code index's entries (key, value).
+pub type IndexEntries = fn(&[u8]) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+
+/// Where a code index is built from: the records under a prefix, the key of the
+/// generation they are of, and how a record becomes entries.
+pub type IndexSource<'a> = (&'a [u8], &'a [u8], IndexEntries);
+
 /// Write `tenant`'s code index from every record under `prefix` (keys cut to what follows
 /// it), marked with the generation stored under `gen_key` — read before the scan, so codes
 /// written during it leave the file marked old. Records are insert-only, so whatever the
@@ -933,8 +949,7 @@ fn build_index(
     db: &sled::Db,
     dir: &Path,
     tenant: &str,
-    prefix: &[u8],
-    gen_key: &[u8],
+    (prefix, gen_key, entries): IndexSource<'_>,
     cancel: &AtomicBool,
 ) -> Result<codeindex::Segment, StoreError> {
     let generation = read_u64(db, gen_key)?;
@@ -944,8 +959,10 @@ fn build_index(
             drop(b); // its spill files go with it
             return Err(StoreError::Io("code index rebuild cancelled".into()));
         }
-        let (k, v) = kv.map_err(|e| StoreError::Io(e.to_string()))?;
-        b.push(&k[prefix.len()..], &v)?;
+        let (_, v) = kv.map_err(|e| StoreError::Io(e.to_string()))?;
+        for (k, v) in entries(&v)? {
+            b.push(k.as_bytes(), &v)?;
+        }
     }
     b.finish(generation)
 }
@@ -955,10 +972,10 @@ fn refresh_index(
     db: &sled::Db,
     codes: &CodeIndex,
     tenant: &str,
-    prefix: &[u8],
-    gen_key: &[u8],
+    source: IndexSource<'_>,
     cancel: &AtomicBool,
 ) -> Result<(), StoreError> {
+    let (prefix, gen_key, _) = source;
     let stored = read_u64(db, gen_key)?;
     let current = codes.generation(tenant);
     if current == Some(stored) {
@@ -968,7 +985,7 @@ fn refresh_index(
         return Ok(());
     }
     let started = std::time::Instant::now();
-    let s = build_index(db, codes.dir(), tenant, prefix, gen_key, cancel)?;
+    let s = build_index(db, codes.dir(), tenant, source, cancel)?;
     tracing::info!(tenant = %tenant, codes = s.entries(), generation = s.generation(), seconds = started.elapsed().as_secs_f64(), "code index rebuilt");
     codes.install(tenant, s);
     Ok(())
@@ -1206,8 +1223,8 @@ pub struct Offline {
     db: sled::Db,
     path: PathBuf,
     files: DataFiles,
-    pending: sled::Batch,
-    pending_len: usize,
+    /// Writes queued for the next [`Offline::apply`].
+    pending: std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
 }
 
 impl Offline {
@@ -1223,38 +1240,41 @@ impl Offline {
             db,
             path: opts.path.clone(),
             files: DataFiles::new(&opts.path)?,
-            pending: sled::Batch::default(),
-            pending_len: 0,
+            pending: Default::default(),
         })
     }
 
+    /// A record, queued writes first.
     pub fn get(&self, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(v) = self.pending.get(k) {
+            return Ok(Some(v.clone()));
+        }
         self.db
             .get(k)
             .map(|o| o.map(|v| v.to_vec()))
             .map_err(|e| StoreError::Io(e.to_string()))
     }
 
-    /// Write `v` under `k` unless `k` exists; true when written. One atomic tree operation
-    /// (no separate read), durable at [`Offline::finish`].
-    pub fn insert_new(&self, k: &[u8], v: &[u8]) -> Result<bool, StoreError> {
-        match self.db.compare_and_swap(k, None as Option<&[u8]>, Some(v)) {
-            Ok(Ok(())) => Ok(true),
-            Ok(Err(_)) => Ok(false),
-            Err(e) => Err(StoreError::Io(e.to_string())),
-        }
+    /// Write `v` under `k` now (one atomic tree operation), durable at [`Offline::finish`].
+    pub fn put_now(&self, k: &[u8], v: &[u8]) -> Result<(), StoreError> {
+        self.db
+            .insert(k, v)
+            .map(drop)
+            .map_err(|e| StoreError::Io(e.to_string()))
     }
 
-    /// Queue a write; [`Offline::apply`] makes the queued writes visible (atomically).
+    /// Queue a write; [`Offline::get`] sees it at once, [`Offline::apply`] makes the queued
+    /// writes visible in the tree (atomically).
     pub fn insert(&mut self, k: Vec<u8>, v: Vec<u8>) {
         self.pending.insert(k, v);
-        self.pending_len += 1;
     }
 
     pub fn apply(&mut self) -> Result<(), StoreError> {
-        if self.pending_len > 0 {
-            let b = std::mem::take(&mut self.pending);
-            self.pending_len = 0;
+        if !self.pending.is_empty() {
+            let mut b = sled::Batch::default();
+            for (k, v) in std::mem::take(&mut self.pending) {
+                b.insert(k, v);
+            }
             self.db
                 .apply_batch(b)
                 .map_err(|e| StoreError::Io(e.to_string()))?;
@@ -1292,8 +1312,7 @@ impl Offline {
     pub fn code_index_builder(
         &self,
         tenant: &str,
-        prefix: &[u8],
-        gen_key: &[u8],
+        (prefix, gen_key, entries): IndexSource<'_>,
     ) -> Result<codeindex::IndexBuilder, StoreError> {
         let path = CodeIndex::path_for(&CodeIndex::dir_in(&self.path), tenant);
         let stored = read_u64(&self.db, gen_key)?;
@@ -1310,8 +1329,10 @@ impl Offline {
         }
         let mut b = codeindex::IndexBuilder::create(&path)?;
         for kv in self.db.scan_prefix(prefix) {
-            let (k, v) = kv.map_err(|e| StoreError::Io(e.to_string()))?;
-            b.push(&k[prefix.len()..], &v)?;
+            let (_, v) = kv.map_err(|e| StoreError::Io(e.to_string()))?;
+            for (k, v) in entries(&v)? {
+                b.push(k.as_bytes(), &v)?;
+            }
         }
         Ok(b)
     }

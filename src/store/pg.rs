@@ -100,6 +100,16 @@ CREATE VIEW kp_codes AS
     FROM kp_records WHERE key >= '\x62636f64651f'::bytea AND key < '\x62636f646520'::bytea;
 "#,
     ),
+    (
+        3,
+        "kp_codes reads bulk codes from their buckets (record schema 3)",
+        r#"
+CREATE OR REPLACE VIEW kp_codes AS
+    SELECT kp_part(b.key, 2) AS tenant, c.key AS match_key, c.value AS doc
+    FROM kp_records b, jsonb_each(b.doc) c
+    WHERE b.key >= '\x6263621f'::bytea AND b.key < '\x62636220'::bytea;
+"#,
+    ),
 ];
 
 /// A group's opening, as one simple-protocol round trip (no parameters: the lock number

@@ -92,7 +92,7 @@ pub const ENV: &[(&str, &str)] = &[
     ("FWD_SECRET", "whsec_ZndkLWtleQ=="),
 ];
 
-fn env() -> impl Fn(&str) -> Option<String> {
+pub fn env() -> impl Fn(&str) -> Option<String> {
     let m: HashMap<String, String> = ENV
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
