@@ -77,6 +77,40 @@ async fn a_server_on_postgres_serves_and_its_records_are_readable_with_sql() {
         .unwrap()
         .get(0);
     assert_eq!(ledger, 2, "the signup bonus and the award");
+
+    // Bulk codes (kept many to a bucket record) are found by a check and listed by the view.
+    let auth = format!("Bearer {}", common::ADMIN_TOKEN);
+    let r = h
+        .request(
+            "POST",
+            "/admin/v1/tenants/acme/campaigns/once/codes",
+            &[("authorization", &auth), ("content-type", "text/csv")],
+            b"BK-1\nBK-2,,guest-9\n".to_vec(),
+        )
+        .await;
+    assert_eq!(r.json()["imported"], json!(2));
+    let v = h
+        .call("voucher/check", &common::check_body("bk-2", 5000))
+        .await
+        .json();
+    assert_eq!(v["error"], json!("CODE_ASSIGNED_TO_ANOTHER_GUEST"), "{v}");
+    let codes: Vec<(String, String, Option<String>)> = c
+        .query(
+            "SELECT match_key, doc->>'k', doc->>'g' FROM kp_codes WHERE tenant = 'acme' ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        codes,
+        vec![
+            ("BK1".into(), "BK-1".into(), None),
+            ("BK2".into(), "BK-2".into(), Some("guest-9".into()))
+        ]
+    );
 }
 
 /// Two replicas (two servers in this process, each with its own writer and connection) on

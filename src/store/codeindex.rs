@@ -1,5 +1,6 @@
 //! The bulk-code index: for each tenant, one immutable file that maps a bulk code's match
-//! key to its record (the very bytes the store holds under `bcode/{tenant}/{key}`) in a
+//! key to its record (the code's JSON, as its bucket record `bcb/{tenant}/{bucket}` holds
+//! it; `service::codes` turns a bucket into entries) in a
 //! static hash table: the key's hash picks a bucket (~32 codes, ~1.5 KiB), the bucket
 //! offsets and checksums are kept in memory (16 bytes per bucket), and a lookup is one positioned read
 //! (`pread`) of one bucket on the calling thread, with no lock shared with the store's
