@@ -24,9 +24,10 @@ use crate::voucher::{match_key, CampaignSpec, CodeMatch};
 
 /// Codes generated per batch (each code's bucket is read, changed and queued).
 const BATCH: usize = 50_000;
-/// Rows imported per batch: large, because each batch rewrites every bucket it touches
-/// (at ten million codes a batch of a million touches nearly all 262 144 of them once).
-const IMPORT_BATCH: usize = 1_000_000;
+/// Rows imported per batch unless `--batch` says otherwise: large, because each batch
+/// rewrites every bucket it touches (at ten million codes a batch of a million touches
+/// nearly all 262 144 of them once).
+pub const IMPORT_BATCH: u64 = 1_000_000;
 
 impl CodeStore for Offline {
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
@@ -201,6 +202,8 @@ struct Import<'a> {
     campaign: &'a str,
     mode: CodeMatch,
     shared: HashSet<String>,
+    /// Rows per batch.
+    batch: usize,
     quiet: bool,
 }
 
@@ -209,6 +212,7 @@ pub fn import(
     tenant: &str,
     campaign: &str,
     file: &Path,
+    batch: usize,
     quiet: bool,
 ) -> Result<ImportSummary, String> {
     let store = open(cfg)?;
@@ -226,6 +230,7 @@ pub fn import(
         campaign,
         mode,
         shared,
+        batch: batch.max(1),
         quiet,
     };
     let started = Instant::now();
@@ -313,7 +318,7 @@ fn insert_pass(job: &Import<'_>, mut store: Offline) -> Result<(Offline, Inserte
         .map(|n| n.get())
         .unwrap_or(1)
         .clamp(1, 8);
-    let (batches, parser) = spawn_parser(csv_reader(job.file)?, job.campaign, job.mode);
+    let (batches, parser) = spawn_parser(csv_reader(job.file)?, job, job.batch);
     for next in batches {
         let (rows, seen, pos) = next?;
         rows_seen = seen;
@@ -366,24 +371,24 @@ fn spawn_indexer(
     (to_index, indexer)
 }
 
-/// A thread reading and parsing `rdr` in batches of [`IMPORT_BATCH`] rows; the first invalid
+/// A thread reading and parsing `rdr` in batches of `rows` rows; the first invalid
 /// row (the file changed since pass 1) ends it with an error.
 fn spawn_parser(
     mut rdr: csv::Reader<std::fs::File>,
-    campaign: &str,
-    mode: CodeMatch,
+    job: &Import<'_>,
+    rows: usize,
 ) -> (
     std::sync::mpsc::Receiver<Batch>,
     std::thread::JoinHandle<()>,
 ) {
-    let campaign_id = campaign.to_owned();
+    let (campaign_id, mode) = (job.campaign.to_owned(), job.mode);
     let (to_insert, batches) = std::sync::mpsc::sync_channel::<Batch>(2);
     let parser = std::thread::spawn(move || {
         let (mut rec, mut first, mut seen) = (csv::StringRecord::new(), true, 0u64);
         loop {
-            let mut batch = Vec::with_capacity(IMPORT_BATCH);
+            let mut batch = Vec::with_capacity(rows);
             let mut more = true;
-            while batch.len() < IMPORT_BATCH {
+            while batch.len() < rows {
                 match rdr.read_record(&mut rec) {
                     Ok(true) => {
                         seen += 1;

@@ -74,6 +74,11 @@ enum CodesAction {
         #[command(flatten)]
         to: CodesTarget,
         file: PathBuf,
+        /// Rows read, grouped and written per pass: each pass rewrites every code bucket it
+        /// touches, so larger passes write less in all (and hold more rows in memory).
+        #[arg(long, default_value_t = karma_provider::codes_cli::IMPORT_BATCH,
+              value_parser = clap::value_parser!(u64).range(1_000..=10_000_000))]
+        batch: u64,
     },
     /// Generate COUNT new codes from a pattern (# digit 2-9, ? letter without I/L/O), drawn from
     /// the OS random source; at most 1 % of the pattern's space is ever issued (README).
@@ -803,7 +808,7 @@ fn codes_cli(action: CodesAction) -> ExitCode {
         return ExitCode::from(2);
     };
     let result = match action {
-        CodesAction::Import { to, file } => codes_import(&cfg, &to, &file),
+        CodesAction::Import { to, file, batch } => codes_import(&cfg, &to, &file, batch),
         CodesAction::Generate {
             to,
             pattern,
@@ -830,8 +835,14 @@ fn codes_cli(action: CodesAction) -> ExitCode {
 }
 
 /// `codes import`: the summary line, or every invalid row (the first 100) and exit 1.
-fn codes_import(cfg: &Config, to: &CodesTarget, file: &Path) -> Result<ExitCode, String> {
-    let r = karma_provider::codes_cli::import(cfg, &to.tenant, &to.campaign, file, false)?;
+fn codes_import(
+    cfg: &Config,
+    to: &CodesTarget,
+    file: &Path,
+    batch: u64,
+) -> Result<ExitCode, String> {
+    let batch = usize::try_from(batch).unwrap_or(karma_provider::codes_cli::IMPORT_BATCH as usize);
+    let r = karma_provider::codes_cli::import(cfg, &to.tenant, &to.campaign, file, batch, false)?;
     if r.invalid.is_empty() {
         say!("imported {} codes, {} duplicates, 0 invalid rows in {:.1} s ({:.0} codes/s); store {} MiB; code index {} codes, {} MiB, written in {:.1} s", r.imported, r.duplicates, r.seconds, r.codes_per_second, r.store_bytes >> 20, r.indexed, r.index_bytes >> 20, r.index_seconds);
         return Ok(ExitCode::SUCCESS);

@@ -951,6 +951,9 @@ async fn kill_9_during_codes_import_leaves_an_index_that_is_rebuilt() {
                 "v",
                 "--campaign",
                 "bulk",
+                // Four passes for the second file: the kill lands after the first.
+                "--batch",
+                "100000",
                 "--config",
             ])
             .arg(&cfg)

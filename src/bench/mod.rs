@@ -386,7 +386,8 @@ fn import_bulk(cfg_path: &std::path::Path, dir: &std::path::Path, n: u64) -> Res
     let env = |k: &str| (k == "KP_BENCH_WEBHOOK_SECRET").then(|| WEBHOOK_SECRET.to_string());
     let cfg = crate::config::Config::from_toml(&text, &cfg_path.display().to_string(), &env)
         .map_err(|e| e.to_string())?;
-    let r = crate::codes_cli::import(&cfg, "bench", "bulk", &csv, false)?;
+    let batch = crate::codes_cli::IMPORT_BATCH as usize;
+    let r = crate::codes_cli::import(&cfg, "bench", "bulk", &csv, batch, false)?;
     let _ = std::fs::remove_file(&csv);
     BULK_N.store(n, std::sync::atomic::Ordering::Relaxed);
     println!(

@@ -586,9 +586,9 @@ pub fn code_state(
 pub type ExportPage = (String, Option<Vec<u8>>);
 
 /// Admin API, one page of an export: the CSV lines of the campaign's bulk codes among
-/// the tenant's next buckets after `after` (about `limit` codes at ten million codes, one
-/// bucket per 16 of `limit`), and the cursor of the next page (`None`: done). `Err` is
-/// the 404 for an unknown campaign.
+/// the tenant's next buckets after `after`, read until they held `limit` codes (of any
+/// campaign), and the cursor of the next page (`None`: done). `Err` is the 404 for an
+/// unknown campaign.
 pub fn export_page_job(
     txn: &mut Txn<'_>,
     st: &mut State,
@@ -600,17 +600,26 @@ pub fn export_page_job(
     if campaign_ok(st, tenant, campaign).is_none() {
         return Ok(Err(Reply::not_found("unknown campaign")));
     }
-    let mut out = String::new();
-    let buckets = (limit / 16).max(1);
-    let (page, next) = txn.scan_page(&keys::bulk_code_prefix(tenant), after, buckets)?;
-    for (_, v) in page {
-        for b in decode_bucket(&v)?.into_values() {
-            if b.c == campaign {
-                out.push_str(&export_line(&b, code_state(txn, st, tenant, &b)?));
+    let (mut out, mut seen) = (String::new(), 0usize);
+    let mut cursor = after.map(<[u8]>::to_vec);
+    while seen < limit {
+        let want = (limit - seen).div_ceil(8).clamp(1, 256);
+        let (page, next) =
+            txn.scan_page(&keys::bulk_code_prefix(tenant), cursor.as_deref(), want)?;
+        for (_, v) in page {
+            for b in decode_bucket(&v)?.into_values() {
+                seen += 1;
+                if b.c == campaign {
+                    out.push_str(&export_line(&b, code_state(txn, st, tenant, &b)?));
+                }
             }
         }
+        cursor = next;
+        if cursor.is_none() {
+            break;
+        }
     }
-    Ok(Ok((out, next)))
+    Ok(Ok((out, cursor)))
 }
 
 #[cfg(test)]
