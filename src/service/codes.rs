@@ -600,12 +600,15 @@ pub fn export_page_job(
     if campaign_ok(st, tenant, campaign).is_none() {
         return Ok(Err(Reply::not_found("unknown campaign")));
     }
-    let (mut out, mut seen) = (String::new(), 0usize);
+    let (mut out, mut seen, mut buckets) = (String::new(), 0usize, 0usize);
     let mut cursor = after.map(<[u8]>::to_vec);
     while seen < limit {
-        let want = (limit - seen).div_ceil(8).clamp(1, 256);
+        // As many buckets as the codes per bucket seen so far say are left (8 at first).
+        let per_bucket = seen.checked_div(buckets).unwrap_or(8).max(1);
+        let want = (limit - seen).div_ceil(per_bucket).clamp(1, 256);
         let (page, next) =
             txn.scan_page(&keys::bulk_code_prefix(tenant), cursor.as_deref(), want)?;
+        buckets += page.len();
         for (_, v) in page {
             for b in decode_bucket(&v)?.into_values() {
                 seen += 1;
