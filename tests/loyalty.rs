@@ -1101,6 +1101,9 @@ fn schema_1_member(t0: i64) -> String {
     )
 }
 
+/// A golden enroll answer of an older store (schema 1 and 2 kept it under `lenr/`).
+const ENROLLED_OLD: &str = r#"{"ok":true,"memberId":"mbr_old","pointsAwarded":0}"#;
+
 /// Schema 1 → 2: a store written by the earlier format (golden bytes put straight into
 /// sled, version 1) is migrated at start — balances, pending and expiry unchanged, the
 /// lots records of their own — and marked with the current version (3).
@@ -1120,9 +1123,15 @@ async fn a_schema_1_store_is_migrated_at_start() {
         .unwrap();
         db.insert(b"lid\x1facme\x1f7\x1fuser\x1fold", b"mbr_old".as_slice())
             .unwrap();
+        db.insert(b"lenr\x1facme\x1f7\x1fold", ENROLLED_OLD.as_bytes())
+            .unwrap();
         db.flush().unwrap();
     }
     h.boot().await;
+    // The enroll answer moved into its bucket (schema 3) and is given again as it was.
+    let again = json!({"userId": "old", "loyaltyProgramId": 7, "locationId": 42});
+    let r = h.call("loyalty/enroll", &again).await;
+    assert_eq!(String::from_utf8_lossy(&r.bytes), ENROLLED_OLD);
     let a = account(&h, "old", 7).await;
     assert_eq!(
         (a["currentBalance"].clone(), a["lifetimeEarned"].clone()),
@@ -1153,7 +1162,75 @@ async fn a_schema_1_store_is_migrated_at_start() {
     let db = sled::open(h.data_path()).unwrap();
     let v = db.get(b"meta\x1fschema_version").unwrap().unwrap();
     assert_eq!(v.as_ref(), 3u64.to_be_bytes().as_slice());
+    assert_eq!(db.scan_prefix(b"lid\x1f").count(), 0);
+    assert_eq!(db.scan_prefix(b"lenr\x1f").count(), 0);
     let m = db.get(b"lmem\x1facme\x1f7\x1fmbr_old").unwrap().unwrap();
     let m: Value = serde_json::from_slice(&m).unwrap();
     assert!(m["account"].get("lots").is_none(), "{m}");
+}
+
+/// Identifiers and enroll answers are kept many to a record (`lidb`, `lenrb`): two users
+/// whose enroll answers hash to one bucket share its record, each enroll retried answers
+/// its own bytes, each identifier finds its own member, and nothing is left one to a
+/// record.
+#[tokio::test]
+async fn identifiers_and_enroll_answers_share_records() {
+    use karma_provider::service::packed::bucket;
+    let mut h = harness().await;
+    let first = bucket("c0");
+    let users: Vec<String> = (1u64..)
+        .map(|i| format!("c{i}"))
+        .filter(|u| bucket(u) == first)
+        .take(1)
+        .chain(std::iter::once("c0".to_string()))
+        .collect();
+    let mut answers = Vec::new();
+    for (i, u) in users.iter().enumerate() {
+        let body = json!({"userId": u, "loyaltyProgramId": 7, "email": format!("{u}@example.com"), "cardNumber": format!("77{i}")});
+        let r = h.call("loyalty/enroll", &body).await;
+        assert_eq!(r.status, 200);
+        answers.push((body, r.bytes));
+    }
+    assert_ne!(answers[0].1, answers[1].1);
+    for (body, bytes) in &answers {
+        assert_eq!(&h.call("loyalty/enroll", body).await.bytes, bytes);
+    }
+    for (i, u) in users.iter().enumerate() {
+        let member = serde_json::from_slice::<Value>(&answers[i].1).unwrap()["memberId"].clone();
+        for (t, id) in [
+            ("email", format!("{u}@example.com")),
+            ("card", format!("77{i}")),
+            ("userId", u.clone()),
+        ] {
+            let v = call(
+                &h,
+                "lookup",
+                json!({"loyaltyProgramId": 7, "identifier": id, "identifierType": t}),
+            )
+            .await;
+            assert_eq!(v["memberId"], member, "{t} {id}: {v}");
+        }
+    }
+    let taken = call(
+        &h,
+        "enroll",
+        json!({"userId": "c-new", "loyaltyProgramId": 7, "cardNumber": "770"}),
+    )
+    .await;
+    refused(&taken, "IDENTIFIER_IN_USE");
+    h.stop().await;
+    let db = sled::open(h.data_path()).unwrap();
+    assert_eq!(db.scan_prefix(b"lid\x1f").count(), 0);
+    assert_eq!(db.scan_prefix(b"lenr\x1f").count(), 0);
+    let enrolls: Vec<_> = db.scan_prefix(b"lenrb\x1facme\x1f7\x1f").collect();
+    assert_eq!(enrolls.len(), 1, "the two answers share one record");
+    let entries: usize = db
+        .scan_prefix(b"lidb\x1facme\x1f7\x1f")
+        .map(|kv| {
+            serde_json::from_slice::<serde_json::Map<String, Value>>(&kv.unwrap().1)
+                .unwrap()
+                .len()
+        })
+        .sum();
+    assert_eq!(entries, 6, "a user id, an email and a card for each");
 }

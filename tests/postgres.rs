@@ -1008,7 +1008,7 @@ async fn export_and_import_move_records_between_sled_and_postgres() {
         .values()
         .map(|r| r.0.split('/').next().unwrap())
         .collect();
-    let made = "hist hold idem lawd lcode lcount lenr lid live lled llot lmem lpur lred lstock meta used useda usedc";
+    let made = "hist hold idem lawd lcode lcount lenrb lidb live lled llot lmem lpur lred lstock meta used useda usedc";
     assert_eq!(kinds, made.split(' ').collect());
 
     let pg_toml = pg::on_postgres(&sled_toml, &db, dir.path());

@@ -19,7 +19,7 @@ use crate::loyalty::{
 use crate::store::{Read, StoreError, Txn};
 
 use super::lots::MemberLots;
-use super::{fingerprint, idempotent, keys, Reply, State};
+use super::{fingerprint, idempotent, keys, packed, Reply, State};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MemberRecord {
@@ -93,10 +93,10 @@ fn member_by<R: Read>(
     kind: &str,
     value: &str,
 ) -> Result<Option<MemberRecord>, StoreError> {
-    let Some(id) = txn.get(&keys::ident(t, p, kind, value))? else {
+    let Some(id) = packed::ident(txn, t, p, kind, value)? else {
         return Ok(None);
     };
-    txn.get_json(&keys::member(t, p, &String::from_utf8_lossy(&id)))
+    txn.get_json(&keys::member(t, p, &id))
 }
 
 fn member_by_id<R: Read>(
@@ -188,13 +188,10 @@ fn create_member(
             IdentifierType::Card => m.card = Some(v.clone()),
             _ => {}
         }
-        txn.put(
-            keys::ident(t, p, kind.key(), v),
-            member_id.as_bytes().to_vec(),
-        );
+        packed::set_ident(txn, t, p, kind.key(), v, &member_id)?;
     }
     if let Some(u) = user_id {
-        txn.put(keys::ident(t, p, "user", u), member_id.as_bytes().to_vec());
+        packed::set_ident(txn, t, p, "user", u, &member_id)?;
     }
     let mut entries = Vec::new();
     let bonus = prog.spec.signup_bonus;
@@ -264,7 +261,7 @@ fn member_for_user(
         member_id: m.member_id.clone(),
         points_awarded: bonus,
     });
-    txn.put(keys::enrollment(t, &prog.id, user), reply);
+    packed::set_enrollment(txn, t, &prog.id, user, &reply)?;
     Ok(Some((m, entries)))
 }
 
@@ -331,8 +328,7 @@ pub fn enroll(txn: &mut Txn<'_>, st: &mut State, t: &str, req: &EnrollRequest, n
     let Some(prog) = program(st, t, &req.loyalty_program_id) else {
         return Ok(refuse(Refusal::ProgramNotFound));
     };
-    let ek = keys::enrollment(t, &prog.id, &req.user_id);
-    if let Some(reply) = txn.get(&ek)? {
+    if let Some(reply) = packed::enrollment(txn, t, &prog.id, &req.user_id)? {
         return Ok(Reply {
             status: 200,
             body: reply,
@@ -340,7 +336,7 @@ pub fn enroll(txn: &mut Txn<'_>, st: &mut State, t: &str, req: &EnrollRequest, n
         });
     }
     for (kind, v) in &ids {
-        if txn.get(&keys::ident(t, &prog.id, kind.key(), v))?.is_some() {
+        if packed::ident(txn, t, &prog.id, kind.key(), v)?.is_some() {
             return Ok(Reply::rejected(
                 "IDENTIFIER_IN_USE",
                 &format!("This {} already belongs to another member.", kind.key()),
@@ -354,7 +350,7 @@ pub fn enroll(txn: &mut Txn<'_>, st: &mut State, t: &str, req: &EnrollRequest, n
         member_id: m.member_id.clone(),
         points_awarded: bonus,
     });
-    txn.put(ek, reply.clone());
+    packed::set_enrollment(txn, t, &prog.id, &req.user_id, &reply)?;
     Ok(Reply::ok(reply))
 }
 
@@ -1318,11 +1314,11 @@ fn import_member(
     now: Millis,
 ) -> Result<bool, StoreError> {
     let mut taken = match &r.user {
-        Some(u) => txn.get(&keys::ident(t, p, "user", u))?.is_some(),
+        Some(u) => packed::ident(txn, t, p, "user", u)?.is_some(),
         None => false,
     };
     for (kind, v) in &r.ids {
-        taken |= txn.get(&keys::ident(t, p, kind.key(), v))?.is_some();
+        taken |= packed::ident(txn, t, p, kind.key(), v)?.is_some();
     }
     if taken {
         return Ok(false);
@@ -1342,7 +1338,7 @@ fn import_member(
     m.account.lifetime_total = r.lifetime;
     save(txn, t, p, &m, &entries);
     if let Some(u) = &r.user {
-        record_enrollment(txn, t, p, u, &m.member_id);
+        record_enrollment(txn, t, p, u, &m.member_id)?;
     }
     Ok(true)
 }
@@ -1397,7 +1393,7 @@ fn provision(txn: &mut Txn<'_>, t: &str, prog: &Program, want: &StateMember, now
     }
     save(txn, t, p, &m, &entries);
     if let Some(u) = &want.user {
-        record_enrollment(txn, t, p, u, &m.member_id);
+        record_enrollment(txn, t, p, u, &m.member_id)?;
     }
     Ok(Reply::json(
         200,
@@ -1504,9 +1500,8 @@ fn claim_identifiers(
     ids: &[(IdentifierType, String)],
 ) -> Result<Option<Reply>, StoreError> {
     for (kind, v) in ids {
-        let key = keys::ident(t, p, kind.key(), v);
-        match txn.get(&key)? {
-            Some(owner) if owner != m.member_id.as_bytes() => {
+        match packed::ident(txn, t, p, kind.key(), v)? {
+            Some(owner) if owner != m.member_id => {
                 return Ok(Some(Reply::error(&ApiError::new(
                     409,
                     "STATE_UNREACHABLE",
@@ -1517,7 +1512,7 @@ fn claim_identifiers(
                 ))))
             }
             Some(_) => {}
-            None => txn.put(key, m.member_id.as_bytes().to_vec()),
+            None => packed::set_ident(txn, t, p, kind.key(), v, &m.member_id)?,
         }
         match kind {
             IdentifierType::Phone => m.phone = Some(v.clone()),
@@ -1531,13 +1526,19 @@ fn claim_identifiers(
 
 /// The enroll answer for `user`, as if the member had enrolled (no bonus): an enroll call
 /// for this user then answers with this member.
-fn record_enrollment(txn: &mut Txn<'_>, t: &str, p: &str, user: &str, member_id: &str) {
+fn record_enrollment(
+    txn: &mut Txn<'_>,
+    t: &str,
+    p: &str,
+    user: &str,
+    member_id: &str,
+) -> Result<(), StoreError> {
     let enrolled = json(&EnrollSuccess {
         ok: true,
         member_id: member_id.to_owned(),
         points_awarded: 0,
     });
-    txn.put(keys::enrollment(t, p, user), enrolled);
+    packed::set_enrollment(txn, t, p, user, &enrolled)
 }
 
 /// Make the spendable balance `balance` (one credit or debit for the difference) and the

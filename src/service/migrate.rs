@@ -3,12 +3,13 @@
 //! safe to cut short (a restart resumes it), and the new version is written last.
 //!
 //! - 1 → 2: a member's credit lots become records of their own (`lots::migrate_page`).
-//! - 2 → 3: bulk codes move from one record each into buckets (`codes::migrate_page`).
+//! - 2 → 3: bulk codes, identifiers and enrollment answers move from one record each into
+//!   buckets (`codes::migrate_page`, `packed::migrate_idents`, `packed::migrate_enrollments`).
 
 use crate::clock::Millis;
 use crate::store::{Journal, Store, StoreError, Txn, SCHEMA_VERSION, SCHEMA_VERSION_KEY};
 
-use super::{codes, lots};
+use super::{codes, lots, packed};
 
 /// One page of a step: (cursor) → the next cursor, `None` when the step is done.
 type Page = fn(&mut Txn<'_>, Option<Vec<u8>>, usize, Millis) -> Result<Option<Vec<u8>>, StoreError>;
@@ -18,6 +19,12 @@ const STEPS: &[(u64, &str, Page)] = &[
     (2, "lots as records", lots::migrate_page),
     (3, "bulk codes in buckets", |txn, c, n, _| {
         codes::migrate_page(txn, c, n)
+    }),
+    (3, "identifiers in buckets", |txn, c, n, _| {
+        packed::migrate_idents(txn, c, n)
+    }),
+    (3, "enrollment answers in buckets", |txn, c, n, _| {
+        packed::migrate_enrollments(txn, c, n)
     }),
 ];
 

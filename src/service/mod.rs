@@ -13,6 +13,7 @@ pub mod codes;
 pub mod lots;
 pub mod loyalty;
 pub mod migrate;
+pub mod packed;
 pub mod records;
 mod replica;
 pub mod sliced;
@@ -269,9 +270,10 @@ pub mod keys {
     pub fn member(t: &str, p: &str, m: &str) -> Vec<u8> {
         key(&["lmem", t, p, m])
     }
-    /// identifier type key (`user`, `phone`, …) + normalised value → memberId
-    pub fn ident(t: &str, p: &str, kind: &str, v: &str) -> Vec<u8> {
-        key(&["lid", t, p, kind, v])
+    /// The bucket of identifiers (type key `user`, `phone`, … + normalised value →
+    /// memberId) holding one (see `packed`).
+    pub fn ident_bucket(t: &str, p: &str, bucket: &str) -> Vec<u8> {
+        key(&["lidb", t, p, bucket])
     }
     /// A time as a fixed-width key component (times before 1970 sort as 1970).
     pub fn time_key(at: crate::clock::Millis) -> String {
@@ -319,8 +321,9 @@ pub mod keys {
     pub fn reward_code(t: &str, p: &str, code: &str) -> Vec<u8> {
         key(&["lcode", t, p, code])
     }
-    pub fn enrollment(t: &str, p: &str, user: &str) -> Vec<u8> {
-        key(&["lenr", t, p, user])
+    /// The bucket of enroll answers (by userId) holding one (see `packed`).
+    pub fn enrollment_bucket(t: &str, p: &str, bucket: &str) -> Vec<u8> {
+        key(&["lenrb", t, p, bucket])
     }
     /// What a provider state made (`hold`: params digest → providerRef; `committed`:
     /// transactionId → providerRef), so that setting it up again finds it.

@@ -37,8 +37,22 @@ pub const PREFIXES: &[(&str, &str)] = &[
         "gift codes issued per pattern (guessing-odds rule)",
     ),
     ("lmem", "a loyalty member"),
-    ("lid", "an identifier linked to a member"),
-    ("lenr", "an enrollment's answer"),
+    (
+        "lid",
+        "an identifier linked to a member, one to a record (schema 2; moved to lidb at start)",
+    ),
+    (
+        "lidb",
+        "identifiers linked to members, many to a record by hash (schema 3)",
+    ),
+    (
+        "lenr",
+        "an enrollment's answer, one to a record (schema 2; moved to lenrb at start)",
+    ),
+    (
+        "lenrb",
+        "enrollments' answers, many to a record by hash of the userId (schema 3)",
+    ),
     ("lled", "a ledger entry"),
     ("llot", "a member's credit lot, by seq (schema 2)"),
     ("llexp", "a credit lot by expiry time (index, schema 2)"),
