@@ -1,5 +1,6 @@
-//! Bulk codes: millions of unique codes per campaign, kept in the store (not in memory)
-//! under their match key, so a check finds one as fast as a shared code. Import (CSV
+//! Bulk codes: millions of unique codes per campaign, kept in the store (not in memory),
+//! many to a record by the hash of their match key (see "buckets" below), so a check finds
+//! one as fast as a shared code. Import (CSV
 //! `code[,valid_until][,assigned_user]`, all or nothing), generation from a pattern without
 //! collisions, and export. The same functions serve the admin API (inside a writer job)
 //! and the offline CLI (on a stopped server's data directory).
@@ -154,7 +155,7 @@ impl CodeStore for Txn<'_> {
 // among [`BUCKETS`]. Why: sled's memory grows with its records (each leaf of at most 16
 // records costs a page-table entry and its bookkeeping whether it is cached or not), so
 // ten million codes one to a record took ~310 MiB before a single request; in 262 144
-// buckets they take ~12 MiB. A bucket at ten million codes holds ~38 (~3 KiB); at a
+// buckets they take ~30 MiB (BENCHMARKS.md, "Issue 13 §4 again"). A bucket at ten million codes holds ~38 (~3 KiB); at a
 // hundred million ~380 (~30 KiB), still well under sled's blob threshold.
 
 /// Buckets per tenant. Part of the record layout: changing it moves every code.
