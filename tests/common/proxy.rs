@@ -30,31 +30,23 @@ impl Exchange {
     /// Send `body` (the request's own or a rewritten one) on to the server, with the
     /// request's method and headers.
     pub async fn forward(&self, body: Vec<u8>) -> Answer {
-        let mut b = hyper::Request::builder()
-            .method(self.parts.method.clone())
-            .uri(format!("{}{}", self.target, self.path));
-        for (k, v) in self
+        let headers: Vec<(&str, &str)> = self
             .parts
             .headers
             .iter()
             .filter(|(k, _)| *k != "content-length")
-        {
-            b = b.header(k, v);
-        }
-        let resp = self
-            .client
-            .request(b.body(Full::new(Bytes::from(body))).unwrap())
-            .await
-            .unwrap();
-        let status = resp.status().as_u16();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .to_vec();
-        (status, bytes)
+            .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)))
+            .collect();
+        let url = format!("{}{}", self.target, self.path);
+        let r = super::send(
+            &self.client,
+            self.parts.method.as_str(),
+            &url,
+            &headers,
+            body,
+        )
+        .await;
+        (r.status, r.bytes)
     }
 }
 
