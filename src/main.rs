@@ -221,7 +221,7 @@ struct BenchArgs {
     #[arg(long, default_value_t = 2000)]
     check_rate: u64,
     /// The service's `storage.cache_capacity_mb` for the run.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = karma_provider::config::DEFAULT_CACHE_MB)]
     cache_mb: u64,
     /// Split each run into this many slices and go through the scenarios once per
     /// slice, in reverse order every other time (ABBA): scenarios measured on the same

@@ -591,6 +591,49 @@ async fn restart_keeps_holds_uses_and_idempotency_records() {
     );
 }
 
+/// The live holds of `GET holds`, as their providerRefs in order.
+async fn live_refs(h: &Harness) -> Vec<String> {
+    let v = h.admin("GET", "holds", None).await.json();
+    let refs: Vec<String> = v["holds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["providerRef"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(v["count"], json!(refs.len()));
+    refs
+}
+
+/// More live holds than one page of the start's marker scan (4 096 a page): a restart
+/// counts every one of them again, no more and no fewer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restart_counts_every_live_hold_past_one_page() {
+    const HOLDS: usize = 4_300;
+    const CALLERS: usize = 8;
+    let h = std::sync::Arc::new(harness().await);
+    let mut tasks = Vec::new();
+    for w in 0..CALLERS {
+        let h = h.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in (w..HOLDS).step_by(CALLERS) {
+                hold(&h, "WELCOME10", 6000).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let Ok(mut h) = std::sync::Arc::try_unwrap(h) else {
+        panic!("a caller still holds the harness");
+    };
+    let before = live_refs(&h).await;
+    assert_eq!(before.len(), HOLDS);
+    h.restart().await;
+    let after = live_refs(&h).await;
+    assert_eq!(after.len(), HOLDS);
+    assert!(after == before, "the same holds are live after the restart");
+}
+
 #[tokio::test]
 async fn bad_input_gets_a_clear_json_error() {
     let h = harness().await;

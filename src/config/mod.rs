@@ -31,7 +31,7 @@ pub use secret::{
 };
 pub use server::ServerConfig;
 pub use sources::{SourceConfig, SourceKind};
-pub use storage::{Engine, PgConfig, StorageConfig};
+pub use storage::{Engine, PgConfig, StorageConfig, DEFAULT_CACHE_MB};
 pub use tenant::{Auth, TenantConfig};
 pub use webhooks::{RouteConfig, Sink, WebhookConfig};
 

@@ -21,6 +21,12 @@ pub struct StorageConfig {
     pub job_slice_records: usize,
 }
 
+/// `storage.cache_capacity_mb` when unset. sled's cache bounds only the nodes it keeps
+/// deserialised; at 64 a store of 10 M codes and 1 M members held ~85 MiB more after
+/// reads than at 16, with the same read and write ratios in the bench (BENCHMARKS.md,
+/// "Issue 13 §4, a third time"). 8 saved nothing more.
+pub const DEFAULT_CACHE_MB: u64 = 16;
+
 /// The storage engine, chosen here and nowhere else.
 #[derive(Debug, Clone)]
 pub enum Engine {
@@ -63,7 +69,7 @@ pub(super) fn storage(cx: &Loader<'_>, s: &RawStorage) -> Result<StorageConfig, 
     let storage = StorageConfig {
         engine: engine(cx, s)?,
         path: PathBuf::from(s.path.clone().unwrap_or_else(|| "./data".into())),
-        cache_capacity_mb: s.cache_capacity_mb.unwrap_or(64),
+        cache_capacity_mb: s.cache_capacity_mb.unwrap_or(DEFAULT_CACHE_MB),
         job_slice_records: s.job_slice_records.unwrap_or(crate::service::sliced::SLICE),
     };
     if !(1..=1_000_000).contains(&storage.job_slice_records) {

@@ -82,16 +82,29 @@ fn is_false(b: &bool) -> bool {
 }
 
 /// Rebuild the live holds at start from their `live` markers (a marker whose hold is no
-/// longer held is deleted).
+/// longer held is deleted). The markers are read a page at a time: collecting 300 000 of
+/// them at once took ~35 MiB at the start's peak (BENCHMARKS.md, "Memory").
 pub(super) fn load_live_holds(txn: &mut Txn<'_>) -> Result<LiveHolds, StoreError> {
+    use crate::store::Read;
+    const PAGE: usize = 4096;
+    let prefix = b"live\x1f";
+    let end = b"live\x20";
     let mut holds = LiveHolds::default();
-    for (k, _) in txn.scan_prefix(b"live\x1f")? {
-        match live_hold(txn, &k)? {
-            Some((r, h)) => holds.insert(r, h),
-            None => txn.delete(k),
+    let mut lo = prefix.to_vec();
+    loop {
+        let page = Read::range(&*txn, &lo, end, PAGE)?;
+        let full = page.len() == PAGE;
+        for (k, _) in &page {
+            match live_hold(txn, k)? {
+                Some((r, h)) => holds.insert(r, h),
+                None => txn.delete(k.clone()),
+            }
+        }
+        match page.last() {
+            Some((k, _)) if full => lo = [k.as_slice(), &[0]].concat(),
+            _ => return Ok(holds),
         }
     }
-    Ok(holds)
 }
 
 /// The live hold a `live` marker key stands for: its ref and what the index counts, when

@@ -31,24 +31,24 @@ pub struct LiveHold {
 }
 
 /// A live hold as the index keeps it: no text, so no allocation per hold. The campaign is
-/// an index into the names the index has seen; the code and the guest are their 128-bit
-/// keys (see [`key`]). 56 bytes, against ~700 bytes a hold with its five strings and the
-/// string-keyed maps before (BENCHMARKS.md, "Memory"). Opaque: taken out by `remove` or
-/// `prune`, put back by `restore` (a failed job's undo).
+/// an index into the names the index has seen; the code and the guest are their 64-bit
+/// keys (see [`key`]). 40 bytes, against ~700 bytes a hold with its five strings and the
+/// string-keyed maps before, and 56 with 128-bit keys (BENCHMARKS.md, "Memory"). Opaque:
+/// taken out by `remove` or `prune`, put back by `restore` (a failed job's undo).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Held {
     code: Key,
     /// `NO_GUEST`: none ([`key`] never gives it).
     guest: Key,
-    campaign: usize,
     expires_at: Millis,
     amount_cents: i64,
+    campaign: u32,
 }
 
-/// A 128-bit key as two halves: 8-byte aligned, so a map entry has no padding.
-type Key = (u64, u64);
+/// A code's (or guest's) key in the counts: a 64-bit hash.
+type Key = u64;
 
-const NO_GUEST: Key = (0, 0);
+const NO_GUEST: Key = 0;
 
 /// Ours are `kph_` and 16 lowercase hex digits (`service::voucher`): the index keys a hold
 /// by that integer. Below 2^63 in practice (a counter); a ref of any other spelling (or
@@ -62,21 +62,21 @@ fn canonical_id(r: &str) -> Option<u64> {
 
 const OTHER: u64 = 1 << 63;
 
-/// The key of a code (or a guest) in the per-code (per-guest) counts: a 128-bit hash of
+/// The key of a code (or a guest) in the per-code (per-guest) counts: a 64-bit hash of
 /// (tenant, campaign, code), never 0. Integer keys keep those B-trees compact and their
 /// comparisons cheap: with hundreds of thousands of live holds on distinct bulk codes,
 /// string-tuple keys cost the writer a pointer chase per comparison (measured with `perf`,
-/// BENCHMARKS.md) and ~100 bytes each. Two codes (guests) with the same hash would share a
-/// count, which can only refuse a check, never allow one more; at 128 bits that takes
-/// ~2^64 live codes to expect once.
+/// BENCHMARKS.md) and ~100 bytes each. Two codes (guests) with the same key would share a
+/// count, which can only refuse a check, never allow one more: at 64 bits, with 300 000
+/// live codes, the chance that any two share one is ~2.4 × 10⁻⁹ (n²/2⁶⁵), and a guest
+/// cannot choose an id that collides with a given other's (a second preimage of SipHash,
+/// ~2⁶⁴ tries). 128-bit keys cost 16 bytes more a hold in three maps (~20 MiB at 300 000
+/// holds) for no difference anyone could observe.
 fn key(kind: u8, tenant: &str, campaign: &str, code: &str) -> Key {
     use std::hash::{DefaultHasher, Hash, Hasher};
-    let half = |seed: u8| {
-        let mut h = DefaultHasher::new();
-        (kind, seed, tenant, campaign, code).hash(&mut h);
-        h.finish()
-    };
-    (half(1), half(2) | 1)
+    let mut h = DefaultHasher::new();
+    (kind, tenant, campaign, code).hash(&mut h);
+    h.finish() | 1
 }
 
 const CODE: u8 = 0;
@@ -94,7 +94,7 @@ pub struct LiveHolds {
     other_refs: BTreeMap<u64, Box<str>>,
     /// (tenant, campaign) of each campaign index; the index of each, by tenant.
     names: Vec<(String, String)>,
-    index: BTreeMap<String, BTreeMap<String, usize>>,
+    index: BTreeMap<String, BTreeMap<String, u32>>,
     /// Per campaign index: live holds and the discount cents they hold.
     campaign: Vec<(u64, i64)>,
     code: BTreeMap<Key, u64>,
@@ -130,7 +130,9 @@ impl LiveHolds {
 
     /// The tenant a live hold belongs to.
     pub fn tenant_of(&self, h: &Held) -> &str {
-        self.names.get(h.campaign).map_or("", |(t, _)| t.as_str())
+        self.names
+            .get(h.campaign as usize)
+            .map_or("", |(t, _)| t.as_str())
     }
 
     /// A tenant's live holds, in ref order, with their ids.
@@ -201,14 +203,16 @@ impl LiveHolds {
     }
 
     fn campaign_index(&self, tenant: &str, campaign: &str) -> Option<usize> {
-        self.index.get(tenant)?.get(campaign).copied()
+        self.index.get(tenant)?.get(campaign).map(|&i| i as usize)
     }
 
-    fn intern(&mut self, tenant: &str, campaign: &str) -> usize {
-        if let Some(i) = self.campaign_index(tenant, campaign) {
-            return i;
+    /// The index of (tenant, campaign), given it the first time. At most 2^32 names (far
+    /// more than a configuration can hold: campaigns come from it).
+    fn intern(&mut self, tenant: &str, campaign: &str) -> u32 {
+        if let Some(i) = self.index.get(tenant).and_then(|m| m.get(campaign)) {
+            return *i;
         }
-        let i = self.names.len();
+        let i = u32::try_from(self.names.len()).unwrap_or(u32::MAX);
         self.names.push((tenant.to_owned(), campaign.to_owned()));
         self.campaign.push((0, 0));
         self.index
@@ -239,7 +243,7 @@ impl LiveHolds {
         if self.by_ref.contains_key(&r) {
             return;
         }
-        if let Some((n, cents)) = self.campaign.get_mut(h.campaign) {
+        if let Some((n, cents)) = self.campaign.get_mut(h.campaign as usize) {
             *n = n.saturating_add(1);
             *cents = cents.saturating_add(h.amount_cents);
         }
@@ -261,7 +265,7 @@ impl LiveHolds {
     fn take(&mut self, r: u64) -> Option<Held> {
         let h = self.by_ref.remove(&r)?;
         self.queue.remove(&(h.expires_at, r));
-        if let Some((n, cents)) = self.campaign.get_mut(h.campaign) {
+        if let Some((n, cents)) = self.campaign.get_mut(h.campaign as usize) {
             *n = n.saturating_sub(1);
             *cents = if *n == 0 {
                 0
@@ -440,6 +444,6 @@ mod tests {
 
     #[test]
     fn a_held_entry_is_small() {
-        assert!(std::mem::size_of::<Held>() <= 56);
+        assert!(std::mem::size_of::<Held>() <= 40);
     }
 }
