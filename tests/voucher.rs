@@ -591,17 +591,80 @@ async fn restart_keeps_holds_uses_and_idempotency_records() {
     );
 }
 
-/// The live holds of `GET holds`, as their providerRefs in order.
+/// Every live hold of `GET holds`, as providerRefs in order, a page of 1 000 at a time.
 async fn live_refs(h: &Harness) -> Vec<String> {
-    let v = h.admin("GET", "holds", None).await.json();
-    let refs: Vec<String> = v["holds"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x["providerRef"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(v["count"], json!(refs.len()));
-    refs
+    let mut refs = Vec::new();
+    let mut path = "holds?limit=1000".to_string();
+    loop {
+        let v = h.admin("GET", &path, None).await.json();
+        let page = v["holds"].as_array().unwrap();
+        assert!(page.len() <= 1000, "{}", page.len());
+        refs.extend(
+            page.iter()
+                .map(|x| x["providerRef"].as_str().unwrap().to_owned()),
+        );
+        match v["next"].as_str() {
+            Some(next) => path = format!("holds?limit=1000&after={next}"),
+            None => {
+                assert_eq!(v["count"], json!(refs.len()));
+                return refs;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn holds_are_listed_a_page_at_a_time_oldest_first() {
+    let h = harness().await;
+    let mut made = Vec::new();
+    for _ in 0..5 {
+        made.push(hold(&h, "WELCOME10", 6000).await.0);
+    }
+    let page = |q: &'static str| h.admin("GET", q, None);
+    let v = page("holds?limit=2").await.json();
+    assert_eq!(
+        (v["count"].clone(), v["next"].clone()),
+        (json!(5), json!(made[1]))
+    );
+    let refs = |v: &Value| -> Vec<String> {
+        v["holds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["providerRef"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(refs(&v), made[..2]);
+    assert_eq!(v["holds"][0]["code"], json!("WELCOME10"));
+    let v = h
+        .admin("GET", &format!("holds?limit=2&after={}", made[1]), None)
+        .await
+        .json();
+    assert_eq!(refs(&v), made[2..4]);
+    let v = h
+        .admin("GET", &format!("holds?limit=2&after={}", made[3]), None)
+        .await
+        .json();
+    assert_eq!(
+        (refs(&v), v["next"].clone()),
+        (made[4..].to_vec(), Value::Null)
+    );
+    // No limit: the first 100.
+    let v = page("holds").await.json();
+    assert_eq!((refs(&v), v["next"].clone()), (made.clone(), Value::Null));
+    for (q, field) in [
+        ("holds?limit=0", "limit"),
+        ("holds?limit=1001", "limit"),
+        ("holds?limit=ten", "limit"),
+        ("holds?after=not-a-ref", "after"),
+    ] {
+        let r = page(q).await;
+        assert_eq!(
+            (r.status, r.json()["field"].clone()),
+            (400, json!(field)),
+            "{q}"
+        );
+    }
 }
 
 /// More live holds than one page of the start's marker scan (4 096 a page): a restart

@@ -166,9 +166,9 @@ impl App {
             .await
     }
 
-    pub async fn list_holds(&self, tenant: &str) -> Reply {
+    pub async fn list_holds(&self, tenant: &str, page: super::HoldPage) -> Reply {
         let (t, now) = (tenant.to_owned(), self.clock.now_ms());
-        self.run(move |txn, st| admin::list_holds(txn, st, &t, now))
+        self.run(move |txn, st| admin::list_holds(txn, st, &t, &page, now))
             .await
     }
 

@@ -33,6 +33,7 @@ use crate::service::voucher::{self as v, VendorDecision};
 use crate::service::State;
 use crate::store::{Store, StoreError, Txn};
 
+pub use crate::service::admin::{HoldPage, DEFAULT_HOLDS_PAGE, MAX_HOLDS_PAGE};
 pub use crate::service::webhook::InboxFilter;
 pub use crate::service::Reply;
 pub use start::StartError;

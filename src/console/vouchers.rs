@@ -154,7 +154,12 @@ async fn export(app: &App, tenant: &str, campaign: &str) -> ConsoleResponse {
 /// The campaigns page: campaigns, the forms, live holds.
 async fn campaigns(app: &App, tenant: &str, s: &Active, d: Done) -> Markup {
     let list = json(&app.list_campaigns(tenant).await);
-    let holds = json(&app.list_holds(tenant).await);
+    let first = crate::app::HoldPage {
+        after: None,
+        limit: crate::app::DEFAULT_HOLDS_PAGE,
+    };
+    let holds = json(&app.list_holds(tenant, first).await);
+    let live = holds["count"].as_u64().unwrap_or(0);
     let empty = Vec::new();
     let list = list["campaigns"].as_array().unwrap_or(&empty);
     let holds = holds["holds"].as_array().unwrap_or(&empty);
@@ -177,7 +182,7 @@ async fn campaigns(app: &App, tenant: &str, s: &Active, d: Done) -> Markup {
                 button type="submit" { "Look up" }
             }
             (campaign_table(&base, list))
-            (hold_table(&base, holds, s))
+            (hold_table(&base, holds, live, s))
             (code_forms(&base, &ids, s))
         },
     )
@@ -217,10 +222,14 @@ fn campaign_table(base: &str, list: &[Value]) -> Markup {
     }
 }
 
-fn hold_table(base: &str, holds: &[Value], s: &Active) -> Markup {
+/// The oldest live holds (one page of the admin listing), and how many there are in all.
+fn hold_table(base: &str, holds: &[Value], live: u64, s: &Active) -> Markup {
     html! {
         section aria-labelledby="holds-h" {
             h2 #holds-h { "Holds in flight" }
+            @if (holds.len() as u64) < live {
+                p #holds-shown { "The oldest " (holds.len()) " of " (live) " live holds." }
+            }
             @if holds.is_empty() { p #no-holds { "No live holds." } } @else {
                 table #holds {
                     thead { tr { th { "providerRef" } th { "Campaign" } th { "Code" } th.num { "Cents" }

@@ -18,7 +18,7 @@ use crate::app::admin::{
 };
 use crate::app::chaos::FaultSpec;
 use crate::app::sources::{OrderAwardRequest, OrderQuery, OrderState, MAX_LIST};
-use crate::app::{App, InboxFilter, Reply};
+use crate::app::{App, HoldPage, InboxFilter, Reply, DEFAULT_HOLDS_PAGE, MAX_HOLDS_PAGE};
 use crate::contract::{parse, ApiError};
 
 /// `/admin/v1/…`, parsed.
@@ -208,7 +208,7 @@ async fn tenant_op(app: &App, req: Request<Incoming>, t: &str, op: &Op) -> Out {
         (Op::Codes(c), &Method::GET) => return typed_out(app.export_codes(t, c).await, "text/csv"),
         (Op::GenerateCodes(c), &Method::POST) => generate(app, req, t, c).await,
         (Op::Code(code), &Method::GET) => Ok(app.code_state(t, code).await),
-        (Op::Holds, &Method::GET) => Ok(app.list_holds(t).await),
+        (Op::Holds, &Method::GET) => list_holds(app, &req, t).await,
         (Op::Transaction(id), &Method::GET) => Ok(app.find_transaction(t, id).await),
         (Op::Hold(r), &Method::GET) => Ok(app.get_hold(t, r).await),
         (Op::ReleaseHold(r), &Method::POST) => Ok(app.release_hold(t, r).await),
@@ -257,6 +257,11 @@ async fn tenant_op(app: &App, req: Request<Incoming>, t: &str, op: &Op) -> Out {
 }
 
 type Handled = Result<Reply, ApiError>;
+
+async fn list_holds(app: &App, req: &Request<Incoming>, t: &str) -> Handled {
+    let page = hold_page(&query_pairs(req.uri().query()))?;
+    Ok(app.list_holds(t, page).await)
+}
 
 fn member(id: &str) -> MemberRef {
     MemberRef {
@@ -425,6 +430,27 @@ async fn award_source_order(
     Ok(app.award_source_order(t, source, order, r).await)
 }
 
+/// `after` and `limit` of a holds listing (other parameters are ignored).
+fn hold_page(q: &[(String, String)]) -> Result<HoldPage, ApiError> {
+    let get = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    Ok(HoldPage {
+        after: get("after").map(str::to_owned),
+        limit: list_limit(get("limit"), DEFAULT_HOLDS_PAGE, MAX_HOLDS_PAGE)?,
+    })
+}
+
+/// A listing's `limit`: `default` when absent, else an integer 1..=`max`.
+fn list_limit(v: Option<&str>, default: usize, max: usize) -> Result<usize, ApiError> {
+    match v {
+        None => Ok(default),
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| ApiError::invalid("limit", format!("an integer 1..={max}"))),
+    }
+}
+
 /// `state`, `after` and `limit` of an order listing (other parameters are ignored).
 fn order_query(q: &[(String, String)]) -> Result<OrderQuery, ApiError> {
     let get = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
@@ -437,14 +463,7 @@ fn order_query(q: &[(String, String)]) -> Result<OrderQuery, ApiError> {
             )
         })?),
     };
-    let limit = match get("limit") {
-        None => 100,
-        Some(v) => v
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=MAX_LIST).contains(n))
-            .ok_or_else(|| ApiError::invalid("limit", format!("an integer 1..={MAX_LIST}")))?,
-    };
+    let limit = list_limit(get("limit"), 100, MAX_LIST)?;
     Ok(OrderQuery {
         state,
         after: get("after").map(str::to_owned),

@@ -206,15 +206,47 @@ pub fn code_state(
     ))
 }
 
+/// The most live holds one `GET holds` answers with.
+pub const MAX_HOLDS_PAGE: usize = 1000;
+/// How many it answers with when the request names no `limit`.
+pub const DEFAULT_HOLDS_PAGE: usize = 100;
+
+/// Which page of a tenant's live holds to list: those after `after` (the last providerRef
+/// of the previous page), at most `limit` (1..=[`MAX_HOLDS_PAGE`]).
+#[derive(Debug, Clone)]
+pub struct HoldPage {
+    pub after: Option<String>,
+    pub limit: usize,
+}
+
+/// A page of a tenant's live holds, oldest first, with how many it has in all (`count`)
+/// and where the next page starts (`next`: `null` on the last page). One writer job reads
+/// at most one page of hold records, so a listing of 300 000 holds does not stop commits.
 pub fn list_holds(
     txn: &mut Txn<'_>,
     st: &mut State,
     tenant: &str,
+    page: &HoldPage,
     now: Millis,
 ) -> Result<Reply, StoreError> {
     super::voucher::prune(txn, st, now)?;
-    let mut items: Vec<_> = st.holds().refs_of_tenant(tenant).collect();
-    items.sort();
+    let limit = page.limit.clamp(1, MAX_HOLDS_PAGE);
+    let Some(mut items) = st
+        .holds()
+        .page_of_tenant(tenant, page.after.as_deref(), limit + 1)
+    else {
+        return Ok(Reply::error(&ApiError::invalid(
+            "after",
+            "not a providerRef this listing gave (use the last one of the previous page)",
+        )));
+    };
+    let more = items.len() > limit;
+    items.truncate(limit);
+    let next = if more {
+        items.last().map(|(_, r)| r.clone())
+    } else {
+        None
+    };
     let mut out = Vec::with_capacity(items.len());
     for (exp, r) in items {
         // The live index keeps no text: campaign, code and guest come from the hold's record.
@@ -228,9 +260,10 @@ pub fn list_holds(
             "expiresAt": rfc3339(exp),
         }));
     }
+    let count = st.holds().count_of_tenant(tenant);
     Ok(Reply::json(
         200,
-        json!({"ok": true, "count": out.len(), "holds": out}),
+        json!({"ok": true, "count": count, "holds": out, "next": next}),
     ))
 }
 

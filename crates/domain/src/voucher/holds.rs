@@ -157,6 +157,42 @@ impl LiveHolds {
             .map(|(&id, h)| (h.expires_at, self.text_of(id)))
     }
 
+    /// How many live holds a tenant has (from the per-campaign counts: no walk).
+    pub fn count_of_tenant(&self, tenant: &str) -> u64 {
+        self.index.get(tenant).map_or(0, |m| {
+            m.values()
+                .filter_map(|&i| self.campaign.get(i as usize))
+                .fold(0u64, |n, &(c, _)| n.saturating_add(c))
+        })
+    }
+
+    /// At most `limit` of a tenant's live holds as (expiry, provider ref), in the index's
+    /// order (ours by number, so oldest first; then refs of other spellings in the order
+    /// they were first seen), after the ref `after` (`None`: from the first). `None` when
+    /// `after` is neither of our spelling nor a live hold's ref: there is no place to go
+    /// on from.
+    pub fn page_of_tenant(
+        &self,
+        tenant: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Option<Vec<(Millis, String)>> {
+        use std::ops::Bound;
+        let from = match after {
+            None => Bound::Unbounded,
+            Some(r) => Bound::Excluded(self.id_of(r)?),
+        };
+        let ids = self.index.get(tenant);
+        let page = self
+            .by_ref
+            .range((from, Bound::Unbounded))
+            .filter(|(_, h)| ids.is_some_and(|m| m.values().any(|&c| c == h.campaign)))
+            .take(limit)
+            .map(|(&id, h)| (h.expires_at, self.text_of(id)))
+            .collect();
+        Some(page)
+    }
+
     /// The provider refs of the live holds on one code.
     pub fn refs_of_code(&self, tenant: &str, campaign: &str, code: &str) -> Vec<String> {
         let k = key(CODE, tenant, campaign, code);
@@ -407,6 +443,43 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["other", "kph_00000000000000ff"]
         );
+    }
+
+    #[test]
+    fn a_tenant_is_listed_a_page_at_a_time() {
+        let mut l = LiveHolds::default();
+        for n in 1..=5i64 {
+            l.insert(format!("kph_{n:016x}"), hold("X", None, 100 + n));
+        }
+        let mut other = hold("X", None, 1);
+        other.tenant = "u".into();
+        l.insert("kph_0000000000000003x".into(), other.clone());
+        l.insert(format!("kph_{:016x}", 9), other);
+        assert_eq!(l.count_of_tenant("t"), 5);
+        assert_eq!(l.count_of_tenant("u"), 2);
+        assert_eq!(l.count_of_tenant("v"), 0);
+        let refs = |p: Vec<(Millis, String)>| p.into_iter().map(|(_, r)| r).collect::<Vec<_>>();
+        let first = l.page_of_tenant("t", None, 2).unwrap();
+        assert_eq!(first[0], (101, "kph_0000000000000001".to_string()));
+        assert_eq!(
+            refs(first),
+            ["kph_0000000000000001", "kph_0000000000000002"]
+        );
+        // A cursor need not be live any more: ours are placed by their number.
+        assert!(l.remove("kph_0000000000000002").is_some());
+        let next = l
+            .page_of_tenant("t", Some("kph_0000000000000002"), 2)
+            .unwrap();
+        assert_eq!(refs(next), ["kph_0000000000000003", "kph_0000000000000004"]);
+        let last = l
+            .page_of_tenant("t", Some("kph_0000000000000004"), 2)
+            .unwrap();
+        assert_eq!(refs(last), ["kph_0000000000000005"]);
+        assert_eq!(
+            refs(l.page_of_tenant("u", None, 10).unwrap()),
+            ["kph_0000000000000009", "kph_0000000000000003x"]
+        );
+        assert!(l.page_of_tenant("t", Some("nothing-we-gave"), 2).is_none());
     }
 
     #[test]
