@@ -23,8 +23,9 @@ pub struct StorageConfig {
 
 /// `storage.cache_capacity_mb` when unset. sled's cache bounds only the nodes it keeps
 /// deserialised; at 64 a store of 10 M codes and 1 M members held ~85 MiB more after
-/// reads than at 16, with the same read and write ratios in the bench (BENCHMARKS.md,
-/// "Issue 13 §4, a third time"). 8 saved nothing more.
+/// reads than at 16, and writes spread over many members (award, enroll) answered
+/// 10–17 % faster (BENCHMARKS.md, "Issue 13 §4, a third time"; ARCHITECTURE.md says why
+/// the memory was chosen).
 pub const DEFAULT_CACHE_MB: u64 = 16;
 
 /// The storage engine, chosen here and nowhere else.
