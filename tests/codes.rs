@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use karma_provider::store::SCHEMA_VERSION;
 use serde_json::{json, Value};
 
 const CAMPAIGNS: &str = r#"
@@ -935,7 +936,7 @@ async fn a_schema_2_store_moves_its_codes_into_buckets_at_start() {
         "no code left one to a record"
     );
     let v = db.get(b"meta\x1fschema_version").unwrap().unwrap();
-    assert_eq!(v.as_ref(), 3u64.to_be_bytes().as_slice());
+    assert_eq!(v.as_ref(), SCHEMA_VERSION.to_be_bytes().as_slice());
     let codes: usize = db
         .scan_prefix(b"bcb\x1facme\x1f")
         .map(|kv| {

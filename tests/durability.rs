@@ -6,6 +6,7 @@
 mod common;
 
 use common::*;
+use karma_provider::store::SCHEMA_VERSION;
 use serde_json::json;
 
 const CAMPAIGNS: &str = r#"
@@ -53,14 +54,16 @@ async fn a_newer_record_schema_refuses_to_start() {
     {
         let db = sled::open(h.data_path()).unwrap();
         let v = db.get(b"meta\x1fschema_version").unwrap().expect("marked");
-        assert_eq!(v.as_ref(), 3u64.to_be_bytes());
+        assert_eq!(v.as_ref(), SCHEMA_VERSION.to_be_bytes());
     }
     write_offline(&h, b"meta\x1fschema_version", &99u64.to_be_bytes());
     let e = h.try_boot().await.expect_err("refuses a newer schema");
     let dir = h.data_path().display().to_string();
     assert!(e.contains(&dir), "{e}");
     assert!(
-        e.contains("schema version 99, newer than this build's (3)"),
+        e.contains(&format!(
+            "schema version 99, newer than this build's ({SCHEMA_VERSION})"
+        )),
         "{e}"
     );
     write_offline(&h, b"meta\x1fschema_version", b"v2");
@@ -120,7 +123,7 @@ async fn a_backup_of_a_newer_record_schema_is_refused_before_anything_is_written
     let records = vec![
         (
             b"meta\x1fschema_version".to_vec(),
-            4u64.to_be_bytes().to_vec(),
+            (SCHEMA_VERSION + 1).to_be_bytes().to_vec(),
         ),
         (b"used\x1facme\x1fbig".to_vec(), 1u64.to_be_bytes().to_vec()),
     ];
@@ -128,7 +131,10 @@ async fn a_backup_of_a_newer_record_schema_is_refused_before_anything_is_written
         .expect_err("refused")
         .to_string();
     assert!(
-        e.contains("schema version 4, newer than this build's (3)"),
+        e.contains(&format!(
+            "schema version {}, newer than this build's ({SCHEMA_VERSION})",
+            SCHEMA_VERSION + 1
+        )),
         "{e}"
     );
     assert!(!opts.path.exists(), "nothing written");

@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use karma_provider::store::SCHEMA_VERSION;
 use serde_json::{json, Value};
 
 pub const PROGRAMS: &str = r#"
@@ -1106,7 +1107,8 @@ const ENROLLED_OLD: &str = r#"{"ok":true,"memberId":"mbr_old","pointsAwarded":0}
 
 /// Schema 1 → 2: a store written by the earlier format (golden bytes put straight into
 /// sled, version 1) is migrated at start — balances, pending and expiry unchanged, the
-/// lots records of their own — and marked with the current version (3).
+/// lots records of their own, the first inside the member record — and marked with the
+/// current version.
 #[tokio::test]
 async fn a_schema_1_store_is_migrated_at_start() {
     let mut h = harness().await;
@@ -1161,12 +1163,185 @@ async fn a_schema_1_store_is_migrated_at_start() {
     h.stop().await;
     let db = sled::open(h.data_path()).unwrap();
     let v = db.get(b"meta\x1fschema_version").unwrap().unwrap();
-    assert_eq!(v.as_ref(), 3u64.to_be_bytes().as_slice());
+    assert_eq!(v.as_ref(), SCHEMA_VERSION.to_be_bytes().as_slice());
     assert_eq!(db.scan_prefix(b"lid\x1f").count(), 0);
     assert_eq!(db.scan_prefix(b"lenr\x1f").count(), 0);
     let m = db.get(b"lmem\x1facme\x1f7\x1fmbr_old").unwrap().unwrap();
     let m: Value = serde_json::from_slice(&m).unwrap();
     assert!(m["account"].get("lots").is_none(), "{m}");
+    assert_eq!(
+        m["first_lot"]["remaining"],
+        json!(50),
+        "lot 0 is in the record: {m}"
+    );
+    assert_eq!(
+        member_keys(&db, "llot", "mbr_old"),
+        ["0000000000000001", "0000000000000004"]
+    );
+}
+
+/// The keys of member `m`'s records under `kind` (`lled`, `llot`) in program 7 of acme.
+fn member_keys(db: &sled::Db, kind: &str, m: &str) -> Vec<String> {
+    db.scan_prefix(format!("{kind}\x1facme\x1f7\x1f{m}\x1f").as_bytes())
+        .map(|kv| {
+            String::from_utf8_lossy(&kv.unwrap().0)
+                .rsplit('\x1f')
+                .next()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+fn member_record(db: &sled::Db, m: &str) -> Value {
+    let v = db
+        .get(format!("lmem\x1facme\x1f7\x1f{m}").as_bytes())
+        .unwrap()
+        .unwrap();
+    serde_json::from_slice(&v).unwrap()
+}
+
+/// A member's first ledger entry and the lot it made are kept inside the member record
+/// (schema 4): a member enrolled with a bonus is one record; its later entries and lots are
+/// records of their own; spending the first lot empties it from the record, the entry stays;
+/// the admin view, the account and a restart see all of it.
+#[tokio::test]
+async fn a_members_first_entry_and_lot_live_in_its_record() {
+    let mut h = harness().await;
+    let m = enroll(&h, "f1").await;
+    h.stop().await;
+    {
+        let db = sled::open(h.data_path()).unwrap();
+        assert_eq!(member_keys(&db, "lled", &m), Vec::<String>::new());
+        assert_eq!(member_keys(&db, "llot", &m), Vec::<String>::new());
+        let rec = member_record(&db, &m);
+        assert_eq!(rec["first_entry"]["kind"], json!("signup_bonus"), "{rec}");
+        assert_eq!(rec["first_lot"]["remaining"], json!(50), "{rec}");
+    }
+    h.boot().await;
+    let v = call(&h, "award", award_body("f1", "p1", 7_000, json!([]), 1)).await;
+    assert_eq!(v["newBalance"], json!(120), "{v}");
+    // 100 points: all 50 of the first lot, then 50 of the second (oldest first).
+    let r = call(&h, "redeem", redeem_body("f1", "coffee", 2)).await;
+    assert_eq!(r["newBalance"], json!(20), "{r}");
+    let view = h
+        .admin("GET", &format!("loyalty/7/members/{m}"), None)
+        .await
+        .json();
+    let seqs = |k: &str, f: &str| -> Vec<Value> {
+        view[k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e[f].clone())
+            .collect()
+    };
+    assert_eq!(
+        seqs("ledger", "seq"),
+        vec![json!(0), json!(1), json!(2)],
+        "{view}"
+    );
+    assert_eq!(
+        seqs("ledger", "points"),
+        vec![json!(50), json!(70), json!(-100)]
+    );
+    assert_eq!(seqs("lots", "seq"), vec![json!(1)], "{view}");
+    assert_eq!(seqs("lots", "remaining"), vec![json!(20)]);
+    assert_eq!(view["ledgerSum"], json!(20));
+    h.stop().await;
+    {
+        let db = sled::open(h.data_path()).unwrap();
+        let rec = member_record(&db, &m);
+        assert!(rec.get("first_lot").is_none(), "spent: {rec}");
+        assert_eq!(rec["first_entry"]["points"], json!(50), "{rec}");
+        let (b1, b2) = ("0000000000000001", "0000000000000002");
+        assert_eq!(member_keys(&db, "lled", &m), vec![b1, b2]);
+        assert_eq!(member_keys(&db, "llot", &m), vec![b1]);
+    }
+    h.boot().await;
+    let a = account(&h, "f1", 7).await;
+    assert_eq!(
+        (a["currentBalance"].clone(), a["lifetimeEarned"].clone()),
+        (json!(20), json!(120))
+    );
+}
+
+/// Schema 2 (and 3) → 4: a member whose first entry and lot are records of their own
+/// (golden bytes, beside a later lot and entry) has them moved into its record at start;
+/// its balance, lots and ledger read the same, and the later ones stay where they were.
+#[tokio::test]
+async fn a_schema_2_member_moves_its_first_entry_and_lot_into_its_record() {
+    let mut h = harness().await;
+    h.stop().await;
+    let m = "mbr_two";
+    let k = |kind: &str, seq: &str| format!("{kind}\x1facme\x1f7\x1f{m}\x1f{seq}");
+    let (s0, s1) = ("0000000000000000", "0000000000000001");
+    {
+        let db = sled::open(h.data_path()).unwrap();
+        db.insert(b"meta\x1fschema_version", &2u64.to_be_bytes())
+            .unwrap();
+        let member = r#"{"member_id":"mbr_two","user_id":"two","phone":null,"email":null,"card":null,"created_at":5,"account":{"total":57,"pending":0,"pending_lifetime":0,"matured_at":6,"lifetime_total":57,"next_seq":2,"next_expiry":null}}"#;
+        db.insert(
+            format!("lmem\x1facme\x1f7\x1f{m}").as_bytes(),
+            member.as_bytes(),
+        )
+        .unwrap();
+        db.insert(b"lid\x1facme\x1f7\x1fuser\x1ftwo", m.as_bytes())
+            .unwrap();
+        for (seq, n, kind) in [(s0, 50, "signup_bonus"), (s1, 7, "earn")] {
+            let i = if seq == s0 { 0 } else { 1 };
+            let lot = format!(
+                r#"{{"seq":{i},"remaining":{n},"lifetime_part":{n},"available_at":5,"expires_at":null}}"#
+            );
+            let entry = format!(
+                r#"{{"seq":{i},"at":5,"kind":"{kind}","points":{n},"balanceAfter":{},"reason":"r{i}"}}"#,
+                if i == 0 { 50 } else { 57 }
+            );
+            db.insert(k("llot", seq).as_bytes(), lot.as_bytes())
+                .unwrap();
+            db.insert(k("lled", seq).as_bytes(), entry.as_bytes())
+                .unwrap();
+        }
+        db.flush().unwrap();
+    }
+    h.boot().await;
+    let a = account(&h, "two", 7).await;
+    assert_eq!(a["currentBalance"], json!(57), "{a}");
+    let view = h
+        .admin("GET", &format!("loyalty/7/members/{m}"), None)
+        .await
+        .json();
+    let reasons: Vec<&Value> = view["ledger"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["reason"])
+        .collect();
+    assert_eq!(reasons, vec![&json!("r0"), &json!("r1")], "{view}");
+    let lots: Vec<&Value> = view["lots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| &l["remaining"])
+        .collect();
+    assert_eq!(lots, vec![&json!(50), &json!(7)], "{view}");
+    // Oldest first: the cake (10) comes out of the first lot, the one now in the record.
+    let r = call(
+        &h,
+        "redeem",
+        json!({"userId": "two", "loyaltyProgramId": 7, "rewardId": "cake", "transactionId": tx(1)}),
+    )
+    .await;
+    assert_eq!(r["newBalance"], json!(47), "{r}");
+    h.stop().await;
+    let db = sled::open(h.data_path()).unwrap();
+    let v = db.get(b"meta\x1fschema_version").unwrap().unwrap();
+    assert_eq!(v.as_ref(), SCHEMA_VERSION.to_be_bytes().as_slice());
+    let rec = member_record(&db, m);
+    assert_eq!(rec["first_entry"]["reason"], json!("r0"), "{rec}");
+    assert_eq!(rec["first_lot"]["remaining"], json!(40), "{rec}");
+    assert_eq!(member_keys(&db, "llot", m), vec![s1]);
+    assert_eq!(member_keys(&db, "lled", m), vec![s1, "0000000000000002"]);
 }
 
 /// Identifiers and enroll answers are kept many to a record (`lidb`, `lenrb`): two users

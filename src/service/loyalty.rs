@@ -18,7 +18,8 @@ use crate::loyalty::{
 };
 use crate::store::{Read, StoreError, Txn};
 
-use super::lots::MemberLots;
+use super::lots::{MemberLots, FIRST_SEQ};
+use super::records::{EntryRecord, LotRecord};
 use super::{fingerprint, idempotent, keys, packed, Reply, State};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -32,16 +33,45 @@ pub struct MemberRecord {
     /// The totals; the lots are records of their own (`super::lots`).
     #[serde(with = "super::records::account")]
     pub account: Account,
+    /// The member's first ledger entry (seq `lots::FIRST_SEQ`), kept here rather than as a
+    /// record of its own (schema 4): see [`ledger_of`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_entry: Option<EntryRecord>,
+    /// The lot that entry made, while it holds points (`lots::MemberLots` keeps it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_lot: Option<LotRecord>,
 }
 
-/// Member `m`'s lots, written through the writer's `txn`.
+/// Member `m`'s lots, written through the writer's `txn`; `first` is the member record's
+/// `first_lot`.
 fn lots_of<'a, 'b>(
     txn: &'a mut Txn<'b>,
     t: &'a str,
     p: &'a str,
     m: &'a str,
-) -> MemberLots<'a, &'a mut Txn<'b>> {
-    MemberLots::new(txn, t, p, m)
+    first: &'a mut Option<LotRecord>,
+) -> TxnLots<'a, 'b> {
+    MemberLots::new(txn, t, p, m, first)
+}
+
+/// A member's lots as the writer changes them.
+type TxnLots<'a, 'b> = MemberLots<'a, &'a mut Txn<'b>, &'a mut Option<LotRecord>>;
+
+/// A member's ledger, oldest first: the first entry from the member record, the others
+/// from their records.
+pub fn ledger_of(
+    r: &Txn<'_>,
+    t: &str,
+    p: &str,
+    m: &MemberRecord,
+) -> Result<Vec<Entry>, StoreError> {
+    let mut out: Vec<Entry> = m.first_entry.iter().cloned().map(Entry::from).collect();
+    for (_, v) in r.scan_prefix(&keys::ledger_prefix(t, p, &m.member_id))? {
+        if let Ok(e) = serde_json::from_slice::<EntryRecord>(&v) {
+            out.push(Entry::from(e));
+        }
+    }
+    Ok(out)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -120,11 +150,15 @@ fn all_or_nothing(txn: &mut Txn<'_>, f: impl FnOnce(&mut Txn<'_>) -> R) -> R {
     Ok(reply)
 }
 
-/// Write the member and its new ledger entries together.
-fn save(txn: &mut Txn<'_>, t: &str, p: &str, m: &MemberRecord, entries: &[Entry]) {
+/// Write the member and its new ledger entries together (its first entry inside it).
+fn save(txn: &mut Txn<'_>, t: &str, p: &str, m: &mut MemberRecord, entries: &[Entry]) {
     for e in entries {
-        let rec = super::records::EntryRecord::from(e);
-        txn.put_json(keys::ledger(t, p, &m.member_id, e.seq), &rec);
+        let rec = EntryRecord::from(e);
+        if e.seq == FIRST_SEQ {
+            m.first_entry = Some(rec);
+        } else {
+            txn.put_json(keys::ledger(t, p, &m.member_id, e.seq), &rec);
+        }
     }
     txn.put_json(keys::member(t, p, &m.member_id), m);
 }
@@ -180,6 +214,8 @@ fn create_member(
         card: None,
         created_at: now,
         account: Account::default(),
+        first_entry: None,
+        first_lot: None,
     };
     for (kind, v) in ids {
         match kind {
@@ -197,7 +233,7 @@ fn create_member(
     let bonus = prog.spec.signup_bonus;
     if bonus > 0 {
         // A bonus bounded at load.
-        let mut lots = lots_of(txn, t, p, &member_id);
+        let mut lots = lots_of(txn, t, p, &member_id, &mut m.first_lot);
         let e = credit_fresh(
             &mut m.account,
             &mut lots,
@@ -217,7 +253,7 @@ fn create_member(
 /// so the credit cannot be refused (`None` would only mean a broken bound).
 fn credit_fresh(
     account: &mut Account,
-    lots: &mut MemberLots<'_, &mut Txn<'_>>,
+    lots: &mut TxnLots<'_, '_>,
     prog: &Program,
     now: Millis,
     kind: EntryKind,
@@ -343,8 +379,8 @@ pub fn enroll(txn: &mut Txn<'_>, st: &mut State, t: &str, req: &EnrollRequest, n
             ));
         }
     }
-    let (m, entries, bonus) = create_member(txn, t, &prog, Some(&req.user_id), &ids, now)?;
-    save(txn, t, &prog.id, &m, &entries);
+    let (mut m, entries, bonus) = create_member(txn, t, &prog, Some(&req.user_id), &ids, now)?;
+    save(txn, t, &prog.id, &mut m, &entries);
     let reply = json(&EnrollSuccess {
         ok: true,
         member_id: m.member_id.clone(),
@@ -410,7 +446,10 @@ fn credit_purchase_once(
         }
     }
     let mid = m.member_id.clone();
-    entries.extend(m.account.settle(&mut lots_of(txn, t, p, &mid), now)?);
+    entries.extend(
+        m.account
+            .settle(&mut lots_of(txn, t, p, &mid, &mut m.first_lot), now)?,
+    );
     let before = prog.tier_for(m.account.lifetime()).map(|t| t.id.clone());
     let Some(points) = prog.award_points(
         req.purchase_amount_cents,
@@ -432,7 +471,7 @@ fn credit_purchase_once(
         ..Why::default()
     };
     let e = match m.account.credit(
-        &mut lots_of(txn, t, p, &mid),
+        &mut lots_of(txn, t, p, &mid, &mut m.first_lot),
         now,
         Credit {
             kind: EntryKind::Earn,
@@ -460,7 +499,7 @@ fn credit_purchase_once(
         new_balance: m.account.spendable(),
         tier_changed: before != after,
     });
-    save(txn, t, p, &m, &entries);
+    save(txn, t, p, &mut m, &entries);
     txn.put_json(
         keys::award(t, p, &req.transaction_id),
         &AwardRecord {
@@ -536,7 +575,7 @@ pub fn account<Rd: Read>(
     let Some(m) = member_by(r, t, &prog.id, "user", &req.user_id)? else {
         return Ok(refuse(Refusal::MemberNotFound));
     };
-    let lots = MemberLots::new(r, t, &prog.id, &m.member_id);
+    let lots = MemberLots::new(r, t, &prog.id, &m.member_id, &m.first_lot);
     let (view, _) = m.account.view(&lots, now)?;
     let lifetime = view.lifetime();
     let tier = prog.tier_for(lifetime);
@@ -605,7 +644,10 @@ pub fn redeem(txn: &mut Txn<'_>, st: &mut State, t: &str, req: &RedeemRequest, n
                     return Ok(refuse(Refusal::OutOfStock));
                 }
                 let mid = m.member_id.clone();
-                entries.extend(m.account.settle(&mut lots_of(txn, t, p, &mid), now)?);
+                entries.extend(
+                    m.account
+                        .settle(&mut lots_of(txn, t, p, &mid, &mut m.first_lot), now)?,
+                );
                 let redemption_id = format!("rdm_{:016x}", txn.next_id()?);
                 let why = Why {
                     reason: format!("reward {}", reward.id),
@@ -614,7 +656,7 @@ pub fn redeem(txn: &mut Txn<'_>, st: &mut State, t: &str, req: &RedeemRequest, n
                     ..Why::default()
                 };
                 let (spent, e) = match m.account.spend(
-                    &mut lots_of(txn, t, p, &mid),
+                    &mut lots_of(txn, t, p, &mid, &mut m.first_lot),
                     now,
                     reward.points_cost,
                     EntryKind::Redeem,
@@ -656,7 +698,7 @@ pub fn redeem(txn: &mut Txn<'_>, st: &mut State, t: &str, req: &RedeemRequest, n
                     },
                 );
                 let new_balance = m.account.spendable();
-                save(txn, t, p, &m, &entries);
+                save(txn, t, p, &mut m, &entries);
                 Ok(Reply::ok(json(&RedeemSuccess {
                     ok: true,
                     redemption_id,
@@ -804,7 +846,7 @@ pub fn reverse_award(
                     return Ok(refuse(Refusal::MemberNotFound));
                 };
                 let mid = m.member_id.clone();
-                let mut lots = lots_of(txn, t, p, &mid);
+                let mut lots = lots_of(txn, t, p, &mid, &mut m.first_lot);
                 let mut entries = m.account.settle(&mut lots, now)?;
                 let before = prog.tier_for(m.account.lifetime()).map(|t| t.id.clone());
                 let why = Why {
@@ -823,7 +865,7 @@ pub fn reverse_award(
                 let after = prog.tier_for(m.account.lifetime()).map(|t| t.id.clone());
                 award.reversed_points += points;
                 txn.put_json(keys::award(t, p, &award.transaction_id), &award);
-                save(txn, t, p, &m, &entries);
+                save(txn, t, p, &mut m, &entries);
                 Ok(Reply::json(
                     200,
                     serde_json::json!({
@@ -883,7 +925,7 @@ pub fn reverse_redemption(
                     return Ok(refuse(Refusal::MemberNotFound));
                 };
                 let mid = m.member_id.clone();
-                let mut lots = lots_of(txn, t, p, &mid);
+                let mut lots = lots_of(txn, t, p, &mid, &mut m.first_lot);
                 let mut entries = m.account.settle(&mut lots, now)?;
                 let why = Why {
                     reason: if req.reason.is_empty() {
@@ -918,7 +960,7 @@ pub fn reverse_redemption(
                 }
                 rec.reversed = true;
                 txn.put_json(keys::redemption(t, p, redemption_id), &rec);
-                save(txn, t, p, &m, &entries);
+                save(txn, t, p, &mut m, &entries);
                 Ok(Reply::json(
                     200,
                     serde_json::json!({
@@ -982,7 +1024,7 @@ pub fn adjust(
                     return Ok(refuse(Refusal::MemberNotFound));
                 };
                 let mid = m.member_id.clone();
-                let mut lots = lots_of(txn, t, p, &mid);
+                let mut lots = lots_of(txn, t, p, &mid, &mut m.first_lot);
                 let mut entries = m.account.settle(&mut lots, now)?;
                 let why = Why {
                     reason: req.reason.clone(),
@@ -1027,7 +1069,7 @@ pub fn adjust(
                         }
                     }
                 }
-                save(txn, t, p, &m, &entries);
+                save(txn, t, p, &mut m, &entries);
                 Ok(Reply::json(
                     200,
                     serde_json::json!({"ok": true, "memberId": member_id, "points": req.points, "newBalance": m.account.spendable()}),
@@ -1088,20 +1130,21 @@ pub fn show_member(
     let Some(m) = m else {
         return Ok(Reply::not_found("no such member"));
     };
-    let mut ledger = Vec::new();
-    for (_, v) in txn.scan_prefix(&keys::ledger_prefix(t, p, &m.member_id))? {
-        if let Ok(e) = serde_json::from_slice::<super::records::EntryRecord>(&v) {
-            ledger.push(Entry::from(e));
-        }
-    }
+    let ledger = ledger_of(&*txn, t, p, &m)?;
     let ledger_sum: i64 = ledger.iter().map(|e| e.points).sum();
     // What the next write will record as expired, shown now.
-    let (view, expiring) = m
-        .account
-        .view(&MemberLots::new(&*txn, t, p, &m.member_id), now)?;
-    let mut lots = Vec::new();
+    let (view, expiring) = m.account.view(
+        &MemberLots::new(&*txn, t, p, &m.member_id, &m.first_lot),
+        now,
+    )?;
+    let mut lots: Vec<_> = m
+        .first_lot
+        .iter()
+        .cloned()
+        .map(crate::loyalty::Lot::from)
+        .collect();
     for (_, v) in txn.scan_prefix(&keys::lot_prefix(t, p, &m.member_id))? {
-        if let Ok(l) = serde_json::from_slice::<super::records::LotRecord>(&v) {
+        if let Ok(l) = serde_json::from_slice::<LotRecord>(&v) {
             lots.push(crate::loyalty::Lot::from(l));
         }
     }
@@ -1328,7 +1371,7 @@ fn import_member(
     let mid = m.member_id.clone();
     let e = credit_fresh(
         &mut m.account,
-        &mut lots_of(txn, t, p, &mid),
+        &mut lots_of(txn, t, p, &mid, &mut m.first_lot),
         prog,
         now,
         EntryKind::Import,
@@ -1336,7 +1379,7 @@ fn import_member(
     )?;
     entries.extend(e);
     m.account.lifetime_total = r.lifetime;
-    save(txn, t, p, &m, &entries);
+    save(txn, t, p, &mut m, &entries);
     if let Some(u) = &r.user {
         record_enrollment(txn, t, p, u, &m.member_id)?;
     }
@@ -1376,9 +1419,9 @@ fn provision(txn: &mut Txn<'_>, t: &str, prog: &Program, want: &StateMember, now
     }
     let (balance, lifetime) = (want.balance, want.lifetime);
     let mid = m.member_id.clone();
-    let mut lots = lots_of(txn, t, p, &mid);
+    let mut lots = lots_of(txn, t, p, &mid, &mut m.first_lot);
     if let Err(e) = reset_balance(
-        &mut m,
+        &mut m.account,
         &mut lots,
         prog,
         (balance, lifetime),
@@ -1391,7 +1434,7 @@ fn provision(txn: &mut Txn<'_>, t: &str, prog: &Program, want: &StateMember, now
             format!("state member: {e}"),
         )));
     }
-    save(txn, t, p, &m, &entries);
+    save(txn, t, p, &mut m, &entries);
     if let Some(u) = &want.user {
         record_enrollment(txn, t, p, u, &m.member_id)?;
     }
@@ -1479,7 +1522,9 @@ fn find_or_create_state_member(
     Ok(match found {
         Some(mut m) => {
             let mid = m.member_id.clone();
-            let entries = m.account.settle(&mut lots_of(txn, t, p, &mid), now)?;
+            let entries = m
+                .account
+                .settle(&mut lots_of(txn, t, p, &mid, &mut m.first_lot), now)?;
             (m, entries)
         }
         None => {
@@ -1545,8 +1590,8 @@ fn record_enrollment(
 /// lifetime earned `lifetime`, for a provider state. Refused when the credit would take the
 /// member (pending points included) past the most a member may hold.
 fn reset_balance(
-    m: &mut MemberRecord,
-    lots: &mut MemberLots<'_, &mut Txn<'_>>,
+    account: &mut Account,
+    lots: &mut TxnLots<'_, '_>,
     prog: &Program,
     (balance, lifetime): (i64, i64),
     entries: &mut Vec<Entry>,
@@ -1556,7 +1601,7 @@ fn reset_balance(
         reason: "provider state".into(),
         ..Why::default()
     };
-    let diff = balance - m.account.spendable();
+    let diff = balance - account.spendable();
     if diff > 0 {
         let credit = Credit {
             kind: EntryKind::Import,
@@ -1565,20 +1610,17 @@ fn reset_balance(
             expire_ms: prog.expire_ms(),
             counts_lifetime: false,
         };
-        match m.account.credit(lots, now, credit, why())? {
+        match account.credit(lots, now, credit, why())? {
             Ok(e) => entries.push(e),
             Err(too_many) => return Ok(Err(too_many)),
         }
     } else if diff < 0 {
         // Spending at most what is spendable cannot fail.
-        if let Ok((_, e)) = m
-            .account
-            .spend(lots, now, -diff, EntryKind::Adjustment, why())?
-        {
+        if let Ok((_, e)) = account.spend(lots, now, -diff, EntryKind::Adjustment, why())? {
             entries.push(e);
         }
     }
-    let pending = m.account.lifetime_total - m.account.lifetime();
-    m.account.lifetime_total = lifetime + pending;
+    let pending = account.lifetime_total - account.lifetime();
+    account.lifetime_total = lifetime + pending;
     Ok(Ok(()))
 }

@@ -5,6 +5,8 @@
 //! - 1 → 2: a member's credit lots become records of their own (`lots::migrate_page`).
 //! - 2 → 3: bulk codes, identifiers and enrollment answers move from one record each into
 //!   buckets (`codes::migrate_page`, `packed::migrate_idents`, `packed::migrate_enrollments`).
+//! - 3 → 4: a member's first ledger entry and the lot it made move into the member record
+//!   (`lots::migrate_first_page`).
 
 use crate::clock::Millis;
 use crate::store::{Journal, Store, StoreError, Txn, SCHEMA_VERSION, SCHEMA_VERSION_KEY};
@@ -26,6 +28,11 @@ const STEPS: &[(u64, &str, Page)] = &[
     (3, "enrollment answers in buckets", |txn, c, n, _| {
         packed::migrate_enrollments(txn, c, n)
     }),
+    (
+        4,
+        "first entries and lots in member records",
+        lots::migrate_first_page,
+    ),
 ];
 
 /// Run every step the store still needs, then mark it with this build's version. Returns

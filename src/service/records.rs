@@ -22,8 +22,9 @@ use crate::loyalty::{Account, Entry, EntryKind, Lot, Spent};
 use crate::voucher::HoldState;
 
 /// A credit lot as stored, a record of its own (`llot/…`, schema 2; inside the member
-/// record in schema 1).
-#[derive(Serialize, Deserialize)]
+/// record in schema 1; the member's first lot, seq 0, inside the member record from schema
+/// 4: `MemberRecord::first_lot`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LotRecord {
     seq: u64,
     remaining: i64,
@@ -137,7 +138,7 @@ impl AccountV1 {
     }
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum EntryKindRecord {
     Earn,
@@ -180,8 +181,9 @@ impl From<EntryKindRecord> for EntryKind {
     }
 }
 
-/// A ledger entry as stored (`lled/…`).
-#[derive(Serialize, Deserialize)]
+/// A ledger entry as stored (`lled/…`; the member's first, seq 0, inside the member record
+/// from schema 4: `MemberRecord::first_entry`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EntryRecord {
     seq: u64,

@@ -12,9 +12,9 @@ use crate::loyalty::Entry;
 use crate::store::{StoreError, Txn};
 use crate::voucher::HoldState;
 
-use super::loyalty::{AwardRecord, RedemptionRecord};
+use super::loyalty::{ledger_of, AwardRecord, MemberRecord, RedemptionRecord};
 use super::voucher::{HistoryEvent, HoldRecord};
-use super::{keys, records, Reply, State};
+use super::{keys, Reply, State};
 
 /// One page of a tenant's hold records: the providerRef of the hold whose last
 /// transaction id is `tx`, if on this page, and the cursor of the next page.
@@ -202,11 +202,10 @@ fn ledger(
     keep: impl Fn(&Entry) -> bool,
 ) -> Result<Vec<Value>, StoreError> {
     let mut out = Vec::new();
-    for (_, v) in txn.scan_prefix(&keys::ledger_prefix(t, p, member))? {
-        let Ok(rec) = serde_json::from_slice::<records::EntryRecord>(&v) else {
-            continue;
-        };
-        let e = Entry::from(rec);
+    let Some(m) = txn.get_json::<MemberRecord>(&keys::member(t, p, member))? else {
+        return Ok(out);
+    };
+    for e in ledger_of(txn, t, p, &m)? {
         if keep(&e) {
             out.push(json!({
                 "at": rfc3339(e.at), "event": e.kind, "points": e.points,

@@ -122,7 +122,10 @@ impl Journal for () {
 /// 1 is migrated at start (`service::migrate`).
 /// Version 3 (issue 13 §4): bulk codes are kept many to a record, in buckets by the hash of
 /// their match key (`bcb`), instead of one to a record (`bcode`); migrated at start.
-pub const SCHEMA_VERSION: u64 = 3;
+/// Version 4 (issue 13 §4): a member's first ledger entry and the lot it made are kept in
+/// the member record (`first_entry`, `first_lot`), not as `lled` / `llot` records of their
+/// own; migrated at start. An older build would not see them.
+pub const SCHEMA_VERSION: u64 = 4;
 /// Where the data directory's record schema version is kept (8 bytes, big-endian).
 pub const SCHEMA_VERSION_KEY: &[u8] = b"meta\x1fschema_version";
 

@@ -110,6 +110,22 @@ CREATE OR REPLACE VIEW kp_codes AS
     WHERE b.key >= '\x6263621f'::bytea AND b.key < '\x62636220'::bytea;
 "#,
     ),
+    (
+        4,
+        "kp_ledger reads a member's first entry from its member record (record schema 4)",
+        r#"
+CREATE OR REPLACE VIEW kp_ledger AS
+    SELECT kp_part(key, 2) AS tenant, kp_part(key, 3) AS program,
+           kp_part(key, 4) AS member_id, '0000000000000000' AS entry,
+           doc->'first_entry' AS doc
+    FROM kp_records
+    WHERE key >= '\x6c6d656d1f'::bytea AND key < '\x6c6d656d20'::bytea
+      AND doc ? 'first_entry'
+    UNION ALL
+    SELECT kp_part(key, 2), kp_part(key, 3), kp_part(key, 4), kp_part(key, 5), doc
+    FROM kp_records WHERE key >= '\x6c6c65641f'::bytea AND key < '\x6c6c656420'::bytea;
+"#,
+    ),
 ];
 
 /// A group's opening, as one simple-protocol round trip (no parameters: the lock number
