@@ -371,6 +371,14 @@ pub fn enroll(txn: &mut Txn<'_>, st: &mut State, t: &str, req: &EnrollRequest, n
             outcome: "replay".into(),
         });
     }
+    // An imported member has no stored answer (`import_member`): it is answered here.
+    if let Some(member_id) = packed::ident(txn, t, &prog.id, "user", &req.user_id)? {
+        return Ok(Reply {
+            status: 200,
+            body: enrolled_without_bonus(&member_id),
+            outcome: "replay".into(),
+        });
+    }
     for (kind, v) in &ids {
         if packed::ident(txn, t, &prog.id, kind.key(), v)?.is_some() {
             return Ok(Reply::rejected(
@@ -1379,10 +1387,9 @@ fn import_member(
     )?;
     entries.extend(e);
     m.account.lifetime_total = r.lifetime;
+    // No enroll answer is stored for an imported member: `enroll` answers it as
+    // `enrolled_without_bonus` (one record fewer a member; BENCHMARKS.md, issue 13 §4).
     save(txn, t, p, &mut m, &entries);
-    if let Some(u) = &r.user {
-        record_enrollment(txn, t, p, u, &m.member_id)?;
-    }
     Ok(true)
 }
 
@@ -1569,8 +1576,18 @@ fn claim_identifiers(
     Ok(None)
 }
 
-/// The enroll answer for `user`, as if the member had enrolled (no bonus): an enroll call
-/// for this user then answers with this member.
+/// The enroll answer of a member that did not enroll through `enroll` (imported, or made
+/// by a provider state): as if it had enrolled with no bonus.
+fn enrolled_without_bonus(member_id: &str) -> Vec<u8> {
+    json(&EnrollSuccess {
+        ok: true,
+        member_id: member_id.to_owned(),
+        points_awarded: 0,
+    })
+}
+
+/// Store the enroll answer for `user` as [`enrolled_without_bonus`], so that it stays the
+/// answer whatever later happens to the user's identifier.
 fn record_enrollment(
     txn: &mut Txn<'_>,
     t: &str,
@@ -1578,12 +1595,7 @@ fn record_enrollment(
     user: &str,
     member_id: &str,
 ) -> Result<(), StoreError> {
-    let enrolled = json(&EnrollSuccess {
-        ok: true,
-        member_id: member_id.to_owned(),
-        points_awarded: 0,
-    });
-    packed::set_enrollment(txn, t, p, user, &enrolled)
+    packed::set_enrollment(txn, t, p, user, &enrolled_without_bonus(member_id))
 }
 
 /// Make the spendable balance `balance` (one credit or debit for the difference) and the
