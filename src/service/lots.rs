@@ -92,8 +92,8 @@ impl<R: Read, F: Deref<Target = Option<LotRecord>>> LotRead for MemberLots<'_, R
 
     fn first_from(&self, from: u64) -> Result<Option<Lot>, StoreError> {
         if from == FIRST_SEQ {
-            if let Some(l) = self.first.deref() {
-                return Ok(Some(Lot::from(l.clone())));
+            if let Some(l) = self.lot(FIRST_SEQ)? {
+                return Ok(Some(l));
             }
         }
         let prefix = keys::lot_prefix(self.t, self.p, self.m);

@@ -4,8 +4,9 @@
 //! points came from, a hold's state) is written and read through a mirror type here,
 //! converted field by field. Renaming or reshaping a domain field therefore changes a
 //! conversion, which the compiler points at, never the bytes on disk; the golden tests
-//! below pin the format of schema version 2 (`store::SCHEMA_VERSION`; version 1 kept a
-//! member's lots inside the member record: `AccountV1` reads it for the migration). A
+//! below pin these formats (`store::SCHEMA_VERSION`; version 1 kept a member's lots inside
+//! the member record: `AccountV1` reads it for the migration; version 4 embeds the first
+//! `EntryRecord` and `LotRecord` in the `MemberRecord`, in these same formats). A
 //! change to these formats that an older build could not read bumps that version.
 //!
 //! The service's own record structs (`HoldRecord`, `MemberRecord`, `AwardRecord`,
